@@ -1,0 +1,51 @@
+namespace FlashMla.Core.Backends;
+
+/// <summary>
+/// Where the KV pools live and where attention runs. One implementation per device kind
+/// (<c>CpuBackend</c> here, <c>CudaBackend</c> in FlashMla.Cuda). Every call comes from the
+/// scheduler loop, one at a time: a backend needs no locks. Slots address token rows:
+/// <c>slot = block * 64 + offset_in_block</c>, one numbering for every layer.
+/// </summary>
+public interface IAttentionBackend : IDisposable
+{
+    /// <summary>"cpu" or "cuda".</summary>
+    string Name { get; }
+
+    /// <summary>The device in words, for the config RPC and the start-up log.</summary>
+    string DeviceDescription { get; }
+
+    /// <summary>Layers and blocks of the pools, fixed at construction.</summary>
+    KvPoolGeometry Geometry { get; }
+
+    /// <summary>Writes <c>slots.Length</c> bf16 rows of 576 into one layer's pool.</summary>
+    void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows);
+
+    /// <summary>Reads <c>slots.Length</c> bf16 rows of 576 from one layer's pool.</summary>
+    void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows);
+
+    /// <summary>Copies whole blocks, every layer, source to destination (copy-on-write).</summary>
+    void CopyBlocks(ReadOnlySpan<BlockCopy> copies);
+
+    /// <summary>
+    /// One decode step of a batch: writes the new rows (if any) into their slots, attends
+    /// (causal inside the step) and fills <see cref="DecodeBatch.Out"/> and <see cref="DecodeBatch.Lse"/>.
+    /// Returns when the outputs are in host memory.
+    /// </summary>
+    void Decode(DecodeBatch batch);
+}
+
+/// <summary>Shape of the KV pools: <c>num_layers</c> pools of <c>[num_blocks, 64, 576]</c> bf16.</summary>
+public readonly record struct KvPoolGeometry(int NumLayers, int NumBlocks)
+{
+    public long TotalSlots => (long)NumBlocks * Tensors.MlaDims.BlockSize;
+}
+
+/// <summary>One whole-block copy for copy-on-write.</summary>
+public readonly record struct BlockCopy(int Source, int Destination);
+
+/// <summary>Raised by a backend for a device fault (a CUDA error); <see cref="IsSticky"/> when the device is lost.</summary>
+public sealed class BackendFaultException(string message, bool isSticky, Exception? inner = null)
+    : Exception(message, inner)
+{
+    public bool IsSticky { get; } = isSticky;
+}

@@ -1,0 +1,70 @@
+using System.Diagnostics.Metrics;
+
+namespace FlashMla.Core.Telemetry;
+
+/// <summary>
+/// The service's metrics, on one <see cref="Meter"/> named <see cref="MeterName"/>. The server exports
+/// them on <c>/metrics</c> through OpenTelemetry's Prometheus exporter, which turns dots into
+/// underscores, adds <c>_total</c> to counters and the unit (<c>_seconds</c>, <c>_bytes</c>) to names.
+/// The Prometheus names are listed in the README; the dashboards and alert rules use them, and a test
+/// scrapes a live server to check that each of them is exported.
+/// </summary>
+public sealed class FlashMlaMetrics : IDisposable
+{
+    public const string MeterName = "FlashMla";
+
+    private readonly Meter _meter;
+    private CacheGaugeSnapshot _gauges = new(0, 0, 0, Serving: true);
+
+    public FlashMlaMetrics(IMeterFactory? factory = null)
+    {
+        _meter = factory?.Create(MeterName) ?? new Meter(MeterName);
+        DecodeRequests = _meter.CreateCounter<long>("flashmla.decode.requests", "{request}", "Decode requests served successfully.");
+        DecodeQueryTokens = _meter.CreateCounter<long>("flashmla.decode.tokens", "{token}", "Query tokens decoded (b * s_q per request).");
+        DecodeKvTokens = _meter.CreateCounter<long>("flashmla.decode.kv_tokens", "{token}", "KV tokens attended over (sum of sequence lengths per request).");
+        DecodeBytes = _meter.CreateCounter<long>("flashmla.decode.moved", "By", "Bytes the attention moved: KV read + q + out.");
+        DecodeFlops = _meter.CreateCounter<double>("flashmla.decode.flops", "{flop}", "Floating-point operations of the attention: 2 * s_q * h_q * (576 + 512) * kv tokens.");
+        DecodeBatches = _meter.CreateCounter<long>("flashmla.decode.batches", "{batch}", "Backend decode calls (one per merged batch).");
+        BatchSequences = _meter.CreateHistogram<int>("flashmla.decode.batch_sequences", "{sequence}", "Sequences per backend decode call.",
+            advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] });
+        QueueWait = _meter.CreateHistogram<double>("flashmla.decode.queue_wait", "s", "Time from a request's arrival at the scheduler to the start of its batch.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
+        ComputeTime = _meter.CreateHistogram<double>("flashmla.decode.compute_time", "s", "Backend time of one decode batch (append, attention, copies).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
+        SequencesReclaimed = _meter.CreateCounter<long>("flashmla.sequences.reclaimed", "{sequence}", "Sequences freed because their lease ran out.");
+        RequestsFailed = _meter.CreateCounter<long>("flashmla.requests.failed", "{request}", "Requests refused or failed, by gRPC status code and method.");
+        AppendedRows = _meter.CreateCounter<long>("flashmla.kv.appended_rows", "{row}", "KV rows written into the cache (prefill uploads and decode appends).");
+        _meter.CreateObservableGauge("flashmla.kv.blocks_used", () => _gauges.UsedBlocks, "{block}", "KV blocks in use.");
+        _meter.CreateObservableGauge("flashmla.kv.blocks_free", () => _gauges.FreeBlocks, "{block}", "KV blocks on the free list.");
+        _meter.CreateObservableGauge("flashmla.kv.blocks_total", () => _gauges.TotalBlocks, "{block}", "KV blocks in the cache.");
+        _meter.CreateObservableGauge("flashmla.sequences.active", () => _gauges.Sequences, "{sequence}", "Live sequences.");
+        _meter.CreateObservableGauge("flashmla.serving", () => _gauges.Serving ? 1 : 0, "{state}", "1 while the service is SERVING, 0 when NOT_SERVING (draining or device lost).");
+    }
+
+    private static readonly double[] LatencyBuckets =
+        [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+    public Counter<long> DecodeRequests { get; }
+    public Counter<long> DecodeQueryTokens { get; }
+    public Counter<long> DecodeKvTokens { get; }
+    public Counter<long> DecodeBytes { get; }
+    public Counter<double> DecodeFlops { get; }
+    public Counter<long> DecodeBatches { get; }
+    public Histogram<int> BatchSequences { get; }
+    public Histogram<double> QueueWait { get; }
+    public Histogram<double> ComputeTime { get; }
+    public Counter<long> SequencesReclaimed { get; }
+    public Counter<long> RequestsFailed { get; }
+    public Counter<long> AppendedRows { get; }
+
+    /// <summary>Published by the scheduler loop after each mutation; read by the gauges' callbacks.</summary>
+    public void PublishCache(CacheGaugeSnapshot snapshot) => Volatile.Write(ref _gauges, snapshot);
+
+    public void Dispose() => _meter.Dispose();
+}
+
+/// <summary>An immutable view of the cache for the gauges (written by one thread, read by the exporter).</summary>
+public sealed record CacheGaugeSnapshot(int TotalBlocks, int FreeBlocks, int Sequences, bool Serving)
+{
+    public int UsedBlocks => TotalBlocks - FreeBlocks;
+}
