@@ -1,0 +1,86 @@
+using System.Diagnostics;
+using FlashMla.Core.Cache;
+using FlashMla.Core.Tensors;
+
+namespace FlashMla.Core.Scheduling;
+
+/// <summary>
+/// One decode request on its way through the scheduler: validated shapes, raw bf16 inputs (views of the
+/// request's bytes, never copied until the batch is built) and the completion the caller awaits.
+/// </summary>
+public sealed class DecodeWork
+{
+    private readonly TaskCompletionSource<DecodeResult> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private DecodeWork(int layer, ulong[] sequenceIds, int queryTokens, int heads, float scale,
+        ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
+    {
+        Layer = layer;
+        SequenceIds = sequenceIds;
+        QueryTokens = queryTokens;
+        Heads = heads;
+        SoftmaxScale = scale;
+        Q = q;
+        NewKv = newKv;
+        ArrivedAt = Stopwatch.GetTimestamp();
+    }
+
+    public int Layer { get; }
+    public ulong[] SequenceIds { get; }
+    public int BatchSize => SequenceIds.Length;
+    public int QueryTokens { get; }
+    public int Heads { get; }
+    public float SoftmaxScale { get; }
+
+    /// <summary>bf16 bytes <c>[b, s_q, h_q, 576]</c>.</summary>
+    public ReadOnlyMemory<byte> Q { get; }
+
+    /// <summary>bf16 bytes <c>[b, s_q, 576]</c>, or empty.</summary>
+    public ReadOnlyMemory<byte> NewKv { get; }
+
+    public bool HasNewKv => !NewKv.IsEmpty;
+    public long ArrivedAt { get; }
+    public Task<DecodeResult> Completion => _completion.Task;
+
+    /// <summary>
+    /// Checks everything that can be checked without the cache: ranges, duplicates, byte counts.
+    /// A scale of 0 means <see cref="MlaDims.DefaultSoftmaxScale"/>.
+    /// </summary>
+    public static DecodeWork Create(SchedulerOptions limits, int layer, ulong[] sequenceIds, int queryTokens, int heads,
+        float softmaxScale, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
+    {
+        if (sequenceIds.Length == 0) throw CacheException.Invalid("the request names no sequences");
+        if (sequenceIds.Length > limits.MaxBatchSequences)
+            throw CacheException.Invalid($"the request names {sequenceIds.Length} sequences, more than the limit of {limits.MaxBatchSequences}");
+        if (queryTokens < 1 || queryTokens > limits.MaxQueryTokens)
+            throw CacheException.Invalid($"s_q must be in 1..{limits.MaxQueryTokens}, got {queryTokens}");
+        if (heads < 1 || heads > limits.MaxHeads)
+            throw CacheException.Invalid($"h_q must be in 1..{limits.MaxHeads}, got {heads}");
+        if (layer < 0) throw CacheException.Invalid($"layer {layer} is out of range");
+        if (!float.IsFinite(softmaxScale) || softmaxScale < 0)
+            throw CacheException.Invalid($"softmax_scale must be a finite non-negative number, got {softmaxScale}");
+        var seen = new HashSet<ulong>(sequenceIds.Length);
+        foreach (ulong id in sequenceIds)
+            if (!seen.Add(id)) throw CacheException.Invalid($"sequence {id} appears twice in one request");
+        long qBytes = (long)sequenceIds.Length * queryTokens * heads * MlaDims.HeadDimK * 2;
+        if (q.Length != qBytes)
+            throw CacheException.Invalid($"q must hold b*s_q*h_q*576 bf16 = {qBytes} bytes, got {q.Length}");
+        long kvBytes = (long)sequenceIds.Length * queryTokens * MlaDims.KvRowBytes;
+        if (!newKv.IsEmpty && newKv.Length != kvBytes)
+            throw CacheException.Invalid($"kv must hold b*s_q*576 bf16 = {kvBytes} bytes, got {newKv.Length}");
+        float scale = softmaxScale == 0 ? MlaDims.DefaultSoftmaxScale : softmaxScale;
+        return new DecodeWork(layer, sequenceIds, queryTokens, heads, scale, q, newKv);
+    }
+
+    internal void Complete(DecodeResult result) => _completion.TrySetResult(result);
+    internal void Fail(Exception error) => _completion.TrySetException(error);
+}
+
+/// <summary>
+/// Outputs of one request: <c>out</c> bf16 <c>[b, s_q, h_q, 512]</c> and <c>lse</c> fp32 <c>[b, h_q, s_q]</c>
+/// as little-endian bytes, ready to wrap in a response without another copy.
+/// </summary>
+public sealed record DecodeResult(byte[] Out, byte[] Lse, DecodeTimings Timings);
+
+/// <summary>Where a request's time went.</summary>
+public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests);

@@ -1,0 +1,202 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using FlashMla.Core.Backends;
+using FlashMla.Core.Cache;
+using FlashMla.Core.Telemetry;
+
+namespace FlashMla.Core.Scheduling;
+
+/// <summary>
+/// The one owner of the cache, the allocator and the backend. RPC handlers post commands into a bounded
+/// channel and await their completion; a single loop runs them in arrival order. Decode requests are held
+/// back briefly in <see cref="DecodeBatcher"/> so that concurrent requests of one layer and shape run as one
+/// backend call; any cache command flushes them first, so every client sees its own requests in order.
+/// </summary>
+public sealed class Scheduler : IAsyncDisposable
+{
+    private readonly Channel<object> _inbox;
+    private readonly PagedKvCache _cache;
+    private readonly IAttentionBackend _backend;
+    private readonly FlashMlaMetrics _metrics;
+    private readonly DecodeBatcher _batcher;
+    private readonly DecodeBatchExecutor _executor;
+    private readonly Task _loop;
+    private readonly Timer? _leaseTimer;
+    private volatile bool _serving = true;
+    private volatile string? _faultReason;
+
+    public Scheduler(IAttentionBackend backend, CacheLimits limits, SchedulerOptions options, FlashMlaMetrics metrics)
+    {
+        Options = options;
+        _backend = backend;
+        _metrics = metrics;
+        _cache = new PagedKvCache(backend, limits);
+        _executor = new DecodeBatchExecutor(_cache, backend, metrics);
+        _executor.StickyFault += fault =>
+        {
+            _faultReason = fault.Message;
+            _serving = false;
+        };
+        _batcher = new DecodeBatcher(options, _executor);
+        _inbox = Channel.CreateBounded<object>(new BoundedChannelOptions(options.QueueCapacity)
+        {
+            SingleReader = true,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
+        PublishGauges();
+        _loop = Task.Run(RunLoopAsync);
+        if (options.SequenceLease > TimeSpan.Zero)
+            _leaseTimer = new Timer(_ => _inbox.Writer.TryWrite(LeaseTick.Instance), null, options.LeaseCheckInterval, options.LeaseCheckInterval);
+    }
+
+    public SchedulerOptions Options { get; }
+    public CacheLimits Limits => _cache.Limits;
+    public KvPoolGeometry Geometry => _backend.Geometry;
+    public string BackendName => _backend.Name;
+    public string DeviceDescription => _backend.DeviceDescription;
+
+    /// <summary>False once draining started or the device was lost; the health service reports it.</summary>
+    public bool IsServing => _serving;
+
+    /// <summary>Why the service stopped serving because of the device, if it did.</summary>
+    public string? FaultReason => _faultReason;
+
+    /// <summary>Raised (on the loop) when serving stops because of a device fault.</summary>
+    public event Action<string>? ServingStopped;
+
+    /// <summary>Runs <paramref name="operation"/> on the loop, after every command posted before it.</summary>
+    public async Task<T> RunAsync<T>(Func<PagedKvCache, T> operation, CancellationToken cancellationToken = default)
+    {
+        var command = new CacheCommand<T>(operation);
+        await PostAsync(command, cancellationToken).ConfigureAwait(false);
+        return await command.Completion.ConfigureAwait(false);
+    }
+
+    /// <summary>Queues a decode request; the result comes when its batch has run.</summary>
+    public async Task<DecodeResult> DecodeAsync(DecodeWork work, CancellationToken cancellationToken = default)
+    {
+        await PostAsync(work, cancellationToken).ConfigureAwait(false);
+        return await work.Completion.ConfigureAwait(false);
+    }
+
+    /// <summary>Counters and occupancy, read on the loop.</summary>
+    public Task<SchedulerStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
+        RunAsync(cache => new SchedulerStats(
+            cache.Allocator.TotalBlocks, cache.Allocator.FreeBlocks, cache.SequenceCount, cache.Reclaimed,
+            _executor.Requests, _executor.Batches, cache.RejectedNoSpace), cancellationToken);
+
+    /// <summary>Stops taking new work (UNAVAILABLE from then on), finishes what is queued, and returns.</summary>
+    public async Task DrainAsync()
+    {
+        _serving = false;
+        PublishGauges();
+        _inbox.Writer.TryComplete();
+        await _loop.ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_leaseTimer is not null) await _leaseTimer.DisposeAsync().ConfigureAwait(false);
+        await DrainAsync().ConfigureAwait(false);
+    }
+
+    private async ValueTask PostAsync(object command, CancellationToken cancellationToken)
+    {
+        if (_faultReason is { } reason)
+            throw new CacheException(CacheError.Unavailable, "the service stopped serving after a device fault: " + reason);
+        try
+        {
+            await _inbox.Writer.WriteAsync(command, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ChannelClosedException)
+        {
+            throw new CacheException(CacheError.Unavailable, "the service is shutting down and takes no new requests");
+        }
+    }
+
+    private async Task RunLoopAsync()
+    {
+        var reader = _inbox.Reader;
+        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            while (reader.TryRead(out var command)) Dispatch(command);
+            if (_batcher.HasPending)
+            {
+                // Hold the batch open for the window, taking whatever arrives meanwhile.
+                long deadline = Stopwatch.GetTimestamp() + (long)(Options.BatchWindow.TotalSeconds * Stopwatch.Frequency);
+                var spinner = new SpinWait();
+                while (_batcher.HasPending && !_batcher.IsFull && Stopwatch.GetTimestamp() < deadline)
+                {
+                    if (reader.TryRead(out var more)) Dispatch(more);
+                    else spinner.SpinOnce(sleep1Threshold: -1);
+                }
+                _batcher.FlushAll();
+            }
+            PublishGauges();
+        }
+        _batcher.FlushAll();
+        PublishGauges();
+    }
+
+    private void Dispatch(object command)
+    {
+        switch (command)
+        {
+            case DecodeWork work:
+                _batcher.Add(work);
+                break;
+            case ICacheCommand cacheCommand:
+                _batcher.FlushAll(); // the cache command sees every decode queued before it
+                cacheCommand.Execute(_cache);
+                break;
+            case LeaseTick:
+                _batcher.FlushAll();
+                int reclaimed = _cache.ReclaimIdle(Stopwatch.GetTimestamp(), (long)(Options.SequenceLease.TotalSeconds * Stopwatch.Frequency));
+                if (reclaimed > 0) _metrics.SequencesReclaimed.Add(reclaimed);
+                break;
+        }
+        if (!_serving && _faultReason is not null && ServingStopped is { } handler)
+        {
+            ServingStopped = null;
+            handler(_faultReason);
+        }
+    }
+
+    private void PublishGauges() => _metrics.PublishCache(new CacheGaugeSnapshot(
+        _cache.Allocator.TotalBlocks, _cache.Allocator.FreeBlocks, _cache.SequenceCount, _serving));
+
+    private interface ICacheCommand
+    {
+        void Execute(PagedKvCache cache);
+    }
+
+    private sealed class CacheCommand<T>(Func<PagedKvCache, T> operation) : ICacheCommand
+    {
+        private readonly TaskCompletionSource<T> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public Task<T> Completion => _completion.Task;
+
+        public void Execute(PagedKvCache cache)
+        {
+            try
+            {
+                _completion.TrySetResult(operation(cache));
+            }
+            catch (Exception ex)
+            {
+                _completion.TrySetException(ex);
+            }
+        }
+    }
+
+    private sealed class LeaseTick
+    {
+        public static readonly LeaseTick Instance = new();
+    }
+}
+
+/// <summary>Cache occupancy and decode counters.</summary>
+public sealed record SchedulerStats(int TotalBlocks, int FreeBlocks, int Sequences, long ReclaimedSequences,
+    long DecodeRequests, long DecodeBatches, long RejectedNoSpace)
+{
+    public int UsedBlocks => TotalBlocks - FreeBlocks;
+}

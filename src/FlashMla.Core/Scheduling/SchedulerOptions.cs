@@ -1,0 +1,26 @@
+namespace FlashMla.Core.Scheduling;
+
+/// <summary>How the scheduler batches and bounds work. The host validates these at start-up.</summary>
+public sealed record SchedulerOptions
+{
+    /// <summary>How long a pending decode batch waits for more requests of its layer and shape.</summary>
+    public TimeSpan BatchWindow { get; init; } = TimeSpan.FromMicroseconds(200);
+
+    /// <summary>Most sequences in one backend decode call (and in one request).</summary>
+    public int MaxBatchSequences { get; init; } = 512;
+
+    /// <summary>Largest s_q accepted.</summary>
+    public int MaxQueryTokens { get; init; } = 8;
+
+    /// <summary>Largest h_q accepted.</summary>
+    public int MaxHeads { get; init; } = Tensors.MlaDims.MaxHeads;
+
+    /// <summary>Requests waiting for the loop before senders are made to wait.</summary>
+    public int QueueCapacity { get; init; } = 4096;
+
+    /// <summary>A sequence untouched this long is freed; zero disables the lease.</summary>
+    public TimeSpan SequenceLease { get; init; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>How often idle sequences are looked for.</summary>
+    public TimeSpan LeaseCheckInterval { get; init; } = TimeSpan.FromSeconds(5);
+}

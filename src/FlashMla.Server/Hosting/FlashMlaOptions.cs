@@ -1,0 +1,119 @@
+using FlashMla.Core.Cache;
+using FlashMla.Core.Scheduling;
+using FlashMla.Core.Tensors;
+
+namespace FlashMla.Server.Hosting;
+
+/// <summary>
+/// Every option of the server, section "FlashMla" (appsettings.json, environment FlashMla__Name,
+/// command line --FlashMla:Name=value). Validated at start-up; the README's table lists them.
+/// </summary>
+public sealed class FlashMlaOptions
+{
+    public const string Section = "FlashMla";
+
+    /// <summary>gRPC port (HTTP/2 cleartext). 0 picks a free port (tests).</summary>
+    public int GrpcPort { get; set; } = 50051;
+
+    /// <summary>Port of /metrics (Prometheus) and /healthz (HTTP/1.1). 0 picks a free port.</summary>
+    public int MetricsPort { get; set; } = 9090;
+
+    /// <summary>Address to listen on: "any" (all interfaces) or "loopback".</summary>
+    public string ListenAddress { get; set; } = "any";
+
+    /// <summary>auto (CUDA when a GPU and the fatbin are present, else CPU), cpu or cuda.</summary>
+    public string Backend { get; set; } = "auto";
+
+    /// <summary>The kernels for the CUDA backend; relative paths are taken from the executable's folder.</summary>
+    public string FatbinPath { get; set; } = "flashmla.fatbin";
+
+    /// <summary>Layers of the model (one KV pool each).</summary>
+    public int Layers { get; set; } = 4;
+
+    /// <summary>KV blocks per layer; 0 sizes the cache from free memory and <see cref="MemoryFraction"/>.</summary>
+    public int TotalBlocks { get; set; } = 0;
+
+    /// <summary>Fraction of free device memory (CUDA) or of <see cref="CpuMemoryMiB"/> (CPU) given to the pools when TotalBlocks is 0.</summary>
+    public double MemoryFraction { get; set; } = 0.9;
+
+    /// <summary>Host memory budget of the CPU backend's pools in MiB when TotalBlocks is 0.</summary>
+    public int CpuMemoryMiB { get; set; } = 1024;
+
+    /// <summary>Threads of the CPU backend; 0 uses every core.</summary>
+    public int CpuThreads { get; set; } = 0;
+
+    /// <summary>How long a decode batch waits for more requests of its layer and shape, microseconds.</summary>
+    public int BatchWindowMicroseconds { get; set; } = 200;
+
+    /// <summary>Most sequences in one request and in one merged backend call.</summary>
+    public int MaxBatchSequences { get; set; } = 512;
+
+    /// <summary>Largest s_q accepted.</summary>
+    public int MaxQueryTokens { get; set; } = 8;
+
+    /// <summary>Largest h_q accepted (at most 128).</summary>
+    public int MaxHeads { get; set; } = MlaDims.MaxHeads;
+
+    /// <summary>Longest sequence, tokens.</summary>
+    public int MaxSequenceLength { get; set; } = 131_072;
+
+    /// <summary>Most live sequences.</summary>
+    public int MaxSequences { get; set; } = 65_536;
+
+    /// <summary>Idle time after which a sequence is freed, seconds; 0 disables the lease.</summary>
+    public double SequenceLeaseSeconds { get; set; } = 1800;
+
+    /// <summary>Largest gRPC message in either direction, bytes.</summary>
+    public int MaxMessageBytes { get; set; } = 256 * 1024 * 1024;
+
+    /// <summary>Decode requests in flight per stream before the server stops reading it.</summary>
+    public int MaxInFlightPerStream { get; set; } = 64;
+
+    /// <summary>Requests queued for the scheduler before senders wait.</summary>
+    public int QueueCapacity { get; set; } = 4096;
+
+    /// <summary>"text" (readable in a terminal) or "json" (one compact JSON object a line).</summary>
+    public string LogFormat { get; set; } = "text";
+
+    /// <summary>How long shutdown waits for in-flight work, seconds.</summary>
+    public double DrainTimeoutSeconds { get; set; } = 30;
+
+    public IEnumerable<string> Validate()
+    {
+        if (GrpcPort is < 0 or > 65535) yield return $"GrpcPort must be 0..65535, got {GrpcPort}";
+        if (MetricsPort is < 0 or > 65535) yield return $"MetricsPort must be 0..65535, got {MetricsPort}";
+        if (GrpcPort != 0 && GrpcPort == MetricsPort) yield return "GrpcPort and MetricsPort must differ";
+        if (ListenAddress is not ("any" or "loopback")) yield return $"ListenAddress must be any or loopback, got '{ListenAddress}'";
+        if (Backend is not ("auto" or "cpu" or "cuda")) yield return $"Backend must be auto, cpu or cuda, got '{Backend}'";
+        if (Layers is < 1 or > 1024) yield return $"Layers must be 1..1024, got {Layers}";
+        if (TotalBlocks < 0) yield return $"TotalBlocks must be >= 0, got {TotalBlocks}";
+        if (MemoryFraction is <= 0 or > 1) yield return $"MemoryFraction must be in (0, 1], got {MemoryFraction}";
+        if (CpuMemoryMiB < 1) yield return $"CpuMemoryMiB must be >= 1, got {CpuMemoryMiB}";
+        if (CpuThreads < 0) yield return $"CpuThreads must be >= 0, got {CpuThreads}";
+        if (BatchWindowMicroseconds is < 0 or > 100_000) yield return $"BatchWindowMicroseconds must be 0..100000, got {BatchWindowMicroseconds}";
+        if (MaxBatchSequences is < 1 or > 65_536) yield return $"MaxBatchSequences must be 1..65536, got {MaxBatchSequences}";
+        if (MaxQueryTokens is < 1 or > 64) yield return $"MaxQueryTokens must be 1..64, got {MaxQueryTokens}";
+        if (MaxHeads is < 1 or > MlaDims.MaxHeads) yield return $"MaxHeads must be 1..{MlaDims.MaxHeads}, got {MaxHeads}";
+        if (MaxSequenceLength < 1) yield return $"MaxSequenceLength must be >= 1, got {MaxSequenceLength}";
+        if (MaxSequences < 1) yield return $"MaxSequences must be >= 1, got {MaxSequences}";
+        if (SequenceLeaseSeconds < 0) yield return $"SequenceLeaseSeconds must be >= 0, got {SequenceLeaseSeconds}";
+        if (MaxMessageBytes < 1024 * 1024) yield return $"MaxMessageBytes must be at least 1 MiB, got {MaxMessageBytes}";
+        if (MaxInFlightPerStream < 1) yield return $"MaxInFlightPerStream must be >= 1, got {MaxInFlightPerStream}";
+        if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
+        if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
+        if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
+    }
+
+    public SchedulerOptions ToSchedulerOptions() => new()
+    {
+        BatchWindow = TimeSpan.FromMicroseconds(BatchWindowMicroseconds),
+        MaxBatchSequences = MaxBatchSequences,
+        MaxQueryTokens = MaxQueryTokens,
+        MaxHeads = MaxHeads,
+        QueueCapacity = QueueCapacity,
+        SequenceLease = TimeSpan.FromSeconds(SequenceLeaseSeconds),
+        LeaseCheckInterval = TimeSpan.FromSeconds(Math.Clamp(SequenceLeaseSeconds / 4, 0.05, 5)),
+    };
+
+    public CacheLimits ToCacheLimits() => new(MaxSequenceLength, MaxSequences);
+}

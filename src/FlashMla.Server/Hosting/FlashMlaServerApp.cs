@@ -1,0 +1,104 @@
+using System.Net;
+using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
+using FlashMla.Server.Services;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Options;
+using OpenTelemetry.Metrics;
+using Serilog;
+using Serilog.Events;
+using Serilog.Formatting.Compact;
+
+namespace FlashMla.Server.Hosting;
+
+/// <summary>Builds the whole server: options, logging, backend, scheduler, Kestrel, gRPC, metrics, health.</summary>
+public static class FlashMlaServerApp
+{
+    public static WebApplication Build(string[] args)
+    {
+        var builder = WebApplication.CreateBuilder(args);
+        var options = new FlashMlaOptions();
+        builder.Configuration.GetSection(FlashMlaOptions.Section).Bind(options);
+        var problems = options.Validate().ToList();
+        if (problems.Count > 0)
+            throw new OptionsValidationException(FlashMlaOptions.Section, typeof(FlashMlaOptions), problems);
+        builder.Services.AddSingleton(Options.Create(options));
+
+        builder.Services.AddSerilog((_, log) =>
+        {
+            log.MinimumLevel.Information()
+                .MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
+                .MinimumLevel.Override("Grpc", LogEventLevel.Warning)
+                .ReadFrom.Configuration(builder.Configuration)
+                .Enrich.FromLogContext();
+            if (options.LogFormat == "json") log.WriteTo.Console(new CompactJsonFormatter());
+            else log.WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {SourceContext}: {Message:lj}{NewLine}{Exception}");
+        });
+
+        var endpoints = new BoundEndpoints();
+        builder.Services.AddSingleton(endpoints);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            var address = options.ListenAddress == "loopback" ? IPAddress.Loopback : IPAddress.Any;
+            // Large windows and frames: a decode step moves megabytes each way (DESIGN.md, "The data plane").
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 64 * 1024 * 1024;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = 1024;
+            kestrel.Limits.MaxRequestBodySize = null;
+            kestrel.Listen(address, options.GrpcPort, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                endpoints.Grpc = listen;
+            });
+            kestrel.Listen(address, options.MetricsPort, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http1;
+                endpoints.Metrics = listen;
+            });
+        });
+
+        builder.Services.AddSingleton<FlashMlaMetrics>();
+        builder.Services.AddSingleton(_ => BackendSelector.Create(options));
+        builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),
+            options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>()));
+        builder.Services.AddSingleton<RequestFailures>();
+        builder.Services.AddHostedService<SchedulerLifetime>();
+
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = options.MaxMessageBytes;
+            grpc.MaxSendMessageSize = options.MaxMessageBytes;
+        });
+        builder.Services.AddGrpcReflection();
+        builder.Services.AddGrpcHealthChecks(health =>
+            {
+                health.Services.Map("", _ => true);
+                health.Services.Map("flashmla.v1.Decoder", _ => true);
+                health.Services.Map("flashmla.v1.KvCache", _ => true);
+            })
+            .AddCheck<ServingHealthCheck>("serving");
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+            .AddMeter(FlashMlaMetrics.MeterName)
+            .AddPrometheusExporter());
+
+        var app = builder.Build();
+        app.MapGrpcService<KvCacheService>();
+        app.MapGrpcService<DecoderService>();
+        app.MapGrpcHealthChecksService();
+        app.MapGrpcReflectionService();
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        app.MapHealthChecks("/healthz");
+
+        app.Lifetime.ApplicationStarted.Register(() =>
+        {
+            var holder = app.Services.GetRequiredService<BackendHolder>();
+            var scheduler = app.Services.GetRequiredService<Scheduler>();
+            app.Logger.LogInformation(
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, metrics on port {MetricsPort}",
+                holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
+                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.MetricsPort);
+        });
+        return app;
+    }
+}
