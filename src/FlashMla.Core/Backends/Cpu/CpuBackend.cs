@@ -1,0 +1,193 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
+using FlashMla.Core.Tensors;
+
+namespace FlashMla.Core.Backends.Cpu;
+
+/// <summary>
+/// The embedded backend: KV pools in host memory, MLA decode on the CPU's cores in fp32 with
+/// SIMD. It is also the oracle the CUDA backend is checked against, so the math is the plain
+/// algorithm (see <see cref="CpuDecodeKernel"/>). Calls come one at a time from the scheduler loop.
+/// Every method checks all its arguments before it changes anything.
+/// </summary>
+public sealed unsafe class CpuBackend : IAttentionBackend
+{
+    private readonly HostKvPool[] _pools;
+    private readonly CpuDecodeKernel _kernel;
+    private bool _disposed;
+
+    /// <param name="geometry">Layers and blocks; every layer gets a pool of <c>NumBlocks * 73,728</c> bytes.</param>
+    /// <param name="maxThreads">Threads one decode may use; the processor count when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The geometry is empty, has more slots than an int
+    /// addresses, or needs more memory than the machine has.</exception>
+    /// <exception cref="OutOfMemoryException">The OS refused the pools.</exception>
+    public CpuBackend(KvPoolGeometry geometry, int? maxThreads = null)
+    {
+        if (geometry.NumLayers < 1 || geometry.NumBlocks < 1)
+            throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "CpuBackend: need at least one layer and one block");
+        if (geometry.TotalSlots > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(geometry), geometry,
+                $"CpuBackend: {geometry.NumBlocks} blocks is more than slots (int) can address; at most {int.MaxValue / MlaDims.BlockSize}");
+        int threads = maxThreads ?? Environment.ProcessorCount;
+        if (threads < 1)
+            throw new ArgumentOutOfRangeException(nameof(maxThreads), maxThreads, "CpuBackend: need at least one thread");
+
+        long bytesPerLayer = geometry.TotalSlots * MlaDims.KvRowBytes;
+        double totalBytes = (double)bytesPerLayer * geometry.NumLayers;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (available > 0 && totalBytes > available)
+            throw new ArgumentOutOfRangeException(nameof(geometry), geometry,
+                $"CpuBackend: {geometry.NumLayers} layers x {geometry.NumBlocks} blocks need {totalBytes / (1L << 30):F1} GiB of host memory; " +
+                $"this machine (or container) has {(double)available / (1L << 30):F1} GiB");
+
+        Geometry = geometry;
+        _pools = new HostKvPool[geometry.NumLayers];
+        try
+        {
+            for (int layer = 0; layer < _pools.Length; layer++)
+                _pools[layer] = HostKvPool.Allocate(geometry.TotalSlots);
+        }
+        catch (OutOfMemoryException e)
+        {
+            foreach (var pool in _pools) pool?.Dispose();
+            throw new OutOfMemoryException(
+                $"CpuBackend: could not allocate {geometry.NumLayers} KV pools of {bytesPerLayer / (double)(1L << 20):F0} MiB each " +
+                $"({totalBytes / (1L << 30):F1} GiB in all)", e);
+        }
+
+        _kernel = new CpuDecodeKernel(threads);
+        MaxThreads = threads;
+        DeviceDescription = $"CPU: {threads} threads, {ProcessorName()}, {Vector<float>.Count * 32}-bit SIMD";
+    }
+
+    public string Name => "cpu";
+
+    public string DeviceDescription { get; }
+
+    public KvPoolGeometry Geometry { get; }
+
+    /// <summary>Threads one decode may use.</summary>
+    public int MaxThreads { get; }
+
+    public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
+    {
+        var pool = PoolOf(layer);
+        CheckRows(slots, rows.Length, nameof(rows));
+        CheckSlots(slots, nameof(slots));
+        WriteRows(pool, slots, rows);
+    }
+
+    public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows)
+    {
+        var pool = PoolOf(layer);
+        CheckRows(slots, rows.Length, nameof(rows));
+        CheckSlots(slots, nameof(slots));
+        for (int i = 0; i < slots.Length; i++)
+            RowSpan(pool, slots[i]).CopyTo(rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK));
+    }
+
+    public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        for (int i = 0; i < copies.Length; i++)
+        {
+            var (source, destination) = copies[i];
+            if ((uint)source >= (uint)Geometry.NumBlocks || (uint)destination >= (uint)Geometry.NumBlocks)
+                throw new ArgumentOutOfRangeException(nameof(copies), copies[i],
+                    $"CpuBackend: copy {i} names a block outside 0..{Geometry.NumBlocks - 1}");
+        }
+
+        const long blockBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
+        foreach (var pool in _pools)
+            foreach (var (source, destination) in copies)
+                if (source != destination)
+                    Buffer.MemoryCopy(pool.Row((long)source * MlaDims.BlockSize), pool.Row((long)destination * MlaDims.BlockSize), blockBytes, blockBytes);
+    }
+
+    public void Decode(DecodeBatch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        batch.Validate(Geometry);
+        CheckSlots(batch.NewKvSlots.Span, "batch.NewKvSlots");
+        CheckBlockTable(batch);
+
+        var pool = _pools[batch.Layer];
+        if (!batch.NewKv.IsEmpty) WriteRows(pool, batch.NewKvSlots.Span, batch.NewKv.Span);
+
+        using var q = batch.Q.Pin();
+        using var output = batch.Out.Pin();
+        using var lse = batch.Lse.Pin();
+        using var seqLens = batch.SeqLens.Pin();
+        using var blockTable = batch.BlockTable.Pin();
+        _kernel.Run(pool, batch, (ushort*)q.Pointer, (ushort*)output.Pointer, (float*)lse.Pointer,
+            (int*)seqLens.Pointer, (int*)blockTable.Pointer);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var pool in _pools) pool.Dispose();
+    }
+
+    private static void WriteRows(HostKvPool pool, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
+    {
+        for (int i = 0; i < slots.Length; i++)
+            rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK).CopyTo(RowSpan(pool, slots[i]));
+    }
+
+    private static Span<ushort> RowSpan(HostKvPool pool, int slot) => new(pool.Row(slot), MlaDims.HeadDimK);
+
+    private HostKvPool PoolOf(int layer)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if ((uint)layer >= (uint)_pools.Length)
+            throw new ArgumentOutOfRangeException(nameof(layer), layer, $"CpuBackend: layer outside 0..{_pools.Length - 1}");
+        return _pools[layer];
+    }
+
+    private static void CheckRows(ReadOnlySpan<int> slots, int rowsLength, string name)
+    {
+        if (rowsLength != (long)slots.Length * MlaDims.HeadDimK)
+            throw new ArgumentException(
+                $"CpuBackend: {slots.Length} slots need {(long)slots.Length * MlaDims.HeadDimK} row elements (576 each), got {rowsLength}", name);
+    }
+
+    private void CheckSlots(ReadOnlySpan<int> slots, string name)
+    {
+        long total = Geometry.TotalSlots;
+        for (int i = 0; i < slots.Length; i++)
+            if ((uint)slots[i] >= total)
+                throw new ArgumentOutOfRangeException(name, slots[i], $"CpuBackend: slot {i} is outside 0..{total - 1}");
+    }
+
+    private void CheckBlockTable(DecodeBatch batch)
+    {
+        var lens = batch.SeqLens.Span;
+        var table = batch.BlockTable.Span;
+        for (int s = 0; s < lens.Length; s++)
+        {
+            var blocks = table.Slice(s * batch.BlockTableStride, MlaDims.BlocksFor(lens[s]));
+            for (int i = 0; i < blocks.Length; i++)
+                if ((uint)blocks[i] >= (uint)Geometry.NumBlocks)
+                    throw new ArgumentOutOfRangeException("batch.BlockTable", blocks[i],
+                        $"CpuBackend: block {i} of sequence {s} is outside 0..{Geometry.NumBlocks - 1}");
+        }
+    }
+
+    /// <summary>The processor's marketing name where the OS offers it in one cheap read, else the architecture.</summary>
+    private static string ProcessorName()
+    {
+        try
+        {
+            if (OperatingSystem.IsLinux())
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal) && line.IndexOf(':') is int colon and >= 0)
+                        return line[(colon + 1)..].Trim();
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return RuntimeInformation.ProcessArchitecture.ToString();
+    }
+}

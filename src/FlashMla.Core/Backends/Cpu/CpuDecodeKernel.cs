@@ -1,0 +1,331 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using FlashMla.Core.Tensors;
+
+namespace FlashMla.Core.Backends.Cpu;
+
+/// <summary>
+/// The MLA decode math on the CPU, in the GPU kernel's loop order: a work item is up to
+/// <see cref="MaxRowsPerItem"/> query rows (<c>row = t * h_q + h</c>) of one sequence; it walks the
+/// sequence's pages in order, converts each page to fp32 once, scores every row against it, keeps
+/// an online softmax per row (running max and sum, fp32) and accumulates <c>O += P V</c>.
+/// Workers pull items from a shared counter, so long and short sequences balance out.
+/// The caller has validated everything: this class trusts its pointers.
+/// </summary>
+internal sealed unsafe class CpuDecodeKernel
+{
+    /// <summary>Rows per work item at most: the GPU kernel's CTA also takes 64 rows.</summary>
+    public const int MaxRowsPerItem = 64;
+
+    /// <summary>Fewest rows per item when a sequence is split: fewer would convert each page too often.</summary>
+    private const int MinRowsPerSplitItem = 16;
+
+    private const int Dk = MlaDims.HeadDimK;
+    private const int Dv = MlaDims.HeadDimV;
+    private const int Page = MlaDims.BlockSize;
+
+    private readonly WorkerScratch?[] _scratch;
+    private readonly Action<int> _runWorker;
+
+    // The current call; set by Run, read by the workers.
+    private ushort* _pool;
+    private ushort* _q;
+    private ushort* _out;
+    private float* _lse;
+    private int* _seqLens;
+    private int* _blockTable;
+    private int _blockTableStride;
+    private int _queryTokens;
+    private int _heads;
+    private float _scale;
+    private int _rowsPerItem;
+    private int _itemsPerSequence;
+    private int _items;
+    private int _nextItem;
+
+    static CpuDecodeKernel()
+    {
+        // The vector loops have no tails: 576 and 512 are multiples of 64, every Vector<ushort> width up to 512 bits.
+        if (Dk % Vector<ushort>.Count != 0 || Dv % Vector<float>.Count != 0)
+            throw new PlatformNotSupportedException($"CpuBackend needs a SIMD width that divides 512 and 576 (Vector<float>.Count = {Vector<float>.Count})");
+    }
+
+    public CpuDecodeKernel(int maxThreads)
+    {
+        _scratch = new WorkerScratch?[maxThreads];
+        _runWorker = RunWorker;
+    }
+
+    /// <summary>One decode over a validated batch; returns when every output row is written.</summary>
+    public void Run(HostKvPool pool, DecodeBatch batch, ushort* q, ushort* output, float* lse, int* seqLens, int* blockTable)
+    {
+        int rowsPerSequence = batch.QueryTokens * batch.Heads;
+        int threads = _scratch.Length;
+
+        // Split sequences into row groups only as far as needed to give every thread a few items.
+        int itemsWanted = Math.Max(1, (4 * threads + batch.BatchSize - 1) / batch.BatchSize);
+        int rowsPerItem = (rowsPerSequence + itemsWanted - 1) / itemsWanted;
+        rowsPerItem = Math.Clamp(rowsPerItem, Math.Min(MinRowsPerSplitItem, rowsPerSequence), MaxRowsPerItem);
+
+        _pool = pool.Row(0);
+        _q = q;
+        _out = output;
+        _lse = lse;
+        _seqLens = seqLens;
+        _blockTable = blockTable;
+        _blockTableStride = batch.BlockTableStride;
+        _queryTokens = batch.QueryTokens;
+        _heads = batch.Heads;
+        _scale = batch.SoftmaxScale;
+        _rowsPerItem = rowsPerItem;
+        _itemsPerSequence = (rowsPerSequence + rowsPerItem - 1) / rowsPerItem;
+        _items = batch.BatchSize * _itemsPerSequence;
+        _nextItem = 0;
+
+        int workers = Math.Min(threads, _items);
+        try
+        {
+            if (workers == 1) RunWorker(0);
+            else Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _runWorker);
+        }
+        finally
+        {
+            _pool = null;
+            _q = _out = null;
+            _lse = null;
+            _seqLens = _blockTable = null;
+        }
+    }
+
+    private void RunWorker(int worker)
+    {
+        var scratch = _scratch[worker] ??= new WorkerScratch();
+        int rowsPerSequence = _queryTokens * _heads;
+        int item;
+        while ((item = Interlocked.Increment(ref _nextItem) - 1) < _items)
+        {
+            int sequence = item / _itemsPerSequence;
+            int rowStart = item % _itemsPerSequence * _rowsPerItem;
+            int rowCount = Math.Min(_rowsPerItem, rowsPerSequence - rowStart);
+            RunItem(scratch, sequence, rowStart, rowCount);
+        }
+    }
+
+    private void RunItem(WorkerScratch s, int sequence, int rowStart, int rowCount)
+    {
+        int length = _seqLens[sequence];
+        long firstRow = (long)sequence * _queryTokens * _heads + rowStart; // row index into q and out
+        int lastToken = (rowStart + rowCount - 1) / _heads;
+        int positionsNeeded = length - _queryTokens + lastToken + 1; // the last row sees the most
+
+        for (int r = 0; r < rowCount; r++)
+        {
+            int token = (rowStart + r) / _heads;
+            s.Visible[r] = length - _queryTokens + token + 1;
+            s.RowMax[r] = float.NegativeInfinity;
+            s.RowSum[r] = 0f;
+            ToFloat(_q + (firstRow + r) * Dk, s.Q + r * Dk, Dk);
+        }
+        new Span<float>(s.Acc, rowCount * Dv).Clear();
+
+        int* blocks = _blockTable + (long)sequence * _blockTableStride;
+        for (int pageStart = 0; pageStart < positionsNeeded; pageStart += Page)
+        {
+            int pageTokens = Math.Min(Page, positionsNeeded - pageStart);
+            ToFloat(_pool + ((long)blocks[pageStart / Page] * Page) * Dk, s.Kv, pageTokens * Dk);
+
+            for (int r = 0; r < rowCount; r++)
+                SoftmaxPage(s, r, Math.Min(pageTokens, s.Visible[r] - pageStart), pageTokens);
+
+            int r4 = 0;
+            for (; r4 + 4 <= rowCount; r4 += 4) AccumulateV4(s, r4, pageTokens);
+            for (; r4 < rowCount; r4++) AccumulateV1(s, r4, pageTokens);
+        }
+
+        for (int r = 0; r < rowCount; r++)
+        {
+            long row = firstRow + r;
+            ushort* o = _out + row * Dv;
+            int token = (rowStart + r) / _heads, head = (rowStart + r) % _heads;
+            float* lse = _lse + ((long)sequence * _heads + head) * _queryTokens + token;
+            float sum = s.RowSum[r];
+            if (sum > 0f)
+            {
+                float inv = 1f / sum;
+                float* acc = s.Acc + r * Dv;
+                for (int c = 0; c < Dv; c++) o[c] = Bf16.FromFloat(acc[c] * inv);
+                *lse = s.RowMax[r] + MathF.Log(sum);
+            }
+            else
+            {
+                new Span<ushort>(o, Dv).Clear(); // a row that sees no position
+                *lse = float.NegativeInfinity;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Scores row <paramref name="r"/> against the first <paramref name="visible"/> tokens of the page,
+    /// folds them into the row's running max and sum, and leaves in <c>P[r]</c> the weights
+    /// (relative to the new max) for all <paramref name="pageTokens"/> tokens, 0 where masked.
+    /// </summary>
+    private void SoftmaxPage(WorkerScratch s, int r, int visible, int pageTokens)
+    {
+        float* p = s.P + r * Page;
+        if (visible <= 0)
+        {
+            s.Correction[r] = 1f;
+            new Span<float>(p, pageTokens).Clear();
+            return;
+        }
+
+        Scores(s.Q + r * Dk, s.Kv, visible, _scale, p);
+        float pageMax = p[0];
+        for (int j = 1; j < visible; j++) pageMax = MathF.Max(pageMax, p[j]);
+        float oldMax = s.RowMax[r];
+        float newMax = MathF.Max(oldMax, pageMax);
+        float sum = 0f;
+        for (int j = 0; j < visible; j++)
+        {
+            float e = MathF.Exp(p[j] - newMax);
+            p[j] = e;
+            sum += e;
+        }
+        for (int j = visible; j < pageTokens; j++) p[j] = 0f;
+        float correction = MathF.Exp(oldMax - newMax); // 0 on the first visible page: exp(-inf)
+        s.Correction[r] = correction;
+        s.RowSum[r] = s.RowSum[r] * correction + sum;
+        s.RowMax[r] = newMax;
+    }
+
+    /// <summary><c>scores[j] = (q . kv[j]) * scale</c> for <c>j &lt; count</c>, four KV rows per pass over q.</summary>
+    private static void Scores(float* q, float* kv, int count, float scale, float* scores)
+    {
+        int vc = Vector<float>.Count;
+        int j = 0;
+        for (; j + 4 <= count; j += 4)
+        {
+            float* k0 = kv + j * Dk, k1 = k0 + Dk, k2 = k1 + Dk, k3 = k2 + Dk;
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int c = 0; c < Dk; c += vc)
+            {
+                var qv = Vector.Load(q + c);
+                a0 = Vector.FusedMultiplyAdd(qv, Vector.Load(k0 + c), a0);
+                a1 = Vector.FusedMultiplyAdd(qv, Vector.Load(k1 + c), a1);
+                a2 = Vector.FusedMultiplyAdd(qv, Vector.Load(k2 + c), a2);
+                a3 = Vector.FusedMultiplyAdd(qv, Vector.Load(k3 + c), a3);
+            }
+            scores[j] = Vector.Sum(a0) * scale;
+            scores[j + 1] = Vector.Sum(a1) * scale;
+            scores[j + 2] = Vector.Sum(a2) * scale;
+            scores[j + 3] = Vector.Sum(a3) * scale;
+        }
+        for (; j < count; j++)
+        {
+            float* k = kv + j * Dk;
+            Vector<float> a = default;
+            for (int c = 0; c < Dk; c += vc) a = Vector.FusedMultiplyAdd(Vector.Load(q + c), Vector.Load(k + c), a);
+            scores[j] = Vector.Sum(a) * scale;
+        }
+    }
+
+    /// <summary><c>O[r] = O[r] * correction[r] + P[r] V</c> for four rows, sharing each V load.</summary>
+    private static void AccumulateV4(WorkerScratch s, int r, int tokens)
+    {
+        int vc = Vector<float>.Count;
+        float* o0 = s.Acc + r * Dv, o1 = o0 + Dv, o2 = o1 + Dv, o3 = o2 + Dv;
+        float* p0 = s.P + r * Page, p1 = p0 + Page, p2 = p1 + Page, p3 = p2 + Page;
+        var c0 = new Vector<float>(s.Correction[r]);
+        var c1 = new Vector<float>(s.Correction[r + 1]);
+        var c2 = new Vector<float>(s.Correction[r + 2]);
+        var c3 = new Vector<float>(s.Correction[r + 3]);
+        for (int c = 0; c < Dv; c += vc)
+        {
+            var a0 = Vector.Load(o0 + c) * c0;
+            var a1 = Vector.Load(o1 + c) * c1;
+            var a2 = Vector.Load(o2 + c) * c2;
+            var a3 = Vector.Load(o3 + c) * c3;
+            float* v = s.Kv + c;
+            for (int j = 0; j < tokens; j++, v += Dk)
+            {
+                var vv = Vector.Load(v);
+                a0 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p0[j]), a0);
+                a1 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p1[j]), a1);
+                a2 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p2[j]), a2);
+                a3 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p3[j]), a3);
+            }
+            a0.Store(o0 + c);
+            a1.Store(o1 + c);
+            a2.Store(o2 + c);
+            a3.Store(o3 + c);
+        }
+    }
+
+    /// <summary>The one-row form of <see cref="AccumulateV4"/>, for the rows left over.</summary>
+    private static void AccumulateV1(WorkerScratch s, int r, int tokens)
+    {
+        int vc = Vector<float>.Count;
+        float* o = s.Acc + r * Dv;
+        float* p = s.P + r * Page;
+        var correction = new Vector<float>(s.Correction[r]);
+        for (int c = 0; c < Dv; c += vc)
+        {
+            var a = Vector.Load(o + c) * correction;
+            float* v = s.Kv + c;
+            for (int j = 0; j < tokens; j++, v += Dk)
+                a = Vector.FusedMultiplyAdd(Vector.Load(v), new Vector<float>(p[j]), a);
+            a.Store(o + c);
+        }
+    }
+
+    /// <summary>bf16 to fp32: the bf16 bits are the upper half of the float. <paramref name="count"/> is a multiple of the vector width.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ToFloat(ushort* source, float* destination, int count)
+    {
+        int vu = Vector<ushort>.Count, vf = Vector<float>.Count;
+        for (int i = 0; i < count; i += vu)
+        {
+            Vector.Widen(Vector.Load(source + i), out Vector<uint> low, out Vector<uint> high);
+            Vector.AsVectorSingle(Vector.ShiftLeft(low, 16)).Store(destination + i);
+            Vector.AsVectorSingle(Vector.ShiftLeft(high, 16)).Store(destination + i + vf);
+        }
+    }
+
+    /// <summary>One worker's fp32 buffers, on the pinned object heap so raw pointers stay valid; reused every call.</summary>
+    private sealed class WorkerScratch
+    {
+        private readonly float[] _floats;
+        private readonly int[] _ints;
+
+        public WorkerScratch()
+        {
+            int floats = Page * Dk                 // the page in fp32
+                + MaxRowsPerItem * Dk              // the item's query rows
+                + MaxRowsPerItem * Dv              // the output accumulators
+                + MaxRowsPerItem * Page            // scores, then softmax weights
+                + 3 * MaxRowsPerItem;              // running max, running sum, this page's correction
+            _floats = GC.AllocateUninitializedArray<float>(floats, pinned: true);
+            _ints = GC.AllocateUninitializedArray<int>(MaxRowsPerItem, pinned: true);
+
+            float* f = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_floats));
+            Kv = f; f += Page * Dk;
+            Q = f; f += MaxRowsPerItem * Dk;
+            Acc = f; f += MaxRowsPerItem * Dv;
+            P = f; f += MaxRowsPerItem * Page;
+            RowMax = f; f += MaxRowsPerItem;
+            RowSum = f; f += MaxRowsPerItem;
+            Correction = f;
+            Visible = (int*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_ints));
+        }
+
+        public float* Kv { get; }
+        public float* Q { get; }
+        public float* Acc { get; }
+        public float* P { get; }
+        public float* RowMax { get; }
+        public float* RowSum { get; }
+        public float* Correction { get; }
+        public int* Visible { get; }
+    }
+}
