@@ -1,0 +1,49 @@
+using FlashMla.Client;
+using FlashMla.Core.Scheduling;
+using FlashMla.Server.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace FlashMla.Server.Tests;
+
+/// <summary>A real server (Kestrel on loopback, free ports, CPU backend) for one test class or test.</summary>
+public sealed class TestServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private TestServer(WebApplication app)
+    {
+        _app = app;
+        var endpoints = app.Services.GetRequiredService<BoundEndpoints>();
+        GrpcAddress = $"http://127.0.0.1:{endpoints.GrpcPort}";
+        MetricsAddress = $"http://127.0.0.1:{endpoints.MetricsPort}";
+        Client = new FlashMlaClient(GrpcAddress);
+    }
+
+    public string GrpcAddress { get; }
+    public string MetricsAddress { get; }
+    public FlashMlaClient Client { get; }
+    public Scheduler Scheduler => _app.Services.GetRequiredService<Scheduler>();
+
+    /// <summary>Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value).</summary>
+    public static async Task<TestServer> StartAsync(params (string Name, object Value)[] options)
+    {
+        var args = new List<string>
+        {
+            "--FlashMla:GrpcPort=0", "--FlashMla:MetricsPort=0", "--FlashMla:ListenAddress=loopback",
+            "--FlashMla:Backend=cpu", "--FlashMla:Layers=2", "--FlashMla:TotalBlocks=64", "--FlashMla:BatchWindowMicroseconds=0",
+            "--Serilog:MinimumLevel:Default=Warning",
+        };
+        foreach (var (name, value) in options) args.Add($"--FlashMla:{name}={value}");
+        var app = FlashMlaServerApp.Build([.. args]);
+        await app.StartAsync();
+        return new TestServer(app);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+}
