@@ -61,6 +61,9 @@ FATBIN_NAME = "flashmla.fatbin"
 # The server's graceful drain of in-flight work (DESIGN/issue: allow about 30 s).
 DRAIN_SECONDS = 30
 
+# Optional tools (promtool, kustomize/kubectl) are used when found, unless --no-tools.
+USE_TOOLS = True
+
 METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])flashmla_[a-z0-9_]+")
 
 
@@ -906,12 +909,18 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
+def tool(name: str):
+    return shutil.which(name) if USE_TOOLS else None
+
+
 def kustomize_command():
-    if shutil.which("kustomize"):
+    if tool("kustomize"):
         return ["kustomize", "build"]
-    if shutil.which("kubectl"):
+    if tool("kubectl"):
         return ["kubectl", "kustomize"]
     return None
+
+
 
 
 def k8s_variants(report: Report) -> list[tuple[str, list, dict]]:
@@ -1073,7 +1082,7 @@ def check_k8s(report: Report):
 # Optional: promtool
 
 def check_promtool(report: Report):
-    promtool = shutil.which("promtool")
+    promtool = tool("promtool")
     if not promtool:
         report.note("promtool not found: rule syntax, rule unit tests and dashboard PromQL were not checked")
         return
@@ -1150,7 +1159,8 @@ def main() -> int:
     if args.mini_yaml:
         os.environ["FLASHMLA_CHECK_MINI_YAML"] = "1"
     if args.no_tools:
-        os.environ["PATH"] = ""
+        global USE_TOOLS
+        USE_TOOLS = False
     if args.write_prometheusrule:
         PROMETHEUSRULE.write_text(render_prometheusrule(), encoding="utf-8")
         print(f"wrote {rel(PROMETHEUSRULE)}")
