@@ -10,12 +10,12 @@ public sealed class OperationsTests
     [Fact]
     public async Task An_idle_sequence_is_reclaimed_after_its_lease_and_counted()
     {
-        await using var server = await TestServer.StartAsync(("SequenceLeaseSeconds", 0.3));
+        await using var server = await TestServer.StartAsync(("SequenceLeaseSeconds", 1.5));
         ulong id = await server.Client.CreateSequenceAsync();
         await server.Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 70 * 576));
         Assert.Equal(62u, (await server.Client.GetStatsAsync()).FreeBlocks);
 
-        var deadline = DateTime.UtcNow.AddSeconds(10);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
         while ((await server.Client.GetStatsAsync()).ReclaimedSequences == 0 && DateTime.UtcNow < deadline) await Task.Delay(100);
 
         var stats = await server.Client.GetStatsAsync();

@@ -1,0 +1,764 @@
+// flashmla_check.cu -- native check and bench harness for the FlashMLA kernels.
+//
+//   flashmla_check [--fatbin PATH]            all checks (default)
+//   flashmla_check --bench [--results FILE]   decode timings + HBM / cuBLAS ceilings
+//   flashmla_check --bench --shape I          one bench shape (0..4), no ceilings (for ncu)
+//
+// Checks follow DESIGN.md: random inputs, fp32 reference kernel, KV rows past
+// each length = NaN, outputs (and split scratch) poisoned with NaN before each
+// run, shuffled block tables, varlen batches. One line per case, a summary,
+// exit code 1 on any failure. A few cases launch through the driver API from
+// the fatbin exactly as the C# service does (cuModuleLoadData + cuLaunchKernel
+// with one pointer to the params struct).
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../host/tile_scheduler.h"
+#include "../include/mla_kernels.h"
+#include "../include/mla_params.h"
+#include "device_fill.cuh"
+
+#define CK(x)                                                                                         \
+    do {                                                                                              \
+        cudaError_t e_ = (x);                                                                         \
+        if (e_ != cudaSuccess) {                                                                      \
+            std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
+            std::exit(2);                                                                             \
+        }                                                                                             \
+    } while (0)
+#define CU(x)                                                                                         \
+    do {                                                                                              \
+        CUresult r_ = (x);                                                                            \
+        if (r_ != CUDA_SUCCESS) {                                                                     \
+            const char* s_ = nullptr;                                                                 \
+            cuGetErrorString(r_, &s_);                                                                \
+            std::fprintf(stderr, "CUDA driver error %s at %s:%d: %s\n", s_ ? s_ : "?", __FILE__, __LINE__, #x); \
+            std::exit(2);                                                                             \
+        }                                                                                             \
+    } while (0)
+#define CB(x)                                                                                         \
+    do {                                                                                              \
+        cublasStatus_t s_ = (x);                                                                      \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                            \
+            std::fprintf(stderr, "cuBLAS error %d at %s:%d: %s\n", (int)s_, __FILE__, __LINE__, #x);  \
+            std::exit(2);                                                                             \
+        }                                                                                             \
+    } while (0)
+
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+constexpr float kSoftmaxScale = 0.07216878364870322f;  // 1/sqrt(192), DeepSeek's qk head dim
+constexpr double kLog2e = 1.4426950408889634;
+
+struct Device {
+    cudaDeviceProp prop{};
+    int sm_count = 0;
+    CUmodule module = nullptr;
+    CUfunction f_decode = nullptr, f_combine = nullptr;
+};
+Device g_dev;
+
+template <class T>
+T* dalloc(size_t n) {
+    T* p = nullptr;
+    CK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    return p;
+}
+template <class T>
+void upload(T* d, const std::vector<T>& h) {
+    CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+template <class T>
+std::vector<T> download(const T* d, size_t n) {
+    std::vector<T> h(n);
+    CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+}
+inline float bf16_bits_to_float(uint16_t b) {
+    uint32_t u = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+std::vector<uint8_t> read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return {};
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+void setup_device(const std::string& fatbin_path) {
+    CK(cudaSetDevice(0));
+    CK(cudaGetDeviceProperties(&g_dev.prop, 0));
+    g_dev.sm_count = g_dev.prop.multiProcessorCount;
+    CK(cudaFree(nullptr));  // make the primary context current for the driver API
+    CK(cudaFuncSetAttribute(flashmla_decode_splitkv, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            MLA_DECODE_SMEM_BYTES));
+    if (!fatbin_path.empty()) {
+        std::vector<uint8_t> image = read_file(fatbin_path);
+        if (image.empty()) {
+            std::printf("WARN cannot read fatbin %s: driver-API cases skipped\n", fatbin_path.c_str());
+            return;
+        }
+        CU(cuModuleLoadData(&g_dev.module, image.data()));
+        CU(cuModuleGetFunction(&g_dev.f_decode, g_dev.module, MLA_KERNEL_DECODE));
+        CU(cuModuleGetFunction(&g_dev.f_combine, g_dev.module, MLA_KERNEL_COMBINE));
+        CUfunction f;
+        CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_REFERENCE));
+        CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_APPEND));
+        CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_COPY));
+        CU(cuFuncSetAttribute(g_dev.f_decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MLA_DECODE_SMEM_BYTES));
+    }
+}
+
+// The decode step exactly as the service runs it: split kernel, then combine.
+void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t stream) {
+    const dim3 grid_decode(P.num_row_groups, P.num_sm_parts, 1);
+    const dim3 grid_combine(P.batch, ceil_div(P.rows_per_seq, MLA_COMBINE_ROWS_PER_CTA), 1);
+    if (via_driver) {
+        void* args[] = {const_cast<MlaDecodeParams*>(&P)};
+        CU(cuLaunchKernel(g_dev.f_decode, grid_decode.x, grid_decode.y, 1, MLA_DECODE_THREADS, 1, 1,
+                          MLA_DECODE_SMEM_BYTES, stream, args, nullptr));
+        CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,
+                          args, nullptr));
+    } else {
+        flashmla_decode_splitkv<<<grid_decode, MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, stream>>>(P);
+        CK(cudaGetLastError());
+        flashmla_combine<<<grid_combine, MLA_COMBINE_THREADS, 0, stream>>>(P);
+        CK(cudaGetLastError());
+    }
+}
+
+struct Summary {
+    int cases = 0, failed = 0;
+    double worst_rel = 0, worst_lse = 0;
+};
+
+struct DecodeCase {
+    std::string name;
+    int h_q = 16, s_q = 1;
+    std::vector<int> lens;
+    int parts = 0;            // 0: the recommended count for this GPU
+    bool via_driver = false;  // launch from the fatbin through the driver API
+    bool repeat = false;      // run twice, results must be bitwise equal
+};
+
+// Builds one case on the device: pool (NaN everywhere but the valid rows),
+// shuffled block table, q, the last min(s_q, len) rows of each sequence
+// written by flashmla_append_kv; runs the step and the reference; compares.
+bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int batch = (int)c.lens.size();
+    const int rows = c.s_q * c.h_q;
+    const int groups = ceil_div(rows, MLA_ROWS_PER_CTA);
+    const int parts = c.parts > 0 ? c.parts : default_num_sm_parts(g_dev.sm_count, groups);
+    std::mt19937_64 rng(seed);
+
+    std::vector<int> nb(batch);
+    int max_nb = 0, total_pages = 0;
+    long long total_tokens = 0;
+    for (int b = 0; b < batch; ++b) {
+        nb[b] = ceil_div(std::max(c.lens[b], 0), MLA_PAGE_TOKENS);
+        max_nb = std::max(max_nb, nb[b]);
+        total_pages += nb[b];
+        total_tokens += c.lens[b];
+    }
+    const int stride = max_nb + 3;
+    const int num_blocks = total_pages + 5;  // 5 pages nobody owns: stay NaN
+    std::vector<int> perm(num_blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int> bt((size_t)batch * stride, perm[total_pages]);  // unused entries -> a NaN page
+    for (int b = 0, k = 0; b < batch; ++b)
+        for (int j = 0; j < nb[b]; ++j) bt[(size_t)b * stride + j] = perm[k++];
+
+    // New rows of this step: the last min(s_q, len) positions; two padding rows.
+    std::vector<int> prefix(batch), slots;
+    for (int b = 0; b < batch; ++b) {
+        const int n_new = std::min(c.s_q, std::max(c.lens[b], 0));
+        prefix[b] = std::max(c.lens[b], 0) - n_new;
+        for (int pos = prefix[b]; pos < c.lens[b]; ++pos)
+            slots.push_back(bt[(size_t)b * stride + pos / MLA_PAGE_TOKENS] * MLA_PAGE_TOKENS + pos % MLA_PAGE_TOKENS);
+    }
+    slots.push_back(-1);
+    slots.push_back(num_blocks * MLA_PAGE_TOKENS);  // one past the pool: must be skipped
+    const int n_append = (int)slots.size();
+
+    const size_t pool_elems = (size_t)(num_blocks + 1) * MLA_PAGE_TOKENS * MLA_HEAD_DIM_K;  // +1 guard page
+    bf16* d_pool = dalloc<bf16>(pool_elems);
+    bf16* d_q = dalloc<bf16>((size_t)batch * rows * MLA_HEAD_DIM_K);
+    bf16* d_new = dalloc<bf16>((size_t)n_append * MLA_HEAD_DIM_K);
+    int* d_bt = dalloc<int>(bt.size());
+    int* d_lens = dalloc<int>(batch);
+    int* d_prefix = dalloc<int>(batch);
+    int* d_slots = dalloc<int>(n_append);
+    unsigned* d_bad = dalloc<unsigned>(1);
+    upload(d_bt, bt);
+    upload(d_lens, c.lens);
+    upload(d_prefix, prefix);
+    upload(d_slots, slots);
+    CK(cudaMemset(d_pool, 0xFF, pool_elems * sizeof(bf16)));  // 0xFFFF = bf16 NaN
+    CK(cudaMemset(d_bad, 0, sizeof(unsigned)));
+    if (max_nb > 0) check::fill_kv_prefix<<<dim3(max_nb, batch), 256>>>(d_pool, d_bt, stride, d_prefix, seed * 3 + 1);
+    check::fill_normal_bf16<<<512, 256>>>(d_q, (size_t)batch * rows * MLA_HEAD_DIM_K, seed * 3 + 2, 1.f);
+    check::fill_normal_bf16<<<512, 256>>>(d_new, (size_t)n_append * MLA_HEAD_DIM_K, seed * 3 + 3, 1.f);
+    CK(cudaGetLastError());
+
+    // ---- append ----
+    KvAppendParams ap{};
+    ap.kv_pool = d_pool;
+    ap.rows = d_new;
+    ap.slots = d_slots;
+    ap.num_rows = n_append;
+    ap.num_blocks = num_blocks;
+    flashmla_append_kv<<<ceil_div(n_append, MLA_APPEND_ROWS_PER_CTA), MLA_APPEND_THREADS>>>(ap);
+    CK(cudaGetLastError());
+    check::count_append_mismatch<<<n_append, 128>>>(d_pool, d_new, d_slots, n_append, num_blocks, d_bad);
+    CK(cudaGetLastError());
+    const unsigned append_bad = download(d_bad, 1)[0];
+    const std::vector<bf16> guard =
+        download(d_pool + (size_t)num_blocks * MLA_PAGE_TOKENS * MLA_HEAD_DIM_K, (size_t)MLA_PAGE_TOKENS * MLA_HEAD_DIM_K);
+    bool guard_ok = true;
+    for (const bf16& v : guard) guard_ok &= (*reinterpret_cast<const uint16_t*>(&v) == 0xFFFF);
+
+    // ---- schedule ----
+    const TileSchedule sched = compute_tile_schedule(c.lens, parts);
+    std::string why;
+    const bool sched_ok = validate_tile_schedule(sched, c.lens, why);
+    const int total_splits = sched.total_splits();
+    int* d_meta = dalloc<int>(sched.sched_meta.size());
+    int* d_nsplit = dalloc<int>(sched.num_splits.size());
+    upload(d_meta, sched.sched_meta);
+    upload(d_nsplit, sched.num_splits);
+
+    const size_t out_elems = (size_t)batch * rows * MLA_HEAD_DIM_V;
+    const size_t lse_elems = (size_t)batch * rows;
+    bf16* d_out = dalloc<bf16>(out_elems);
+    float* d_lse = dalloc<float>(lse_elems);
+    float* d_oacc = dalloc<float>((size_t)total_splits * rows * MLA_HEAD_DIM_V);
+    float* d_lacc = dalloc<float>((size_t)total_splits * rows);
+    float* d_ref = dalloc<float>(out_elems);
+    float* d_ref_lse = dalloc<float>(lse_elems);
+
+    MlaDecodeParams P{};
+    P.q = d_q;
+    P.kv_pool = d_pool;
+    P.block_table = d_bt;
+    P.seq_lens = d_lens;
+    P.sched_meta = d_meta;
+    P.num_splits = d_nsplit;
+    P.out = d_out;
+    P.lse = d_lse;
+    P.o_accum = d_oacc;
+    P.lse_accum = d_lacc;
+    P.batch = batch;
+    P.s_q = c.s_q;
+    P.h_q = c.h_q;
+    P.rows_per_seq = rows;
+    P.num_row_groups = groups;
+    P.block_table_stride = stride;
+    P.num_sm_parts = parts;
+    P.num_blocks = num_blocks;
+    P.softmax_scale = kSoftmaxScale;
+    P.scale_log2 = (float)(kSoftmaxScale * kLog2e);
+
+    auto poison = [&]() {
+        CK(cudaMemset(d_out, 0xFF, out_elems * sizeof(bf16)));
+        CK(cudaMemset(d_lse, 0xFF, lse_elems * sizeof(float)));
+        CK(cudaMemset(d_oacc, 0xFF, (size_t)total_splits * rows * MLA_HEAD_DIM_V * sizeof(float)));
+        CK(cudaMemset(d_lacc, 0xFF, (size_t)total_splits * rows * sizeof(float)));
+    };
+    poison();
+    const bool use_driver = c.via_driver && g_dev.module;
+    launch_decode_step(P, use_driver, 0);
+    CK(cudaDeviceSynchronize());
+    std::vector<bf16> out = download(d_out, out_elems);
+    std::vector<float> lse = download(d_lse, lse_elems);
+    bool repeat_ok = true;
+    if (c.repeat) {
+        poison();
+        launch_decode_step(P, use_driver, 0);
+        CK(cudaDeviceSynchronize());
+        std::vector<bf16> out2 = download(d_out, out_elems);
+        std::vector<float> lse2 = download(d_lse, lse_elems);
+        repeat_ok = std::memcmp(out.data(), out2.data(), out_elems * sizeof(bf16)) == 0 &&
+                    std::memcmp(lse.data(), lse2.data(), lse_elems * sizeof(float)) == 0;
+    }
+
+    MlaDecodeParams R = P;
+    R.o_accum = d_ref;
+    R.lse = d_ref_lse;
+    CK(cudaMemset(d_ref, 0xFF, out_elems * sizeof(float)));
+    CK(cudaMemset(d_ref_lse, 0xFF, lse_elems * sizeof(float)));
+    flashmla_decode_reference<<<ceil_div(batch * rows, MLA_REFERENCE_ROWS_PER_CTA), MLA_REFERENCE_THREADS>>>(R);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    std::vector<float> ref = download(d_ref, out_elems);
+    std::vector<float> ref_lse = download(d_ref_lse, lse_elems);
+
+    // ---- compare ----
+    double num = 0, den = 0, lse_err = 0;
+    long long nan_out = 0, bad_lse = 0, bad_empty = 0, ref_nan = 0;
+    for (int b = 0; b < batch; ++b) {
+        for (int r = 0; r < rows; ++r) {
+            const int tok = r / c.h_q, h = r % c.h_q;
+            const size_t li = ((size_t)b * c.h_q + h) * c.s_q + tok;
+            const float rl = ref_lse[li], kl = lse[li];
+            const bool empty = std::isinf(rl) && rl < 0;
+            if (std::isnan(rl)) ++ref_nan;
+            if (empty) {
+                if (!(std::isinf(kl) && kl < 0)) ++bad_lse;
+            } else {
+                const double d = std::fabs((double)kl - rl);
+                if (!(d <= 1e-3 + 1e-4 * std::fabs(rl))) ++bad_lse;  // NaN fails too
+                if (std::isfinite(d)) lse_err = std::max(lse_err, d);
+            }
+            const size_t o = ((size_t)b * rows + r) * MLA_HEAD_DIM_V;
+            for (int j = 0; j < MLA_HEAD_DIM_V; ++j) {
+                const float kv = bf16_bits_to_float(*reinterpret_cast<const uint16_t*>(&out[o + j]));
+                const float rv = ref[o + j];
+                if (std::isnan(kv)) { ++nan_out; continue; }
+                if (std::isnan(rv)) { ++ref_nan; continue; }
+                if (empty && kv != 0.f) ++bad_empty;
+                num += ((double)kv - rv) * ((double)kv - rv);
+                den += (double)rv * rv;
+            }
+        }
+    }
+    const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    const bool ok = sched_ok && append_bad == 0 && guard_ok && repeat_ok && nan_out == 0 && ref_nan == 0 &&
+                    bad_lse == 0 && bad_empty == 0 && rel < 1e-2;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%-4s decode %-34s b=%-3d s_q=%d h_q=%-3d parts=%-3d splits=%-4d tokens=%-8lld rel=%.2e lse_err=%.1e%s%s%s%s%s%s%s (%.2fs)\n",
+                ok ? "PASS" : "FAIL", c.name.c_str(), batch, c.s_q, c.h_q, parts, total_splits, total_tokens, rel,
+                lse_err, use_driver ? " [driver]" : "", sched_ok ? "" : (" SCHED:" + why).c_str(),
+                append_bad ? " APPEND_MISMATCH" : "", guard_ok ? "" : " APPEND_GUARD", repeat_ok ? "" : " NONDETERMINISTIC",
+                nan_out ? (" NaN_OUT=" + std::to_string(nan_out)).c_str() : "",
+                (bad_lse || bad_empty || ref_nan)
+                    ? (" bad_lse=" + std::to_string(bad_lse) + " bad_empty=" + std::to_string(bad_empty) +
+                       " ref_nan=" + std::to_string(ref_nan)).c_str()
+                    : "",
+                secs);
+    std::fflush(stdout);
+    sum.cases++;
+    if (!ok) sum.failed++;
+    sum.worst_rel = std::max(sum.worst_rel, rel);
+    sum.worst_lse = std::max(sum.worst_lse, lse_err);
+
+    for (void* p : std::initializer_list<void*>{d_pool, d_q, d_new, d_bt, d_lens, d_prefix, d_slots, d_bad, d_meta,
+                                                d_nsplit, d_out, d_lse, d_oacc, d_lacc, d_ref, d_ref_lse})
+        CK(cudaFree(p));
+    return ok;
+}
+
+// Block copy over several layers with a layer stride larger than the pool:
+// destination pages equal their sources in every layer, everything else
+// (other pages, the gaps between layers) unchanged.
+bool run_copy_check(uint64_t seed, Summary& sum) {
+    const int num_blocks = 48, layers = 3, layer_stride = 53;
+    const size_t page = (size_t)MLA_PAGE_TOKENS * MLA_HEAD_DIM_K;
+    const size_t elems = (size_t)layers * layer_stride * page;
+    bf16* d_pool = dalloc<bf16>(elems);
+    check::fill_normal_bf16<<<1024, 256>>>(d_pool, elems, seed, 1.f);
+    CK(cudaGetLastError());
+    std::mt19937_64 rng(seed);
+    std::vector<int> ids(num_blocks);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    std::vector<int> pairs;
+    for (int i = 0; i < 12; ++i) {  // sources from the first half, destinations from the second
+        pairs.push_back(ids[i]);
+        pairs.push_back(ids[24 + i]);
+    }
+    pairs.push_back(-1); pairs.push_back(ids[40]);          // skipped: bad source
+    pairs.push_back(ids[1]); pairs.push_back(num_blocks);   // skipped: bad destination
+    const int n_pairs = (int)pairs.size() / 2;
+    int* d_pairs = dalloc<int>(pairs.size());
+    upload(d_pairs, pairs);
+    std::vector<bf16> before = download(d_pool, elems);
+    BlockCopyParams cp{};
+    cp.kv_pool = d_pool;
+    cp.pairs = d_pairs;
+    cp.num_pairs = n_pairs;
+    cp.num_layers = layers;
+    cp.layer_stride_blocks = layer_stride;
+    cp.num_blocks = num_blocks;
+    flashmla_copy_blocks<<<dim3(n_pairs, layers), MLA_COPY_THREADS>>>(cp);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    std::vector<bf16> after = download(d_pool, elems);
+    std::vector<bf16> expect = before;
+    for (int l = 0; l < layers; ++l)
+        for (int i = 0; i < 12; ++i)
+            std::memcpy(&expect[((size_t)l * layer_stride + pairs[2 * i + 1]) * page],
+                        &before[((size_t)l * layer_stride + pairs[2 * i]) * page], page * sizeof(bf16));
+    const bool ok = std::memcmp(after.data(), expect.data(), elems * sizeof(bf16)) == 0;
+    std::printf("%-4s copy_blocks pairs=%d (2 invalid) layers=%d layer_stride_blocks=%d\n", ok ? "PASS" : "FAIL", n_pairs,
+                layers, layer_stride);
+    sum.cases++;
+    if (!ok) sum.failed++;
+    CK(cudaFree(d_pool));
+    CK(cudaFree(d_pairs));
+    return ok;
+}
+
+std::vector<int> random_lens(std::mt19937_64& rng, int n, int lo, int hi) {
+    std::uniform_int_distribution<int> d(lo, hi);
+    std::vector<int> v(n);
+    for (int& x : v) x = d(rng);
+    return v;
+}
+
+int run_checks() {
+    Summary sum;
+    std::mt19937_64 rng(20261125);
+    uint64_t seed = 1000;
+    const auto t0 = std::chrono::steady_clock::now();
+
+    // 1. The head x query-token grid on a mixed batch: lengths 1, 2 (shorter
+    //    than s_q for s_q > 2), 63, 64, 65, 129, 1000 and random ones.
+    for (int h : {1, 8, 16, 32, 64, 128}) {
+        for (int sq : {1, 2, 3, 4}) {
+            DecodeCase c;
+            c.name = "mixed";
+            c.h_q = h;
+            c.s_q = sq;
+            c.lens = {1, 63, 64, 65, 2, 129, 1000};
+            for (int x : random_lens(rng, 5, 1, 3000)) c.lens.push_back(x);
+            std::shuffle(c.lens.begin(), c.lens.end(), rng);
+            c.repeat = (h == 128 && sq == 2);
+            run_decode_case(c, seed++, sum);
+        }
+    }
+    // 2. Odd head counts (any 1..128 must work) and a zero-length sequence.
+    run_decode_case({"odd_heads_h3", 3, 2, {5, 70, 300, 1, 64}, 0}, seed++, sum);
+    run_decode_case({"odd_heads_h100_sq4", 100, 4, {3, 4, 700, 2050}, 0}, seed++, sum);
+    run_decode_case({"odd_heads_h57_sq3", 57, 3, {1, 65, 128, 4097}, 0}, seed++, sum);
+    run_decode_case({"zero_length", 8, 2, {0, 5, 64, 0}, 0}, seed++, sum);
+    // 3. Scheduler shapes: one part (every sequence in one CTA chain), a few,
+    //    more parts than pages.
+    {
+        std::vector<int> lens = {1, 63, 64, 65, 777, 3000, 129, 2};
+        run_decode_case({"one_part", 16, 2, lens, 1}, seed++, sum);
+        run_decode_case({"seven_parts", 64, 1, lens, 7}, seed++, sum);
+        run_decode_case({"400_parts", 128, 2, lens, 400, false, true}, seed++, sum);
+        run_decode_case({"400_parts_h16", 16, 1, lens, 400}, seed++, sum);
+    }
+    // 4. Long sequences (32k+), split across many parts.
+    run_decode_case({"long_40000", 128, 2, {40000}, 0, false, true}, seed++, sum);
+    run_decode_case({"long_33000_h1", 1, 1, {33000}, 0}, seed++, sum);
+    run_decode_case({"long_mixed", 16, 4, {32768, 1, 65, 50000}, 0}, seed++, sum);
+    run_decode_case({"long_mixed_h64", 64, 2, {35000, 63, 3, 9000}, 0}, seed++, sum);
+    // 5. Big batches.
+    run_decode_case({"batch256_h16", 16, 1, random_lens(rng, 256, 1, 2048), 0}, seed++, sum);
+    run_decode_case({"batch256_h128_sq2", 128, 2, random_lens(rng, 256, 1, 1024), 0}, seed++, sum);
+    run_decode_case({"batch128_h64_sq2", 64, 2, random_lens(rng, 128, 2000, 8192), 0}, seed++, sum);
+    run_decode_case({"batch1_len1", 1, 1, {1}, 0}, seed++, sum);
+    run_decode_case({"batch1_len1_sq4", 32, 4, {1}, 0}, seed++, sum);
+    // 6. The service's path: fatbin + driver API.
+    run_decode_case({"driver_api_h128", 128, 2, {1, 63, 64, 65, 5000, 2}, 0, true}, seed++, sum);
+    run_decode_case({"driver_api_h16_b64", 16, 1, random_lens(rng, 64, 1, 4000), 0, true}, seed++, sum);
+    // 7. Block copy.
+    run_copy_check(seed++, sum);
+    // 8. Random sweep: any h_q 1..128, s_q up to 4 (h_q*s_q <= 512), batches
+    //    up to 256, lengths from 0 to 45k, random part counts, both launch paths.
+    for (int i = 0; i < 120; ++i) {
+        DecodeCase c;
+        c.name = "random_" + std::to_string(i);
+        c.h_q = 1 + (int)(rng() % 128);
+        c.s_q = 1 + (int)(rng() % std::min(4, MLA_MAX_ROWS_PER_SEQ / c.h_q));
+        const int batch = (i % 10 == 0) ? 1 + (int)(rng() % 256) : 1 + (int)(rng() % 24);
+        for (int b = 0; b < batch; ++b) {
+            const int kind = (int)(rng() % 100);
+            if (kind < 10) c.lens.push_back((int)(rng() % 4));
+            else if (kind < 20) c.lens.push_back(60 + (int)(rng() % 9));
+            else if (kind < 25 && batch <= 8) c.lens.push_back(20000 + (int)(rng() % 25000));
+            else c.lens.push_back(1 + (int)(rng() % 4000));
+        }
+        c.parts = (i % 4 == 0) ? 1 + (int)(rng() % 300) : 0;
+        c.via_driver = (i % 7 == 0);
+        c.repeat = (i % 13 == 0);
+        run_decode_case(c, seed++, sum);
+    }
+
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("SUMMARY checks: %d cases, %d failed, worst out rel err %.2e, worst lse err %.1e, %.1f s%s\n", sum.cases,
+                sum.failed, sum.worst_rel, sum.worst_lse, secs, g_dev.module ? "" : " (driver-API cases ran through the runtime)");
+    return sum.failed == 0 ? 0 : 1;
+}
+
+// ------------------------------------------------------------------ bench --
+
+float median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+struct Ceilings {
+    double hbm_read_gbs = 0, d2d_gbs = 0, cublas_tflops = 0;
+};
+
+Ceilings measure_ceilings() {
+    Ceilings c;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    {  // HBM read: 4 GiB streamed once per run
+        const size_t bytes = 4ull << 30;
+        uint4* buf = dalloc<uint4>(bytes / 16);
+        uint4* sink = dalloc<uint4>(1);
+        check::fill_normal_bf16<<<4096, 256>>>(reinterpret_cast<bf16*>(buf), bytes / 2, 7, 1.f);
+        std::vector<float> t;
+        for (int i = 0; i < 13; ++i) {
+            CK(cudaEventRecord(e0));
+            check::hbm_read<<<g_dev.sm_count * 4, 1024>>>(buf, bytes / 16, sink);
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (i >= 3) t.push_back(ms);
+        }
+        c.hbm_read_gbs = bytes / (median(t) * 1e-3) / 1e9;
+        t.clear();
+        const size_t half = bytes / 2;
+        for (int i = 0; i < 8; ++i) {
+            CK(cudaEventRecord(e0));
+            CK(cudaMemcpyAsync(reinterpret_cast<char*>(buf) + half, buf, half, cudaMemcpyDeviceToDevice));
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (i >= 2) t.push_back(ms);
+        }
+        c.d2d_gbs = 2.0 * half / (median(t) * 1e-3) / 1e9;  // bytes read + written
+        CK(cudaFree(buf));
+        CK(cudaFree(sink));
+    }
+    {  // cuBLAS bf16 8192^3, fp32 accumulate, random data
+        const int n = 8192;
+        bf16 *a = dalloc<bf16>((size_t)n * n), *b = dalloc<bf16>((size_t)n * n), *d = dalloc<bf16>((size_t)n * n);
+        check::fill_normal_bf16<<<4096, 256>>>(a, (size_t)n * n, 11, 1.f);
+        check::fill_normal_bf16<<<4096, 256>>>(b, (size_t)n * n, 12, 1.f);
+        cublasHandle_t h;
+        CB(cublasCreate(&h));
+        const float alpha = 1.f, beta = 0.f;
+        std::vector<float> t;
+        for (int i = 0; i < 23; ++i) {
+            CK(cudaEventRecord(e0));
+            CB(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, d,
+                            CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (i >= 3) t.push_back(ms);
+        }
+        c.cublas_tflops = 2.0 * n * n * (double)n / (median(t) * 1e-3) / 1e12;
+        CB(cublasDestroy(h));
+        CK(cudaFree(a));
+        CK(cudaFree(b));
+        CK(cudaFree(d));
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return c;
+}
+
+struct BenchShape {
+    const char* name;
+    int b, s_k, h_q, s_q;
+    bool varlen;
+    double flashmla_us;
+};
+
+struct BenchResult {
+    std::string name;
+    double us, gbs, tflops, parts, splits;
+};
+
+BenchResult bench_shape(const BenchShape& s) {
+    std::mt19937_64 rng(777 + s.s_k + s.h_q * 3 + s.s_q);
+    std::vector<int> lens(s.b, s.s_k);
+    if (s.varlen) {  // FlashMLA's varlen: normal(mean, mean/2), at least s_q
+        std::normal_distribution<double> nd(s.s_k, s.s_k / 2.0);
+        for (int& l : lens) l = std::max<int>(s.s_q, (int)nd(rng));
+    }
+    const int rows = s.s_q * s.h_q, groups = ceil_div(rows, MLA_ROWS_PER_CTA);
+    const int parts = default_num_sm_parts(g_dev.sm_count, groups);
+    const TileSchedule sched = compute_tile_schedule(lens, parts);
+    int max_nb = 0, total_pages = 0;
+    long long tokens = 0;
+    for (int l : lens) {
+        max_nb = std::max(max_nb, ceil_div(l, 64));
+        total_pages += ceil_div(l, 64);
+        tokens += l;
+    }
+    const int stride = max_nb;
+    constexpr int kSets = 3;  // rotate so no input set sits in L2
+    struct Set { bf16 *pool, *q, *out; int *bt; float *lse, *oacc, *lacc; };
+    Set sets[kSets];
+    int* d_lens = dalloc<int>(s.b);
+    int* d_meta = dalloc<int>(sched.sched_meta.size());
+    int* d_ns = dalloc<int>(sched.num_splits.size());
+    upload(d_lens, lens);
+    upload(d_meta, sched.sched_meta);
+    upload(d_ns, sched.num_splits);
+    std::vector<MlaDecodeParams> P(kSets);
+    for (int k = 0; k < kSets; ++k) {
+        const size_t pool_elems = (size_t)total_pages * 64 * MLA_HEAD_DIM_K;
+        sets[k].pool = dalloc<bf16>(pool_elems);
+        sets[k].q = dalloc<bf16>((size_t)s.b * rows * MLA_HEAD_DIM_K);
+        sets[k].out = dalloc<bf16>((size_t)s.b * rows * MLA_HEAD_DIM_V);
+        sets[k].lse = dalloc<float>((size_t)s.b * rows);
+        sets[k].oacc = dalloc<float>((size_t)sched.total_splits() * rows * MLA_HEAD_DIM_V);
+        sets[k].lacc = dalloc<float>((size_t)sched.total_splits() * rows);
+        sets[k].bt = dalloc<int>((size_t)s.b * stride);
+        std::vector<int> perm(total_pages), bt((size_t)s.b * stride, 0);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (int b = 0, i = 0; b < s.b; ++b)
+            for (int j = 0; j < ceil_div(lens[b], 64); ++j) bt[(size_t)b * stride + j] = perm[i++];
+        upload(sets[k].bt, bt);
+        check::fill_normal_bf16<<<4096, 256>>>(sets[k].pool, pool_elems, 100 + k, 1.f);
+        check::fill_normal_bf16<<<1024, 256>>>(sets[k].q, (size_t)s.b * rows * MLA_HEAD_DIM_K, 200 + k, 1.f);
+        CK(cudaGetLastError());
+        MlaDecodeParams& p = P[k];
+        p = MlaDecodeParams{};
+        p.q = sets[k].q; p.kv_pool = sets[k].pool; p.block_table = sets[k].bt; p.seq_lens = d_lens;
+        p.sched_meta = d_meta; p.num_splits = d_ns; p.out = sets[k].out; p.lse = sets[k].lse;
+        p.o_accum = sets[k].oacc; p.lse_accum = sets[k].lacc;
+        p.batch = s.b; p.s_q = s.s_q; p.h_q = s.h_q; p.rows_per_seq = rows; p.num_row_groups = groups;
+        p.block_table_stride = stride; p.num_sm_parts = parts; p.num_blocks = total_pages;
+        p.softmax_scale = kSoftmaxScale; p.scale_log2 = (float)(kSoftmaxScale * kLog2e);
+    }
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 6; ++i) launch_decode_step(P[i % kSets], false, 0);
+    CK(cudaDeviceSynchronize());
+    std::vector<float> t;
+    for (int i = 0; i < 60; ++i) {
+        CK(cudaEventRecord(e0));
+        launch_decode_step(P[i % kSets], false, 0);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms);
+    }
+    const double sec = median(t) * 1e-3;
+    const double bytes = (double)tokens * MLA_HEAD_DIM_K * 2 + (double)s.b * rows * MLA_HEAD_DIM_K * 2 +
+                         (double)s.b * rows * MLA_HEAD_DIM_V * 2;
+    const double flops = 2.0 * rows * (MLA_HEAD_DIM_K + MLA_HEAD_DIM_V) * (double)tokens;
+    BenchResult r{s.name, sec * 1e6, bytes / sec / 1e9, flops / sec / 1e12, (double)parts, (double)sched.total_splits()};
+    for (int k = 0; k < kSets; ++k)
+        for (void* p : std::initializer_list<void*>{sets[k].pool, sets[k].q, sets[k].out, sets[k].bt, sets[k].lse,
+                                                    sets[k].oacc, sets[k].lacc})
+            CK(cudaFree(p));
+    CK(cudaFree(d_lens));
+    CK(cudaFree(d_meta));
+    CK(cudaFree(d_ns));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return r;
+}
+
+int run_bench(const std::string& results_path, int only_shape) {
+    const BenchShape shapes[] = {
+        {"s_k 8192, h_q 16, s_q 1", 128, 8192, 16, 1, false, 420},
+        {"s_k 4096, h_q 16, s_q 1", 128, 4096, 16, 1, false, 223},
+        {"s_k 8192, h_q 128, s_q 1", 128, 8192, 128, 1, false, 541},
+        {"s_k 8192, h_q 128, s_q 2", 128, 8192, 128, 2, false, 921},
+        {"s_k 4096, h_q 64, s_q 2, varlen", 128, 4096, 64, 2, true, 295},
+    };
+    if (only_shape >= 0) {  // one shape, no ceilings: for profilers (ncu)
+        const BenchResult r = bench_shape(shapes[only_shape % 5]);
+        std::printf("%s: %.1f us, %.0f GB/s, %.1f TFLOP/s\n", r.name.c_str(), r.us, r.gbs, r.tflops);
+        return 0;
+    }
+    const Ceilings c = measure_ceilings();
+    std::vector<BenchResult> res;
+    for (const BenchShape& s : shapes) res.push_back(bench_shape(s));
+
+    char date[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    std::ostringstream os;
+    os << "# flashmla_check --bench\n";
+    os << "date: " << date << "\n";
+    os << "gpu: " << g_dev.prop.name << ", " << g_dev.sm_count << " SMs, L2 " << g_dev.prop.l2CacheSize / (1 << 20)
+       << " MiB, driver " << driver << ", runtime " << runtime << "\n";
+    os << "kernel: decode v2 (mma.sync m16n8k16 + ldmatrix, cp.async double buffer, padding row blocks skipped) + combine\n";
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "ceilings: HBM read %.0f GB/s (read-only kernel, 4 GiB), D2D memcpy %.0f GB/s (read+write), "
+                  "cuBLAS bf16 8192^3 %.0f TFLOP/s\n",
+                  c.hbm_read_gbs, c.d2d_gbs, c.cublas_tflops);
+    os << line;
+    os << "batch 128; bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; median of 60 runs over 3 "
+          "rotated input sets; time = decode + combine\n\n";
+    std::snprintf(line, sizeof line, "| %-32s | %9s | %8s | %8s | %6s | %7s | %5s | %6s | %14s |\n", "shape", "us",
+                  "GB/s", "TFLOP/s", "%HBM", "%cuBLAS", "parts", "splits", "FlashMLA us");
+    os << line;
+    os << "| -------------------------------- | --------- | -------- | -------- | ------ | ------- | ----- | ------ | "
+          "-------------- |\n";
+    for (size_t i = 0; i < res.size(); ++i) {
+        const BenchResult& r = res[i];
+        std::snprintf(line, sizeof line, "| %-32s | %9.1f | %8.0f | %8.1f | %5.1f%% | %6.1f%% | %5.0f | %6.0f | %14.0f |\n",
+                      r.name.c_str(), r.us, r.gbs, r.tflops, 100.0 * r.gbs / c.hbm_read_gbs,
+                      100.0 * r.tflops / c.cublas_tflops, r.parts, r.splits, shapes[i].flashmla_us);
+        os << line;
+    }
+    std::printf("\n%s", os.str().c_str());
+    if (!results_path.empty()) {
+        std::ofstream f(results_path);
+        f << os.str();
+        std::printf("results written to %s\n", results_path.c_str());
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool bench = false;
+    int only_shape = -1;
+    std::string fatbin = "native/build/flashmla.fatbin", results;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--bench") bench = true;
+        else if (a == "--check") bench = false;
+        else if (a == "--fatbin" && i + 1 < argc) fatbin = argv[++i];
+        else if (a == "--results" && i + 1 < argc) results = argv[++i];
+        else if (a == "--shape" && i + 1 < argc) only_shape = std::atoi(argv[++i]);
+        else {
+            std::fprintf(stderr, "usage: %s [--check] [--bench [--shape 0..4]] [--fatbin PATH] [--results FILE]\n", argv[0]);
+            return 2;
+        }
+    }
+    setup_device(bench ? std::string() : fatbin);
+    std::printf("device: %s, %d SMs, smem opt-in %zu bytes\n", g_dev.prop.name, g_dev.sm_count,
+                (size_t)g_dev.prop.sharedMemPerBlockOptin);
+    return bench ? run_bench(results, only_shape) : run_checks();
+}

@@ -1,0 +1,60 @@
+// mla_config.h -- tile constants of the decode kernels, named once.
+// The launch-facing numbers (threads, shared-memory bytes, rows per CTA) live
+// in mla_params.h; this header derives the tiling from them and checks that
+// the two agree.
+#pragma once
+#include "mla_params.h"
+
+namespace mla {
+
+// ---- problem tile -------------------------------------------------------
+constexpr int kDimK = MLA_HEAD_DIM_K;      // 576 q / K columns
+constexpr int kDimV = MLA_HEAD_DIM_V;      // 512 V / out columns
+constexpr int kPage = MLA_PAGE_TOKENS;     // 64 tokens per page
+constexpr int kRows = MLA_ROWS_PER_CTA;    // 64 query rows per CTA
+
+// ---- decode CTA: 8 warps = 2 warpgroups ----------------------------------
+// Warp w owns query rows 16*(w/2) .. +15 ("row block") and column half
+// w%2: for S = Q K^T the 32 page tokens 32*half .. +31, for O += P V the 256
+// output columns 256*half .. +255 (the 64x512 fp32 accumulator split by
+// columns, as the two wgmma warpgroups of the next milestone will hold it).
+constexpr int kDecodeThreads = MLA_DECODE_THREADS;
+constexpr int kDecodeWarps = kDecodeThreads / 32;        // 8
+constexpr int kRowBlock = 16;                            // mma M
+constexpr int kRowBlocks = kRows / kRowBlock;            // 4
+constexpr int kHalves = kDecodeWarps / kRowBlocks;       // 2
+constexpr int kScoreCols = kPage / kHalves;              // 32 S columns per warp
+constexpr int kOutCols = kDimV / kHalves;                // 256 O columns per warp
+constexpr int kScoreTiles = kScoreCols / 8;              // 4 mma n-tiles of S
+constexpr int kOutTiles = kOutCols / 8;                  // 32 mma n-tiles of O
+constexpr int kQkSteps = kDimK / 16;                     // 36 k-steps of Q K^T
+constexpr int kPvSteps = kPage / 16;                     // 4 k-steps of P V
+constexpr int kStages = 2;                               // pages in flight (cp.async double buffer)
+
+// ---- shared memory (bytes) -----------------------------------------------
+// Tiles of 576 bf16 per row = 72 chunks of 16 bytes; chunk c of row r is
+// stored at chunk (c ^ (r & 7)) of that row (XOR swizzle inside each group of
+// 8 chunks), so the 8 rows an ldmatrix phase reads hit 8 distinct 16-byte
+// bank groups. The P tile (64 x 64 bf16, 8 chunks a row) uses the same rule.
+constexpr int kRowBytes = kDimK * 2;                     // 1152
+constexpr int kRowChunks = kRowBytes / 16;               // 72
+constexpr int kTileBytes = kPage * kRowBytes;            // 73728: one page or the Q tile
+constexpr int kPRowBytes = kPage * 2;                    // 128
+constexpr int kSmemQ = 0;
+constexpr int kSmemKv = kSmemQ + kTileBytes;             // kStages pages
+constexpr int kSmemP = kSmemKv + kStages * kTileBytes;   // P tile, bf16 64 x 64
+constexpr int kSmemRed = kSmemP + kRows * kPRowBytes;    // fp32 [kHalves][64] row max / row sum exchange
+constexpr int kSmemBytes = kSmemRed + kHalves * kRows * 4;
+static_assert(kSmemBytes == MLA_DECODE_SMEM_BYTES, "MLA_DECODE_SMEM_BYTES out of date");
+static_assert(kSmemBytes <= 232448, "over the sm_90 per-block shared-memory limit (227 KB)");
+static_assert((kPage * kRowChunks) % kDecodeThreads == 0, "page copy must split evenly over the CTA");
+constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
+
+// ---- combine --------------------------------------------------------------
+constexpr int kCombineWarps = MLA_COMBINE_THREADS / 32;                      // 4
+constexpr int kCombineRowsPerWarp = MLA_COMBINE_ROWS_PER_CTA / kCombineWarps; // 4
+
+// ---- reference ----------------------------------------------------------
+static_assert(MLA_REFERENCE_THREADS / 32 == MLA_REFERENCE_ROWS_PER_CTA, "reference: one warp per row");
+
+}  // namespace mla

@@ -1,0 +1,9 @@
+// flashmla_module.cu -- the one translation unit nvcc turns into
+// build/flashmla.fatbin (nvcc --fatbin takes a single input). Each kernel
+// keeps its own file; this file only gathers them. The check harness
+// compiles this same file, so the service and the checks run the same code.
+#include "decode_splitkv.cu"
+#include "combine.cu"
+#include "append_kv.cu"
+#include "copy_blocks.cu"
+#include "decode_reference.cu"
