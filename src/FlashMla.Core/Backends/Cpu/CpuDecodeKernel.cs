@@ -188,14 +188,14 @@ internal sealed unsafe class CpuDecodeKernel
         for (int j = 1; j < visible; j++) pageMax = MathF.Max(pageMax, p[j]);
         float oldMax = s.RowMax[r];
         float newMax = MathF.Max(oldMax, pageMax);
-        float sum = 0f;
-        for (int j = 0; j < visible; j++)
-        {
-            float e = MathF.Exp(p[j] - newMax);
-            p[j] = e;
-            sum += e;
-        }
+        // Whole vectors up to the padded end: P has 64 entries per row and 64 is a multiple of the width;
+        // entries past `visible` get exp of whatever they held, then 0 up to the page's end.
+        int vc = Vector<float>.Count;
+        var max = new Vector<float>(newMax);
+        for (int j = 0; j < visible; j += vc) Vector.Exp(Vector.Load(p + j) - max).Store(p + j);
         for (int j = visible; j < pageTokens; j++) p[j] = 0f;
+        float sum = 0f;
+        for (int j = 0; j < visible; j++) sum += p[j];
         float correction = MathF.Exp(oldMax - newMax); // 0 on the first visible page: exp(-inf)
         s.Correction[r] = correction;
         s.RowSum[r] = s.RowSum[r] * correction + sum;
