@@ -10,7 +10,7 @@ namespace FlashMla.Benchmarks;
 /// Every sequence is <see cref="SeqLen"/> long, blocks shuffled across the pool, no append:
 /// the call reads <c>b * s_k * 1152</c> bytes of KV.
 /// </summary>
-[MemoryDiagnoser]
+[MemoryDiagnoser, MinColumn]
 public class CpuDecodeBenchmarks
 {
     private CpuBackend _backend = null!;
