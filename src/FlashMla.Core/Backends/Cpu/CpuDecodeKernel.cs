@@ -10,7 +10,7 @@ namespace FlashMla.Core.Backends.Cpu;
 /// <see cref="MaxRowsPerItem"/> query rows (<c>row = t * h_q + h</c>) of one sequence; it walks the
 /// sequence's pages in order, converts each page to fp32 once, scores every row against it, keeps
 /// an online softmax per row (running max and sum, fp32) and accumulates <c>O += P V</c>.
-/// Workers pull items from a shared counter, so long and short sequences balance out.
+/// Workers pull items from a shared counter, longest sequences first, so long and short sequences balance out.
 /// The caller has validated everything: this class trusts its pointers.
 /// </summary>
 internal sealed unsafe class CpuDecodeKernel
@@ -27,6 +27,8 @@ internal sealed unsafe class CpuDecodeKernel
 
     private readonly WorkerScratch?[] _scratch;
     private readonly Action<int> _runWorker;
+    private int[] _sequenceOrder = [];
+    private int[] _sequenceOrderKeys = [];
 
     // The current call; set by Run, read by the workers.
     private ushort* _pool;
@@ -82,6 +84,7 @@ internal sealed unsafe class CpuDecodeKernel
         _itemsPerSequence = (rowsPerSequence + rowsPerItem - 1) / rowsPerItem;
         _items = batch.BatchSize * _itemsPerSequence;
         _nextItem = 0;
+        OrderLongestFirst(seqLens, batch.BatchSize);
 
         int workers = Math.Min(threads, _items);
         try
@@ -98,6 +101,22 @@ internal sealed unsafe class CpuDecodeKernel
         }
     }
 
+    /// <summary>Sorts the sequences by length, longest first, into reused arrays: a long sequence taken last would leave the other threads idle.</summary>
+    private void OrderLongestFirst(int* seqLens, int batchSize)
+    {
+        if (_sequenceOrder.Length < batchSize)
+        {
+            _sequenceOrder = new int[batchSize];
+            _sequenceOrderKeys = new int[batchSize];
+        }
+        for (int i = 0; i < batchSize; i++)
+        {
+            _sequenceOrder[i] = i;
+            _sequenceOrderKeys[i] = -seqLens[i];
+        }
+        Array.Sort(_sequenceOrderKeys, _sequenceOrder, 0, batchSize);
+    }
+
     private void RunWorker(int worker)
     {
         var scratch = _scratch[worker] ??= new WorkerScratch();
@@ -105,7 +124,7 @@ internal sealed unsafe class CpuDecodeKernel
         int item;
         while ((item = Interlocked.Increment(ref _nextItem) - 1) < _items)
         {
-            int sequence = item / _itemsPerSequence;
+            int sequence = _sequenceOrder[item / _itemsPerSequence];
             int rowStart = item % _itemsPerSequence * _rowsPerItem;
             int rowCount = Math.Min(_rowsPerItem, rowsPerSequence - rowStart);
             RunItem(scratch, sequence, rowStart, rowCount);
