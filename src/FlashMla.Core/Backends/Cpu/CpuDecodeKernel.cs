@@ -10,7 +10,7 @@ namespace FlashMla.Core.Backends.Cpu;
 /// <see cref="MaxRowsPerItem"/> query rows (<c>row = t * h_q + h</c>) of one sequence; it walks the
 /// sequence's pages in order, converts each page to fp32 once, scores every row against it, keeps
 /// an online softmax per row (running max and sum, fp32) and accumulates <c>O += P V</c>.
-/// Workers pull items from a shared counter, so long and short sequences balance out.
+/// Workers pull items from a shared counter, longest sequences first, so long and short sequences balance out.
 /// The caller has validated everything: this class trusts its pointers.
 /// </summary>
 internal sealed unsafe class CpuDecodeKernel
@@ -27,6 +27,8 @@ internal sealed unsafe class CpuDecodeKernel
 
     private readonly WorkerScratch?[] _scratch;
     private readonly Action<int> _runWorker;
+    private int[] _sequenceOrder = [];
+    private int[] _sequenceOrderKeys = [];
 
     // The current call; set by Run, read by the workers.
     private ushort* _pool;
@@ -47,7 +49,7 @@ internal sealed unsafe class CpuDecodeKernel
     static CpuDecodeKernel()
     {
         // The vector loops have no tails: 576 and 512 are multiples of 64, every Vector<ushort> width up to 512 bits.
-        if (Dk % Vector<ushort>.Count != 0 || Dv % Vector<float>.Count != 0)
+        if (Dk % Vector<ushort>.Count != 0 || Dv % (2 * Vector<float>.Count) != 0)
             throw new PlatformNotSupportedException($"CpuBackend needs a SIMD width that divides 512 and 576 (Vector<float>.Count = {Vector<float>.Count})");
     }
 
@@ -82,6 +84,7 @@ internal sealed unsafe class CpuDecodeKernel
         _itemsPerSequence = (rowsPerSequence + rowsPerItem - 1) / rowsPerItem;
         _items = batch.BatchSize * _itemsPerSequence;
         _nextItem = 0;
+        OrderLongestFirst(seqLens, batch.BatchSize);
 
         int workers = Math.Min(threads, _items);
         try
@@ -98,6 +101,22 @@ internal sealed unsafe class CpuDecodeKernel
         }
     }
 
+    /// <summary>Sorts the sequences by length, longest first, into reused arrays: a long sequence taken last would leave the other threads idle.</summary>
+    private void OrderLongestFirst(int* seqLens, int batchSize)
+    {
+        if (_sequenceOrder.Length < batchSize)
+        {
+            _sequenceOrder = new int[batchSize];
+            _sequenceOrderKeys = new int[batchSize];
+        }
+        for (int i = 0; i < batchSize; i++)
+        {
+            _sequenceOrder[i] = i;
+            _sequenceOrderKeys[i] = -seqLens[i];
+        }
+        Array.Sort(_sequenceOrderKeys, _sequenceOrder, 0, batchSize);
+    }
+
     private void RunWorker(int worker)
     {
         var scratch = _scratch[worker] ??= new WorkerScratch();
@@ -105,7 +124,7 @@ internal sealed unsafe class CpuDecodeKernel
         int item;
         while ((item = Interlocked.Increment(ref _nextItem) - 1) < _items)
         {
-            int sequence = item / _itemsPerSequence;
+            int sequence = _sequenceOrder[item / _itemsPerSequence];
             int rowStart = item % _itemsPerSequence * _rowsPerItem;
             int rowCount = Math.Min(_rowsPerItem, rowsPerSequence - rowStart);
             RunItem(scratch, sequence, rowStart, rowCount);
@@ -135,10 +154,14 @@ internal sealed unsafe class CpuDecodeKernel
             int pageTokens = Math.Min(Page, positionsNeeded - pageStart);
             ToFloat(_pool + ((long)blocks[pageStart / Page] * Page) * Dk, s.Kv, pageTokens * Dk);
 
+            int r4 = 0;
+            for (; r4 + 4 <= rowCount; r4 += 4) Scores4Rows(s.Q + r4 * Dk, s.Kv, pageTokens, _scale, s.P + r4 * Page);
+            for (; r4 < rowCount; r4++) Scores1Row(s.Q + r4 * Dk, s.Kv, pageTokens, _scale, s.P + r4 * Page);
+
             for (int r = 0; r < rowCount; r++)
                 SoftmaxPage(s, r, Math.Min(pageTokens, s.Visible[r] - pageStart), pageTokens);
 
-            int r4 = 0;
+            r4 = 0;
             for (; r4 + 4 <= rowCount; r4 += 4) AccumulateV4(s, r4, pageTokens);
             for (; r4 < rowCount; r4++) AccumulateV1(s, r4, pageTokens);
         }
@@ -166,9 +189,9 @@ internal sealed unsafe class CpuDecodeKernel
     }
 
     /// <summary>
-    /// Scores row <paramref name="r"/> against the first <paramref name="visible"/> tokens of the page,
-    /// folds them into the row's running max and sum, and leaves in <c>P[r]</c> the weights
-    /// (relative to the new max) for all <paramref name="pageTokens"/> tokens, 0 where masked.
+    /// Folds the scores of row <paramref name="r"/> for the first <paramref name="visible"/> tokens of the
+    /// page into the row's running max and sum, and turns <c>P[r]</c> into the weights (relative to
+    /// the new max) for all <paramref name="pageTokens"/> tokens, 0 where masked.
     /// </summary>
     private void SoftmaxPage(WorkerScratch s, int r, int visible, int pageTokens)
     {
@@ -180,27 +203,84 @@ internal sealed unsafe class CpuDecodeKernel
             return;
         }
 
-        Scores(s.Q + r * Dk, s.Kv, visible, _scale, p);
         float pageMax = p[0];
         for (int j = 1; j < visible; j++) pageMax = MathF.Max(pageMax, p[j]);
         float oldMax = s.RowMax[r];
         float newMax = MathF.Max(oldMax, pageMax);
-        float sum = 0f;
-        for (int j = 0; j < visible; j++)
-        {
-            float e = MathF.Exp(p[j] - newMax);
-            p[j] = e;
-            sum += e;
-        }
+        // Whole vectors up to the padded end: P has 64 entries per row and 64 is a multiple of the width;
+        // entries past `visible` get exp of whatever they held, then 0 up to the page's end.
+        int vc = Vector<float>.Count;
+        var max = new Vector<float>(newMax);
+        for (int j = 0; j < visible; j += vc) Vector.Exp(Vector.Load(p + j) - max).Store(p + j);
         for (int j = visible; j < pageTokens; j++) p[j] = 0f;
+        float sum = 0f;
+        for (int j = 0; j < visible; j++) sum += p[j];
         float correction = MathF.Exp(oldMax - newMax); // 0 on the first visible page: exp(-inf)
         s.Correction[r] = correction;
         s.RowSum[r] = s.RowSum[r] * correction + sum;
         s.RowMax[r] = newMax;
     }
 
-    /// <summary><c>scores[j] = (q . kv[j]) * scale</c> for <c>j &lt; count</c>, four KV rows per pass over q.</summary>
-    private static void Scores(float* q, float* kv, int count, float scale, float* scores)
+    /// <summary>
+    /// <c>scores[r * 64 + j] = (q[r] . kv[j]) * scale</c> for four query rows and <c>j &lt; count</c>, two KV rows
+    /// at a time: eight independent FMA chains, enough to cover the FMA latency, and each KV load
+    /// (from L2: a page is larger than L1) feeds four rows. Every dot product is one accumulator
+    /// summed in column order, the same in every blocking, so results do not depend on the split.
+    /// </summary>
+    private static void Scores4Rows(float* q, float* kv, int count, float scale, float* scores)
+    {
+        int vc = Vector<float>.Count;
+        float* q0 = q, q1 = q0 + Dk, q2 = q1 + Dk, q3 = q2 + Dk;
+        float* s0 = scores, s1 = s0 + Page, s2 = s1 + Page, s3 = s2 + Page;
+        int j = 0;
+        for (; j + 2 <= count; j += 2)
+        {
+            float* k0 = kv + j * Dk, k1 = k0 + Dk;
+            Vector<float> a00 = default, a01 = default, a10 = default, a11 = default;
+            Vector<float> a20 = default, a21 = default, a30 = default, a31 = default;
+            for (int c = 0; c < Dk; c += vc)
+            {
+                var x0 = Vector.Load(k0 + c);
+                var x1 = Vector.Load(k1 + c);
+                var y = Vector.Load(q0 + c);
+                a00 = Vector.FusedMultiplyAdd(y, x0, a00);
+                a01 = Vector.FusedMultiplyAdd(y, x1, a01);
+                y = Vector.Load(q1 + c);
+                a10 = Vector.FusedMultiplyAdd(y, x0, a10);
+                a11 = Vector.FusedMultiplyAdd(y, x1, a11);
+                y = Vector.Load(q2 + c);
+                a20 = Vector.FusedMultiplyAdd(y, x0, a20);
+                a21 = Vector.FusedMultiplyAdd(y, x1, a21);
+                y = Vector.Load(q3 + c);
+                a30 = Vector.FusedMultiplyAdd(y, x0, a30);
+                a31 = Vector.FusedMultiplyAdd(y, x1, a31);
+            }
+            s0[j] = Vector.Sum(a00) * scale; s0[j + 1] = Vector.Sum(a01) * scale;
+            s1[j] = Vector.Sum(a10) * scale; s1[j + 1] = Vector.Sum(a11) * scale;
+            s2[j] = Vector.Sum(a20) * scale; s2[j + 1] = Vector.Sum(a21) * scale;
+            s3[j] = Vector.Sum(a30) * scale; s3[j + 1] = Vector.Sum(a31) * scale;
+        }
+        if (j < count)
+        {
+            float* k = kv + j * Dk;
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int c = 0; c < Dk; c += vc)
+            {
+                var x = Vector.Load(k + c);
+                a0 = Vector.FusedMultiplyAdd(Vector.Load(q0 + c), x, a0);
+                a1 = Vector.FusedMultiplyAdd(Vector.Load(q1 + c), x, a1);
+                a2 = Vector.FusedMultiplyAdd(Vector.Load(q2 + c), x, a2);
+                a3 = Vector.FusedMultiplyAdd(Vector.Load(q3 + c), x, a3);
+            }
+            s0[j] = Vector.Sum(a0) * scale;
+            s1[j] = Vector.Sum(a1) * scale;
+            s2[j] = Vector.Sum(a2) * scale;
+            s3[j] = Vector.Sum(a3) * scale;
+        }
+    }
+
+    /// <summary>The one-row form of <see cref="Scores4Rows"/>, four KV rows per pass over q, for the rows left over.</summary>
+    private static void Scores1Row(float* q, float* kv, int count, float scale, float* scores)
     {
         int vc = Vector<float>.Count;
         int j = 0;
@@ -230,7 +310,10 @@ internal sealed unsafe class CpuDecodeKernel
         }
     }
 
-    /// <summary><c>O[r] = O[r] * correction[r] + P[r] V</c> for four rows, sharing each V load.</summary>
+    /// <summary>
+    /// <c>O[r] = O[r] * correction[r] + P[r] V</c> for four rows and two column vectors at a time: eight
+    /// independent FMA chains, each V load shared by four rows.
+    /// </summary>
     private static void AccumulateV4(WorkerScratch s, int r, int tokens)
     {
         int vc = Vector<float>.Count;
@@ -240,25 +323,35 @@ internal sealed unsafe class CpuDecodeKernel
         var c1 = new Vector<float>(s.Correction[r + 1]);
         var c2 = new Vector<float>(s.Correction[r + 2]);
         var c3 = new Vector<float>(s.Correction[r + 3]);
-        for (int c = 0; c < Dv; c += vc)
+        for (int c = 0; c < Dv; c += 2 * vc)
         {
-            var a0 = Vector.Load(o0 + c) * c0;
-            var a1 = Vector.Load(o1 + c) * c1;
-            var a2 = Vector.Load(o2 + c) * c2;
-            var a3 = Vector.Load(o3 + c) * c3;
+            int d = c + vc;
+            Vector<float> a0 = Vector.Load(o0 + c) * c0, b0 = Vector.Load(o0 + d) * c0;
+            Vector<float> a1 = Vector.Load(o1 + c) * c1, b1 = Vector.Load(o1 + d) * c1;
+            Vector<float> a2 = Vector.Load(o2 + c) * c2, b2 = Vector.Load(o2 + d) * c2;
+            Vector<float> a3 = Vector.Load(o3 + c) * c3, b3 = Vector.Load(o3 + d) * c3;
             float* v = s.Kv + c;
             for (int j = 0; j < tokens; j++, v += Dk)
             {
-                var vv = Vector.Load(v);
-                a0 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p0[j]), a0);
-                a1 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p1[j]), a1);
-                a2 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p2[j]), a2);
-                a3 = Vector.FusedMultiplyAdd(vv, new Vector<float>(p3[j]), a3);
+                var va = Vector.Load(v);
+                var vb = Vector.Load(v + vc);
+                var w = new Vector<float>(p0[j]);
+                a0 = Vector.FusedMultiplyAdd(va, w, a0);
+                b0 = Vector.FusedMultiplyAdd(vb, w, b0);
+                w = new Vector<float>(p1[j]);
+                a1 = Vector.FusedMultiplyAdd(va, w, a1);
+                b1 = Vector.FusedMultiplyAdd(vb, w, b1);
+                w = new Vector<float>(p2[j]);
+                a2 = Vector.FusedMultiplyAdd(va, w, a2);
+                b2 = Vector.FusedMultiplyAdd(vb, w, b2);
+                w = new Vector<float>(p3[j]);
+                a3 = Vector.FusedMultiplyAdd(va, w, a3);
+                b3 = Vector.FusedMultiplyAdd(vb, w, b3);
             }
-            a0.Store(o0 + c);
-            a1.Store(o1 + c);
-            a2.Store(o2 + c);
-            a3.Store(o3 + c);
+            a0.Store(o0 + c); b0.Store(o0 + d);
+            a1.Store(o1 + c); b1.Store(o1 + d);
+            a2.Store(o2 + c); b2.Store(o2 + d);
+            a3.Store(o3 + c); b3.Store(o3 + d);
         }
     }
 
