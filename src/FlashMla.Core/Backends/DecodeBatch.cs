@@ -40,6 +40,7 @@ public sealed class DecodeBatch
     {
         Require(Layer >= 0 && Layer < geometry.NumLayers, "layer out of range");
         Require(BatchSize >= 1 && QueryTokens >= 1 && Heads >= 1 && Heads <= MlaDims.MaxHeads, "bad b, s_q or h_q");
+        Require(float.IsFinite(SoftmaxScale) && SoftmaxScale > 0, "softmax scale must be finite and positive");
         Require(Q.Length == QueryRows * MlaDims.HeadDimK, "q has the wrong length");
         Require(NewKv.IsEmpty
             ? NewKvSlots.IsEmpty
