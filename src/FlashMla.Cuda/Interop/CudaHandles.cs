@@ -145,17 +145,17 @@ internal sealed class EventHandle : ContextBoundHandle
 }
 
 /// <summary>A loaded module (fatbin) and the functions looked up in it.</summary>
-internal sealed class ModuleHandle : ContextBoundHandle
+internal sealed class KernelModuleHandle : ContextBoundHandle
 {
-    private ModuleHandle(PrimaryContextHandle context, IntPtr module) : base(context, module) { }
+    private KernelModuleHandle(PrimaryContextHandle context, IntPtr module) : base(context, module) { }
 
-    public static unsafe ModuleHandle Load(PrimaryContextHandle context, ReadOnlySpan<byte> image, string what)
+    public static unsafe KernelModuleHandle Load(PrimaryContextHandle context, ReadOnlySpan<byte> image, string what)
     {
         if (image.IsEmpty) throw new ArgumentException("empty module image", nameof(image));
         IntPtr module;
         fixed (byte* p = image)
             CudaException.Check(CudaDriver.cuModuleLoadData(out module, p), "cuModuleLoadData(" + what + ")");
-        return new ModuleHandle(context, module);
+        return new KernelModuleHandle(context, module);
     }
 
     /// <summary>A kernel by its extern "C" name. The function lives as long as the module.</summary>
