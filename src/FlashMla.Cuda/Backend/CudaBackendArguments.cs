@@ -53,7 +53,7 @@ internal static class CudaBackendArguments
         if (rowsPerSeq > MlaKernelAbi.MaxRowsPerSeq)
             throw new ArgumentException(
                 $"DecodeBatch: s_q * h_q = {rowsPerSeq} is more than the CUDA kernels take ({MlaKernelAbi.MaxRowsPerSeq}); split the step's query tokens");
-        if (!batch.SoftmaxScale.Equals(batch.SoftmaxScale) || batch.SoftmaxScale <= 0 || float.IsInfinity(batch.SoftmaxScale))
+        if (!float.IsFinite(batch.SoftmaxScale) || batch.SoftmaxScale <= 0)
             throw new ArgumentException($"DecodeBatch: softmax scale must be a positive finite number (got {batch.SoftmaxScale})");
     }
 }
