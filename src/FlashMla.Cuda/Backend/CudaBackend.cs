@@ -80,6 +80,12 @@ public sealed class CudaBackend : IAttentionBackend
     /// <summary>Device time of the kernels of the last decode step (append to combine), in milliseconds.</summary>
     public double LastDecodeKernelMilliseconds { get; private set; }
 
+    /// <summary>
+    /// Checks only: fill the device result buffer with NaN before each decode, so a row the kernels
+    /// skip comes back NaN instead of the previous step's value.
+    /// </summary>
+    internal bool PoisonResults { get; set; }
+
     /// <summary>Opens device 0 and allocates the pools. Called by <see cref="CudaBackendFactory.Create"/> after a probe.</summary>
     internal static CudaBackend Open(CudaBackendOptions options)
     {
@@ -287,6 +293,8 @@ public sealed class CudaBackend : IAttentionBackend
         ulong pool = PoolPointer(batch.Layer);
         IntPtr stream = _stream.Stream;
         CopyToDevice(up, _hostUpload.Pointer, uploadBytes, "decode upload");
+        if (PoisonResults)
+            CudaException.Check(CudaDriver.cuMemsetD8Async(result, 0xFF, (nuint)resultBytes, stream), "cuMemsetD8Async(poison)");
         _kernelsStart.Record(_stream);
         if (newRows > 0)
         {
