@@ -44,10 +44,11 @@ checks.Run("size-from-memory", () =>
 });
 
 const int Layers = 2, Blocks = 3072;
-using (CudaBackend backend = CudaBackendFactory.Create(new CudaBackendOptions { FatbinPath = fatbin, NumLayers = Layers, NumBlocks = Blocks }))
+using (CudaBackend? backend = checks.Open("open", new CudaBackendOptions { FatbinPath = fatbin, NumLayers = Layers, NumBlocks = Blocks }))
+if (backend is not null)
 {
     backend.PoisonResults = true;
-    Console.WriteLine(backend.DeviceDescription);
+    backend.TransferChunkBytes = 64 << 10; // many staging chunks, so the chunked copies are what the reference checks
     var mirror = new KvMirror(Layers, Blocks);
     checks.Run("write-read-kv", () => checks.WriteReadKv(backend, mirror));
     checks.Run("copy-blocks", () => checks.CopyBlocks(backend, mirror));
@@ -59,9 +60,16 @@ using (CudaBackend backend = CudaBackendFactory.Create(new CudaBackendOptions { 
 
 if (bench)
 {
-    using CudaBackend timed = CudaBackendFactory.Create(new CudaBackendOptions { FatbinPath = fatbin, NumLayers = 1, NumBlocks = 128 * 128 + 16 });
-    checks.Bench(timed);
+    using CudaBackend? timed = checks.Open("open-bench", new CudaBackendOptions { FatbinPath = fatbin, NumLayers = 1, NumBlocks = 128 * 128 + 16 });
+    if (timed is not null) checks.Bench(timed);
 }
+
+// Last: a sticky fault kills the process's CUDA context for good.
+checks.Run("sticky-fault", () =>
+{
+    using CudaBackend doomed = CudaBackendFactory.Create(new CudaBackendOptions { FatbinPath = fatbin, NumLayers = 1, NumBlocks = 4 });
+    return checks.StickyFault(doomed);
+});
 return checks.Finish();
 
 namespace FlashMla.Cuda.DeviceCheck
@@ -100,6 +108,17 @@ namespace FlashMla.Cuda.DeviceCheck
             }
             _results.Add((name, result.ok, result.note, clock.Elapsed.TotalSeconds));
             Console.WriteLine($"{(result.ok ? "PASS" : "FAIL")} {name}: {result.note} ({clock.Elapsed.TotalSeconds:F2}s)");
+        }
+
+        public CudaBackend? Open(string name, CudaBackendOptions options)
+        {
+            CudaBackend? opened = null;
+            Run(name, () =>
+            {
+                opened = CudaBackendFactory.Create(options);
+                return (true, opened.DeviceDescription);
+            });
+            return opened;
         }
 
         public int Finish()
@@ -286,6 +305,16 @@ namespace FlashMla.Cuda.DeviceCheck
             return (ok, $"rel {rel:E2}, lse err {lseErr:E1}, NaN {nan}, bad lse {lseBad}, blind rows nonzero {blindNonZero}, append diffs {appendBad}, kernels {backend.LastDecodeKernelMilliseconds:F3} ms, call {wallMs:F2} ms");
         }
 
+        public (bool, string) StickyFault(CudaBackend backend)
+        {
+            BackendFaultException? first = null, next = null;
+            try { backend.InjectDeviceFault(); } catch (BackendFaultException e) { first = e; }
+            try { backend.WriteKv(0, [0], new ushort[MlaDims.HeadDimK]); } catch (BackendFaultException e) { next = e; }
+            bool ok = first is { IsSticky: true } && first.Message.Contains("CUDA_ERROR_ILLEGAL_ADDRESS", StringComparison.Ordinal)
+                && next is { IsSticky: true } && next.Message.Contains("earlier device fault", StringComparison.Ordinal);
+            return (ok, $"fault: {first?.Message ?? "none"} | next call: {next?.Message ?? "none"}");
+        }
+
         public (bool, string) KvIntact(CudaBackend backend, KvMirror mirror)
         {
             int bad = 0, compared = 0;
@@ -326,24 +355,39 @@ namespace FlashMla.Cuda.DeviceCheck
                     int[] table = new int[bsz * stride];
                     for (int i = 0; i < table.Length; i++) table[i] = perm[i % perm.Length];
                     var batch = NewBatch(0, sq, hq, Enumerable.Repeat(sk, bsz).ToArray(), stride, table, append: false);
-                    for (int w = 0; w < 3; w++) backend.Decode(batch);
-                    var kernelMs = new List<double>();
-                    var callMs = new List<double>();
-                    for (int r = 0; r < 20; r++)
-                    {
-                        var clock = Stopwatch.StartNew();
-                        backend.Decode(batch);
-                        callMs.Add(clock.Elapsed.TotalMilliseconds);
-                        kernelMs.Add(backend.LastDecodeKernelMilliseconds);
-                    }
-                    double k = Median(kernelMs), call = Median(callMs);
+                    (DecodeStepTimings pipelined, double call) = TimeDecode(backend, batch, transferChunk: 4L << 20);
+                    (DecodeStepTimings whole, double wholeCall) = TimeDecode(backend, batch, transferChunk: 0);
+                    double k = pipelined.KernelsMs;
                     double bytes = (double)bsz * sk * MlaDims.KvRowBytes + batch.Q.Length * 2.0 + batch.Out.Length * 2.0;
                     double flops = 2.0 * bsz * sq * hq * sk * (MlaDims.HeadDimK + MlaDims.HeadDimV);
                     bool finite = true;
                     foreach (float l in batch.Lse.Span) finite &= float.IsFinite(l);
-                    return (finite, $"kernels {k * 1000:F0} us: {bytes / (k * 1e-3) / 1e9:F0} GB/s, {flops / (k * 1e-3) / 1e12:F0} TFLOP/s; whole call {call:F2} ms");
+                    return (finite, $"kernels {k * 1000:F0} us: {bytes / (k * 1e-3) / 1e9:F0} GB/s, {flops / (k * 1e-3) / 1e12:F0} TFLOP/s; "
+                        + $"call {call:F2} ms (H2D {pipelined.UploadMs:F2}, D2H {pipelined.DownloadMs:F2}), unchunked {wholeCall:F2} ms (H2D {whole.UploadMs:F2}, D2H {whole.DownloadMs:F2}); parts {pipelined.Parts}, splits {pipelined.Splits}");
                 });
             }
+        }
+
+        /// <summary>Median timings of 20 decodes after 3 warm-ups; the call time on the host clock.</summary>
+        private static (DecodeStepTimings Timings, double CallMs) TimeDecode(CudaBackend backend, DecodeBatch batch, long transferChunk)
+        {
+            backend.TransferChunkBytes = transferChunk;
+            for (int w = 0; w < 3; w++) backend.Decode(batch);
+            var runs = new List<DecodeStepTimings>();
+            var calls = new List<double>();
+            for (int r = 0; r < 20; r++)
+            {
+                var clock = Stopwatch.StartNew();
+                backend.Decode(batch);
+                calls.Add(clock.Elapsed.TotalMilliseconds);
+                runs.Add(backend.LastDecodeTimings);
+            }
+            backend.TransferChunkBytes = 4L << 20;
+            DecodeStepTimings Med(Func<DecodeStepTimings, double> f) => runs.OrderBy(f).ElementAt(runs.Count / 2);
+            var m = new DecodeStepTimings(
+                Med(t => t.UploadMs).UploadMs, Med(t => t.KernelsMs).KernelsMs, Med(t => t.DownloadMs).DownloadMs,
+                Med(t => t.TotalMs).TotalMs, runs[0].Splits, runs[0].Parts);
+            return (m, Median(calls));
         }
 
         private static double Median(List<double> values)

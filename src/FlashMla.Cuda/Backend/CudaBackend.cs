@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Metadata;
 using FlashMla.Core.Tensors;
@@ -11,10 +13,11 @@ namespace FlashMla.Cuda.Backend;
 /// <para>
 /// One allocation holds every layer's pool (<c>[layers][blocks][64][576]</c> bf16), so a layer's pool
 /// is a fixed offset and one copy-kernel launch serves all layers. A decode step is one stream of
-/// asynchronous work with one synchronize at its end: a single host-to-device copy of a pinned
+/// asynchronous work, enqueued whole before the host waits on its tail: a host-to-device copy of a pinned
 /// staging buffer (the packed int32 upload of <see cref="DecodeUploadLayout"/>, then q, then the new
 /// KV rows), the append kernel, the split-KV decode kernel, the combine kernel when a sequence was
-/// split, and a single device-to-host copy of out and lse. Staging and scratch buffers are reused
+/// split, and a device-to-host copy of out and lse. The staging copies into and out of pinned memory
+/// run in chunks that overlap the copy engine's transfers. Staging and scratch buffers are reused
 /// across steps and only ever grow.
 /// </para>
 /// <para>
@@ -33,8 +36,7 @@ public sealed class CudaBackend : IAttentionBackend
     private readonly CudaDeviceInfo _device;
     private readonly PrimaryContextHandle _context;
     private readonly StreamHandle _stream;
-    private readonly EventHandle _kernelsStart;
-    private readonly EventHandle _kernelsEnd;
+    private readonly StepEvents _events;
     private readonly MlaKernels _kernels;
     private readonly DeviceMemoryHandle _pools;
     private readonly PinnedStaging _hostUpload;
@@ -48,14 +50,13 @@ public sealed class CudaBackend : IAttentionBackend
     private CudaException? _stickyFault;
     private bool _disposed;
 
-    private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, StreamHandle stream, EventHandle kernelsStart, EventHandle kernelsEnd,
+    private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, StreamHandle stream, StepEvents events,
         MlaKernels kernels, DeviceMemoryHandle pools, KvPoolGeometry geometry, string fatbinPath)
     {
         _device = device;
         _context = context;
         _stream = stream;
-        _kernelsStart = kernelsStart;
-        _kernelsEnd = kernelsEnd;
+        _events = events;
         _kernels = kernels;
         _pools = pools;
         Geometry = geometry;
@@ -78,7 +79,16 @@ public sealed class CudaBackend : IAttentionBackend
     public int SmCount => _device.SmCount;
 
     /// <summary>Device time of the kernels of the last decode step (append to combine), in milliseconds.</summary>
-    public double LastDecodeKernelMilliseconds { get; private set; }
+    public double LastDecodeKernelMilliseconds => LastDecodeTimings.KernelsMs;
+
+    /// <summary>Where the last decode step's time went (for metrics and benchmarks).</summary>
+    public DecodeStepTimings LastDecodeTimings { get; private set; }
+
+    /// <summary>
+    /// Staging copies are cut into chunks of this many bytes so the host copies chunk k+1 while the
+    /// copy engine moves chunk k (0 turns the overlap off: one whole copy each way, for comparison).
+    /// </summary>
+    internal long TransferChunkBytes { get; set; } = 4L << 20;
 
     /// <summary>
     /// Checks only: fill the device result buffer with NaN before each decode, so a row the kernels
@@ -101,10 +111,8 @@ public sealed class CudaBackend : IAttentionBackend
             owned.Push(kernels);
             StreamHandle stream = StreamHandle.Create(context);
             owned.Push(stream);
-            EventHandle start = EventHandle.Create(context);
-            owned.Push(start);
-            EventHandle end = EventHandle.Create(context);
-            owned.Push(end);
+            StepEvents events = StepEvents.Create(context);
+            owned.Push(events);
 
             int blocks = options.NumBlocks;
             if (blocks == 0)
@@ -115,7 +123,7 @@ public sealed class CudaBackend : IAttentionBackend
             long poolBytes = checked(options.NumLayers * (long)blocks * PageBytes);
             DeviceMemoryHandle pools = DeviceMemoryHandle.Allocate(context, poolBytes);
             owned.Push(pools);
-            return new CudaBackend(device, context, stream, start, end, kernels, pools,
+            return new CudaBackend(device, context, stream, events, kernels, pools,
                 new KvPoolGeometry(options.NumLayers, blocks), Path.GetFullPath(options.FatbinPath));
         }
         catch
@@ -258,8 +266,27 @@ public sealed class CudaBackend : IAttentionBackend
         }
     }
 
+    /// <summary>
+    /// Checks only: launches the append kernel on unmapped addresses, which faults the context
+    /// (CUDA_ERROR_ILLEGAL_ADDRESS, sticky) and with it every backend of this process.
+    /// </summary>
+    internal void InjectDeviceFault()
+    {
+        BeginCall();
+        try
+        {
+            _kernels.Append(new KvAppendParams { KvPool = 256, Rows = 256, Slots = 256, NumRows = 1, NumBlocks = 1 }, _stream.Stream);
+            _stream.Synchronize("fault injection");
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
     private void DecodeStep(DecodeBatch batch)
     {
+        long started = Stopwatch.GetTimestamp();
         int b = batch.BatchSize;
         int rowsPerSeq = batch.QueryTokens * batch.Heads;
         int rowGroups = TileScheduler.RowGroups(batch.QueryTokens, batch.Heads);
@@ -278,8 +305,6 @@ public sealed class CudaBackend : IAttentionBackend
         // Pack checks every block id and slot before anything reaches the device.
         int totalSplits = layout.Pack(_hostUpload.Span<int>(0, layout.TotalInts), batch.SeqLens.Span, batch.BlockTable.Span,
             batch.NewKvSlots.Span, Geometry.NumBlocks);
-        batch.Q.Span.CopyTo(_hostUpload.Span<ushort>(qOffset, batch.Q.Length));
-        if (newRows > 0) batch.NewKv.Span.CopyTo(_hostUpload.Span<ushort>(kvOffset, batch.NewKv.Length));
 
         bool split = totalSplits > b;
         long oAccumBytes = BufferSizes.RoundUp((long)totalSplits * rowsPerSeq * MlaDims.HeadDimV * 4, BufferSizes.RegionAlignment);
@@ -292,10 +317,14 @@ public sealed class CudaBackend : IAttentionBackend
         ulong result = _deviceResult.Pointer;
         ulong pool = PoolPointer(batch.Layer);
         IntPtr stream = _stream.Stream;
-        CopyToDevice(up, _hostUpload.Pointer, uploadBytes, "decode upload");
+
+        _events.UploadStart.Record(_stream);
+        CopyToDevice(up, _hostUpload.Pointer, layout.TotalBytes, "decode upload");
+        StageAndUpload(MemoryMarshal.AsBytes(batch.Q.Span), qOffset);
+        StageAndUpload(MemoryMarshal.AsBytes(batch.NewKv.Span), kvOffset);
         if (PoisonResults)
             CudaException.Check(CudaDriver.cuMemsetD8Async(result, 0xFF, (nuint)resultBytes, stream), "cuMemsetD8Async(poison)");
-        _kernelsStart.Record(_stream);
+        _events.KernelsStart.Record(_stream);
         if (newRows > 0)
         {
             _kernels.Append(new KvAppendParams
@@ -333,13 +362,59 @@ public sealed class CudaBackend : IAttentionBackend
         _kernels.Decode(p, stream);
         // The combine returns at once for unsplit sequences; skip the launch when none is split.
         if (split) _kernels.Combine(p, stream);
-        _kernelsEnd.Record(_stream);
-        CopyToHost(_hostDownload.Pointer, result, resultBytes, "decode result");
-        _stream.Synchronize("decode");
-        LastDecodeKernelMilliseconds = _kernelsEnd.MillisecondsSince(_kernelsStart);
+        _events.KernelsEnd.Record(_stream);
 
-        _hostDownload.Span<ushort>(0, batch.Out.Length).CopyTo(batch.Out.Span);
-        _hostDownload.Span<float>(lseOffset, batch.Lse.Length).CopyTo(batch.Lse.Span);
+        DownloadAndUnstage(result, batch.Out.Length * 2L, lseOffset, MemoryMarshal.AsBytes(batch.Out.Span), MemoryMarshal.AsBytes(batch.Lse.Span));
+        _events.DownloadEnd.Record(_stream);
+        _stream.Synchronize("decode");
+        LastDecodeTimings = new DecodeStepTimings(
+            UploadMs: _events.KernelsStart.MillisecondsSince(_events.UploadStart),
+            KernelsMs: _events.KernelsEnd.MillisecondsSince(_events.KernelsStart),
+            DownloadMs: _events.DownloadEnd.MillisecondsSince(_events.KernelsEnd),
+            TotalMs: Stopwatch.GetElapsedTime(started).TotalMilliseconds,
+            Splits: totalSplits,
+            Parts: parts);
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the pinned upload at <paramref name="offset"/> and sends it, chunk by chunk, so the two overlap.</summary>
+    private void StageAndUpload(ReadOnlySpan<byte> source, long offset)
+    {
+        long chunk = TransferChunkBytes > 0 ? TransferChunkBytes : long.MaxValue;
+        for (long at = 0; at < source.Length; at += chunk)
+        {
+            int n = (int)Math.Min(chunk, source.Length - at);
+            source.Slice((int)at, n).CopyTo(_hostUpload.Span<byte>(offset + at, n));
+            CopyToDevice(_deviceUpload.Pointer + (ulong)(offset + at), _hostUpload.Pointer + (nint)(offset + at), n, "decode upload");
+        }
+    }
+
+    /// <summary>
+    /// Brings out (at 0) and lse (at <paramref name="lseOffset"/>) back in chunks, each followed by an
+    /// event, and copies each chunk out of pinned memory as soon as its event has completed.
+    /// </summary>
+    private void DownloadAndUnstage(ulong result, long outBytes, long lseOffset, Span<byte> outDestination, Span<byte> lseDestination)
+    {
+        long chunk = TransferChunkBytes > 0
+            ? Math.Max(TransferChunkBytes, (outBytes + StepEvents.ChunkEvents - 2) / (StepEvents.ChunkEvents - 1))
+            : long.MaxValue;
+        int chunks = 0;
+        for (long at = 0; at < outBytes; at += chunk)
+        {
+            CopyToHost(_hostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out");
+            _events.Chunk(chunks++).Record(_stream);
+        }
+        CopyToHost(_hostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, lseDestination.Length, "decode lse");
+        _events.Chunk(chunks).Record(_stream);
+
+        int k = 0;
+        for (long at = 0; at < outBytes; at += chunk)
+        {
+            _events.Chunk(k++).Synchronize();
+            int n = (int)Math.Min(chunk, outBytes - at);
+            _hostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
+        }
+        _events.Chunk(k).Synchronize();
+        _hostDownload.Span<byte>(lseOffset, lseDestination.Length).CopyTo(lseDestination);
     }
 
     private ulong PoolPointer(int layer) => _pools.Pointer + (ulong)((long)layer * Geometry.NumBlocks * PageBytes);
@@ -388,8 +463,7 @@ public sealed class CudaBackend : IAttentionBackend
         _hostUpload.Dispose();
         _pools.Dispose();
         _kernels.Dispose();
-        _kernelsEnd.Dispose();
-        _kernelsStart.Dispose();
+        _events.Dispose();
         _stream.Dispose();
         _context.Dispose();
     }

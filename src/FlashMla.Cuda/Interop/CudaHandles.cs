@@ -117,16 +117,17 @@ internal sealed class StreamHandle : ContextBoundHandle
     protected override CUresult Free(IntPtr value) => CudaDriver.cuStreamDestroy_v2(value);
 }
 
-/// <summary>An event, with timing.</summary>
+/// <summary>An event on a stream: for timing and for waiting on part of a stream's work.</summary>
 internal sealed class EventHandle : ContextBoundHandle
 {
     private EventHandle(PrimaryContextHandle context, IntPtr evt) : base(context, evt) { }
 
     public IntPtr Event => handle;
 
-    public static EventHandle Create(PrimaryContextHandle context)
+    /// <summary>An event; <paramref name="timing"/> false makes recording and waiting cheaper.</summary>
+    public static EventHandle Create(PrimaryContextHandle context, bool timing = true)
     {
-        CudaException.Check(CudaDriver.cuEventCreate(out IntPtr evt, CudaDriver.EventDefault), "cuEventCreate");
+        CudaException.Check(CudaDriver.cuEventCreate(out IntPtr evt, timing ? CudaDriver.EventDefault : CudaDriver.EventDisableTiming), "cuEventCreate");
         return new EventHandle(context, evt);
     }
 
