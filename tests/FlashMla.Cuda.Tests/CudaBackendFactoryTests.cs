@@ -78,6 +78,8 @@ public class CudaBackendFactoryTests
         Assert.Contains("ReservedBytes must not be negative", e.Message);
         new CudaBackendOptions { FatbinPath = "k.fatbin", NumLayers = 61, NumBlocks = 1000, MemoryFraction = 7 }.Validate(); // fraction unused with a block count
         Assert.Throws<ArgumentException>(new CudaBackendOptions { FatbinPath = "k.fatbin", NumLayers = 1, NumBlocks = -1 }.Validate);
+        Assert.Throws<ArgumentException>(new CudaBackendOptions { FatbinPath = "k.fatbin", NumLayers = 1, NumBlocks = CudaBackendFactory.MaxBlocks + 1 }.Validate);
+        new CudaBackendOptions { FatbinPath = "k.fatbin", NumLayers = 1, NumBlocks = CudaBackendFactory.MaxBlocks }.Validate();
     }
 
     [Fact]

@@ -26,6 +26,7 @@ public sealed class CudaBackendOptions
         if (string.IsNullOrWhiteSpace(FatbinPath)) problems.Add("FatbinPath is empty");
         if (NumLayers < 1) problems.Add(Invariant($"NumLayers must be at least 1 (got {NumLayers})"));
         if (NumBlocks < 0) problems.Add(Invariant($"NumBlocks must be 0 (size from memory) or positive (got {NumBlocks})"));
+        if (NumBlocks > CudaBackendFactory.MaxBlocks) problems.Add(Invariant($"NumBlocks must be at most {CudaBackendFactory.MaxBlocks}: slots are int32 (got {NumBlocks})"));
         if (NumBlocks == 0 && !(MemoryFraction > 0 && MemoryFraction <= 1))
             problems.Add(Invariant($"MemoryFraction must be in (0, 1] (got {MemoryFraction})"));
         if (ReservedBytes < 0) problems.Add(Invariant($"ReservedBytes must not be negative (got {ReservedBytes})"));
