@@ -92,7 +92,9 @@ fi
 # 5. Server + CLI.
 if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
   echo "== server: starting on $endpoint (CUDA backend)"
-  "$app/flashmla-server" --backend cuda --fatbin "$fatbin" --urls "$endpoint" >"$logs/server.log" 2>&1 &
+  "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$port" \
+    --FlashMla:MetricsPort=$((port + 1)) --FlashMla:ListenAddress=loopback --FlashMla:Layers="${LAYERS:-4}" \
+    --FlashMla:MaxBatchSequences=1024 >"$logs/server.log" 2>&1 &
   server_pid=$!
   up=0
   for _ in $(seq 1 60); do
@@ -102,9 +104,10 @@ if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/fl
   done
   if [[ $up == 1 ]]; then
     record server ok - "listening on $endpoint"
-    run_step verify verify.log "$app/flashmla" verify --server "$endpoint"
+    run_step verify verify.log "$app/flashmla" verify --address "$endpoint" --cases "${VERIFY_CASES:-24}" --long 33000
     # shellcheck disable=SC2086
-    run_step bench bench.log "$app/flashmla" bench --server "$endpoint" $bench_args
+    run_step bench bench.log "$app/flashmla" bench --address "$endpoint" --out "$logs/service-bench.md" $bench_args
+    cp "$logs/service-bench.md" "$OUT/" 2>/dev/null
   else
     record server FAIL - "did not listen within 30 s; see server.log"
     tail -n 40 "$logs/server.log"
