@@ -62,6 +62,7 @@ if [[ "${SKIP_NATIVE:-0}" != 1 ]]; then
       run_step native-check native-check.log native/build/flashmla_check --check --fatbin "$fatbin"
       if [[ "${SKIP_NATIVE_BENCH:-0}" != 1 ]]; then
         run_step native-bench native-bench.log native/build/flashmla_check --bench --results "$logs/native-bench.md"
+        cp "$logs/native-bench.md" "$OUT/" 2>/dev/null
       fi
     fi
   fi
@@ -116,6 +117,20 @@ if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/fl
   wait "$server_pid" 2>/dev/null
 elif [[ "${SKIP_SERVER:-0}" != 1 ]]; then
   record server skip - "needs the fatbin and flashmla-server"
+fi
+
+# 6. The service on the CPU backend of this 16-core machine (no GPU involved): the embedded default's figures.
+if [[ "${SKIP_CPU_BENCH:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
+  cpu_port=$((port + 10))
+  "$app/flashmla-server" --FlashMla:Backend=cpu --FlashMla:GrpcPort="$cpu_port" --FlashMla:MetricsPort=$((cpu_port + 1)) \
+    --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:CpuMemoryMiB=4096 >"$logs/cpu-server.log" 2>&1 &
+  cpu_pid=$!
+  for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$cpu_port") 2>/dev/null && break; sleep 0.5; done
+  run_step cpu-bench cpu-bench.log "$app/flashmla" bench --address "http://127.0.0.1:$cpu_port" --streams 4 --inflight 2 \
+    --batch 8 --context 1024 --heads 16 --seconds 8 --out "$logs/service-bench-cpu.md"
+  cp "$logs/service-bench-cpu.md" "$OUT/" 2>/dev/null
+  kill "$cpu_pid" 2>/dev/null
+  wait "$cpu_pid" 2>/dev/null
 fi
 
 echo
