@@ -42,6 +42,27 @@ public sealed class OperationsTests
     }
 
     [Fact]
+    public async Task Shutdown_finishes_work_already_queued()
+    {
+        // A long batch window keeps the request queued in the scheduler while the host is told to stop.
+        await using var server = await TestServer.StartAsync(("BatchWindowMicroseconds", 100_000));
+        ulong id = await server.Client.CreateSequenceAsync();
+        await server.Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(4), 30 * 576));
+        // Warm the decode path first, so that the request below reaches the scheduler well inside the window.
+        await server.Client.DecodeOnceAsync(new DecodeInput(0, [id], 1, 8, Random16.Bf16(new Random(7), 8 * 576)));
+        var inFlight = server.Client.DecodeOnceAsync(new DecodeInput(0, [id], 1, 8, Random16.Bf16(new Random(5), 8 * 576),
+            Random16.Bf16(new Random(6), 576)));
+        await Task.Delay(40);
+        var stopping = server.StopAsync();
+
+        var output = await inFlight;
+        Assert.Equal(8 * 512, output.Out.Length);
+        Assert.Equal(8, output.Lse.Length);
+        await stopping;
+        Assert.False(server.Scheduler.IsServing);
+    }
+
+    [Fact]
     public async Task Metrics_endpoint_exports_decode_and_cache_metrics()
     {
         await using var server = await TestServer.StartAsync();

@@ -40,6 +40,9 @@ public sealed class TestServer : IAsyncDisposable
         return new TestServer(app);
     }
 
+    /// <summary>What SIGTERM does: the host stops (drain first, then Kestrel).</summary>
+    public Task StopAsync() => _app.StopAsync();
+
     public async ValueTask DisposeAsync()
     {
         Client.Dispose();
