@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device round for the native kernels (run on the GPU machine from the
-# repository root): build, resource report, SASS summary, all checks, bench.
+# repository root): build, resource report, SASS summary, all checks (of the
+# exported decode kernel and of flashmla_decode_splitkv_alt), bench of both.
 # Logs land in $OUT (the device tool brings them back); a short table last.
 set -uo pipefail
 OUT=${OUT:-/tmp/native-out}
@@ -32,15 +33,20 @@ if [ "$build_rc" -ne 0 ]; then tail -60 "$OUT/build.log"; exit 1; fi
 # instructions there, and is anything in local memory?
 cuobjdump -sass build/flashmla.fatbin > build/sass.txt 2>&1
 awk '/Function :/ {f=$3} f!="" {for (k in pat) if ($0 ~ pat[k]) n[f" "k]++}
-     BEGIN {split("HMMA LDSM LDGSTS LDL STL BAR MUFU.EX2 SHFL", a, " "); for (i in a) pat[a[i]]=a[i]"[. ]"}
+     BEGIN {split("HGMMA HMMA LDSM LDGSTS LDL STL BAR MUFU.EX2 SHFL WARPGROUP", a, " "); for (i in a) pat[a[i]]=a[i]"[. ]"}
      END {for (x in n) print x, n[x]}' build/sass.txt | sort > "$OUT/sass_summary.txt"
 
-timeout 300 ./build/flashmla_check --fatbin build/flashmla.fatbin > "$OUT/check.log" 2>&1
+timeout 120 ./build/flashmla_check --fatbin build/flashmla.fatbin > "$OUT/check.log" 2>&1
 check_rc=$?
+timeout 120 ./build/flashmla_check --fatbin build/flashmla.fatbin --alt > "$OUT/check_alt.log" 2>&1
+check_alt_rc=$?
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
 res="$OUT/bench_$(date -u +%Y%m%d-%H%M)_${gpu}.md"
-timeout 240 ./build/flashmla_check --bench --results "$res" > "$OUT/bench.log" 2>&1
-bench_rc=$?
+bench_rc=skipped
+if [ "$check_rc" -eq 0 ] && [ "$check_alt_rc" -eq 0 ]; then
+    timeout ${BENCH_TIMEOUT:-200} ./build/flashmla_check --bench --results "$res" > "$OUT/bench.log" 2>&1
+    bench_rc=$?
+fi
 
 # Optional profile (PROFILE=1): Nsight Compute on one memory-bound and one
 # compute-bound shape, the 7th decode launch of each.
@@ -58,14 +64,17 @@ if [ -n "${baseline_pid:-}" ]; then
 fi
 
 echo "==================== resources (ptxas)"
-grep -E "Compiling entry|Used|spill|stack" build/ptxas.txt | sed 's/ptxas info    : //'
+grep -E "Compiling entry|Used|spill|stack|wgmma|Performance|arning" build/ptxas.txt | sed 's/ptxas info    : //'
 echo "==================== sass"
 cat "$OUT/sass_summary.txt"
-echo "==================== checks (rc=$check_rc)"
-grep -E "^FAIL|^WARN|error|SUMMARY" "$OUT/check.log" | head -40
-tail -3 "$OUT/check.log"
-echo "==================== bench (rc=$bench_rc)"
-tail -14 "$OUT/bench.log"
+for log in check check_alt; do
+    echo "==================== $log"
+    grep -E "^FAIL|^WARN|^     |error|wgmma_unit|SUMMARY" "$OUT/$log.log" | head -30
+    tail -2 "$OUT/$log.log"
+done
+echo "==================== bench (rc=$bench_rc; full table in $(basename "$res"))"
+grep -E "^bench " "$OUT/bench.log" | head -60
+tail -8 "$OUT/bench.log"
 if [ -f "$OUT/bench_baseline.log" ]; then
     echo "==================== baseline $BASELINE, same run"
     grep -E "^\| s_k" "$OUT/bench_baseline.log"
@@ -74,4 +83,4 @@ if [ -f "$OUT/ncu.txt" ]; then
     echo "==================== ncu (full report in ncu.txt)"
     grep -E "######## shape|^  [A-Za-z].*: [0-9.]+ us|Duration|DRAM Throughput|Compute \(SM\) Throughput|L1/TEX Hit|Executed Ipc A|Issue Slots Busy|Shared Memory|Bank Conflicts|Stall" "$OUT/ncu.txt" | head -40
 fi
-[ "$check_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$check_rc" -eq 0 ] && [ "$check_alt_rc" -eq 0 ] && [ "$bench_rc" = 0 ]

@@ -1,14 +1,41 @@
 using FlashMla.Core.Backends;
+using FlashMla.Cuda.Backend;
 
 namespace FlashMla.Server.Hosting;
 
-/// <summary>Probes for the CUDA backend (driver, device, fatbin) and builds it when everything is there.</summary>
+/// <summary>Probes for the CUDA backend (driver, Hopper device, fatbin) and builds it when everything is there.</summary>
 public static class CudaSelection
 {
+    /// <summary>The fatbin path: absolute as given, relative ones from the executable's folder.</summary>
+    public static string ResolveFatbin(FlashMlaOptions options) =>
+        Path.IsPathRooted(options.FatbinPath) ? options.FatbinPath : Path.Combine(AppContext.BaseDirectory, options.FatbinPath);
+
+    /// <summary>The backend, or null with <paramref name="why"/> saying what is missing.</summary>
     public static IAttentionBackend? TryCreate(FlashMlaOptions options, out string why)
     {
-        why = "this build has no CUDA backend wired yet";
-        _ = options;
-        return null;
+        string fatbin = ResolveFatbin(options);
+        var probe = CudaBackendFactory.Probe(fatbin);
+        if (!probe.IsUsable)
+        {
+            why = probe.Reason;
+            return null;
+        }
+        try
+        {
+            var backend = CudaBackendFactory.Create(new CudaBackendOptions
+            {
+                FatbinPath = fatbin,
+                NumLayers = options.Layers,
+                NumBlocks = options.TotalBlocks,
+                MemoryFraction = options.MemoryFraction,
+            });
+            why = $"{probe.DeviceDescription ?? "GPU"} found and kernels loaded from {fatbin}";
+            return backend;
+        }
+        catch (InvalidOperationException ex)
+        {
+            why = ex.Message;
+            return null;
+        }
     }
 }

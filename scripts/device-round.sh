@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The whole device round. Runs ON the GPU machine, from the repository root, with the publish
+# archive carried in .devcarry/ (scripts/pack-device.sh makes it):
+#   1. build the kernels (native/build.sh -> native/build/flashmla.fatbin)
+#   2. run the native kernel checks
+#   3. unpack the self-contained publish (server, CLI, backend device check)
+#   4. run the C# CUDA backend check against a float64 reference
+#   5. start the server on the CUDA backend, run `flashmla verify` and a short `flashmla bench`
+#   6. print a short table last
+# Each step's log is written to a scratch folder and packed at the end into $OUT/round-logs.tgz
+# (the device tool brings back at most 8 files); $OUT/round.log has the step tails and the table
+# as they happen. A failed step is recorded and the round goes on where later steps do not depend on it.
+#
+# Env: PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
+# fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_SERVER=1, DEVICECHECK_ARGS (e.g. --no-bench).
+set -uo pipefail
+
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+logs=$(mktemp -d)
+exec > >(tee -a "$OUT/round.log") 2>&1
+root=$PWD
+fatbin=$root/native/build/flashmla.fatbin
+archive=$root/.devcarry/flashmla-publish.tar.xz
+app=/tmp/flashmla-app/flashmla
+port=${PORT:-50051}
+endpoint=http://127.0.0.1:$port
+bench_args=${BENCH_ARGS:-}
+
+rows=()
+record() { # step status seconds note
+  rows+=("$(printf '%-14s %-5s %7s  %s' "$1" "$2" "$3" "$4")")
+}
+run_step() { # name logfile command...
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  echo "== $name: $*"
+  "$@" >"$logs/$log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - start))
+  tail -n 25 "$logs/$log" | sed "s/^/   [$name] /"
+  if [[ $rc -eq 0 ]]; then record "$name" ok "${took}s" "log $log"; else record "$name" FAIL "${took}s" "rc $rc, log $log"; fi
+  return $rc
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.mem --format=csv 2>&1
+  nvcc --version 2>&1 | tail -n 2
+} > "$logs/machine.txt"
+cat "$logs/machine.txt"
+
+# 1-2. Kernels.
+native_ok=0
+if [[ "${SKIP_NATIVE:-0}" != 1 ]]; then
+  if run_step build-native build-native.log bash native/build.sh; then
+    native_ok=1
+    if [[ "${SKIP_NATIVE_CHECKS:-0}" == 1 ]]; then
+      record native-check skip - "SKIP_NATIVE_CHECKS=1"
+    else
+      [[ -x native/build/tile_scheduler_test ]] && run_step scheduler-test scheduler-test.log native/build/tile_scheduler_test
+      run_step native-check native-check.log native/build/flashmla_check --check --fatbin "$fatbin"
+      if [[ "${SKIP_NATIVE_BENCH:-0}" != 1 ]]; then
+        run_step native-bench native-bench.log native/build/flashmla_check --bench --results "$logs/native-bench.md"
+        cp "$logs/native-bench.md" "$OUT/" 2>/dev/null
+      fi
+    fi
+  fi
+elif [[ -f "$fatbin" ]]; then
+  native_ok=1
+fi
+
+# 3. Publish.
+app_ok=0
+if [[ -f "$archive" ]]; then
+  rm -rf /tmp/flashmla-app && mkdir -p /tmp/flashmla-app
+  if run_step unpack unpack.log tar -C /tmp/flashmla-app -xJf "$archive"; then
+    app_ok=1
+    cat "$app/PACKED.txt" 2>/dev/null
+  fi
+else
+  record unpack FAIL - "no $archive (run scripts/pack-device.sh here first)"
+fi
+
+# 4. Backend check (C# CudaBackend vs a float64 reference).
+if [[ $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicecheck" ]]; then
+  # shellcheck disable=SC2086
+  run_step backend-check backend-check.log "$app/flashmla-devicecheck" --fatbin "$fatbin" --header native/include/mla_params.h ${DEVICECHECK_ARGS:-}
+elif [[ $app_ok == 1 ]]; then
+  record backend-check skip - "needs the fatbin and flashmla-devicecheck"
+fi
+
+# 5. Server + CLI.
+if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
+  echo "== server: starting on $endpoint (CUDA backend)"
+  "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$port" \
+    --FlashMla:MetricsPort=$((port + 1)) --FlashMla:ListenAddress=loopback --FlashMla:Layers="${LAYERS:-4}" \
+    --FlashMla:MaxBatchSequences=1024 >"$logs/server.log" 2>&1 &
+  server_pid=$!
+  up=0
+  for _ in $(seq 1 60); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
+    sleep 0.5
+  done
+  if [[ $up == 1 ]]; then
+    record server ok - "listening on $endpoint"
+    run_step verify verify.log "$app/flashmla" verify --address "$endpoint" --cases "${VERIFY_CASES:-24}" --long 33000
+    # shellcheck disable=SC2086
+    run_step bench bench.log "$app/flashmla" bench --address "$endpoint" --out "$logs/service-bench.md" $bench_args
+    cp "$logs/service-bench.md" "$OUT/" 2>/dev/null
+  else
+    record server FAIL - "did not listen within 30 s; see server.log"
+    tail -n 40 "$logs/server.log"
+  fi
+  kill "$server_pid" 2>/dev/null
+  wait "$server_pid" 2>/dev/null
+elif [[ "${SKIP_SERVER:-0}" != 1 ]]; then
+  record server skip - "needs the fatbin and flashmla-server"
+fi
+
+# 6. The service on the CPU backend of this 16-core machine (no GPU involved): the embedded default's figures.
+if [[ "${SKIP_CPU_BENCH:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
+  cpu_port=$((port + 10))
+  "$app/flashmla-server" --FlashMla:Backend=cpu --FlashMla:GrpcPort="$cpu_port" --FlashMla:MetricsPort=$((cpu_port + 1)) \
+    --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:CpuMemoryMiB=4096 >"$logs/cpu-server.log" 2>&1 &
+  cpu_pid=$!
+  for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$cpu_port") 2>/dev/null && break; sleep 0.5; done
+  run_step cpu-bench cpu-bench.log "$app/flashmla" bench --address "http://127.0.0.1:$cpu_port" --streams 4 --inflight 2 \
+    --batch 8 --context 1024 --heads 16 --seconds 8 --out "$logs/service-bench-cpu.md"
+  cp "$logs/service-bench-cpu.md" "$OUT/" 2>/dev/null
+  kill "$cpu_pid" 2>/dev/null
+  wait "$cpu_pid" 2>/dev/null
+fi
+
+echo
+tar -C "$logs" -czf "$OUT/round-logs.tgz" .
+echo "device round on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU'); logs in round-logs.tgz"
+printf '%-14s %-5s %7s  %s\n' step status time note
+for row in "${rows[@]}"; do echo "$row"; done
+[[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
+printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
+exit 0

@@ -1,0 +1,470 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using FlashMla.Core.Backends;
+using FlashMla.Core.Metadata;
+using FlashMla.Core.Tensors;
+using FlashMla.Cuda.Interop;
+
+namespace FlashMla.Cuda.Backend;
+
+/// <summary>
+/// The KV pools in device memory and MLA decode on the native kernels, on device 0.
+/// <para>
+/// One allocation holds every layer's pool (<c>[layers][blocks][64][576]</c> bf16), so a layer's pool
+/// is a fixed offset and one copy-kernel launch serves all layers. A decode step is one stream of
+/// asynchronous work, enqueued whole before the host waits on its tail: a host-to-device copy of a pinned
+/// staging buffer (the packed int32 upload of <see cref="DecodeUploadLayout"/>, then q, then the new
+/// KV rows), the append kernel, the split-KV decode kernel, the combine kernel when a sequence was
+/// split, and a device-to-host copy of out and lse. The staging copies into and out of pinned memory
+/// run in chunks that overlap the copy engine's transfers. Staging and scratch buffers are reused
+/// across steps and only ever grow.
+/// </para>
+/// <para>
+/// Calls come one at a time from the scheduler loop (possibly from different threads: each call
+/// binds the context to its thread). A CUDA error becomes <see cref="BackendFaultException"/>; after a
+/// sticky one every later call fails at once.
+/// </para>
+/// </summary>
+public sealed class CudaBackend : IAttentionBackend
+{
+    /// <summary>Rows staged per pass of WriteKv/ReadKv, so a long prefill does not grow the staging buffers without bound.</summary>
+    internal const int MaxRowsPerPass = 16384;
+
+    private const long PageBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
+
+    private readonly CudaDeviceInfo _device;
+    private readonly PrimaryContextHandle _context;
+    private readonly StreamHandle _stream;
+    private readonly StepEvents _events;
+    private readonly MlaKernels _kernels;
+    private readonly DeviceMemoryHandle _pools;
+    private readonly PinnedStaging _hostUpload;
+    private readonly PinnedStaging _hostDownload;
+    private readonly DeviceScratch _deviceUpload;
+    private readonly DeviceScratch _deviceResult;
+    private readonly DeviceScratch _splitScratch;
+    private readonly BlockCopyWaves _copyWaves = new();
+    private readonly List<(int Start, int Count)> _waves = [];
+    private readonly string _fatbinPath;
+    private CudaException? _stickyFault;
+    private bool _disposed;
+
+    private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, StreamHandle stream, StepEvents events,
+        MlaKernels kernels, DeviceMemoryHandle pools, KvPoolGeometry geometry, string fatbinPath)
+    {
+        _device = device;
+        _context = context;
+        _stream = stream;
+        _events = events;
+        _kernels = kernels;
+        _pools = pools;
+        Geometry = geometry;
+        _fatbinPath = fatbinPath;
+        _hostUpload = new PinnedStaging(context, "pinned upload");
+        _hostDownload = new PinnedStaging(context, "pinned download");
+        _deviceUpload = new DeviceScratch(context, "device upload");
+        _deviceResult = new DeviceScratch(context, "device result");
+        _splitScratch = new DeviceScratch(context, "split-KV scratch");
+    }
+
+    public string Name => "cuda";
+
+    public string DeviceDescription => string.Create(CultureInfo.InvariantCulture,
+        $"{_device.Describe()}; KV pools {Geometry.NumLayers} layers x {Geometry.NumBlocks} blocks ({_pools.Bytes / (double)(1L << 30):F2} GiB); kernels {Path.GetFileName(_fatbinPath)}");
+
+    public KvPoolGeometry Geometry { get; }
+
+    /// <summary>Streaming multiprocessors of the device (sizes the tile scheduler's parts).</summary>
+    public int SmCount => _device.SmCount;
+
+    /// <summary>Device time of the kernels of the last decode step (append to combine), in milliseconds.</summary>
+    public double LastDecodeKernelMilliseconds => LastDecodeTimings.KernelsMs;
+
+    /// <summary>Where the last decode step's time went (for metrics and benchmarks).</summary>
+    public DecodeStepTimings LastDecodeTimings { get; private set; }
+
+    /// <summary>
+    /// Staging copies are cut into chunks of this many bytes so the host copies chunk k+1 while the
+    /// copy engine moves chunk k (0 turns the overlap off: one whole copy each way, for comparison).
+    /// </summary>
+    internal long TransferChunkBytes { get; set; } = 4L << 20;
+
+    /// <summary>
+    /// Checks only: fill the device result buffer with NaN before each decode, so a row the kernels
+    /// skip comes back NaN instead of the previous step's value.
+    /// </summary>
+    internal bool PoisonResults { get; set; }
+
+    /// <summary>Opens device 0 and allocates the pools. Called by <see cref="CudaBackendFactory.Create"/> after a probe.</summary>
+    internal static CudaBackend Open(CudaBackendOptions options)
+    {
+        CudaException.Check(CudaDriver.cuInit(0), "cuInit");
+        CudaDeviceInfo device = CudaDeviceInfo.Read(0);
+        var owned = new Stack<IDisposable>();
+        try
+        {
+            PrimaryContextHandle context = PrimaryContextHandle.Retain(device.Ordinal);
+            owned.Push(context);
+            context.MakeCurrent();
+            MlaKernels kernels = MlaKernels.Load(context, options.FatbinPath, device);
+            owned.Push(kernels);
+            StreamHandle stream = StreamHandle.Create(context);
+            owned.Push(stream);
+            StepEvents events = StepEvents.Create(context);
+            owned.Push(events);
+
+            int blocks = options.NumBlocks;
+            if (blocks == 0)
+            {
+                CudaException.Check(CudaDriver.cuMemGetInfo_v2(out nuint free, out _), "cuMemGetInfo");
+                blocks = CudaBackendFactory.BlockCountFromMemory((long)free, options.MemoryFraction, options.NumLayers, options.ReservedBytes);
+            }
+            long poolBytes = checked(options.NumLayers * (long)blocks * PageBytes);
+            DeviceMemoryHandle pools = DeviceMemoryHandle.Allocate(context, poolBytes);
+            owned.Push(pools);
+            return new CudaBackend(device, context, stream, events, kernels, pools,
+                new KvPoolGeometry(options.NumLayers, blocks), Path.GetFullPath(options.FatbinPath));
+        }
+        catch
+        {
+            while (owned.Count > 0) owned.Pop().Dispose();
+            throw;
+        }
+    }
+
+    public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
+    {
+        CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
+        BeginCall();
+        if (slots.IsEmpty) return;
+        try
+        {
+            for (int first = 0; first < slots.Length; first += MaxRowsPerPass)
+            {
+                int n = Math.Min(MaxRowsPerPass, slots.Length - first);
+                long rowsOffset = BufferSizes.RoundUp(n * 4L, BufferSizes.RegionAlignment);
+                long bytes = rowsOffset + n * (long)MlaDims.KvRowBytes;
+                _hostUpload.EnsureCapacity(bytes);
+                _deviceUpload.EnsureCapacity(bytes);
+                slots.Slice(first, n).CopyTo(_hostUpload.Span<int>(0, n));
+                rows.Slice(first * MlaDims.HeadDimK, n * MlaDims.HeadDimK).CopyTo(_hostUpload.Span<ushort>(rowsOffset, n * MlaDims.HeadDimK));
+                ulong device = _deviceUpload.Pointer;
+                CopyToDevice(device, _hostUpload.Pointer, bytes, "WriteKv upload");
+                _kernels.Append(new KvAppendParams
+                {
+                    KvPool = PoolPointer(layer),
+                    Rows = device + (ulong)rowsOffset,
+                    Slots = device,
+                    NumRows = n,
+                    NumBlocks = Geometry.NumBlocks,
+                }, _stream.Stream);
+                _stream.Synchronize("WriteKv");
+            }
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows)
+    {
+        CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
+        BeginCall();
+        if (slots.IsEmpty) return;
+        try
+        {
+            ulong pool = PoolPointer(layer);
+            for (int first = 0; first < slots.Length; first += MaxRowsPerPass)
+            {
+                int n = Math.Min(MaxRowsPerPass, slots.Length - first);
+                _hostDownload.EnsureCapacity(n * (long)MlaDims.KvRowBytes);
+                ReadOnlySpan<int> pass = slots.Slice(first, n);
+                // Consecutive slots are consecutive rows of the pool: one copy per run.
+                for (int i = 0; i < n;)
+                {
+                    int run = SlotRuns.RunLength(pass, i);
+                    CopyToHost(_hostDownload.Pointer + i * MlaDims.KvRowBytes, pool + (ulong)pass[i] * MlaDims.KvRowBytes,
+                        run * (long)MlaDims.KvRowBytes, "ReadKv");
+                    i += run;
+                }
+                _stream.Synchronize("ReadKv");
+                _hostDownload.Span<ushort>(0, n * MlaDims.HeadDimK).CopyTo(rows.Slice(first * MlaDims.HeadDimK, n * MlaDims.HeadDimK));
+            }
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
+    {
+        CudaBackendArguments.Copies(Geometry, copies);
+        BeginCall();
+        if (copies.IsEmpty) return;
+        try
+        {
+            _copyWaves.Split(copies, _waves);
+            long bytes = BufferSizes.RoundUp(copies.Length * 8L + _waves.Count * BufferSizes.RegionAlignment, BufferSizes.RegionAlignment);
+            _hostUpload.EnsureCapacity(bytes);
+            _deviceUpload.EnsureCapacity(bytes);
+            // All waves' pairs in one upload, each wave at an aligned offset.
+            Span<(long Offset, int Pairs)> placed = _waves.Count <= 64 ? stackalloc (long, int)[_waves.Count] : new (long, int)[_waves.Count];
+            long offset = 0;
+            for (int w = 0; w < _waves.Count; w++)
+            {
+                (int start, int count) = _waves[w];
+                Span<int> pairs = _hostUpload.Span<int>(offset, count * 2);
+                int n = 0;
+                foreach (BlockCopy c in copies.Slice(start, count))
+                {
+                    if (c.Source == c.Destination) continue;
+                    pairs[2 * n] = c.Source;
+                    pairs[2 * n + 1] = c.Destination;
+                    n++;
+                }
+                placed[w] = (offset, n);
+                offset = BufferSizes.RoundUp(offset + n * 8L, BufferSizes.RegionAlignment);
+            }
+            if (offset == 0) return; // only self-copies
+            ulong device = _deviceUpload.Pointer;
+            CopyToDevice(device, _hostUpload.Pointer, offset, "CopyBlocks upload");
+            foreach ((long at, int n) in placed)
+            {
+                if (n == 0) continue;
+                _kernels.CopyBlocks(new BlockCopyParams
+                {
+                    KvPool = _pools.Pointer,
+                    Pairs = device + (ulong)at,
+                    NumPairs = n,
+                    NumLayers = Geometry.NumLayers,
+                    LayerStrideBlocks = Geometry.NumBlocks,
+                    NumBlocks = Geometry.NumBlocks,
+                }, _stream.Stream);
+            }
+            _stream.Synchronize("CopyBlocks");
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    public void Decode(DecodeBatch batch)
+    {
+        CudaBackendArguments.Decode(Geometry, batch);
+        BeginCall();
+        try
+        {
+            DecodeStep(batch);
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    /// <summary>
+    /// Checks only: launches the append kernel on unmapped addresses, which faults the context
+    /// (CUDA_ERROR_ILLEGAL_ADDRESS, sticky) and with it every backend of this process.
+    /// </summary>
+    internal void InjectDeviceFault()
+    {
+        BeginCall();
+        try
+        {
+            _kernels.Append(new KvAppendParams { KvPool = 256, Rows = 256, Slots = 256, NumRows = 1, NumBlocks = 1 }, _stream.Stream);
+            _stream.Synchronize("fault injection");
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    private void DecodeStep(DecodeBatch batch)
+    {
+        long started = Stopwatch.GetTimestamp();
+        int b = batch.BatchSize;
+        int rowsPerSeq = batch.QueryTokens * batch.Heads;
+        int rowGroups = TileScheduler.RowGroups(batch.QueryTokens, batch.Heads);
+        int parts = TileScheduler.DefaultNumSmParts(_device.SmCount, rowGroups);
+        int newRows = batch.NewKv.IsEmpty ? 0 : b * batch.QueryTokens;
+        var layout = new DecodeUploadLayout(b, batch.BlockTableStride, parts, newRows);
+
+        // Upload: [int32 sections][q][new kv]; result: [out][lse].
+        long qOffset = BufferSizes.RoundUp(layout.TotalBytes, BufferSizes.RegionAlignment);
+        long kvOffset = BufferSizes.RoundUp(qOffset + batch.Q.Length * 2L, BufferSizes.RegionAlignment);
+        long uploadBytes = kvOffset + batch.NewKv.Length * 2L;
+        long lseOffset = BufferSizes.RoundUp(batch.Out.Length * 2L, BufferSizes.RegionAlignment);
+        long resultBytes = lseOffset + batch.Lse.Length * 4L;
+
+        _hostUpload.EnsureCapacity(uploadBytes);
+        // Pack checks every block id and slot before anything reaches the device.
+        int totalSplits = layout.Pack(_hostUpload.Span<int>(0, layout.TotalInts), batch.SeqLens.Span, batch.BlockTable.Span,
+            batch.NewKvSlots.Span, Geometry.NumBlocks);
+
+        bool split = totalSplits > b;
+        long oAccumBytes = BufferSizes.RoundUp((long)totalSplits * rowsPerSeq * MlaDims.HeadDimV * 4, BufferSizes.RegionAlignment);
+        if (split) _splitScratch.EnsureCapacity(oAccumBytes + (long)totalSplits * rowsPerSeq * 4);
+        _deviceUpload.EnsureCapacity(uploadBytes);
+        _deviceResult.EnsureCapacity(resultBytes);
+        _hostDownload.EnsureCapacity(resultBytes);
+
+        ulong up = _deviceUpload.Pointer;
+        ulong result = _deviceResult.Pointer;
+        ulong pool = PoolPointer(batch.Layer);
+        IntPtr stream = _stream.Stream;
+
+        _events.UploadStart.Record(_stream);
+        CopyToDevice(up, _hostUpload.Pointer, layout.TotalBytes, "decode upload");
+        StageAndUpload(MemoryMarshal.AsBytes(batch.Q.Span), qOffset);
+        StageAndUpload(MemoryMarshal.AsBytes(batch.NewKv.Span), kvOffset);
+        if (PoisonResults)
+            CudaException.Check(CudaDriver.cuMemsetD8Async(result, 0xFF, (nuint)resultBytes, stream), "cuMemsetD8Async(poison)");
+        _events.KernelsStart.Record(_stream);
+        if (newRows > 0)
+        {
+            _kernels.Append(new KvAppendParams
+            {
+                KvPool = pool,
+                Rows = up + (ulong)kvOffset,
+                Slots = up + 4UL * (ulong)layout.SlotsOffset,
+                NumRows = newRows,
+                NumBlocks = Geometry.NumBlocks,
+            }, stream);
+        }
+        var p = new MlaDecodeParams
+        {
+            Q = up + (ulong)qOffset,
+            KvPool = pool,
+            BlockTable = up + 4UL * (ulong)layout.BlockTableOffset,
+            SeqLens = up + 4UL * (ulong)layout.SeqLensOffset,
+            SchedMeta = up + 4UL * (ulong)layout.SchedMetaOffset,
+            NumSplits = up + 4UL * (ulong)layout.NumSplitsOffset,
+            Out = result,
+            Lse = result + (ulong)lseOffset,
+            OAccum = split ? _splitScratch.Pointer : 0,
+            LseAccum = split ? _splitScratch.Pointer + (ulong)oAccumBytes : 0,
+            Batch = b,
+            SQ = batch.QueryTokens,
+            HQ = batch.Heads,
+            RowsPerSeq = rowsPerSeq,
+            NumRowGroups = rowGroups,
+            BlockTableStride = batch.BlockTableStride,
+            NumSmParts = parts,
+            NumBlocks = Geometry.NumBlocks,
+            SoftmaxScale = batch.SoftmaxScale,
+            ScaleLog2 = batch.SoftmaxScale * MlaKernelAbi.Log2E,
+        };
+        _kernels.Decode(p, stream);
+        // The combine returns at once for unsplit sequences; skip the launch when none is split.
+        if (split) _kernels.Combine(p, stream);
+        _events.KernelsEnd.Record(_stream);
+
+        DownloadAndUnstage(result, batch.Out.Length * 2L, lseOffset, MemoryMarshal.AsBytes(batch.Out.Span), MemoryMarshal.AsBytes(batch.Lse.Span));
+        _events.DownloadEnd.Record(_stream);
+        _stream.Synchronize("decode");
+        LastDecodeTimings = new DecodeStepTimings(
+            UploadMs: _events.KernelsStart.MillisecondsSince(_events.UploadStart),
+            KernelsMs: _events.KernelsEnd.MillisecondsSince(_events.KernelsStart),
+            DownloadMs: _events.DownloadEnd.MillisecondsSince(_events.KernelsEnd),
+            TotalMs: Stopwatch.GetElapsedTime(started).TotalMilliseconds,
+            Splits: totalSplits,
+            Parts: parts);
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the pinned upload at <paramref name="offset"/> and sends it, chunk by chunk, so the two overlap.</summary>
+    private void StageAndUpload(ReadOnlySpan<byte> source, long offset)
+    {
+        long chunk = TransferChunkBytes > 0 ? TransferChunkBytes : long.MaxValue;
+        for (long at = 0; at < source.Length; at += chunk)
+        {
+            int n = (int)Math.Min(chunk, source.Length - at);
+            source.Slice((int)at, n).CopyTo(_hostUpload.Span<byte>(offset + at, n));
+            CopyToDevice(_deviceUpload.Pointer + (ulong)(offset + at), _hostUpload.Pointer + (nint)(offset + at), n, "decode upload");
+        }
+    }
+
+    /// <summary>
+    /// Brings out (at 0) and lse (at <paramref name="lseOffset"/>) back in chunks, each followed by an
+    /// event, and copies each chunk out of pinned memory as soon as its event has completed.
+    /// </summary>
+    private void DownloadAndUnstage(ulong result, long outBytes, long lseOffset, Span<byte> outDestination, Span<byte> lseDestination)
+    {
+        long chunk = TransferChunkBytes > 0
+            ? Math.Max(TransferChunkBytes, (outBytes + StepEvents.ChunkEvents - 2) / (StepEvents.ChunkEvents - 1))
+            : long.MaxValue;
+        int chunks = 0;
+        for (long at = 0; at < outBytes; at += chunk)
+        {
+            CopyToHost(_hostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out");
+            _events.Chunk(chunks++).Record(_stream);
+        }
+        CopyToHost(_hostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, lseDestination.Length, "decode lse");
+        _events.Chunk(chunks).Record(_stream);
+
+        int k = 0;
+        for (long at = 0; at < outBytes; at += chunk)
+        {
+            _events.Chunk(k++).Synchronize();
+            int n = (int)Math.Min(chunk, outBytes - at);
+            _hostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
+        }
+        _events.Chunk(k).Synchronize();
+        _hostDownload.Span<byte>(lseOffset, lseDestination.Length).CopyTo(lseDestination);
+    }
+
+    private ulong PoolPointer(int layer) => _pools.Pointer + (ulong)((long)layer * Geometry.NumBlocks * PageBytes);
+
+    private unsafe void CopyToDevice(ulong destination, IntPtr source, long bytes, string what) =>
+        CudaException.Check(CudaDriver.cuMemcpyHtoDAsync_v2(destination, (void*)source, (nuint)bytes, _stream.Stream), "cuMemcpyHtoDAsync(" + what + ")");
+
+    private unsafe void CopyToHost(IntPtr destination, ulong source, long bytes, string what) =>
+        CudaException.Check(CudaDriver.cuMemcpyDtoHAsync_v2((void*)destination, source, (nuint)bytes, _stream.Stream), "cuMemcpyDtoHAsync(" + what + ")");
+
+    private void BeginCall()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_stickyFault is { } fault)
+            throw new BackendFaultException("CUDA backend is unusable after an earlier device fault: " + fault.Message, isSticky: true, fault);
+        try
+        {
+            _context.MakeCurrent();
+        }
+        catch (CudaException e)
+        {
+            throw Fault(e);
+        }
+    }
+
+    private BackendFaultException Fault(CudaException e)
+    {
+        if (e.IsSticky) _stickyFault ??= e;
+        return new BackendFaultException("CUDA backend: " + e.Message, e.IsSticky, e);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_stickyFault is null)
+        {
+            // Let in-flight work finish before its memory goes; a failure here has nowhere better to go.
+            if (CudaDriver.cuCtxSetCurrent(_context.DangerousGetHandle()) == CUresult.CUDA_SUCCESS)
+                _ = CudaDriver.cuStreamSynchronize(_stream.Stream);
+        }
+        _splitScratch.Dispose();
+        _deviceResult.Dispose();
+        _deviceUpload.Dispose();
+        _hostDownload.Dispose();
+        _hostUpload.Dispose();
+        _pools.Dispose();
+        _kernels.Dispose();
+        _events.Dispose();
+        _stream.Dispose();
+        _context.Dispose();
+    }
+}

@@ -1,0 +1,95 @@
+using System.Runtime.InteropServices;
+
+namespace FlashMla.Cuda.Interop;
+
+/// <summary>
+/// The launch ABI of the native kernels, mirrored from native/include/mla_params.h
+/// (<c>MLA_ABI_VERSION</c> 1): kernel names, launch shapes and the params structs each kernel takes
+/// by value as its only parameter. Field order, sizes and offsets must match the header exactly;
+/// FlashMla.Cuda.Tests pins them.
+/// </summary>
+internal static class MlaKernelAbi
+{
+    public const int AbiVersion = 1;
+
+    public const int HeadDimK = 576;
+    public const int HeadDimV = 512;
+    public const int PageTokens = 64;
+    public const int MaxHeads = 128;
+    public const int MaxRowsPerSeq = 512;
+    public const int RowsPerCta = 64;
+
+    public const int SchedInts = 8;
+    public const int SchedFixedCostPages = 5;
+
+    public const string KernelDecode = "flashmla_decode_splitkv";
+    public const int DecodeThreads = 256;
+    public const int DecodeSmemBytes = 229888;
+
+    public const string KernelCombine = "flashmla_combine";
+    public const int CombineThreads = 128;
+    public const int CombineRowsPerCta = 16;
+
+    public const string KernelReference = "flashmla_decode_reference";
+    public const int ReferenceThreads = 128;
+    public const int ReferenceRowsPerCta = 4;
+
+    public const string KernelAppend = "flashmla_append_kv";
+    public const int AppendThreads = 256;
+    public const int AppendRowsPerCta = 8;
+
+    public const string KernelCopy = "flashmla_copy_blocks";
+    public const int CopyThreads = 256;
+
+    /// <summary>log2(e), for <see cref="MlaDecodeParams.ScaleLog2"/>.</summary>
+    public const float Log2E = 1.4426950408889634f;
+}
+
+/// <summary><c>MlaDecodeParams</c>: the one parameter of the decode, combine and reference kernels. 120 bytes.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct MlaDecodeParams
+{
+    public ulong Q;               //   0 bf16 [batch, s_q, h_q, 576]
+    public ulong KvPool;          //   8 bf16 [num_blocks, 64, 576], one layer
+    public ulong BlockTable;      //  16 int32 [batch, block_table_stride]
+    public ulong SeqLens;         //  24 int32 [batch]
+    public ulong SchedMeta;       //  32 int32 [num_sm_parts, 8]
+    public ulong NumSplits;       //  40 int32 [batch + 1]
+    public ulong Out;             //  48 bf16 [batch, s_q, h_q, 512]
+    public ulong Lse;             //  56 fp32 [batch, h_q, s_q]
+    public ulong OAccum;          //  64 fp32 [total_splits, rows_per_seq, 512]
+    public ulong LseAccum;        //  72 fp32 [total_splits, rows_per_seq]
+    public int Batch;             //  80
+    public int SQ;                //  84
+    public int HQ;                //  88
+    public int RowsPerSeq;        //  92
+    public int NumRowGroups;      //  96
+    public int BlockTableStride;  // 100
+    public int NumSmParts;        // 104
+    public int NumBlocks;         // 108
+    public float SoftmaxScale;    // 112
+    public float ScaleLog2;       // 116
+}
+
+/// <summary><c>KvAppendParams</c>: the one parameter of <c>flashmla_append_kv</c>. 32 bytes.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvAppendParams
+{
+    public ulong KvPool;          //  0 bf16 [num_blocks, 64, 576], one layer
+    public ulong Rows;            //  8 bf16 [num_rows, 576]
+    public ulong Slots;           // 16 int32 [num_rows]
+    public int NumRows;           // 24
+    public int NumBlocks;         // 28
+}
+
+/// <summary><c>BlockCopyParams</c>: the one parameter of <c>flashmla_copy_blocks</c>. 32 bytes.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct BlockCopyParams
+{
+    public ulong KvPool;            //  0 bf16, layer 0's pool
+    public ulong Pairs;             //  8 int32 [num_pairs, 2] = (src page, dst page)
+    public int NumPairs;            // 16
+    public int NumLayers;           // 20
+    public int LayerStrideBlocks;   // 24
+    public int NumBlocks;           // 28
+}
