@@ -9,7 +9,8 @@ namespace FlashMla.Contracts.Wire;
 /// bytes once from the received frames into a pooled array (the generated parser copies them into a fresh
 /// array per message, which for megabyte tensors means large-object-heap allocations every step).
 /// The message's other fields are handed, as their original bytes, to the generated parser, so their
-/// meaning (and a repeated or unknown field's) is exactly the generated code's. Anything this reader does
+/// meaning (and a repeated or unknown field's) is exactly the generated code's; inside a tensor, unknown
+/// fields are skipped rather than kept (nothing reads them back). Anything this reader does
 /// not recognize as well-formed falls back to the generated parser, whose result or exception is then the
 /// answer: the wire contract and its error behaviour stay those of Google.Protobuf.
 /// </summary>
