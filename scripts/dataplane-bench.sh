@@ -8,7 +8,10 @@
 #   bash scripts/dataplane-bench.sh [APP_DIR] [FATBIN]
 #     APP_DIR: the unpacked publish (default /tmp/flashmla-app/flashmla), FATBIN (default native/build/flashmla.fatbin)
 # Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
-#      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1.
+#      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_RUNTIME_AB=1.
+# Runtime A/B (CUDA server, b 128, h_q 16 and 128, 4 connections): the server as shipped (server GC,
+# concurrent) against workstation GC, and against a 256 MiB gen0 budget with 64 minimum worker threads,
+# so the GC and thread-pool settings are chosen by measurement.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -30,9 +33,10 @@ res="$OUT/dataplane_${stamp}_${machine:-nogpu}.md"
   echo
 } > "$res"
 
-start_server() { # backend port extra-args...
+start_server() { # backend port extra-args... (env SERVER_ENV: extra environment, e.g. "DOTNET_gcServer=0")
   local backend=$1 p=$2; shift 2
-  "$app/flashmla-server" --FlashMla:Backend="$backend" --FlashMla:GrpcPort="$p" --FlashMla:MetricsPort=$((p + 1)) \
+  # shellcheck disable=SC2086
+  env ${SERVER_ENV:-} "$app/flashmla-server" --FlashMla:Backend="$backend" --FlashMla:GrpcPort="$p" --FlashMla:MetricsPort=$((p + 1)) \
     --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:MaxBatchSequences=1024 --FlashMla:BatchWindowMicroseconds=0 \
     "$@" >"$OUT/dataplane-server-$backend.log" 2>&1 &
   server_pid=$!
@@ -59,6 +63,21 @@ if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
   fi
   stop_server
 fi
+if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
+  for variant in "shipped:" "workstation-gc:DOTNET_gcServer=0" "gen0-256m+minthreads-64:DOTNET_GCgen0size=0x10000000 DOTNET_ThreadPool_ForceMinWorkerThreads=64"; do
+    name=${variant%%:*}; SERVER_ENV=${variant#*:}
+    echo "== runtime A/B: $name (${SERVER_ENV:-defaults})"
+    echo "### runtime A/B: server $name (${SERVER_ENV:-as shipped: server GC, concurrent})" >> "$res"
+    if SERVER_ENV=$SERVER_ENV start_server cuda "$port" --FlashMla:FatbinPath="$fatbin"; then
+      timeout 90 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
+        --connections 4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" || status=1
+    else
+      echo "server ($name) did not start"; status=1
+    fi
+    stop_server
+  done
+  SERVER_ENV=
+fi
 if [[ "${DP_SKIP_CPU:-0}" != 1 ]]; then
   echo "== bench-matrix, CPU backend, s_k 1 (transport with next to no compute)"
   if start_server cpu $((port + 10)) --FlashMla:CpuMemoryMiB=512; then
@@ -72,5 +91,5 @@ fi
 
 echo
 echo "==================== data plane ($res)"
-grep -E '^## |^\| ' "$res" | grep -v -- '--- |' | cut -c1-200
+grep -E '^## |^### |^\| ' "$res" | grep -v -- '--- |' | cut -c1-200
 exit $status
