@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}
 FLAGS=(-O3 -std=c++17 "-gencode=arch=compute_90a,code=sm_90a" -I/usr/local/cuda/include/cccl -Iinclude)
+# MLA_DECODE_EXPORT=N picks the exported decode implementation (default: mla_config.h)
+if [ -n "${MLA_DECODE_EXPORT:-}" ]; then FLAGS+=("-DMLA_DECODE_EXPORT=$MLA_DECODE_EXPORT"); fi
 mkdir -p build
 "$NVCC" "${FLAGS[@]}" -Xptxas -v --fatbin -o build/flashmla.fatbin kernels/flashmla_module.cu > build/ptxas.txt 2>&1 &
 fatbin_pid=$!

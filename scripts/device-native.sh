@@ -1,28 +1,22 @@
 #!/usr/bin/env bash
 # One device round for the native kernels (run on the GPU machine from the
-# repository root): build, resource report, SASS summary, all checks (of the
-# exported decode kernel and of flashmla_decode_splitkv_alt), bench of both.
+# repository root): build, resource report, SASS summary, all checks (of every
+# decode implementation and of the exported kernel), bench of those that pass.
 # Logs land in $OUT (the device tool brings them back); a short table last.
 set -uo pipefail
 OUT=${OUT:-/tmp/native-out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../native"
-# usage: [BASELINE=versions/v1_decode_splitkv.cu] [PROFILE=1] bash scripts/device-native.sh
-# (BASELINE is relative to native/)
+# usage: [MLA_DECODE_EXPORT=N] [PROFILE=1] [CHECK_TIMEOUT=60] bash scripts/device-native.sh
+# Every decode implementation is built beside the exported one (v2 mma.sync
+# and the sm90 versions, each under its own kernel name), checked on its own
+# and benched in the same run; the old v1 stays in native/versions/ for
+# reading. MLA_DECODE_EXPORT overrides mla_config.h's choice of the exported
+# kernel for this build (passed through build.sh).
 {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
     nvcc --version | tail -2
 } 2>&1 | tee "$OUT/build.log"
-# Optional baseline: an earlier decode kernel (native/versions/*.cu), built
-# beside the current one and benched in the same run for a fair comparison.
-BASELINE=${BASELINE:-}
-if [ -n "$BASELINE" ] && [ -f "$BASELINE" ]; then
-    rm -rf /tmp/baseline && mkdir -p /tmp/baseline
-    cp -r include host kernels check build.sh /tmp/baseline/
-    cp "$BASELINE" /tmp/baseline/kernels/decode_splitkv.cu
-    (cd /tmp/baseline && bash build.sh > build.log 2>&1) &
-    baseline_pid=$!
-fi
 t0=$(date +%s)
 bash build.sh >> "$OUT/build.log" 2>&1
 build_rc=$?
@@ -36,15 +30,34 @@ awk '/Function :/ {f=$3} f!="" {for (k in pat) if ($0 ~ pat[k]) n[f" "k]++}
      BEGIN {split("HGMMA HMMA LDSM LDGSTS LDL STL BAR MUFU.EX2 SHFL WARPGROUP", a, " "); for (i in a) pat[a[i]]=a[i]"[. ]"}
      END {for (x in n) print x, n[x]}' build/sass.txt | sort > "$OUT/sass_summary.txt"
 
-timeout 120 ./build/flashmla_check --fatbin build/flashmla.fatbin > "$OUT/check.log" 2>&1
-check_rc=$?
-timeout 120 ./build/flashmla_check --fatbin build/flashmla.fatbin --alt > "$OUT/check_alt.log" 2>&1
-check_alt_rc=$?
+# Checks: every implementation under its own name, then the exported kernel
+# (its driver-API cases go through the fatbin by the ABI name) unless the
+# implementation it wraps already failed. One log, check.log.
+export_impl=$(grep -oE "^#define MLA_DECODE_EXPORT [0-9]+" include/mla_config.h | awk '{print $3}')
+export_impl=${MLA_DECODE_EXPORT:-$export_impl}
+check_rc=0
+passed=""
+: > "$OUT/check.log"
+for k in flashmla_decode_v2_mma flashmla_decode_v3_wgmma flashmla_decode_v4_wgmma_overlap \
+         flashmla_decode_v5_wgmma_roles flashmla_decode_splitkv; do
+    if [ "$k" = flashmla_decode_splitkv ] && ! echo "$passed" | grep -q "_v${export_impl}_"; then
+        echo "check $k (= v$export_impl) skipped: v$export_impl failed" | tee -a "$OUT/check_summary.txt"
+        check_rc=1
+        continue
+    fi
+    echo "######## $k" >> "$OUT/check.log"
+    timeout "${CHECK_TIMEOUT:-40}" ./build/flashmla_check --fatbin build/flashmla.fatbin --kernel "$k" >> "$OUT/check.log" 2>&1
+    rc=$?
+    echo "check $k rc=$rc" >> "$OUT/check_summary.txt"
+    if [ "$rc" -eq 0 ]; then passed="$passed,$k"; else check_rc=1; fi
+done
+cat "$OUT/check_summary.txt" >> "$OUT/check.log"
+rm -f "$OUT/check_summary.txt"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
 res="$OUT/bench_$(date -u +%Y%m%d-%H%M)_${gpu}.md"
 bench_rc=skipped
-if [ "$check_rc" -eq 0 ] && [ "$check_alt_rc" -eq 0 ]; then
-    timeout ${BENCH_TIMEOUT:-200} ./build/flashmla_check --bench --results "$res" > "$OUT/bench.log" 2>&1
+if [ -n "$passed" ]; then  # bench the kernels that passed their checks
+    timeout "${BENCH_TIMEOUT:-200}" ./build/flashmla_check --bench --kernels "${passed#,}" --results "$res" > "$OUT/bench.log" 2>&1
     bench_rc=$?
 fi
 
@@ -59,28 +72,17 @@ if [ -n "${PROFILE:-}" ]; then
             --section WarpStateStats --section Occupancy ./build/flashmla_check --bench --shape "$shape"
     done > "$OUT/ncu.txt" 2>&1
 fi
-if [ -n "${baseline_pid:-}" ]; then
-    wait "$baseline_pid" && timeout 120 /tmp/baseline/build/flashmla_check --bench > "$OUT/bench_baseline.log" 2>&1
-fi
-
 echo "==================== resources (ptxas)"
 grep -E "Compiling entry|Used|spill|stack|wgmma|Performance|arning" build/ptxas.txt | sed 's/ptxas info    : //'
 echo "==================== sass"
 cat "$OUT/sass_summary.txt"
-for log in check check_alt; do
-    echo "==================== $log"
-    grep -E "^FAIL|^WARN|^     |error|wgmma_unit|SUMMARY" "$OUT/$log.log" | head -30
-    tail -2 "$OUT/$log.log"
-done
+echo "==================== checks"
+grep -E "^########|^FAIL|^     |error|SUMMARY|^check " "$OUT/check.log" | head -60
 echo "==================== bench (rc=$bench_rc; full table in $(basename "$res"))"
 grep -E "^bench " "$OUT/bench.log" | head -60
-tail -8 "$OUT/bench.log"
-if [ -f "$OUT/bench_baseline.log" ]; then
-    echo "==================== baseline $BASELINE, same run"
-    grep -E "^\| s_k" "$OUT/bench_baseline.log"
-fi
+tail -9 "$OUT/bench.log"
 if [ -f "$OUT/ncu.txt" ]; then
     echo "==================== ncu (full report in ncu.txt)"
     grep -E "######## shape|^  [A-Za-z].*: [0-9.]+ us|Duration|DRAM Throughput|Compute \(SM\) Throughput|L1/TEX Hit|Executed Ipc A|Issue Slots Busy|Shared Memory|Bank Conflicts|Stall" "$OUT/ncu.txt" | head -40
 fi
-[ "$check_rc" -eq 0 ] && [ "$check_alt_rc" -eq 0 ] && [ "$bench_rc" = 0 ]
+[ "$check_rc" -eq 0 ] && [ "$bench_rc" = 0 ]

@@ -1,8 +1,12 @@
 // flashmla_check.cu -- native check and bench harness for the FlashMLA kernels.
 //
-//   flashmla_check [--fatbin PATH]            all checks (default)
-//   flashmla_check --bench [--results FILE]   decode timings + HBM / cuBLAS ceilings
-//   flashmla_check --bench --shape I          one bench shape (0..4), no ceilings (for ncu)
+//   flashmla_check [--fatbin PATH] [--kernel NAME]   all checks (default) of the decode
+//                         kernel NAME (default flashmla_decode_splitkv, the exported one;
+//                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles)
+//   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
+//                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
+//   flashmla_check --bench --shape I [--kernel NAME]   one bench shape (0..4 = DESIGN.md's),
+//                         one kernel, no ceilings (for ncu)
 //
 // Checks follow DESIGN.md: random inputs, fp32 reference kernel, KV rows past
 // each length = NaN, outputs (and split scratch) poisoned with NaN before each
@@ -29,9 +33,11 @@
 #include <vector>
 
 #include "../host/tile_scheduler.h"
+#include "../include/mla_config.h"
 #include "../include/mla_kernels.h"
 #include "../include/mla_params.h"
 #include "device_fill.cuh"
+#include "wgmma_check.cuh"
 
 #define CK(x)                                                                                         \
     do {                                                                                              \
@@ -72,8 +78,31 @@ struct Device {
     int sm_count = 0;
     CUmodule module = nullptr;
     CUfunction f_decode = nullptr, f_combine = nullptr;
+    int kernel = 0;  // index into kDecodeKernels: the decode kernel the checks run
 };
 Device g_dev;
+
+// Every decode kernel in the module; [0] is the service's exported one (a
+// wrapper around implementation MLA_DECODE_EXPORT). All take the same launch.
+struct DecodeKernel {
+    const char* name;
+    const char* label;
+    const void* fn;
+};
+const DecodeKernel kDecodeKernels[] = {
+    {"flashmla_decode_splitkv", "exported", reinterpret_cast<const void*>(flashmla_decode_splitkv)},
+    {"flashmla_decode_v2_mma", "v2 mma.sync", reinterpret_cast<const void*>(flashmla_decode_v2_mma)},
+    {"flashmla_decode_v3_wgmma", "v3 wgmma", reinterpret_cast<const void*>(flashmla_decode_v3_wgmma)},
+    {"flashmla_decode_v4_wgmma_overlap", "v4 wgmma overlap", reinterpret_cast<const void*>(flashmla_decode_v4_wgmma_overlap)},
+    {"flashmla_decode_v5_wgmma_roles", "v5 wgmma roles", reinterpret_cast<const void*>(flashmla_decode_v5_wgmma_roles)},
+};
+constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
+int decode_kernel_index(const std::string& name) {
+    for (int i = 0; i < kNumDecodeKernels; ++i)
+        if (name == kDecodeKernels[i].name) return i;
+    std::fprintf(stderr, "unknown decode kernel %s\n", name.c_str());
+    std::exit(2);
+}
 
 template <class T>
 T* dalloc(size_t n) {
@@ -110,8 +139,8 @@ void setup_device(const std::string& fatbin_path) {
     CK(cudaGetDeviceProperties(&g_dev.prop, 0));
     g_dev.sm_count = g_dev.prop.multiProcessorCount;
     CK(cudaFree(nullptr));  // make the primary context current for the driver API
-    CK(cudaFuncSetAttribute(flashmla_decode_splitkv, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            MLA_DECODE_SMEM_BYTES));
+    for (const DecodeKernel& k : kDecodeKernels)
+        CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, MLA_DECODE_SMEM_BYTES));
     if (!fatbin_path.empty()) {
         std::vector<uint8_t> image = read_file(fatbin_path);
         if (image.empty()) {
@@ -119,7 +148,7 @@ void setup_device(const std::string& fatbin_path) {
             return;
         }
         CU(cuModuleLoadData(&g_dev.module, image.data()));
-        CU(cuModuleGetFunction(&g_dev.f_decode, g_dev.module, MLA_KERNEL_DECODE));
+        CU(cuModuleGetFunction(&g_dev.f_decode, g_dev.module, kDecodeKernels[g_dev.kernel].name));
         CU(cuModuleGetFunction(&g_dev.f_combine, g_dev.module, MLA_KERNEL_COMBINE));
         CUfunction f;
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_REFERENCE));
@@ -130,7 +159,8 @@ void setup_device(const std::string& fatbin_path) {
 }
 
 // The decode step exactly as the service runs it: split kernel, then combine.
-void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t stream) {
+// kernel: index into kDecodeKernels (the driver path always uses g_dev.kernel).
+void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t stream, int kernel = g_dev.kernel) {
     const dim3 grid_decode(P.num_row_groups, P.num_sm_parts, 1);
     const dim3 grid_combine(P.batch, ceil_div(P.rows_per_seq, MLA_COMBINE_ROWS_PER_CTA), 1);
     if (via_driver) {
@@ -140,8 +170,9 @@ void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t 
         CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,
                           args, nullptr));
     } else {
-        flashmla_decode_splitkv<<<grid_decode, MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, stream>>>(P);
-        CK(cudaGetLastError());
+        void* args[] = {const_cast<MlaDecodeParams*>(&P)};
+        CK(cudaLaunchKernel(kDecodeKernels[kernel].fn, grid_decode, dim3(MLA_DECODE_THREADS), args,
+                            MLA_DECODE_SMEM_BYTES, stream));
         flashmla_combine<<<grid_combine, MLA_COMBINE_THREADS, 0, stream>>>(P);
         CK(cudaGetLastError());
     }
@@ -420,6 +451,91 @@ bool run_copy_check(uint64_t seed, Summary& sum) {
     return ok;
 }
 
+// The Hopper wrappers and tile layout alone (check/wgmma_check.cuh): S = Q K^T
+// and O = P V against float64; rows 61..63 of the page are NaN in global
+// memory and must read as zero. On failure, prints where the first wrong
+// values came from (which reference column holds them) to locate a layout bug.
+bool run_wgmma_check(uint64_t seed, Summary& sum) {
+    constexpr int R = MLA_ROWS_PER_CTA, T = MLA_PAGE_TOKENS, K = MLA_HEAD_DIM_K, V = MLA_HEAD_DIM_V, kValid = 61;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    auto make = [&](size_t n, std::vector<float>& f, std::vector<bf16>& b, float scale) {
+        f.resize(n);
+        b.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+            b[i] = __float2bfloat16(scale * nd(rng));
+            f[i] = __bfloat162float(b[i]);
+        }
+    };
+    std::vector<float> qf, kf, pf;
+    std::vector<bf16> qb, kb, pb;
+    make((size_t)R * K, qf, qb, 1.f);
+    make((size_t)T * K, kf, kb, 1.f);
+    make((size_t)R * T, pf, pb, 0.5f);
+    for (size_t i = (size_t)kValid * K; i < (size_t)T * K; ++i) {
+        const uint16_t nan_bits = 0xFFFF;
+        std::memcpy(&kb[i], &nan_bits, 2);
+    }
+    bf16 *d_q = dalloc<bf16>(qb.size()), *d_k = dalloc<bf16>(kb.size()), *d_p = dalloc<bf16>(pb.size());
+    float *d_s = dalloc<float>((size_t)R * T), *d_o = dalloc<float>((size_t)R * V);
+    upload(d_q, qb);
+    upload(d_k, kb);
+    upload(d_p, pb);
+    CK(cudaMemset(d_s, 0xFF, (size_t)R * T * 4));
+    CK(cudaMemset(d_o, 0xFF, (size_t)R * V * 4));
+    CK(cudaFuncSetAttribute(check::wgmma_unit, cudaFuncAttributeMaxDynamicSharedMemorySize, MLA_DECODE_SMEM_BYTES));
+    check::wgmma_unit<<<1, MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES>>>(d_q, d_k, d_p, d_s, d_o);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const std::vector<float> s = download(d_s, (size_t)R * T), o = download(d_o, (size_t)R * V);
+    std::vector<double> sr((size_t)R * T, 0.0), orf((size_t)R * V, 0.0);
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < kValid; ++n) {
+            double acc = 0;
+            for (int k = 0; k < K; ++k) acc += (double)qf[(size_t)r * K + k] * kf[(size_t)n * K + k];
+            sr[(size_t)r * T + n] = acc;
+        }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < V; ++c) {
+            double acc = 0;
+            for (int n = 0; n < kValid; ++n) acc += (double)pf[(size_t)r * T + n] * kf[(size_t)n * K + c];
+            orf[(size_t)r * V + c] = acc;
+        }
+    auto compare = [&](const char* what, const std::vector<float>& got, const std::vector<double>& ref, int cols) {
+        double num = 0, den = 0;
+        long long nan = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            if (std::isnan(got[i])) { ++nan; continue; }
+            num += (got[i] - ref[i]) * (got[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        const double rel = den > 0 ? std::sqrt(num / den) : 1.0;
+        const bool ok = nan == 0 && rel < 1e-3;
+        std::printf("%-4s wgmma_unit %s rel=%.2e nan=%lld\n", ok ? "PASS" : "FAIL", what, rel, nan);
+        if (!ok) {
+            const double rms = std::sqrt(den / got.size());
+            int shown = 0;
+            for (size_t i = 0; i < got.size() && shown < 6; ++i) {
+                if (!(std::fabs(got[i] - ref[i]) > 1e-2 * rms)) continue;
+                const int r = (int)(i / cols), c = (int)(i % cols);
+                int src_r = -1, src_c = -1;  // where in the reference this value lives
+                for (size_t j = 0; j < ref.size() && src_r < 0; ++j)
+                    if (std::fabs(ref[j] - got[i]) <= 1e-4 * rms) { src_r = (int)(j / cols); src_c = (int)(j % cols); }
+                std::printf("     %s[%d][%d] = %.5g, ref %.5g; that value is ref[%d][%d]\n", what, r, c, got[i], ref[i],
+                            src_r, src_c);
+                ++shown;
+            }
+        }
+        return ok;
+    };
+    const bool ok_s = compare("S=QK^T", s, sr, T);
+    const bool ok_o = compare("O=PV", o, orf, V);
+    sum.cases += 2;
+    sum.failed += (ok_s ? 0 : 1) + (ok_o ? 0 : 1);
+    for (void* p : std::initializer_list<void*>{d_q, d_k, d_p, d_s, d_o}) CK(cudaFree(p));
+    return ok_s && ok_o;
+}
+
 std::vector<int> random_lens(std::mt19937_64& rng, int n, int lo, int hi) {
     std::uniform_int_distribution<int> d(lo, hi);
     std::vector<int> v(n);
@@ -433,6 +549,8 @@ int run_checks() {
     uint64_t seed = 1000;
     const auto t0 = std::chrono::steady_clock::now();
 
+    // 0. The Hopper wgmma wrappers and the swizzled tile layout on their own.
+    run_wgmma_check(seed++, sum);
     // 1. The head x query-token grid on a mixed batch: lengths 1, 2 (shorter
     //    than s_q for s_q > 2), 63, 64, 65, 129, 1000 and random ones.
     for (int h : {1, 8, 16, 32, 64, 128}) {
@@ -500,8 +618,10 @@ int run_checks() {
     }
 
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("SUMMARY checks: %d cases, %d failed, worst out rel err %.2e, worst lse err %.1e, %.1f s%s\n", sum.cases,
-                sum.failed, sum.worst_rel, sum.worst_lse, secs, g_dev.module ? "" : " (driver-API cases ran through the runtime)");
+    std::printf("SUMMARY checks [decode %s, MLA_DECODE_EXPORT=%d]: %d cases, %d failed, worst out rel err %.2e, worst lse err %.1e, %.1f s%s\n",
+                kDecodeKernels[g_dev.kernel].name, MLA_DECODE_EXPORT,
+                sum.cases, sum.failed, sum.worst_rel, sum.worst_lse, secs,
+                g_dev.module ? "" : " (driver-API cases ran through the runtime)");
     return sum.failed == 0 ? 0 : 1;
 }
 
@@ -583,19 +703,54 @@ Ceilings measure_ceilings() {
 }
 
 struct BenchShape {
-    const char* name;
+    std::string name;
     int b, s_k, h_q, s_q;
     bool varlen;
-    double flashmla_us;
+    double flashmla_us;  // DESIGN.md's FlashMLA time on the H100; 0 where it lists none
 };
 
 struct BenchResult {
-    std::string name;
-    double us, gbs, tflops, parts, splits;
+    double us = 0, gbs = 0, tflops = 0;
 };
 
-BenchResult bench_shape(const BenchShape& s) {
-    std::mt19937_64 rng(777 + s.s_k + s.h_q * 3 + s.s_q);
+struct BenchRow {
+    BenchShape shape;
+    int parts = 0, splits = 0;
+    double gbytes = 0, gflop = 0;
+    BenchResult k[kNumDecodeKernels];  // per kDecodeKernels entry (0 where not timed)
+};
+
+// The issue-4 grid. The first five are DESIGN.md's shapes (--shape 0..4).
+std::vector<BenchShape> bench_grid() {
+    std::vector<BenchShape> v = {
+        {"", 128, 8192, 16, 1, false, 420},  {"", 128, 4096, 16, 1, false, 223}, {"", 128, 8192, 128, 1, false, 541},
+        {"", 128, 8192, 128, 2, false, 921}, {"", 128, 4096, 64, 2, true, 295},
+    };
+    auto listed = [&](int b, int sk, int h, int sq, bool vl) {
+        for (const BenchShape& x : v)
+            if (x.b == b && x.s_k == sk && x.h_q == h && x.s_q == sq && x.varlen == vl) return true;
+        return false;
+    };
+    for (int vl = 0; vl < 2; ++vl)
+        for (int sk : {4096, 8192})
+            for (int h : {16, 32, 64, 128})
+                for (int sq : {1, 2})
+                    if (!listed(128, sk, h, sq, vl != 0)) v.push_back({"", 128, sk, h, sq, vl != 0, 0});
+    for (int b : {1, 8, 32})
+        for (int sk : {4096, 32768})
+            for (int h : {16, 128}) v.push_back({"", b, sk, h, 1, false, 0});
+    for (BenchShape& x : v) {
+        char n[96];
+        std::snprintf(n, sizeof n, "b%d s_k %d h_q %d s_q %d%s", x.b, x.s_k, x.h_q, x.s_q, x.varlen ? " varlen" : "");
+        x.name = n;
+    }
+    return v;
+}
+
+// Times decode + combine for the kernels in `which` (bit i: kDecodeKernels[i])
+// on the same three input sets, one kernel after the other.
+BenchRow bench_shape(const BenchShape& s, int which) {
+    std::mt19937_64 rng(777 + s.s_k + s.h_q * 3 + s.s_q + s.b * 7);
     std::vector<int> lens(s.b, s.s_k);
     if (s.varlen) {  // FlashMLA's varlen: normal(mean, mean/2), at least s_q
         std::normal_distribution<double> nd(s.s_k, s.s_k / 2.0);
@@ -649,26 +804,33 @@ BenchResult bench_shape(const BenchShape& s) {
         p.block_table_stride = stride; p.num_sm_parts = parts; p.num_blocks = total_pages;
         p.softmax_scale = kSoftmaxScale; p.scale_log2 = (float)(kSoftmaxScale * kLog2e);
     }
+    BenchRow row;
+    row.shape = s;
+    row.parts = parts;
+    row.splits = sched.total_splits();
+    row.gbytes = ((double)tokens * MLA_HEAD_DIM_K * 2 + (double)s.b * rows * MLA_HEAD_DIM_K * 2 +
+                  (double)s.b * rows * MLA_HEAD_DIM_V * 2) / 1e9;
+    row.gflop = 2.0 * rows * (MLA_HEAD_DIM_K + MLA_HEAD_DIM_V) * (double)tokens / 1e9;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 6; ++i) launch_decode_step(P[i % kSets], false, 0);
-    CK(cudaDeviceSynchronize());
-    std::vector<float> t;
-    for (int i = 0; i < 60; ++i) {
-        CK(cudaEventRecord(e0));
-        launch_decode_step(P[i % kSets], false, 0);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t.push_back(ms);
+    for (int kern = 0; kern < kNumDecodeKernels; ++kern) {
+        if (!(which & (1 << kern))) continue;
+        for (int i = 0; i < 6; ++i) launch_decode_step(P[i % kSets], false, 0, kern);
+        CK(cudaDeviceSynchronize());
+        std::vector<float> t;
+        for (int i = 0; i < 60; ++i) {
+            CK(cudaEventRecord(e0));
+            launch_decode_step(P[i % kSets], false, 0, kern);
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            t.push_back(ms);
+        }
+        const double sec = median(t) * 1e-3;
+        row.k[kern] = BenchResult{sec * 1e6, row.gbytes / sec, row.gflop / sec / 1e3};
     }
-    const double sec = median(t) * 1e-3;
-    const double bytes = (double)tokens * MLA_HEAD_DIM_K * 2 + (double)s.b * rows * MLA_HEAD_DIM_K * 2 +
-                         (double)s.b * rows * MLA_HEAD_DIM_V * 2;
-    const double flops = 2.0 * rows * (MLA_HEAD_DIM_K + MLA_HEAD_DIM_V) * (double)tokens;
-    BenchResult r{s.name, sec * 1e6, bytes / sec / 1e9, flops / sec / 1e12, (double)parts, (double)sched.total_splits()};
     for (int k = 0; k < kSets; ++k)
         for (void* p : std::initializer_list<void*>{sets[k].pool, sets[k].q, sets[k].out, sets[k].bt, sets[k].lse,
                                                     sets[k].oacc, sets[k].lacc})
@@ -678,25 +840,29 @@ BenchResult bench_shape(const BenchShape& s) {
     CK(cudaFree(d_ns));
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
-    return r;
+    return row;
 }
 
-int run_bench(const std::string& results_path, int only_shape) {
-    const BenchShape shapes[] = {
-        {"s_k 8192, h_q 16, s_q 1", 128, 8192, 16, 1, false, 420},
-        {"s_k 4096, h_q 16, s_q 1", 128, 4096, 16, 1, false, 223},
-        {"s_k 8192, h_q 128, s_q 1", 128, 8192, 128, 1, false, 541},
-        {"s_k 8192, h_q 128, s_q 2", 128, 8192, 128, 2, false, 921},
-        {"s_k 4096, h_q 64, s_q 2, varlen", 128, 4096, 64, 2, true, 295},
-    };
-    if (only_shape >= 0) {  // one shape, no ceilings: for profilers (ncu)
-        const BenchResult r = bench_shape(shapes[only_shape % 5]);
-        std::printf("%s: %.1f us, %.0f GB/s, %.1f TFLOP/s\n", r.name.c_str(), r.us, r.gbs, r.tflops);
+int run_bench(const std::string& results_path, int only_shape, unsigned which) {
+    const std::vector<BenchShape> grid = bench_grid();
+    if (only_shape >= 0) {  // one shape, one kernel, no ceilings: for profilers (ncu)
+        const BenchRow r = bench_shape(grid[only_shape % grid.size()], 1u << g_dev.kernel);
+        const BenchResult& k = r.k[g_dev.kernel];
+        std::printf("%s [%s]: %.1f us, %.0f GB/s, %.1f TFLOP/s\n", r.shape.name.c_str(), kDecodeKernels[g_dev.kernel].name,
+                    k.us, k.gbs, k.tflops);
         return 0;
     }
     const Ceilings c = measure_ceilings();
-    std::vector<BenchResult> res;
-    for (const BenchShape& s : shapes) res.push_back(bench_shape(s));
+    std::vector<BenchRow> rows;
+    for (const BenchShape& s : grid) {
+        rows.push_back(bench_shape(s, which));
+        const BenchRow& r = rows.back();
+        std::printf("bench %-32s", s.name.c_str());
+        for (int k = 0; k < kNumDecodeKernels; ++k)
+            if (which & (1u << k)) std::printf(" | %s %7.1f us", kDecodeKernels[k].label, r.k[k].us);
+        std::printf("\n");
+        std::fflush(stdout);
+    }
 
     char date[64];
     const std::time_t now = std::time(nullptr);
@@ -705,36 +871,66 @@ int run_bench(const std::string& results_path, int only_shape) {
     cudaDriverGetVersion(&driver);
     cudaRuntimeGetVersion(&runtime);
     std::ostringstream os;
+    char line[768];
     os << "# flashmla_check --bench\n";
     os << "date: " << date << "\n";
     os << "gpu: " << g_dev.prop.name << ", " << g_dev.sm_count << " SMs, L2 " << g_dev.prop.l2CacheSize / (1 << 20)
        << " MiB, driver " << driver << ", runtime " << runtime << "\n";
-    os << "kernel: decode v2 (mma.sync m16n8k16 + ldmatrix, cp.async double buffer, padding row blocks skipped) + combine\n";
-    char line[512];
+    os << "kernels: flashmla_decode_splitkv (exported) = implementation v" << MLA_DECODE_EXPORT
+       << " (MLA_DECODE_EXPORT); each timed with flashmla_combine\n";
     std::snprintf(line, sizeof line,
                   "ceilings: HBM read %.0f GB/s (read-only kernel, 4 GiB), D2D memcpy %.0f GB/s (read+write), "
                   "cuBLAS bf16 8192^3 %.0f TFLOP/s\n",
                   c.hbm_read_gbs, c.d2d_gbs, c.cublas_tflops);
     os << line;
-    os << "batch 128; bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; median of 60 runs over 3 "
-          "rotated input sets; time = decode + combine\n\n";
-    std::snprintf(line, sizeof line, "| %-32s | %9s | %8s | %8s | %6s | %7s | %5s | %6s | %14s |\n", "shape", "us",
-                  "GB/s", "TFLOP/s", "%HBM", "%cuBLAS", "parts", "splits", "FlashMLA us");
-    os << line;
-    os << "| -------------------------------- | --------- | -------- | -------- | ------ | ------- | ----- | ------ | "
-          "-------------- |\n";
-    for (size_t i = 0; i < res.size(); ++i) {
-        const BenchResult& r = res[i];
-        std::snprintf(line, sizeof line, "| %-32s | %9.1f | %8.0f | %8.1f | %5.1f%% | %6.1f%% | %5.0f | %6.0f | %14.0f |\n",
-                      r.name.c_str(), r.us, r.gbs, r.tflops, 100.0 * r.gbs / c.hbm_read_gbs,
-                      100.0 * r.tflops / c.cublas_tflops, r.parts, r.splits, shapes[i].flashmla_us);
+    os << "bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; varlen = normal(s_k, s_k/2), at "
+          "least s_q; median of 60 runs over 3 rotated input sets; time = decode + combine; %HBM = GB/s over the HBM "
+          "read ceiling, %cuBLAS = TFLOP/s over the cuBLAS ceiling; vs FlashMLA = FlashMLA's time over ours "
+          "(100% = as fast)\n\n";
+    for (int kern = 0; kern < kNumDecodeKernels; ++kern) {
+        if (!(which & (1u << kern))) continue;
+        os << "## " << kDecodeKernels[kern].name << " (" << kDecodeKernels[kern].label << ")\n\n";
+        std::snprintf(line, sizeof line, "| %-32s | %9s | %8s | %6s | %8s | %7s | %5s | %6s | %11s | %9s |\n", "shape",
+                      "us", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "parts", "splits", "FlashMLA us", "vs FlashMLA");
         os << line;
+        os << "| -------------------------------- | --------: | -------: | -----: | -------: | ------: | ----: | -----: | "
+              "----------: | --------: |\n";
+        for (const BenchRow& r : rows) {
+            const BenchResult& k = r.k[kern];
+            char fm[32] = "", ratio[32] = "";
+            if (r.shape.flashmla_us > 0) {
+                std::snprintf(fm, sizeof fm, "%.0f", r.shape.flashmla_us);
+                std::snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * r.shape.flashmla_us / k.us);
+            }
+            std::snprintf(line, sizeof line,
+                          "| %-32s | %9.1f | %8.0f | %5.1f%% | %8.1f | %6.1f%% | %5d | %6d | %11s | %9s |\n",
+                          r.shape.name.c_str(), k.us, k.gbs, 100.0 * k.gbs / c.hbm_read_gbs, k.tflops,
+                          100.0 * k.tflops / c.cublas_tflops, r.parts, r.splits, fm, ratio);
+            os << line;
+        }
+        os << "\n";
     }
-    std::printf("\n%s", os.str().c_str());
     if (!results_path.empty()) {
         std::ofstream f(results_path);
         f << os.str();
         std::printf("results written to %s\n", results_path.c_str());
+    }
+
+    // Short table last: DESIGN.md's five shapes; us (%HBM / %cuBLAS) per kernel.
+    std::printf("\nSHORT %s, HBM read %.0f GB/s, cuBLAS %.0f TFLOP/s, exported = v%d; cells: us %%HBM %%cuBLAS\n",
+                g_dev.prop.name, c.hbm_read_gbs, c.cublas_tflops, MLA_DECODE_EXPORT);
+    std::printf("| %-26s", "shape (b=128)");
+    for (int k = 0; k < kNumDecodeKernels; ++k)
+        if (which & (1u << k)) std::printf(" | %-18s", kDecodeKernels[k].label);
+    std::printf(" | FlashMLA |\n");
+    for (size_t i = 0; i < 5 && i < rows.size(); ++i) {
+        const BenchRow& r = rows[i];
+        std::printf("| %-26s", r.shape.name.c_str() + 5);
+        for (int k = 0; k < kNumDecodeKernels; ++k)
+            if (which & (1u << k))
+                std::printf(" | %5.0f %3.0f%% %3.0f%%   ", r.k[k].us, 100.0 * r.k[k].gbs / c.hbm_read_gbs,
+                            100.0 * r.k[k].tflops / c.cublas_tflops);
+        std::printf(" | %5.0f us |\n", r.shape.flashmla_us);
     }
     return 0;
 }
@@ -744,6 +940,7 @@ int run_bench(const std::string& results_path, int only_shape) {
 int main(int argc, char** argv) {
     bool bench = false;
     int only_shape = -1;
+    unsigned which = (1u << kNumDecodeKernels) - 1;
     std::string fatbin = "native/build/flashmla.fatbin", results;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -752,13 +949,22 @@ int main(int argc, char** argv) {
         else if (a == "--fatbin" && i + 1 < argc) fatbin = argv[++i];
         else if (a == "--results" && i + 1 < argc) results = argv[++i];
         else if (a == "--shape" && i + 1 < argc) only_shape = std::atoi(argv[++i]);
-        else {
-            std::fprintf(stderr, "usage: %s [--check] [--bench [--shape 0..4]] [--fatbin PATH] [--results FILE]\n", argv[0]);
+        else if (a == "--kernel" && i + 1 < argc) g_dev.kernel = decode_kernel_index(argv[++i]);
+        else if (a == "--kernels" && i + 1 < argc) {
+            which = 0;
+            std::stringstream list(argv[++i]);
+            for (std::string name; std::getline(list, name, ',');)
+                if (!name.empty()) which |= 1u << decode_kernel_index(name);
+        } else {
+            std::fprintf(stderr,
+                         "usage: %s [--check] [--kernel NAME] [--bench [--shape I] [--kernels A,B]] [--fatbin PATH] "
+                         "[--results FILE]\n",
+                         argv[0]);
             return 2;
         }
     }
     setup_device(bench ? std::string() : fatbin);
     std::printf("device: %s, %d SMs, smem opt-in %zu bytes\n", g_dev.prop.name, g_dev.sm_count,
                 (size_t)g_dev.prop.sharedMemPerBlockOptin);
-    return bench ? run_bench(results, only_shape) : run_checks();
+    return bench ? run_bench(results, only_shape, which) : run_checks();
 }

@@ -43,12 +43,39 @@ constexpr int kPRowBytes = kPage * 2;                    // 128
 constexpr int kSmemQ = 0;
 constexpr int kSmemKv = kSmemQ + kTileBytes;             // kStages pages
 constexpr int kSmemP = kSmemKv + kStages * kTileBytes;   // P tile, bf16 64 x 64
-constexpr int kSmemRed = kSmemP + kRows * kPRowBytes;    // fp32 [kHalves][64] row max / row sum exchange
+constexpr int kSmemRed = kSmemP + kRows * kPRowBytes;    // 512 B: fp32 [2][64] row max / row sum exchange (v2-v4); mbarriers + [64] row factors (v5)
 constexpr int kSmemBytes = kSmemRed + kHalves * kRows * 4;
 static_assert(kSmemBytes == MLA_DECODE_SMEM_BYTES, "MLA_DECODE_SMEM_BYTES out of date");
 static_assert(kSmemBytes <= 232448, "over the sm_90 per-block shared-memory limit (227 KB)");
 static_assert((kPage * kRowChunks) % kDecodeThreads == 0, "page copy must split evenly over the CTA");
 constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
+
+// ---- Hopper decode (decode_sm90.cu): same CTA, same shared-memory size ---
+// Build switch: which decode implementation is exported as
+// flashmla_decode_splitkv (kernels/decode_export.cu): 2 = v2 mma.sync,
+// 3 = v3 wgmma, 4 = v4 wgmma with P V overlapped across pages, 5 = v5 wgmma
+// with score / value warpgroup roles. All take the same launch
+// (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
+// num_sm_parts)), so the switch is no ABI change. Override with
+// -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).
+#ifndef MLA_DECODE_EXPORT
+#define MLA_DECODE_EXPORT 5
+#endif
+// Tiles (Q, pages) are stored as kSwBlocks column blocks of 64 columns:
+// block b = [64 rows][128 bytes], 128-byte swizzled (chunk c of row r at
+// chunk c ^ (r % 8)), exactly the layout a TMA box of 64 x 64 bf16 with
+// 128-byte swizzle writes and wgmma's SW128 descriptors read.
+constexpr int kSwRowBytes = 128;                           // one swizzle row: 64 bf16
+constexpr int kSwBlockBytes = kPage * kSwRowBytes;         // 8192: 64 rows x 64 columns
+constexpr int kSwBlocks = kDimK / 64;                      // 9 column blocks per tile
+constexpr int kSwAtomBytes = 8 * kSwRowBytes;              // 1024: 8-row swizzle atom (SBO)
+constexpr int kWarpGroups = kDecodeThreads / 128;          // 2 consumer warpgroups
+constexpr int kWgScoreCols = kPage / kWarpGroups;          // 32 S columns per warpgroup
+constexpr int kWgOutCols = kDimV / kWarpGroups;            // 256 O columns per warpgroup
+static_assert(kSwBlocks * kSwBlockBytes == kTileBytes, "swizzled tile = one page");
+static_assert(kWarpGroups == 2 && kWgScoreCols == 32 && kWgOutCols == 256, "wgmma shapes m64n32 / m64n256");
+static_assert(kSmemQ % 1024 == 0 && kSmemKv % 1024 == 0 && kSmemP % 1024 == 0 && kTileBytes % 1024 == 0,
+              "wgmma SW128 tiles start on 1 KB swizzle atoms");
 
 // ---- combine --------------------------------------------------------------
 constexpr int kCombineWarps = MLA_COMBINE_THREADS / 32;                      // 4

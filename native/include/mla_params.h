@@ -156,7 +156,7 @@
  *   block (MLA_DECODE_THREADS, 1, 1), dynamic smem MLA_DECODE_SMEM_BYTES */
 #define MLA_KERNEL_DECODE "flashmla_decode_splitkv"
 #define MLA_DECODE_THREADS 256
-#define MLA_DECODE_SMEM_BYTES 229888 /* Q tile + 2 pages + P tile + row-max exchange */
+#define MLA_DECODE_SMEM_BYTES 229888 /* Q tile + 2 pages + P tile + 512 B (row max / row factors, mbarriers) */
 
 /* flashmla_combine(const __grid_constant__ MlaDecodeParams p)
  *   grid  (batch, ceil(rows_per_seq / MLA_COMBINE_ROWS_PER_CTA), 1)

@@ -1,8 +1,9 @@
 // ptx.h -- every inline-PTX instruction the kernels use, wrapped once.
 // Each wrapper names its instruction, its operand constraints and what the
-// caller must guarantee. sm_80+ instructions only in this version (mma.sync,
-// ldmatrix, cp.async); the wgmma / cp.async.bulk.tensor / mbarrier wrappers
-// of the next milestone go here too.
+// caller must guarantee. sm_80+ instructions (mma.sync, ldmatrix, cp.async)
+// for the v2 decode kernel; sm_90a instructions (wgmma, its descriptors and
+// fences, fence.proxy.async) for the Hopper decode kernel (decode_sm90.cu).
+// Build for sm_90a: -gencode=arch=compute_90a,code=sm_90a.
 #pragma once
 #include <cstdint>
 #include <math.h>
@@ -101,6 +102,227 @@ __device__ __forceinline__ uint4 ld_stream_16(const void* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+
+// ======================= Hopper (sm_90a) ===================================
+
+// fence.proxy.async.shared::cta: orders this thread's earlier generic-proxy
+// shared-memory writes (st.shared, cp.async once waited for) before later
+// async-proxy accesses (wgmma operand reads). Every writing thread runs it
+// after its writes and before the barrier that publishes them.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// wgmma.fence.sync.aligned: orders earlier register writes (the accumulator,
+// e.g. a softmax rescale) before the next wgmma.mma_async that uses them.
+// Warpgroup-wide.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+
+// wgmma.commit_group.sync.aligned: closes the group of wgmma.mma_async issued
+// so far by this warpgroup. Warpgroup-wide.
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+
+// wgmma.wait_group.sync.aligned N: waits until at most N committed groups are
+// pending; afterwards their accumulators may be read and their shared-memory
+// operands overwritten. Warpgroup-wide.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// No instruction: pins each register so the compiler neither hoists reads of
+// a wgmma accumulator above wgmma_wait nor sinks writes below wgmma_fence.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// The same for b32 registers (the A fragments of a register-A wgmma, which
+// must stay allocated until the wgmma_wait that retires it).
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// wgmma shared-memory matrix descriptor (64 bits), 128-byte swizzle:
+//   bits  0-13 start address >> 4 (shared window, 16-byte aligned)
+//   bits 16-29 leading-dimension byte offset >> 4
+//   bits 32-45 stride-dimension byte offset >> 4
+//   bits 49-51 base offset = 0 (every swizzle atom we point into is
+//              1024-byte aligned; the start may move inside an atom along K
+//              by multiples of 32 bytes, the hardware applies the XOR to the
+//              address bits)
+//   bits 62-63 swizzle mode 1 = 128B (Swizzle<3,4,3>: 16-byte chunk c of a
+//              128-byte row r is stored at chunk c ^ (r % 8); 8 rows = 1 KB atom)
+// K-major operand (rows = M or N, 64 K-elements per 128-byte row): lbo unused
+// (pass 16), sbo = bytes between 8-row groups.
+// N-major operand (rows = K, 64 N-elements per 128-byte row): lbo = bytes
+// between 64-column blocks along N, sbo = bytes between 8-row groups along K.
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+    uint64_t d = static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4);
+    d |= static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFFu) << 16;
+    d |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFFu) << 32;
+    d |= static_cast<uint64_t>(1) << 62;
+    return d;
+}
+
+// wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 0;
+// D(64x32 fp32) = A(64x16, K-major, smem) * B(16x32, K-major, smem) (+ D if
+// accumulate != 0; with accumulate == 0 the old D is ignored). Warpgroup-wide:
+// all 128 threads of an aligned warpgroup issue it with the same descriptors.
+// Accumulator fragment (warp w of the group, g = lane/4, t = lane%4):
+//   d[4j+0], d[4j+1] = (row 16w+g,   cols 8j+2t, 8j+2t+1)
+//   d[4j+2], d[4j+3] = (row 16w+g+8, cols 8j+2t, 8j+2t+1),  j = 0..N/8-1
+// Asynchronous: wgmma_fence() before it when d was written by other
+// instructions, wgmma_commit() + wgmma_wait<>() before d is read, and
+// fence_regs() on d after the wait so the compiler does not hoist reads.
+// Shared memory written by ordinary stores or cp.async needs
+// fence_proxy_async_smem() in the writing threads before the barrier.
+__device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+// wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 1;
+// D(64x256 fp32) = A(64x16, K-major, smem) * B(16x256, N-major = transposed,
+// smem) (+ D if accumulate != 0). imm-trans-b = 1: B is stored with N
+// contiguous (a V tile [tokens][columns]); legal for 16-bit types only.
+// Same fragment layout, ordering and fence rules as wgmma_m64n32k16_ss
+// (j = 0..31, 128 fp32 registers per thread).
+__device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+
+// wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 0;
+// D(64x64 fp32) = A(64x16, K-major, smem) * B(16x64, K-major, smem) (+ D if
+// accumulate != 0). Fragment layout, ordering and fence rules as
+// wgmma_m64n32k16_ss (j = 0..7, 32 fp32 registers per thread).
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+// wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d, {a0, a1, a2, a3}, desc-b, p, 1, 1, 1;
+// D(64x256 fp32) = A(64x16 bf16, registers) * B(16x256, N-major, smem) (+ D
+// if accumulate != 0). A fragment of warp w of the group (g = lane/4,
+// t = lane%4), each register two bf16, low half = lower column:
+//   a0 = (row 16w+g, k 2t..2t+1)    a1 = (row 16w+g+8, k 2t..2t+1)
+//   a2 = (row 16w+g, k 2t+8..2t+9)  a3 = (row 16w+g+8, k 2t+8..2t+9)
+// (the mma.sync A layout; an m64nN fp32 accumulator's n8 tiles 2kk, 2kk+1
+// repacked give the A fragment of k-step kk). wgmma_fence() after the a
+// registers are written; they must stay unchanged until wgmma_wait.
+__device__ __forceinline__ void wgmma_m64n256k16_rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b,
+                                                       int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+// mbarrier.init.shared::cta.b64 [bar], count: a phase completes after `count`
+// arrivals. One thread initialises; a __syncthreads() publishes it. bar is an
+// 8-byte-aligned shared-memory word used only through these wrappers.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+// cp.async.mbarrier.arrive.noinc.shared::cta.b64 [bar]: one arrival on bar
+// once all of this thread's earlier cp.async copies have landed (.noinc: the
+// arrival counts against the count given to mbarrier_init, so a barrier fed
+// by T copying threads is initialised with T). Returns at once.
+__device__ __forceinline__ void mbarrier_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// mbarrier.try_wait.parity.shared::cta.b64 in a loop: returns once the phase
+// with parity `parity` (0 for the first phase, then alternating) has
+// completed. Acquire semantics for this thread: writes made visible by the
+// arrivals (cp.async data) can be read after it; follow with
+// fence_proxy_async_smem() before wgmma reads them.
+__device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    }
+}
+
+// bar.sync id, count: named barrier (id 1..15; 0 is __syncthreads), waits
+// until `count` threads (a multiple of 32) have arrived or synced on it;
+// orders shared-memory accesses like __syncthreads among them. With
+// named_bar_arrive this is a one-way signal: producers arrive, consumers sync.
+template <int kId, int kCount>
+__device__ __forceinline__ void named_bar_sync() {
+    static_assert(kId > 0 && kId < 16 && kCount % 32 == 0, "named barrier id 1..15, count a multiple of 32");
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
+}
+
+// bar.arrive id, count: counts this thread's warp towards barrier kId without
+// waiting; its earlier shared-memory writes are visible to the threads that
+// complete a bar.sync on the same barrier phase. Every phase needs exactly
+// `count` threads between arrivals and syncs, so arrivals must never run a
+// phase ahead of the syncs (the caller's protocol guarantees it).
+template <int kId, int kCount>
+__device__ __forceinline__ void named_bar_arrive() {
+    static_assert(kId > 0 && kId < 16 && kCount % 32 == 0, "named barrier id 1..15, count a multiple of 32");
+    asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
 }
 
 }  // namespace ptx

@@ -1,4 +1,5 @@
-// decode_splitkv.cu -- split-KV MLA decode over the paged bf16 latent cache.
+// decode_splitkv.cu -- v2: split-KV MLA decode over the paged bf16 latent cache
+// with mma.sync (flashmla_decode_v2_mma; exported when MLA_DECODE_EXPORT = 2).
 //
 // Tile shapes: a CTA owns one row group (64 query rows = heads x query tokens
 // of one sequence) and walks the chunk list of its scheduler part
@@ -16,8 +17,8 @@
 // copy and synchronise; the row-block-major order puts the busy warps of a
 // small row group on different SM sub-partitions (warp w runs on w%4).
 // Pipeline depth: 2 pages (cp.async double buffer): page j+1 is in flight
-// while page j is multiplied. Next milestone: TMA + mbarrier and wgmma with a
-// producer warp, keeping this tiling (O split by columns across warpgroups).
+// while page j is multiplied. The Hopper versions (wgmma) are decode_sm90.cu
+// and decode_sm90_roles.cu.
 //
 // Masking: page rows at positions >= seq_len are zero-filled by the copy
 // (never read from global), so K and V there are 0 and never NaN; scores of
@@ -62,8 +63,10 @@ __device__ __forceinline__ const __nv_bfloat16* page_ptr(const MlaDecodeParams& 
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
-    flashmla_decode_splitkv(const __grid_constant__ MlaDecodeParams p) {
+// The kernel body; flashmla_decode_v2_mma below and, when mla_config.h's
+// MLA_DECODE_EXPORT selects it, flashmla_decode_splitkv (decode_export.cu)
+// are thin wrappers around it.
+__device__ __forceinline__ void decode_v2_mma_body(const MlaDecodeParams& p) {
     using namespace mla;
     extern __shared__ __align__(128) uint8_t smem[];
     const int tid = threadIdx.x;
@@ -296,4 +299,9 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
         }
     }
     ptx::cp_async_wait<0>();
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v2_mma(const __grid_constant__ MlaDecodeParams p) {
+    decode_v2_mma_body(p);
 }

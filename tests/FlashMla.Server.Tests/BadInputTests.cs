@@ -167,9 +167,10 @@ public sealed class BadInputTests : IAsyncLifetime
     [Fact]
     public Task Message_over_the_size_limit_is_resource_exhausted()
     {
-        // 2000 rows = 2.3 MB in one chunk, over the server's 1 MiB limit.
-        return AssertRefusedAndUnchanged(StatusCode.ResourceExhausted,
-            () => Client.AppendKvAsync(_a, 0, Random16.Bf16(new Random(6), 2000 * 576), rowsPerChunk: 2000));
+        // 2 MB of q in one unary request, over the server's 1 MiB limit: refused before it is parsed.
+        var request = GoodDecode();
+        request.Q.Data = ByteString.CopyFrom(new byte[2 * 1024 * 1024]);
+        return AssertRefusedAndUnchanged(StatusCode.ResourceExhausted, () => Decode(request));
     }
 
     [Fact]

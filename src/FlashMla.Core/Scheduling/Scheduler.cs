@@ -32,11 +32,7 @@ public sealed class Scheduler : IAsyncDisposable
         _metrics = metrics;
         _cache = new PagedKvCache(backend, limits);
         _executor = new DecodeBatchExecutor(_cache, backend, metrics);
-        _executor.StickyFault += fault =>
-        {
-            _faultReason = fault.Message;
-            _serving = false;
-        };
+        _executor.StickyFault += OnStickyFault;
         _batcher = new DecodeBatcher(options, _executor);
         _inbox = Channel.CreateBounded<object>(new BoundedChannelOptions(options.QueueCapacity)
         {
@@ -67,7 +63,7 @@ public sealed class Scheduler : IAsyncDisposable
     /// <summary>Runs <paramref name="operation"/> on the loop, after every command posted before it.</summary>
     public async Task<T> RunAsync<T>(Func<PagedKvCache, T> operation, CancellationToken cancellationToken = default)
     {
-        var command = new CacheCommand<T>(operation);
+        var command = new CacheCommand<T>(operation, OnStickyFault);
         await PostAsync(command, cancellationToken).ConfigureAwait(false);
         return await command.Completion.ConfigureAwait(false);
     }
@@ -162,6 +158,13 @@ public sealed class Scheduler : IAsyncDisposable
         }
     }
 
+    /// <summary>The device is lost: stop serving (health NOT_SERVING, new work UNAVAILABLE).</summary>
+    private void OnStickyFault(BackendFaultException fault)
+    {
+        _faultReason = fault.Message;
+        _serving = false;
+    }
+
     private void PublishGauges() => _metrics.PublishCache(new CacheGaugeSnapshot(
         _cache.Allocator.TotalBlocks, _cache.Allocator.FreeBlocks, _cache.SequenceCount, _serving));
 
@@ -170,7 +173,7 @@ public sealed class Scheduler : IAsyncDisposable
         void Execute(PagedKvCache cache);
     }
 
-    private sealed class CacheCommand<T>(Func<PagedKvCache, T> operation) : ICacheCommand
+    private sealed class CacheCommand<T>(Func<PagedKvCache, T> operation, Action<BackendFaultException> onStickyFault) : ICacheCommand
     {
         private readonly TaskCompletionSource<T> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public Task<T> Completion => _completion.Task;
@@ -180,6 +183,12 @@ public sealed class Scheduler : IAsyncDisposable
             try
             {
                 _completion.TrySetResult(operation(cache));
+            }
+            catch (BackendFaultException fault)
+            {
+                if (fault.IsSticky) onStickyFault(fault);
+                _completion.TrySetException(new CacheException(fault.IsSticky ? CacheError.Unavailable : CacheError.Internal,
+                    "the attention backend failed: " + fault.Message));
             }
             catch (Exception ex)
             {

@@ -1,0 +1,21 @@
+// decode_export.cu -- flashmla_decode_splitkv, the decode kernel of the
+// service ABI: a thin wrapper around the implementation that mla_config.h's
+// MLA_DECODE_EXPORT selects. Every implementation also has its own kernel
+// (flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles),
+// same launch, for same-run comparison; the service only uses this one.
+#include "mla_config.h"
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_splitkv(const __grid_constant__ MlaDecodeParams p) {
+#if MLA_DECODE_EXPORT == 2
+    decode_v2_mma_body(p);
+#elif MLA_DECODE_EXPORT == 3
+    decode_sm90_body<false>(p);
+#elif MLA_DECODE_EXPORT == 4
+    decode_sm90_body<true>(p);
+#elif MLA_DECODE_EXPORT == 5
+    decode_sm90_roles_body(p);
+#else
+#error "MLA_DECODE_EXPORT must be 2, 3, 4 or 5"
+#endif
+}
