@@ -12,7 +12,8 @@
 # as they happen. A failed step is recorded and the round goes on where later steps do not depend on it.
 #
 # Env: PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
-# fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_SERVER=1, DEVICECHECK_ARGS (e.g. --no-bench).
+# fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1, SKIP_DATAPLANE=1,
+# DEVICECHECK_ARGS (e.g. --no-bench); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
 OUT=${OUT:-$PWD/device-out}
@@ -83,7 +84,7 @@ else
 fi
 
 # 4. Backend check (C# CudaBackend vs a float64 reference).
-if [[ $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicecheck" ]]; then
+if [[ "${SKIP_BACKEND_CHECK:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicecheck" ]]; then
   # shellcheck disable=SC2086
   run_step backend-check backend-check.log "$app/flashmla-devicecheck" --fatbin "$fatbin" --header native/include/mla_params.h ${DEVICECHECK_ARGS:-}
 elif [[ $app_ok == 1 ]]; then
@@ -133,11 +134,17 @@ if [[ "${SKIP_CPU_BENCH:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]
   wait "$cpu_pid" 2>/dev/null
 fi
 
+# 7. The data plane (issue 5): raw TCP, then b x h_q x connections through the service on both backends.
+if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
+  run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
+fi
+
 echo
 tar -C "$logs" -czf "$OUT/round-logs.tgz" .
 echo "device round on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU'); logs in round-logs.tgz"
 printf '%-14s %-5s %7s  %s\n' step status time note
 for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
+[[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
 printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
 exit 0

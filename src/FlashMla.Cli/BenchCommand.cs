@@ -87,7 +87,7 @@ internal static class BenchCommand
                         while (!stop.IsCancellationRequested)
                         {
                             long start = Stopwatch.GetTimestamp();
-                            var result = await stream.DecodeAsync(input, cancellationToken);
+                            using var result = await stream.DecodeAsync(input, cancellationToken);
                             recorder.Add(Stopwatch.GetElapsedTime(start).TotalMicroseconds, bytesUp, result.PayloadBytes, result.Timings.ComputeUs,
                                 result.Timings.BatchSequences);
                         }

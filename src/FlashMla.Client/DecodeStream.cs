@@ -1,24 +1,26 @@
 using System.Collections.Concurrent;
 using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
 using Grpc.Core;
 
 namespace FlashMla.Client;
 
 /// <summary>
-/// One bidirectional Decode stream with several requests in flight: <see cref="DecodeAsync"/> sends at once
-/// and completes when the response with its id arrives. A request's own failure throws
-/// <see cref="RpcException"/> from its task and leaves the stream open.
+/// One bidirectional Decode stream with several requests in flight: <see cref="SendAsync"/> writes a request
+/// and hands back the task of its response; <see cref="DecodeAsync"/> does both. A request's own failure
+/// throws <see cref="RpcException"/> from its task and leaves the stream open. Responses are parsed into
+/// pooled buffers: dispose each <see cref="DecodeOutput"/> when done with it.
 /// </summary>
 public sealed class DecodeStream : IAsyncDisposable
 {
-    private readonly AsyncDuplexStreamingCall<DecodeRequest, DecodeResponse> _call;
+    private readonly AsyncDuplexStreamingCall<Leased<DecodeRequest>, Leased<DecodeResponse>> _call;
     private readonly ConcurrentDictionary<ulong, TaskCompletionSource<DecodeOutput>> _pending = new();
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly Task _reader;
     private long _nextId;
     private volatile Exception? _closed;
 
-    internal DecodeStream(AsyncDuplexStreamingCall<DecodeRequest, DecodeResponse> call)
+    internal DecodeStream(AsyncDuplexStreamingCall<Leased<DecodeRequest>, Leased<DecodeResponse>> call)
     {
         _call = call;
         _reader = Task.Run(ReadResponsesAsync);
@@ -26,7 +28,11 @@ public sealed class DecodeStream : IAsyncDisposable
 
     public int InFlight => _pending.Count;
 
-    public async Task<DecodeOutput> DecodeAsync(DecodeInput input, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Sends one step at once and completes when the request has been written to the stream: from then on
+    /// the input's memory is no longer read and may be reused. The returned task completes with the response.
+    /// </summary>
+    public async Task<Task<DecodeOutput>> SendAsync(DecodeInput input, CancellationToken cancellationToken = default)
     {
         ulong id = (ulong)Interlocked.Increment(ref _nextId);
         var request = input.ToRequest(id);
@@ -40,7 +46,7 @@ public sealed class DecodeStream : IAsyncDisposable
         await _sendLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await _call.RequestStream.WriteAsync(request, cancellationToken).ConfigureAwait(false);
+            await _call.RequestStream.WriteAsync(new Leased<DecodeRequest>(request), cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -51,7 +57,14 @@ public sealed class DecodeStream : IAsyncDisposable
         {
             _sendLock.Release();
         }
-        return await completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return completion.Task;
+    }
+
+    /// <summary>Sends one step and waits for its response.</summary>
+    public async Task<DecodeOutput> DecodeAsync(DecodeInput input, CancellationToken cancellationToken = default)
+    {
+        var response = await SendAsync(input, cancellationToken).ConfigureAwait(false);
+        return await response.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     private async Task ReadResponsesAsync()
@@ -59,13 +72,23 @@ public sealed class DecodeStream : IAsyncDisposable
         Exception? failure = null;
         try
         {
-            await foreach (var response in _call.ResponseStream.ReadAllAsync().ConfigureAwait(false))
+            await foreach (var leased in _call.ResponseStream.ReadAllAsync().ConfigureAwait(false))
             {
-                if (!_pending.TryRemove(response.RequestId, out var completion)) continue;
+                var response = leased.Message;
+                if (!_pending.TryRemove(response.RequestId, out var completion))
+                {
+                    leased.Dispose();
+                    continue;
+                }
                 if (response.Error is { } error)
+                {
+                    leased.Dispose();
                     completion.TrySetException(new RpcException(new Status((StatusCode)error.Code, error.Message)));
-                else
-                    completion.TrySetResult(new DecodeOutput(response));
+                }
+                else if (!completion.TrySetResult(new DecodeOutput(leased)))
+                {
+                    leased.Dispose();
+                }
             }
         }
         catch (Exception ex)

@@ -1,4 +1,6 @@
+using System.Buffers;
 using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -7,32 +9,62 @@ namespace FlashMla.Client;
 /// <summary>
 /// Typed client of one FlashMLA server: sequences, prefill uploads, reads, stats and decode. Failures are
 /// <see cref="RpcException"/> with the server's status code. Thread-safe; share one per server.
+/// With <see cref="FlashMlaClientOptions.Connections"/> above 1 it holds that many channels (one TCP
+/// connection each) and spreads decode streams and unary decodes over them round-robin: one HTTP/2
+/// connection is served by one socket and one connection loop on each side, which caps its throughput
+/// well below the machine's (DESIGN.md, "The data plane").
 /// </summary>
 public sealed class FlashMlaClient : IDisposable
 {
     /// <summary>Rows per AppendKv chunk when the caller does not say: about 2.4 MB per message.</summary>
     public const int DefaultRowsPerChunk = 2048;
 
-    private readonly GrpcChannel? _ownedChannel;
+    /// <summary>Pool of the client's decode responses when the options name none.</summary>
+    public static ArrayPool<byte> DefaultBufferPool { get; } = ArrayPool<byte>.Create(1 << 30, 256);
+
+    private readonly GrpcChannel[] _ownedChannels = [];
+    private readonly CallInvoker[] _decodeInvokers;
+    private readonly DecodeMarshallers _decodeMethods;
+    private int _nextDecodeChannel = -1;
 
     public FlashMlaClient(string address, FlashMlaClientOptions? options = null)
-        : this(CreateChannel(address, options ?? new FlashMlaClientOptions()))
+        : this(CreateChannels(address, options ?? new FlashMlaClientOptions()), options ?? new FlashMlaClientOptions())
     {
-        _ownedChannel = (GrpcChannel)Channel;
     }
 
-    public FlashMlaClient(ChannelBase channel)
+    public FlashMlaClient(ChannelBase channel) : this([channel], new FlashMlaClientOptions(), owned: false)
     {
-        Channel = channel;
-        Cache = new KvCache.KvCacheClient(channel);
-        Decoder = new Decoder.DecoderClient(channel);
     }
 
+    private FlashMlaClient(GrpcChannel[] channels, FlashMlaClientOptions options) : this(channels, options, owned: true)
+    {
+    }
+
+    private FlashMlaClient(ChannelBase[] channels, FlashMlaClientOptions options, bool owned)
+    {
+        if (owned) _ownedChannels = [.. channels.Cast<GrpcChannel>()];
+        Channel = channels[0];
+        Cache = new KvCache.KvCacheClient(Channel);
+        Decoder = new Decoder.DecoderClient(Channel);
+        _decodeInvokers = [.. channels.Select(c => c.CreateCallInvoker())];
+        _decodeMethods = new DecodeMarshallers(options.BufferPool ?? DefaultBufferPool);
+    }
+
+    /// <summary>The first channel: the one cache calls use.</summary>
     public ChannelBase Channel { get; }
+
+    /// <summary>Channels (TCP connections) decode calls are spread over.</summary>
+    public int Connections => _decodeInvokers.Length;
 
     /// <summary>The generated stubs, for calls this wrapper does not cover.</summary>
     public KvCache.KvCacheClient Cache { get; }
     public Decoder.DecoderClient Decoder { get; }
+
+    private static GrpcChannel[] CreateChannels(string address, FlashMlaClientOptions options)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
+        return [.. Enumerable.Range(0, options.Connections).Select(_ => CreateChannel(address, options))];
+    }
 
     /// <summary>A channel tuned for large tensors: big HTTP/2 windows, no message limit, several connections when streams pile up.</summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
@@ -114,15 +146,22 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<CacheStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
         await Cache.GetStatsAsync(new GetStatsRequest(), cancellationToken: cancellationToken);
 
-    /// <summary>One decode step as a unary call.</summary>
+    /// <summary>One decode step as a unary call (on the next connection, round-robin).</summary>
     public async Task<DecodeOutput> DecodeOnceAsync(DecodeInput input, CancellationToken cancellationToken = default) =>
-        new(await Decoder.DecodeOnceAsync(input.ToRequest(1), cancellationToken: cancellationToken));
+        new(await NextDecodeInvoker().AsyncUnaryCall(_decodeMethods.DecodeOnce, null, new CallOptions(cancellationToken: cancellationToken),
+            new Leased<DecodeRequest>(input.ToRequest(1))));
 
-    /// <summary>A pipelined decode stream; dispose it to end the stream.</summary>
+    /// <summary>A pipelined decode stream on the next connection (round-robin); dispose it to end the stream.</summary>
     public DecodeStream OpenDecodeStream(CancellationToken cancellationToken = default) =>
-        new(Decoder.Decode(cancellationToken: cancellationToken));
+        new(NextDecodeInvoker().AsyncDuplexStreamingCall(_decodeMethods.Decode, null, new CallOptions(cancellationToken: cancellationToken)));
 
-    public void Dispose() => _ownedChannel?.Dispose();
+    private CallInvoker NextDecodeInvoker() =>
+        _decodeInvokers[(int)((uint)Interlocked.Increment(ref _nextDecodeChannel) % (uint)_decodeInvokers.Length)];
+
+    public void Dispose()
+    {
+        foreach (var channel in _ownedChannels) channel.Dispose();
+    }
 }
 
 /// <summary>Rows (bf16 <c>[n, 576]</c>) for one layer of one sequence.</summary>
@@ -133,4 +172,10 @@ public sealed record FlashMlaClientOptions
 {
     /// <summary>Largest message either way; keep it at or under the server's MaxMessageBytes.</summary>
     public int MaxMessageBytes { get; init; } = 256 * 1024 * 1024;
+
+    /// <summary>Channels, hence TCP connections, that decode calls are spread over (at least 1).</summary>
+    public int Connections { get; init; } = 1;
+
+    /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
+    public ArrayPool<byte>? BufferPool { get; init; }
 }

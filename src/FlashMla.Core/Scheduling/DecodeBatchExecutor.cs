@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Cache;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Tensors;
 using FlashMla.Core.Telemetry;
 
@@ -9,18 +10,19 @@ namespace FlashMla.Core.Scheduling;
 
 /// <summary>
 /// Runs one merged batch: reserves cache space request by request (a request that cannot be served fails
-/// alone, the others go on), concatenates inputs into reused buffers, calls the backend once, commits the
-/// new lengths and splits the outputs back. Runs on the scheduler loop only.
+/// alone, the others go on), concatenates inputs into reused buffers (a batch of one request reads the
+/// request's own bytes), calls the backend once with pooled output buffers, commits the new lengths and
+/// hands each request its slice of those buffers (no copy). Nothing allocated per step grows with the
+/// tensors. Runs on the scheduler loop only.
 /// </summary>
 internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics)
 {
     private readonly List<DecodeWork> _accepted = [];
     private readonly List<Sequence> _sequences = [];
     private readonly List<int> _oldBlockCounts = [];
+    private readonly List<Sequence> _candidates = [];
     private ushort[] _q = [];
     private ushort[] _kv = [];
-    private ushort[] _out = [];
-    private float[] _lse = [];
     private int[] _slots = [];
     private int[] _seqLens = [];
     private int[] _blockTable = [];
@@ -46,14 +48,26 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         long kvTokens = 0;
         foreach (var s in _sequences) stride = Math.Max(stride, s.Blocks.Count);
 
-        EnsureBuffers(b, sQ, hQ, stride, first.HasNewKv);
+        EnsureBuffers(b, sQ, hQ, stride, first.HasNewKv, merged: _accepted.Count > 1);
         int qPerSeq = sQ * hQ * MlaDims.HeadDimK, kvPerSeq = sQ * MlaDims.HeadDimK;
-        int seqIndex = 0;
-        foreach (var work in _accepted)
+        ReadOnlyMemory<ushort> q, kv;
+        if (_accepted.Count == 1)
         {
-            MemoryMarshal.Cast<byte, ushort>(work.Q.Span).CopyTo(_q.AsSpan(seqIndex * qPerSeq));
-            if (work.HasNewKv) MemoryMarshal.Cast<byte, ushort>(work.NewKv.Span).CopyTo(_kv.AsSpan(seqIndex * kvPerSeq));
-            seqIndex += work.BatchSize;
+            // The common case (one client's whole step): the backend reads the request's bytes in place.
+            q = MemoryCast.Cast<byte, ushort>(first.Q);
+            kv = first.HasNewKv ? MemoryCast.Cast<byte, ushort>(first.NewKv) : default;
+        }
+        else
+        {
+            int seqIndex = 0;
+            foreach (var work in _accepted)
+            {
+                MemoryMarshal.Cast<byte, ushort>(work.Q.Span).CopyTo(_q.AsSpan(seqIndex * qPerSeq));
+                if (work.HasNewKv) MemoryMarshal.Cast<byte, ushort>(work.NewKv.Span).CopyTo(_kv.AsSpan(seqIndex * kvPerSeq));
+                seqIndex += work.BatchSize;
+            }
+            q = _q.AsMemory(0, b * qPerSeq);
+            kv = first.HasNewKv ? _kv.AsMemory(0, b * kvPerSeq) : default;
         }
         for (int i = 0; i < b; i++)
         {
@@ -71,17 +85,19 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             row[s.Blocks.Count..].Fill(0);
         }
 
+        int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
+        var outputs = new DecodeOutputBuffers(b * outPerSeq, b * lsePerSeq, _accepted.Count);
         var batch = new DecodeBatch
         {
             Layer = layer, BatchSize = b, QueryTokens = sQ, Heads = hQ, SoftmaxScale = first.SoftmaxScale,
-            Q = _q.AsMemory(0, b * qPerSeq),
-            NewKv = first.HasNewKv ? _kv.AsMemory(0, b * kvPerSeq) : default,
+            Q = q,
+            NewKv = kv,
             NewKvSlots = first.HasNewKv ? _slots.AsMemory(0, b * sQ) : default,
             SeqLens = _seqLens.AsMemory(0, b),
             BlockTable = _blockTable.AsMemory(0, b * stride),
             BlockTableStride = stride,
-            Out = _out.AsMemory(0, b * sQ * hQ * MlaDims.HeadDimV),
-            Lse = _lse.AsMemory(0, b * sQ * hQ),
+            Out = outputs.Out,
+            Lse = outputs.Lse,
         };
 
         long computeStart = Stopwatch.GetTimestamp();
@@ -92,6 +108,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         catch (Exception ex)
         {
             for (int i = 0; i < b; i++) cache.ReleaseBeyond(_sequences[i], _oldBlockCounts[i]);
+            for (int i = 0; i < _accepted.Count; i++) outputs.Release();
             var error = ex is BackendFaultException fault
                 ? new CacheException(fault.IsSticky ? CacheError.Unavailable : CacheError.Internal, "the attention backend failed: " + fault.Message)
                 : new CacheException(CacheError.Internal, "the attention backend failed: " + ex.Message);
@@ -115,18 +132,17 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * kvTokens);
         if (first.HasNewKv) metrics.AppendedRows.Add((long)b * sQ);
 
-        int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
-        seqIndex = 0;
+        int done = 0;
         foreach (var work in _accepted)
         {
             int n = work.BatchSize;
-            var outBytes = MemoryMarshal.AsBytes(_out.AsSpan(seqIndex * outPerSeq, n * outPerSeq)).ToArray();
-            var lseBytes = MemoryMarshal.AsBytes(_lse.AsSpan(seqIndex * lsePerSeq, n * lsePerSeq)).ToArray();
+            var outBytes = outputs.OutBytes(done * outPerSeq * sizeof(ushort), n * outPerSeq * sizeof(ushort));
+            var lseBytes = outputs.LseBytes(done * lsePerSeq * sizeof(float), n * lsePerSeq * sizeof(float));
             double queueUs = (computeStart - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
-            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, _accepted.Count)));
-            seqIndex += n;
+            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, _accepted.Count), outputs));
+            done += n;
         }
     }
 
@@ -136,16 +152,16 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         try
         {
             cache.CheckLayer(work.Layer);
-            var sequences = new Sequence[work.BatchSize];
+            _candidates.Clear();
             int needed = 0;
-            for (int i = 0; i < sequences.Length; i++)
+            for (int i = 0; i < work.BatchSize; i++)
             {
                 var s = cache.Get(work.SequenceIds[i]);
-                sequences[i] = s;
+                _candidates.Add(s);
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }
             cache.RequireFreeBlocks(needed, $"a decode request of {work.BatchSize} sequences");
-            foreach (var s in sequences)
+            foreach (var s in _candidates)
             {
                 _oldBlockCounts.Add(s.Blocks.Count);
                 if (work.HasNewKv) cache.Reserve(s, work.Layer, work.QueryTokens, cache.BlocksNeeded(s, work.Layer, work.QueryTokens));
@@ -159,16 +175,14 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
     }
 
-    private void EnsureBuffers(int b, int sQ, int hQ, int stride, bool hasKv)
+    private void EnsureBuffers(int b, int sQ, int hQ, int stride, bool hasKv, bool merged)
     {
-        Grow(ref _q, b * sQ * hQ * MlaDims.HeadDimK);
+        if (merged) Grow(ref _q, b * sQ * hQ * MlaDims.HeadDimK);
         if (hasKv)
         {
-            Grow(ref _kv, b * sQ * MlaDims.HeadDimK);
+            if (merged) Grow(ref _kv, b * sQ * MlaDims.HeadDimK);
             Grow(ref _slots, b * sQ);
         }
-        Grow(ref _out, b * sQ * hQ * MlaDims.HeadDimV);
-        Grow(ref _lse, b * sQ * hQ);
         Grow(ref _seqLens, b);
         Grow(ref _blockTable, b * stride);
     }

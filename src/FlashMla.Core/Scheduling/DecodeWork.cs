@@ -78,9 +78,74 @@ public sealed class DecodeWork
 
 /// <summary>
 /// Outputs of one request: <c>out</c> bf16 <c>[b, s_q, h_q, 512]</c> and <c>lse</c> fp32 <c>[b, h_q, s_q]</c>
-/// as little-endian bytes, ready to wrap in a response without another copy.
+/// as little-endian bytes, ready to wrap in a response without another copy. They are slices of pooled
+/// buffers shared by every request of the batch: call <see cref="Release"/> once the response that wraps
+/// them has been serialized (after which they must not be read). A result never released is only
+/// garbage, never a fault: its buffers are collected instead of reused.
 /// </summary>
-public sealed record DecodeResult(byte[] Out, byte[] Lse, DecodeTimings Timings);
+public sealed class DecodeResult
+{
+    private readonly DecodeOutputBuffers? _buffers;
+    private int _released;
+
+    internal DecodeResult(ReadOnlyMemory<byte> output, ReadOnlyMemory<byte> lse, DecodeTimings timings, DecodeOutputBuffers? buffers)
+    {
+        Out = output;
+        Lse = lse;
+        Timings = timings;
+        _buffers = buffers;
+    }
+
+    /// <summary>bf16 bytes <c>[b, s_q, h_q, 512]</c>.</summary>
+    public ReadOnlyMemory<byte> Out { get; }
+
+    /// <summary>fp32 bytes <c>[b, h_q, s_q]</c>.</summary>
+    public ReadOnlyMemory<byte> Lse { get; }
+
+    public DecodeTimings Timings { get; }
+
+    /// <summary>Gives this request's share of the batch's output buffers back; idempotent.</summary>
+    public void Release()
+    {
+        if (Interlocked.Exchange(ref _released, 1) == 0) _buffers?.Release();
+    }
+}
+
+/// <summary>
+/// The pooled <c>out</c> and <c>lse</c> arrays of one backend call, shared by the requests of the batch
+/// (each reads its own slice); back to <see cref="Memory.TensorBufferPool"/> when the last one releases.
+/// </summary>
+internal sealed class DecodeOutputBuffers
+{
+    private readonly byte[] _out;
+    private readonly byte[] _lse;
+    private int _holders;
+
+    public DecodeOutputBuffers(int outElements, int lseElements, int holders)
+    {
+        _out = Memory.TensorBufferPool.Bytes.Rent(outElements * sizeof(ushort));
+        _lse = Memory.TensorBufferPool.Bytes.Rent(lseElements * sizeof(float));
+        _holders = holders;
+        Out = Memory.MemoryCast.Cast<byte, ushort>(_out.AsMemory(0, outElements * sizeof(ushort)));
+        Lse = Memory.MemoryCast.Cast<byte, float>(_lse.AsMemory(0, lseElements * sizeof(float)));
+    }
+
+    /// <summary>The backend's view: bf16 <c>[b, s_q, h_q, 512]</c>.</summary>
+    public Memory<ushort> Out { get; }
+
+    /// <summary>The backend's view: fp32 <c>[b, h_q, s_q]</c>.</summary>
+    public Memory<float> Lse { get; }
+
+    public ReadOnlyMemory<byte> OutBytes(int start, int length) => _out.AsMemory(start, length);
+    public ReadOnlyMemory<byte> LseBytes(int start, int length) => _lse.AsMemory(start, length);
+
+    public void Release()
+    {
+        if (Interlocked.Decrement(ref _holders) != 0) return;
+        Memory.TensorBufferPool.Bytes.Return(_out);
+        Memory.TensorBufferPool.Bytes.Return(_lse);
+    }
+}
 
 /// <summary>Where a request's time went.</summary>
 public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests);

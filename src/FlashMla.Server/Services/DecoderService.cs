@@ -1,5 +1,7 @@
 using System.Threading.Channels;
 using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
@@ -10,30 +12,37 @@ using Microsoft.Extensions.Options;
 namespace FlashMla.Server.Services;
 
 /// <summary>
-/// flashmla.v1.Decoder. The stream form keeps up to MaxInFlightPerStream requests of one stream in the
-/// scheduler at once; responses go back through one writer as each request completes, carrying its id.
+/// flashmla.v1.Decoder bound with the pooled marshallers of <see cref="DecodeMarshallers"/> (the same wire
+/// contract as the generated <c>Decoder.DecoderBase</c>): a request's tensors arrive in pooled arrays that
+/// go back once the scheduler is done with them, and a response wraps its batch's pooled outputs, released
+/// once the response is serialized. The stream form keeps up to MaxInFlightPerStream requests of one stream
+/// in the scheduler at once; responses go back through one writer as each request completes, carrying its id.
 /// </summary>
 public sealed class DecoderService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures)
-    : Decoder.DecoderBase
+    : PooledDecoderBase
 {
-    public override async Task<DecodeResponse> DecodeOnce(DecodeRequest request, ServerCallContext context)
+    public override async Task<Leased<DecodeResponse>> DecodeOnce(Leased<DecodeRequest> request, ServerCallContext context)
     {
         try
         {
-            return await RunAsync(request, context.CancellationToken);
+            return await RunAsync(request.Message, context.CancellationToken);
         }
         catch (Exception ex)
         {
             throw failures.Record(context.Method, ex);
         }
+        finally
+        {
+            request.Dispose();
+        }
     }
 
-    public override async Task Decode(IAsyncStreamReader<DecodeRequest> requestStream, IServerStreamWriter<DecodeResponse> responseStream,
-        ServerCallContext context)
+    public override async Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
+        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context)
     {
         int maxInFlight = options.Value.MaxInFlightPerStream;
         using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        var responses = Channel.CreateBounded<DecodeResponse>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
+        var responses = Channel.CreateBounded<Leased<DecodeResponse>>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
         var writer = Task.Run(async () =>
         {
             await foreach (var response in responses.Reader.ReadAllAsync(context.CancellationToken))
@@ -56,24 +65,33 @@ public sealed class DecoderService(Scheduler scheduler, IOptions<FlashMlaOptions
         }
         await writer;
 
-        async Task ServeOneAsync(DecodeRequest request)
+        async Task ServeOneAsync(Leased<DecodeRequest> request)
         {
-            DecodeResponse response;
+            Leased<DecodeResponse> response;
             try
             {
-                response = await RunAsync(request, context.CancellationToken);
+                response = await RunAsync(request.Message, context.CancellationToken);
             }
             catch (Exception ex)
             {
-                response = new DecodeResponse
+                response = new Leased<DecodeResponse>(new DecodeResponse
                 {
-                    RequestId = request.RequestId,
-                    Error = failures.RecordInStream(context.Method, request.RequestId, ex),
-                };
+                    RequestId = request.Message.RequestId,
+                    Error = failures.RecordInStream(context.Method, request.Message.RequestId, ex),
+                });
+            }
+            finally
+            {
+                request.Dispose();
             }
             try
             {
                 await responses.Writer.WriteAsync(response, context.CancellationToken);
+            }
+            catch
+            {
+                response.Dispose();
+                throw;
             }
             finally
             {
@@ -82,7 +100,11 @@ public sealed class DecoderService(Scheduler scheduler, IOptions<FlashMlaOptions
         }
     }
 
-    private async Task<DecodeResponse> RunAsync(DecodeRequest request, CancellationToken cancellationToken)
+    /// <summary>
+    /// Validates, queues and awaits one request. When this returns or throws, the scheduler no longer reads
+    /// the request's tensors, so the caller may give their buffers back.
+    /// </summary>
+    private async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, CancellationToken cancellationToken)
     {
         long b = request.SequenceIds.Count, sQ = request.SQ, hQ = request.HQ;
         if (b == 0) throw Core.Cache.CacheException.Invalid("the request names no sequences");
@@ -98,7 +120,7 @@ public sealed class DecoderService(Scheduler scheduler, IOptions<FlashMlaOptions
         output.Shape.Add([b, sQ, hQ, MlaDims.HeadDimV]);
         var lse = new Tensor { Dtype = DType.Fp32, Data = UnsafeByteOperations.UnsafeWrap(result.Lse) };
         lse.Shape.Add([b, hQ, sQ]);
-        return new DecodeResponse
+        var response = new DecodeResponse
         {
             RequestId = request.RequestId,
             Out = output,
@@ -111,5 +133,39 @@ public sealed class DecoderService(Scheduler scheduler, IOptions<FlashMlaOptions
                 BatchRequests = (uint)result.Timings.BatchRequests,
             },
         };
+        return new Leased<DecodeResponse>(response, new ResultRelease(result));
+    }
+
+    private sealed class ResultRelease(DecodeResult result) : IDisposable
+    {
+        public void Dispose() => result.Release();
+    }
+}
+
+/// <summary>
+/// The service base that <see cref="PooledDecoderBinding"/> binds: the two methods of flashmla.v1.Decoder
+/// over leased messages. grpc-dotnet finds the overrides of these by name and signature.
+/// </summary>
+[BindServiceMethod(typeof(PooledDecoderBinding), nameof(PooledDecoderBinding.BindService))]
+public abstract class PooledDecoderBase
+{
+    public abstract Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
+        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context);
+
+    public abstract Task<Leased<DecodeResponse>> DecodeOnce(Leased<DecodeRequest> request, ServerCallContext context);
+}
+
+/// <summary>Binds flashmla.v1.Decoder with marshallers over <see cref="TensorBufferPool"/>.</summary>
+public static class PooledDecoderBinding
+{
+    public static DecodeMarshallers Methods { get; } = new(TensorBufferPool.Bytes);
+
+    /// <summary>The service's descriptor, where server reflection looks for it.</summary>
+    public static Google.Protobuf.Reflection.ServiceDescriptor Descriptor => Decoder.Descriptor;
+
+    public static void BindService(ServiceBinderBase binder, PooledDecoderBase? service)
+    {
+        binder.AddMethod(Methods.Decode, service is null ? null : service.Decode);
+        binder.AddMethod(Methods.DecodeOnce, service is null ? null : service.DecodeOnce);
     }
 }

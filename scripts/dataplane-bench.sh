@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The data-plane benchmark (issue 5), run ON the GPU machine with the unpacked publish: raw loopback TCP
+# (flashmla tcpbench), then `flashmla bench-matrix` (b 32/128 x h_q 16/128 x 1/2/4/8 connections, s_q 1,
+# 4 requests in flight per stream, raw TCP at the same connection count in the same run) against the server
+# on the CUDA backend (s_k 4096) and on the CPU backend (s_k 1: the transport with next to no compute).
+# Results files land in $OUT; a short table is printed last. About 3 minutes.
+#
+#   bash scripts/dataplane-bench.sh [APP_DIR] [FATBIN]
+#     APP_DIR: the unpacked publish (default /tmp/flashmla-app/flashmla), FATBIN (default native/build/flashmla.fatbin)
+# Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
+#      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_RUNTIME_AB=1.
+# Runtime A/B (CUDA server, b 128, h_q 16 and 128, 4 connections): the server as shipped (server GC,
+# concurrent) against workstation GC, and against a 256 MiB gen0 budget with 64 minimum worker threads,
+# so the GC and thread-pool settings are chosen by measurement.
+set -uo pipefail
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+app=${1:-/tmp/flashmla-app/flashmla}
+fatbin=${2:-$PWD/native/build/flashmla.fatbin}
+port=${PORT:-50061}
+seconds=${DP_SECONDS:-3}
+conns=${DP_CONNECTIONS:-1,2,4,8}
+batch=${DP_BATCH:-32,128}
+heads=${DP_HEADS:-16,128}
+context=${DP_CONTEXT:-4096}
+stamp=$(date -u +%Y%m%d-%H%M)
+machine="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '_')"
+res="$OUT/dataplane_${stamp}_${machine:-nogpu}.md"
+{
+  echo "# Data plane, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(hostname), $(nproc) cores, ${machine:-no GPU}"
+  echo
+  grep -E '^(commit|date):' "$app/PACKED.txt" 2>/dev/null | sed 's/^/publish /'
+  echo
+} > "$res"
+
+start_server() { # backend port extra-args... (env SERVER_ENV: extra environment, e.g. "DOTNET_gcServer=0")
+  local backend=$1 p=$2; shift 2
+  # shellcheck disable=SC2086
+  env ${SERVER_ENV:-} "$app/flashmla-server" --FlashMla:Backend="$backend" --FlashMla:GrpcPort="$p" --FlashMla:MetricsPort=$((p + 1)) \
+    --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:MaxBatchSequences=1024 --FlashMla:BatchWindowMicroseconds=0 \
+    "$@" >"$OUT/dataplane-server-$backend.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 60); do
+    kill -0 "$server_pid" 2>/dev/null || return 1
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+stop_server() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; }
+
+echo "== tcpbench (connections $conns)"
+timeout 60 "$app/flashmla" tcpbench --connections "$conns" --seconds 2 --out "$res"
+
+status=0
+if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
+  echo "== bench-matrix, CUDA backend, s_k $context"
+  if start_server cuda "$port" --FlashMla:FatbinPath="$fatbin"; then
+    timeout 240 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch "$batch" --heads "$heads" \
+      --connections "$conns" --context "$context" --seconds "$seconds" --tcp-seconds 1 --out "$res" || status=1
+  else
+    echo "CUDA server did not start"; tail -n 20 "$OUT/dataplane-server-cuda.log"; status=1
+  fi
+  stop_server
+fi
+if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
+  for variant in "shipped:" "workstation-gc:DOTNET_gcServer=0" "gen0-256m+minthreads-64:DOTNET_GCgen0size=0x10000000 DOTNET_ThreadPool_ForceMinWorkerThreads=64"; do
+    name=${variant%%:*}; SERVER_ENV=${variant#*:}
+    echo "== runtime A/B: $name (${SERVER_ENV:-defaults})"
+    echo "### runtime A/B: server $name (${SERVER_ENV:-as shipped: server GC, concurrent})" >> "$res"
+    if SERVER_ENV=$SERVER_ENV start_server cuda "$port" --FlashMla:FatbinPath="$fatbin"; then
+      timeout 90 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
+        --connections 4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" || status=1
+    else
+      echo "server ($name) did not start"; status=1
+    fi
+    stop_server
+  done
+  SERVER_ENV=
+fi
+if [[ "${DP_SKIP_CPU:-0}" != 1 ]]; then
+  echo "== bench-matrix, CPU backend, s_k 1 (transport with next to no compute)"
+  if start_server cpu $((port + 10)) --FlashMla:CpuMemoryMiB=512; then
+    timeout 200 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$((port + 10))" --batch "$batch" --heads "$heads" \
+      --connections "$conns" --context 1 --seconds 2 --tcp-seconds 1 --out "$res" || status=1
+  else
+    echo "CPU server did not start"; tail -n 20 "$OUT/dataplane-server-cpu.log"; status=1
+  fi
+  stop_server
+fi
+
+echo
+echo "==================== data plane ($res)"
+grep -E '^## |^### |^\| ' "$res" | grep -v -- '--- |' | cut -c1-200
+exit $status

@@ -1,0 +1,185 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text;
+using FlashMla.Client;
+using FlashMla.Core.Tensors;
+using Spectre.Console;
+
+namespace FlashMla.Cli;
+
+/// <summary>
+/// The data-plane benchmark: one prefilled set of sequences, then every combination of batch size, heads
+/// and client connections, each for a few seconds with several requests in flight per stream. Per row:
+/// steps/s, KV tokens attended/s, tensor payload GB/s each way, step latency p50/p99, the server's backend
+/// time per call (compute_us) and how busy the backend was, and (with --tcp-seconds) raw loopback TCP
+/// throughput over the same number of connections measured in the same run.
+/// Steps attend without appending, so every in-flight request can share the one set of sequences.
+/// </summary>
+internal static class BenchMatrixCommand
+{
+    public static Command Create(Option<string> address)
+    {
+        var batches = new Option<string>("--batch") { Description = "Sequences per request, comma-separated", DefaultValueFactory = _ => "32,128" };
+        var heads = new Option<string>("--heads") { Description = "Query heads, comma-separated", DefaultValueFactory = _ => "16,128" };
+        var connections = new Option<string>("--connections") { Description = "Client connections, comma-separated", DefaultValueFactory = _ => "1,2,4,8" };
+        var context = new Option<int>("--context") { Description = "Tokens per sequence (s_k)", DefaultValueFactory = _ => 4096 };
+        var streams = new Option<int>("--streams-per-connection") { Description = "Decode streams on each connection", DefaultValueFactory = _ => 1 };
+        var inflight = new Option<int>("--inflight") { Description = "Requests in flight per stream", DefaultValueFactory = _ => 4 };
+        var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 3 };
+        var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
+        var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
+        var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections, with raw TCP for reference")
+            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output };
+        command.SetAction((parse, token) => RunAsync(new Settings(parse.GetValue(address)!, ParseList(parse.GetValue(batches)!),
+            ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
+            parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output)), token));
+        return command;
+    }
+
+    public static int[] ParseList(string text) =>
+        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse)];
+
+    private sealed record Settings(string Address, int[] Batches, int[] Heads, int[] Connections, int Context, int StreamsPerConnection,
+        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output);
+
+    private sealed record Row(int Batch, int Heads, int Connections, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
+        double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps);
+
+    private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
+    {
+        if (s.Batches.Length == 0 || s.Heads.Length == 0 || s.Connections.Length == 0 || s.Batches.Concat(s.Heads).Concat(s.Connections).Any(v => v < 1)
+            || s.Context < 1 || s.StreamsPerConnection < 1 || s.InFlight < 1 || s.Seconds <= 0 || s.Warmup < 0 || s.TcpSeconds < 0)
+        {
+            AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
+            return 2;
+        }
+        using var admin = new FlashMlaClient(s.Address);
+        var config = await admin.GetConfigAsync(cancellationToken);
+        AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
+            $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row");
+
+        // One set of sequences for every row: the longest batch, all with the same rows (content does not matter here).
+        int maxBatch = s.Batches.Max();
+        var random = new Random(7);
+        var rows = Workload.RandomBf16(random, (long)s.Context * MlaDims.HeadDimK);
+        var ids = new ulong[maxBatch];
+        var prefill = Stopwatch.StartNew();
+        for (int i = 0; i < maxBatch; i++) ids[i] = await admin.CreateSequenceAsync(cancellationToken);
+        for (int start = 0; start < maxBatch; start += 8)
+            await admin.AppendKvAsync(ids[start..Math.Min(maxBatch, start + 8)].Select(id => new KvUpload(id, 0, rows)), cancellationToken: cancellationToken);
+        AnsiConsole.MarkupLine($"prefilled {maxBatch} sequences x {s.Context} tokens in {prefill.Elapsed.TotalSeconds:F1} s");
+
+        var tcp = new Dictionary<int, double>();
+        var results = new List<Row>();
+        try
+        {
+            foreach (int b in s.Batches)
+                foreach (int h in s.Heads)
+                {
+                    var q = Workload.RandomBf16(random, (long)b * h * MlaDims.HeadDimK);
+                    var input = new DecodeInput(0, ids[..b], 1, h, q);
+                    foreach (int n in s.Connections)
+                    {
+                        if (s.TcpSeconds > 0 && !tcp.ContainsKey(n)) tcp[n] = await TcpBenchCommand.MeasureAsync(n, s.TcpSeconds, 4 * 1024 * 1024, cancellationToken);
+                        var row = await RunRowAsync(s, input, b, h, n, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
+                        results.Add(row);
+                        AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n}: {row.StepsPerSecond:F0} steps/s, up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, " +
+                            $"p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s");
+                    }
+                }
+        }
+        finally
+        {
+            foreach (ulong id in ids) await admin.FreeAsync(id, CancellationToken.None);
+        }
+
+        var table = new Table().AddColumns("b", "h_q", "conns", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
+            "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s");
+        foreach (var r in results) table.AddRow(Cells(r));
+        AnsiConsole.Write(table);
+        if (s.Output is { } path) WriteResults(path, s, config, results);
+        return 0;
+    }
+
+    private static string[] Cells(Row r) =>
+    [
+        $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
+        $"{r.P50Ms:F2}", $"{r.P99Ms:F2}", $"{r.ComputeMs:F3}", $"{r.BackendBusy:P0}", $"{r.SequencesPerCall:F0}", $"{r.TcpGBps:F2}",
+    ];
+
+    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, double tcpGBps, CancellationToken cancellationToken)
+    {
+        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { Connections = connections });
+        var streams = Enumerable.Range(0, connections * s.StreamsPerConnection).Select(_ => client.OpenDecodeStream(cancellationToken)).ToArray();
+        long qBytes = input.QBytes.Length;
+        var latencies = new List<double>();
+        long steps = 0, bytesDown = 0;
+        double computeShare = 0, computeSum = 0, sequencesSum = 0;
+        bool measuring = false;
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var workers = streams.SelectMany(stream => Enumerable.Range(0, s.InFlight).Select(_ => Task.Run(async () =>
+        {
+            var local = new List<double>();
+            long localSteps = 0, localDown = 0;
+            double localShare = 0, localCompute = 0, localSequences = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                long start = Stopwatch.GetTimestamp();
+                using var result = await stream.DecodeAsync(input, cancellationToken);
+                if (!Volatile.Read(ref measuring)) continue;
+                local.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                localSteps++;
+                localDown += result.PayloadBytes;
+                var t = result.Timings;
+                localCompute += t.ComputeUs;
+                localShare += t.ComputeUs / Math.Max(1u, t.BatchRequests);
+                localSequences += t.BatchSequences;
+            }
+            lock (latencies)
+            {
+                latencies.AddRange(local);
+                steps += localSteps;
+                bytesDown += localDown;
+                computeShare += localShare;
+                computeSum += localCompute;
+                sequencesSum += localSequences;
+            }
+        }, cancellationToken))).ToArray();
+
+        await Task.Delay(TimeSpan.FromSeconds(s.Warmup), cancellationToken);
+        Volatile.Write(ref measuring, true);
+        var clock = Stopwatch.StartNew();
+        await Task.Delay(TimeSpan.FromSeconds(s.Seconds), cancellationToken);
+        Volatile.Write(ref measuring, false);
+        double elapsed = clock.Elapsed.TotalSeconds;
+        stop.Cancel();
+        await Task.WhenAll(workers);
+        foreach (var stream in streams) await stream.DisposeAsync();
+
+        var sorted = latencies.ToArray();
+        Array.Sort(sorted);
+        double Percentile(double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
+        double n = Math.Max(1, steps);
+        return new Row(b, h, connections, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
+            bytesDown / elapsed / 1e9, Percentile(0.5), Percentile(0.99), computeSum / n / 1000, computeShare / 1e6 / elapsed, sequencesSum / n, tcpGBps);
+    }
+
+    private static void WriteResults(string path, Settings s, Contracts.V1.ServiceConfig config, List<Row> rows)
+    {
+        var text = new StringBuilder();
+        text.AppendLine($"## bench-matrix {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
+        text.AppendLine();
+        text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}. s_k={s.Context}, s_q=1, no append; " +
+            $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
+            "up = q bytes sent, down = out+lse bytes received (GB = 1e9 B); compute = the server's backend time per call (compute_us); " +
+            "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run.");
+        text.AppendLine();
+        text.AppendLine("| b | h_q | conns | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s |");
+        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        foreach (var r in rows) text.AppendLine("| " + string.Join(" | ", Cells(r)) + " |");
+        text.AppendLine();
+        File.AppendAllText(path, text.ToString());
+        AnsiConsole.MarkupLine($"results appended to {Markup.Escape(path)}");
+    }
+}

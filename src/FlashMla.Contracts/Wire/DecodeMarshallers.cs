@@ -1,0 +1,58 @@
+using System.Buffers;
+using FlashMla.Contracts.V1;
+using Google.Protobuf;
+using Grpc.Core;
+
+namespace FlashMla.Contracts.Wire;
+
+/// <summary>
+/// Method definitions of flashmla.v1.Decoder with pooled marshallers, the same wire contract as the
+/// generated ones: incoming tensors land in arrays of the given pool (one copy from the HTTP/2 frames),
+/// outgoing messages are written straight from the memory their tensors wrap, and an outgoing message's
+/// lease is given back as soon as it has been serialized.
+/// </summary>
+public sealed class DecodeMarshallers
+{
+    public const string ServiceName = "flashmla.v1.Decoder";
+
+    public DecodeMarshallers(ArrayPool<byte> pool)
+    {
+        var requests = Marshallers.Create(Serialize, context => ParseRequest(context.PayloadAsReadOnlySequence(), pool));
+        var responses = Marshallers.Create(Serialize, context => ParseResponse(context.PayloadAsReadOnlySequence(), pool));
+        Decode = new Method<Leased<DecodeRequest>, Leased<DecodeResponse>>(MethodType.DuplexStreaming, ServiceName, "Decode", requests, responses);
+        DecodeOnce = new Method<Leased<DecodeRequest>, Leased<DecodeResponse>>(MethodType.Unary, ServiceName, "DecodeOnce", requests, responses);
+    }
+
+    public Method<Leased<DecodeRequest>, Leased<DecodeResponse>> Decode { get; }
+    public Method<Leased<DecodeRequest>, Leased<DecodeResponse>> DecodeOnce { get; }
+
+    public static Leased<DecodeRequest> ParseRequest(in ReadOnlySequence<byte> payload, ArrayPool<byte> pool) =>
+        PooledTensorParser.Parse(payload, pool, DecodeRequest.Parser, DecodeRequest.QFieldNumber, DecodeRequest.KvFieldNumber,
+            static (message, q, kv) =>
+            {
+                if (q is not null) message.Q = q;
+                if (kv is not null) message.Kv = kv;
+            });
+
+    public static Leased<DecodeResponse> ParseResponse(in ReadOnlySequence<byte> payload, ArrayPool<byte> pool) =>
+        PooledTensorParser.Parse(payload, pool, DecodeResponse.Parser, DecodeResponse.OutFieldNumber, DecodeResponse.LseFieldNumber,
+            static (message, output, lse) =>
+            {
+                if (output is not null) message.Out = output;
+                if (lse is not null) message.Lse = lse;
+            });
+
+    private static void Serialize<T>(Leased<T> leased, SerializationContext context) where T : class, IBufferMessage
+    {
+        try
+        {
+            context.SetPayloadLength(leased.Message.CalculateSize());
+            leased.Message.WriteTo(context.GetBufferWriter());
+            context.Complete();
+        }
+        finally
+        {
+            leased.Dispose();
+        }
+    }
+}
