@@ -43,7 +43,7 @@ internal static class DemoCommand
             {
                 var q = Workload.RandomBf16(random, (long)ids.Length * sQ * heads * MlaDims.HeadDimK);
                 var kv = Workload.RandomBf16(random, (long)ids.Length * sQ * MlaDims.HeadDimK);
-                var output = await stream.DecodeAsync(new DecodeInput(layer, ids, sQ, heads, q, kv), cancellationToken);
+                using var output = await stream.DecodeAsync(new DecodeInput(layer, ids, sQ, heads, q, kv), cancellationToken);
                 double worstOut = 0, worstLse = 0;
                 for (int i = 0; i < ids.Length; i++)
                 {

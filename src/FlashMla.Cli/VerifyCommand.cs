@@ -54,7 +54,7 @@ internal static class VerifyCommand
             int n = ids.Length;
             var q = Workload.RandomBf16(random, (long)n * sQ * hQ * MlaDims.HeadDimK);
             var kv = Workload.RandomBf16(random, (long)n * sQ * MlaDims.HeadDimK);
-            var output = await client.DecodeOnceAsync(new DecodeInput(layer, ids, sQ, hQ, q, kv), cancellationToken);
+            using var output = await client.DecodeOnceAsync(new DecodeInput(layer, ids, sQ, hQ, q, kv), cancellationToken);
 
             var (expectedOut, expectedLse) = RunOnCpu(rows, layer, cached, q, kv, sQ, hQ);
             double outErr = Workload.RelativeError(output.Out, expectedOut.Select(v => (double)Bf16.ToFloat(v)).ToArray());

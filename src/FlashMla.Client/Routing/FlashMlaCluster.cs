@@ -91,7 +91,7 @@ public sealed class FlashMlaCluster : IDisposable
                 if (!newKv.IsEmpty) newKv.Span.Slice(positions[j] * kvPer, kvPer).CopyTo(partKv.AsSpan(j * kvPer));
             }
             var ids = positions.Select(p => sequences[p].Id).ToArray();
-            var result = await _clients[part.Key].DecodeOnceAsync(new DecodeInput(layer, ids, queryTokens, heads, partQ, partKv, softmaxScale), cancellationToken);
+            using var result = await _clients[part.Key].DecodeOnceAsync(new DecodeInput(layer, ids, queryTokens, heads, partQ, partKv, softmaxScale), cancellationToken);
             for (int j = 0; j < positions.Length; j++)
             {
                 result.Out.Slice(j * outPer, outPer).CopyTo(output.AsSpan(positions[j] * outPer));
