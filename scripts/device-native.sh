@@ -8,6 +8,11 @@ OUT=${OUT:-/tmp/native-out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../native"
 # usage: [MLA_DECODE_EXPORT=N] [PROFILE=1] [CHECK_TIMEOUT=60] bash scripts/device-native.sh
+# Quicker rounds: CHECK_KERNELS="a b" checks only those (the exported kernel is
+# always checked last); BENCH_ARGS="--shapes 0,1,2,3,4 --rounds 3 --reps 20"
+# passes bench options (default: the whole grid, 3 interleaved rounds of 20);
+# NCU_KERNELS="a b" profiles those kernels under PROFILE=1 (default: the
+# exported one).
 # Every decode implementation is built beside the exported one (v2 mma.sync
 # and the sm90 versions, each under its own kernel name), checked on its own
 # and benched in the same run; the old v1 stays in native/versions/ for
@@ -38,8 +43,10 @@ export_impl=${MLA_DECODE_EXPORT:-$export_impl}
 check_rc=0
 passed=""
 : > "$OUT/check.log"
-for k in flashmla_decode_v2_mma flashmla_decode_v3_wgmma flashmla_decode_v4_wgmma_overlap \
-         flashmla_decode_v5_wgmma_roles flashmla_decode_splitkv; do
+for k in ${CHECK_KERNELS:-flashmla_decode_v2_mma flashmla_decode_v3_wgmma flashmla_decode_v4_wgmma_overlap \
+         flashmla_decode_v5_wgmma_roles flashmla_decode_v6_wgmma_pieces flashmla_decode_v7_wgmma_roles_fence \
+         flashmla_decode_v8_wgmma_roles_pieces flashmla_decode_v9_wgmma_early_free flashmla_decode_v10_wgmma_early_pv} \
+         flashmla_decode_splitkv; do
     if [ "$k" = flashmla_decode_splitkv ] && ! echo "$passed" | grep -q "_v${export_impl}_"; then
         echo "check $k (= v$export_impl) skipped: v$export_impl failed" | tee -a "$OUT/check_summary.txt"
         check_rc=1
@@ -57,7 +64,9 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-
 res="$OUT/bench_$(date -u +%Y%m%d-%H%M)_${gpu}.md"
 bench_rc=skipped
 if [ -n "$passed" ]; then  # bench the kernels that passed their checks
-    timeout "${BENCH_TIMEOUT:-200}" ./build/flashmla_check --bench --kernels "${passed#,}" --results "$res" > "$OUT/bench.log" 2>&1
+    # shellcheck disable=SC2086
+    timeout "${BENCH_TIMEOUT:-200}" ./build/flashmla_check --bench --kernels "${passed#,}" --results "$res" \
+        ${BENCH_ARGS:---rounds 3 --reps 20} > "$OUT/bench.log" 2>&1
     bench_rc=$?
 fi
 
@@ -65,11 +74,13 @@ fi
 # compute-bound shape, the 7th decode launch of each.
 if [ -n "${PROFILE:-}" ]; then
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    for shape in 0 3; do
-        echo "######## shape $shape"
-        timeout 150 "$NCU" --clock-control none --kernel-name flashmla_decode_splitkv --launch-skip 6 --launch-count 1 \
+    for kn in ${NCU_KERNELS:-flashmla_decode_splitkv}; do
+    for shape in ${NCU_SHAPES:-0 3}; do
+        echo "######## shape $shape $kn"
+        timeout 150 "$NCU" --clock-control none --kernel-name "$kn" --launch-skip 6 --launch-count 1 \
             --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-            --section WarpStateStats --section Occupancy ./build/flashmla_check --bench --shape "$shape"
+            --section WarpStateStats --section Occupancy ./build/flashmla_check --bench --shape "$shape" --kernel "$kn"
+    done
     done > "$OUT/ncu.txt" 2>&1
 fi
 echo "==================== resources (ptxas)"

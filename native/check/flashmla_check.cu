@@ -2,9 +2,12 @@
 //
 //   flashmla_check [--fatbin PATH] [--kernel NAME]   all checks (default) of the decode
 //                         kernel NAME (default flashmla_decode_splitkv, the exported one;
-//                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles)
+//                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles, _v6_wgmma_pieces,
+//                         _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free, _v10_wgmma_early_pv)
 //   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
 //                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
+//                         [--shapes I,J,..] a subset of the grid; [--rounds R --reps N] R interleaved
+//                         rounds of N runs per kernel (default 1 x 60)
 //   flashmla_check --bench --shape I [--kernel NAME]   one bench shape (0..4 = DESIGN.md's),
 //                         one kernel, no ceilings (for ncu)
 //
@@ -95,6 +98,11 @@ const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_v3_wgmma", "v3 wgmma", reinterpret_cast<const void*>(flashmla_decode_v3_wgmma)},
     {"flashmla_decode_v4_wgmma_overlap", "v4 wgmma overlap", reinterpret_cast<const void*>(flashmla_decode_v4_wgmma_overlap)},
     {"flashmla_decode_v5_wgmma_roles", "v5 wgmma roles", reinterpret_cast<const void*>(flashmla_decode_v5_wgmma_roles)},
+    {"flashmla_decode_v6_wgmma_pieces", "v6 wgmma pieces", reinterpret_cast<const void*>(flashmla_decode_v6_wgmma_pieces)},
+    {"flashmla_decode_v7_wgmma_roles_fence", "v7 roles fence", reinterpret_cast<const void*>(flashmla_decode_v7_wgmma_roles_fence)},
+    {"flashmla_decode_v8_wgmma_roles_pieces", "v8 roles pieces", reinterpret_cast<const void*>(flashmla_decode_v8_wgmma_roles_pieces)},
+    {"flashmla_decode_v9_wgmma_early_free", "v9 early free", reinterpret_cast<const void*>(flashmla_decode_v9_wgmma_early_free)},
+    {"flashmla_decode_v10_wgmma_early_pv", "v10 early pv", reinterpret_cast<const void*>(flashmla_decode_v10_wgmma_early_pv)},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
@@ -711,7 +719,14 @@ struct BenchShape {
 
 struct BenchResult {
     double us = 0, gbs = 0, tflops = 0;
+    double min_round_us = 0;  // the fastest round's median (rounds interleave the kernels)
 };
+
+// Bench repetition: `rounds` rounds, each timing every kernel `reps` times in
+// turn (order reversed every other round), so clock, thermal and order drift
+// hit all kernels alike. us = median of all runs of a kernel.
+int g_bench_rounds = 1, g_bench_reps = 60;
+std::vector<int> g_bench_shapes;  // indices into bench_grid(); empty = all
 
 struct BenchRow {
     BenchShape shape;
@@ -814,22 +829,33 @@ BenchRow bench_shape(const BenchShape& s, int which) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    for (int kern = 0; kern < kNumDecodeKernels; ++kern) {
-        if (!(which & (1 << kern))) continue;
-        for (int i = 0; i < 6; ++i) launch_decode_step(P[i % kSets], false, 0, kern);
-        CK(cudaDeviceSynchronize());
-        std::vector<float> t;
-        for (int i = 0; i < 60; ++i) {
-            CK(cudaEventRecord(e0));
-            launch_decode_step(P[i % kSets], false, 0, kern);
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            t.push_back(ms);
+    std::vector<int> kerns;
+    for (int kern = 0; kern < kNumDecodeKernels; ++kern)
+        if (which & (1 << kern)) kerns.push_back(kern);
+    std::vector<std::vector<float>> all(kNumDecodeKernels);
+    std::vector<double> best(kNumDecodeKernels, 1e30);
+    for (int round = 0; round < g_bench_rounds; ++round) {
+        for (size_t ki = 0; ki < kerns.size(); ++ki) {
+            const int kern = (round & 1) ? kerns[kerns.size() - 1 - ki] : kerns[ki];
+            for (int i = 0; i < (round == 0 ? 6 : 2); ++i) launch_decode_step(P[i % kSets], false, 0, kern);
+            CK(cudaDeviceSynchronize());
+            std::vector<float> t;
+            for (int i = 0; i < g_bench_reps; ++i) {
+                CK(cudaEventRecord(e0));
+                launch_decode_step(P[i % kSets], false, 0, kern);
+                CK(cudaEventRecord(e1));
+                CK(cudaEventSynchronize(e1));
+                float ms;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                t.push_back(ms);
+            }
+            best[kern] = std::min(best[kern], (double)median(t));
+            all[kern].insert(all[kern].end(), t.begin(), t.end());
         }
-        const double sec = median(t) * 1e-3;
-        row.k[kern] = BenchResult{sec * 1e6, row.gbytes / sec, row.gflop / sec / 1e3};
+    }
+    for (int kern : kerns) {
+        const double sec = median(all[kern]) * 1e-3;
+        row.k[kern] = BenchResult{sec * 1e6, row.gbytes / sec, row.gflop / sec / 1e3, best[kern] * 1e3};
     }
     for (int k = 0; k < kSets; ++k)
         for (void* p : std::initializer_list<void*>{sets[k].pool, sets[k].q, sets[k].out, sets[k].bt, sets[k].lse,
@@ -844,7 +870,13 @@ BenchRow bench_shape(const BenchShape& s, int which) {
 }
 
 int run_bench(const std::string& results_path, int only_shape, unsigned which) {
-    const std::vector<BenchShape> grid = bench_grid();
+    std::vector<BenchShape> grid = bench_grid();
+    if (only_shape < 0 && !g_bench_shapes.empty()) {  // --shapes: a subset, in the order given
+        std::vector<BenchShape> sub;
+        for (int i : g_bench_shapes)
+            if (i >= 0 && i < (int)grid.size()) sub.push_back(grid[i]);
+        grid = sub;
+    }
     if (only_shape >= 0) {  // one shape, one kernel, no ceilings: for profilers (ncu)
         const BenchRow r = bench_shape(grid[only_shape % grid.size()], 1u << g_dev.kernel);
         const BenchResult& k = r.k[g_dev.kernel];
@@ -859,7 +891,8 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
         const BenchRow& r = rows.back();
         std::printf("bench %-32s", s.name.c_str());
         for (int k = 0; k < kNumDecodeKernels; ++k)
-            if (which & (1u << k)) std::printf(" | %s %7.1f us", kDecodeKernels[k].label, r.k[k].us);
+            if (which & (1u << k))
+                std::printf(" | %s %7.1f us (min round %7.1f)", kDecodeKernels[k].label, r.k[k].us, r.k[k].min_round_us);
         std::printf("\n");
         std::fflush(stdout);
     }
@@ -883,18 +916,20 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
                   "cuBLAS bf16 8192^3 %.0f TFLOP/s\n",
                   c.hbm_read_gbs, c.d2d_gbs, c.cublas_tflops);
     os << line;
+    os << "repetition: " << g_bench_rounds << " rounds x " << g_bench_reps << " runs per kernel\n";
     os << "bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; varlen = normal(s_k, s_k/2), at "
-          "least s_q; median of 60 runs over 3 rotated input sets; time = decode + combine; %HBM = GB/s over the HBM "
+          "least s_q; median of all runs over 3 rotated input sets (rounds x reps below, kernels interleaved round by round), min round = the fastest round's median; time = decode + combine; %HBM = GB/s over the HBM "
           "read ceiling, %cuBLAS = TFLOP/s over the cuBLAS ceiling; vs FlashMLA = FlashMLA's time over ours "
           "(100% = as fast)\n\n";
     for (int kern = 0; kern < kNumDecodeKernels; ++kern) {
         if (!(which & (1u << kern))) continue;
         os << "## " << kDecodeKernels[kern].name << " (" << kDecodeKernels[kern].label << ")\n\n";
-        std::snprintf(line, sizeof line, "| %-32s | %9s | %8s | %6s | %8s | %7s | %5s | %6s | %11s | %9s |\n", "shape",
-                      "us", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "parts", "splits", "FlashMLA us", "vs FlashMLA");
+        std::snprintf(line, sizeof line, "| %-32s | %9s | %9s | %8s | %6s | %8s | %7s | %5s | %6s | %11s | %9s |\n",
+                      "shape", "us", "min round", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "parts", "splits", "FlashMLA us",
+                      "vs FlashMLA");
         os << line;
-        os << "| -------------------------------- | --------: | -------: | -----: | -------: | ------: | ----: | -----: | "
-              "----------: | --------: |\n";
+        os << "| -------------------------------- | --------: | --------: | -------: | -----: | -------: | ------: | ----: | "
+              "-----: | ----------: | --------: |\n";
         for (const BenchRow& r : rows) {
             const BenchResult& k = r.k[kern];
             char fm[32] = "", ratio[32] = "";
@@ -903,8 +938,8 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
                 std::snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * r.shape.flashmla_us / k.us);
             }
             std::snprintf(line, sizeof line,
-                          "| %-32s | %9.1f | %8.0f | %5.1f%% | %8.1f | %6.1f%% | %5d | %6d | %11s | %9s |\n",
-                          r.shape.name.c_str(), k.us, k.gbs, 100.0 * k.gbs / c.hbm_read_gbs, k.tflops,
+                          "| %-32s | %9.1f | %9.1f | %8.0f | %5.1f%% | %8.1f | %6.1f%% | %5d | %6d | %11s | %9s |\n",
+                          r.shape.name.c_str(), k.us, k.min_round_us, k.gbs, 100.0 * k.gbs / c.hbm_read_gbs, k.tflops,
                           100.0 * k.tflops / c.cublas_tflops, r.parts, r.splits, fm, ratio);
             os << line;
         }
@@ -923,8 +958,9 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
     for (int k = 0; k < kNumDecodeKernels; ++k)
         if (which & (1u << k)) std::printf(" | %-18s", kDecodeKernels[k].label);
     std::printf(" | FlashMLA |\n");
-    for (size_t i = 0; i < 5 && i < rows.size(); ++i) {
+    for (size_t i = 0; i < rows.size(); ++i) {
         const BenchRow& r = rows[i];
+        if (r.shape.flashmla_us <= 0) continue;  // DESIGN.md's five shapes only
         std::printf("| %-26s", r.shape.name.c_str() + 5);
         for (int k = 0; k < kNumDecodeKernels; ++k)
             if (which & (1u << k))
@@ -950,6 +986,13 @@ int main(int argc, char** argv) {
         else if (a == "--results" && i + 1 < argc) results = argv[++i];
         else if (a == "--shape" && i + 1 < argc) only_shape = std::atoi(argv[++i]);
         else if (a == "--kernel" && i + 1 < argc) g_dev.kernel = decode_kernel_index(argv[++i]);
+        else if (a == "--rounds" && i + 1 < argc) g_bench_rounds = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--reps" && i + 1 < argc) g_bench_reps = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--shapes" && i + 1 < argc) {
+            std::stringstream list(argv[++i]);
+            for (std::string x; std::getline(list, x, ',');)
+                if (!x.empty()) g_bench_shapes.push_back(std::atoi(x.c_str()));
+        }
         else if (a == "--kernels" && i + 1 < argc) {
             which = 0;
             std::stringstream list(argv[++i]);
@@ -957,7 +1000,8 @@ int main(int argc, char** argv) {
                 if (!name.empty()) which |= 1u << decode_kernel_index(name);
         } else {
             std::fprintf(stderr,
-                         "usage: %s [--check] [--kernel NAME] [--bench [--shape I] [--kernels A,B]] [--fatbin PATH] "
+                         "usage: %s [--check] [--kernel NAME] [--bench [--shape I] [--shapes I,J] [--kernels A,B] [--rounds R] "
+                         "[--reps N]] [--fatbin PATH] "
                          "[--results FILE]\n",
                          argv[0]);
             return 2;

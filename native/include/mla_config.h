@@ -54,7 +54,13 @@ constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
 // Build switch: which decode implementation is exported as
 // flashmla_decode_splitkv (kernels/decode_export.cu): 2 = v2 mma.sync,
 // 3 = v3 wgmma, 4 = v4 wgmma with P V overlapped across pages, 5 = v5 wgmma
-// with score / value warpgroup roles. All take the same launch
+// with score / value warpgroup roles, 6 = v6: v5's roles with pages copied and
+// consumed block by block (an mbarrier per 64 x 64 block), 7 = v7: v5 with the
+// value warpgroup's proxy fence moved off its own in-flight copies, 8 = v8:
+// v7 with v6's per-block mbarriers (no copies in the scores warpgroup),
+// 9 = v9: v5 with a page stage freed as soon as the scores warpgroup's P V
+// retired, 10 = v10: v9 with that P V issued before P is stored for the value
+// warpgroup (decode_sm90_roles_v7.cu holds v7 .. v10). All take the same launch
 // (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
 // num_sm_parts)), so the switch is no ABI change. Override with
 // -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).

@@ -13,6 +13,11 @@ __global__ void flashmla_decode_v2_mma(const __grid_constant__ MlaDecodeParams p
 __global__ void flashmla_decode_v3_wgmma(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v4_wgmma_overlap(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v5_wgmma_roles(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v6_wgmma_pieces(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v7_wgmma_roles_fence(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v8_wgmma_roles_pieces(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v9_wgmma_early_free(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v10_wgmma_early_pv(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_combine(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_append_kv(const __grid_constant__ KvAppendParams p);

@@ -1,7 +1,9 @@
 // decode_export.cu -- flashmla_decode_splitkv, the decode kernel of the
 // service ABI: a thin wrapper around the implementation that mla_config.h's
 // MLA_DECODE_EXPORT selects. Every implementation also has its own kernel
-// (flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles),
+// (flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles,
+// _v6_wgmma_pieces, _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free,
+// _v10_wgmma_early_pv),
 // same launch, for same-run comparison; the service only uses this one.
 #include "mla_config.h"
 
@@ -15,7 +17,17 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     decode_sm90_body<true>(p);
 #elif MLA_DECODE_EXPORT == 5
     decode_sm90_roles_body(p);
+#elif MLA_DECODE_EXPORT == 6
+    decode_sm90_pieces_body(p);
+#elif MLA_DECODE_EXPORT == 7
+    decode_sm90_roles_v7_body<false, true, false, false>(p);
+#elif MLA_DECODE_EXPORT == 8
+    decode_sm90_roles_v7_body<true, true, false, false>(p);
+#elif MLA_DECODE_EXPORT == 9
+    decode_sm90_roles_v7_body<false, false, true, false>(p);
+#elif MLA_DECODE_EXPORT == 10
+    decode_sm90_roles_v7_body<false, false, true, true>(p);
 #else
-#error "MLA_DECODE_EXPORT must be 2, 3, 4 or 5"
+#error "MLA_DECODE_EXPORT must be 2 .. 10"
 #endif
 }
