@@ -60,7 +60,10 @@ constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
 // v7 with v6's per-block mbarriers (no copies in the scores warpgroup),
 // 9 = v9: v5 with a page stage freed as soon as the scores warpgroup's P V
 // retired, 10 = v10: v9 with that P V issued before P is stored for the value
-// warpgroup (decode_sm90_roles_v7.cu holds v7 .. v10). All take the same launch
+// warpgroup, 11 = v11: v5 with P_READY(j) signalled after S(j+1) is issued
+// (warpgroup 1's P V(j) runs during softmax(j+1)) and pages on two gates,
+// 12 = v12: v11 for full row groups, v5 otherwise, 13 = v13: v11 with
+// P_READY(j) after S(j+1) retired (decode_sm90_roles_v7.cu holds v7 .. v13). All take the same launch
 // (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
 // num_sm_parts)), so the switch is no ABI change. Override with
 // -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).

@@ -23,6 +23,23 @@
 // (and fences) just before S's 4 wgmma on it, so S starts on the first block
 // that landed. Warpgroup 0 issues no copies, so its fences have none of its
 // own in flight; warpgroup 1 waits for all 9 and fences once.
+//
+// v11 (kLateReady + kSplitGates) lets the tensor pipe run warpgroup 1's
+// P V(j) while warpgroup 0 does the softmax of page j+1, instead of idling
+// through it: warpgroup 0 signals P_READY(j) only after it has issued S(j+1),
+// so warpgroup 1's P V(j) queues behind S(j+1) and runs during softmax(j+1).
+// That retires P V(j) later, and with two whole-page stages page j+2 (which
+// S(j+2) needs right after softmax(j+1)) could only start copying then. So a
+// page lands on two mbarriers per stage: gate A = column blocks 0-3 and 8
+// (read by warpgroup 0 alone: S, and P V on O[:, 0:256]), copied by warpgroup
+// 1 as soon as warpgroup 0 frees the stage (KV_FREE, unchanged), while its own
+// P V(j) on blocks 4-7 still runs; gate B = blocks 4-7, copied once that P V
+// retired. S takes gate A's 20 k-steps first, then waits for gate B.
+// v12 runs v11's body in CTAs whose row group is full (64 query rows: the
+// compute-bound shapes) and v5's (decode_sm90_roles.cu) in the others.
+// v13 (kReadyAfterS) is v11 with P_READY(j) after S(j+1) retired: if the two
+// warpgroups' wgmma share the tensor pipe instead of queueing, v11's P V_R(j)
+// slows S(j+1) down rather than filling softmax(j+1); v13 cannot.
 #include "mla_config.h"
 #include "ptx.h"
 #include "sw128_tile.cuh"
@@ -58,6 +75,23 @@ __device__ __forceinline__ void copy_page(uint32_t sTile, uint32_t sBar, const _
     }
 }
 
+// v11: one gate of a page (part 0 = column blocks 0-3 and 8 on the stage's
+// first mbarrier, part 1 = blocks 4-7 on its second); a warpgroup calls it.
+template <int kPart>
+__device__ __forceinline__ void copy_page_part(uint32_t sTile, uint32_t sBar, const __nv_bfloat16* src, int valid,
+                                               int wtid) {
+    if constexpr (kPart == 0) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) load_block_sw128_async<kWgThreads>(sTile, src, b, valid, wtid);
+        load_block_sw128_async<kWgThreads>(sTile, src, kSwBlocks - 1, valid, wtid);
+        ptx::mbarrier_arrive_cp_async(sBar);
+    } else {
+#pragma unroll
+        for (int b = 4; b < 8; ++b) load_block_sw128_async<kWgThreads>(sTile, src, b, valid, wtid);
+        ptx::mbarrier_arrive_cp_async(sBar + 8);
+    }
+}
+
 // Waits until the page in the stage whose first mbarrier is sBar has landed.
 template <bool kPieces>
 __device__ __forceinline__ void wait_page(uint32_t sBar, uint32_t parity) {
@@ -85,10 +119,19 @@ __device__ __forceinline__ const __nv_bfloat16* page_ptr(const MlaDecodeParams& 
 // one page was ever in flight). kEarlyPv (v10): warpgroup 0 issues its P V(j)
 // before storing P(j) for warpgroup 1 (the stores read the A registers of
 // the product in flight, which PTX allows; only writes are forbidden).
-template <bool kPieces, bool kWg1FenceFirst, bool kEarlyFree, bool kEarlyPv>
+// kLateReady (v11): P_READY(j) arrives after S(j+1) is issued (after P V(j)
+// for the last page). kSplitGates (v11): pages on two gates, see the header.
+// kReadyAfterS (v13): that P_READY(j) arrives only once S(j+1) retired, so
+// P V_R(j) cannot share the tensor pipe with S(j+1), only with softmax(j+1).
+template <bool kPieces, bool kWg1FenceFirst, bool kEarlyFree, bool kEarlyPv, bool kLateReady = false,
+          bool kSplitGates = false, bool kReadyAfterS = false>
 __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_roles_v7;
+    static_assert(!kSplitGates || (!kPieces && !kWg1FenceFirst), "v11's gates replace v8's pieces and v7's fence");
+    static_assert(!kLateReady || (kSplitGates && !kEarlyFree && !kEarlyPv),
+                  "a late P_READY needs the split gates (page copy window) and v5's order in warpgroup 0");
+    static_assert(!kReadyAfterS || kLateReady, "v13 is v11 with P_READY later still");
     extern __shared__ __align__(1024) uint8_t smem_roles7[];
     const int tid = threadIdx.x;
     const int wg = tid >> 7;            // 0: scores + O[:, 0:256]; 1: copies + O[:, 256:512]
@@ -156,12 +199,27 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                 load_tile_sw128_async<kWgThreads>(
                     sQ, static_cast<const __nv_bfloat16*>(p.q) + (static_cast<size_t>(seq) * p.rows_per_seq + row0) * kDimK,
                     valid_q_rows, wtid);
-                copy_page<kPieces>(sKv, sMbar, sm90_roles_v7::page_ptr(p, bt, blk_begin),
-                                   min(kPage, len - blk_begin * kPage), wtid);
+                if constexpr (kSplitGates) {  // Q is covered by gate A of page 0
+                    copy_page_part<0>(sKv, sMbar, sm90_roles_v7::page_ptr(p, bt, blk_begin),
+                                      min(kPage, len - blk_begin * kPage), wtid);
+                    copy_page_part<1>(sKv, sMbar, sm90_roles_v7::page_ptr(p, bt, blk_begin),
+                                      min(kPage, len - blk_begin * kPage), wtid);
+                } else {
+                    copy_page<kPieces>(sKv, sMbar, sm90_roles_v7::page_ptr(p, bt, blk_begin),
+                                       min(kPage, len - blk_begin * kPage), wtid);
+                }
             }
             if (n > 1) {
-                copy_page<kPieces>(sKv + kTileBytes, sMbar + kStageBars, sm90_roles_v7::page_ptr(p, bt, blk_begin + 1),
-                                   min(kPage, len - (blk_begin + 1) * kPage), wtid);
+                if constexpr (kSplitGates) {
+                    copy_page_part<0>(sKv + kTileBytes, sMbar + kStageBars, sm90_roles_v7::page_ptr(p, bt, blk_begin + 1),
+                                      min(kPage, len - (blk_begin + 1) * kPage), wtid);
+                    copy_page_part<1>(sKv + kTileBytes, sMbar + kStageBars, sm90_roles_v7::page_ptr(p, bt, blk_begin + 1),
+                                      min(kPage, len - (blk_begin + 1) * kPage), wtid);
+                } else {
+                    copy_page<kPieces>(sKv + kTileBytes, sMbar + kStageBars,
+                                       sm90_roles_v7::page_ptr(p, bt, blk_begin + 1),
+                                       min(kPage, len - (blk_begin + 1) * kPage), wtid);
+                }
             }
             if (kWg1FenceFirst && n > 0) {  // page 0 landed and fenced before its first product (once per chunk)
                 wait_page<kPieces>(sMbar, kv_phase & 1u);
@@ -194,6 +252,15 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                     ptx::wgmma_m64n256k16_ss_tb(o, da, db, 1);
                 }
                 ptx::wgmma_commit();
+                if constexpr (kSplitGates) {
+                    // Gate A of page i+2 (blocks 0-3, 8: warpgroup 0's alone) while our P V(i) reads blocks 4-7.
+                    if (i + 2 < n) {
+                        if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
+                        else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
+                        copy_page_part<0>(sPage, sMbar + kStageBars * st, sm90_roles_v7::page_ptr(p, bt, blk_begin + i + 2),
+                                          min(kPage, len - (blk_begin + i + 2) * kPage), wtid);
+                    }
+                }
                 ptx::wgmma_wait<0>();
                 ptx::fence_regs(o);
                 if (i + 1 < n) {
@@ -206,10 +273,16 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                     }
                 }
                 if (i + 2 < n) {
-                    if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
-                    else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
-                    copy_page<kPieces>(sPage, sMbar + kStageBars * st, sm90_roles_v7::page_ptr(p, bt, blk_begin + i + 2),
-                                       min(kPage, len - (blk_begin + i + 2) * kPage), wtid);
+                    if constexpr (kSplitGates) {  // gate B: blocks 4-7, free now that our P V(i) retired
+                        copy_page_part<1>(sPage, sMbar + kStageBars * st, sm90_roles_v7::page_ptr(p, bt, blk_begin + i + 2),
+                                          min(kPage, len - (blk_begin + i + 2) * kPage), wtid);
+                    } else {
+                        if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
+                        else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
+                        copy_page<kPieces>(sPage, sMbar + kStageBars * st,
+                                           sm90_roles_v7::page_ptr(p, bt, blk_begin + i + 2),
+                                           min(kPage, len - (blk_begin + i + 2) * kPage), wtid);
+                    }
                 }
             }
         } else {
@@ -239,7 +312,7 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                     }
                 }
                 if constexpr (!kPieces) {
-                    ptx::mbarrier_wait_parity(sBar, par);
+                    ptx::mbarrier_wait_parity(sBar, par);  // v11: gate A (blocks 0-3, 8; Q with page 0)
                     ptx::fence_proxy_async_smem();  // cp.async data (generic proxy) -> wgmma reads
                 }
 
@@ -249,20 +322,42 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                 for (int k = 0; k < kPage / 2; ++k) s[k] = 0.f;
                 ptx::fence_regs(s);
                 ptx::wgmma_fence();
+                if constexpr (kSplitGates) {
+                    // Gate A's blocks 0-3 and 8 (20 k-steps), then gate B's blocks 4-7 (16 k-steps).
 #pragma unroll
-                for (int kk = 0; kk < kQkSteps; ++kk) {
-                    if constexpr (kPieces) {
-                        if ((kk & 3) == 0) {  // column block kk/4: wait for it alone
-                            ptx::mbarrier_wait_parity(sBar + 8 * (kk >> 2), par);
-                            ptx::fence_proxy_async_smem();
-                            ptx::wgmma_fence();
-                        }
+                    for (int kk = 0; kk < 20; ++kk) {
+                        const int b = (kk >> 2) == 4 ? kSwBlocks - 1 : (kk >> 2);
+                        const uint32_t koff = b * kSwBlockBytes + (kk & 3) * 32;
+                        ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                                ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
                     }
-                    const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
-                    ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
-                                            ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                    ptx::mbarrier_wait_parity(sBar + 8, par);
+                    ptx::fence_proxy_async_smem();
+                    ptx::wgmma_fence();
+#pragma unroll
+                    for (int kk = 16; kk < 32; ++kk) {
+                        const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
+                        ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                                ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), 1);
+                    }
+                } else {
+#pragma unroll
+                    for (int kk = 0; kk < kQkSteps; ++kk) {
+                        if constexpr (kPieces) {
+                            if ((kk & 3) == 0) {  // column block kk/4: wait for it alone
+                                ptx::mbarrier_wait_parity(sBar + 8 * (kk >> 2), par);
+                                ptx::fence_proxy_async_smem();
+                                ptx::wgmma_fence();
+                            }
+                        }
+                        const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
+                        ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                                ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                    }
                 }
                 ptx::wgmma_commit();
+                // v11: P(i-1) was stored last iteration; publish it now, so warpgroup 1's P V(i-1) runs behind S(i).
+                if (kLateReady && !kReadyAfterS && i > 0) ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();
                 if (!kEarlyFree && i > 0) {
                     ptx::wgmma_wait<1>();  // P V(i-1) of this warpgroup retired: page i-1 is done here
                     ptx::fence_regs(pa);
@@ -274,6 +369,7 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                 ptx::wgmma_wait<0>();
                 ptx::fence_regs(s);
                 ptx::fence_regs(o);
+                if (kReadyAfterS && i > 0) ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();  // v13: S(i) retired
 
                 // ---- mask, scale to log2 units, row max (a quad holds a row) ----
                 const int pos0 = blk * kPage + 2 * t;
@@ -348,7 +444,7 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                     row_vals[trow[1]] = alpha[1];
                 }
                 ptx::fence_proxy_async_smem();  // P (ordinary stores) -> wg1's wgmma reads
-                ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();
+                if constexpr (!kLateReady) ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();
 
                 if constexpr (!kEarlyPv) {
                     // ---- O[:, 0:256] += P V[:, 0:256], P from registers; left in flight ----
@@ -363,6 +459,7 @@ __device__ __forceinline__ void decode_sm90_roles_v7_body(const MlaDecodeParams&
                     }
                     ptx::wgmma_commit();
                 }
+                if (kLateReady && i + 1 == n) ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();  // the last page's P
             }
             ptx::wgmma_wait<0>();
             ptx::fence_regs(o);
@@ -436,4 +533,28 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
 extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     flashmla_decode_v10_wgmma_early_pv(const __grid_constant__ MlaDecodeParams p) {
     decode_sm90_roles_v7_body<false, false, true, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v11_wgmma_late_ready(const __grid_constant__ MlaDecodeParams p) {
+    decode_sm90_roles_v7_body<false, false, false, false, true, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v13_wgmma_ready_after_s(const __grid_constant__ MlaDecodeParams p) {
+    decode_sm90_roles_v7_body<false, false, false, false, true, true, true>(p);
+}
+
+// v12: v11 where the row group is full (the compute-bound shapes), v5 where
+// it is partly padding (h_q * s_q < 64: memory-bound, nothing to overlap).
+__device__ __forceinline__ void decode_sm90_v12_body(const MlaDecodeParams& p) {
+    if (p.rows_per_seq - static_cast<int>(blockIdx.x) * mla::kRows >= mla::kRows)
+        decode_sm90_roles_v7_body<false, false, false, false, true, true>(p);
+    else
+        decode_sm90_roles_body(p);
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v12_wgmma_late_ready_full(const __grid_constant__ MlaDecodeParams p) {
+    decode_sm90_v12_body(p);
 }
