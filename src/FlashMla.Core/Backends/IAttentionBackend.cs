@@ -3,7 +3,8 @@ namespace FlashMla.Core.Backends;
 /// <summary>
 /// Where the KV pools live and where attention runs. One implementation per device kind
 /// (<c>CpuBackend</c> here, <c>CudaBackend</c> in FlashMla.Cuda). Every call comes from the
-/// scheduler loop, one at a time: a backend needs no locks. Slots address token rows:
+/// scheduler loop, one at a time (a submitted decode may still be running on the backend's own
+/// threads or device queues while the next call comes). Slots address token rows:
 /// <c>slot = block * 64 + offset_in_block</c>, one numbering for every layer.
 /// </summary>
 public interface IAttentionBackend : IDisposable
@@ -32,6 +33,22 @@ public interface IAttentionBackend : IDisposable
     /// Returns when the outputs are in host memory.
     /// </summary>
     void Decode(DecodeBatch batch);
+
+    /// <summary>
+    /// The same step, started without waiting for it: the backend reads every input of
+    /// <paramref name="batch"/> (q, new rows, slots, lengths, block table) before it returns, so the caller
+    /// may reuse those buffers at once, and writes <see cref="DecodeBatch.Out"/> and
+    /// <see cref="DecodeBatch.Lse"/> until the submission completes. Steps run in submission order: a
+    /// later step sees the rows an earlier one appended, and so do later WriteKv, ReadKv and CopyBlocks
+    /// calls. Invalid arguments and faults found before anything was started throw here; a fault found
+    /// later fails the submission. A backend that computes synchronously needs only <see cref="Decode"/>:
+    /// this default runs it and returns a completed submission.
+    /// </summary>
+    DecodeSubmission Submit(DecodeBatch batch)
+    {
+        Decode(batch);
+        return DecodeSubmission.CompletedNow();
+    }
 }
 
 /// <summary>Shape of the KV pools: <c>num_layers</c> pools of <c>[num_blocks, 64, 576]</c> bf16.</summary>

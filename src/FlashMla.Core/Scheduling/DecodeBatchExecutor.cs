@@ -9,18 +9,29 @@ using FlashMla.Core.Telemetry;
 namespace FlashMla.Core.Scheduling;
 
 /// <summary>
-/// Runs one merged batch: reserves cache space request by request (a request that cannot be served fails
+/// Runs merged batches: reserves cache space request by request (a request that cannot be served fails
 /// alone, the others go on), concatenates inputs into reused buffers (a batch of one request reads the
-/// request's own bytes), calls the backend once with pooled output buffers, commits the new lengths and
-/// hands each request its slice of those buffers (no copy). Nothing allocated per step grows with the
-/// tensors. Runs on the scheduler loop only.
+/// request's own bytes), submits the batch to the backend with pooled output buffers and commits the new
+/// lengths at once (the backend runs steps in submission order, so the next batch of the same sequence
+/// sees this one's rows), and keeps the batch in flight until the backend completes it; then it hands
+/// each request its slice of those buffers (no copy). At most <c>maxInFlight</c> batches are in flight:
+/// the next one is prepared and started while the device still works on the last. Nothing allocated per
+/// step grows with the tensors. Runs on the scheduler loop only.
+/// <para>
+/// A batch that fails in flight fails with every batch submitted after it (they were built on its
+/// appends); all of them are rolled back newest first, which restores the cache exactly because nothing
+/// but decode batches runs while batches are in flight (<see cref="Scheduler"/> retires them before any
+/// cache command).
+/// </para>
 /// </summary>
-internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics)
+internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics, int maxInFlight)
 {
     private readonly List<DecodeWork> _accepted = [];
     private readonly List<Sequence> _sequences = [];
     private readonly List<int> _oldBlockCounts = [];
     private readonly List<Sequence> _candidates = [];
+    private readonly Queue<InFlightBatch> _inFlight = new();
+    private readonly Stack<InFlightBatch> _spare = new();
     private ushort[] _q = [];
     private ushort[] _kv = [];
     private int[] _slots = [];
@@ -30,11 +41,21 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     public long Requests { get; private set; }
     public long Batches { get; private set; }
 
+    /// <summary>Batches submitted and not yet retired.</summary>
+    public int InFlight => _inFlight.Count;
+
+    /// <summary>Completes when the oldest batch in flight does; null when none is.</summary>
+    public Task? OldestCompletion => _inFlight.Count > 0 ? _inFlight.Peek().Submission.Completion : null;
+
     /// <summary>Raised when the backend reports a fault that leaves the device unusable.</summary>
     public event Action<BackendFaultException>? StickyFault;
 
     public void Run(IReadOnlyList<DecodeWork> works)
     {
+        RetireCompleted();
+        // Retire before reserving: a batch that fails in flight rolls back, and this one must see that.
+        while (_inFlight.Count >= maxInFlight) RetireOldest();
+
         _accepted.Clear();
         _sequences.Clear();
         _oldBlockCounts.Clear();
@@ -100,50 +121,179 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             Lse = outputs.Lse,
         };
 
-        long computeStart = Stopwatch.GetTimestamp();
+        long submitted = Stopwatch.GetTimestamp();
+        DecodeSubmission submission;
         try
         {
-            backend.Decode(batch);
+            submission = backend.Submit(batch);
         }
         catch (Exception ex)
         {
-            for (int i = 0; i < b; i++) cache.ReleaseBeyond(_sequences[i], _oldBlockCounts[i]);
+            // Nothing of this batch is in flight: undo its reservations alone.
+            for (int i = b - 1; i >= 0; i--) cache.ReleaseBeyond(_sequences[i], _oldBlockCounts[i]);
             for (int i = 0; i < _accepted.Count; i++) outputs.Release();
-            var error = ex is BackendFaultException fault
-                ? new CacheException(fault.IsSticky ? CacheError.Unavailable : CacheError.Internal, "the attention backend failed: " + fault.Message)
-                : new CacheException(CacheError.Internal, "the attention backend failed: " + ex.Message);
+            var error = ErrorOf(ex);
             foreach (var work in _accepted) work.Fail(error);
             if (ex is BackendFaultException { IsSticky: true } sticky) StickyFault?.Invoke(sticky);
             return;
         }
-        double computeUs = Stopwatch.GetElapsedTime(computeStart).TotalMicroseconds;
 
         if (first.HasNewKv)
             foreach (var s in _sequences) s.LayerLengths[layer] += sQ;
 
+        var entry = _spare.Count > 0 ? _spare.Pop() : new InFlightBatch();
+        entry.Works.AddRange(_accepted);
+        entry.Sequences.AddRange(_sequences);
+        entry.OldBlockCounts.AddRange(_oldBlockCounts);
+        entry.Submission = submission;
+        entry.Outputs = outputs;
+        entry.Layer = layer;
+        entry.QueryTokens = sQ;
+        entry.Heads = hQ;
+        entry.Appended = first.HasNewKv;
+        entry.KvTokens = kvTokens;
+        entry.SubmittedAt = submitted;
+        _inFlight.Enqueue(entry);
+        RetireCompleted(); // a synchronous backend has finished already: deliver at once
+    }
+
+    /// <summary>Delivers every batch at the head of the queue that has completed; never blocks.</summary>
+    public void RetireCompleted()
+    {
+        while (_inFlight.Count > 0 && _inFlight.Peek().Submission.IsComplete) RetireOldest();
+    }
+
+    /// <summary>Waits for and delivers every batch in flight (before a cache command, and at drain).</summary>
+    public void RetireAll()
+    {
+        while (_inFlight.Count > 0) RetireOldest();
+    }
+
+    /// <summary>Waits for the oldest batch and delivers it, or fails it and everything after it.</summary>
+    private void RetireOldest()
+    {
+        var entry = _inFlight.Peek();
+        try
+        {
+            entry.Submission.Wait();
+        }
+        catch (Exception ex)
+        {
+            FailAllInFlight(ex);
+            return;
+        }
+        _inFlight.Dequeue();
+        Deliver(entry);
+        Recycle(entry);
+    }
+
+    private void Deliver(InFlightBatch entry)
+    {
+        int b = entry.Sequences.Count, sQ = entry.QueryTokens, hQ = entry.Heads;
+        long completedAt = Math.Max(entry.Submission.CompletedAt, entry.SubmittedAt);
+        double computeUs = (completedAt - entry.SubmittedAt) * 1e6 / Stopwatch.Frequency;
+
         Batches++;
-        Requests += _accepted.Count;
+        Requests += entry.Works.Count;
         metrics.DecodeBatches.Add(1);
         metrics.BatchSequences.Record(b);
         metrics.ComputeTime.Record(computeUs / 1e6);
-        metrics.DecodeKvTokens.Add(kvTokens);
+        metrics.DecodeKvTokens.Add(entry.KvTokens);
         metrics.DecodeQueryTokens.Add((long)b * sQ);
-        metrics.DecodeBytes.Add(kvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
-        metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * kvTokens);
-        if (first.HasNewKv) metrics.AppendedRows.Add((long)b * sQ);
+        metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
+        metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
+        if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
 
+        int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
         int done = 0;
-        foreach (var work in _accepted)
+        foreach (var work in entry.Works)
         {
             int n = work.BatchSize;
-            var outBytes = outputs.OutBytes(done * outPerSeq * sizeof(ushort), n * outPerSeq * sizeof(ushort));
-            var lseBytes = outputs.LseBytes(done * lsePerSeq * sizeof(float), n * lsePerSeq * sizeof(float));
-            double queueUs = (computeStart - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
+            var outBytes = entry.Outputs!.OutBytes(done * outPerSeq * sizeof(ushort), n * outPerSeq * sizeof(ushort));
+            var lseBytes = entry.Outputs.LseBytes(done * lsePerSeq * sizeof(float), n * lsePerSeq * sizeof(float));
+            double queueUs = (entry.SubmittedAt - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
-            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, _accepted.Count), outputs));
+            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count), entry.Outputs));
             done += n;
         }
+    }
+
+    /// <summary>
+    /// The oldest batch failed: it and every later batch in flight fail with its error. Each is waited for
+    /// first (the device may still write its outputs), then all are rolled back newest first.
+    /// </summary>
+    private void FailAllInFlight(Exception first)
+    {
+        BackendFaultException? sticky = first is BackendFaultException { IsSticky: true } f ? f : null;
+        foreach (var entry in _inFlight)
+        {
+            try
+            {
+                entry.Submission.Wait();
+            }
+            catch (BackendFaultException fault) when (fault.IsSticky)
+            {
+                sticky ??= fault;
+            }
+            catch (Exception)
+            {
+                // The first fault is the one reported; later batches fail because of it.
+            }
+        }
+        var failed = _inFlight.ToArray();
+        _inFlight.Clear();
+        for (int k = failed.Length - 1; k >= 0; k--)
+        {
+            var entry = failed[k];
+            for (int i = entry.Sequences.Count - 1; i >= 0; i--)
+            {
+                var s = entry.Sequences[i];
+                if (entry.Appended) s.LayerLengths[entry.Layer] -= entry.QueryTokens;
+                cache.ReleaseBeyond(s, entry.OldBlockCounts[i]);
+            }
+        }
+        var error = ErrorOf(sticky ?? first);
+        foreach (var entry in failed)
+        {
+            foreach (var work in entry.Works)
+            {
+                entry.Outputs!.Release();
+                work.Fail(error);
+            }
+            Recycle(entry);
+        }
+        if (sticky is not null) StickyFault?.Invoke(sticky);
+    }
+
+    private static CacheException ErrorOf(Exception ex) => ex is BackendFaultException fault
+        ? new CacheException(fault.IsSticky ? CacheError.Unavailable : CacheError.Internal, "the attention backend failed: " + fault.Message)
+        : new CacheException(CacheError.Internal, "the attention backend failed: " + ex.Message);
+
+    private void Recycle(InFlightBatch entry)
+    {
+        entry.Works.Clear();
+        entry.Sequences.Clear();
+        entry.OldBlockCounts.Clear();
+        entry.Submission = null!;
+        entry.Outputs = null;
+        _spare.Push(entry);
+    }
+
+    /// <summary>A submitted batch: what delivery needs, and what a rollback undoes.</summary>
+    private sealed class InFlightBatch
+    {
+        public List<DecodeWork> Works { get; } = [];
+        public List<Sequence> Sequences { get; } = [];
+        public List<int> OldBlockCounts { get; } = [];
+        public DecodeSubmission Submission { get; set; } = null!;
+        public DecodeOutputBuffers? Outputs { get; set; }
+        public int Layer { get; set; }
+        public int QueryTokens { get; set; }
+        public int Heads { get; set; }
+        public bool Appended { get; set; }
+        public long KvTokens { get; set; }
+        public long SubmittedAt { get; set; }
     }
 
     /// <summary>Validates one request against the cache and reserves its blocks; on refusal fails it alone.</summary>

@@ -10,7 +10,9 @@ namespace FlashMla.Core.Scheduling;
 /// The one owner of the cache, the allocator and the backend. RPC handlers post commands into a bounded
 /// channel and await their completion; a single loop runs them in arrival order. Decode requests are held
 /// back briefly in <see cref="DecodeBatcher"/> so that concurrent requests of one layer and shape run as one
-/// backend call; any cache command flushes them first, so every client sees its own requests in order.
+/// backend call; up to <see cref="SchedulerOptions.MaxDecodeBatchesInFlight"/> calls run on the backend at
+/// once while the loop goes on (<see cref="DecodeBatchExecutor"/>). Any cache command flushes pending
+/// decodes and waits for those in flight first, so every client sees its own requests in order.
 /// </summary>
 public sealed class Scheduler : IAsyncDisposable
 {
@@ -27,11 +29,12 @@ public sealed class Scheduler : IAsyncDisposable
 
     public Scheduler(IAttentionBackend backend, CacheLimits limits, SchedulerOptions options, FlashMlaMetrics metrics)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxDecodeBatchesInFlight, 1, nameof(options));
         Options = options;
         _backend = backend;
         _metrics = metrics;
         _cache = new PagedKvCache(backend, limits);
-        _executor = new DecodeBatchExecutor(_cache, backend, metrics);
+        _executor = new DecodeBatchExecutor(_cache, backend, metrics, options.MaxDecodeBatchesInFlight);
         _executor.StickyFault += OnStickyFault;
         _batcher = new DecodeBatcher(options, _executor);
         _inbox = Channel.CreateBounded<object>(new BoundedChannelOptions(options.QueueCapacity)
@@ -113,9 +116,27 @@ public sealed class Scheduler : IAsyncDisposable
     private async Task RunLoopAsync()
     {
         var reader = _inbox.Reader;
-        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        Task<bool>? waitingForWork = null;
+        while (true)
         {
-            while (reader.TryRead(out var command)) Dispatch(command);
+            _executor.RetireCompleted();
+            NotifyIfStopped();
+            if (!reader.TryRead(out var command))
+            {
+                PublishGauges();
+                waitingForWork ??= reader.WaitToReadAsync().AsTask();
+                if (!waitingForWork.IsCompleted && _executor.OldestCompletion is { } oldest)
+                {
+                    // Wake for whichever comes first: new work, or the oldest batch in flight finishing.
+                    await Task.WhenAny(waitingForWork, oldest).ConfigureAwait(false);
+                    continue;
+                }
+                bool more = await waitingForWork.ConfigureAwait(false);
+                waitingForWork = null;
+                if (!more) break;
+                continue;
+            }
+            Dispatch(command);
             if (_batcher.HasPending)
             {
                 // Hold the batch open for the window, taking whatever arrives meanwhile.
@@ -124,13 +145,19 @@ public sealed class Scheduler : IAsyncDisposable
                 while (_batcher.HasPending && !_batcher.IsFull && Stopwatch.GetTimestamp() < deadline)
                 {
                     if (reader.TryRead(out var more)) Dispatch(more);
-                    else spinner.SpinOnce(sleep1Threshold: -1);
+                    else
+                    {
+                        _executor.RetireCompleted();
+                        spinner.SpinOnce(sleep1Threshold: -1);
+                    }
                 }
                 _batcher.FlushAll();
             }
-            PublishGauges();
         }
+        // Draining: what is queued has been dispatched; run the last batches and wait for all in flight.
         _batcher.FlushAll();
+        _executor.RetireAll();
+        NotifyIfStopped();
         PublishGauges();
     }
 
@@ -142,15 +169,24 @@ public sealed class Scheduler : IAsyncDisposable
                 _batcher.Add(work);
                 break;
             case ICacheCommand cacheCommand:
-                _batcher.FlushAll(); // the cache command sees every decode queued before it
+                // The cache command sees every decode queued before it, finished: nothing is in flight
+                // while the cache changes by other means, which keeps a rollback of in-flight batches exact.
+                _batcher.FlushAll();
+                _executor.RetireAll();
                 cacheCommand.Execute(_cache);
                 break;
             case LeaseTick:
                 _batcher.FlushAll();
+                _executor.RetireAll();
                 int reclaimed = _cache.ReclaimIdle(Stopwatch.GetTimestamp(), (long)(Options.SequenceLease.TotalSeconds * Stopwatch.Frequency));
                 if (reclaimed > 0) _metrics.SequencesReclaimed.Add(reclaimed);
                 break;
         }
+        NotifyIfStopped();
+    }
+
+    private void NotifyIfStopped()
+    {
         if (!_serving && _faultReason is not null && ServingStopped is { } handler)
         {
             ServingStopped = null;

@@ -9,6 +9,13 @@ public sealed record SchedulerOptions
     /// <summary>Most sequences in one backend decode call (and in one request).</summary>
     public int MaxBatchSequences { get; init; } = 512;
 
+    /// <summary>
+    /// Decode batches submitted to the backend and not yet completed, at most: with 2 the loop prepares and
+    /// starts the next batch while the device still runs the last (copies of one overlap kernels of the
+    /// other); 1 waits for each batch before the next.
+    /// </summary>
+    public int MaxDecodeBatchesInFlight { get; init; } = 2;
+
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; init; } = 8;
 

@@ -48,6 +48,9 @@ public sealed class FlashMlaOptions
     /// <summary>Most sequences in one request and in one merged backend call.</summary>
     public int MaxBatchSequences { get; set; } = 512;
 
+    /// <summary>Decode batches started on the backend and not yet finished, at most (1 runs them one at a time).</summary>
+    public int DecodeBatchesInFlight { get; set; } = 2;
+
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; set; } = 8;
 
@@ -92,6 +95,7 @@ public sealed class FlashMlaOptions
         if (CpuThreads < 0) yield return $"CpuThreads must be >= 0, got {CpuThreads}";
         if (BatchWindowMicroseconds is < 0 or > 100_000) yield return $"BatchWindowMicroseconds must be 0..100000, got {BatchWindowMicroseconds}";
         if (MaxBatchSequences is < 1 or > 65_536) yield return $"MaxBatchSequences must be 1..65536, got {MaxBatchSequences}";
+        if (DecodeBatchesInFlight is < 1 or > 8) yield return $"DecodeBatchesInFlight must be 1..8, got {DecodeBatchesInFlight}";
         if (MaxQueryTokens is < 1 or > 64) yield return $"MaxQueryTokens must be 1..64, got {MaxQueryTokens}";
         if (MaxHeads is < 1 or > MlaDims.MaxHeads) yield return $"MaxHeads must be 1..{MlaDims.MaxHeads}, got {MaxHeads}";
         if (MaxSequenceLength < 1) yield return $"MaxSequenceLength must be >= 1, got {MaxSequenceLength}";
@@ -108,6 +112,7 @@ public sealed class FlashMlaOptions
     {
         BatchWindow = TimeSpan.FromMicroseconds(BatchWindowMicroseconds),
         MaxBatchSequences = MaxBatchSequences,
+        MaxDecodeBatchesInFlight = DecodeBatchesInFlight,
         MaxQueryTokens = MaxQueryTokens,
         MaxHeads = MaxHeads,
         QueueCapacity = QueueCapacity,

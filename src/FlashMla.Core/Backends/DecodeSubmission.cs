@@ -1,0 +1,56 @@
+using System.Diagnostics;
+
+namespace FlashMla.Core.Backends;
+
+/// <summary>
+/// A decode batch handed to a backend whose work may still be running: the backend completes it once the
+/// batch's <c>Out</c> and <c>Lse</c> are in host memory, or fails it with the fault that stopped it. Until
+/// then the caller must neither read nor reuse those outputs. A backend that computes synchronously
+/// returns <see cref="CompletedNow"/>. Completion comes from whichever thread the backend finishes on.
+/// </summary>
+public sealed class DecodeSubmission
+{
+    private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private BackendFaultException? _fault;
+    private long _completedAt;
+
+    /// <summary>True once the outputs are in host memory or the batch failed.</summary>
+    public bool IsComplete => _done.Task.IsCompleted;
+
+    /// <summary>Completes (never faults) when <see cref="IsComplete"/> turns true; for waking an async loop.</summary>
+    public Task Completion => _done.Task;
+
+    /// <summary>When the backend completed it (<see cref="Stopwatch.GetTimestamp"/>), or 0 while pending.</summary>
+    public long CompletedAt => Volatile.Read(ref _completedAt);
+
+    /// <summary>A submission already complete: the outputs were written before it was returned.</summary>
+    public static DecodeSubmission CompletedNow()
+    {
+        var submission = new DecodeSubmission();
+        submission.MarkComplete();
+        return submission;
+    }
+
+    /// <summary>Blocks until complete; throws the fault if the batch failed.</summary>
+    public void Wait()
+    {
+        _done.Task.Wait();
+        if (_fault is { } fault) throw fault;
+    }
+
+    /// <summary>For backends: the outputs are in host memory.</summary>
+    public void MarkComplete()
+    {
+        Volatile.Write(ref _completedAt, Stopwatch.GetTimestamp());
+        _done.TrySetResult();
+    }
+
+    /// <summary>For backends: the batch failed; its outputs are undefined.</summary>
+    public void MarkFailed(BackendFaultException fault)
+    {
+        ArgumentNullException.ThrowIfNull(fault);
+        _fault = fault;
+        Volatile.Write(ref _completedAt, Stopwatch.GetTimestamp());
+        _done.TrySetResult();
+    }
+}

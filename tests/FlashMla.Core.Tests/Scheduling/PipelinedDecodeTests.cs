@@ -1,0 +1,290 @@
+using System.Runtime.InteropServices;
+using FlashMla.Core.Backends;
+using FlashMla.Core.Backends.Cpu;
+using FlashMla.Core.Cache;
+using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
+using FlashMla.Core.Tensors;
+
+namespace FlashMla.Core.Tests.Scheduling;
+
+/// <summary>
+/// The scheduler with decode batches in flight: a backend that starts each batch when submitted (in
+/// submission order, as a GPU stream does) but completes it only when the test says so, checked against
+/// the same requests on a plain synchronous CPU backend.
+/// </summary>
+public sealed class PipelinedDecodeTests
+{
+    private const int Prefill = 64;
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Computes each batch on a CPU backend inside Submit (appends land in submission order) into private
+    /// arrays, poisons the batch's outputs, and copies the results in only when <see cref="Complete"/> is called.
+    /// </summary>
+    private sealed class GatedBackend : IAttentionBackend
+    {
+        private readonly CpuBackend _inner = new(new KvPoolGeometry(2, 64), maxThreads: 1);
+        private readonly List<(DecodeBatch Batch, ushort[] Out, float[] Lse, DecodeSubmission Submission)> _submitted = [];
+
+        public string Name => "gated";
+        public string DeviceDescription => "test";
+        public KvPoolGeometry Geometry => _inner.Geometry;
+
+        public int Submitted
+        {
+            get { lock (_submitted) return _submitted.Count; }
+        }
+
+        public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => _inner.WriteKv(layer, slots, rows);
+        public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => _inner.ReadKv(layer, slots, rows);
+        public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => _inner.CopyBlocks(copies);
+        public void Decode(DecodeBatch batch) => Submit(batch).Wait();
+
+        public DecodeSubmission Submit(DecodeBatch batch)
+        {
+            var output = new ushort[batch.Out.Length];
+            var lse = new float[batch.Lse.Length];
+            _inner.Decode(new DecodeBatch
+            {
+                Layer = batch.Layer, BatchSize = batch.BatchSize, QueryTokens = batch.QueryTokens, Heads = batch.Heads,
+                SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
+                SeqLens = batch.SeqLens, BlockTable = batch.BlockTable, BlockTableStride = batch.BlockTableStride,
+                Out = output, Lse = lse,
+            });
+            batch.Out.Span.Fill(0x7FC0); // bf16 NaN: a result delivered before completion shows
+            batch.Lse.Span.Fill(float.NaN);
+            var submission = new DecodeSubmission();
+            lock (_submitted) _submitted.Add((batch, output, lse, submission));
+            return submission;
+        }
+
+        /// <summary>Completes submission <paramref name="index"/> (in submission order), or fails it.</summary>
+        public void Complete(int index, BackendFaultException? fault = null)
+        {
+            (DecodeBatch batch, ushort[] output, float[] lse, DecodeSubmission submission) entry;
+            lock (_submitted) entry = _submitted[index];
+            if (fault is not null)
+            {
+                entry.submission.MarkFailed(fault);
+                return;
+            }
+            entry.output.CopyTo(entry.batch.Out.Span);
+            entry.lse.CopyTo(entry.batch.Lse.Span);
+            entry.submission.MarkComplete();
+        }
+
+        public async Task WaitForSubmittedAsync(int count)
+        {
+            var deadline = DateTime.UtcNow + Patience;
+            while (Submitted < count)
+            {
+                if (DateTime.UtcNow > deadline) throw new TimeoutException($"{Submitted} of {count} batches submitted");
+                await Task.Delay(2);
+            }
+        }
+
+        public void Dispose() => _inner.Dispose();
+    }
+
+    /// <summary>A step of one request: which sequences, h_q, and seeds for its q and new rows.</summary>
+    private sealed record StepSpec(int[] Sequences, int Heads, int Seed);
+
+    private static ushort[] Values(int count, int seed)
+    {
+        var random = new Random(seed);
+        var values = new ushort[count];
+        for (int i = 0; i < values.Length; i++) values[i] = Bf16.FromFloat((float)(random.NextDouble() - 0.5));
+        return values;
+    }
+
+    private static byte[] Bytes(int count, int seed) => MemoryMarshal.AsBytes(Values(count, seed).AsSpan()).ToArray();
+
+    private static async Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(IAttentionBackend backend, int sequences, int maxInFlight = 2)
+    {
+        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64),
+            new SchedulerOptions { BatchWindow = TimeSpan.Zero, SequenceLease = TimeSpan.Zero, MaxDecodeBatchesInFlight = maxInFlight },
+            new FlashMlaMetrics());
+        var ids = await scheduler.RunAsync(cache =>
+        {
+            var created = new ulong[sequences];
+            for (int i = 0; i < created.Length; i++)
+            {
+                created[i] = cache.Create();
+                cache.Append(created[i], 0, Values(Prefill * MlaDims.HeadDimK, 100 + i));
+            }
+            return created;
+        });
+        return (scheduler, ids);
+    }
+
+    private static Task<DecodeResult> Post(Scheduler scheduler, ulong[] ids, StepSpec step)
+    {
+        int b = step.Sequences.Length;
+        var named = step.Sequences.Select(i => ids[i]).ToArray();
+        return scheduler.DecodeAsync(DecodeWork.Create(scheduler.Options, 0, named, 1, step.Heads, 0,
+            Bytes(b * step.Heads * MlaDims.HeadDimK, step.Seed), Bytes(b * MlaDims.HeadDimK, step.Seed + 1)));
+    }
+
+    /// <summary>The same steps, one after another, on a synchronous CPU backend: (out, lse) bytes of each.</summary>
+    private static async Task<List<(byte[] Out, byte[] Lse)>> ReferenceAsync(int sequences, params StepSpec[] steps)
+    {
+        using var backend = new CpuBackend(new KvPoolGeometry(2, 64), maxThreads: 1);
+        var (scheduler, ids) = await StartAsync(backend, sequences, maxInFlight: 1);
+        await using var _ = scheduler;
+        var results = new List<(byte[], byte[])>();
+        foreach (var step in steps)
+        {
+            var r = await Post(scheduler, ids, step);
+            results.Add((r.Out.ToArray(), r.Lse.ToArray()));
+            r.Release();
+        }
+        return results;
+    }
+
+    private static void AssertSame((byte[] Out, byte[] Lse) expected, DecodeResult actual)
+    {
+        Assert.Equal(expected.Out, actual.Out.ToArray());
+        Assert.Equal(expected.Lse, actual.Lse.ToArray());
+    }
+
+    [Fact]
+    public async Task Two_batches_are_in_flight_at_once_a_third_waits_and_each_request_gets_its_own_result()
+    {
+        StepSpec a = new([0, 1], 4, 1), b = new([2, 3], 8, 3), c = new([4], 4, 5);
+        var expected = await ReferenceAsync(5, a, b, c);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 5);
+        await using var _ = scheduler;
+
+        var ta = Post(scheduler, ids, a);
+        await backend.WaitForSubmittedAsync(1);
+        var tb = Post(scheduler, ids, b);
+        await backend.WaitForSubmittedAsync(2); // b started while a is still in flight
+        var tc = Post(scheduler, ids, c);
+        await Task.Delay(100);
+        Assert.Equal(2, backend.Submitted); // c waits for a slot
+        Assert.False(ta.IsCompleted || tb.IsCompleted || tc.IsCompleted);
+
+        backend.Complete(0);
+        AssertSame(expected[0], await ta.WaitAsync(Patience));
+        await backend.WaitForSubmittedAsync(3); // a's retirement let c start
+        Assert.False(tb.IsCompleted);
+        backend.Complete(1);
+        backend.Complete(2);
+        AssertSame(expected[1], await tb.WaitAsync(Patience));
+        AssertSame(expected[2], await tc.WaitAsync(Patience));
+        Assert.Equal(2, (await tb).Timings.BatchSequences);
+    }
+
+    [Fact]
+    public async Task Consecutive_steps_of_one_sequence_in_flight_together_append_in_order_and_deliver_in_order()
+    {
+        StepSpec first = new([0], 4, 11), second = new([0, 1], 4, 21);
+        var expected = await ReferenceAsync(2, first, second);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 2);
+        await using var _ = scheduler;
+
+        var t1 = Post(scheduler, ids, first);
+        var t2 = Post(scheduler, ids, second);
+        await backend.WaitForSubmittedAsync(2); // one sequence never appears twice in a batch: two batches
+        backend.Complete(1);
+        await Task.Delay(50);
+        Assert.False(t2.IsCompleted); // delivered in submission order only
+        backend.Complete(0);
+        AssertSame(expected[0], await t1.WaitAsync(Patience));
+        AssertSame(expected[1], await t2.WaitAsync(Patience)); // saw the first step's row: lengths committed at submit
+
+        var (lengths, rows) = await scheduler.RunAsync(cache =>
+        {
+            var kv = new ushort[2 * MlaDims.HeadDimK];
+            cache.Read(ids[0], 0, Prefill, 2, kv);
+            return (cache.Get(ids[0]).Lengths[0], kv);
+        });
+        Assert.Equal(Prefill + 2, lengths);
+        Assert.Equal(Values(MlaDims.HeadDimK, first.Seed + 1), rows[..MlaDims.HeadDimK]);
+        Assert.Equal(Values(MlaDims.HeadDimK, second.Seed + 1), rows[MlaDims.HeadDimK..]);
+    }
+
+    [Fact]
+    public async Task A_fault_in_flight_fails_that_batch_and_the_later_ones_and_rolls_both_back()
+    {
+        StepSpec failing = new([0], 4, 31), later = new([0, 1], 4, 41), retry = new([0, 1], 4, 51);
+        var expected = await ReferenceAsync(2, retry);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 2);
+        await using var _ = scheduler;
+        var before = await scheduler.GetStatsAsync();
+
+        var t1 = Post(scheduler, ids, failing);
+        var t2 = Post(scheduler, ids, later);
+        await backend.WaitForSubmittedAsync(2);
+        backend.Complete(0, new BackendFaultException("launch failed", isSticky: false));
+        await Task.Delay(50);
+        // The later batch may still write its outputs: nothing is failed (and no buffer given back) before it ends.
+        Assert.False(t1.IsCompleted || t2.IsCompleted);
+        backend.Complete(1);
+        var e1 = await Assert.ThrowsAsync<CacheException>(() => t1.WaitAsync(Patience));
+        var e2 = await Assert.ThrowsAsync<CacheException>(() => t2.WaitAsync(Patience));
+        Assert.Equal(CacheError.Internal, e1.Error);
+        Assert.Equal(CacheError.Internal, e2.Error);
+        Assert.Contains("launch failed", e2.Message);
+
+        var after = await scheduler.GetStatsAsync();
+        Assert.Equal(before.FreeBlocks, after.FreeBlocks); // the blocks reserved past 64 rows went back
+        int[] lengths = await scheduler.RunAsync(cache => ids.Select(id => cache.Get(id).Lengths[0]).ToArray());
+        Assert.Equal(new[] { Prefill, Prefill }, lengths);
+        Assert.True(scheduler.IsServing);
+
+        var t3 = Post(scheduler, ids, retry);
+        await backend.WaitForSubmittedAsync(3);
+        backend.Complete(2);
+        AssertSame(expected[0], await t3.WaitAsync(Patience)); // as if the failed steps never happened
+    }
+
+    [Fact]
+    public async Task A_sticky_fault_in_flight_stops_serving()
+    {
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 1);
+        await using var _ = scheduler;
+
+        var t1 = Post(scheduler, ids, new StepSpec([0], 4, 61));
+        await backend.WaitForSubmittedAsync(1);
+        backend.Complete(0, new BackendFaultException("CUDA_ERROR_ILLEGAL_ADDRESS", isSticky: true));
+        var error = await Assert.ThrowsAsync<CacheException>(() => t1.WaitAsync(Patience));
+        Assert.Equal(CacheError.Unavailable, error.Error);
+        Assert.False(scheduler.IsServing);
+        Assert.Contains("CUDA_ERROR_ILLEGAL_ADDRESS", scheduler.FaultReason);
+    }
+
+    [Fact]
+    public async Task Drain_and_cache_commands_wait_for_the_batches_in_flight()
+    {
+        StepSpec a = new([0], 4, 71), b = new([0], 4, 81);
+        var expected = await ReferenceAsync(1, a, b);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 1);
+
+        var ta = Post(scheduler, ids, a);
+        await backend.WaitForSubmittedAsync(1);
+        var length = scheduler.RunAsync(cache => cache.Get(ids[0]).Lengths[0]);
+        await Task.Delay(50);
+        Assert.False(length.IsCompleted);
+        backend.Complete(0);
+        Assert.Equal(Prefill + 1, await length.WaitAsync(Patience));
+        AssertSame(expected[0], await ta);
+
+        var tb = Post(scheduler, ids, b);
+        await backend.WaitForSubmittedAsync(2);
+        var drain = scheduler.DrainAsync();
+        await Task.Delay(50);
+        Assert.False(drain.IsCompleted);
+        Assert.False(tb.IsCompleted);
+        backend.Complete(1);
+        await drain.WaitAsync(Patience);
+        AssertSame(expected[1], await tb);
+        await scheduler.DisposeAsync();
+    }
+}
