@@ -55,6 +55,7 @@ if (backend is not null)
     checks.Run("decode-args", () => checks.DecodeRefusesBadInput(backend, mirror));
     foreach (DecodeCase c in DecodeCase.All(new Random(seed + 1)))
         checks.Run("decode " + c.Name, () => checks.Decode(backend, mirror, c));
+    checks.Run("decode pipelined x6", () => checks.DecodePipelined(backend, mirror));
     checks.Run("kv-intact", () => checks.KvIntact(backend, mirror));
 }
 
@@ -305,6 +306,118 @@ namespace FlashMla.Cuda.DeviceCheck
             return (ok, $"rel {rel:E2}, lse err {lseErr:E1}, NaN {nan}, bad lse {lseBad}, blind rows nonzero {blindNonZero}, append diffs {appendBad}, kernels {backend.LastDecodeKernelMilliseconds:F3} ms, call {wallMs:F2} ms");
         }
 
+        /// <summary>
+        /// Six decode steps submitted back to back (more than the backend's slots, so slots are reused while
+        /// steps are in flight), most appending to sequences that earlier steps still in flight appended to:
+        /// each step must see exactly the rows before it. Then each is waited for and checked.
+        /// </summary>
+        public (bool, string) DecodePipelined(CudaBackend backend, KvMirror mirror)
+        {
+            const int layer = 1;
+            int[] initial = [1, 63, 64, 65, 500, 3000];
+            (int[] Seqs, int Sq, int Hq, bool Append)[] steps =
+            [
+                ([0, 1, 2, 3], 1, 16, true),
+                ([0, 2, 4], 1, 128, true),
+                ([0, 1, 2, 3, 4, 5], 2, 64, true),
+                ([5, 0], 1, 16, false),
+                ([0, 3], 1, 128, true),
+                ([1, 2, 3, 4, 5], 1, 32, true),
+            ];
+            int n = initial.Length;
+            int[] final = (int[])initial.Clone();
+            foreach (var step in steps)
+                if (step.Append) foreach (int s in step.Seqs) final[s] += step.Sq;
+            int maxBlocks = final.Max(l => MlaDims.BlocksFor(l));
+            int[] pool = Shuffled(backend.Geometry.NumBlocks);
+            var blocks = new int[n][];
+            int next = 0;
+            for (int s = 0; s < n; s++)
+            {
+                blocks[s] = pool[next..(next += MlaDims.BlocksFor(final[s]))];
+                var rowsSlots = new List<int>();
+                var nanSlots = new List<int>();
+                for (int t = 0; t < blocks[s].Length * MlaDims.BlockSize; t++)
+                    (t < initial[s] ? rowsSlots : nanSlots).Add(blocks[s][t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize);
+                ushort[] rows = RandomRows(rowsSlots.Count);
+                backend.WriteKv(layer, rowsSlots.ToArray(), rows);
+                mirror.Write(layer, rowsSlots.ToArray(), rows);
+                var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
+                Array.Fill(nanRows, (ushort)0x7FC0);
+                backend.WriteKv(layer, nanSlots.ToArray(), nanRows);
+                mirror.Write(layer, nanSlots.ToArray(), nanRows);
+            }
+
+            int[] length = (int[])initial.Clone();
+            var submitted = new List<(DecodeBatch Batch, int[] Lens, int[] Table, DecodeSubmission Submission)>();
+            var clock = Stopwatch.StartNew();
+            foreach (var (seqs, sq, hq, append) in steps)
+            {
+                int b = seqs.Length;
+                int stride = maxBlocks;
+                var table = new int[b * stride];
+                var lens = new int[b];
+                var newSlots = new List<int>();
+                for (int i = 0; i < b; i++)
+                {
+                    int s = seqs[i];
+                    blocks[s].CopyTo(table, i * stride);
+                    if (append)
+                        for (int t = length[s]; t < length[s] + sq; t++)
+                            newSlots.Add(blocks[s][t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize);
+                    lens[i] = length[s] += append ? sq : 0;
+                }
+                ushort[] newRows = append ? RandomRows(newSlots.Count) : [];
+                var batch = NewBatch(layer, sq, hq, lens, stride, table, append, newRows, newSlots.ToArray());
+                submitted.Add((batch, lens, table, backend.Submit(batch)));
+                if (append) mirror.Write(layer, newSlots.ToArray(), newRows); // the reference reads the mirror only up to each step's lengths
+            }
+            double submitMs = clock.Elapsed.TotalMilliseconds;
+            foreach (var step in submitted) step.Submission.Wait();
+            double allMs = clock.Elapsed.TotalMilliseconds;
+
+            var notes = new List<string>();
+            bool ok = true;
+            foreach (var (batch, lens, table, _) in submitted)
+            {
+                (bool good, string note) = Score(mirror, layer, batch, lens, table, batch.BlockTableStride);
+                ok &= good;
+                notes.Add($"b{batch.BatchSize} s{batch.QueryTokens} h{batch.Heads}: {note}");
+            }
+            return (ok, $"submitted in {submitMs:F1} ms, all done in {allMs:F1} ms; " + string.Join("; ", notes));
+        }
+
+        /// <summary>Out and lse of a finished batch against the float64 reference over the mirror.</summary>
+        private static (bool, string) Score(KvMirror mirror, int layer, DecodeBatch batch, int[] lens, int[] table, int stride)
+        {
+            int b = batch.BatchSize, sq = batch.QueryTokens, hq = batch.Heads;
+            var outRef = new double[batch.Out.Length];
+            var lseRef = new double[batch.Lse.Length];
+            ReferenceDecode.Run(mirror, layer, b, sq, hq, batch.SoftmaxScale, batch.Q.ToArray(), lens, table, stride, outRef, lseRef);
+            ReadOnlySpan<ushort> got = batch.Out.Span;
+            double diff2 = 0, ref2 = 0;
+            int nan = 0;
+            for (int i = 0; i < got.Length; i++)
+            {
+                double g = Bf16.ToFloat(got[i]);
+                if (double.IsNaN(g)) { nan++; continue; }
+                diff2 += (g - outRef[i]) * (g - outRef[i]);
+                ref2 += outRef[i] * outRef[i];
+            }
+            double rel = Math.Sqrt(diff2 / Math.Max(ref2, 1e-300));
+            double lseErr = 0;
+            int lseBad = 0;
+            ReadOnlySpan<float> lse = batch.Lse.Span;
+            for (int i = 0; i < lse.Length; i++)
+            {
+                if (double.IsNegativeInfinity(lseRef[i])) { if (!float.IsNegativeInfinity(lse[i])) lseBad++; continue; }
+                if (!float.IsFinite(lse[i])) { lseBad++; continue; }
+                lseErr = Math.Max(lseErr, Math.Abs(lse[i] - lseRef[i]));
+            }
+            bool ok = nan == 0 && rel < 1e-2 && lseErr < 1e-3 && lseBad == 0;
+            return (ok, $"rel {rel:E2}, lse err {lseErr:E1}, NaN {nan}, bad lse {lseBad}");
+        }
+
         public (bool, string) StickyFault(CudaBackend backend)
         {
             BackendFaultException? first = null, next = null;
@@ -355,15 +468,16 @@ namespace FlashMla.Cuda.DeviceCheck
                     int[] table = new int[bsz * stride];
                     for (int i = 0; i < table.Length; i++) table[i] = perm[i % perm.Length];
                     var batch = NewBatch(0, sq, hq, Enumerable.Repeat(sk, bsz).ToArray(), stride, table, append: false);
-                    (DecodeStepTimings pipelined, double call) = TimeDecode(backend, batch, transferChunk: 4L << 20);
+                    (DecodeStepTimings chunked, double call) = TimeDecode(backend, batch, transferChunk: 4L << 20);
                     (DecodeStepTimings whole, double wholeCall) = TimeDecode(backend, batch, transferChunk: 0);
-                    double k = pipelined.KernelsMs;
+                    double pipelined = TimePipelined(backend, batch);
+                    double k = chunked.KernelsMs;
                     double bytes = (double)bsz * sk * MlaDims.KvRowBytes + batch.Q.Length * 2.0 + batch.Out.Length * 2.0;
                     double flops = 2.0 * bsz * sq * hq * sk * (MlaDims.HeadDimK + MlaDims.HeadDimV);
                     bool finite = true;
                     foreach (float l in batch.Lse.Span) finite &= float.IsFinite(l);
                     return (finite, $"kernels {k * 1000:F0} us: {bytes / (k * 1e-3) / 1e9:F0} GB/s, {flops / (k * 1e-3) / 1e12:F0} TFLOP/s; "
-                        + $"call {call:F2} ms (H2D {pipelined.UploadMs:F2}, D2H {pipelined.DownloadMs:F2}), unchunked {wholeCall:F2} ms (H2D {whole.UploadMs:F2}, D2H {whole.DownloadMs:F2}); parts {pipelined.Parts}, splits {pipelined.Splits}");
+                        + $"call {call:F2} ms (H2D {chunked.UploadMs:F2}, D2H {chunked.DownloadMs:F2}), back to back {pipelined:F2} ms/step, unchunked {wholeCall:F2} ms (H2D {whole.UploadMs:F2}, D2H {whole.DownloadMs:F2}); parts {chunked.Parts}, splits {chunked.Splits}");
                 });
             }
         }
@@ -388,6 +502,22 @@ namespace FlashMla.Cuda.DeviceCheck
                 Med(t => t.UploadMs).UploadMs, Med(t => t.KernelsMs).KernelsMs, Med(t => t.DownloadMs).DownloadMs,
                 Med(t => t.TotalMs).TotalMs, runs[0].Splits, runs[0].Parts);
             return (m, Median(calls));
+        }
+
+        /// <summary>Host time per step of 20 steps submitted back to back, as many in flight as the backend has slots.</summary>
+        private static double TimePipelined(CudaBackend backend, DecodeBatch batch)
+        {
+            const int Steps = 20;
+            var pending = new Queue<DecodeSubmission>();
+            for (int w = 0; w < 3; w++) backend.Decode(batch);
+            var clock = Stopwatch.StartNew();
+            for (int r = 0; r < Steps; r++)
+            {
+                if (pending.Count == CudaBackend.DecodeSlots) pending.Dequeue().Wait();
+                pending.Enqueue(backend.Submit(batch));
+            }
+            while (pending.Count > 0) pending.Dequeue().Wait();
+            return clock.Elapsed.TotalMilliseconds / Steps;
         }
 
         private static double Median(List<double> values)

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -12,18 +13,23 @@ namespace FlashMla.Cuda.Backend;
 /// The KV pools in device memory and MLA decode on the native kernels, on device 0.
 /// <para>
 /// One allocation holds every layer's pool (<c>[layers][blocks][64][576]</c> bf16), so a layer's pool
-/// is a fixed offset and one copy-kernel launch serves all layers. A decode step is one stream of
-/// asynchronous work, enqueued whole before the host waits on its tail: a host-to-device copy of a pinned
-/// staging buffer (the packed int32 upload of <see cref="DecodeUploadLayout"/>, then q, then the new
-/// KV rows), the append kernel, the split-KV decode kernel, the combine kernel when a sequence was
-/// split, and a device-to-host copy of out and lse. The staging copies into and out of pinned memory
-/// run in chunks that overlap the copy engine's transfers. Staging and scratch buffers are reused
-/// across steps and only ever grow.
+/// is a fixed offset and one copy-kernel launch serves all layers. A decode step is enqueued whole by
+/// <see cref="Submit"/> on three streams ordered by events: on the upload stream a host-to-device copy of a
+/// pinned staging buffer (the packed int32 upload of <see cref="DecodeUploadLayout"/>, then q, then the new
+/// KV rows); on the compute stream, once the upload is done, the append kernel, the split-KV decode kernel
+/// and the combine kernel when a sequence was split; on the download stream, once the kernels are done, a
+/// device-to-host copy of out and lse. A completion thread copies the outputs out of pinned memory chunk by
+/// chunk as they land and then completes the step's <see cref="DecodeSubmission"/>. Each step holds one of
+/// <see cref="DecodeSlots"/> sets of staging and scratch buffers until it completes, so step N+1's upload
+/// overlaps step N's kernels and step N's download overlaps step N+1's kernels. Every write to the KV pools
+/// (append, WriteKv, CopyBlocks) and every kernel that reads them runs on the one compute stream, so a step
+/// sees every row appended before it. Buffers are reused across steps and only ever grow.
 /// </para>
 /// <para>
 /// Calls come one at a time from the scheduler loop (possibly from different threads: each call
-/// binds the context to its thread). A CUDA error becomes <see cref="BackendFaultException"/>; after a
-/// sticky one every later call fails at once.
+/// binds the context to its thread). A CUDA error becomes <see cref="BackendFaultException"/> (from the
+/// call, or as the submission's fault when found by the completion thread); after a sticky one every later
+/// call fails at once.
 /// </para>
 /// </summary>
 public sealed class CudaBackend : IAttentionBackend
@@ -31,32 +37,40 @@ public sealed class CudaBackend : IAttentionBackend
     /// <summary>Rows staged per pass of WriteKv/ReadKv, so a long prefill does not grow the staging buffers without bound.</summary>
     internal const int MaxRowsPerPass = 16384;
 
+    /// <summary>Decode steps that can be in flight at once (each holds its own buffers until it completes).</summary>
+    public const int DecodeSlots = 2;
+
     private const long PageBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
 
     private readonly CudaDeviceInfo _device;
     private readonly PrimaryContextHandle _context;
     private readonly StreamHandle _stream;
-    private readonly StepEvents _events;
+    private readonly StreamHandle _uploadStream;
+    private readonly StreamHandle _downloadStream;
     private readonly MlaKernels _kernels;
     private readonly DeviceMemoryHandle _pools;
     private readonly PinnedStaging _hostUpload;
     private readonly PinnedStaging _hostDownload;
     private readonly DeviceScratch _deviceUpload;
-    private readonly DeviceScratch _deviceResult;
-    private readonly DeviceScratch _splitScratch;
+    private readonly DecodeSlot[] _slots;
+    private readonly BlockingCollection<DecodeSlot> _toFinish = new(new ConcurrentQueue<DecodeSlot>());
+    private readonly Thread _finisher;
     private readonly BlockCopyWaves _copyWaves = new();
     private readonly List<(int Start, int Count)> _waves = [];
     private readonly string _fatbinPath;
+    private int _nextSlot;
     private CudaException? _stickyFault;
+    private readonly object _timingsLock = new();
+    private DecodeStepTimings _lastTimings;
     private bool _disposed;
 
-    private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, StreamHandle stream, StepEvents events,
+    private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, StreamHandle[] streams, DecodeSlot[] slots,
         MlaKernels kernels, DeviceMemoryHandle pools, KvPoolGeometry geometry, string fatbinPath)
     {
         _device = device;
         _context = context;
-        _stream = stream;
-        _events = events;
+        (_stream, _uploadStream, _downloadStream) = (streams[0], streams[1], streams[2]);
+        _slots = slots;
         _kernels = kernels;
         _pools = pools;
         Geometry = geometry;
@@ -64,8 +78,8 @@ public sealed class CudaBackend : IAttentionBackend
         _hostUpload = new PinnedStaging(context, "pinned upload");
         _hostDownload = new PinnedStaging(context, "pinned download");
         _deviceUpload = new DeviceScratch(context, "device upload");
-        _deviceResult = new DeviceScratch(context, "device result");
-        _splitScratch = new DeviceScratch(context, "split-KV scratch");
+        _finisher = new Thread(FinishSteps) { IsBackground = true, Name = "cuda decode completion" };
+        _finisher.Start();
     }
 
     public string Name => "cuda";
@@ -81,8 +95,12 @@ public sealed class CudaBackend : IAttentionBackend
     /// <summary>Device time of the kernels of the last decode step (append to combine), in milliseconds.</summary>
     public double LastDecodeKernelMilliseconds => LastDecodeTimings.KernelsMs;
 
-    /// <summary>Where the last decode step's time went (for metrics and benchmarks).</summary>
-    public DecodeStepTimings LastDecodeTimings { get; private set; }
+    /// <summary>Where the last completed decode step's time went (for metrics and benchmarks).</summary>
+    public DecodeStepTimings LastDecodeTimings
+    {
+        get { lock (_timingsLock) return _lastTimings; }
+        private set { lock (_timingsLock) _lastTimings = value; }
+    }
 
     /// <summary>
     /// Staging copies are cut into chunks of this many bytes so the host copies chunk k+1 while the
@@ -109,10 +127,18 @@ public sealed class CudaBackend : IAttentionBackend
             context.MakeCurrent();
             MlaKernels kernels = MlaKernels.Load(context, options.FatbinPath, device);
             owned.Push(kernels);
-            StreamHandle stream = StreamHandle.Create(context);
-            owned.Push(stream);
-            StepEvents events = StepEvents.Create(context);
-            owned.Push(events);
+            var streams = new StreamHandle[3]; // compute, upload, download
+            for (int i = 0; i < streams.Length; i++)
+            {
+                streams[i] = StreamHandle.Create(context);
+                owned.Push(streams[i]);
+            }
+            var slots = new DecodeSlot[DecodeSlots];
+            for (int i = 0; i < slots.Length; i++)
+            {
+                slots[i] = DecodeSlot.Create(context, i);
+                owned.Push(slots[i]);
+            }
 
             int blocks = options.NumBlocks;
             if (blocks == 0)
@@ -123,7 +149,7 @@ public sealed class CudaBackend : IAttentionBackend
             long poolBytes = checked(options.NumLayers * (long)blocks * PageBytes);
             DeviceMemoryHandle pools = DeviceMemoryHandle.Allocate(context, poolBytes);
             owned.Push(pools);
-            return new CudaBackend(device, context, stream, events, kernels, pools,
+            return new CudaBackend(device, context, streams, slots, kernels, pools,
                 new KvPoolGeometry(options.NumLayers, blocks), Path.GetFullPath(options.FatbinPath));
         }
         catch
@@ -252,18 +278,34 @@ public sealed class CudaBackend : IAttentionBackend
         }
     }
 
-    public void Decode(DecodeBatch batch)
+    public void Decode(DecodeBatch batch) => Submit(batch).Wait();
+
+    public DecodeSubmission Submit(DecodeBatch batch)
     {
         CudaBackendArguments.Decode(Geometry, batch);
         BeginCall();
+        DecodeSlot slot = _slots[_nextSlot];
+        // The slot's buffers are free once the step that held them has completed (failed or not).
+        slot.Submission?.Completion.Wait();
+        slot.Submission = null;
         try
         {
-            DecodeStep(batch);
+            EnqueueStep(slot, batch);
         }
-        catch (CudaException e)
+        catch (Exception e)
         {
-            throw Fault(e);
+            // Part of the step may be enqueued and still reading the slot's buffers: let it end before they are reused.
+            _ = CudaDriver.cuStreamSynchronize(_uploadStream.Stream);
+            _ = CudaDriver.cuStreamSynchronize(_stream.Stream);
+            _ = CudaDriver.cuStreamSynchronize(_downloadStream.Stream);
+            if (e is CudaException cuda) throw Fault(cuda);
+            throw;
         }
+        var submission = new DecodeSubmission();
+        slot.Submission = submission;
+        _nextSlot = (_nextSlot + 1) % _slots.Length;
+        _toFinish.Add(slot);
+        return submission;
     }
 
     /// <summary>
@@ -284,7 +326,8 @@ public sealed class CudaBackend : IAttentionBackend
         }
     }
 
-    private void DecodeStep(DecodeBatch batch)
+    /// <summary>Stages the step's inputs and enqueues its copies and kernels on the three streams; returns without waiting.</summary>
+    private void EnqueueStep(DecodeSlot slot, DecodeBatch batch)
     {
         long started = Stopwatch.GetTimestamp();
         int b = batch.BatchSize;
@@ -298,33 +341,40 @@ public sealed class CudaBackend : IAttentionBackend
         long qOffset = BufferSizes.RoundUp(layout.TotalBytes, BufferSizes.RegionAlignment);
         long kvOffset = BufferSizes.RoundUp(qOffset + batch.Q.Length * 2L, BufferSizes.RegionAlignment);
         long uploadBytes = kvOffset + batch.NewKv.Length * 2L;
-        long lseOffset = BufferSizes.RoundUp(batch.Out.Length * 2L, BufferSizes.RegionAlignment);
+        long outBytes = batch.Out.Length * 2L;
+        long lseOffset = BufferSizes.RoundUp(outBytes, BufferSizes.RegionAlignment);
         long resultBytes = lseOffset + batch.Lse.Length * 4L;
 
-        _hostUpload.EnsureCapacity(uploadBytes);
+        slot.HostUpload.EnsureCapacity(uploadBytes);
         // Pack checks every block id and slot before anything reaches the device.
-        int totalSplits = layout.Pack(_hostUpload.Span<int>(0, layout.TotalInts), batch.SeqLens.Span, batch.BlockTable.Span,
+        int totalSplits = layout.Pack(slot.HostUpload.Span<int>(0, layout.TotalInts), batch.SeqLens.Span, batch.BlockTable.Span,
             batch.NewKvSlots.Span, Geometry.NumBlocks);
 
         bool split = totalSplits > b;
         long oAccumBytes = BufferSizes.RoundUp((long)totalSplits * rowsPerSeq * MlaDims.HeadDimV * 4, BufferSizes.RegionAlignment);
-        if (split) _splitScratch.EnsureCapacity(oAccumBytes + (long)totalSplits * rowsPerSeq * 4);
-        _deviceUpload.EnsureCapacity(uploadBytes);
-        _deviceResult.EnsureCapacity(resultBytes);
-        _hostDownload.EnsureCapacity(resultBytes);
+        if (split) slot.SplitScratch.EnsureCapacity(oAccumBytes + (long)totalSplits * rowsPerSeq * 4);
+        slot.DeviceUpload.EnsureCapacity(uploadBytes);
+        slot.DeviceResult.EnsureCapacity(resultBytes);
+        slot.HostDownload.EnsureCapacity(resultBytes);
 
-        ulong up = _deviceUpload.Pointer;
-        ulong result = _deviceResult.Pointer;
+        ulong up = slot.DeviceUpload.Pointer;
+        ulong result = slot.DeviceResult.Pointer;
         ulong pool = PoolPointer(batch.Layer);
-        IntPtr stream = _stream.Stream;
+        StepEvents events = slot.Events;
 
-        _events.UploadStart.Record(_stream);
-        CopyToDevice(up, _hostUpload.Pointer, layout.TotalBytes, "decode upload");
-        StageAndUpload(MemoryMarshal.AsBytes(batch.Q.Span), qOffset);
-        StageAndUpload(MemoryMarshal.AsBytes(batch.NewKv.Span), kvOffset);
+        // Upload stream: the inputs.
+        events.UploadStart.Record(_uploadStream);
+        CopyToDevice(up, slot.HostUpload.Pointer, layout.TotalBytes, "decode upload", _uploadStream);
+        StageAndUpload(slot, MemoryMarshal.AsBytes(batch.Q.Span), qOffset);
+        StageAndUpload(slot, MemoryMarshal.AsBytes(batch.NewKv.Span), kvOffset);
+        events.UploadEnd.Record(_uploadStream);
+
+        // Compute stream: after this step's upload and (stream order) every earlier step's kernels and pool writes.
+        _stream.Wait(events.UploadEnd);
+        IntPtr stream = _stream.Stream;
         if (PoisonResults)
             CudaException.Check(CudaDriver.cuMemsetD8Async(result, 0xFF, (nuint)resultBytes, stream), "cuMemsetD8Async(poison)");
-        _events.KernelsStart.Record(_stream);
+        events.KernelsStart.Record(_stream);
         if (newRows > 0)
         {
             _kernels.Append(new KvAppendParams
@@ -346,8 +396,8 @@ public sealed class CudaBackend : IAttentionBackend
             NumSplits = up + 4UL * (ulong)layout.NumSplitsOffset,
             Out = result,
             Lse = result + (ulong)lseOffset,
-            OAccum = split ? _splitScratch.Pointer : 0,
-            LseAccum = split ? _splitScratch.Pointer + (ulong)oAccumBytes : 0,
+            OAccum = split ? slot.SplitScratch.Pointer : 0,
+            LseAccum = split ? slot.SplitScratch.Pointer + (ulong)oAccumBytes : 0,
             Batch = b,
             SQ = batch.QueryTokens,
             HQ = batch.Heads,
@@ -362,73 +412,113 @@ public sealed class CudaBackend : IAttentionBackend
         _kernels.Decode(p, stream);
         // The combine returns at once for unsplit sequences; skip the launch when none is split.
         if (split) _kernels.Combine(p, stream);
-        _events.KernelsEnd.Record(_stream);
+        events.KernelsEnd.Record(_stream);
 
-        DownloadAndUnstage(result, batch.Out.Length * 2L, lseOffset, MemoryMarshal.AsBytes(batch.Out.Span), MemoryMarshal.AsBytes(batch.Lse.Span));
-        _events.DownloadEnd.Record(_stream);
-        _stream.Synchronize("decode");
-        LastDecodeTimings = new DecodeStepTimings(
-            UploadMs: _events.KernelsStart.MillisecondsSince(_events.UploadStart),
-            KernelsMs: _events.KernelsEnd.MillisecondsSince(_events.KernelsStart),
-            DownloadMs: _events.DownloadEnd.MillisecondsSince(_events.KernelsEnd),
-            TotalMs: Stopwatch.GetElapsedTime(started).TotalMilliseconds,
-            Splits: totalSplits,
-            Parts: parts);
-    }
-
-    /// <summary>Copies <paramref name="source"/> into the pinned upload at <paramref name="offset"/> and sends it, chunk by chunk, so the two overlap.</summary>
-    private void StageAndUpload(ReadOnlySpan<byte> source, long offset)
-    {
-        long chunk = TransferChunkBytes > 0 ? TransferChunkBytes : long.MaxValue;
-        for (long at = 0; at < source.Length; at += chunk)
-        {
-            int n = (int)Math.Min(chunk, source.Length - at);
-            source.Slice((int)at, n).CopyTo(_hostUpload.Span<byte>(offset + at, n));
-            CopyToDevice(_deviceUpload.Pointer + (ulong)(offset + at), _hostUpload.Pointer + (nint)(offset + at), n, "decode upload");
-        }
-    }
-
-    /// <summary>
-    /// Brings out (at 0) and lse (at <paramref name="lseOffset"/>) back in chunks, each followed by an
-    /// event, and copies each chunk out of pinned memory as soon as its event has completed.
-    /// </summary>
-    private void DownloadAndUnstage(ulong result, long outBytes, long lseOffset, Span<byte> outDestination, Span<byte> lseDestination)
-    {
+        // Download stream: out, then lse, in chunks, each followed by an event the completion thread waits on.
+        _downloadStream.Wait(events.KernelsEnd);
         long chunk = TransferChunkBytes > 0
             ? Math.Max(TransferChunkBytes, (outBytes + StepEvents.ChunkEvents - 2) / (StepEvents.ChunkEvents - 1))
             : long.MaxValue;
         int chunks = 0;
         for (long at = 0; at < outBytes; at += chunk)
         {
-            CopyToHost(_hostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out");
-            _events.Chunk(chunks++).Record(_stream);
+            CopyToHost(slot.HostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out", _downloadStream);
+            events.Chunk(chunks++).Record(_downloadStream);
         }
-        CopyToHost(_hostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, lseDestination.Length, "decode lse");
-        _events.Chunk(chunks).Record(_stream);
+        CopyToHost(slot.HostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
+        events.Chunk(chunks).Record(_downloadStream);
+        events.DownloadEnd.Record(_downloadStream);
 
+        slot.OutDestination = batch.Out;
+        slot.LseDestination = batch.Lse;
+        slot.OutBytes = outBytes;
+        slot.LseOffset = lseOffset;
+        slot.ChunkBytes = chunk;
+        slot.StartedAt = started;
+        slot.Splits = totalSplits;
+        slot.Parts = parts;
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the slot's pinned upload at <paramref name="offset"/> and sends it, chunk by chunk, so the two overlap.</summary>
+    private void StageAndUpload(DecodeSlot slot, ReadOnlySpan<byte> source, long offset)
+    {
+        long chunk = TransferChunkBytes > 0 ? TransferChunkBytes : long.MaxValue;
+        for (long at = 0; at < source.Length; at += chunk)
+        {
+            int n = (int)Math.Min(chunk, source.Length - at);
+            source.Slice((int)at, n).CopyTo(slot.HostUpload.Span<byte>(offset + at, n));
+            CopyToDevice(slot.DeviceUpload.Pointer + (ulong)(offset + at), slot.HostUpload.Pointer + (nint)(offset + at), n, "decode upload", _uploadStream);
+        }
+    }
+
+    /// <summary>The completion thread: takes submitted steps in order and completes each once its outputs are unstaged.</summary>
+    private void FinishSteps()
+    {
+        foreach (DecodeSlot slot in _toFinish.GetConsumingEnumerable())
+        {
+            DecodeSubmission submission = slot.Submission!;
+            try
+            {
+                _context.MakeCurrent();
+                Unstage(slot);
+                StepEvents e = slot.Events;
+                LastDecodeTimings = new DecodeStepTimings(
+                    UploadMs: e.UploadEnd.MillisecondsSince(e.UploadStart),
+                    KernelsMs: e.KernelsEnd.MillisecondsSince(e.KernelsStart),
+                    DownloadMs: e.DownloadEnd.MillisecondsSince(e.KernelsEnd),
+                    TotalMs: Stopwatch.GetElapsedTime(slot.StartedAt).TotalMilliseconds,
+                    Splits: slot.Splits,
+                    Parts: slot.Parts);
+                submission.MarkComplete();
+            }
+            catch (CudaException e)
+            {
+                submission.MarkFailed(Fault(e));
+            }
+            catch (Exception e)
+            {
+                submission.MarkFailed(new BackendFaultException("CUDA backend: completing a decode step failed: " + e.Message, isSticky: false, e));
+            }
+        }
+    }
+
+    /// <summary>Copies each downloaded chunk out of pinned memory as soon as its event has completed.</summary>
+    private static void Unstage(DecodeSlot slot)
+    {
+        StepEvents events = slot.Events;
+        Span<byte> outDestination = MemoryMarshal.AsBytes(slot.OutDestination.Span);
+        Span<byte> lseDestination = MemoryMarshal.AsBytes(slot.LseDestination.Span);
+        long outBytes = slot.OutBytes, chunk = slot.ChunkBytes;
         int k = 0;
         for (long at = 0; at < outBytes; at += chunk)
         {
-            _events.Chunk(k++).Synchronize();
+            events.Chunk(k++).Synchronize();
             int n = (int)Math.Min(chunk, outBytes - at);
-            _hostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
+            slot.HostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
         }
-        _events.Chunk(k).Synchronize();
-        _hostDownload.Span<byte>(lseOffset, lseDestination.Length).CopyTo(lseDestination);
+        events.Chunk(k).Synchronize();
+        slot.HostDownload.Span<byte>(slot.LseOffset, lseDestination.Length).CopyTo(lseDestination);
+        events.DownloadEnd.Synchronize();
+        slot.OutDestination = default;
+        slot.LseDestination = default;
     }
 
     private ulong PoolPointer(int layer) => _pools.Pointer + (ulong)((long)layer * Geometry.NumBlocks * PageBytes);
 
-    private unsafe void CopyToDevice(ulong destination, IntPtr source, long bytes, string what) =>
-        CudaException.Check(CudaDriver.cuMemcpyHtoDAsync_v2(destination, (void*)source, (nuint)bytes, _stream.Stream), "cuMemcpyHtoDAsync(" + what + ")");
+    private void CopyToDevice(ulong destination, IntPtr source, long bytes, string what) => CopyToDevice(destination, source, bytes, what, _stream);
 
-    private unsafe void CopyToHost(IntPtr destination, ulong source, long bytes, string what) =>
-        CudaException.Check(CudaDriver.cuMemcpyDtoHAsync_v2((void*)destination, source, (nuint)bytes, _stream.Stream), "cuMemcpyDtoHAsync(" + what + ")");
+    private void CopyToHost(IntPtr destination, ulong source, long bytes, string what) => CopyToHost(destination, source, bytes, what, _stream);
+
+    private static unsafe void CopyToDevice(ulong destination, IntPtr source, long bytes, string what, StreamHandle stream) =>
+        CudaException.Check(CudaDriver.cuMemcpyHtoDAsync_v2(destination, (void*)source, (nuint)bytes, stream.Stream), "cuMemcpyHtoDAsync(" + what + ")");
+
+    private static unsafe void CopyToHost(IntPtr destination, ulong source, long bytes, string what, StreamHandle stream) =>
+        CudaException.Check(CudaDriver.cuMemcpyDtoHAsync_v2((void*)destination, source, (nuint)bytes, stream.Stream), "cuMemcpyDtoHAsync(" + what + ")");
 
     private void BeginCall()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_stickyFault is { } fault)
+        if (Volatile.Read(ref _stickyFault) is { } fault)
             throw new BackendFaultException("CUDA backend is unusable after an earlier device fault: " + fault.Message, isSticky: true, fault);
         try
         {
@@ -442,7 +532,8 @@ public sealed class CudaBackend : IAttentionBackend
 
     private BackendFaultException Fault(CudaException e)
     {
-        if (e.IsSticky) _stickyFault ??= e;
+        // Called from the loop and from the completion thread.
+        if (e.IsSticky) Interlocked.CompareExchange(ref _stickyFault, e, null);
         return new BackendFaultException("CUDA backend: " + e.Message, e.IsSticky, e);
     }
 
@@ -450,21 +541,29 @@ public sealed class CudaBackend : IAttentionBackend
     {
         if (_disposed) return;
         _disposed = true;
-        if (_stickyFault is null)
+        // The completion thread finishes (or fails) every submitted step, then ends.
+        _toFinish.CompleteAdding();
+        _finisher.Join();
+        if (Volatile.Read(ref _stickyFault) is null)
         {
             // Let in-flight work finish before its memory goes; a failure here has nowhere better to go.
             if (CudaDriver.cuCtxSetCurrent(_context.DangerousGetHandle()) == CUresult.CUDA_SUCCESS)
+            {
+                _ = CudaDriver.cuStreamSynchronize(_uploadStream.Stream);
                 _ = CudaDriver.cuStreamSynchronize(_stream.Stream);
+                _ = CudaDriver.cuStreamSynchronize(_downloadStream.Stream);
+            }
         }
-        _splitScratch.Dispose();
-        _deviceResult.Dispose();
+        foreach (DecodeSlot slot in _slots) slot.Dispose();
         _deviceUpload.Dispose();
         _hostDownload.Dispose();
         _hostUpload.Dispose();
         _pools.Dispose();
         _kernels.Dispose();
-        _events.Dispose();
+        _downloadStream.Dispose();
+        _uploadStream.Dispose();
         _stream.Dispose();
+        _toFinish.Dispose();
         _context.Dispose();
     }
 }

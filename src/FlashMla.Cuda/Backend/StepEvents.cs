@@ -3,15 +3,20 @@ using FlashMla.Cuda.Interop;
 namespace FlashMla.Cuda.Backend;
 
 /// <summary>Where one decode step's time went: device phases from events, the whole call from the host clock.</summary>
-/// <param name="UploadMs">Device time of the host-to-device copies (overlapping the host's staging copies).</param>
+/// <param name="UploadMs">Device time of the host-to-device copies on the upload stream (overlapping the host's staging copies).</param>
 /// <param name="KernelsMs">Device time from the append kernel to the end of the combine.</param>
-/// <param name="DownloadMs">Device time of the device-to-host copies.</param>
-/// <param name="TotalMs">The whole call on the host clock, staging copies included.</param>
+/// <param name="DownloadMs">Device time from the end of the kernels to the end of the device-to-host copies
+/// (including any wait for the previous step's download on the download stream).</param>
+/// <param name="TotalMs">Submit to completion on the host clock, staging copies included.</param>
 /// <param name="Splits">Chunks of the tile schedule (more than the batch: some sequence was split).</param>
 /// <param name="Parts">Scheduler parts (CTAs per row group).</param>
 public readonly record struct DecodeStepTimings(double UploadMs, double KernelsMs, double DownloadMs, double TotalMs, int Splits, int Parts);
 
-/// <summary>The events a decode step records: four timed phase marks and untimed marks after each download chunk.</summary>
+/// <summary>
+/// The events a decode step records: five timed phase marks (which also order the step's three streams:
+/// kernels wait for <see cref="UploadEnd"/>, the download for <see cref="KernelsEnd"/>) and untimed marks
+/// after each download chunk.
+/// </summary>
 internal sealed class StepEvents : IDisposable
 {
     public const int ChunkEvents = 16;
@@ -21,13 +26,15 @@ internal sealed class StepEvents : IDisposable
     private StepEvents(EventHandle[] phases, EventHandle[] chunks)
     {
         UploadStart = phases[0];
-        KernelsStart = phases[1];
-        KernelsEnd = phases[2];
-        DownloadEnd = phases[3];
+        UploadEnd = phases[1];
+        KernelsStart = phases[2];
+        KernelsEnd = phases[3];
+        DownloadEnd = phases[4];
         _chunks = chunks;
     }
 
     public EventHandle UploadStart { get; }
+    public EventHandle UploadEnd { get; }
     public EventHandle KernelsStart { get; }
     public EventHandle KernelsEnd { get; }
     public EventHandle DownloadEnd { get; }
@@ -39,9 +46,9 @@ internal sealed class StepEvents : IDisposable
         var created = new List<EventHandle>();
         try
         {
-            for (int i = 0; i < 4; i++) created.Add(EventHandle.Create(context, timing: true));
+            for (int i = 0; i < 5; i++) created.Add(EventHandle.Create(context, timing: true));
             for (int i = 0; i < ChunkEvents; i++) created.Add(EventHandle.Create(context, timing: false));
-            return new StepEvents(created.Take(4).ToArray(), created.Skip(4).ToArray());
+            return new StepEvents(created.Take(5).ToArray(), created.Skip(5).ToArray());
         }
         catch
         {
@@ -54,6 +61,7 @@ internal sealed class StepEvents : IDisposable
     {
         foreach (EventHandle e in _chunks) e.Dispose();
         UploadStart.Dispose();
+        UploadEnd.Dispose();
         KernelsStart.Dispose();
         KernelsEnd.Dispose();
         DownloadEnd.Dispose();

@@ -41,6 +41,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] public static partial CUresult cuStreamCreate(out IntPtr stream, uint flags);
     [LibraryImport(Library)] public static partial CUresult cuStreamDestroy_v2(IntPtr stream);
     [LibraryImport(Library)] public static partial CUresult cuStreamSynchronize(IntPtr stream);
+    [LibraryImport(Library)] public static partial CUresult cuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
     [LibraryImport(Library)] public static partial CUresult cuEventCreate(out IntPtr evt, uint flags);
     [LibraryImport(Library)] public static partial CUresult cuEventRecord(IntPtr evt, IntPtr stream);
     [LibraryImport(Library)] public static partial CUresult cuEventSynchronize(IntPtr evt);

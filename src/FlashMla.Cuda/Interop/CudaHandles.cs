@@ -114,6 +114,10 @@ internal sealed class StreamHandle : ContextBoundHandle
     public void Synchronize(string operation) =>
         CudaException.Check(CudaDriver.cuStreamSynchronize(handle), "cuStreamSynchronize(" + operation + ")");
 
+    /// <summary>Work enqueued on this stream from now on starts only after <paramref name="evt"/> has completed.</summary>
+    public void Wait(EventHandle evt) =>
+        CudaException.Check(CudaDriver.cuStreamWaitEvent(handle, evt.Event, 0), "cuStreamWaitEvent");
+
     protected override CUresult Free(IntPtr value) => CudaDriver.cuStreamDestroy_v2(value);
 }
 
