@@ -74,6 +74,18 @@ public sealed class PipelinedDecodeTests
             entry.submission.MarkComplete();
         }
 
+        /// <summary>Completes whatever is still pending, so a failed test ends instead of draining forever.</summary>
+        public void CompleteAllPending()
+        {
+            int count = Submitted;
+            for (int i = 0; i < count; i++)
+            {
+                DecodeSubmission submission;
+                lock (_submitted) submission = _submitted[i].Submission;
+                if (!submission.IsComplete) Complete(i);
+            }
+        }
+
         public async Task WaitForSubmittedAsync(int count)
         {
             var deadline = DateTime.UtcNow + Patience;
@@ -85,6 +97,22 @@ public sealed class PipelinedDecodeTests
         }
 
         public void Dispose() => _inner.Dispose();
+    }
+
+    /// <summary>Disposes the scheduler after completing every pending batch (a failing test must not hang in drain).</summary>
+    private sealed class Teardown(Scheduler scheduler, GatedBackend backend) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            backend.CompleteAllPending();
+            var drain = scheduler.DisposeAsync().AsTask();
+            while (!drain.IsCompleted)
+            {
+                backend.CompleteAllPending(); // batches submitted during the drain
+                await Task.WhenAny(drain, Task.Delay(10));
+            }
+            await drain;
+        }
     }
 
     /// <summary>A step of one request: which sequences, h_q, and seeds for its q and new rows.</summary>
@@ -155,7 +183,7 @@ public sealed class PipelinedDecodeTests
         var expected = await ReferenceAsync(5, a, b, c);
         using var backend = new GatedBackend();
         var (scheduler, ids) = await StartAsync(backend, 5);
-        await using var _ = scheduler;
+        await using var _ = new Teardown(scheduler, backend);
 
         var ta = Post(scheduler, ids, a);
         await backend.WaitForSubmittedAsync(1);
@@ -184,7 +212,7 @@ public sealed class PipelinedDecodeTests
         var expected = await ReferenceAsync(2, first, second);
         using var backend = new GatedBackend();
         var (scheduler, ids) = await StartAsync(backend, 2);
-        await using var _ = scheduler;
+        await using var _ = new Teardown(scheduler, backend);
 
         var t1 = Post(scheduler, ids, first);
         var t2 = Post(scheduler, ids, second);
@@ -214,7 +242,7 @@ public sealed class PipelinedDecodeTests
         var expected = await ReferenceAsync(2, retry);
         using var backend = new GatedBackend();
         var (scheduler, ids) = await StartAsync(backend, 2);
-        await using var _ = scheduler;
+        await using var _ = new Teardown(scheduler, backend);
         var before = await scheduler.GetStatsAsync();
 
         var t1 = Post(scheduler, ids, failing);
@@ -248,7 +276,7 @@ public sealed class PipelinedDecodeTests
     {
         using var backend = new GatedBackend();
         var (scheduler, ids) = await StartAsync(backend, 1);
-        await using var _ = scheduler;
+        await using var _ = new Teardown(scheduler, backend);
 
         var t1 = Post(scheduler, ids, new StepSpec([0], 4, 61));
         await backend.WaitForSubmittedAsync(1);
@@ -266,6 +294,7 @@ public sealed class PipelinedDecodeTests
         var expected = await ReferenceAsync(1, a, b);
         using var backend = new GatedBackend();
         var (scheduler, ids) = await StartAsync(backend, 1);
+        await using var _ = new Teardown(scheduler, backend);
 
         var ta = Post(scheduler, ids, a);
         await backend.WaitForSubmittedAsync(1);
@@ -285,6 +314,5 @@ public sealed class PipelinedDecodeTests
         backend.Complete(1);
         await drain.WaitAsync(Patience);
         AssertSame(expected[1], await tb);
-        await scheduler.DisposeAsync();
     }
 }
