@@ -29,7 +29,7 @@ public sealed class FlashMlaMetrics : IDisposable
             advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] });
         QueueWait = _meter.CreateHistogram<double>("flashmla.decode.queue_wait", "s", "Time from a request's arrival at the scheduler to the start of its batch.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
-        ComputeTime = _meter.CreateHistogram<double>("flashmla.decode.compute_time", "s", "Backend time of one decode batch (append, attention, copies).",
+        ComputeTime = _meter.CreateHistogram<double>("flashmla.decode.compute_time", "s", "Backend time of one decode batch (append, attention, copies), from submission to completion; with batches in flight it includes waiting behind the batch ahead.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
         SequencesReclaimed = _meter.CreateCounter<long>("flashmla.sequences.reclaimed", "{sequence}", "Sequences freed because their lease ran out.");
         RequestsFailed = _meter.CreateCounter<long>("flashmla.requests.failed", "{request}", "Requests refused or failed, by gRPC status code and method.");
