@@ -4,7 +4,7 @@
 //                         kernel NAME (default flashmla_decode_splitkv, the exported one;
 //                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles, _v6_wgmma_pieces,
 //                         _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free, _v10_wgmma_early_pv,
-//                         _v11_wgmma_late_ready, _v12_wgmma_late_ready_full, _v13_wgmma_ready_after_s)
+//                         _v11_wgmma_late_ready, _v12_wgmma_late_ready_full, _v13_wgmma_ready_after_s, _v14_tma)
 //   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
 //                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
 //                         [--shapes I,J,..] a subset of the grid; [--rounds R --reps N] R interleaved
@@ -107,6 +107,7 @@ const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_v11_wgmma_late_ready", "v11 late ready", reinterpret_cast<const void*>(flashmla_decode_v11_wgmma_late_ready)},
     {"flashmla_decode_v12_wgmma_late_ready_full", "v12 v11 if full", reinterpret_cast<const void*>(flashmla_decode_v12_wgmma_late_ready_full)},
     {"flashmla_decode_v13_wgmma_ready_after_s", "v13 ready after S", reinterpret_cast<const void*>(flashmla_decode_v13_wgmma_ready_after_s)},
+    {"flashmla_decode_v14_tma", "v14 TMA pages", reinterpret_cast<const void*>(flashmla_decode_v14_tma)},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
@@ -168,6 +169,22 @@ void setup_device(const std::string& fatbin_path) {
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_COPY));
         CU(cuFuncSetAttribute(g_dev.f_decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MLA_DECODE_SMEM_BYTES));
     }
+}
+
+// The KV tensor map of MlaDecodeParams (ABI 2), encoded as mla_params.h
+// prescribes: over `total_rows` 576-wide bf16 rows at `alloc`, 64 x 64 boxes,
+// 128-byte swizzle; row0 = the map row of token 0 of page 0 of P.kv_pool.
+void encode_kv_map(MlaDecodeParams& P, const void* alloc, size_t total_rows, int row0) {
+    static_assert(sizeof(CUtensorMap) == sizeof(MlaTensorMap), "MlaTensorMap is a CUtensorMap");
+    const cuuint64_t dims[2] = {MLA_HEAD_DIM_K, (cuuint64_t)total_rows};
+    const cuuint64_t strides[1] = {MLA_HEAD_DIM_K * 2};
+    const cuuint32_t box[2] = {64, 64};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    CU(cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&P.kv_map), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                              const_cast<void*>(alloc), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+    P.kv_map_row0 = row0;
 }
 
 // The decode step exactly as the service runs it: split kernel, then combine.
@@ -246,7 +263,14 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     const int n_append = (int)slots.size();
 
     const size_t pool_elems = (size_t)(num_blocks + 1) * MLA_PAGE_TOKENS * MLA_HEAD_DIM_K;  // +1 guard page
-    bf16* d_pool = dalloc<bf16>(pool_elems);
+    // The pool sits `lead` NaN pages into its allocation, as a layer's pool
+    // does in the service's one allocation for all layers: the tensor map
+    // covers the allocation and kv_map_row0 points at the pool.
+    const int lead = (int)(seed % 3);
+    const size_t lead_elems = (size_t)lead * MLA_PAGE_TOKENS * MLA_HEAD_DIM_K;
+    bf16* d_alloc = dalloc<bf16>(lead_elems + pool_elems);
+    bf16* d_pool = d_alloc + lead_elems;
+    CK(cudaMemset(d_alloc, 0xFF, lead_elems * sizeof(bf16)));
     bf16* d_q = dalloc<bf16>((size_t)batch * rows * MLA_HEAD_DIM_K);
     bf16* d_new = dalloc<bf16>((size_t)n_append * MLA_HEAD_DIM_K);
     int* d_bt = dalloc<int>(bt.size());
@@ -304,6 +328,7 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     MlaDecodeParams P{};
     P.q = d_q;
     P.kv_pool = d_pool;
+    encode_kv_map(P, d_alloc, (size_t)(lead + num_blocks + 1) * MLA_PAGE_TOKENS, lead * MLA_PAGE_TOKENS);
     P.block_table = d_bt;
     P.seq_lens = d_lens;
     P.sched_meta = d_meta;
@@ -406,7 +431,7 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     sum.worst_rel = std::max(sum.worst_rel, rel);
     sum.worst_lse = std::max(sum.worst_lse, lse_err);
 
-    for (void* p : std::initializer_list<void*>{d_pool, d_q, d_new, d_bt, d_lens, d_prefix, d_slots, d_bad, d_meta,
+    for (void* p : std::initializer_list<void*>{d_alloc, d_q, d_new, d_bt, d_lens, d_prefix, d_slots, d_bad, d_meta,
                                                 d_nsplit, d_out, d_lse, d_oacc, d_lacc, d_ref, d_ref_lse})
         CK(cudaFree(p));
     return ok;
@@ -817,6 +842,7 @@ BenchRow bench_shape(const BenchShape& s, int which) {
         MlaDecodeParams& p = P[k];
         p = MlaDecodeParams{};
         p.q = sets[k].q; p.kv_pool = sets[k].pool; p.block_table = sets[k].bt; p.seq_lens = d_lens;
+        encode_kv_map(p, sets[k].pool, (size_t)total_pages * 64, 0);
         p.sched_meta = d_meta; p.num_splits = d_ns; p.out = sets[k].out; p.lse = sets[k].lse;
         p.o_accum = sets[k].oacc; p.lse_accum = sets[k].lacc;
         p.batch = s.b; p.s_q = s.s_q; p.h_q = s.h_q; p.rows_per_seq = rows; p.num_row_groups = groups;

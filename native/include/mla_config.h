@@ -63,12 +63,14 @@ constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
 // warpgroup, 11 = v11: v5 with P_READY(j) signalled after S(j+1) is issued
 // (warpgroup 1's P V(j) runs during softmax(j+1)) and pages on two gates,
 // 12 = v12: v11 for full row groups, v5 otherwise, 13 = v13: v11 with
-// P_READY(j) after S(j+1) retired (decode_sm90_roles_v7.cu holds v7 .. v13). All take the same launch
+// P_READY(j) after S(j+1) retired (decode_sm90_roles_v7.cu holds v7 .. v13),
+// 14 = v14: v5 with pages copied by TMA through MlaDecodeParams.kv_map
+// (decode_sm90_tma.cu). All take the same launch
 // (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
 // num_sm_parts)), so the switch is no ABI change. Override with
 // -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).
 #ifndef MLA_DECODE_EXPORT
-#define MLA_DECODE_EXPORT 5
+#define MLA_DECODE_EXPORT 14
 #endif
 // Tiles (Q, pages) are stored as kSwBlocks column blocks of 64 columns:
 // block b = [64 rows][128 bytes], 128-byte swizzled (chunk c of row r at

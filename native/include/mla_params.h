@@ -129,7 +129,7 @@
 
 #include <stdint.h>
 
-#define MLA_ABI_VERSION 1
+#define MLA_ABI_VERSION 2
 
 /* ---- model dimensions (fixed by MLA) ---- */
 #define MLA_HEAD_DIM_K 576 /* q and K columns: 512 latent + 64 rope */
@@ -190,9 +190,36 @@
 #define MLA_COPY_THREADS 256
 
 /*
+ * MlaTensorMap: an opaque 128-byte CUDA tensor map (CUtensorMap), filled on
+ * the host by the driver's cuTensorMapEncodeTiled; 64-byte aligned, as the
+ * TMA unit requires. Plain bytes here so this header stays free of CUDA types.
+ *
+ * The decode kernel's map over the KV pools ("kv_map") must be encoded as:
+ *   dataType BFLOAT16, rank 2, globalAddress = the allocation holding the
+ *   pools (may hold several layers' pools back to back), globalDim =
+ *   {576, total_rows} where total_rows = every 576-wide row of that
+ *   allocation, globalStrides = {1152} bytes, boxDim = {64, 64},
+ *   elementStrides = {1, 1}, interleave NONE, swizzle 128B, L2 promotion
+ *   256B, OOB fill NONE. Row kv_map_row0 + page*64 + t of the map is token t
+ *   of page `page` of THIS launch's pool (kv_pool), so
+ *   kv_pool = globalAddress + kv_map_row0 * 1152 bytes.
+ * Kernels that copy pages with TMA (the exported decode since ABI 2) read
+ * pages only through kv_map; the others read kv_pool.
+ */
+#if defined(__cplusplus)
+#define MLA_ALIGN64 alignas(64)
+#else
+#define MLA_ALIGN64 _Alignas(64)
+#endif
+typedef struct MlaTensorMap {
+    MLA_ALIGN64 uint64_t opaque[16];
+} MlaTensorMap;
+
+/*
  * MlaDecodeParams: the one parameter of flashmla_decode_splitkv,
- * flashmla_combine and flashmla_decode_reference. 120 bytes, 8-byte aligned:
- * 10 pointers (offsets 0..72), 8 int32 (80..108), 2 float (112, 116).
+ * flashmla_combine and flashmla_decode_reference. 256 bytes, 64-byte aligned:
+ * 10 pointers (offsets 0..72), 8 int32 (80..108), 2 float (112, 116), 2 int32
+ * (120, 124), the KV tensor map (128..255).
  */
 typedef struct MlaDecodeParams {
     /* pointers: all device pointers, 8 bytes each */
@@ -218,6 +245,10 @@ typedef struct MlaDecodeParams {
     /* float */
     float softmax_scale;        /* 112  scale applied to q.k (e.g. 1/sqrt(192)) */
     float scale_log2;           /* 116  softmax_scale * log2(e) = softmax_scale * 1.4426950408889634 */
+    /* ABI 2: pages by TMA */
+    int32_t kv_map_row0;        /* 120  row of kv_map holding token 0 of page 0 of kv_pool */
+    int32_t reserved0;          /* 124  0 */
+    MlaTensorMap kv_map;        /* 128  tensor map over the pools (see MlaTensorMap) */
 } MlaDecodeParams;
 
 /*
@@ -254,13 +285,15 @@ typedef struct BlockCopyParams {
 } BlockCopyParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(MlaDecodeParams) == 120, "MlaDecodeParams ABI size");
+static_assert(sizeof(MlaDecodeParams) == 256, "MlaDecodeParams ABI size");
 static_assert(sizeof(KvAppendParams) == 32, "KvAppendParams ABI size");
 static_assert(sizeof(BlockCopyParams) == 32, "BlockCopyParams ABI size");
 static_assert(__builtin_offsetof(MlaDecodeParams, batch) == 80, "MlaDecodeParams ints start at 80");
 static_assert(__builtin_offsetof(MlaDecodeParams, softmax_scale) == 112, "MlaDecodeParams floats start at 112");
+static_assert(__builtin_offsetof(MlaDecodeParams, kv_map_row0) == 120, "MlaDecodeParams kv_map_row0 at 120");
+static_assert(__builtin_offsetof(MlaDecodeParams, kv_map) == 128, "MlaDecodeParams kv_map at 128");
 #else
-_Static_assert(sizeof(MlaDecodeParams) == 120, "MlaDecodeParams ABI size");
+_Static_assert(sizeof(MlaDecodeParams) == 256, "MlaDecodeParams ABI size");
 _Static_assert(sizeof(KvAppendParams) == 32, "KvAppendParams ABI size");
 _Static_assert(sizeof(BlockCopyParams) == 32, "BlockCopyParams ABI size");
 #endif

@@ -325,4 +325,47 @@ __device__ __forceinline__ void named_bar_arrive() {
     asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
 }
 
+// ---- TMA (cp.async.bulk.tensor) and transaction-counted mbarriers ----------
+
+// fence.mbarrier_init.release.cluster + fence.proxy.async.shared::cta: makes
+// mbarrier_init's writes visible to the async proxy (the TMA unit that
+// signals complete_tx on them). The initialising thread runs it once after
+// its inits, before the __syncthreads() that publishes them.
+__device__ __forceinline__ void fence_mbarrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], bytes: one arrival on
+// bar that also adds `bytes` to the transaction count the current phase waits
+// for; the phase completes when its arrivals are in AND that many bytes have
+// landed (each TMA copy naming bar counts its bytes down). Issue it before
+// (or with) the copies of the phase, from the thread that issues them.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// prefetch.tensormap [map]: pulls a tensor map (a __grid_constant__ kernel
+// parameter, by its generic address) into the TMA unit's cache ahead of the
+// first copy. A hint; any thread, any time.
+__device__ __forceinline__ void prefetch_tensormap(const void* map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes
+//     [dst], [map, {x, y}], [bar];
+// One TMA copy of the box at element column x, row y of the 2-D tensor `map`
+// (a __grid_constant__ parameter's generic address) into shared memory at
+// dst, laid out as the map's swizzle says (128B: dst 1024-byte aligned; box
+// row r's 16-byte chunk c lands at chunk c ^ (r % 8) of row r). Counts the
+// box's bytes down on bar. Asynchronous: the data is in the async proxy, so a
+// wgmma may read it after an mbarrier wait without a proxy fence. A CTA
+// launched without clusters is its own cluster, so its shared::cta addresses
+// are valid shared::cluster addresses.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+        : "memory");
+}
+
 }  // namespace ptx

@@ -4,7 +4,7 @@
 // (flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles,
 // _v6_wgmma_pieces, _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free,
 // _v10_wgmma_early_pv, _v11_wgmma_late_ready, _v12_wgmma_late_ready_full,
-// _v13_wgmma_ready_after_s),
+// _v13_wgmma_ready_after_s, _v14_tma),
 // same launch, for same-run comparison; the service only uses this one.
 #include "mla_config.h"
 
@@ -34,7 +34,9 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     decode_sm90_v12_body(p);
 #elif MLA_DECODE_EXPORT == 13
     decode_sm90_roles_v7_body<false, false, false, false, true, true, true>(p);
+#elif MLA_DECODE_EXPORT == 14
+    decode_sm90_tma_body(p);
 #else
-#error "MLA_DECODE_EXPORT must be 2 .. 13"
+#error "MLA_DECODE_EXPORT must be 2 .. 14"
 #endif
 }

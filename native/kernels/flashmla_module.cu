@@ -9,6 +9,7 @@
 #include "decode_sm90_roles.cu"
 #include "decode_sm90_pieces.cu"
 #include "decode_sm90_roles_v7.cu"
+#include "decode_sm90_tma.cu"
 #include "decode_export.cu"
 #include "combine.cu"
 #include "append_kv.cu"

@@ -5,22 +5,31 @@ using FlashMla.Cuda.Interop;
 
 namespace FlashMla.Cuda.Tests;
 
-/// <summary>The C# mirror of native/include/mla_params.h (MLA_ABI_VERSION 1): sizes and offsets as the header states them.</summary>
+/// <summary>The C# mirror of native/include/mla_params.h (MLA_ABI_VERSION 2): sizes and offsets as the header states them.</summary>
 public class KernelAbiTests
 {
     [Fact]
-    public void MlaDecodeParams_is_120_bytes_with_the_header_offsets()
+    public void MlaDecodeParams_is_256_bytes_with_the_header_offsets()
     {
-        Assert.Equal(120, Marshal.SizeOf<MlaDecodeParams>());
+        Assert.Equal(256, Marshal.SizeOf<MlaDecodeParams>());
         (string Field, int Offset)[] expected =
         [
             ("Q", 0), ("KvPool", 8), ("BlockTable", 16), ("SeqLens", 24), ("SchedMeta", 32), ("NumSplits", 40),
             ("Out", 48), ("Lse", 56), ("OAccum", 64), ("LseAccum", 72),
             ("Batch", 80), ("SQ", 84), ("HQ", 88), ("RowsPerSeq", 92), ("NumRowGroups", 96),
             ("BlockTableStride", 100), ("NumSmParts", 104), ("NumBlocks", 108),
-            ("SoftmaxScale", 112), ("ScaleLog2", 116),
+            ("SoftmaxScale", 112), ("ScaleLog2", 116), ("KvMapRow0", 120), ("Reserved0", 124), ("KvMap", 128),
         ];
         AssertOffsets<MlaDecodeParams>(expected);
+    }
+
+    [Fact]
+    public void Tensor_map_encoding_rejects_what_the_kernel_cannot_address_before_calling_the_driver()
+    {
+        // Checked before cuTensorMapEncodeTiled, so these hold on a machine without a GPU.
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvTensorMap.Encode(256, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvTensorMap.Encode(256, (long)int.MaxValue + 1));
+        Assert.Throws<ArgumentException>(() => KvTensorMap.Encode(8, 64));
     }
 
     [Fact]
@@ -41,7 +50,8 @@ public class KernelAbiTests
     public unsafe void Unmanaged_size_equals_marshalled_size_so_the_launch_copies_the_whole_struct()
     {
         // cuLaunchKernel copies sizeof(T) bytes from &params: the blittable size is what counts.
-        Assert.Equal(120, sizeof(MlaDecodeParams));
+        Assert.Equal(256, sizeof(MlaDecodeParams));
+        Assert.Equal(128, sizeof(TensorMapBytes));
         Assert.Equal(32, sizeof(KvAppendParams));
         Assert.Equal(32, sizeof(BlockCopyParams));
     }
@@ -49,7 +59,7 @@ public class KernelAbiTests
     [Fact]
     public void Core_constants_agree_with_the_kernel_abi()
     {
-        Assert.Equal(1, MlaKernelAbi.AbiVersion);
+        Assert.Equal(2, MlaKernelAbi.AbiVersion);
         Assert.Equal(MlaKernelAbi.HeadDimK, MlaDims.HeadDimK);
         Assert.Equal(MlaKernelAbi.HeadDimV, MlaDims.HeadDimV);
         Assert.Equal(MlaKernelAbi.PageTokens, MlaDims.BlockSize);

@@ -49,6 +49,7 @@ public sealed class CudaBackend : IAttentionBackend
     private readonly StreamHandle _downloadStream;
     private readonly MlaKernels _kernels;
     private readonly DeviceMemoryHandle _pools;
+    private readonly TensorMapBytes _kvMap;  // every layer's pool, one map: a layer starts at row layer * blocks * 64
     private readonly PinnedStaging _hostUpload;
     private readonly PinnedStaging _hostDownload;
     private readonly DeviceScratch _deviceUpload;
@@ -74,6 +75,7 @@ public sealed class CudaBackend : IAttentionBackend
         _kernels = kernels;
         _pools = pools;
         Geometry = geometry;
+        _kvMap = KvTensorMap.Encode(pools.Pointer, checked((long)geometry.NumLayers * geometry.NumBlocks * MlaDims.BlockSize));
         _fatbinPath = fatbinPath;
         _hostUpload = new PinnedStaging(context, "pinned upload");
         _hostDownload = new PinnedStaging(context, "pinned download");
@@ -408,6 +410,8 @@ public sealed class CudaBackend : IAttentionBackend
             NumBlocks = Geometry.NumBlocks,
             SoftmaxScale = batch.SoftmaxScale,
             ScaleLog2 = batch.SoftmaxScale * MlaKernelAbi.Log2E,
+            KvMapRow0 = checked(batch.Layer * Geometry.NumBlocks * MlaDims.BlockSize),
+            KvMap = _kvMap,
         };
         _kernels.Decode(p, stream);
         // The combine returns at once for unsplit sequences; skip the launch when none is split.

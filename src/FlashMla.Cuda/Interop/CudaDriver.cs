@@ -62,6 +62,13 @@ internal static unsafe partial class CudaDriver
         uint sharedMemoryBytes, IntPtr stream,
         void** kernelParameters, void** extra);
 
+    // Tensor maps (TMA). The enums are C enums (int); the values this service passes are in KvTensorMap.
+    [LibraryImport(Library)]
+    public static partial CUresult cuTensorMapEncodeTiled(
+        TensorMapBytes* tensorMap, int dataType, uint rank, ulong globalAddress,
+        ulong* globalDim, ulong* globalStrides, uint* boxDim, uint* elementStrides,
+        int interleave, int swizzle, int l2Promotion, int oobFill);
+
     // Errors.
     [LibraryImport(Library)] public static partial CUresult cuGetErrorName(CUresult error, out IntPtr name);
     [LibraryImport(Library)] public static partial CUresult cuGetErrorString(CUresult error, out IntPtr text);

@@ -4,13 +4,13 @@ namespace FlashMla.Cuda.Interop;
 
 /// <summary>
 /// The launch ABI of the native kernels, mirrored from native/include/mla_params.h
-/// (<c>MLA_ABI_VERSION</c> 1): kernel names, launch shapes and the params structs each kernel takes
+/// (<c>MLA_ABI_VERSION</c> 2): kernel names, launch shapes and the params structs each kernel takes
 /// by value as its only parameter. Field order, sizes and offsets must match the header exactly;
 /// FlashMla.Cuda.Tests pins them.
 /// </summary>
 internal static class MlaKernelAbi
 {
-    public const int AbiVersion = 1;
+    public const int AbiVersion = 2;
 
     public const int HeadDimK = 576;
     public const int HeadDimV = 512;
@@ -45,7 +45,10 @@ internal static class MlaKernelAbi
     public const float Log2E = 1.4426950408889634f;
 }
 
-/// <summary><c>MlaDecodeParams</c>: the one parameter of the decode, combine and reference kernels. 120 bytes.</summary>
+/// <summary>
+/// <c>MlaDecodeParams</c>: the one parameter of the decode, combine and reference kernels. 256 bytes; the header
+/// aligns it to 64 for the tensor map, which only matters on the device side (the launch copies the bytes).
+/// </summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct MlaDecodeParams
 {
@@ -69,6 +72,16 @@ internal struct MlaDecodeParams
     public int NumBlocks;         // 108
     public float SoftmaxScale;    // 112
     public float ScaleLog2;       // 116
+    public int KvMapRow0;         // 120 row of KvMap holding token 0 of page 0 of KvPool
+    public int Reserved0;         // 124 0
+    public TensorMapBytes KvMap;  // 128 CUtensorMap over the pools (KvTensorMap.Encode)
+}
+
+/// <summary><c>MlaTensorMap</c>: the 128 opaque bytes of a <c>CUtensorMap</c>, as the driver encodes them.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 128)]
+internal unsafe struct TensorMapBytes
+{
+    public fixed ulong Words[16];
 }
 
 /// <summary><c>KvAppendParams</c>: the one parameter of <c>flashmla_append_kv</c>. 32 bytes.</summary>

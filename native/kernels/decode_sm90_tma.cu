@@ -1,0 +1,349 @@
+// decode_sm90_tma.cu -- split-KV MLA decode for Hopper: v5's warpgroup
+// roles with the pages brought in by TMA (v14).
+//
+// Same tiles, roles, barriers and pipeline depth as decode_sm90_roles.cu
+// (v5); what changes is how a page reaches shared memory:
+//   - one thread of warpgroup 1 issues nine cp.async.bulk.tensor boxes
+//     (64 rows x 64 columns, 128-byte swizzle) per page through the
+//     kv_map tensor map of MlaDecodeParams, counted on the stage's kv_full
+//     mbarrier with expect_tx (v5: 4,608 16-byte cp.async from 128 threads);
+//   - TMA writes are in the async proxy, so warpgroup 0 reads a page with
+//     wgmma straight after its mbarrier wait: no fence.proxy.async per page
+//     (Q, still copied with cp.async, gets one fence per chunk, on its own
+//     q_full mbarrier);
+//   - the copy cannot zero-fill rows past a sequence's length, so warpgroup
+//     0 zeroes the V columns of those rows in the last page of a sequence
+//     (a generic write, then a fence and a warpgroup barrier) before S.
+// Warpgroup 1 is left with P V of its half and a single issuing thread.
+#include "mla_config.h"
+#include "ptx.h"
+#include "sw128_tile.cuh"
+
+namespace sm90_tma {
+
+using namespace mla;
+
+// named barriers (0 = __syncthreads): as v5, plus one inside warpgroup 0
+constexpr int kBarPReady = 1, kBarPFree = 2, kBarKvFree0 = 3, kBarZeroed = 5;
+constexpr int kWgThreads = 128;
+// red area (kSmemRed, 512 bytes): three mbarriers (kv_full[2], q_full), then
+// 64 floats of alpha (per page) or 1/rowsum (at the end of a chunk).
+constexpr int kRedMbar = 0, kRedRowVals = 64;
+static_assert(kRedRowVals + kRows * 4 <= kWarpGroups * kRows * 4, "red area too small");
+
+}  // namespace sm90_tma
+
+__device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
+    using namespace mla;
+    using namespace sm90_tma;
+    extern __shared__ __align__(1024) uint8_t smem_tma[];
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;            // 0: scores + O[:, 0:256]; 1: copies + O[:, 256:512]
+    const int wtid = tid & 127;         // thread within the warpgroup
+    const int wwarp = (tid >> 5) & 3;   // warp within the warpgroup: tile rows 16*wwarp .. +15
+    const int lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+
+    const int* meta = p.sched_meta + blockIdx.y * MLA_SCHED_INTS;
+    const int begin_seq = meta[MLA_SCHED_BEGIN_SEQ], begin_block = meta[MLA_SCHED_BEGIN_BLOCK];
+    const int end_seq = meta[MLA_SCHED_END_SEQ], end_block = meta[MLA_SCHED_END_BLOCK];
+    const int begin_split = meta[MLA_SCHED_BEGIN_SPLIT];
+
+    const int row0 = blockIdx.x * kRows;
+    const int valid_q_rows = min(kRows, p.rows_per_seq - row0);
+
+    const uint32_t sQ = ptx::smem_addr(smem_tma + kSmemQ);
+    const uint32_t sKv = ptx::smem_addr(smem_tma + kSmemKv);
+    const uint32_t sP = ptx::smem_addr(smem_tma + kSmemP);
+    const uint32_t sMbar = ptx::smem_addr(smem_tma + kSmemRed + kRedMbar);  // kv_full[2], 8 bytes each
+    const uint32_t sQFull = sMbar + 16;                                       // q_full
+    float* row_vals = reinterpret_cast<float*>(smem_tma + kSmemRed + kRedRowVals);  // [64]
+    if ((sQ & (kSwAtomBytes - 1)) != 0) __trap();
+    if (tid == 0) {
+        ptx::mbarrier_init(sMbar, 1);      // one expect_tx arrival + the page's bytes
+        ptx::mbarrier_init(sMbar + 8, 1);
+        ptx::mbarrier_init(sQFull, kWgThreads);  // 128 cp.async arrivals (.noinc)
+        ptx::fence_mbarrier_init();
+    }
+    if (tid == kWgThreads) ptx::prefetch_tensormap(&p.kv_map);
+    __syncthreads();
+    uint32_t kv_phase[2] = {0u, 0u};  // warpgroup 0: parity of the next phase to wait for, per stage
+    uint32_t q_phase = 0u;            // warpgroup 0: parity of q_full's next phase
+    // Page `blk` of the chunk's sequence into the stage at sPage: nine 64 x 64
+    // TMA boxes (one per column block), counted on that stage's kv_full.
+    // Issued by one thread of warpgroup 1.
+    auto issue_page = [&](uint32_t sPage, uint32_t mbar, const int* bt, int blk) {
+        const int y = p.kv_map_row0 + bt[blk] * kPage;
+        ptx::mbarrier_arrive_expect_tx(mbar, kTileBytes);
+#pragma unroll
+        for (int b = 0; b < kSwBlocks; ++b) ptx::tma_load_2d(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, mbar);
+    };
+
+    const int trow[2] = {wwarp * 16 + g, wwarp * 16 + g + 8};
+    int qrow[2], qtok[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        qrow[i] = row0 + trow[i];
+        qtok[i] = qrow[i] / p.h_q;
+    }
+
+    for (int seq = begin_seq; seq <= end_seq; ++seq) {
+        const int len = p.seq_lens[seq];
+        const int nb = (max(len, 0) + kPage - 1) / kPage;
+        const int blk_begin = (seq == begin_seq) ? begin_block : 0;
+        const int blk_end = (seq == end_seq) ? end_block : nb;
+        const int n = max(blk_end - blk_begin, 0);
+        const int split_local = (seq == begin_seq) ? begin_split : 0;
+        const int split_base = p.num_splits[seq];
+        const int n_split = p.num_splits[seq + 1] - split_base;
+        const int* bt = p.block_table + static_cast<size_t>(seq) * p.block_table_stride;
+
+        int last_pos[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) last_pos[i] = (qrow[i] < p.rows_per_seq) ? len - p.s_q + qtok[i] : -1;
+
+        __syncthreads();  // the previous chunk is finished everywhere: Q, stages, P, row_vals free
+
+        float o[kWgOutCols / 2];  // this warpgroup's 64 x 256 half of O
+#pragma unroll
+        for (int k = 0; k < kWgOutCols / 2; ++k) o[k] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY};  // warpgroup 0 only
+        float row_sum[2] = {0.f, 0.f};              // warpgroup 0 only
+
+        if (wg == 1) {
+            // ======================= values warpgroup =======================
+            if (wtid == 0) {
+                if (n > 0) issue_page(sKv, sMbar, bt, blk_begin);
+                if (n > 1) issue_page(sKv + kTileBytes, sMbar + 8, bt, blk_begin + 1);
+            }
+            if (n > 0) {
+                load_tile_sw128_async<kWgThreads>(
+                    sQ, static_cast<const __nv_bfloat16*>(p.q) + (static_cast<size_t>(seq) * p.rows_per_seq + row0) * kDimK,
+                    valid_q_rows, wtid);
+                ptx::mbarrier_arrive_cp_async(sQFull);
+            }
+            for (int i = 0; i < n; ++i) {
+                const int st = i & 1;
+                const uint32_t sPage = sKv + st * kTileBytes;
+                ptx::named_bar_sync<kBarPReady, 2 * kWgThreads>();  // P(i), alpha(i) written (and fenced); page i landed
+                const float alpha0 = row_vals[trow[0]], alpha1 = row_vals[trow[1]];
+                if (__any_sync(0xffffffffu, alpha0 != 1.f || alpha1 != 1.f)) {
+#pragma unroll
+                    for (int j = 0; j < kWgOutCols / 8; ++j) {
+                        o[4 * j + 0] *= alpha0;
+                        o[4 * j + 1] *= alpha0;
+                        o[4 * j + 2] *= alpha1;
+                        o[4 * j + 3] *= alpha1;
+                    }
+                }
+                ptx::fence_regs(o);
+                ptx::wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < kPvSteps; ++kk) {
+                    const uint64_t da = ptx::wgmma_desc_sw128(sP + kk * 32, 16, kSwAtomBytes);
+                    const uint64_t db = ptx::wgmma_desc_sw128(
+                        sPage + (kWgOutCols / 64) * kSwBlockBytes + kk * 16 * kSwRowBytes, kSwBlockBytes, kSwAtomBytes);
+                    ptx::wgmma_m64n256k16_ss_tb(o, da, db, 1);
+                }
+                ptx::wgmma_commit();
+                ptx::wgmma_wait<0>();
+                ptx::fence_regs(o);
+                if (i + 1 < n) ptx::named_bar_arrive<kBarPFree, 2 * kWgThreads>();  // done with P(i), alpha(i)
+                if (i + 2 < n) {
+                    if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
+                    else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
+                    if (wtid == 0) issue_page(sPage, sMbar + 8 * st, bt, blk_begin + i + 2);
+                }
+            }
+        } else {
+            // ======================= scores warpgroup =======================
+            // P of the page in flight as wgmma A fragments: n8 tile j of S,
+            // rows g (pa[2j]) and g+8 (pa[2j+1]), columns 8j+2t, +1. Kept
+            // allocated (fence_regs) until the P V that reads it retires.
+            uint32_t pa[kPage / 4];
+#pragma unroll
+            for (int k = 0; k < kPage / 4; ++k) pa[k] = 0u;
+            for (int i = 0; i < n; ++i) {
+                const int st = i & 1;
+                const int blk = blk_begin + i;
+                const uint32_t sPage = sKv + st * kTileBytes;
+                if (i == 0) {
+                    ptx::mbarrier_wait_parity(sQFull, q_phase);
+                    q_phase ^= 1u;
+                    ptx::fence_proxy_async_smem();  // Q: cp.async data (generic proxy) -> wgmma reads
+                }
+                ptx::mbarrier_wait_parity(sMbar + 8 * st, kv_phase[st]);  // TMA data: async proxy, no fence
+                kv_phase[st] ^= 1u;
+                const int valid_rows = len - blk * kPage;
+                if (valid_rows < kPage) {
+                    // The last page of the sequence: rows past the length hold
+                    // anything (NaN included). S masks them, but P V would
+                    // compute 0 * NaN, so zero their V columns (blocks 0..7).
+                    for (int id = wtid; id < (kPage - valid_rows) * (kDimV / 8); id += kWgThreads) {
+                        const int row = valid_rows + id / (kDimV / 8);
+                        const int chunk = id % (kDimV / 8);
+                        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sPage + sw128_off(row, chunk)),
+                                     "r"(0u)
+                                     : "memory");
+                    }
+                    ptx::fence_proxy_async_smem();  // zeros (generic) -> wgmma reads of both warpgroups
+                    ptx::named_bar_sync<kBarZeroed, kWgThreads>();
+                }
+
+                // ---- S = Q K^T, 64 x 64 ----
+                float s[kPage / 2];
+#pragma unroll
+                for (int k = 0; k < kPage / 2; ++k) s[k] = 0.f;
+                ptx::fence_regs(s);
+                ptx::wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < kQkSteps; ++kk) {
+                    const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
+                    ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                            ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                }
+                ptx::wgmma_commit();
+                if (i > 0) {
+                    ptx::wgmma_wait<1>();  // P V(i-1) of this warpgroup retired: page i-1 is done here
+                    ptx::fence_regs(pa);
+                    if (i + 1 < n) {
+                        if (st == 0) ptx::named_bar_arrive<kBarKvFree0 + 1, 2 * kWgThreads>();
+                        else ptx::named_bar_arrive<kBarKvFree0, 2 * kWgThreads>();
+                    }
+                }
+                ptx::wgmma_wait<0>();
+                ptx::fence_regs(s);
+                ptx::fence_regs(o);
+
+                // ---- mask, scale to log2 units, row max (a quad holds a row) ----
+                const int pos0 = blk * kPage + 2 * t;
+                float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+                for (int j = 0; j < kPage / 8; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int r = e >> 1;
+                        const int pos = pos0 + j * 8 + (e & 1);
+                        const float x = (pos <= last_pos[r]) ? s[4 * j + e] * p.scale_log2 : -INFINITY;
+                        s[4 * j + e] = x;
+                        tile_max[r] = fmaxf(tile_max[r], x);
+                    }
+                }
+                float alpha[2], base[2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+                    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+                    const float new_max = fmaxf(row_max[r], tile_max[r]);
+                    base[r] = (new_max == -INFINITY) ? 0.f : new_max;  // a row that saw nothing: exp2 -> 0, not NaN
+                    alpha[r] = ptx::exp2_approx(row_max[r] - base[r]);
+                    row_max[r] = new_max;
+                    row_sum[r] *= alpha[r];
+                }
+                if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+                    for (int j = 0; j < kWgOutCols / 8; ++j) {
+                        o[4 * j + 0] *= alpha[0];
+                        o[4 * j + 1] *= alpha[0];
+                        o[4 * j + 2] *= alpha[1];
+                        o[4 * j + 3] *= alpha[1];
+                    }
+                }
+                // ---- P = exp2(x - max): registers (A fragments) and shared memory ----
+#pragma unroll
+                for (int j = 0; j < kPage / 8; ++j) {
+                    const float p0 = ptx::exp2_approx(s[4 * j + 0] - base[0]);
+                    const float p1 = ptx::exp2_approx(s[4 * j + 1] - base[0]);
+                    const float p2 = ptx::exp2_approx(s[4 * j + 2] - base[1]);
+                    const float p3 = ptx::exp2_approx(s[4 * j + 3] - base[1]);
+                    row_sum[0] += p0 + p1;
+                    row_sum[1] += p2 + p3;
+                    pa[2 * j] = ptx::pack_bf16x2(p0, p1);
+                    pa[2 * j + 1] = ptx::pack_bf16x2(p2, p3);
+                }
+                if (i > 0) ptx::named_bar_sync<kBarPFree, 2 * kWgThreads>();  // wg1 is done with P(i-1)
+#pragma unroll
+                for (int j = 0; j < kPage / 8; ++j) {
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[0], j) + 4 * t), "r"(pa[2 * j])
+                                 : "memory");
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[1], j) + 4 * t),
+                                 "r"(pa[2 * j + 1])
+                                 : "memory");
+                }
+                if (t == 0) {
+                    row_vals[trow[0]] = alpha[0];
+                    row_vals[trow[1]] = alpha[1];
+                }
+                ptx::fence_proxy_async_smem();  // P (ordinary stores) -> wg1's wgmma reads
+                ptx::named_bar_arrive<kBarPReady, 2 * kWgThreads>();
+
+                // ---- O[:, 0:256] += P V[:, 0:256], P from registers; left in flight ----
+                ptx::fence_regs(o);
+                ptx::wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < kPvSteps; ++kk) {
+                    const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
+                    const uint64_t db =
+                        ptx::wgmma_desc_sw128(sPage + kk * 16 * kSwRowBytes, kSwBlockBytes, kSwAtomBytes);
+                    ptx::wgmma_m64n256k16_rs_tb(o, a, db, 1);
+                }
+                ptx::wgmma_commit();
+            }
+            ptx::wgmma_wait<0>();
+            ptx::fence_regs(o);
+            ptx::fence_regs(pa);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+                row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+            }
+        }
+
+        // ---- finish the chunk: wg0 publishes 1/rowsum, both store their half ----
+        __syncthreads();  // both warpgroups' products retired; row_vals (alpha) no longer read
+        if (wg == 0 && t == 0) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) row_vals[trow[r]] = (row_sum[r] > 0.f) ? 1.f / row_sum[r] : 0.f;
+        }
+        __syncthreads();
+
+        const bool final_out = (n_split == 1);
+        const int split = split_base + split_local;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int qr = qrow[r];
+            if (qr >= p.rows_per_seq) continue;
+            const float inv = row_vals[trow[r]];
+            if (final_out) {
+                __nv_bfloat16* dst = static_cast<__nv_bfloat16*>(p.out) +
+                                     (static_cast<size_t>(seq) * p.rows_per_seq + qr) * kDimV + wg * kWgOutCols + 2 * t;
+#pragma unroll
+                for (int j = 0; j < kWgOutCols / 8; ++j)
+                    *reinterpret_cast<uint32_t*>(dst + j * 8) =
+                        ptx::pack_bf16x2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+            } else {
+                float* dst = p.o_accum + (static_cast<size_t>(split) * p.rows_per_seq + qr) * kDimV + wg * kWgOutCols +
+                             2 * t;
+#pragma unroll
+                for (int j = 0; j < kWgOutCols / 8; ++j)
+                    *reinterpret_cast<float2*>(dst + j * 8) =
+                        make_float2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+            }
+            if (wg == 0 && t == 0) {
+                const float sum = row_sum[r];
+                const float lse = (sum > 0.f) ? (row_max[r] + __log2f(sum)) * 0.69314718055994531f : -INFINITY;
+                if (final_out) {
+                    const int h = qr - qtok[r] * p.h_q;
+                    p.lse[(static_cast<size_t>(seq) * p.h_q + h) * p.s_q + qtok[r]] = lse;
+                } else {
+                    p.lse_accum[static_cast<size_t>(split) * p.rows_per_seq + qr] = lse;
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p) {
+    decode_sm90_tma_body(p);
+}
