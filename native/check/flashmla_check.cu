@@ -41,6 +41,7 @@
 #include "../include/mla_kernels.h"
 #include "../include/mla_params.h"
 #include "device_fill.cuh"
+#include "tma_check.cuh"
 #include "wgmma_check.cuh"
 
 #define CK(x)                                                                                         \
@@ -492,6 +493,45 @@ bool run_copy_check(uint64_t seed, Summary& sum) {
 // and O = P V against float64; rows 61..63 of the page are NaN in global
 // memory and must read as zero. On failure, prints where the first wrong
 // values came from (which reference column holds them) to locate a layout bug.
+// TMA wrappers and the decode kernel's tensor map: page 2 of a 4-page pool
+// that sits 3 pages into its allocation (kv_map_row0 = 192), each element's
+// bits = its global index, so every landed chunk says where it came from.
+bool run_tma_check(Summary& sum) {
+    constexpr int kLead = 3, kPages = 4, kWhich = 2, K = MLA_HEAD_DIM_K;
+    const size_t rows = (size_t)(kLead + kPages) * MLA_PAGE_TOKENS;
+    std::vector<uint16_t> host(rows * K);
+    for (size_t i = 0; i < host.size(); ++i) host[i] = (uint16_t)(i * 2654435761u >> 7);
+    uint16_t* d_alloc = dalloc<uint16_t>(host.size());
+    upload(d_alloc, host);
+    uint4* d_out = dalloc<uint4>(mla::kTileBytes / 16);
+    CK(cudaMemset(d_out, 0xFF, mla::kTileBytes));
+    MlaDecodeParams P{};
+    P.kv_pool = d_alloc + (size_t)kLead * MLA_PAGE_TOKENS * K;
+    encode_kv_map(P, d_alloc, rows, kLead * MLA_PAGE_TOKENS);
+    CK(cudaFuncSetAttribute(check::tma_unit, cudaFuncAttributeMaxDynamicSharedMemorySize, mla::kTileBytes + 16));
+    check::tma_unit<<<1, 128, mla::kTileBytes + 16>>>(P, kWhich, d_out);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    std::vector<uint4> got = download(d_out, mla::kTileBytes / 16);
+    const uint8_t* g = reinterpret_cast<const uint8_t*>(got.data());
+    int bad = 0;
+    for (int r = 0; r < MLA_PAGE_TOKENS; ++r)
+        for (int c = 0; c < K / 8; ++c) {
+            const size_t off = (size_t)(c >> 3) * mla::kSwBlockBytes + r * mla::kSwRowBytes + (((c & 7) ^ (r & 7)) << 4);
+            const uint16_t* want = &host[((size_t)(kLead + kWhich) * MLA_PAGE_TOKENS + r) * K + c * 8];
+            if (std::memcmp(g + off, want, 16) != 0 && bad++ < 4)
+                std::printf("     tma_unit: row %d chunk %d not at swizzled offset %zu\n", r, c, off);
+        }
+    const bool ok = bad == 0;
+    std::printf("%-4s tma_unit page %d of a map starting %d rows before the pool: %d of %d chunks misplaced\n",
+                ok ? "PASS" : "FAIL", kWhich, kLead * MLA_PAGE_TOKENS, bad, MLA_PAGE_TOKENS * K / 8);
+    sum.cases += 1;
+    sum.failed += ok ? 0 : 1;
+    CK(cudaFree(d_alloc));
+    CK(cudaFree(d_out));
+    return ok;
+}
+
 bool run_wgmma_check(uint64_t seed, Summary& sum) {
     constexpr int R = MLA_ROWS_PER_CTA, T = MLA_PAGE_TOKENS, K = MLA_HEAD_DIM_K, V = MLA_HEAD_DIM_V, kValid = 61;
     std::mt19937_64 rng(seed);
@@ -588,6 +628,7 @@ int run_checks() {
 
     // 0. The Hopper wgmma wrappers and the swizzled tile layout on their own.
     run_wgmma_check(seed++, sum);
+    run_tma_check(sum);
     // 1. The head x query-token grid on a mixed batch: lengths 1, 2 (shorter
     //    than s_q for s_q > 2), 63, 64, 65, 129, 1000 and random ones.
     for (int h : {1, 8, 16, 32, 64, 128}) {
