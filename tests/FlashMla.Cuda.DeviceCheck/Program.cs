@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using FlashMla.Core.Backends;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Tensors;
 using FlashMla.Cuda.Backend;
 using FlashMla.Cuda.DeviceCheck;
@@ -56,6 +58,19 @@ if (backend is not null)
     foreach (DecodeCase c in DecodeCase.All(new Random(seed + 1)))
         checks.Run("decode " + c.Name, () => checks.Decode(backend, mirror, c));
     checks.Run("decode pipelined x6", () => checks.DecodePipelined(backend, mirror));
+
+    // The same steps with every tensor in page-locked pool arrays (as the server's wire buffers are):
+    // q and new KV go up and out and lse come down with no staging copy.
+    var pool = new PinnedTensorPool(1 << 28, 8);
+    backend.AttachHostPool(pool);
+    checks.Pool = pool;
+    long directBefore = backend.DirectSteps;
+    foreach (DecodeCase c in DecodeCase.All(new Random(seed + 2)))
+        checks.Run("direct decode " + c.Name, () => checks.Decode(backend, mirror, c));
+    checks.Run("direct decode pipelined x6", () => checks.DecodePipelined(backend, mirror));
+    checks.Run("direct copies used", () => (backend.DirectSteps > directBefore && backend.RefusedHostRegistrations == 0,
+        $"{backend.DirectSteps - directBefore} steps copied directly, {pool.RegisteredArrays} arrays page-locked, {backend.RefusedHostRegistrations} refused"));
+    checks.Pool = null;
     checks.Run("kv-intact", () => checks.KvIntact(backend, mirror));
 }
 
@@ -94,6 +109,9 @@ namespace FlashMla.Cuda.DeviceCheck
     internal sealed class DeviceChecks(Random random)
     {
         private readonly List<(string Name, bool Ok, string Note, double Seconds)> _results = [];
+
+        /// <summary>When set, step tensors are rented from this pool (page-locked by the backend) instead of plain arrays.</summary>
+        public PinnedTensorPool? Pool { get; set; }
 
         public void Run(string name, Func<(bool Ok, string Note)> check)
         {
@@ -471,13 +489,22 @@ namespace FlashMla.Cuda.DeviceCheck
                     (DecodeStepTimings chunked, double call) = TimeDecode(backend, batch, transferChunk: 4L << 20);
                     (DecodeStepTimings whole, double wholeCall) = TimeDecode(backend, batch, transferChunk: 0);
                     double pipelined = TimePipelined(backend, batch);
+                    // The same step from page-locked pool arrays, as the server sends it: no staging copies.
+                    var pool = new PinnedTensorPool(1 << 28, 4);
+                    backend.AttachHostPool(pool);
+                    Pool = pool;
+                    var pooled = NewBatch(0, sq, hq, Enumerable.Repeat(sk, bsz).ToArray(), stride, table, append: false);
+                    Pool = null;
+                    (DecodeStepTimings direct, double directCall) = TimeDecode(backend, pooled, transferChunk: 4L << 20);
+                    double directPipelined = TimePipelined(backend, pooled);
                     double k = chunked.KernelsMs;
                     double bytes = (double)bsz * sk * MlaDims.KvRowBytes + batch.Q.Length * 2.0 + batch.Out.Length * 2.0;
                     double flops = 2.0 * bsz * sq * hq * sk * (MlaDims.HeadDimK + MlaDims.HeadDimV);
                     bool finite = true;
                     foreach (float l in batch.Lse.Span) finite &= float.IsFinite(l);
                     return (finite, $"kernels {k * 1000:F0} us: {bytes / (k * 1e-3) / 1e9:F0} GB/s, {flops / (k * 1e-3) / 1e12:F0} TFLOP/s; "
-                        + $"call {call:F2} ms (H2D {chunked.UploadMs:F2}, D2H {chunked.DownloadMs:F2}), back to back {pipelined:F2} ms/step, unchunked {wholeCall:F2} ms (H2D {whole.UploadMs:F2}, D2H {whole.DownloadMs:F2}); parts {chunked.Parts}, splits {chunked.Splits}");
+                        + $"call {call:F2} ms (H2D {chunked.UploadMs:F2}, D2H {chunked.DownloadMs:F2}), back to back {pipelined:F2} ms/step, unchunked {wholeCall:F2} ms (H2D {whole.UploadMs:F2}, D2H {whole.DownloadMs:F2}); "
+                        + $"page-locked call {directCall:F2} ms (H2D {direct.UploadMs:F2}, D2H {direct.DownloadMs:F2}), back to back {directPipelined:F2} ms/step; parts {chunked.Parts}, splits {chunked.Splits}");
                 });
             }
         }
@@ -530,8 +557,22 @@ namespace FlashMla.Cuda.DeviceCheck
         {
             int b = lens.Length;
             int rows = b * sq * hq;
-            var q = new ushort[rows * MlaDims.HeadDimK];
-            for (int i = 0; i < q.Length; i++) q[i] = Bf16.FromFloat(Gaussian());
+            Memory<ushort> q = Tensor<ushort>(rows * MlaDims.HeadDimK);
+            for (int i = 0; i < q.Length; i++) q.Span[i] = Bf16.FromFloat(Gaussian());
+            if (append && newRows is not null && Pool is not null)
+            {
+                Memory<ushort> pooled = Tensor<ushort>(newRows.Length);
+                newRows.CopyTo(pooled);
+                return NewBatch(layer, sq, hq, lens, stride, blockTable, q, pooled, newSlots);
+            }
+            return NewBatch(layer, sq, hq, lens, stride, blockTable, q, append ? newRows : ReadOnlyMemory<ushort>.Empty, append ? newSlots : null);
+        }
+
+        private DecodeBatch NewBatch(int layer, int sq, int hq, int[] lens, int stride, int[] blockTable, ReadOnlyMemory<ushort> q,
+            ReadOnlyMemory<ushort> newRows, int[]? newSlots)
+        {
+            int b = lens.Length;
+            int rows = b * sq * hq;
             return new DecodeBatch
             {
                 Layer = layer,
@@ -540,15 +581,19 @@ namespace FlashMla.Cuda.DeviceCheck
                 Heads = hq,
                 SoftmaxScale = MlaDims.DefaultSoftmaxScale,
                 Q = q,
-                NewKv = append ? newRows : ReadOnlyMemory<ushort>.Empty,
-                NewKvSlots = append ? newSlots : ReadOnlyMemory<int>.Empty,
+                NewKv = newRows,
+                NewKvSlots = newRows.IsEmpty ? ReadOnlyMemory<int>.Empty : newSlots,
                 SeqLens = lens,
                 BlockTable = blockTable,
                 BlockTableStride = stride,
-                Out = new ushort[rows * MlaDims.HeadDimV],
-                Lse = new float[rows],
+                Out = Tensor<ushort>(rows * MlaDims.HeadDimV),
+                Lse = Tensor<float>(rows),
             };
         }
+
+        /// <summary>A tensor of <paramref name="n"/> elements: a plain array, or a view of a pool array when <see cref="Pool"/> is set.</summary>
+        private Memory<T> Tensor<T>(int n) where T : unmanaged =>
+            Pool is null ? new T[n] : MemoryCast.Cast<byte, T>(Pool.Rent(n * Unsafe.SizeOf<T>()).AsMemory(0, n * Unsafe.SizeOf<T>()));
 
         private static int CompareBlock(CudaBackend backend, KvMirror mirror, int layer, int block)
         {

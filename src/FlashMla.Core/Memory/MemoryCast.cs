@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace FlashMla.Core.Memory;
@@ -21,10 +22,41 @@ public static class MemoryCast
         return copy;
     }
 
+    /// <summary>
+    /// The byte array under <paramref name="memory"/> and the byte offset of its first element, when it is a
+    /// slice of a <c>byte[]</c> or a <see cref="Cast{TFrom,TTo}"/> view of one; false for anything else.
+    /// </summary>
+    public static bool TryGetByteSegment<T>(ReadOnlyMemory<T> memory, out byte[] array, out int byteOffset) where T : unmanaged
+    {
+        if (MemoryMarshal.TryGetArray(memory, out var segment) && segment.Array is byte[] bytes)
+        {
+            (array, byteOffset) = (bytes, segment.Offset);
+            return true;
+        }
+        if (MemoryMarshal.TryGetMemoryManager(memory, out MemoryManager<T>? manager, out int start, out _) &&
+            manager is IByteArrayView { Bytes: { } viewed } view)
+        {
+            (array, byteOffset) = (viewed, view.ByteOffset + start * Unsafe.SizeOf<T>());
+            return true;
+        }
+        (array, byteOffset) = (null!, 0);
+        return false;
+    }
+
+    /// <summary>What a view exposes of the byte array under it (null when it views another element type).</summary>
+    private interface IByteArrayView
+    {
+        byte[]? Bytes { get; }
+        int ByteOffset { get; }
+    }
+
     /// <summary>A typed view of a segment of an array of another type; pinning pins the array.</summary>
-    private sealed class ArrayView<TFrom, TTo>(ArraySegment<TFrom> segment) : MemoryManager<TTo>
+    private sealed class ArrayView<TFrom, TTo>(ArraySegment<TFrom> segment) : MemoryManager<TTo>, IByteArrayView
         where TFrom : unmanaged where TTo : unmanaged
     {
+        public byte[]? Bytes => segment.Array as byte[];
+        public int ByteOffset => segment.Offset * Unsafe.SizeOf<TFrom>();
+
         public override Span<TTo> GetSpan() => MemoryMarshal.Cast<TFrom, TTo>(segment.AsSpan());
 
         public override unsafe MemoryHandle Pin(int elementIndex = 0)

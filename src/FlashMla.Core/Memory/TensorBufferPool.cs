@@ -21,7 +21,9 @@ public static class TensorBufferPool
     /// <summary>
     /// A bounded pool with locks rather than <see cref="ArrayPool{T}.Shared"/>: buffers are rented on the
     /// scheduler loop and returned on whichever thread wrote the response, which the shared pool's per-thread
-    /// caches serve poorly; this one keeps what is returned until it is rented again.
+    /// caches serve poorly; this one keeps what is returned until it is rented again. Its arrays live on the
+    /// pinned object heap, and a device backend page-locks them (<see cref="PinnedTensorPool.Attach"/>) to copy
+    /// q in and the outputs out without staging.
     /// </summary>
-    public static ArrayPool<byte> Bytes { get; } = ArrayPool<byte>.Create(MaxPooledBytes, ArraysPerSize);
+    public static PinnedTensorPool Bytes { get; } = new(MaxPooledBytes, ArraysPerSize);
 }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using FlashMla.Core.Backends;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Metadata;
 using FlashMla.Core.Tensors;
 using FlashMla.Cuda.Interop;
@@ -49,7 +50,9 @@ public sealed class CudaBackend : IAttentionBackend
     private readonly StreamHandle _downloadStream;
     private readonly MlaKernels _kernels;
     private readonly DeviceMemoryHandle _pools;
-    private readonly TensorMapBytes _kvMap;  // every layer's pool, one map: a layer starts at row layer * blocks * 64
+    private readonly TensorMapBytes _kvMap;
+    private readonly HostMemoryRegistrar _registrar;
+    private PinnedTensorPool? _hostPool;  // arrays page-locked for direct copies (AttachHostPool)  // every layer's pool, one map: a layer starts at row layer * blocks * 64
     private readonly PinnedStaging _hostUpload;
     private readonly PinnedStaging _hostDownload;
     private readonly DeviceScratch _deviceUpload;
@@ -76,6 +79,7 @@ public sealed class CudaBackend : IAttentionBackend
         _pools = pools;
         Geometry = geometry;
         _kvMap = KvTensorMap.Encode(pools.Pointer, checked((long)geometry.NumLayers * geometry.NumBlocks * MlaDims.BlockSize));
+        _registrar = new HostMemoryRegistrar(context);
         _fatbinPath = fatbinPath;
         _hostUpload = new PinnedStaging(context, "pinned upload");
         _hostDownload = new PinnedStaging(context, "pinned download");
@@ -115,6 +119,28 @@ public sealed class CudaBackend : IAttentionBackend
     /// skip comes back NaN instead of the previous step's value.
     /// </summary>
     internal bool PoisonResults { get; set; }
+
+    /// <summary>
+    /// Page-locks <paramref name="pool"/>'s arrays (now and as it grows) so that a decode step whose q, new KV,
+    /// out and lse lie in them is copied straight between them and the device: no staging copy on the scheduler
+    /// loop, no unstaging copy on the completion thread. Steps with other memory are staged as before. The pool
+    /// is detached when the backend is disposed.
+    /// </summary>
+    public void AttachHostPool(PinnedTensorPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _hostPool?.Detach();
+        pool.Attach(_registrar);
+        _hostPool = pool;
+    }
+
+    /// <summary>Pool arrays the driver refused to page-lock (those steps were staged).</summary>
+    public long RefusedHostRegistrations => _registrar.Refused;
+
+    /// <summary>Decode steps whose inputs and outputs were all copied directly (none staged); for checks.</summary>
+    internal long DirectSteps => Interlocked.Read(ref _directSteps);
+    private long _directSteps;
 
     /// <summary>Opens device 0 and allocates the pools. Called by <see cref="CudaBackendFactory.Create"/> after a probe.</summary>
     internal static CudaBackend Open(CudaBackendOptions options)
@@ -367,8 +393,8 @@ public sealed class CudaBackend : IAttentionBackend
         // Upload stream: the inputs.
         events.UploadStart.Record(_uploadStream);
         CopyToDevice(up, slot.HostUpload.Pointer, layout.TotalBytes, "decode upload", _uploadStream);
-        StageAndUpload(slot, MemoryMarshal.AsBytes(batch.Q.Span), qOffset);
-        StageAndUpload(slot, MemoryMarshal.AsBytes(batch.NewKv.Span), kvOffset);
+        bool direct = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
+        direct &= UploadDirectOrStaged(slot, batch.NewKv, kvOffset, "decode new kv");
         events.UploadEnd.Record(_uploadStream);
 
         // Compute stream: after this step's upload and (stream order) every earlier step's kernels and pool writes.
@@ -423,15 +449,29 @@ public sealed class CudaBackend : IAttentionBackend
         long chunk = TransferChunkBytes > 0
             ? Math.Max(TransferChunkBytes, (outBytes + StepEvents.ChunkEvents - 2) / (StepEvents.ChunkEvents - 1))
             : long.MaxValue;
-        int chunks = 0;
-        for (long at = 0; at < outBytes; at += chunk)
+        nint outHost = 0, lseHost = 0;
+        slot.DirectDownload = _hostPool is not null &&
+            _hostPool.TryGetRegisteredAddress((ReadOnlyMemory<ushort>)batch.Out, out outHost) &&
+            _hostPool.TryGetRegisteredAddress((ReadOnlyMemory<float>)batch.Lse, out lseHost);
+        if (slot.DirectDownload)
         {
-            CopyToHost(slot.HostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out", _downloadStream);
-            events.Chunk(chunks++).Record(_downloadStream);
+            // Straight into the arrays the responses are written from: nothing to unstage.
+            CopyToHost(outHost, result, outBytes, "decode out", _downloadStream);
+            CopyToHost(lseHost, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
         }
-        CopyToHost(slot.HostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
-        events.Chunk(chunks).Record(_downloadStream);
+        else
+        {
+            int chunks = 0;
+            for (long at = 0; at < outBytes; at += chunk)
+            {
+                CopyToHost(slot.HostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out", _downloadStream);
+                events.Chunk(chunks++).Record(_downloadStream);
+            }
+            CopyToHost(slot.HostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
+            events.Chunk(chunks).Record(_downloadStream);
+        }
         events.DownloadEnd.Record(_downloadStream);
+        if (direct && slot.DirectDownload) Interlocked.Increment(ref _directSteps);
 
         slot.OutDestination = batch.Out;
         slot.LseDestination = batch.Lse;
@@ -441,6 +481,23 @@ public sealed class CudaBackend : IAttentionBackend
         slot.StartedAt = started;
         slot.Splits = totalSplits;
         slot.Parts = parts;
+    }
+
+    /// <summary>
+    /// Sends a step input: straight from its array when that array is page-locked (it stays rented, unchanged,
+    /// until the step completes: the scheduler holds the request until then), else through the slot's pinned
+    /// staging. True when it went direct (or was empty).
+    /// </summary>
+    private bool UploadDirectOrStaged<T>(DecodeSlot slot, ReadOnlyMemory<T> source, long offset, string what) where T : unmanaged
+    {
+        if (source.IsEmpty) return true;
+        if (_hostPool is not null && _hostPool.TryGetRegisteredAddress(source, out nint host))
+        {
+            CopyToDevice(slot.DeviceUpload.Pointer + (ulong)offset, host, MemoryMarshal.AsBytes(source.Span).Length, what, _uploadStream);
+            return true;
+        }
+        StageAndUpload(slot, MemoryMarshal.AsBytes(source.Span), offset);
+        return false;
     }
 
     /// <summary>Copies <paramref name="source"/> into the slot's pinned upload at <paramref name="offset"/> and sends it, chunk by chunk, so the two overlap.</summary>
@@ -490,6 +547,13 @@ public sealed class CudaBackend : IAttentionBackend
     private static void Unstage(DecodeSlot slot)
     {
         StepEvents events = slot.Events;
+        if (slot.DirectDownload)
+        {
+            events.DownloadEnd.Synchronize();
+            slot.OutDestination = default;
+            slot.LseDestination = default;
+            return;
+        }
         Span<byte> outDestination = MemoryMarshal.AsBytes(slot.OutDestination.Span);
         Span<byte> lseDestination = MemoryMarshal.AsBytes(slot.LseDestination.Span);
         long outBytes = slot.OutBytes, chunk = slot.ChunkBytes;
@@ -558,6 +622,8 @@ public sealed class CudaBackend : IAttentionBackend
                 _ = CudaDriver.cuStreamSynchronize(_downloadStream.Stream);
             }
         }
+        // Unlock the pool's arrays while the context lives; the pool keeps them (unlocked) for the next backend.
+        _hostPool?.Detach();
         foreach (DecodeSlot slot in _slots) slot.Dispose();
         _deviceUpload.Dispose();
         _hostDownload.Dispose();

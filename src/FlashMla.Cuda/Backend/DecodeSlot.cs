@@ -37,6 +37,7 @@ internal sealed class DecodeSlot : IDisposable
     public long OutBytes { get; set; }
     public long LseOffset { get; set; }
     public long ChunkBytes { get; set; }
+    public bool DirectDownload { get; set; }
     public long StartedAt { get; set; }
     public int Splits { get; set; }
     public int Parts { get; set; }

@@ -31,6 +31,8 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] public static partial CUresult cuMemFree_v2(ulong devicePointer);
     [LibraryImport(Library)] public static partial CUresult cuMemAllocHost_v2(out IntPtr hostPointer, nuint bytes);
     [LibraryImport(Library)] public static partial CUresult cuMemFreeHost(IntPtr hostPointer);
+    [LibraryImport(Library)] public static partial CUresult cuMemHostRegister_v2(void* hostPointer, nuint bytes, uint flags);
+    [LibraryImport(Library)] public static partial CUresult cuMemHostUnregister(void* hostPointer);
     [LibraryImport(Library)] public static partial CUresult cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint bytes, IntPtr stream);
     [LibraryImport(Library)] public static partial CUresult cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint bytes, IntPtr stream);
     [LibraryImport(Library)] public static partial CUresult cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint bytes, IntPtr stream);

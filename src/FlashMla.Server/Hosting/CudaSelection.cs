@@ -1,4 +1,5 @@
 using FlashMla.Core.Backends;
+using FlashMla.Core.Memory;
 using FlashMla.Cuda.Backend;
 
 namespace FlashMla.Server.Hosting;
@@ -29,7 +30,11 @@ public static class CudaSelection
                 NumBlocks = options.TotalBlocks,
                 MemoryFraction = options.MemoryFraction,
             });
-            why = $"{probe.DeviceDescription ?? "GPU"} found and kernels loaded from {fatbin}";
+            // The wire parses tensors into TensorBufferPool and responses are written from it: page-locked,
+            // the backend copies between those arrays and the GPU without staging.
+            if (options.PinnedTensorBuffers) backend.AttachHostPool(TensorBufferPool.Bytes);
+            why = $"{probe.DeviceDescription ?? "GPU"} found and kernels loaded from {fatbin}" +
+                (options.PinnedTensorBuffers ? "; tensor buffers page-locked" : "; tensor buffers staged");
             return backend;
         }
         catch (InvalidOperationException ex)
