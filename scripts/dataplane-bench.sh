@@ -9,9 +9,9 @@
 #     APP_DIR: the unpacked publish (default /tmp/flashmla-app/flashmla), FATBIN (default native/build/flashmla.fatbin)
 # Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
 #      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_RUNTIME_AB=1.
-# Runtime A/B (CUDA server, b 128, h_q 16 and 128, 4 connections): the server as shipped (server GC,
-# concurrent) against workstation GC, and against a 256 MiB gen0 budget with 64 minimum worker threads,
-# so the GC and thread-pool settings are chosen by measurement.
+# Server A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): as shipped (tensor buffers
+# page-locked, copied straight between the wire's arrays and the GPU) against PinnedTensorBuffers=false
+# (staged through the backend's pinned buffers). DP_AB_ARGS: extra bench-matrix arguments for it.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -64,13 +64,17 @@ if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
   stop_server
 fi
 if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
-  for variant in "shipped:" "workstation-gc:DOTNET_gcServer=0" "gen0-256m+minthreads-64:DOTNET_GCgen0size=0x10000000 DOTNET_ThreadPool_ForceMinWorkerThreads=64"; do
-    name=${variant%%:*}; SERVER_ENV=${variant#*:}
-    echo "== runtime A/B: $name (${SERVER_ENV:-defaults})"
-    echo "### runtime A/B: server $name (${SERVER_ENV:-as shipped: server GC, concurrent})" >> "$res"
-    if SERVER_ENV=$SERVER_ENV start_server cuda "$port" --FlashMla:FatbinPath="$fatbin"; then
-      timeout 90 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
-        --connections 4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" || status=1
+  # Server variants at b 128, 4 connections: as shipped (tensor buffers page-locked, copied straight to and
+  # from the GPU) against the backend staging them through its own pinned buffers. (The GC / thread-pool
+  # A/B of the 16:16 round chose server GC; results/dataplane/.)
+  for variant in "shipped||" "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
+    name=${variant%%|*}; rest=${variant#*|}; SERVER_ENV=${rest%%|*}; server_args=${rest#*|}
+    echo "== server A/B: $name (${SERVER_ENV:-default env} ${server_args})"
+    echo "### server A/B: $name (${server_args:-as shipped: tensor buffers page-locked}${SERVER_ENV:+, $SERVER_ENV})" >> "$res"
+    # shellcheck disable=SC2086
+    if SERVER_ENV=$SERVER_ENV start_server cuda "$port" --FlashMla:FatbinPath="$fatbin" $server_args; then
+      timeout 120 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
+        --connections 1,4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" ${DP_AB_ARGS:-} || status=1
     else
       echo "server ($name) did not start"; status=1
     fi
