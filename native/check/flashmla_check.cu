@@ -4,7 +4,7 @@
 //                         kernel NAME (default flashmla_decode_splitkv, the exported one;
 //                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles, _v6_wgmma_pieces,
 //                         _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free, _v10_wgmma_early_pv,
-//                         _v11_wgmma_late_ready, _v12_wgmma_late_ready_full, _v13_wgmma_ready_after_s, _v14_tma)
+//                         _v11_wgmma_late_ready, _v12_wgmma_late_ready_full, _v13_wgmma_ready_after_s, _v14_tma, _v15_tma_block_gates)
 //   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
 //                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
 //                         [--shapes I,J,..] a subset of the grid; [--rounds R --reps N] R interleaved
@@ -109,6 +109,7 @@ const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_v12_wgmma_late_ready_full", "v12 v11 if full", reinterpret_cast<const void*>(flashmla_decode_v12_wgmma_late_ready_full)},
     {"flashmla_decode_v13_wgmma_ready_after_s", "v13 ready after S", reinterpret_cast<const void*>(flashmla_decode_v13_wgmma_ready_after_s)},
     {"flashmla_decode_v14_tma", "v14 TMA pages", reinterpret_cast<const void*>(flashmla_decode_v14_tma)},
+    {"flashmla_decode_v15_tma_block_gates", "v15 TMA block gates", reinterpret_cast<const void*>(flashmla_decode_v15_tma_block_gates)},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {

@@ -65,12 +65,13 @@ constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
 // 12 = v12: v11 for full row groups, v5 otherwise, 13 = v13: v11 with
 // P_READY(j) after S(j+1) retired (decode_sm90_roles_v7.cu holds v7 .. v13),
 // 14 = v14: v5 with pages copied by TMA through MlaDecodeParams.kv_map
-// (decode_sm90_tma.cu). All take the same launch
+// (decode_sm90_tma.cu), 15 = v15: v14 with an mbarrier per 64 x 64 block of
+// a page, S starting on each block as it lands. All take the same launch
 // (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
 // num_sm_parts)), so the switch is no ABI change. Override with
 // -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).
 #ifndef MLA_DECODE_EXPORT
-#define MLA_DECODE_EXPORT 14
+#define MLA_DECODE_EXPORT 15
 #endif
 // Tiles (Q, pages) are stored as kSwBlocks column blocks of 64 columns:
 // block b = [64 rows][128 bytes], 128-byte swizzled (chunk c of row r at
@@ -89,8 +90,10 @@ static_assert(kSmemQ % 1024 == 0 && kSmemKv % 1024 == 0 && kSmemP % 1024 == 0 &&
               "wgmma SW128 tiles start on 1 KB swizzle atoms");
 
 // ---- combine --------------------------------------------------------------
-constexpr int kCombineWarps = MLA_COMBINE_THREADS / 32;                      // 4
-constexpr int kCombineRowsPerWarp = MLA_COMBINE_ROWS_PER_CTA / kCombineWarps; // 4
+constexpr int kCombineWarps = MLA_COMBINE_THREADS / 32;  // 4
+constexpr int kCombineMaxWeights = 1024;                 // chunk weights kept in shared memory (more are recomputed)
+constexpr int kCombineUnroll = 8;                        // chunks whose loads are in flight at once
+static_assert(MLA_COMBINE_ROWS_PER_CTA == 1 && MLA_COMBINE_THREADS * 4 == kDimV, "combine: one row per CTA, a float4 per thread");
 
 // ---- reference ----------------------------------------------------------
 static_assert(MLA_REFERENCE_THREADS / 32 == MLA_REFERENCE_ROWS_PER_CTA, "reference: one warp per row");

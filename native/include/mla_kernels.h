@@ -22,6 +22,7 @@ __global__ void flashmla_decode_v11_wgmma_late_ready(const __grid_constant__ Mla
 __global__ void flashmla_decode_v12_wgmma_late_ready_full(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v13_wgmma_ready_after_s(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_decode_v15_tma_block_gates(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_combine(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_append_kv(const __grid_constant__ KvAppendParams p);

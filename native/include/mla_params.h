@@ -159,11 +159,11 @@
 #define MLA_DECODE_SMEM_BYTES 229888 /* Q tile + 2 pages + P tile + 512 B (row max / row factors, mbarriers) */
 
 /* flashmla_combine(const __grid_constant__ MlaDecodeParams p)
- *   grid  (batch, ceil(rows_per_seq / MLA_COMBINE_ROWS_PER_CTA), 1)
+ *   grid  (batch, ceil(rows_per_seq / MLA_COMBINE_ROWS_PER_CTA), 1) = (batch, rows_per_seq) since ABI 2
  *   block (MLA_COMBINE_THREADS, 1, 1), dynamic smem 0 */
 #define MLA_KERNEL_COMBINE "flashmla_combine"
 #define MLA_COMBINE_THREADS 128
-#define MLA_COMBINE_ROWS_PER_CTA 16
+#define MLA_COMBINE_ROWS_PER_CTA 1
 
 /* flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p)
  *   The checks' reference: one warp per query row, fp32 throughout. Reads

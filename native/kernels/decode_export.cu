@@ -4,7 +4,7 @@
 // (flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles,
 // _v6_wgmma_pieces, _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free,
 // _v10_wgmma_early_pv, _v11_wgmma_late_ready, _v12_wgmma_late_ready_full,
-// _v13_wgmma_ready_after_s, _v14_tma),
+// _v13_wgmma_ready_after_s, _v14_tma, _v15_tma_block_gates),
 // same launch, for same-run comparison; the service only uses this one.
 #include "mla_config.h"
 
@@ -35,8 +35,10 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
 #elif MLA_DECODE_EXPORT == 13
     decode_sm90_roles_v7_body<false, false, false, false, true, true, true>(p);
 #elif MLA_DECODE_EXPORT == 14
-    decode_sm90_tma_body(p);
+    decode_sm90_tma_body<false>(p);
+#elif MLA_DECODE_EXPORT == 15
+    decode_sm90_tma_body<true>(p);
 #else
-#error "MLA_DECODE_EXPORT must be 2 .. 14"
+#error "MLA_DECODE_EXPORT must be 2 .. 15"
 #endif
 }

@@ -26,13 +26,20 @@ using namespace mla;
 // named barriers (0 = __syncthreads): as v5, plus one inside warpgroup 0
 constexpr int kBarPReady = 1, kBarPFree = 2, kBarKvFree0 = 3, kBarZeroed = 5;
 constexpr int kWgThreads = 128;
-// red area (kSmemRed, 512 bytes): three mbarriers (kv_full[2], q_full), then
-// 64 floats of alpha (per page) or 1/rowsum (at the end of a chunk).
-constexpr int kRedMbar = 0, kRedRowVals = 64;
+// red area (kSmemRed, 512 bytes): the mbarriers (kv_full: 1 per stage, or 9
+// per stage with block gates; then q_full), then 64 floats of alpha (per
+// page) or 1/rowsum (at the end of a chunk).
+constexpr int kRedMbar = 0, kRedRowVals = 192;
+static_assert((2 * kSwBlocks + 1) * 8 <= kRedRowVals, "mbarriers overlap the row values");
 static_assert(kRedRowVals + kRows * 4 <= kWarpGroups * kRows * 4, "red area too small");
 
 }  // namespace sm90_tma
 
+// kBlockGates (v15): three mbarriers per stage (one per 3 column blocks) instead
+// of one per page, so S starts on a page's first third while the rest is still
+// landing (with TMA a gate costs no proxy fence, unlike v6/v8). S is then three
+// commit groups, the gate waits between them.
+template <bool kBlockGates>
 __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_tma;
@@ -55,13 +62,15 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     const uint32_t sQ = ptx::smem_addr(smem_tma + kSmemQ);
     const uint32_t sKv = ptx::smem_addr(smem_tma + kSmemKv);
     const uint32_t sP = ptx::smem_addr(smem_tma + kSmemP);
-    const uint32_t sMbar = ptx::smem_addr(smem_tma + kSmemRed + kRedMbar);  // kv_full[2], 8 bytes each
-    const uint32_t sQFull = sMbar + 16;                                       // q_full
+    constexpr int kGateBlocks = kBlockGates ? 3 : kSwBlocks;                    // column blocks per mbarrier
+    constexpr int kGates = kSwBlocks / kGateBlocks;                             // mbarriers per stage: 3 or 1
+    const uint32_t sMbar = ptx::smem_addr(smem_tma + kSmemRed + kRedMbar);  // kv_full[2][kGates], 8 bytes each
+    const uint32_t sQFull = sMbar + 8 * 2 * kGates;                           // q_full
+    auto gate = [&](int st, int g) { return sMbar + 8 * (st * kGates + g); };
     float* row_vals = reinterpret_cast<float*>(smem_tma + kSmemRed + kRedRowVals);  // [64]
     if ((sQ & (kSwAtomBytes - 1)) != 0) __trap();
     if (tid == 0) {
-        ptx::mbarrier_init(sMbar, 1);      // one expect_tx arrival + the page's bytes
-        ptx::mbarrier_init(sMbar + 8, 1);
+        for (int g = 0; g < 2 * kGates; ++g) ptx::mbarrier_init(sMbar + 8 * g, 1);  // one expect_tx arrival + its bytes
         ptx::mbarrier_init(sQFull, kWgThreads);  // 128 cp.async arrivals (.noinc)
         ptx::fence_mbarrier_init();
     }
@@ -72,11 +81,14 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     // Page `blk` of the chunk's sequence into the stage at sPage: nine 64 x 64
     // TMA boxes (one per column block), counted on that stage's kv_full.
     // Issued by one thread of warpgroup 1.
-    auto issue_page = [&](uint32_t sPage, uint32_t mbar, const int* bt, int blk) {
+    auto issue_page = [&](int st, const int* bt, int blk) {
         const int y = p.kv_map_row0 + bt[blk] * kPage;
-        ptx::mbarrier_arrive_expect_tx(mbar, kTileBytes);
+        const uint32_t sPage = sKv + st * kTileBytes;
 #pragma unroll
-        for (int b = 0; b < kSwBlocks; ++b) ptx::tma_load_2d(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, mbar);
+        for (int b = 0; b < kSwBlocks; ++b) {
+            if (b % kGateBlocks == 0) ptx::mbarrier_arrive_expect_tx(gate(st, b / kGateBlocks), kGateBlocks * kSwBlockBytes);
+            ptx::tma_load_2d(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, gate(st, b / kGateBlocks));
+        }
     };
 
     const int trow[2] = {wwarp * 16 + g, wwarp * 16 + g + 8};
@@ -113,8 +125,8 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
         if (wg == 1) {
             // ======================= values warpgroup =======================
             if (wtid == 0) {
-                if (n > 0) issue_page(sKv, sMbar, bt, blk_begin);
-                if (n > 1) issue_page(sKv + kTileBytes, sMbar + 8, bt, blk_begin + 1);
+                if (n > 0) issue_page(0, bt, blk_begin);
+                if (n > 1) issue_page(1, bt, blk_begin + 1);
             }
             if (n > 0) {
                 load_tile_sw128_async<kWgThreads>(
@@ -152,7 +164,7 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                 if (i + 2 < n) {
                     if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
                     else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
-                    if (wtid == 0) issue_page(sPage, sMbar + 8 * st, bt, blk_begin + i + 2);
+                    if (wtid == 0) issue_page(st, bt, blk_begin + i + 2);
                 }
             }
         } else {
@@ -172,9 +184,14 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                     q_phase ^= 1u;
                     ptx::fence_proxy_async_smem();  // Q: cp.async data (generic proxy) -> wgmma reads
                 }
-                ptx::mbarrier_wait_parity(sMbar + 8 * st, kv_phase[st]);  // TMA data: async proxy, no fence
+                // TMA data is async-proxy: wgmma reads it after the wait, no fence.
+                const uint32_t phase = kv_phase[st];
                 kv_phase[st] ^= 1u;
                 const int valid_rows = len - blk * kPage;
+                // Block gates: S waits block by block, except on a partial page (zeroed below, whole).
+                const bool gated = kBlockGates && valid_rows >= kPage;
+                if (!gated)
+                    for (int g = 0; g < kGates; ++g) ptx::mbarrier_wait_parity(gate(st, g), phase);
                 if (valid_rows < kPage) {
                     // The last page of the sequence: rows past the length hold
                     // anything (NaN included). S masks them, but P V would
@@ -195,16 +212,36 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
 #pragma unroll
                 for (int k = 0; k < kPage / 2; ++k) s[k] = 0.f;
                 ptx::fence_regs(s);
-                ptx::wgmma_fence();
+                if (kBlockGates) {
+                    // One commit group per gate (3 column blocks), each issued after its
+                    // gate: the wait sits between groups, never inside one (a wait
+                    // between the wgmmas of one group makes ptxas serialise them, C7520).
 #pragma unroll
-                for (int kk = 0; kk < kQkSteps; ++kk) {
-                    const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
-                    ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
-                                            ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                    for (int g = 0; g < kGates; ++g) {
+                        if (gated) ptx::mbarrier_wait_parity(gate(st, g), phase);
+                        ptx::wgmma_fence();
+#pragma unroll
+                        for (int kk = g * kGateBlocks * 4; kk < (g + 1) * kGateBlocks * 4; ++kk) {
+                            const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
+                            ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                                    ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                        }
+                        ptx::wgmma_commit();
+                    }
+                } else {
+                    ptx::wgmma_fence();
+#pragma unroll
+                    for (int kk = 0; kk < kQkSteps; ++kk) {
+                        const uint32_t koff = (kk >> 2) * kSwBlockBytes + (kk & 3) * 32;
+                        ptx::wgmma_m64n64k16_ss(s, ptx::wgmma_desc_sw128(sQ + koff, 16, kSwAtomBytes),
+                                                ptx::wgmma_desc_sw128(sPage + koff, 16, kSwAtomBytes), kk > 0 ? 1 : 0);
+                    }
+                    ptx::wgmma_commit();
                 }
-                ptx::wgmma_commit();
                 if (i > 0) {
-                    ptx::wgmma_wait<1>();  // P V(i-1) of this warpgroup retired: page i-1 is done here
+                    // P V(i-1) of this warpgroup retired (groups retire in order; S's
+                    // 1 or 3 groups may still run): page i-1 is done here.
+                    ptx::wgmma_wait<kGates>();
                     ptx::fence_regs(pa);
                     if (i + 1 < n) {
                         if (st == 0) ptx::named_bar_arrive<kBarKvFree0 + 1, 2 * kWgThreads>();
@@ -345,5 +382,10 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
 
 extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p) {
-    decode_sm90_tma_body(p);
+    decode_sm90_tma_body<false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
+    flashmla_decode_v15_tma_block_gates(const __grid_constant__ MlaDecodeParams p) {
+    decode_sm90_tma_body<true>(p);
 }
