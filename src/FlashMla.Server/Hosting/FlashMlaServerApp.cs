@@ -49,7 +49,7 @@ public static class FlashMlaServerApp
             // input pipe (the one that pauses at MaxRequestBufferSize) into a pipe of its own that never pauses, and
             // assembles frames there; the flow-control windows above bound that memory. Checked by experiment with
             // MaxRequestBufferSize = 64 KiB, a sixteenth of a frame: 530 MB went up in 1 MiB frames without a stall
-            // (see DESIGN.md, "The data plane"), and LargeFramesTests pins uploads of tens of MB in 1 MiB frames.
+            // on the development VM; LargeFrameTransportTests pins uploads of tens of MB in 1 MiB frames.
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = 1024;
             kestrel.Limits.MaxRequestBodySize = null;
