@@ -25,16 +25,26 @@ internal static class BenchCommand
         var seconds = new Option<double>("--seconds") { Description = "How long to run", DefaultValueFactory = _ => 10 };
         var append = new Option<bool>("--append") { Description = "Send the new KV rows with each step (the sequences grow)", DefaultValueFactory = _ => false };
         var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var transport = TransportOption.Create("HTTP/2 client: large-frames or sockets");
         var command = new Command("bench", "Decode load: concurrent streams, pipelined requests, latency and throughput")
-            { streams, inflight, batch, context, heads, queryTokens, seconds, append, output };
-        command.SetAction((parse, token) => RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(streams), parse.GetValue(inflight),
-            parse.GetValue(batch), parse.GetValue(context), parse.GetValue(heads), parse.GetValue(queryTokens), parse.GetValue(seconds),
-            parse.GetValue(append), parse.GetValue(output)), token));
+            { streams, inflight, batch, context, heads, queryTokens, seconds, append, output, transport };
+        command.SetAction((parse, token) =>
+        {
+            var chosen = TransportOption.ParseList(parse.GetValue(transport)!);
+            if (chosen is not [var single])
+            {
+                if (chosen is not null) AnsiConsole.MarkupLine("[red]bench takes one --transport; bench-matrix compares several[/]");
+                return Task.FromResult(2);
+            }
+            return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(streams), parse.GetValue(inflight),
+                parse.GetValue(batch), parse.GetValue(context), parse.GetValue(heads), parse.GetValue(queryTokens), parse.GetValue(seconds),
+                parse.GetValue(append), parse.GetValue(output), single), token);
+        });
         return command;
     }
 
     private sealed record Settings(string Address, int Streams, int InFlight, int Batch, int Context, int Heads, int QueryTokens,
-        double Seconds, bool Append, string? Output);
+        double Seconds, bool Append, string? Output, ClientTransport Transport);
 
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
     {
@@ -43,7 +53,7 @@ internal static class BenchCommand
             AnsiConsole.MarkupLine("[red]streams, inflight, batch, context, heads, sq and seconds must be positive[/]");
             return 2;
         }
-        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address)).ToArray();
+        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address, new FlashMlaClientOptions { Transport = s.Transport })).ToArray();
         try
         {
             var config = await clients[0].GetConfigAsync(cancellationToken);
@@ -141,7 +151,7 @@ internal static class BenchCommand
         var text = new StringBuilder();
         text.AppendLine($"## bench {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
         text.AppendLine();
-        text.AppendLine($"Server: backend {config.Backend} ({config.Device}), {s.Address}. Load: {s.Streams} streams x {s.InFlight} in flight, " +
+        text.AppendLine($"Server: backend {config.Backend} ({config.Device}), {s.Address}, transport {TransportOption.Name(s.Transport)}. Load: {s.Streams} streams x {s.InFlight} in flight, " +
             $"b={s.Batch}, s_k={s.Context}, h_q={s.Heads}, s_q={s.QueryTokens}, append={s.Append}, {elapsed:F1} s.");
         text.AppendLine();
         text.AppendLine("| figure | value |");

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using FlashMla.Core.Tensors;
 using Spectre.Console;
 
@@ -29,11 +30,17 @@ internal static class BenchMatrixCommand
         var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
         var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
         var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
-        var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections, with raw TCP for reference")
-            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output };
-        command.SetAction((parse, token) => RunAsync(new Settings(parse.GetValue(address)!, ParseList(parse.GetValue(batches)!),
-            ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
-            parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output)), token));
+        var transports = TransportOption.Create("HTTP/2 client(s), comma-separated, each measured on every row: large-frames, sockets");
+        var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport, with raw TCP for reference")
+            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports };
+        command.SetAction((parse, token) =>
+        {
+            var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
+            if (chosen is null) return Task.FromResult(2);
+            return RunAsync(new Settings(parse.GetValue(address)!, ParseList(parse.GetValue(batches)!),
+                ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
+                parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen), token);
+        });
         return command;
     }
 
@@ -41,10 +48,11 @@ internal static class BenchMatrixCommand
         [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse)];
 
     private sealed record Settings(string Address, int[] Batches, int[] Heads, int[] Connections, int Context, int StreamsPerConnection,
-        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output);
+        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports);
 
-    private sealed record Row(int Batch, int Heads, int Connections, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
-        double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps);
+    private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
+        double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps,
+        double FrameDownKiB, double FrameUpKiB);
 
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
     {
@@ -82,10 +90,15 @@ internal static class BenchMatrixCommand
                     foreach (int n in s.Connections)
                     {
                         if (s.TcpSeconds > 0 && !tcp.ContainsKey(n)) tcp[n] = await TcpBenchCommand.MeasureAsync(n, s.TcpSeconds, 4 * 1024 * 1024, cancellationToken);
-                        var row = await RunRowAsync(s, input, b, h, n, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
-                        results.Add(row);
-                        AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n}: {row.StepsPerSecond:F0} steps/s, up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, " +
-                            $"p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s");
+                        foreach (var transport in s.Transports)
+                        {
+                            var row = await RunRowAsync(s, input, b, h, n, transport, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
+                            results.Add(row);
+                            AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n} {TransportOption.Name(transport)}: {row.StepsPerSecond:F0} steps/s, " +
+                                $"up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, " +
+                                $"compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s, " +
+                                $"DATA frames down/up {row.FrameDownKiB:F0}/{row.FrameUpKiB:F0} KiB");
+                        }
                     }
                 }
         }
@@ -94,8 +107,8 @@ internal static class BenchMatrixCommand
             foreach (ulong id in ids) await admin.FreeAsync(id, CancellationToken.None);
         }
 
-        var table = new Table().AddColumns("b", "h_q", "conns", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
-            "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s");
+        var table = new Table().AddColumns("b", "h_q", "conns", "transport", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
+            "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s", "frame down KiB", "frame up KiB");
         foreach (var r in results) table.AddRow(Cells(r));
         AnsiConsole.Write(table);
         if (s.Output is { } path) WriteResults(path, s, config, results);
@@ -104,13 +117,16 @@ internal static class BenchMatrixCommand
 
     private static string[] Cells(Row r) =>
     [
-        $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
+        $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", TransportOption.Name(r.Transport), $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
         $"{r.P50Ms:F2}", $"{r.P99Ms:F2}", $"{r.ComputeMs:F3}", $"{r.BackendBusy:P0}", $"{r.SequencesPerCall:F0}", $"{r.TcpGBps:F2}",
+        double.IsNaN(r.FrameDownKiB) ? "n/a" : $"{r.FrameDownKiB:F0}", double.IsNaN(r.FrameUpKiB) ? "n/a" : $"{r.FrameUpKiB:F0}",
     ];
 
-    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, double tcpGBps, CancellationToken cancellationToken)
+    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, ClientTransport transport, double tcpGBps,
+        CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { Connections = connections });
+        var counters = new Http2TransportCounters();
+        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { Connections = connections, Transport = transport, Counters = counters });
         var streams = Enumerable.Range(0, connections * s.StreamsPerConnection).Select(_ => client.OpenDecodeStream(cancellationToken)).ToArray();
         long qBytes = input.QBytes.Length;
         var latencies = new List<double>();
@@ -150,9 +166,14 @@ internal static class BenchMatrixCommand
         await Task.Delay(TimeSpan.FromSeconds(s.Warmup), cancellationToken);
         Volatile.Write(ref measuring, true);
         var clock = Stopwatch.StartNew();
+        long framesDown = counters.DataFramesReceived, framesUp = counters.DataFramesSent, payloadDown = counters.DataBytesReceived, payloadUp = counters.DataBytesSent;
         await Task.Delay(TimeSpan.FromSeconds(s.Seconds), cancellationToken);
         Volatile.Write(ref measuring, false);
         double elapsed = clock.Elapsed.TotalSeconds;
+        framesDown = counters.DataFramesReceived - framesDown;
+        framesUp = counters.DataFramesSent - framesUp;
+        double frameDownKiB = framesDown == 0 ? double.NaN : (counters.DataBytesReceived - payloadDown) / (double)framesDown / 1024;
+        double frameUpKiB = framesUp == 0 ? double.NaN : (counters.DataBytesSent - payloadUp) / (double)framesUp / 1024;
         stop.Cancel();
         await Task.WhenAll(workers);
         foreach (var stream in streams) await stream.DisposeAsync();
@@ -161,8 +182,9 @@ internal static class BenchMatrixCommand
         Array.Sort(sorted);
         double Percentile(double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
         double n = Math.Max(1, steps);
-        return new Row(b, h, connections, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
-            bytesDown / elapsed / 1e9, Percentile(0.5), Percentile(0.99), computeSum / n / 1000, computeShare / 1e6 / elapsed, sequencesSum / n, tcpGBps);
+        return new Row(b, h, connections, transport, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
+            bytesDown / elapsed / 1e9, Percentile(0.5), Percentile(0.99), computeSum / n / 1000, computeShare / 1e6 / elapsed, sequencesSum / n, tcpGBps,
+            frameDownKiB, frameUpKiB);
     }
 
     private static void WriteResults(string path, Settings s, Contracts.V1.ServiceConfig config, List<Row> rows)
@@ -173,10 +195,12 @@ internal static class BenchMatrixCommand
         text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}. s_k={s.Context}, s_q=1, no append; " +
             $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
             "up = q bytes sent, down = out+lse bytes received (GB = 1e9 B); compute = the server's backend time per call (compute_us); " +
-            "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run.");
+            "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run; " +
+            "transport = the client's HTTP/2 stack (large-frames: LargeFrameHttp2Handler, sockets: SocketsHttpHandler); frame KiB = mean DATA payload " +
+            "per frame as counted by LargeFrameHttp2Handler (n/a for sockets).");
         text.AppendLine();
-        text.AppendLine("| b | h_q | conns | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s |");
-        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        text.AppendLine("| b | h_q | conns | transport | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s | frame down KiB | frame up KiB |");
+        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var r in rows) text.AppendLine("| " + string.Join(" | ", Cells(r)) + " |");
         text.AppendLine();
         File.AppendAllText(path, text.ToString());

@@ -1,4 +1,5 @@
 using System.Buffers;
+using FlashMla.Client.Transport;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using Grpc.Core;
@@ -66,21 +67,32 @@ public sealed class FlashMlaClient : IDisposable
         return [.. Enumerable.Range(0, options.Connections).Select(_ => CreateChannel(address, options))];
     }
 
-    /// <summary>A channel tuned for large tensors: big HTTP/2 windows, no message limit, several connections when streams pile up.</summary>
+    /// <summary>
+    /// A channel tuned for large tensors: big HTTP/2 windows and frames, no message limit. The transport is
+    /// <see cref="FlashMlaClientOptions.Transport"/>; https addresses always use SocketsHttpHandler.
+    /// </summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
         GrpcChannel.ForAddress(address, new GrpcChannelOptions
         {
             MaxReceiveMessageSize = options.MaxMessageBytes,
             MaxSendMessageSize = options.MaxMessageBytes,
-            HttpHandler = new SocketsHttpHandler
-            {
-                EnableMultipleHttp2Connections = true,
-                InitialHttp2StreamWindowSize = 16 * 1024 * 1024,
-                PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
-                KeepAlivePingDelay = TimeSpan.FromSeconds(30),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
-            },
+            HttpHandler = CreateHandler(address, options),
         });
+
+    private static HttpMessageHandler CreateHandler(string address, FlashMlaClientOptions options)
+    {
+        bool cleartext = new Uri(address).Scheme == Uri.UriSchemeHttp;
+        if (options.Transport == ClientTransport.LargeFrames && cleartext)
+            return new LargeFrameHttp2Handler(options.LargeFrames with { Counters = options.LargeFrames.Counters ?? options.Counters });
+        return new SocketsHttpHandler
+        {
+            EnableMultipleHttp2Connections = true,
+            InitialHttp2StreamWindowSize = 16 * 1024 * 1024,
+            PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
+            KeepAlivePingDelay = TimeSpan.FromSeconds(30),
+            KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
+        };
+    }
 
     public async Task<ServiceConfig> GetConfigAsync(CancellationToken cancellationToken = default) =>
         await Cache.GetConfigAsync(new GetConfigRequest(), cancellationToken: cancellationToken);
@@ -178,4 +190,26 @@ public sealed record FlashMlaClientOptions
 
     /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
     public ArrayPool<byte>? BufferPool { get; init; }
+
+    /// <summary>The HTTP/2 client under gRPC for http:// addresses (https always uses SocketsHttpHandler).</summary>
+    public ClientTransport Transport { get; init; } = ClientTransport.LargeFrames;
+
+    /// <summary>Frame size, windows and socket settings of <see cref="ClientTransport.LargeFrames"/>.</summary>
+    public LargeFrameHttp2Options LargeFrames { get; init; } = new();
+
+    /// <summary>Frame and byte counters that every <see cref="ClientTransport.LargeFrames"/> connection of the client adds to; null for none kept.</summary>
+    public Http2TransportCounters? Counters { get; init; }
+}
+
+/// <summary>Which HTTP/2 client carries the gRPC calls.</summary>
+public enum ClientTransport
+{
+    /// <summary>
+    /// <see cref="LargeFrameHttp2Handler"/>: this library's h2c client with megabyte DATA frames both ways
+    /// (http:// only).
+    /// </summary>
+    LargeFrames,
+
+    /// <summary>.NET's SocketsHttpHandler: 16 KiB DATA frames both ways; needed for https.</summary>
+    SocketsHttpHandler,
 }

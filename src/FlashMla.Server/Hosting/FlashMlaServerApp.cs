@@ -43,6 +43,13 @@ public static class FlashMlaServerApp
             // Large windows and frames: a decode step moves megabytes each way (DESIGN.md, "The data plane").
             kestrel.Limits.Http2.InitialConnectionWindowSize = 64 * 1024 * 1024;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
+            // Clients that advertise a large SETTINGS_MAX_FRAME_SIZE (FlashMla.Client's LargeFrameHttp2Handler) get
+            // DATA frames up to this size and may send them. MaxRequestBufferSize (1 MiB by default) is smaller than
+            // such a frame plus its header, yet it cannot stall one: Kestrel's HTTP/2 connection copies the socket's
+            // input pipe (the one that pauses at MaxRequestBufferSize) into a pipe of its own that never pauses, and
+            // assembles frames there; the flow-control windows above bound that memory. Checked by experiment with
+            // MaxRequestBufferSize = 64 KiB, a sixteenth of a frame: 530 MB went up in 1 MiB frames without a stall
+            // on the development VM; LargeFrameTransportTests pins uploads of tens of MB in 1 MiB frames.
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = 1024;
             kestrel.Limits.MaxRequestBodySize = null;

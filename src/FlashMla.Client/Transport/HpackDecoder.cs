@@ -1,0 +1,139 @@
+using System.Text;
+
+namespace FlashMla.Client.Transport;
+
+/// <summary>
+/// Decodes the header blocks of one connection (RFC 7541): indexed fields, the three literal forms, dynamic
+/// table size updates and the dynamic table. Huffman-coded strings are not decoded (Kestrel never sends
+/// them; a test pins that): a block holding one decodes to a stream error unless it would have to be
+/// inserted into a non-empty dynamic table, where skipping it would desynchronise the table.
+/// </summary>
+internal sealed class HpackDecoder
+{
+    private readonly int _maxCapacity;
+    private readonly HpackDynamicTable _table;
+
+    /// <param name="maxCapacity">The SETTINGS_HEADER_TABLE_SIZE this side advertised: the largest size update the peer may send.</param>
+    public HpackDecoder(int maxCapacity)
+    {
+        _maxCapacity = maxCapacity;
+        _table = new HpackDynamicTable(maxCapacity);
+    }
+
+    internal HpackDynamicTable Table => _table;
+
+    /// <summary>Huffman-coded strings met so far (the decoder cannot read them).</summary>
+    public long HuffmanStrings { get; private set; }
+
+    /// <summary>
+    /// Decodes one whole header block into <paramref name="headers"/>. Returns null, or why the block cannot be
+    /// used although the table stayed consistent (a stream error). Throws <see cref="HpackDecodingException"/>
+    /// when the block is malformed or the table could not be kept in step (a connection error).
+    /// </summary>
+    public string? Decode(ReadOnlySpan<byte> block, List<KeyValuePair<string, string>> headers)
+    {
+        string? unusable = null;
+        bool fieldSeen = false;
+        int pos = 0;
+        while (pos < block.Length)
+        {
+            byte first = block[pos];
+            if ((first & 0x80) != 0)
+            {
+                // Indexed header field: 1xxxxxxx.
+                int index = ReadInteger(block, ref pos, 7);
+                if (index == 0) throw new HpackDecodingException("indexed header field with index 0");
+                headers.Add(ToPair(Lookup(index)));
+                fieldSeen = true;
+            }
+            else if ((first & 0xC0) == 0x40)
+            {
+                // Literal with incremental indexing: 01xxxxxx.
+                var (name, value) = ReadLiteral(block, ref pos, 6, indexed: true, ref unusable);
+                if (name is not null && value is not null)
+                {
+                    _table.Add(name, value);
+                    headers.Add(new(name, value));
+                }
+                fieldSeen = true;
+            }
+            else if ((first & 0xE0) == 0x20)
+            {
+                // Dynamic table size update: 001xxxxx, only before the first field (RFC 7541, section 4.2).
+                if (fieldSeen) throw new HpackDecodingException("dynamic table size update after a header field");
+                int capacity = ReadInteger(block, ref pos, 5);
+                if (capacity > _maxCapacity)
+                    throw new HpackDecodingException($"dynamic table size update to {capacity} bytes, above the {_maxCapacity} this client allows");
+                _table.Resize(capacity);
+            }
+            else
+            {
+                // Literal without indexing 0000xxxx, or never indexed 0001xxxx: the same to a decoder.
+                var (name, value) = ReadLiteral(block, ref pos, 4, indexed: false, ref unusable);
+                if (name is not null && value is not null) headers.Add(new(name, value));
+                fieldSeen = true;
+            }
+        }
+        return unusable;
+    }
+
+    private (string? Name, string? Value) ReadLiteral(ReadOnlySpan<byte> block, ref int pos, int prefixBits, bool indexed, ref string? unusable)
+    {
+        int nameIndex = ReadInteger(block, ref pos, prefixBits);
+        string? name = nameIndex == 0 ? ReadString(block, ref pos, indexed, ref unusable) : Lookup(nameIndex).Name;
+        string? value = ReadString(block, ref pos, indexed, ref unusable);
+        if (indexed && (name is null || value is null) && _table.Capacity > 0)
+        {
+            // An entry of unknown size would leave this table out of step with the server's encoder.
+            throw new HpackDecodingException("Huffman-coded header string in a field to be indexed: this client does not decode Huffman");
+        }
+        return (name, value);
+    }
+
+    private string? ReadString(ReadOnlySpan<byte> block, ref int pos, bool indexed, ref string? unusable)
+    {
+        if (pos >= block.Length) throw new HpackDecodingException("header block ends inside a string literal");
+        bool huffman = (block[pos] & 0x80) != 0;
+        int length = ReadInteger(block, ref pos, 7);
+        if (length > block.Length - pos) throw new HpackDecodingException($"string literal of {length} bytes runs past the end of the header block");
+        var bytes = block.Slice(pos, length);
+        pos += length;
+        if (!huffman) return Encoding.Latin1.GetString(bytes);
+        HuffmanStrings++;
+        unusable ??= "the server sent a Huffman-coded header string; this client (LargeFrameHttp2Handler) does not decode Huffman";
+        return null;
+    }
+
+    private (string Name, string Value) Lookup(int index)
+    {
+        if (index <= HpackStaticTable.Count) return HpackStaticTable.Get(index);
+        int dynamic = index - HpackStaticTable.Count;
+        if (dynamic > _table.Count)
+            throw new HpackDecodingException($"header index {index} is past the end of the tables ({HpackStaticTable.Count} static, {_table.Count} dynamic)");
+        return _table.Get(dynamic);
+    }
+
+    private static KeyValuePair<string, string> ToPair((string Name, string Value) entry) => new(entry.Name, entry.Value);
+
+    /// <summary>An HPACK integer with an N-bit prefix (RFC 7541, section 5.1), at most <see cref="int.MaxValue"/>.</summary>
+    internal static int ReadInteger(ReadOnlySpan<byte> block, ref int pos, int prefixBits)
+    {
+        if (pos >= block.Length) throw new HpackDecodingException("header block ends inside an integer");
+        int max = (1 << prefixBits) - 1;
+        int value = block[pos++] & max;
+        if (value < max) return value;
+        long total = value;
+        for (int shift = 0; ; shift += 7)
+        {
+            if (pos >= block.Length) throw new HpackDecodingException("header block ends inside an integer");
+            if (shift > 28) throw new HpackDecodingException("integer longer than 31 bits");
+            byte b = block[pos++];
+            total += (long)(b & 0x7F) << shift;
+            if (total > int.MaxValue) throw new HpackDecodingException("integer longer than 31 bits");
+            if ((b & 0x80) == 0) return (int)total;
+        }
+    }
+}
+
+/// <summary>A malformed header block (RFC 7541 decoding error): a connection error of type COMPRESSION_ERROR.</summary>
+internal sealed class HpackDecodingException(string message) : Exception("HPACK: " + message);

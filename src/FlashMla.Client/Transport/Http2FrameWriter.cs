@@ -1,0 +1,222 @@
+using System.Buffers;
+using System.Net.Sockets;
+
+namespace FlashMla.Client.Transport;
+
+/// <summary>
+/// Writes frames to one connection's socket under one async lock, a frame at a time, so streams interleave
+/// at frame boundaries. Control frames (WINDOW_UPDATE, SETTINGS and PING acks, RST_STREAM) are queued without
+/// waiting: whoever holds or next takes the lock sends them ahead of its own frame, so the reader loop never
+/// blocks behind a megabyte DATA frame. A DATA payload larger than the scratch buffer goes to the socket
+/// straight from the caller's memory.
+/// </summary>
+internal sealed class Http2FrameWriter : IDisposable
+{
+    private const int ScratchSize = 32 * 1024;
+
+    private readonly Socket _socket;
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly object _controlGate = new();
+    private byte[] _scratch = ArrayPool<byte>.Shared.Rent(ScratchSize);
+    private byte[] _control = new byte[256];
+    private int _controlLength;
+    private volatile Exception? _failure;
+
+    public Http2FrameWriter(Socket socket) => _socket = socket;
+
+    /// <summary>Set when a send failed: the connection can write nothing more.</summary>
+    public Exception? Failure => _failure;
+
+    /// <summary>Takes the write lock (frames written under it keep their order on the wire).</summary>
+    public Task EnterAsync(CancellationToken cancellationToken) => _lock.WaitAsync(cancellationToken);
+
+    /// <summary>Gives the write lock back, then sends control frames queued meanwhile, if nobody else took the lock.</summary>
+    public void Exit()
+    {
+        _lock.Release();
+        TryFlushControl();
+    }
+
+    /// <summary>Writes one frame; the caller holds the lock. Queued control frames go first.</summary>
+    public async ValueTask WriteFrameLockedAsync(Http2FrameHeader header, ReadOnlyMemory<byte> payload)
+    {
+        ThrowIfFailed();
+        int used = TakeControl(_scratch);
+        header.Write(_scratch.AsSpan(used));
+        used += Http2FrameHeader.Size;
+        try
+        {
+            if (payload.Length <= _scratch.Length - used)
+            {
+                payload.Span.CopyTo(_scratch.AsSpan(used));
+                await SendAsync(_scratch.AsMemory(0, used + payload.Length)).ConfigureAwait(false);
+            }
+            else
+            {
+                await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+                await SendAsync(payload).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            throw Fail(ex);
+        }
+    }
+
+    /// <summary>Writes raw bytes (the preface and first SETTINGS); the caller holds the lock.</summary>
+    public async ValueTask WriteRawLockedAsync(ReadOnlyMemory<byte> bytes)
+    {
+        ThrowIfFailed();
+        try
+        {
+            await SendAsync(bytes).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            throw Fail(ex);
+        }
+    }
+
+    public void QueueWindowUpdate(int streamId, int increment)
+    {
+        Span<byte> frame = stackalloc byte[Http2Frames.WindowUpdateFrameSize];
+        Queue(frame[..Http2Frames.WriteWindowUpdate(frame, streamId, increment)]);
+    }
+
+    public void QueueRstStream(int streamId, Http2ErrorCode code)
+    {
+        Span<byte> frame = stackalloc byte[Http2Frames.RstStreamFrameSize];
+        Queue(frame[..Http2Frames.WriteRstStream(frame, streamId, code)]);
+    }
+
+    public void QueueSettingsAck()
+    {
+        Span<byte> frame = stackalloc byte[Http2FrameHeader.Size];
+        Queue(frame[..Http2Frames.WriteSettingsAck(frame)]);
+    }
+
+    public void QueuePingAck(ulong opaque)
+    {
+        Span<byte> frame = stackalloc byte[Http2Frames.PingFrameSize];
+        Queue(frame[..Http2Frames.WritePing(frame, opaque, ack: true)]);
+    }
+
+    public void QueueGoAway(int lastStreamId, Http2ErrorCode code)
+    {
+        Span<byte> frame = stackalloc byte[Http2FrameHeader.Size + 8];
+        Queue(frame[..Http2Frames.WriteGoAway(frame, lastStreamId, code)]);
+    }
+
+    /// <summary>Sends whatever control frames are queued and waits for the send (used before closing the socket).</summary>
+    public async Task FlushControlAsync(CancellationToken cancellationToken)
+    {
+        await EnterAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await SendControlLockedAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    private void Queue(ReadOnlySpan<byte> frame)
+    {
+        lock (_controlGate)
+        {
+            if (_controlLength + frame.Length > _control.Length) Array.Resize(ref _control, Math.Max(_control.Length * 2, _controlLength + frame.Length));
+            frame.CopyTo(_control.AsSpan(_controlLength));
+            _controlLength += frame.Length;
+        }
+        TryFlushControl();
+    }
+
+    private void TryFlushControl()
+    {
+        if (Volatile.Read(ref _controlLength) == 0 || _failure is not null) return;
+        if (!_lock.Wait(0)) return; // the holder sends them when it writes its frame or after it exits
+        _ = FlushControlAndExitAsync();
+    }
+
+    private async Task FlushControlAndExitAsync()
+    {
+        try
+        {
+            await SendControlLockedAsync().ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
+            // Recorded in _failure; the reader loop sees the dead socket and fails the streams.
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    private async ValueTask SendControlLockedAsync()
+    {
+        if (_failure is not null) return;
+        int used = TakeControl(_scratch);
+        if (used == 0) return;
+        try
+        {
+            await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            throw Fail(ex);
+        }
+    }
+
+    /// <summary>Moves the queued control frames into <paramref name="destination"/> (the caller holds the lock).</summary>
+    private int TakeControl(byte[] destination)
+    {
+        lock (_controlGate)
+        {
+            int n = _controlLength;
+            if (n == 0) return 0;
+            if (n > destination.Length - 1024)
+            {
+                // Thousands of queued frames: grow the scratch buffer rather than split the batch.
+                ArrayPool<byte>.Shared.Return(_scratch);
+                _scratch = destination = ArrayPool<byte>.Shared.Rent(n + ScratchSize);
+            }
+            _control.AsSpan(0, n).CopyTo(destination);
+            _controlLength = 0;
+            return n;
+        }
+    }
+
+    private async ValueTask SendAsync(ReadOnlyMemory<byte> bytes)
+    {
+        while (!bytes.IsEmpty)
+        {
+            int n = await _socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
+            bytes = bytes[n..];
+        }
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_failure is { } failure) throw new IOException("the HTTP/2 connection can no longer be written to", failure);
+    }
+
+    private IOException Fail(Exception ex)
+    {
+        _failure ??= ex;
+        return new IOException("writing to the HTTP/2 connection failed: " + ex.Message, ex);
+    }
+
+    public void Dispose()
+    {
+        // Only after the socket is closed and no writer holds the lock: the scratch buffer goes back to the pool.
+        if (_lock.Wait(0))
+        {
+            _failure ??= new ObjectDisposedException(nameof(Http2FrameWriter));
+            var scratch = Interlocked.Exchange(ref _scratch, []);
+            if (scratch.Length > 0) ArrayPool<byte>.Shared.Return(scratch);
+        }
+    }
+}

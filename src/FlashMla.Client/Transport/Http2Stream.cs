@@ -1,0 +1,257 @@
+using System.Buffers;
+using System.Net;
+using System.Threading.Channels;
+
+namespace FlashMla.Client.Transport;
+
+/// <summary>
+/// One request/response exchange on a connection. The connection's reader loop delivers headers, DATA and
+/// resets; the application reads the response body through <see cref="Http2ResponseStream"/> and writes the
+/// request body through <see cref="Http2RequestStream"/>. Received DATA payloads sit in pooled arrays until
+/// read; stream credit (WINDOW_UPDATE) goes back as the application reads, so a stream never holds more than
+/// its window.
+/// </summary>
+internal sealed class Http2Stream
+{
+    private readonly Http2Connection _connection;
+    private readonly HttpRequestMessage _request;
+    private readonly TaskCompletionSource<HttpResponseMessage> _responseReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Channel<ReceivedData> _received = Channel.CreateUnbounded<ReceivedData>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly int _creditThreshold;
+    private HttpResponseMessage? _response;
+    private CancellationTokenRegistration _cancellation;
+    private ReceivedData _current;
+    private int _receiveWindow, _unackedConsumed, _closed, _resetSent;
+    private volatile bool _requestEnded, _responseEnded, _requestAbandoned;
+    private volatile Exception? _failure;
+
+    /// <summary>Send window; guarded by the connection's flow-control lock, like <see cref="WindowWaiter"/>.</summary>
+    internal long SendWindow;
+    internal TaskCompletionSource? WindowWaiter;
+
+    public Http2Stream(Http2Connection connection, HttpRequestMessage request, int receiveWindow)
+    {
+        _connection = connection;
+        _request = request;
+        _receiveWindow = receiveWindow;
+        // Credit goes back in eighths of the window: few WINDOW_UPDATEs, and the server never runs dry.
+        _creditThreshold = Math.Max(receiveWindow / 8, 1);
+    }
+
+    public int Id { get; set; }
+
+    public Task<HttpResponseMessage> ResponseReady => _responseReady.Task;
+
+    /// <summary>The server wants no more request body (it ended the response and then reset with NO_ERROR).</summary>
+    public bool RequestAbandoned => _requestAbandoned;
+
+    /// <summary>This side sent RST_STREAM: nothing more may be written on the stream.</summary>
+    public bool ResetSent => Volatile.Read(ref _resetSent) != 0;
+
+    public Exception? Failure => _failure;
+
+    public bool IsClosed => Volatile.Read(ref _closed) != 0;
+
+    public void RegisterCancellation(CancellationToken cancellationToken)
+    {
+        if (cancellationToken.CanBeCanceled)
+            _cancellation = cancellationToken.UnsafeRegister(static (state, token) => ((Http2Stream)state!).Cancel(token), this);
+        if (IsClosed) _cancellation.Unregister();
+    }
+
+    // ---- from the reader loop ----
+
+    /// <summary>A decoded header block: the response headers, an informational response, or the trailers.</summary>
+    public void OnHeaders(List<KeyValuePair<string, string>> headers, bool endStream)
+    {
+        if (_failure is not null) return;
+        if (_response is null)
+        {
+            int status = ParseStatus(headers);
+            if (status is >= 100 and < 200)
+            {
+                if (status == 101 || endStream) throw new Http2StreamException(Http2ErrorCode.ProtocolError, $"informational response {status} is not allowed here");
+                return; // 1xx: wait for the real response
+            }
+            var response = new HttpResponseMessage((HttpStatusCode)status)
+            {
+                Version = HttpVersion.Version20,
+                RequestMessage = _request,
+                Content = new Http2ResponseContent(this),
+            };
+            foreach (var (name, value) in headers)
+            {
+                if (name.StartsWith(':')) continue;
+                if (!response.Headers.TryAddWithoutValidation(name, value)) response.Content.Headers.TryAddWithoutValidation(name, value);
+            }
+            _response = response;
+            if (endStream) EndResponse();
+            _responseReady.TrySetResult(response);
+            return;
+        }
+        if (!endStream) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "a second HEADERS frame without END_STREAM (trailers must end the stream)");
+        foreach (var (name, value) in headers)
+        {
+            if (name.StartsWith(':')) throw new Http2StreamException(Http2ErrorCode.ProtocolError, $"pseudo-header {name} in trailers");
+            _response.TrailingHeaders.TryAddWithoutValidation(name, value);
+        }
+        EndResponse();
+    }
+
+    /// <summary>Takes ownership of <paramref name="array"/> (pooled), holding <paramref name="length"/> payload bytes.</summary>
+    public void OnData(byte[] array, int length)
+    {
+        if (_response is null)
+        {
+            ArrayPool<byte>.Shared.Return(array);
+            throw new Http2StreamException(Http2ErrorCode.ProtocolError, "DATA before the response headers");
+        }
+        if (_responseEnded)
+        {
+            ArrayPool<byte>.Shared.Return(array);
+            throw new Http2StreamException(Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
+        }
+        if (!_received.Writer.TryWrite(new ReceivedData(array, 0, length))) ArrayPool<byte>.Shared.Return(array);
+    }
+
+    /// <summary>Counts received payload (and padding) against the stream's receive window.</summary>
+    public void ChargeReceiveWindow(int frameLength)
+    {
+        if (Interlocked.Add(ref _receiveWindow, -frameLength) < 0)
+            throw new Http2StreamException(Http2ErrorCode.FlowControlError, "the server sent more than the stream's window");
+    }
+
+    public void OnEndStream()
+    {
+        if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "END_STREAM before the response headers");
+        EndResponse();
+    }
+
+    public void OnReset(Http2ErrorCode code)
+    {
+        Volatile.Write(ref _resetSent, 1); // the stream is closed: nothing more may be sent on it
+        if (code == Http2ErrorCode.NoError && _responseEnded)
+        {
+            // The response is complete and the server does not want the rest of the request (RFC 9113, section 8.1).
+            _requestAbandoned = true;
+            _connection.WakeSender(this);
+            TryClose();
+            return;
+        }
+        Fail(new HttpProtocolException((long)code, $"The server reset HTTP/2 stream {Id} with {code}.", null));
+    }
+
+    // ---- from the application ----
+
+    public async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken)
+    {
+        if (destination.IsEmpty) return 0;
+        if (_current.Length == 0)
+        {
+            ReceivedData next;
+            while (!_received.Reader.TryRead(out next))
+            {
+                if (!await _received.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false)) return 0;
+            }
+            _current = next;
+        }
+        int n = Math.Min(_current.Length, destination.Length);
+        _current.Array.AsSpan(_current.Offset, n).CopyTo(destination.Span);
+        _current = _current with { Offset = _current.Offset + n, Length = _current.Length - n };
+        if (_current.Length == 0)
+        {
+            ArrayPool<byte>.Shared.Return(_current.Array);
+            _current = default;
+        }
+        ReturnCredit(n);
+        return n;
+    }
+
+    /// <summary>The application is done with the response body: cancel what is still open and drop unread data.</summary>
+    public void OnResponseDisposed()
+    {
+        if (!IsClosed)
+        {
+            _connection.ResetStream(this, Http2ErrorCode.Cancel,
+                new OperationCanceledException($"HTTP/2 stream {Id} was cancelled: its response was disposed before the exchange ended"));
+        }
+        if (_current.Array is { } array)
+        {
+            ArrayPool<byte>.Shared.Return(array);
+            _current = default;
+        }
+        while (_received.Reader.TryRead(out var unread)) ArrayPool<byte>.Shared.Return(unread.Array);
+    }
+
+    public void MarkRequestEnded()
+    {
+        _requestEnded = true;
+        TryClose();
+    }
+
+    // ---- either side ----
+
+    /// <summary>Ends the stream with <paramref name="failure"/>: pending and future reads and writes throw it.</summary>
+    public void Fail(Exception failure)
+    {
+        if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
+        _responseReady.TrySetException(failure);
+        _received.Writer.TryComplete(failure);
+        _connection.WakeSender(this);
+        TryClose();
+    }
+
+    /// <summary>Marks that RST_STREAM goes out; false when one already did.</summary>
+    public bool TryMarkResetSent() => Interlocked.Exchange(ref _resetSent, 1) == 0;
+
+    private void Cancel(CancellationToken token)
+    {
+        if (IsClosed) return;
+        _connection.ResetStream(this, Http2ErrorCode.Cancel, new TaskCanceledException($"HTTP/2 stream {Id} was cancelled.", null, token));
+    }
+
+    private void ReturnCredit(int consumed)
+    {
+        _unackedConsumed += consumed;
+        if (_unackedConsumed < _creditThreshold || _responseEnded || _failure is not null) return;
+        Interlocked.Add(ref _receiveWindow, _unackedConsumed);
+        _connection.SendStreamCredit(this, _unackedConsumed);
+        _unackedConsumed = 0;
+    }
+
+    private void EndResponse()
+    {
+        _responseEnded = true;
+        _received.Writer.TryComplete();
+        TryClose();
+    }
+
+    private void TryClose()
+    {
+        bool done = _failure is not null || (_responseEnded && (_requestEnded || _requestAbandoned));
+        if (!done || Interlocked.Exchange(ref _closed, 1) != 0) return;
+        _cancellation.Unregister(); // not Dispose: this may run inside the cancellation callback itself
+        _connection.OnStreamClosed(this);
+    }
+
+    private static int ParseStatus(List<KeyValuePair<string, string>> headers)
+    {
+        foreach (var (name, value) in headers)
+        {
+            if (name == ":status")
+            {
+                if (value.Length == 3 && int.TryParse(value, out int status) && status >= 100) return status;
+                throw new Http2StreamException(Http2ErrorCode.ProtocolError, $"malformed :status '{value}'");
+            }
+        }
+        throw new Http2StreamException(Http2ErrorCode.ProtocolError, "response headers without :status");
+    }
+
+    private readonly record struct ReceivedData(byte[] Array, int Offset, int Length);
+}
+
+/// <summary>A stream error (RFC 9113, section 5.4.2): the stream is reset with <see cref="Code"/>, the connection goes on.</summary>
+internal sealed class Http2StreamException(Http2ErrorCode code, string message) : Exception(message)
+{
+    public Http2ErrorCode Code { get; } = code;
+}
