@@ -47,7 +47,7 @@ for k in ${CHECK_KERNELS:-flashmla_decode_v2_mma flashmla_decode_v3_wgmma flashm
          flashmla_decode_v5_wgmma_roles flashmla_decode_v6_wgmma_pieces flashmla_decode_v7_wgmma_roles_fence \
          flashmla_decode_v8_wgmma_roles_pieces flashmla_decode_v9_wgmma_early_free flashmla_decode_v10_wgmma_early_pv \
          flashmla_decode_v11_wgmma_late_ready flashmla_decode_v12_wgmma_late_ready_full \
-         flashmla_decode_v13_wgmma_ready_after_s flashmla_decode_v14_tma} \
+         flashmla_decode_v13_wgmma_ready_after_s flashmla_decode_v14_tma flashmla_decode_v15_tma_block_gates} \
          flashmla_decode_splitkv; do
     if [ "$k" = flashmla_decode_splitkv ] && ! echo "$passed" | grep -q "_v${export_impl}_"; then
         echo "check $k (= v$export_impl) skipped: v$export_impl failed" | tee -a "$OUT/check_summary.txt"

@@ -78,7 +78,7 @@ public class KernelAbiTests
         Assert.Equal("flashmla_append_kv", MlaKernelAbi.KernelAppend);
         Assert.Equal("flashmla_copy_blocks", MlaKernelAbi.KernelCopy);
         Assert.Equal((256, 229888), (MlaKernelAbi.DecodeThreads, MlaKernelAbi.DecodeSmemBytes));
-        Assert.Equal((128, 16), (MlaKernelAbi.CombineThreads, MlaKernelAbi.CombineRowsPerCta));
+        Assert.Equal((128, 1), (MlaKernelAbi.CombineThreads, MlaKernelAbi.CombineRowsPerCta));
         Assert.Equal((256, 8), (MlaKernelAbi.AppendThreads, MlaKernelAbi.AppendRowsPerCta));
         Assert.Equal(256, MlaKernelAbi.CopyThreads);
         Assert.Equal(512, MlaKernelAbi.MaxRowsPerSeq);

@@ -28,7 +28,7 @@ internal static class MlaKernelAbi
 
     public const string KernelCombine = "flashmla_combine";
     public const int CombineThreads = 128;
-    public const int CombineRowsPerCta = 16;
+    public const int CombineRowsPerCta = 1;
 
     public const string KernelReference = "flashmla_decode_reference";
     public const int ReferenceThreads = 128;
