@@ -3,15 +3,17 @@
 # (flashmla tcpbench), then `flashmla bench-matrix` (b 32/128 x h_q 16/128 x 1/2/4/8 connections, s_q 1,
 # 4 requests in flight per stream, raw TCP at the same connection count in the same run) against the server
 # on the CUDA backend (s_k 4096) and on the CPU backend (s_k 1: the transport with next to no compute).
-# Results files land in $OUT; a short table is printed last. About 3 minutes.
+# The client uses the library's default transport (LargeFrameHttp2Handler, 1 MiB DATA frames).
+# Results files land in $OUT; a short table is printed last. About 4 minutes.
 #
 #   bash scripts/dataplane-bench.sh [APP_DIR] [FATBIN]
 #     APP_DIR: the unpacked publish (default /tmp/flashmla-app/flashmla), FATBIN (default native/build/flashmla.fatbin)
 # Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
-#      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_RUNTIME_AB=1.
-# Server A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): as shipped (tensor buffers
-# page-locked, copied straight between the wire's arrays and the GPU) against PinnedTensorBuffers=false
-# (staged through the backend's pinned buffers). DP_AB_ARGS: extra bench-matrix arguments for it.
+#      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_TRANSPORT_AB=1, DP_SKIP_RUNTIME_AB=1.
+# Transport A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
+# Server A/B (same rows): PinnedTensorBuffers=false (tensors staged through the backend's pinned buffers)
+# against the transport A/B's large-frames rows (as shipped: page-locked, copied straight between the
+# wire's arrays and the GPU). DP_AB_ARGS: extra bench-matrix arguments for it.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -63,11 +65,24 @@ if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
   fi
   stop_server
 fi
+if [[ "${DP_SKIP_TRANSPORT_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
+  # Client transport A/B on the CUDA server: our large-frame HTTP/2 handler (1 MiB DATA frames both ways,
+  # the client library's default) against .NET's SocketsHttpHandler (16 KiB frames), same rows, interleaved.
+  echo "== transport A/B: large-frames vs sockets (b 128, 1 and 4 connections)"
+  echo "### transport A/B: LargeFrameHttp2Handler vs SocketsHttpHandler (CUDA server as shipped)" >> "$res"
+  if start_server cuda "$port" --FlashMla:FatbinPath="$fatbin"; then
+    timeout 150 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
+      --connections 1,4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --transport large-frames,sockets --out "$res" || status=1
+  else
+    echo "CUDA server did not start"; status=1
+  fi
+  stop_server
+fi
 if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
-  # Server variants at b 128, 4 connections: as shipped (tensor buffers page-locked, copied straight to and
-  # from the GPU) against the backend staging them through its own pinned buffers. (The GC / thread-pool
-  # A/B of the 16:16 round chose server GC; results/dataplane/.)
-  for variant in "shipped||" "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
+  # Server variant at b 128, 1 and 4 connections: the backend staging tensors through its own pinned
+  # buffers, to set against the transport A/B's large-frames rows (as shipped: tensor buffers page-locked,
+  # copied straight to and from the GPU). (The GC / thread-pool A/B of the 16:16 round chose server GC.)
+  for variant in "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
     name=${variant%%|*}; rest=${variant#*|}; SERVER_ENV=${rest%%|*}; server_args=${rest#*|}
     echo "== server A/B: $name (${SERVER_ENV:-default env} ${server_args})"
     echo "### server A/B: $name (${server_args:-as shipped: tensor buffers page-locked}${SERVER_ENV:+, $SERVER_ENV})" >> "$res"
