@@ -138,7 +138,7 @@ public sealed class CudaBackend : IAttentionBackend
     /// <summary>Pool arrays the driver refused to page-lock (those steps were staged).</summary>
     public long RefusedHostRegistrations => _registrar.Refused;
 
-    /// <summary>Decode steps whose inputs and outputs were all copied directly (none staged); for checks.</summary>
+    /// <summary>Decode steps whose q and out were copied directly (not staged); for checks.</summary>
     internal long DirectSteps => Interlocked.Read(ref _directSteps);
     private long _directSteps;
 
@@ -393,8 +393,8 @@ public sealed class CudaBackend : IAttentionBackend
         // Upload stream: the inputs.
         events.UploadStart.Record(_uploadStream);
         CopyToDevice(up, slot.HostUpload.Pointer, layout.TotalBytes, "decode upload", _uploadStream);
-        bool direct = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
-        direct &= UploadDirectOrStaged(slot, batch.NewKv, kvOffset, "decode new kv");
+        bool qDirect = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
+        UploadDirectOrStaged(slot, batch.NewKv, kvOffset, "decode new kv");
         events.UploadEnd.Record(_uploadStream);
 
         // Compute stream: after this step's upload and (stream order) every earlier step's kernels and pool writes.
@@ -449,29 +449,27 @@ public sealed class CudaBackend : IAttentionBackend
         long chunk = TransferChunkBytes > 0
             ? Math.Max(TransferChunkBytes, (outBytes + StepEvents.ChunkEvents - 2) / (StepEvents.ChunkEvents - 1))
             : long.MaxValue;
-        nint outHost = 0, lseHost = 0;
-        slot.DirectDownload = _hostPool is not null &&
-            _hostPool.TryGetRegisteredAddress((ReadOnlyMemory<ushort>)batch.Out, out outHost) &&
-            _hostPool.TryGetRegisteredAddress((ReadOnlyMemory<float>)batch.Lse, out lseHost);
-        if (slot.DirectDownload)
+        // out straight into the array its responses are written from when that is page-locked (nothing to
+        // unstage); lse (b * h_q * s_q floats, below the pool's registration size) always through staging.
+        slot.DirectDownload = _hostPool is not null && _hostPool.TryGetRegisteredAddress((ReadOnlyMemory<ushort>)batch.Out, out nint outHost)
+            ? outHost : 0;
+        int chunks = 0;
+        if (slot.DirectDownload != 0)
         {
-            // Straight into the arrays the responses are written from: nothing to unstage.
-            CopyToHost(outHost, result, outBytes, "decode out", _downloadStream);
-            CopyToHost(lseHost, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
+            CopyToHost(slot.DirectDownload, result, outBytes, "decode out", _downloadStream);
         }
         else
         {
-            int chunks = 0;
             for (long at = 0; at < outBytes; at += chunk)
             {
                 CopyToHost(slot.HostDownload.Pointer + (nint)at, result + (ulong)at, Math.Min(chunk, outBytes - at), "decode out", _downloadStream);
                 events.Chunk(chunks++).Record(_downloadStream);
             }
-            CopyToHost(slot.HostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
-            events.Chunk(chunks).Record(_downloadStream);
         }
+        CopyToHost(slot.HostDownload.Pointer + (nint)lseOffset, result + (ulong)lseOffset, batch.Lse.Length * 4L, "decode lse", _downloadStream);
+        events.Chunk(chunks).Record(_downloadStream);
         events.DownloadEnd.Record(_downloadStream);
-        if (direct && slot.DirectDownload) Interlocked.Increment(ref _directSteps);
+        if (qDirect && slot.DirectDownload != 0) Interlocked.Increment(ref _directSteps);
 
         slot.OutDestination = batch.Out;
         slot.LseDestination = batch.Lse;
@@ -547,22 +545,18 @@ public sealed class CudaBackend : IAttentionBackend
     private static void Unstage(DecodeSlot slot)
     {
         StepEvents events = slot.Events;
-        if (slot.DirectDownload)
-        {
-            events.DownloadEnd.Synchronize();
-            slot.OutDestination = default;
-            slot.LseDestination = default;
-            return;
-        }
         Span<byte> outDestination = MemoryMarshal.AsBytes(slot.OutDestination.Span);
         Span<byte> lseDestination = MemoryMarshal.AsBytes(slot.LseDestination.Span);
         long outBytes = slot.OutBytes, chunk = slot.ChunkBytes;
         int k = 0;
-        for (long at = 0; at < outBytes; at += chunk)
+        if (slot.DirectDownload == 0) // else out is already in place
         {
-            events.Chunk(k++).Synchronize();
-            int n = (int)Math.Min(chunk, outBytes - at);
-            slot.HostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
+            for (long at = 0; at < outBytes; at += chunk)
+            {
+                events.Chunk(k++).Synchronize();
+                int n = (int)Math.Min(chunk, outBytes - at);
+                slot.HostDownload.Span<byte>(at, n).CopyTo(outDestination.Slice((int)at, n));
+            }
         }
         events.Chunk(k).Synchronize();
         slot.HostDownload.Span<byte>(slot.LseOffset, lseDestination.Length).CopyTo(lseDestination);

@@ -37,7 +37,7 @@ internal sealed class DecodeSlot : IDisposable
     public long OutBytes { get; set; }
     public long LseOffset { get; set; }
     public long ChunkBytes { get; set; }
-    public bool DirectDownload { get; set; }
+    public nint DirectDownload { get; set; }  // host address out was copied to directly, or 0 (staged)
     public long StartedAt { get; set; }
     public int Splits { get; set; }
     public int Parts { get; set; }
