@@ -11,9 +11,8 @@
 # Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
 #      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_TRANSPORT_AB=1, DP_SKIP_RUNTIME_AB=1.
 # Transport A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
-# Server A/B (same rows): PinnedTensorBuffers=false (tensors staged through the backend's pinned buffers)
-# against the transport A/B's large-frames rows (as shipped: page-locked, copied straight between the
-# wire's arrays and the GPU). DP_AB_ARGS: extra bench-matrix arguments for it.
+# Server A/B (same rows) against the transport A/B's large-frames rows (as shipped): SocketBlockKiB 4
+# and 1024, InlineSocketScheduling, PinnedTensorBuffers=false. DP_AB_ARGS: extra bench-matrix arguments.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -79,10 +78,12 @@ if [[ "${DP_SKIP_TRANSPORT_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fat
   stop_server
 fi
 if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
-  # Server variant at b 128, 1 and 4 connections: the backend staging tensors through its own pinned
-  # buffers, to set against the transport A/B's large-frames rows (as shipped: tensor buffers page-locked,
-  # copied straight to and from the GPU). (The GC / thread-pool A/B of the 16:16 round chose server GC.)
-  for variant in "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
+  # Server variants at b 128, 1 and 4 connections, each against the transport A/B's large-frames rows (as
+  # shipped: 256 KiB socket blocks, no inline scheduling, tensor buffers page-locked): Kestrel's own 4 KiB
+  # blocks, 1 MiB blocks, inline scheduling, tensors staged through the backend's own pinned buffers.
+  # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
+  for variant in "kestrel-4k-blocks||--FlashMla:SocketBlockKiB=4" "1m-blocks||--FlashMla:SocketBlockKiB=1024" \
+      "inline-scheduling||--FlashMla:InlineSocketScheduling=true" "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
     name=${variant%%|*}; rest=${variant#*|}; SERVER_ENV=${rest%%|*}; server_args=${rest#*|}
     echo "== server A/B: $name (${SERVER_ENV:-default env} ${server_args})"
     echo "### server A/B: $name (${server_args:-as shipped: tensor buffers page-locked}${SERVER_ENV:+, $SERVER_ENV})" >> "$res"

@@ -24,6 +24,7 @@ public sealed class TestServer : IAsyncDisposable
     public string MetricsAddress { get; }
     public FlashMlaClient Client { get; }
     public Scheduler Scheduler => _app.Services.GetRequiredService<Scheduler>();
+    public IServiceProvider Services => _app.Services;
 
     /// <summary>Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value).</summary>
     public static async Task<TestServer> StartAsync(params (string Name, object Value)[] options)

@@ -2,6 +2,7 @@ using System.Net;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Services;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
 using OpenTelemetry.Metrics;
@@ -37,6 +38,12 @@ public static class FlashMlaServerApp
 
         var endpoints = new BoundEndpoints();
         builder.Services.AddSingleton(endpoints);
+        // Kestrel's socket transport takes its memory pools from this factory: large blocks, so one receive
+        // call moves up to a block of a tensor instead of 4 KiB (LargeBlockMemoryPool). 4 KiB keeps Kestrel's own.
+        if (options.SocketBlockKiB != 4)
+            builder.Services.AddSingleton<IMemoryPoolFactory<byte>>(
+                new LargeBlockMemoryPoolFactory(options.SocketBlockKiB * 1024, retainedBlocks: Math.Max(64, (256 << 20) / (options.SocketBlockKiB * 1024))));
+        builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = options.InlineSocketScheduling);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var address = options.ListenAddress == "loopback" ? IPAddress.Loopback : IPAddress.Any;
