@@ -11,8 +11,9 @@
 # Env: OUT, PORT (50061), DP_SECONDS (3), DP_CONNECTIONS (1,2,4,8), DP_BATCH (32,128), DP_HEADS (16,128),
 #      DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_TRANSPORT_AB=1, DP_SKIP_RUNTIME_AB=1.
 # Transport A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
-# Server A/B (same rows) against the transport A/B's large-frames rows (as shipped): SocketBlockKiB 4
-# and 1024, InlineSocketScheduling, PinnedTensorBuffers=false. DP_AB_ARGS: extra bench-matrix arguments.
+# Server A/B (same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's default
+# transport, no inline scheduling, 256 KiB blocks, PinnedTensorBuffers=false. DP_AB_ARGS: extra
+# bench-matrix arguments.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -79,11 +80,13 @@ if [[ "${DP_SKIP_TRANSPORT_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fat
 fi
 if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
   # Server variants at b 128, 1 and 4 connections, each against the transport A/B's large-frames rows (as
-  # shipped: 256 KiB socket blocks, no inline scheduling, tensor buffers page-locked): Kestrel's own 4 KiB
-  # blocks, 1 MiB blocks, inline scheduling, tensors staged through the backend's own pinned buffers.
+  # shipped: 1 MiB socket blocks, inline scheduling, tensor buffers page-locked): Kestrel's own transport
+  # (4 KiB blocks, no inline scheduling), no inline scheduling, 256 KiB blocks, tensors staged through the
+  # backend's own pinned buffers.
   # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
-  for variant in "kestrel-4k-blocks||--FlashMla:SocketBlockKiB=4" "1m-blocks||--FlashMla:SocketBlockKiB=1024" \
-      "inline-scheduling||--FlashMla:InlineSocketScheduling=true" "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
+  for variant in "kestrel-default-transport||--FlashMla:SocketBlockKiB=4 --FlashMla:InlineSocketScheduling=false" \
+      "no-inline-scheduling||--FlashMla:InlineSocketScheduling=false" "256k-blocks||--FlashMla:SocketBlockKiB=256" \
+      "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
     name=${variant%%|*}; rest=${variant#*|}; SERVER_ENV=${rest%%|*}; server_args=${rest#*|}
     echo "== server A/B: $name (${SERVER_ENV:-default env} ${server_args})"
     echo "### server A/B: $name (${server_args:-as shipped: tensor buffers page-locked}${SERVER_ENV:+, $SERVER_ENV})" >> "$res"

@@ -61,10 +61,10 @@ public sealed class FlashMlaOptions
     /// Size of the blocks Kestrel's socket transport receives into and its HTTP/2 layer buffers in, KiB
     /// (Kestrel's own pool: 4). One receive call takes at most one block, so large tensors want large blocks.
     /// </summary>
-    public int SocketBlockKiB { get; set; } = 256;
+    public int SocketBlockKiB { get; set; } = 1024;
 
     /// <summary>Kestrel's socket transport runs application continuations on its I/O threads (UnsafePreferInlineScheduling).</summary>
-    public bool InlineSocketScheduling { get; set; }
+    public bool InlineSocketScheduling { get; set; } = true;
 
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; set; } = 8;
