@@ -13,10 +13,9 @@ cd "$(dirname "$0")/../native"
 # passes bench options (default: the whole grid, 3 interleaved rounds of 20);
 # NCU_KERNELS="a b" profiles those kernels under PROFILE=1 (default: the
 # exported one).
-# Every decode implementation is built beside the exported one (v2 mma.sync
-# and the sm90 versions, each under its own kernel name), checked on its own
-# and benched in the same run; the old v1 stays in native/versions/ for
-# reading. MLA_DECODE_EXPORT overrides mla_config.h's choice of the exported
+# Every decode implementation kept (v2 mma.sync, v5, v14, v15) is built beside
+# the exported one under its own kernel name, checked on its own and benched in
+# the same run. MLA_DECODE_EXPORT overrides mla_config.h's choice of the exported
 # kernel for this build (passed through build.sh).
 {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
@@ -43,11 +42,8 @@ export_impl=${MLA_DECODE_EXPORT:-$export_impl}
 check_rc=0
 passed=""
 : > "$OUT/check.log"
-for k in ${CHECK_KERNELS:-flashmla_decode_v2_mma flashmla_decode_v3_wgmma flashmla_decode_v4_wgmma_overlap \
-         flashmla_decode_v5_wgmma_roles flashmla_decode_v6_wgmma_pieces flashmla_decode_v7_wgmma_roles_fence \
-         flashmla_decode_v8_wgmma_roles_pieces flashmla_decode_v9_wgmma_early_free flashmla_decode_v10_wgmma_early_pv \
-         flashmla_decode_v11_wgmma_late_ready flashmla_decode_v12_wgmma_late_ready_full \
-         flashmla_decode_v13_wgmma_ready_after_s flashmla_decode_v14_tma flashmla_decode_v15_tma_block_gates} \
+for k in ${CHECK_KERNELS:-flashmla_decode_v2_mma flashmla_decode_v5_wgmma_roles flashmla_decode_v14_tma \
+         flashmla_decode_v15_tma_block_gates} \
          flashmla_decode_splitkv; do
     if [ "$k" = flashmla_decode_splitkv ] && ! echo "$passed" | grep -q "_v${export_impl}_"; then
         echo "check $k (= v$export_impl) skipped: v$export_impl failed" | tee -a "$OUT/check_summary.txt"

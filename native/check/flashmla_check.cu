@@ -2,9 +2,7 @@
 //
 //   flashmla_check [--fatbin PATH] [--kernel NAME]   all checks (default) of the decode
 //                         kernel NAME (default flashmla_decode_splitkv, the exported one;
-//                         or flashmla_decode_v2_mma, _v3_wgmma, _v4_wgmma_overlap, _v5_wgmma_roles, _v6_wgmma_pieces,
-//                         _v7_wgmma_roles_fence, _v8_wgmma_roles_pieces, _v9_wgmma_early_free, _v10_wgmma_early_pv,
-//                         _v11_wgmma_late_ready, _v12_wgmma_late_ready_full, _v13_wgmma_ready_after_s, _v14_tma, _v15_tma_block_gates)
+//                         or flashmla_decode_v2_mma, _v5_wgmma_roles, _v14_tma, _v15_tma_block_gates)
 //   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
 //                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
 //                         [--shapes I,J,..] a subset of the grid; [--rounds R --reps N] R interleaved
@@ -97,17 +95,7 @@ struct DecodeKernel {
 const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_splitkv", "exported", reinterpret_cast<const void*>(flashmla_decode_splitkv)},
     {"flashmla_decode_v2_mma", "v2 mma.sync", reinterpret_cast<const void*>(flashmla_decode_v2_mma)},
-    {"flashmla_decode_v3_wgmma", "v3 wgmma", reinterpret_cast<const void*>(flashmla_decode_v3_wgmma)},
-    {"flashmla_decode_v4_wgmma_overlap", "v4 wgmma overlap", reinterpret_cast<const void*>(flashmla_decode_v4_wgmma_overlap)},
     {"flashmla_decode_v5_wgmma_roles", "v5 wgmma roles", reinterpret_cast<const void*>(flashmla_decode_v5_wgmma_roles)},
-    {"flashmla_decode_v6_wgmma_pieces", "v6 wgmma pieces", reinterpret_cast<const void*>(flashmla_decode_v6_wgmma_pieces)},
-    {"flashmla_decode_v7_wgmma_roles_fence", "v7 roles fence", reinterpret_cast<const void*>(flashmla_decode_v7_wgmma_roles_fence)},
-    {"flashmla_decode_v8_wgmma_roles_pieces", "v8 roles pieces", reinterpret_cast<const void*>(flashmla_decode_v8_wgmma_roles_pieces)},
-    {"flashmla_decode_v9_wgmma_early_free", "v9 early free", reinterpret_cast<const void*>(flashmla_decode_v9_wgmma_early_free)},
-    {"flashmla_decode_v10_wgmma_early_pv", "v10 early pv", reinterpret_cast<const void*>(flashmla_decode_v10_wgmma_early_pv)},
-    {"flashmla_decode_v11_wgmma_late_ready", "v11 late ready", reinterpret_cast<const void*>(flashmla_decode_v11_wgmma_late_ready)},
-    {"flashmla_decode_v12_wgmma_late_ready_full", "v12 v11 if full", reinterpret_cast<const void*>(flashmla_decode_v12_wgmma_late_ready_full)},
-    {"flashmla_decode_v13_wgmma_ready_after_s", "v13 ready after S", reinterpret_cast<const void*>(flashmla_decode_v13_wgmma_ready_after_s)},
     {"flashmla_decode_v14_tma", "v14 TMA pages", reinterpret_cast<const void*>(flashmla_decode_v14_tma)},
     {"flashmla_decode_v15_tma_block_gates", "v15 TMA block gates", reinterpret_cast<const void*>(flashmla_decode_v15_tma_block_gates)},
 };

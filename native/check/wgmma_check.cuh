@@ -1,5 +1,5 @@
 // wgmma_check.cuh -- unit check of the Hopper PTX wrappers (ptx.h) and the
-// swizzled tile (sw128_tile.cuh) exactly as decode_sm90.cu uses them, apart
+// swizzled tile (sw128_tile.cuh) exactly as the Hopper decode kernels use them, apart
 // from the softmax: one CTA of two warpgroups loads a random Q tile and page
 // with cp.async, computes S = Q K^T (warpgroup wg: columns 32wg..+31, 36
 // wgmma m64n32k16) and O = P V for a random bf16 P (64 x 64, ordinary stores

@@ -50,26 +50,17 @@ static_assert(kSmemBytes <= 232448, "over the sm_90 per-block shared-memory limi
 static_assert((kPage * kRowChunks) % kDecodeThreads == 0, "page copy must split evenly over the CTA");
 constexpr int kCopyChunksPerThread = kPage * kRowChunks / kDecodeThreads;  // 18
 
-// ---- Hopper decode (decode_sm90.cu): same CTA, same shared-memory size ---
+// ---- Hopper decode (decode_sm90_*.cu): same CTA, same shared-memory size ---
 // Build switch: which decode implementation is exported as
-// flashmla_decode_splitkv (kernels/decode_export.cu): 2 = v2 mma.sync,
-// 3 = v3 wgmma, 4 = v4 wgmma with P V overlapped across pages, 5 = v5 wgmma
-// with score / value warpgroup roles, 6 = v6: v5's roles with pages copied and
-// consumed block by block (an mbarrier per 64 x 64 block), 7 = v7: v5 with the
-// value warpgroup's proxy fence moved off its own in-flight copies, 8 = v8:
-// v7 with v6's per-block mbarriers (no copies in the scores warpgroup),
-// 9 = v9: v5 with a page stage freed as soon as the scores warpgroup's P V
-// retired, 10 = v10: v9 with that P V issued before P is stored for the value
-// warpgroup, 11 = v11: v5 with P_READY(j) signalled after S(j+1) is issued
-// (warpgroup 1's P V(j) runs during softmax(j+1)) and pages on two gates,
-// 12 = v12: v11 for full row groups, v5 otherwise, 13 = v13: v11 with
-// P_READY(j) after S(j+1) retired (decode_sm90_roles_v7.cu holds v7 .. v13),
-// 14 = v14: v5 with pages copied by TMA through MlaDecodeParams.kv_map
-// (decode_sm90_tma.cu), 15 = v15: v14 with an mbarrier per 64 x 64 block of
-// a page, S starting on each block as it lands. All take the same launch
-// (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid (num_row_groups,
-// num_sm_parts)), so the switch is no ABI change. Override with
-// -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).
+// flashmla_decode_splitkv (kernels/decode_export.cu): 2 = v2 mma.sync
+// (decode_splitkv.cu), 5 = v5 wgmma with score / value warpgroup roles
+// (decode_sm90_roles.cu), 14 = v14: v5 with pages copied by TMA through
+// MlaDecodeParams.kv_map, 15 = v15: v14 with a page on three gates, S starting
+// on each third as it lands (both decode_sm90_tma.cu). v1, v3, v4 and v6-v13
+// were removed after the first milestone (NOTES.md keeps their results). All
+// take the same launch (MLA_DECODE_THREADS, MLA_DECODE_SMEM_BYTES, grid
+// (num_row_groups, num_sm_parts)), so the switch is no ABI change. Override
+// with -DMLA_DECODE_EXPORT=N (build.sh passes $MLA_DECODE_EXPORT).
 #ifndef MLA_DECODE_EXPORT
 #define MLA_DECODE_EXPORT 15
 #endif

@@ -10,17 +10,7 @@ __global__ void flashmla_decode_splitkv(const __grid_constant__ MlaDecodeParams 
 // service ABI, which has flashmla_decode_splitkv = the one mla_config.h's
 // MLA_DECODE_EXPORT selects).
 __global__ void flashmla_decode_v2_mma(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v3_wgmma(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v4_wgmma_overlap(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v5_wgmma_roles(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v6_wgmma_pieces(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v7_wgmma_roles_fence(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v8_wgmma_roles_pieces(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v9_wgmma_early_free(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v10_wgmma_early_pv(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v11_wgmma_late_ready(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v12_wgmma_late_ready_full(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v13_wgmma_ready_after_s(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_v15_tma_block_gates(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_combine(const __grid_constant__ MlaDecodeParams p);

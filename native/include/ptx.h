@@ -2,7 +2,7 @@
 // Each wrapper names its instruction, its operand constraints and what the
 // caller must guarantee. sm_80+ instructions (mma.sync, ldmatrix, cp.async)
 // for the v2 decode kernel; sm_90a instructions (wgmma, its descriptors and
-// fences, fence.proxy.async) for the Hopper decode kernel (decode_sm90.cu).
+// fences, fence.proxy.async) for the Hopper decode kernels (decode_sm90_roles.cu, decode_sm90_tma.cu).
 // Build for sm_90a: -gencode=arch=compute_90a,code=sm_90a.
 #pragma once
 #include <cstdint>

@@ -1,6 +1,6 @@
 // sw128_tile.cuh -- the 128-byte-swizzled 64 x 576 bf16 tile (a Q tile or a
-// KV page) of the Hopper decode kernel, shared by decode_sm90.cu and the
-// wgmma unit check.
+// KV page) of the Hopper decode kernels (decode_sm90_roles.cu,
+// decode_sm90_tma.cu), shared with the wgmma unit check.
 //
 // Layout: 9 column blocks of 64 columns; block b holds rows 0..63 at 128
 // bytes each (8 KB); 16-byte chunk c (8 columns) of row r sits at chunk
@@ -34,31 +34,6 @@ __device__ __forceinline__ void load_tile_sw128_async(uint32_t smem_tile, const 
         const int id = tid + i * kThreads;
         const int row = id / kRowChunks;
         const int chunk = id - row * kRowChunks;
-        const bool ok = row < valid_rows;
-        const __nv_bfloat16* g = src + (ok ? row * kDimK + chunk * 8 : 0);
-        ptx::cp_async_16_zfill(smem_tile + sw128_off(row, chunk), g, ok ? 16u : 0u);
-    }
-}
-
-}  // namespace mla
-
-namespace mla {
-
-// Copies column block `block` (0..8: columns 64*block .. +63) of the first
-// `valid_rows` rows of a 64 x 576 bf16 block (row stride 576 elements) into
-// that block of a swizzled tile with cp.async; rows >= valid_rows are
-// zero-filled and not read. kThreads threads (a warpgroup) take part, 8
-// consecutive threads per 128-byte row. Used by the v6 decode kernel to copy
-// a page block by block, each block completing on its own mbarrier.
-template <int kThreads>
-__device__ __forceinline__ void load_block_sw128_async(uint32_t smem_tile, const __nv_bfloat16* src, int block,
-                                                       int valid_rows, int tid) {
-    static_assert((kPage * 8) % kThreads == 0, "block copy must split evenly");
-#pragma unroll
-    for (int i = 0; i < kPage * 8 / kThreads; ++i) {
-        const int id = tid + i * kThreads;
-        const int row = id >> 3;
-        const int chunk = block * 8 + (id & 7);
         const bool ok = row < valid_rows;
         const __nv_bfloat16* g = src + (ok ? row * kDimK + chunk * 8 : 0);
         ptx::cp_async_16_zfill(smem_tile + sw128_off(row, chunk), g, ok ? 16u : 0u);

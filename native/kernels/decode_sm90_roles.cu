@@ -1,7 +1,7 @@
 // decode_sm90_roles.cu -- split-KV MLA decode for Hopper, warpgroups with
 // different jobs (v5).
 //
-// Tile shapes: as decode_sm90.cu (one row group of 64 query rows per CTA,
+// Tile shapes: as v3 (removed; NOTES.md) (one row group of 64 query rows per CTA,
 // 128-byte-swizzled Q tile and pages, sw128_tile.cuh), but the two
 // warpgroups split the work by role instead of by columns of S:
 //   warpgroup 0, "scores": S = Q K^T, the whole 64 x 64 (36 wgmma m64n64k16,
@@ -32,7 +32,7 @@
 // Every arrive has exactly one matching sync in the same chunk, so nothing
 // carries over; chunk boundaries are full __syncthreads().
 //
-// Masking: as decode_sm90.cu (rows past the length zero-filled by the copy,
+// Masking: as v3 (rows past the length zero-filled by the copy,
 // invisible scores set to -inf before exp2).
 #include "mla_config.h"
 #include "ptx.h"

@@ -17,8 +17,8 @@
 // copy and synchronise; the row-block-major order puts the busy warps of a
 // small row group on different SM sub-partitions (warp w runs on w%4).
 // Pipeline depth: 2 pages (cp.async double buffer): page j+1 is in flight
-// while page j is multiplied. The Hopper versions (wgmma) are decode_sm90.cu
-// and decode_sm90_roles.cu.
+// while page j is multiplied. The Hopper versions (wgmma) are
+// decode_sm90_roles.cu and decode_sm90_tma.cu.
 //
 // Masking: page rows at positions >= seq_len are zero-filled by the copy
 // (never read from global), so K and V there are 0 and never NaN; scores of

@@ -5,10 +5,7 @@
 // The decode implementations come first; decode_export.cu wraps the one
 // mla_config.h's MLA_DECODE_EXPORT selects as flashmla_decode_splitkv.
 #include "decode_splitkv.cu"
-#include "decode_sm90.cu"
 #include "decode_sm90_roles.cu"
-#include "decode_sm90_pieces.cu"
-#include "decode_sm90_roles_v7.cu"
 #include "decode_sm90_tma.cu"
 #include "decode_export.cu"
 #include "combine.cu"
