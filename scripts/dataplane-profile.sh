@@ -29,11 +29,12 @@ sleep 3
 wait "$client"
 kill "$server"; wait "$server" 2>/dev/null
 grep -E '^\| [0-9]' "$OUT/profile-bench.md" | cut -c1-120
-for comm in flashmla-server flashmla; do
-  echo "==== $comm: hottest symbols (self)"
-  "$PERF" report -i "$OUT/perf.data" --comms "$comm" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -25
-  echo "==== $comm: by thread"
-  "$PERF" report -i "$OUT/perf.data" --comms "$comm" --no-children --sort tid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+for who in "server:$server" "client:$client"; do
+  name=${who%%:*}; pid=${who#*:}
+  echo "==== $name (pid $pid): hottest symbols (self)"
+  "$PERF" report -i "$OUT/perf.data" --pid "$pid" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -25
+  echo "==== $name: by thread name"
+  "$PERF" report -i "$OUT/perf.data" --pid "$pid" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
 done
 echo "==== machine: by process"
-"$PERF" report -i "$OUT/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -10
+"$PERF" report -i "$OUT/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -10
