@@ -13,7 +13,7 @@
 # Transport A/B (CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's default
 # transport, no inline scheduling, 256 KiB blocks, PinnedTensorBuffers=false. DP_AB_ARGS: extra
-# bench-matrix arguments.
+# bench-matrix arguments; DP_AB_VARIANTS replaces the variants, DP_AB_CONNECTIONS (1,4) their connection counts.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -84,16 +84,19 @@ if [[ "${DP_SKIP_RUNTIME_AB:-0}" != 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbi
   # (4 KiB blocks, no inline scheduling), no inline scheduling, 256 KiB blocks, tensors staged through the
   # backend's own pinned buffers.
   # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
-  for variant in "kestrel-default-transport||--FlashMla:SocketBlockKiB=4 --FlashMla:InlineSocketScheduling=false" \
-      "no-inline-scheduling||--FlashMla:InlineSocketScheduling=false" "256k-blocks||--FlashMla:SocketBlockKiB=256" \
-      "staged-buffers||--FlashMla:PinnedTensorBuffers=false"; do
+  variants=("kestrel-default-transport||--FlashMla:SocketBlockKiB=4 --FlashMla:InlineSocketScheduling=false"
+    "no-inline-scheduling||--FlashMla:InlineSocketScheduling=false" "256k-blocks||--FlashMla:SocketBlockKiB=256"
+    "staged-buffers||--FlashMla:PinnedTensorBuffers=false")
+  # DP_AB_VARIANTS="name||server args;name||server args" replaces the list.
+  if [[ -n "${DP_AB_VARIANTS:-}" ]]; then IFS=';' read -r -a variants <<< "$DP_AB_VARIANTS"; fi
+  for variant in "${variants[@]}"; do
     name=${variant%%|*}; rest=${variant#*|}; SERVER_ENV=${rest%%|*}; server_args=${rest#*|}
     echo "== server A/B: $name (${SERVER_ENV:-default env} ${server_args})"
     echo "### server A/B: $name (${server_args:-as shipped: tensor buffers page-locked}${SERVER_ENV:+, $SERVER_ENV})" >> "$res"
     # shellcheck disable=SC2086
     if SERVER_ENV=$SERVER_ENV start_server cuda "$port" --FlashMla:FatbinPath="$fatbin" $server_args; then
       timeout 120 "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch 128 --heads 16,128 \
-        --connections 1,4 --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" ${DP_AB_ARGS:-} || status=1
+        --connections "${DP_AB_CONNECTIONS:-1,4}" --context "$context" --seconds "$seconds" --tcp-seconds 0 --out "$res" ${DP_AB_ARGS:-} || status=1
     else
       echo "server ($name) did not start"; status=1
     fi
