@@ -39,7 +39,7 @@ public sealed class CudaBackend : IAttentionBackend
     internal const int MaxRowsPerPass = 16384;
 
     /// <summary>Decode steps that can be in flight at once (each holds its own buffers until it completes).</summary>
-    public const int DecodeSlots = 4;
+    public const int DecodeSlots = 2;
 
     private const long PageBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
 
