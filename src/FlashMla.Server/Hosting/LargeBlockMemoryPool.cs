@@ -54,10 +54,11 @@ internal sealed class LargeBlockMemoryPool(int blockBytes, int retainedBlocks, S
 
     private void Return(Block block)
     {
-        if (Volatile.Read(ref _disposed) || Interlocked.Increment(ref _idleCount) > retainedBlocks)
+        if (Volatile.Read(ref _disposed)) return; // the GC takes it
+        if (Interlocked.Increment(ref _idleCount) > retainedBlocks)
         {
-            if (!Volatile.Read(ref _disposed)) Interlocked.Decrement(ref _idleCount);
-            return; // the GC takes it
+            Interlocked.Decrement(ref _idleCount);
+            return;
         }
         _idle.Enqueue(block);
     }
