@@ -18,8 +18,7 @@ internal sealed class PinnedStaging(PrimaryContextHandle context, string name) :
     public void EnsureCapacity(long bytes)
     {
         if (bytes <= Capacity) return;
-        long grown = Math.Max(bytes, Math.Min(Capacity * 2, Capacity + (1L << 30)));
-        grown = BufferSizes.RoundUp(Math.Max(grown, 1L << 20), 1L << 16);
+        long grown = BufferSizes.Grown(Capacity, bytes);
         _memory?.Dispose();
         _memory = null;
         _memory = PinnedHostMemoryHandle.Allocate(context, grown);
@@ -48,8 +47,7 @@ internal sealed class DeviceScratch(PrimaryContextHandle context, string name) :
     public void EnsureCapacity(long bytes)
     {
         if (bytes <= Capacity) return;
-        long grown = Math.Max(bytes, Math.Min(Capacity * 2, Capacity + (1L << 30)));
-        grown = BufferSizes.RoundUp(Math.Max(grown, 1L << 20), 1L << 16);
+        long grown = BufferSizes.Grown(Capacity, bytes);
         _memory?.Dispose();
         _memory = null;
         _memory = DeviceMemoryHandle.Allocate(context, grown);
@@ -64,6 +62,17 @@ internal static class BufferSizes
     public const long RegionAlignment = 256;
 
     public static long RoundUp(long value, long multiple) => checked((value + multiple - 1) / multiple * multiple);
+
+    /// <summary>
+    /// The new size of a buffer of <paramref name="capacity"/> bytes that must hold <paramref name="needed"/>:
+    /// at least double (by at most 1 GiB at a time) so a slowly growing step does not reallocate every time,
+    /// at least 1 MiB, in 64 KiB steps.
+    /// </summary>
+    public static long Grown(long capacity, long needed)
+    {
+        long grown = Math.Max(needed, Math.Min(capacity * 2, capacity + (1L << 30)));
+        return RoundUp(Math.Max(grown, 1L << 20), 1L << 16);
+    }
 
     public static long Bytes<T>(long count) where T : unmanaged => checked(count * Marshal.SizeOf<T>());
 }
