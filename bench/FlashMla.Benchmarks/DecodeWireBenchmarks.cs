@@ -2,6 +2,7 @@ using System.Buffers;
 using BenchmarkDotNet.Attributes;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Shared;
 using Google.Protobuf;
 
 namespace FlashMla.Benchmarks;
@@ -81,31 +82,5 @@ public class DecodeWireBenchmarks
         return _writer.WrittenCount;
     }
 
-    private static ReadOnlySequence<byte> Segmented(byte[] bytes, int segment = 4096)
-    {
-        Segment? first = null, last = null;
-        for (int start = 0; start < bytes.Length; start += segment)
-        {
-            var memory = bytes.AsMemory(start, Math.Min(segment, bytes.Length - start));
-            if (first is null) first = last = new Segment(memory, 0);
-            else last = last!.Append(memory);
-        }
-        return new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length);
-    }
-
-    private sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory, RunningIndex + Memory.Length);
-            Next = next;
-            return next;
-        }
-    }
+    private static ReadOnlySequence<byte> Segmented(byte[] bytes, int segment = 4096) => SegmentedSequence.Cut(bytes, () => segment);
 }

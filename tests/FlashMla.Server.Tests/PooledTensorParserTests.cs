@@ -1,6 +1,7 @@
 using System.Buffers;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Shared;
 using Google.Protobuf;
 
 namespace FlashMla.Server.Tests;
@@ -12,19 +13,7 @@ namespace FlashMla.Server.Tests;
 /// </summary>
 public sealed class PooledTensorParserTests
 {
-    private static ReadOnlySequence<byte> Cut(byte[] bytes, Random random)
-    {
-        Segment? first = null, last = null;
-        for (int start = 0; start < bytes.Length;)
-        {
-            int length = Math.Min(bytes.Length - start, random.Next(1, 64));
-            var memory = bytes.AsMemory(start, length);
-            if (first is null) first = last = new Segment(memory, 0);
-            else last = last!.Append(memory);
-            start += length;
-        }
-        return first is null ? ReadOnlySequence<byte>.Empty : new ReadOnlySequence<byte>(first, 0, last!, last!.Memory.Length);
-    }
+    private static ReadOnlySequence<byte> Cut(byte[] bytes, Random random) => SegmentedSequence.Cut(bytes, () => random.Next(1, 64));
 
     private static Tensor RandomTensor(Random random)
     {
@@ -104,22 +93,6 @@ public sealed class PooledTensorParserTests
             Exception? actual = Record.Exception(() => DecodeMarshallers.ParseRequest(Cut(truncated, random), ArrayPool<byte>.Shared).Dispose());
             Assert.Equal(expected?.GetType(), actual?.GetType());
             Assert.Equal(expected?.Message, actual?.Message);
-        }
-    }
-
-    private sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory, RunningIndex + Memory.Length);
-            Next = next;
-            return next;
         }
     }
 }
