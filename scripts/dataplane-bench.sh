@@ -35,21 +35,8 @@ res="$OUT/dataplane_${stamp}_${machine:-nogpu}.md"
   echo
 } > "$res"
 
-start_server() { # backend port extra-args... (env SERVER_ENV: extra environment, e.g. "DOTNET_gcServer=0")
-  local backend=$1 p=$2; shift 2
-  # shellcheck disable=SC2086
-  env ${SERVER_ENV:-} "$app/flashmla-server" --FlashMla:Backend="$backend" --FlashMla:GrpcPort="$p" --FlashMla:MetricsPort=$((p + 1)) \
-    --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:MaxBatchSequences=1024 --FlashMla:BatchWindowMicroseconds=0 \
-    "$@" >"$OUT/dataplane-server-$backend.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 60); do
-    kill -0 "$server_pid" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 0
-    sleep 0.5
-  done
-  return 1
-}
-stop_server() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; }
+# shellcheck source=lib/dataplane-server.sh
+source "$(dirname "$0")/lib/dataplane-server.sh"
 
 echo "== tcpbench (connections $conns)"
 timeout 60 "$app/flashmla" tcpbench --connections "$conns" --seconds 2 --out "$res"

@@ -3,7 +3,7 @@
 # from one client process, from two processes of two, and from four processes of one, against one server
 # on the CUDA backend; the payload rates of concurrent processes add up. Runs ON the GPU machine from the
 # repository root with the publish carried in .devcarry/ (scripts/pack-device.sh); builds the kernels if
-# needed. Results in $OUT; a table last.
+# needed. DP_BACKEND=cpu (a smoke run without a GPU), DP_CONTEXT (s_k, 4096). Results in $OUT; a table last.
 #   bash scripts/dataplane-clients.sh [BATCH] [HEADS]     (default 128 16)
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
@@ -12,13 +12,13 @@ b=${1:-128}; h=${2:-16}
 app=/tmp/flashmla-app/flashmla
 fatbin=$PWD/native/build/flashmla.fatbin
 port=${PORT:-50101}
-[[ -x "$app/flashmla-server" ]] || { mkdir -p /tmp/flashmla-app && tar -C /tmp/flashmla-app -xJf .devcarry/flashmla-publish.tar.xz; } || exit 1
-[[ -f "$fatbin" ]] || bash native/build.sh > "$OUT/build-native.log" 2>&1 || { tail -20 "$OUT/build-native.log"; exit 1; }
-"$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$port" \
-  --FlashMla:MetricsPort=$((port + 1)) --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:MaxBatchSequences=1024 \
-  --FlashMla:BatchWindowMicroseconds=0 > "$OUT/clients-server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.5; done
+# shellcheck source=lib/dataplane-server.sh
+source "$(dirname "$0")/lib/dataplane-server.sh"
+backend=${DP_BACKEND:-cuda}  # cpu: a smoke run anywhere (the transport with the CPU backend)
+ensure_publish || exit 1
+server_args=()
+if [[ "$backend" == cuda ]]; then ensure_fatbin "$fatbin" || exit 1; server_args=(--FlashMla:FatbinPath="$fatbin"); fi
+start_server "$backend" "$port" "${server_args[@]}" || { tail -20 "$OUT/dataplane-server-$backend.log"; exit 1; }
 res="$OUT/dataplane-clients_$(date -u +%Y%m%d-%H%M).md"
 echo "# Four connections from 1, 2 or 4 client processes, b $b h_q $h ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores)" > "$res"
 echo "| processes x connections | up GB/s (sum) | down GB/s (sum) | steps/s (sum) |" >> "$res"
@@ -27,7 +27,7 @@ for layout in "1 4" "2 2" "4 1"; do
   set -- $layout
   pids=()
   for p in $(seq 1 "$1"); do
-    "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch "$b" --heads "$h" --connections "$2" \
+    "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --context "${DP_CONTEXT:-4096}" --batch "$b" --heads "$h" --connections "$2" \
       --seconds 4 --warmup 1 --tcp-seconds 0 --out "$OUT/clients-$1x$2-$p.md" > /dev/null 2>&1 &
     pids+=($!)
   done
@@ -36,5 +36,5 @@ for layout in "1 4" "2 2" "4 1"; do
   cat "$OUT"/clients-"$1"x"$2"-*.md | grep -E "^\| $b \| $h \| $2 \|" | awk -F'|' -v l="$1 x $2" \
     '{s+=$6; u+=$8; d+=$9} END {printf "| %s | %.2f | %.2f | %.0f |\n", l, u, d, s}' >> "$res"
 done
-kill "$server"; wait "$server" 2>/dev/null
+stop_server
 cat "$res"

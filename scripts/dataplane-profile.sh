@@ -6,6 +6,7 @@
 # back compressed in $OUT; read them on the development machine with
 #   dotnet-trace report server.nettrace topN -n 30      (dotnet tool install dotnet-trace)
 #   bash scripts/dataplane-profile.sh [BATCH] [HEADS] [CONNECTIONS]     (default 128 128 4)
+# DP_BACKEND=cpu (a smoke run without a GPU), DP_CONTEXT (s_k, 4096).
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -13,21 +14,21 @@ b=${1:-128}; h=${2:-128}; conns=${3:-4}
 app=/tmp/flashmla-app/flashmla
 fatbin=$PWD/native/build/flashmla.fatbin
 port=${PORT:-50091}
-[[ -x "$app/flashmla-server" ]] || { mkdir -p /tmp/flashmla-app && tar -C /tmp/flashmla-app -xJf .devcarry/flashmla-publish.tar.xz; } || exit 1
-[[ -f "$fatbin" ]] || bash native/build.sh > "$OUT/build-native.log" 2>&1 || { tail -20 "$OUT/build-native.log"; exit 1; }
+# shellcheck source=lib/dataplane-server.sh
+source "$(dirname "$0")/lib/dataplane-server.sh"
+backend=${DP_BACKEND:-cuda}  # cpu: a smoke run anywhere (the transport with the CPU backend)
+ensure_publish || exit 1
+server_args=()
+if [[ "$backend" == cuda ]]; then ensure_fatbin "$fatbin" || exit 1; server_args=(--FlashMla:FatbinPath="$fatbin"); fi
 trace_env() { # output file
   echo "DOTNET_EnableEventPipe=1 DOTNET_EventPipeOutputPath=$1 DOTNET_EventPipeConfig=Microsoft-DotNETCore-SampleProfiler:0:5,Microsoft-Windows-DotNETRuntime:0x4c14fccbd:4"
 }
+SERVER_ENV=$(trace_env /tmp/server.nettrace) start_server "$backend" "$port" "${server_args[@]}" ||
+  { tail -20 "$OUT/dataplane-server-$backend.log"; exit 1; }
 # shellcheck disable=SC2046
-env $(trace_env /tmp/server.nettrace) "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" \
-  --FlashMla:GrpcPort="$port" --FlashMla:MetricsPort=$((port + 1)) --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 \
-  --FlashMla:MaxBatchSequences=1024 --FlashMla:BatchWindowMicroseconds=0 > "$OUT/profile-server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.5; done
-# shellcheck disable=SC2046
-env $(trace_env /tmp/client.nettrace) "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --batch "$b" --heads "$h" \
+env $(trace_env /tmp/client.nettrace) "$app/flashmla" bench-matrix --address "http://127.0.0.1:$port" --context "${DP_CONTEXT:-4096}" --batch "$b" --heads "$h" \
   --connections "$conns" --seconds 4 --warmup 1 --tcp-seconds 0 --out "$OUT/profile-bench.md" > "$OUT/profile-bench.log" 2>&1
-kill -TERM "$server"; wait "$server" 2>/dev/null
+stop_server
 grep -E '^\| [0-9]' "$OUT/profile-bench.md" | cut -c1-120
 ls -la /tmp/server.nettrace /tmp/client.nettrace
 tar -C /tmp -cJf "$OUT/profile-traces.tar.xz" server.nettrace client.nettrace && ls -la "$OUT/profile-traces.tar.xz"
