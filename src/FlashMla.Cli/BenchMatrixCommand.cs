@@ -18,7 +18,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class BenchMatrixCommand
 {
-    public static Command Create(Option<string> address)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress)
     {
         var batches = new Option<string>("--batch") { Description = "Sequences per request, comma-separated", DefaultValueFactory = _ => "32,128" };
         var heads = new Option<string>("--heads") { Description = "Query heads, comma-separated", DefaultValueFactory = _ => "16,128" };

@@ -8,10 +8,17 @@ var address = new Option<string>("--address", "-a")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify)") { address };
+var decodeAddress = new Option<string?>("--decode-address")
+{
+    Description = "Where decode calls go (the server's data-plane port, e.g. http://localhost:50052); default: --address. " +
+        "bench-matrix takes a comma-separated list and measures each",
+    Recursive = true,
+};
+
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify)") { address, decodeAddress };
 root.Add(DemoCommand.Create(address));
-root.Add(BenchCommand.Create(address));
-root.Add(BenchMatrixCommand.Create(address));
+root.Add(BenchCommand.Create(address, decodeAddress));
+root.Add(BenchMatrixCommand.Create(address, decodeAddress));
 root.Add(TcpBenchCommand.Create());
-root.Add(VerifyCommand.Create(address));
+root.Add(VerifyCommand.Create(address, decodeAddress));
 return await root.Parse(args).InvokeAsync();

@@ -15,23 +15,25 @@ internal static class VerifyCommand
 {
     private static readonly int[] HeadChoices = [1, 8, 16, 32, 64, 128];
 
-    public static Command Create(Option<string> address)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress)
     {
         var cases = new Option<int>("--cases") { Description = "Random cases", DefaultValueFactory = _ => 12 };
         var maxLength = new Option<int>("--max-length") { Description = "Longest random sequence", DefaultValueFactory = _ => 2048 };
         var longLength = new Option<int>("--long") { Description = "Add one sequence this long to every other case (0: none)", DefaultValueFactory = _ => 0 };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1 };
         var command = new Command("verify", "Compare the server's decode with the CPU backend on random workloads") { cases, maxLength, longLength, seed };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(cases), parse.GetValue(maxLength),
-            parse.GetValue(longLength), parse.GetValue(seed), token));
+        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(cases),
+            parse.GetValue(maxLength), parse.GetValue(longLength), parse.GetValue(seed), token));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, int cases, int maxLength, int longLength, int seed, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string address, string? decodeAddress, int cases, int maxLength, int longLength, int seed,
+        CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address);
+        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress });
         var config = await client.GetConfigAsync(cancellationToken);
-        AnsiConsole.MarkupLine($"verify against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}) at {address}");
+        AnsiConsole.MarkupLine($"verify against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}) at {address}" +
+            (decodeAddress is null ? "" : $", decode at {decodeAddress}"));
         var random = new Random(seed);
         var table = new Table().AddColumns("case", "layer", "b", "s_q", "h_q", "lengths", "out rel. err", "lse max abs err", "");
         double worstOut = 0, worstLse = 0;

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Buffers;
 using FlashMla.Client.Transport;
 using FlashMla.Contracts.V1;
@@ -13,7 +14,8 @@ namespace FlashMla.Client;
 /// With <see cref="FlashMlaClientOptions.Connections"/> above 1 it holds that many channels (one TCP
 /// connection each) and spreads decode streams and unary decodes over them round-robin: one HTTP/2
 /// connection is served by one socket and one connection loop on each side, which caps its throughput
-/// well below the machine's (DESIGN.md, "The data plane").
+/// well below the machine's (DESIGN.md, "The data plane"). With <see cref="FlashMlaClientOptions.DecodeAddress"/>
+/// set, the decode channels go to that address (the server's data-plane port) and cache calls to the first.
 /// </summary>
 public sealed class FlashMlaClient : IDisposable
 {
@@ -23,35 +25,36 @@ public sealed class FlashMlaClient : IDisposable
     /// <summary>Pool of the client's decode responses when the options name none.</summary>
     public static ArrayPool<byte> DefaultBufferPool { get; } = ArrayPool<byte>.Create(1 << 30, 256);
 
-    private readonly GrpcChannel[] _ownedChannels = [];
+    private readonly GrpcChannel[] _ownedChannels;
     private readonly CallInvoker[] _decodeInvokers;
     private readonly DecodeMarshallers _decodeMethods;
     private int _nextDecodeChannel = -1;
 
     public FlashMlaClient(string address, FlashMlaClientOptions? options = null)
-        : this(CreateChannels(address, options ?? new FlashMlaClientOptions()), options ?? new FlashMlaClientOptions())
+        : this(CreateOwnedChannels(address, options ?? new FlashMlaClientOptions()), options ?? new FlashMlaClientOptions())
     {
     }
 
-    public FlashMlaClient(ChannelBase channel) : this([channel], new FlashMlaClientOptions(), owned: false)
+    public FlashMlaClient(ChannelBase channel) : this([channel], channel, [], new FlashMlaClientOptions())
     {
     }
 
-    private FlashMlaClient(GrpcChannel[] channels, FlashMlaClientOptions options) : this(channels, options, owned: true)
+    private FlashMlaClient((GrpcChannel[] Decode, GrpcChannel Cache) channels, FlashMlaClientOptions options)
+        : this(channels.Decode, channels.Cache, [.. channels.Decode.Append(channels.Cache).Distinct()], options)
     {
     }
 
-    private FlashMlaClient(ChannelBase[] channels, FlashMlaClientOptions options, bool owned)
+    private FlashMlaClient(ChannelBase[] decodeChannels, ChannelBase cacheChannel, GrpcChannel[] owned, FlashMlaClientOptions options)
     {
-        if (owned) _ownedChannels = [.. channels.Cast<GrpcChannel>()];
-        Channel = channels[0];
+        _ownedChannels = owned;
+        Channel = cacheChannel;
         Cache = new KvCache.KvCacheClient(Channel);
         Decoder = new Decoder.DecoderClient(Channel);
-        _decodeInvokers = [.. channels.Select(c => c.CreateCallInvoker())];
+        _decodeInvokers = [.. decodeChannels.Select(c => c.CreateCallInvoker())];
         _decodeMethods = new DecodeMarshallers(options.BufferPool ?? DefaultBufferPool);
     }
 
-    /// <summary>The first channel: the one cache calls use.</summary>
+    /// <summary>The channel cache calls (and the generated stubs) use: the first decode channel unless decode has an address of its own.</summary>
     public ChannelBase Channel { get; }
 
     /// <summary>Channels (TCP connections) decode calls are spread over.</summary>
@@ -61,10 +64,14 @@ public sealed class FlashMlaClient : IDisposable
     public KvCache.KvCacheClient Cache { get; }
     public Decoder.DecoderClient Decoder { get; }
 
-    private static GrpcChannel[] CreateChannels(string address, FlashMlaClientOptions options)
+    private static (GrpcChannel[] Decode, GrpcChannel Cache) CreateOwnedChannels(string address, FlashMlaClientOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
-        return [.. Enumerable.Range(0, options.Connections).Select(_ => CreateChannel(address, options))];
+        if (options.DecodeAddress is { } decodeAddress && !Uri.TryCreate(decodeAddress, UriKind.Absolute, out _))
+            throw new ArgumentException($"DecodeAddress '{decodeAddress}' is not an absolute URI", nameof(options));
+        var decode = Enumerable.Range(0, options.Connections)
+            .Select(_ => CreateChannel(options.DecodeAddress ?? address, options)).ToArray();
+        return (decode, options.DecodeAddress is null ? decode[0] : CreateChannel(address, options));
     }
 
     /// <summary>
@@ -187,6 +194,12 @@ public sealed record FlashMlaClientOptions
 
     /// <summary>Channels, hence TCP connections, that decode calls are spread over (at least 1).</summary>
     public int Connections { get; init; } = 1;
+
+    /// <summary>
+    /// Where decode calls go when not the client's address: the server's data-plane port (FlashMla:DataPlanePort,
+    /// which serves flashmla.v1.Decoder only, with fewer copies per byte than the gRPC port). Null: the client's address.
+    /// </summary>
+    public string? DecodeAddress { get; init; }
 
     /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
     public ArrayPool<byte>? BufferPool { get; init; }

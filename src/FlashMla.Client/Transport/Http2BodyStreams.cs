@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Net;
 
 namespace FlashMla.Client.Transport;

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Net.Sockets;

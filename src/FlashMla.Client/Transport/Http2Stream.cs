@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Buffers;
 using System.Net;
 using System.Threading.Channels;

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 namespace FlashMla.Client.Transport;
 
 /// <summary>

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 namespace FlashMla.Client.Transport;
 
 /// <summary>Settings of <see cref="LargeFrameHttp2Handler"/>: frame size, flow-control windows, socket buffers.</summary>

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Text;
 using FlashMla.Client.Transport;
 

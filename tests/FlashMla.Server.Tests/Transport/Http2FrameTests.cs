@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Buffers.Binary;
 using FlashMla.Client.Transport;
 

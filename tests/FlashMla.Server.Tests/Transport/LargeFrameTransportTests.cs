@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Diagnostics;
 using System.Net;
 using FlashMla.Client;

@@ -1,3 +1,4 @@
+using FlashMla.Http2;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>HTTP/2 frame types (RFC 9113, section 6).</summary>
 internal enum Http2FrameType : byte

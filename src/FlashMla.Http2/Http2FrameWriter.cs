@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Net.Sockets;
 
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// Writes frames to one connection's socket under one async lock, a frame at a time, so streams interleave

@@ -1,4 +1,4 @@
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// Encodes request header fields (RFC 7541) without state: static-table indexes where a whole field matches,

@@ -2,7 +2,7 @@ using System.Buffers;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// Reads frames off one connection's socket for its reader loop: headers and small payloads through a pooled
@@ -28,7 +28,7 @@ internal sealed class Http2FrameReader : IDisposable
             if (!await FillAsync().ConfigureAwait(false))
             {
                 if (_end == _start) return null;
-                throw new IOException("the server closed the connection in the middle of a frame header");
+                throw new IOException("the peer closed the connection in the middle of a frame header");
             }
         }
         var header = Http2FrameHeader.Read(_buffer.AsSpan(_start, Http2FrameHeader.Size));
@@ -50,12 +50,12 @@ internal sealed class Http2FrameReader : IDisposable
             {
                 // Large remainder: straight from the socket into the destination, no intermediate copy.
                 int n = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
-                if (n == 0) throw new IOException("the server closed the connection in the middle of a frame");
+                if (n == 0) throw new IOException("the peer closed the connection in the middle of a frame");
                 destination = destination[n..];
             }
             else
             {
-                if (!await FillAsync().ConfigureAwait(false)) throw new IOException("the server closed the connection in the middle of a frame");
+                if (!await FillAsync().ConfigureAwait(false)) throw new IOException("the peer closed the connection in the middle of a frame");
                 int n = Math.Min(_end - _start, destination.Length);
                 _buffer.AsSpan(_start, n).CopyTo(destination.Span);
                 _start += n;
@@ -70,7 +70,7 @@ internal sealed class Http2FrameReader : IDisposable
         while (count > 0)
         {
             if (_end == _start && !await FillAsync().ConfigureAwait(false))
-                throw new IOException("the server closed the connection in the middle of a frame");
+                throw new IOException("the peer closed the connection in the middle of a frame");
             int n = Math.Min(_end - _start, count);
             _start += n;
             count -= n;

@@ -1,4 +1,4 @@
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>The HPACK static table (RFC 7541, appendix A): indexes 1 to 61.</summary>
 internal static class HpackStaticTable

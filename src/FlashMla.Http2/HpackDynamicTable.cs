@@ -1,4 +1,4 @@
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// The HPACK dynamic table of one connection's decoder (RFC 7541, section 2.3.2): a FIFO of header fields,

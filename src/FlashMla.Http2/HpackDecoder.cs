@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace FlashMla.Client.Transport;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// Decodes the header blocks of one connection (RFC 7541): indexed fields, the three literal forms, dynamic
