@@ -38,6 +38,7 @@ COPY global.json Directory.Build.props Directory.Packages.props ./
 COPY src/FlashMla.Contracts/FlashMla.Contracts.csproj src/FlashMla.Contracts/
 COPY src/FlashMla.Core/FlashMla.Core.csproj src/FlashMla.Core/
 COPY src/FlashMla.Cuda/FlashMla.Cuda.csproj src/FlashMla.Cuda/
+COPY src/FlashMla.Http2/FlashMla.Http2.csproj src/FlashMla.Http2/
 COPY src/FlashMla.Server/FlashMla.Server.csproj src/FlashMla.Server/
 # Restore the server project, not the solution: the solution also holds the tests, the CLI and the
 # benchmarks, none of which go into this image.
@@ -72,11 +73,12 @@ ENV \
     # The server's options (section "FlashMla"); ports are the server defaults, pinned here so that
     # EXPOSE, the health check and the manifests agree.
     FlashMla__GrpcPort=50051 \
+    FlashMla__DataPlanePort=50052 \
     FlashMla__MetricsPort=9090 \
     FlashMla__Backend=auto \
     FlashMla__FatbinPath=/app/flashmla.fatbin \
     FlashMla__LogFormat=json \
-    # The base image sets ASPNETCORE_HTTP_PORTS=8080; the server binds its two ports itself, so
+    # The base image sets ASPNETCORE_HTTP_PORTS=8080; the server binds its ports itself, so
     # clear it rather than have Kestrel warn that it overrides (or, worse, also open) port 8080.
     ASPNETCORE_HTTP_PORTS="" \
     # Server GC: the gRPC data plane moves GB/s through pooled buffers on many threads.
@@ -89,8 +91,9 @@ ENV \
     # toolkit prints a clear error) instead of failing later inside cuModuleLoadData.
     NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 
-# gRPC (HTTP/2 cleartext) and metrics (HTTP/1.1: /metrics, /healthz).
-EXPOSE 50051 9090
+# gRPC (HTTP/2 cleartext: every service, health, reflection), the data plane (HTTP/2 cleartext:
+# flashmla.v1.Decoder only, the decode path with fewer copies) and metrics (HTTP/1.1: /metrics, /healthz).
+EXPOSE 50051 50052 9090
 
 # The aspnet base image defines the non-root user "app" (UID 1654, in $APP_UID).
 USER $APP_UID

@@ -54,7 +54,16 @@ PROMETHEUSRULE = K8S / "components" / "prometheus-operator" / "prometheusrule.ya
 
 # The facts every file must agree on.
 GRPC_PORT = 50051
+# The data-plane listener: flashmla.v1.Decoder only, HTTP/2 cleartext (h2c with prior knowledge).
+DATA_PLANE_PORT = 50052
 METRICS_PORT = 9090
+# The server's port options and the port each must be (image ENV, compose environment, ConfigMap).
+PORT_OPTIONS = (("FlashMla__GrpcPort", GRPC_PORT), ("FlashMla__DataPlanePort", DATA_PLANE_PORT),
+                ("FlashMla__MetricsPort", METRICS_PORT))
+# Named container ports in the pod; the Services and probes refer to these names.
+CONTAINER_PORTS = {"grpc": GRPC_PORT, "data-plane": DATA_PLANE_PORT, "metrics": METRICS_PORT}
+# The ports that speak HTTP/2 cleartext: every Service port that targets one says so (appProtocol).
+H2C_PORT_NAMES = ("grpc", "data-plane")
 JOB_NAME = "flashmla"
 APP_NAME = "flashmla"
 FATBIN_NAME = "flashmla.fatbin"
@@ -715,9 +724,9 @@ def check_dockerfile(report: Report):
     for word, rest in instructions:
         if word == "EXPOSE":
             exposed |= {int(p.split("/")[0]) for p in rest.split()}
-    if exposed != {GRPC_PORT, METRICS_PORT}:
-        report.fail(f"Dockerfile EXPOSE {sorted(exposed)}; expected {GRPC_PORT} and {METRICS_PORT}")
-    for key, port in (("FlashMla__GrpcPort", GRPC_PORT), ("FlashMla__MetricsPort", METRICS_PORT)):
+    if exposed != set(CONTAINER_PORTS.values()):
+        report.fail(f"Dockerfile EXPOSE {sorted(exposed)}; expected {sorted(CONTAINER_PORTS.values())}")
+    for key, port in PORT_OPTIONS:
         if env.get(key) != str(port):
             report.fail(f"Dockerfile ENV {key}={env.get(key)!r}; expected {port}")
     health = HEALTHCHECK.read_text(encoding="utf-8")
@@ -813,12 +822,12 @@ def check_compose(report: Report):
     profiles = {}
     for name, service in servers.items():
         env = compose_env(service)
-        for key, port in (("FlashMla__GrpcPort", GRPC_PORT), ("FlashMla__MetricsPort", METRICS_PORT)):
+        for key, port in PORT_OPTIONS:
             if env.get(key, str(port)) != str(port):
                 report.fail(f"compose service {name}: {key}={env[key]}; expected {port}")
-        if container_ports(service) != {GRPC_PORT, METRICS_PORT}:
+        if container_ports(service) != set(CONTAINER_PORTS.values()):
             report.fail(f"compose service {name} publishes container ports {sorted(container_ports(service))}; "
-                        f"expected {GRPC_PORT} and {METRICS_PORT}")
+                        f"expected {sorted(CONTAINER_PORTS.values())}")
         if duration_seconds(service.get("stop_grace_period", "10s")) < DRAIN_SECONDS + 5:
             report.fail(f"compose service {name}: stop_grace_period {service.get('stop_grace_period')} is "
                         f"shorter than the drain ({DRAIN_SECONDS} s) plus margin")
@@ -971,10 +980,10 @@ def check_k8s(report: Report):
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-        if ports != {"grpc": GRPC_PORT, "metrics": METRICS_PORT}:
-            report.fail(f"{where} container ports {ports}; expected grpc {GRPC_PORT}, metrics {METRICS_PORT}")
+        if ports != CONTAINER_PORTS:
+            report.fail(f"{where} container ports {ports}; expected {CONTAINER_PORTS}")
 
-        for key, port in (("FlashMla__GrpcPort", GRPC_PORT), ("FlashMla__MetricsPort", METRICS_PORT)):
+        for key, port in PORT_OPTIONS:
             if env.get(key) != str(port):
                 report.fail(f"{where} ConfigMap {key}={env.get(key)!r}; expected {port}")
         if "FlashMla__FatbinPath" in env and env["FlashMla__FatbinPath"] != fatbin_in_image:
@@ -1036,11 +1045,20 @@ def check_k8s(report: Report):
                 elif port["port"] != number:
                     report.fail(f"{where} Service {sname} exposes {port['name']} on {port['port']}, the container "
                                 f"on {number}: keep them equal")
+                if (number in (CONTAINER_PORTS[n] for n in H2C_PORT_NAMES)
+                        and port.get("appProtocol") != "kubernetes.io/h2c"):
+                    report.fail(f"{where} Service {sname} port {port['name']} carries HTTP/2 cleartext: "
+                                "appProtocol must be kubernetes.io/h2c")
         for service in headless:
             if service["spec"].get("publishNotReadyAddresses"):
                 report.fail(f"{where} headless Service must not publish not-ready (draining) pods")
-            if any(p["port"] == METRICS_PORT for p in service["spec"]["ports"]):
-                report.fail(f"{where} headless Service should carry gRPC only")
+            headless_ports = {p["port"] for p in service["spec"]["ports"]}
+            if METRICS_PORT in headless_ports:
+                report.fail(f"{where} headless Service should carry gRPC and the data plane only")
+            for port_name in H2C_PORT_NAMES:
+                if CONTAINER_PORTS[port_name] not in headless_ports:
+                    report.fail(f"{where} headless Service lacks port {port_name} ({CONTAINER_PORTS[port_name]}): "
+                                "clients reach each pod's listeners through it")
 
         pdbs = by_kind.get("PodDisruptionBudget", [])
         if len(pdbs) != 1 or pdbs[0]["spec"]["selector"]["matchLabels"] != selector:

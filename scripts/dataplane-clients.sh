@@ -32,9 +32,9 @@ for layout in "1 4" "2 2" "4 1"; do
     pids+=($!)
   done
   wait "${pids[@]}"
-  # row columns: b | h | conns | transport | steps/s | KV tok/s | up | down | ...
+  # row columns: b | h | conns | transport | decode port | steps/s | KV tok/s | up | down | ...
   cat "$OUT"/clients-"$1"x"$2"-*.md | grep -E "^\| $b \| $h \| $2 \|" | awk -F'|' -v l="$1 x $2" \
-    '{s+=$6; u+=$8; d+=$9} END {printf "| %s | %.2f | %.2f | %.0f |\n", l, u, d, s}' >> "$res"
+    '{s+=$7; u+=$9; d+=$10} END {printf "| %s | %.2f | %.2f | %.0f |\n", l, u, d, s}' >> "$res"
 done
 stop_server
 cat "$res"

@@ -5,7 +5,8 @@
 #   2. run the native kernel checks
 #   3. unpack the self-contained publish (server, CLI, backend device check)
 #   4. run the C# CUDA backend check against a float64 reference
-#   5. start the server on the CUDA backend, run `flashmla verify` and a short `flashmla bench`
+#   5. start the server on the CUDA backend (gRPC port PORT, data-plane port PORT+1, metrics PORT+2), run
+#      `flashmla verify` through each port and a short `flashmla bench`
 #   6. print a short table last
 # Each step's log is written to a scratch folder and packed at the end into $OUT/round-logs.tgz
 # (the device tool brings back at most 8 files); $OUT/round.log has the step tails and the table
@@ -26,6 +27,7 @@ archive=$root/.devcarry/flashmla-publish.tar.xz
 app=/tmp/flashmla-app/flashmla
 port=${PORT:-50051}
 endpoint=http://127.0.0.1:$port
+data_plane_endpoint=http://127.0.0.1:$((port + 1))
 bench_args=${BENCH_ARGS:-}
 
 rows=()
@@ -96,7 +98,7 @@ fi
 if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
   echo "== server: starting on $endpoint (CUDA backend)"
   "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$port" \
-    --FlashMla:MetricsPort=$((port + 1)) --FlashMla:ListenAddress=loopback --FlashMla:Layers="${LAYERS:-4}" \
+    --FlashMla:DataPlanePort=$((port + 1)) --FlashMla:MetricsPort=$((port + 2)) --FlashMla:ListenAddress=loopback --FlashMla:Layers="${LAYERS:-4}" \
     --FlashMla:MaxBatchSequences=1024 >"$logs/server.log" 2>&1 &
   server_pid=$!
   up=0
@@ -108,6 +110,10 @@ if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/fl
   if [[ $up == 1 ]]; then
     record server ok - "listening on $endpoint"
     run_step verify verify.log "$app/flashmla" verify --address "$endpoint" --cases "${VERIFY_CASES:-24}" --long 33000
+    # The same checks with decode on the data-plane listener (its own HTTP/2 stack; cache calls stay on the gRPC port).
+    for _ in $(seq 1 20); do (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null && break; sleep 0.5; done
+    run_step verify-dataplane verify-dataplane.log "$app/flashmla" verify --address "$endpoint" --decode-address "$data_plane_endpoint" \
+      --cases "${VERIFY_CASES:-24}" --long 33000
     # shellcheck disable=SC2086
     run_step bench bench.log "$app/flashmla" bench --address "$endpoint" --out "$logs/service-bench.md" $bench_args
     cp "$logs/service-bench.md" "$OUT/" 2>/dev/null
@@ -124,7 +130,8 @@ fi
 # 6. The service on the CPU backend of this 16-core machine (no GPU involved): the embedded default's figures.
 if [[ "${SKIP_CPU_BENCH:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
   cpu_port=$((port + 10))
-  "$app/flashmla-server" --FlashMla:Backend=cpu --FlashMla:GrpcPort="$cpu_port" --FlashMla:MetricsPort=$((cpu_port + 1)) \
+  "$app/flashmla-server" --FlashMla:Backend=cpu --FlashMla:GrpcPort="$cpu_port" --FlashMla:DataPlanePort=$((cpu_port + 1)) \
+    --FlashMla:MetricsPort=$((cpu_port + 2)) \
     --FlashMla:ListenAddress=loopback --FlashMla:Layers=1 --FlashMla:CpuMemoryMiB=4096 >"$logs/cpu-server.log" 2>&1 &
   cpu_pid=$!
   for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$cpu_port") 2>/dev/null && break; sleep 0.5; done
@@ -135,7 +142,8 @@ if [[ "${SKIP_CPU_BENCH:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]
   wait "$cpu_pid" 2>/dev/null
 fi
 
-# 7. The data plane (issue 5): raw TCP, then b x h_q x connections through the service on both backends.
+# 7. The data plane (issue 5): raw TCP, then b x h_q x connections through the service on both backends,
+#    each row through the gRPC port and through the data-plane port (about 2.5 minutes; the A/B sections are off).
 if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
   run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
 fi

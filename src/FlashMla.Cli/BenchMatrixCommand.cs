@@ -10,7 +10,8 @@ namespace FlashMla.Cli;
 
 /// <summary>
 /// The data-plane benchmark: one prefilled set of sequences, then every combination of batch size, heads
-/// and client connections, each for a few seconds with several requests in flight per stream. Per row:
+/// and client connections, each for a few seconds with several requests in flight per stream, once per client
+/// transport and per decode port (--decode-address: the server's gRPC port, its data-plane port, or both). Per row:
 /// steps/s, KV tokens attended/s, tensor payload GB/s each way, step latency p50/p99, the server's backend
 /// time per call (compute_us) and how busy the backend was, and (with --tcp-seconds) raw loopback TCP
 /// throughput over the same number of connections measured in the same run.
@@ -31,26 +32,66 @@ internal static class BenchMatrixCommand
         var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
         var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
         var transports = TransportOption.Create("HTTP/2 client(s), comma-separated, each measured on every row: large-frames, sockets");
-        var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport, with raw TCP for reference")
+        var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport x decode port, with raw TCP for reference. " +
+            "--decode-address takes a comma-separated list here: 'grpc' (decode on --address) and/or the data-plane address(es), each measured on every row")
             { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports };
         command.SetAction((parse, token) =>
         {
             var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
-            if (chosen is null) return Task.FromResult(2);
-            return RunAsync(new Settings(parse.GetValue(address)!, ParseList(parse.GetValue(batches)!),
+            string mainAddress = parse.GetValue(address)!;
+            var decodeTargets = ParseDecodeTargets(mainAddress, parse.GetValue(decodeAddress));
+            if (chosen is null || decodeTargets is null) return Task.FromResult(2);
+            return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
-                parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen), token);
+                parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
+                decodeTargets), token);
         });
         return command;
+    }
+
+    /// <summary>
+    /// Where one row's decode calls go: <see cref="Address"/> is null for the main address (the server's gRPC port),
+    /// else the data-plane address handed to <see cref="FlashMlaClientOptions.DecodeAddress"/>; <see cref="Label"/> names it in the tables.
+    /// </summary>
+    private sealed record DecodeTarget(string? Address, string Label);
+
+    /// <summary>
+    /// The decode targets named in <paramref name="text"/> (comma-separated: 'grpc' for the main address, or absolute
+    /// http(s) URIs; absent: the main address only), or null (after printing why) when one is neither.
+    /// </summary>
+    private static DecodeTarget[]? ParseDecodeTargets(string mainAddress, string? text)
+    {
+        if (!Uri.TryCreate(mainAddress, UriKind.Absolute, out var main))
+        {
+            AnsiConsole.MarkupLine($"[red]--address '{Markup.Escape(mainAddress)}' is not an absolute URI[/]");
+            return null;
+        }
+        var grpc = new DecodeTarget(null, $"grpc :{main.Port}");
+        if (text is null) return [grpc];
+        var result = new List<DecodeTarget>();
+        foreach (string name in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (string.Equals(name, "grpc", StringComparison.OrdinalIgnoreCase)) { result.Add(grpc); continue; }
+            if (!Uri.TryCreate(name, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+            {
+                AnsiConsole.MarkupLine($"[red]--decode-address '{Markup.Escape(name)}' is neither 'grpc' nor an http(s) URI[/]");
+                return null;
+            }
+            // The main address spelled out is the gRPC port, not a second listener: same channel set-up as 'grpc'.
+            bool isMain = Uri.Compare(uri, main, UriComponents.SchemeAndServer, UriFormat.Unescaped, StringComparison.OrdinalIgnoreCase) == 0;
+            result.Add(isMain ? grpc : new DecodeTarget(name, $"data-plane :{uri.Port}"));
+        }
+        if (result.Count == 0) AnsiConsole.MarkupLine("[red]--decode-address names no address[/]");
+        return result.Count == 0 ? null : [.. result];
     }
 
     public static int[] ParseList(string text) =>
         [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse)];
 
     private sealed record Settings(string Address, int[] Batches, int[] Heads, int[] Connections, int Context, int StreamsPerConnection,
-        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports);
+        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports, DecodeTarget[] DecodeTargets);
 
-    private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
+    private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, string DecodePort, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
         double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps,
         double FrameDownKiB, double FrameUpKiB);
 
@@ -65,7 +106,8 @@ internal static class BenchMatrixCommand
         using var admin = new FlashMlaClient(s.Address);
         var config = await admin.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
-            $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row");
+            $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
+            $"decode on {Markup.Escape(DescribeTargets(s.DecodeTargets))}");
 
         // One set of sequences for every row: the longest batch, all with the same rows (content does not matter here).
         int maxBatch = s.Batches.Max();
@@ -91,14 +133,15 @@ internal static class BenchMatrixCommand
                     {
                         if (s.TcpSeconds > 0 && !tcp.ContainsKey(n)) tcp[n] = await TcpBenchCommand.MeasureAsync(n, s.TcpSeconds, 4 * 1024 * 1024, cancellationToken);
                         foreach (var transport in s.Transports)
-                        {
-                            var row = await RunRowAsync(s, input, b, h, n, transport, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
-                            results.Add(row);
-                            AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n} {TransportOption.Name(transport)}: {row.StepsPerSecond:F0} steps/s, " +
-                                $"up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, " +
-                                $"compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s, " +
-                                $"DATA frames down/up {row.FrameDownKiB:F0}/{row.FrameUpKiB:F0} KiB");
-                        }
+                            foreach (var target in s.DecodeTargets)
+                            {
+                                var row = await RunRowAsync(s, input, b, h, n, transport, target, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
+                                results.Add(row);
+                                AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n} {TransportOption.Name(transport)} {target.Label}: {row.StepsPerSecond:F0} steps/s, " +
+                                    $"up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, " +
+                                    $"compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s, " +
+                                    $"DATA frames down/up {row.FrameDownKiB:F0}/{row.FrameUpKiB:F0} KiB");
+                            }
                     }
                 }
         }
@@ -107,7 +150,7 @@ internal static class BenchMatrixCommand
             foreach (ulong id in ids) await admin.FreeAsync(id, CancellationToken.None);
         }
 
-        var table = new Table().AddColumns("b", "h_q", "conns", "transport", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
+        var table = new Table().AddColumns("b", "h_q", "conns", "transport", "decode port", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
             "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s", "frame down KiB", "frame up KiB");
         foreach (var r in results) table.AddRow(Cells(r));
         AnsiConsole.Write(table);
@@ -117,16 +160,17 @@ internal static class BenchMatrixCommand
 
     private static string[] Cells(Row r) =>
     [
-        $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", TransportOption.Name(r.Transport), $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
+        $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", TransportOption.Name(r.Transport), r.DecodePort, $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
         $"{r.P50Ms:F2}", $"{r.P99Ms:F2}", $"{r.ComputeMs:F3}", $"{r.BackendBusy:P0}", $"{r.SequencesPerCall:F0}", $"{r.TcpGBps:F2}",
         double.IsNaN(r.FrameDownKiB) ? "n/a" : $"{r.FrameDownKiB:F0}", double.IsNaN(r.FrameUpKiB) ? "n/a" : $"{r.FrameUpKiB:F0}",
     ];
 
-    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, ClientTransport transport, double tcpGBps,
-        CancellationToken cancellationToken)
+    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, ClientTransport transport, DecodeTarget target,
+        double tcpGBps, CancellationToken cancellationToken)
     {
         var counters = new Http2TransportCounters();
-        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { Connections = connections, Transport = transport, Counters = counters });
+        using var client = new FlashMlaClient(s.Address,
+            new FlashMlaClientOptions { Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address });
         var streams = Enumerable.Range(0, connections * s.StreamsPerConnection).Select(_ => client.OpenDecodeStream(cancellationToken)).ToArray();
         long qBytes = input.QBytes.Length;
         var latencies = new List<double>();
@@ -182,25 +226,29 @@ internal static class BenchMatrixCommand
         Array.Sort(sorted);
         double Percentile(double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
         double n = Math.Max(1, steps);
-        return new Row(b, h, connections, transport, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
+        return new Row(b, h, connections, transport, target.Label, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
             bytesDown / elapsed / 1e9, Percentile(0.5), Percentile(0.99), computeSum / n / 1000, computeShare / 1e6 / elapsed, sequencesSum / n, tcpGBps,
             frameDownKiB, frameUpKiB);
     }
+
+    private static string DescribeTargets(DecodeTarget[] targets) =>
+        string.Join(", ", targets.Select(t => t.Address is null ? t.Label : $"{t.Label} ({t.Address})"));
 
     private static void WriteResults(string path, Settings s, Contracts.V1.ServiceConfig config, List<Row> rows)
     {
         var text = new StringBuilder();
         text.AppendLine($"## bench-matrix {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
         text.AppendLine();
-        text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}. s_k={s.Context}, s_q=1, no append; " +
+        text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}, decode on {DescribeTargets(s.DecodeTargets)}. s_k={s.Context}, s_q=1, no append; " +
             $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
             "up = q bytes sent, down = out+lse bytes received (GB = 1e9 B); compute = the server's backend time per call (compute_us); " +
             "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run; " +
             "transport = the client's HTTP/2 stack (large-frames: LargeFrameHttp2Handler, sockets: SocketsHttpHandler); frame KiB = mean DATA payload " +
-            "per frame as counted by LargeFrameHttp2Handler (n/a for sockets).");
+            "per frame as counted by LargeFrameHttp2Handler (n/a for sockets); decode port = where the decode calls went (grpc: the server's gRPC port, " +
+            "--address, served by Kestrel; data-plane: the --decode-address given, the server's data-plane listener); cache calls always go to the gRPC port.");
         text.AppendLine();
-        text.AppendLine("| b | h_q | conns | transport | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s | frame down KiB | frame up KiB |");
-        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        text.AppendLine("| b | h_q | conns | transport | decode port | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s | frame down KiB | frame up KiB |");
+        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var r in rows) text.AppendLine("| " + string.Join(" | ", Cells(r)) + " |");
         text.AppendLine();
         File.AppendAllText(path, text.ToString());

@@ -11,7 +11,7 @@ var address = new Option<string>("--address", "-a")
 var decodeAddress = new Option<string?>("--decode-address")
 {
     Description = "Where decode calls go (the server's data-plane port, e.g. http://localhost:50052); default: --address. " +
-        "bench-matrix takes a comma-separated list and measures each",
+        "bench-matrix takes a comma-separated list and measures each ('grpc': decode on --address)",
     Recursive = true,
 };
 

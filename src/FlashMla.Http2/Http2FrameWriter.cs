@@ -63,6 +63,39 @@ internal sealed class Http2FrameWriter : IDisposable
         }
     }
 
+    /// <summary>
+    /// Writes one frame whose payload is <paramref name="parts"/> in order; the caller holds the lock. Parts that
+    /// fit go out in one send with the header; larger ones go to the socket straight from their memory.
+    /// </summary>
+    public async ValueTask WritePartsLockedAsync(Http2FrameHeader header, IReadOnlyList<ReadOnlyMemory<byte>> parts)
+    {
+        ThrowIfFailed();
+        int used = TakeControl(_scratch);
+        header.Write(_scratch.AsSpan(used));
+        used += Http2FrameHeader.Size;
+        try
+        {
+            for (int i = 0; i < parts.Count; i++)
+            {
+                var part = parts[i];
+                if (part.Length <= _scratch.Length - used)
+                {
+                    part.Span.CopyTo(_scratch.AsSpan(used));
+                    used += part.Length;
+                    continue;
+                }
+                if (used > 0) await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+                used = 0;
+                await SendAsync(part).ConfigureAwait(false);
+            }
+            if (used > 0) await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            throw Fail(ex);
+        }
+    }
+
     /// <summary>Writes raw bytes (the preface and first SETTINGS); the caller holds the lock.</summary>
     public async ValueTask WriteRawLockedAsync(ReadOnlyMemory<byte> bytes)
     {

@@ -17,11 +17,15 @@ public sealed class TestServer : IAsyncDisposable
         var endpoints = app.Services.GetRequiredService<BoundEndpoints>();
         GrpcAddress = $"http://127.0.0.1:{endpoints.GrpcPort}";
         MetricsAddress = $"http://127.0.0.1:{endpoints.MetricsPort}";
+        DataPlaneAddress = endpoints.DataPlanePort == 0 ? null : $"http://127.0.0.1:{endpoints.DataPlanePort}";
         Client = new FlashMlaClient(GrpcAddress);
     }
 
     public string GrpcAddress { get; }
     public string MetricsAddress { get; }
+
+    /// <summary>The data-plane listener (flashmla.v1.Decoder only); null when the test turned it off.</summary>
+    public string? DataPlaneAddress { get; }
     public FlashMlaClient Client { get; }
     public Scheduler Scheduler => _app.Services.GetRequiredService<Scheduler>();
     public IServiceProvider Services => _app.Services;
@@ -31,7 +35,7 @@ public sealed class TestServer : IAsyncDisposable
     {
         var args = new List<string>
         {
-            "--FlashMla:GrpcPort=0", "--FlashMla:MetricsPort=0", "--FlashMla:ListenAddress=loopback",
+            "--FlashMla:GrpcPort=0", "--FlashMla:MetricsPort=0", "--FlashMla:DataPlanePort=0", "--FlashMla:ListenAddress=loopback",
             "--FlashMla:Backend=cpu", "--FlashMla:Layers=2", "--FlashMla:TotalBlocks=64", "--FlashMla:BatchWindowMicroseconds=0",
             "--Serilog:MinimumLevel:Default=Warning",
         };

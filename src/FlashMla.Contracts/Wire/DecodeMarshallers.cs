@@ -34,6 +34,15 @@ public sealed class DecodeMarshallers
                 if (kv is not null) message.Kv = kv;
             });
 
+    /// <summary>A request lying whole in a buffer the caller owns; its tensors wrap slices of it (no copy).</summary>
+    public static DecodeRequest ParseRequestInPlace(ReadOnlyMemory<byte> payload) =>
+        PooledTensorParser.ParseInPlace(payload, DecodeRequest.Parser, DecodeRequest.QFieldNumber, DecodeRequest.KvFieldNumber,
+            static (message, q, kv) =>
+            {
+                if (q is not null) message.Q = q;
+                if (kv is not null) message.Kv = kv;
+            });
+
     public static Leased<DecodeResponse> ParseResponse(in ReadOnlySequence<byte> payload, ArrayPool<byte> pool) =>
         PooledTensorParser.Parse(payload, pool, DecodeResponse.Parser, DecodeResponse.OutFieldNumber, DecodeResponse.LseFieldNumber,
             static (message, output, lse) =>

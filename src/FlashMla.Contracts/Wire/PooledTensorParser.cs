@@ -54,7 +54,38 @@ public static class PooledTensorParser
         return new Leased<T>(parser.ParseFrom(payload));
     }
 
-    private static bool TryWalk(in ReadOnlySequence<byte> payload, PooledArrays arrays, uint tagA, uint tagB, ref byte[] rest,
+    /// <summary>
+    /// Parses a message that already lies whole in one buffer the caller owns (the data-plane listener receives
+    /// each message straight into a pooled, page-locked array): tensor bytes are not copied, the tensors wrap
+    /// slices of <paramref name="payload"/>, so the buffer must outlive the message.
+    /// </summary>
+    public static T ParseInPlace<T>(ReadOnlyMemory<byte> payload, MessageParser<T> parser, int tensorFieldA, int tensorFieldB,
+        Action<T, Tensor?, Tensor?> assign) where T : class, IMessage<T>
+    {
+        var sequence = new ReadOnlySequence<byte>(payload);
+        byte[] rest = ArrayPool<byte>.Shared.Rent(256);
+        try
+        {
+            if (TryWalk(sequence, arrays: null, (uint)(tensorFieldA << 3) | WireLengthDelimited, (uint)(tensorFieldB << 3) | WireLengthDelimited,
+                    ref rest, out int restLength, out var a, out var b))
+            {
+                var message = parser.ParseFrom(rest.AsSpan(0, restLength));
+                assign(message, a, b);
+                return message;
+            }
+        }
+        catch (InvalidProtocolBufferException)
+        {
+            // Fall through: the generated parser gives the canonical answer.
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rest);
+        }
+        return parser.ParseFrom(sequence);
+    }
+
+    private static bool TryWalk(in ReadOnlySequence<byte> payload, PooledArrays? arrays, uint tagA, uint tagB, ref byte[] rest,
         out int restLength, out Tensor? a, out Tensor? b)
     {
         a = b = null;
@@ -89,7 +120,7 @@ public static class PooledTensorParser
     }
 
     /// <summary>Merges one occurrence of a Tensor field into <paramref name="tensor"/>, as the generated parser would.</summary>
-    private static bool TryParseTensor(ReadOnlySequence<byte> bytes, Tensor tensor, PooledArrays arrays)
+    private static bool TryParseTensor(ReadOnlySequence<byte> bytes, Tensor tensor, PooledArrays? arrays)
     {
         var reader = new SequenceReader<byte>(bytes);
         while (!reader.End)
@@ -125,10 +156,20 @@ public static class PooledTensorParser
                         tensor.Data = ByteString.Empty;
                         break;
                     }
-                    var array = arrays.Rent(length);
-                    reader.Sequence.Slice(reader.Position, length).CopyTo(array);
+                    var data = reader.Sequence.Slice(reader.Position, length);
+                    if (arrays is null && data.IsSingleSegment)
+                    {
+                        // In place: the caller's buffer holds the whole message and outlives it.
+                        tensor.Data = UnsafeByteOperations.UnsafeWrap(data.First);
+                    }
+                    else
+                    {
+                        if (arrays is null) return false;
+                        var array = arrays.Rent(length);
+                        data.CopyTo(array);
+                        tensor.Data = UnsafeByteOperations.UnsafeWrap(array.AsMemory(0, length));
+                    }
                     reader.Advance(length);
-                    tensor.Data = UnsafeByteOperations.UnsafeWrap(array.AsMemory(0, length));
                     break;
                 }
                 default:

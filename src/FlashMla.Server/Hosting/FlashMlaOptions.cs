@@ -15,6 +15,12 @@ public sealed class FlashMlaOptions
     /// <summary>gRPC port (HTTP/2 cleartext). 0 picks a free port (tests).</summary>
     public int GrpcPort { get; set; } = 50051;
 
+    /// <summary>
+    /// Data-plane port: flashmla.v1.Decoder only, over HTTP/2 cleartext, served by the service's own listener
+    /// with one copy per tensor byte each way (Kestrel's port: four). 0 picks a free port; -1 turns it off.
+    /// </summary>
+    public int DataPlanePort { get; set; } = 50052;
+
     /// <summary>Port of /metrics (Prometheus) and /healthz (HTTP/1.1). 0 picks a free port.</summary>
     public int MetricsPort { get; set; } = 9090;
 
@@ -100,7 +106,10 @@ public sealed class FlashMlaOptions
     {
         if (GrpcPort is < 0 or > 65535) yield return $"GrpcPort must be 0..65535, got {GrpcPort}";
         if (MetricsPort is < 0 or > 65535) yield return $"MetricsPort must be 0..65535, got {MetricsPort}";
+        if (DataPlanePort is < -1 or > 65535) yield return $"DataPlanePort must be -1 (off) or 0..65535, got {DataPlanePort}";
         if (GrpcPort != 0 && GrpcPort == MetricsPort) yield return "GrpcPort and MetricsPort must differ";
+        if (DataPlanePort > 0 && (DataPlanePort == GrpcPort || DataPlanePort == MetricsPort))
+            yield return "DataPlanePort must differ from GrpcPort and MetricsPort";
         if (ListenAddress is not ("any" or "loopback")) yield return $"ListenAddress must be any or loopback, got '{ListenAddress}'";
         if (Backend is not ("auto" or "cpu" or "cuda")) yield return $"Backend must be auto, cpu or cuda, got '{Backend}'";
         if (Layers is < 1 or > 1024) yield return $"Layers must be 1..1024, got {Layers}";

@@ -77,7 +77,11 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),
             options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>()));
         builder.Services.AddSingleton<RequestFailures>();
+        builder.Services.AddSingleton<DecodeHandler>();
         builder.Services.AddHostedService<SchedulerLifetime>();
+        // Registered after the scheduler's lifetime, so it stops first: its calls drain before the scheduler does.
+        builder.Services.AddSingleton<DecoderService>();
+        builder.Services.AddHostedService<DataPlane.DataPlaneListener>();
 
         builder.Services.AddGrpc(grpc =>
         {
@@ -109,9 +113,9 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, metrics on port {MetricsPort}",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
-                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.MetricsPort);
+                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
         });
         return app;
     }

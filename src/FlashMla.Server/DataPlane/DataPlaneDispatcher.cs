@@ -1,0 +1,53 @@
+using FlashMla.Server.Services;
+using Grpc.Core;
+
+namespace FlashMla.Server.DataPlane;
+
+/// <summary>
+/// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves, and turns
+/// how the call ended into its gRPC status, as grpc-dotnet does for a service method.
+/// </summary>
+internal sealed class DataPlaneDispatcher(DecoderService service, ILogger log)
+{
+    public const string ServiceName = "flashmla.v1.Decoder";
+    public const string DecodePath = "/" + ServiceName + "/Decode";
+    public const string DecodeOncePath = "/" + ServiceName + "/DecodeOnce";
+
+    public ILogger Log { get; } = log;
+
+    public bool Serves(string path) => path is DecodePath or DecodeOncePath;
+
+    public async Task<Status> ServeAsync(DataPlaneCall call, DataPlaneCallContext context)
+    {
+        try
+        {
+            if (call.Method == DecodePath)
+            {
+                await service.Decode(call, call, context).ConfigureAwait(false);
+                return Status.DefaultSuccess;
+            }
+            if (!await call.MoveNext(context.CancellationToken).ConfigureAwait(false))
+                return new Status(StatusCode.Internal, "the unary call carried no request message");
+            var response = await service.DecodeOnce(call.Current, context).ConfigureAwait(false);
+            await call.WriteAsync(response, context.CancellationToken).ConfigureAwait(false);
+            return Status.DefaultSuccess;
+        }
+        catch (RpcException ex)
+        {
+            return DeadlinePassed(call) ? Expired : ex.Status;
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or IOException)
+        {
+            return DeadlinePassed(call) ? Expired : new Status(StatusCode.Cancelled, "the call was cancelled");
+        }
+        catch (Exception ex)
+        {
+            Log.LogError(ex, "Data-plane call {Method} failed", call.Method);
+            return new Status(StatusCode.Unknown, "Exception was thrown by handler.");
+        }
+    }
+
+    private static readonly Status Expired = new(StatusCode.DeadlineExceeded, "the call's deadline passed");
+
+    private static bool DeadlinePassed(DataPlaneCall call) => call.Deadline != DateTime.MaxValue && DateTime.UtcNow >= call.Deadline;
+}

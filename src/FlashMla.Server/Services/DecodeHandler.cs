@@ -1,0 +1,57 @@
+using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using FlashMla.Core.Scheduling;
+using FlashMla.Core.Tensors;
+using Google.Protobuf;
+
+namespace FlashMla.Server.Services;
+
+/// <summary>
+/// One decode request from the wire to the scheduler and back, shared by both doors to flashmla.v1.Decoder:
+/// the gRPC service on Kestrel (<see cref="DecoderService"/>) and the data-plane listener. It validates what
+/// the scheduler does not (tensor dtypes and shapes), and wraps the batch's pooled outputs in the response
+/// without copying them.
+/// </summary>
+public sealed class DecodeHandler(Scheduler scheduler)
+{
+    /// <summary>
+    /// Validates, queues and awaits one request. When this returns or throws, the scheduler no longer reads
+    /// the request's tensors, so the caller may give their buffers back.
+    /// </summary>
+    public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, CancellationToken cancellationToken)
+    {
+        long b = request.SequenceIds.Count, sQ = request.SQ, hQ = request.HQ;
+        if (b == 0) throw Core.Cache.CacheException.Invalid("the request names no sequences");
+        if (sQ == 0 || hQ == 0) throw Core.Cache.CacheException.Invalid($"s_q and h_q must be positive, got s_q={sQ}, h_q={hQ}");
+        var q = TensorCodec.Expect(request.Q, "q", DType.Bf16, b, sQ, hQ, MlaDims.HeadDimK);
+        var kv = request.Kv is null ? ReadOnlyMemory<byte>.Empty : TensorCodec.Expect(request.Kv, "kv", DType.Bf16, b, sQ, MlaDims.HeadDimK);
+        if (request.Layer > int.MaxValue) throw Core.Cache.CacheException.Invalid($"layer {request.Layer} is out of range");
+        var work = DecodeWork.Create(scheduler.Options, (int)request.Layer, [.. request.SequenceIds], (int)Math.Min(sQ, int.MaxValue),
+            (int)Math.Min(hQ, int.MaxValue), request.SoftmaxScale, q, kv);
+        var result = await scheduler.DecodeAsync(work, cancellationToken);
+
+        var output = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(result.Out) };
+        output.Shape.Add([b, sQ, hQ, MlaDims.HeadDimV]);
+        var lse = new Tensor { Dtype = DType.Fp32, Data = UnsafeByteOperations.UnsafeWrap(result.Lse) };
+        lse.Shape.Add([b, hQ, sQ]);
+        var response = new DecodeResponse
+        {
+            RequestId = request.RequestId,
+            Out = output,
+            Lse = lse,
+            Timings = new Contracts.V1.DecodeTimings
+            {
+                QueueUs = result.Timings.QueueMicroseconds,
+                ComputeUs = result.Timings.ComputeMicroseconds,
+                BatchSequences = (uint)result.Timings.BatchSequences,
+                BatchRequests = (uint)result.Timings.BatchRequests,
+            },
+        };
+        return new Leased<DecodeResponse>(response, new ResultRelease(result));
+    }
+
+    private sealed class ResultRelease(DecodeResult result) : IDisposable
+    {
+        public void Dispose() => result.Release();
+    }
+}

@@ -1,0 +1,278 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using FlashMla.Client;
+using FlashMla.Contracts.V1;
+using FlashMla.Server.Hosting;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Xunit.Abstractions;
+
+namespace FlashMla.Server.Tests;
+
+/// <summary>
+/// The data-plane port (DataPlanePort): flashmla.v1.Decoder served by the service's own HTTP/2 listener.
+/// Everything is checked against the same server's Kestrel port, with both client transports (the library's
+/// LargeFrameHttp2Handler and .NET's SocketsHttpHandler, which speaks 16 KiB frames and small windows).
+/// </summary>
+[Collection(DataPlaneCollection.Name)]
+public sealed class DataPlanePortTests(ITestOutputHelper output)
+{
+    private static async Task<ulong[]> CreateSequencesAsync(FlashMlaClient client, int count, int length, int seed = 0)
+    {
+        var ids = new ulong[count];
+        for (int i = 0; i < count; i++)
+        {
+            ids[i] = await client.CreateSequenceAsync();
+            await client.AppendKvAsync(ids[i], 0, Random16.Bf16(new Random(seed + i), length * 576));
+        }
+        return ids;
+    }
+
+    private static FlashMlaClient DataPlaneClient(TestServer server, ClientTransport transport, int connections = 1) =>
+        new(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress, Transport = transport, Connections = connections });
+
+    public static TheoryData<ClientTransport> Transports => [ClientTransport.LargeFrames, ClientTransport.SocketsHttpHandler];
+
+    [Theory]
+    [MemberData(nameof(Transports))]
+    public async Task Decode_on_the_data_plane_port_is_bit_equal_to_the_grpc_port(ClientTransport transport)
+    {
+        await using var server = await TestServer.StartAsync(("TotalBlocks", 256));
+        Assert.NotNull(server.DataPlaneAddress);
+        using var fast = DataPlaneClient(server, transport);
+        var ids = await CreateSequencesAsync(server.Client, 8, 70);
+        // h_q 128, b 8: 1.2 MB of q and 1 MB of out per step, many frames each way and past SocketsHttpHandler's first windows.
+        var inputs = Enumerable.Range(0, 6).Select(k => new DecodeInput(0, ids, 1, k % 2 == 0 ? 128 : 5,
+            Random16.Bf16(new Random(10 + k), ids.Length * (k % 2 == 0 ? 128 : 5) * 576))).ToArray();
+
+        var expected = new List<DecodeOutput>();
+        foreach (var input in inputs) expected.Add(await server.Client.DecodeOnceAsync(input));
+
+        using (var once = await fast.DecodeOnceAsync(inputs[0]))
+        {
+            Assert.Equal(expected[0].Out.ToArray(), once.Out.ToArray());
+            Assert.Equal(expected[0].Lse.ToArray(), once.Lse.ToArray());
+        }
+        await using (var stream = fast.OpenDecodeStream())
+        {
+            // All six in flight on one stream at once.
+            var results = await Task.WhenAll(inputs.Select(input => stream.DecodeAsync(input)));
+            for (int k = 0; k < inputs.Length; k++)
+            {
+                Assert.Equal(expected[k].Out.ToArray(), results[k].Out.ToArray());
+                Assert.Equal(expected[k].Lse.ToArray(), results[k].Lse.ToArray());
+                results[k].Dispose();
+            }
+        }
+        foreach (var e in expected) e.Dispose();
+    }
+
+    [Fact]
+    public async Task Appended_rows_through_the_data_plane_land_in_the_cache()
+    {
+        await using var server = await TestServer.StartAsync();
+        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        var ids = await CreateSequencesAsync(server.Client, 2, 10);
+        var kv = Random16.Bf16(new Random(3), 2 * 2 * 576);
+        using var result = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 2, 4, Random16.Bf16(new Random(4), 2 * 2 * 4 * 576), kv));
+        Assert.Equal(2 * 2 * 4 * 512, result.Out.Length);
+        var rows = await server.Client.ReadKvAsync(ids[1], 0);
+        Assert.Equal(kv.AsSpan(2 * 576, 2 * 576).ToArray(), rows.AsSpan(10 * 576, 2 * 576).ToArray());
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports))]
+    public async Task Bad_requests_get_the_grpc_ports_status_codes_and_a_stream_goes_on(ClientTransport transport)
+    {
+        await using var server = await TestServer.StartAsync();
+        using var fast = DataPlaneClient(server, transport);
+        var ids = await CreateSequencesAsync(server.Client, 2, 10);
+
+        var unknown = await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(
+            new DecodeInput(0, [ids[0], 999], 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576))));
+        Assert.Equal(StatusCode.NotFound, unknown.StatusCode);
+        var badShape = await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(
+            new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576 - 1))));
+        Assert.Equal(StatusCode.InvalidArgument, badShape.StatusCode);
+        Assert.Contains("q", badShape.Status.Detail);
+
+        await using var stream = fast.OpenDecodeStream();
+        var bad = stream.DecodeAsync(new DecodeInput(7, ids, 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576)));
+        var good = stream.DecodeAsync(new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(2), 2 * 4 * 576)));
+        Assert.Equal(StatusCode.InvalidArgument, (await Assert.ThrowsAsync<RpcException>(() => bad)).StatusCode);
+        using var ok = await good;
+        Assert.Equal(2 * 4 * 512, ok.Out.Length);
+        Assert.Equal([10u, 0u], (await server.Client.GetSequenceAsync(ids[0])).LayerLengths); // nothing appended by either
+    }
+
+    [Fact]
+    public async Task Other_services_on_the_data_plane_port_are_unimplemented_and_say_where_to_go()
+    {
+        await using var server = await TestServer.StartAsync();
+        using var channel = GrpcChannel.ForAddress(server.DataPlaneAddress!);
+        var cache = new KvCache.KvCacheClient(channel);
+        var error = await Assert.ThrowsAsync<RpcException>(async () => await cache.CreateSequenceAsync(new CreateSequenceRequest()));
+        Assert.Equal(StatusCode.Unimplemented, error.StatusCode);
+        Assert.Contains("gRPC port", error.Status.Detail);
+        Assert.Equal(0u, (await server.Client.GetStatsAsync()).Sequences);
+    }
+
+    [Fact]
+    public async Task A_message_over_the_size_limit_is_refused_with_resource_exhausted()
+    {
+        await using var server = await TestServer.StartAsync(("MaxMessageBytes", 1024 * 1024));
+        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        var ids = await CreateSequencesAsync(server.Client, 8, 10);
+        var error = await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(
+            new DecodeInput(0, ids, 1, 128, Random16.Bf16(new Random(1), 8 * 128 * 576))));
+        Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
+        // The connection is still good.
+        using var small = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 1, 2, Random16.Bf16(new Random(2), 8 * 2 * 576)));
+        Assert.Equal(8 * 2 * 512, small.Out.Length);
+    }
+
+    [Fact]
+    public async Task A_deadline_ends_an_idle_stream_with_deadline_exceeded()
+    {
+        await using var server = await TestServer.StartAsync();
+        using var channel = GrpcChannel.ForAddress(server.DataPlaneAddress!);
+        var decoder = new Decoder.DecoderClient(channel);
+        using var call = decoder.Decode(deadline: DateTime.UtcNow.AddMilliseconds(300));
+        var error = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext());
+        Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
+    }
+
+    [Fact]
+    public async Task Generated_stubs_over_SocketsHttpHandler_work_on_the_data_plane_port()
+    {
+        await using var server = await TestServer.StartAsync();
+        var ids = await CreateSequencesAsync(server.Client, 2, 30);
+        using var channel = GrpcChannel.ForAddress(server.DataPlaneAddress!);
+        var decoder = new Decoder.DecoderClient(channel);
+        var input = new DecodeInput(0, ids, 1, 3, Random16.Bf16(new Random(6), 2 * 3 * 576));
+        using var expected = await server.Client.DecodeOnceAsync(input);
+
+        using var call = decoder.Decode();
+        await call.RequestStream.WriteAsync(input.ToRequest(41));
+        await call.RequestStream.WriteAsync(input.ToRequest(42));
+        await call.RequestStream.CompleteAsync();
+        var ids2 = new List<ulong>();
+        while (await call.ResponseStream.MoveNext())
+        {
+            var response = call.ResponseStream.Current;
+            ids2.Add(response.RequestId);
+            Assert.Equal(System.Runtime.InteropServices.MemoryMarshal.AsBytes(expected.Out).ToArray(), response.Out.Data.ToByteArray());
+            Assert.Equal(new long[] { 2, 1, 3, 512 }, response.Out.Shape);
+            Assert.Equal(new long[] { 2, 3, 1 }, response.Lse.Shape);
+        }
+        Assert.Equal([41ul, 42ul], ids2.Order());
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+    }
+
+    [Fact]
+    public async Task Bytes_allocated_per_step_through_the_data_plane_do_not_grow_with_the_tensors()
+    {
+        await using var server = await TestServer.StartAsync(("TotalBlocks", 64), ("CpuThreads", 1));
+        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        var groups = new[] { await CreateSequencesAsync(server.Client, 8, 20), await CreateSequencesAsync(server.Client, 8, 20, seed: 8) };
+        const int steps = 40;
+        // The least of three runs: a pool that grows by one array mid-run (a third request in flight for a
+        // moment) would count megabytes once; what this pins is the steady state.
+        double small = double.MaxValue, large = double.MaxValue;
+        for (int run = 0; run < 3; run++)
+        {
+            small = Math.Min(small, await BytesPerStepAsync(fast, groups, 16, steps));
+            large = Math.Min(large, await BytesPerStepAsync(fast, groups, 128, steps));
+        }
+        long tensorsSmall = 8L * 16 * (576 + 512) * 2, tensorsLarge = 8L * 128 * (576 + 512) * 2;
+        double growth = (large - small) / (tensorsLarge - tensorsSmall);
+        output.WriteLine($"data plane, b=8, 2 in flight: h_q=16 {small:F0} B/step; h_q=128 {large:F0} B/step; growth {growth:P2} of the extra tensor bytes");
+        // Neither side copies a tensor into a fresh array, and the frames are large: what grows is a few small
+        // objects per 1 MiB frame at most.
+        Assert.True(growth < 0.02, $"h_q=16: {small:F0} B/step, h_q=128: {large:F0} B/step, growth {growth:P2}");
+    }
+
+    private static async Task<double> BytesPerStepAsync(FlashMlaClient client, ulong[][] groups, int hQ, int steps)
+    {
+        var inputs = groups.Select((ids, k) => new DecodeInput(0, ids, 1, hQ, Random16.Bf16(new Random(k), ids.Length * hQ * 576))).ToArray();
+        await using var stream = client.OpenDecodeStream();
+        async Task RunAsync(int count) => await Task.WhenAll(inputs.Select(async input =>
+        {
+            for (int i = 0; i < count; i++)
+            {
+                using var result = await stream.DecodeAsync(input);
+                Assert.Equal(input.SequenceIds.Count * hQ * 512, result.Out.Length);
+            }
+        }));
+        await RunAsync(10);
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        await RunAsync(steps);
+        long after = GC.GetTotalAllocatedBytes(precise: true);
+        return (after - before) / (double)(steps * inputs.Length);
+    }
+
+    [Fact]
+    public async Task Shutdown_ends_an_open_stream_with_unavailable_after_answering_what_was_in_flight()
+    {
+        var server = await TestServer.StartAsync(("DrainTimeoutSeconds", 5));
+        try
+        {
+            using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+            var ids = await CreateSequencesAsync(server.Client, 2, 10);
+            await using var stream = fast.OpenDecodeStream();
+            using (var first = await stream.DecodeAsync(new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576))))
+                Assert.Equal(2 * 4 * 512, first.Out.Length);
+            var stopping = server.StopAsync();
+            var error = await Assert.ThrowsAnyAsync<Exception>(async () =>
+            {
+                for (int i = 0; i < 100; i++)
+                {
+                    using var _ = await stream.DecodeAsync(new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(2), 2 * 4 * 576)));
+                    await Task.Delay(20);
+                }
+            });
+            var rpc = Assert.IsType<RpcException>(error);
+            Assert.Equal(StatusCode.Unavailable, rpc.StatusCode);
+            await stopping.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task A_client_that_does_not_speak_http2_gets_goaway_and_a_closed_socket()
+    {
+        await using var server = await TestServer.StartAsync();
+        var uri = new Uri(server.DataPlaneAddress!);
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync("127.0.0.1", uri.Port);
+        await socket.SendAsync("GET / HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray());
+        var received = new List<byte>();
+        var buffer = new byte[4096];
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        int n;
+        while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, timeout.Token)) > 0) received.AddRange(buffer.AsSpan(0, n).ToArray());
+        // The server's SETTINGS may come first; the last frame is GOAWAY with PROTOCOL_ERROR.
+        var bytes = received.ToArray();
+        Assert.True(bytes.Length >= 17, $"got {bytes.Length} bytes");
+        var last = bytes.AsSpan(bytes.Length - 17);
+        Assert.Equal(7, last[3]); // GOAWAY
+        Assert.Equal(1u, BinaryPrimitives.ReadUInt32BigEndian(last[13..])); // PROTOCOL_ERROR
+        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        var ids = await CreateSequencesAsync(server.Client, 1, 3);
+        using var ok = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 1, 1, Random16.Bf16(new Random(1), 576)));
+        Assert.Single(ok.Lse.ToArray());
+    }
+
+    [Fact]
+    public async Task The_data_plane_port_can_be_turned_off_and_is_validated()
+    {
+        await using var server = await TestServer.StartAsync(("DataPlanePort", -1));
+        Assert.Null(server.DataPlaneAddress);
+        Assert.Contains(new FlashMlaOptions { DataPlanePort = -2 }.Validate(), p => p.Contains("DataPlanePort"));
+        Assert.Contains(new FlashMlaOptions { DataPlanePort = 50051 }.Validate(), p => p.Contains("DataPlanePort"));
+        Assert.Empty(new FlashMlaOptions().Validate());
+    }
+}
