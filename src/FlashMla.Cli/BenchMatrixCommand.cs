@@ -31,10 +31,14 @@ internal static class BenchMatrixCommand
         var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
         var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
         var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var grpcClient = new Option<bool>("--grpc-client")
+            { Description = "Decode through Grpc.Net.Client (FlashMlaClientOptions.DirectDecode = false) instead of the library's direct gRPC path" };
+        var streamWindow = new Option<int>("--client-stream-window-mib")
+            { Description = "large-frames client: receive window per stream, MiB (the library's default: 16)", DefaultValueFactory = _ => 16 };
         var transports = TransportOption.Create("HTTP/2 client(s), comma-separated, each measured on every row: large-frames, sockets");
         var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport x decode port, with raw TCP for reference. " +
             "--decode-address takes a comma-separated list here: 'grpc' (decode on --address) and/or the data-plane address(es), each measured on every row")
-            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports };
+            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports, streamWindow, grpcClient };
         command.SetAction((parse, token) =>
         {
             var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
@@ -44,7 +48,7 @@ internal static class BenchMatrixCommand
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
-                decodeTargets), token);
+                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient) }, token);
         });
         return command;
     }
@@ -89,7 +93,11 @@ internal static class BenchMatrixCommand
         [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse)];
 
     private sealed record Settings(string Address, int[] Batches, int[] Heads, int[] Connections, int Context, int StreamsPerConnection,
-        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports, DecodeTarget[] DecodeTargets);
+        int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports, DecodeTarget[] DecodeTargets)
+    {
+        public int StreamWindowMiB { get; init; } = 16;
+        public bool DirectDecode { get; init; } = true;
+    }
 
     private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, string DecodePort, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
         double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps,
@@ -98,7 +106,7 @@ internal static class BenchMatrixCommand
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
     {
         if (s.Batches.Length == 0 || s.Heads.Length == 0 || s.Connections.Length == 0 || s.Batches.Concat(s.Heads).Concat(s.Connections).Any(v => v < 1)
-            || s.Context < 1 || s.StreamsPerConnection < 1 || s.InFlight < 1 || s.Seconds <= 0 || s.Warmup < 0 || s.TcpSeconds < 0)
+            || s.Context < 1 || s.StreamsPerConnection < 1 || s.InFlight < 1 || s.Seconds <= 0 || s.Warmup < 0 || s.TcpSeconds < 0 || s.StreamWindowMiB is < 1 or > 1024)
         {
             AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
             return 2;
@@ -170,7 +178,15 @@ internal static class BenchMatrixCommand
     {
         var counters = new Http2TransportCounters();
         using var client = new FlashMlaClient(s.Address,
-            new FlashMlaClientOptions { Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address });
+            new FlashMlaClientOptions
+            {
+                Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode,
+                LargeFrames = new LargeFrameHttp2Options
+                {
+                    StreamWindowSize = s.StreamWindowMiB << 20,
+                    ConnectionWindowSize = Math.Max(64, 4 * s.StreamWindowMiB) << 20,
+                },
+            });
         var streams = Enumerable.Range(0, connections * s.StreamsPerConnection).Select(_ => client.OpenDecodeStream(cancellationToken)).ToArray();
         long qBytes = input.QBytes.Length;
         var latencies = new List<double>();
@@ -240,7 +256,9 @@ internal static class BenchMatrixCommand
         text.AppendLine($"## bench-matrix {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
         text.AppendLine();
         text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}, decode on {DescribeTargets(s.DecodeTargets)}. s_k={s.Context}, s_q=1, no append; " +
-            $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
+            $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; " +
+            $"decode client: {(s.DirectDecode ? "direct (the library's own gRPC over large-frames; Grpc.Net.Client over sockets)" : "Grpc.Net.Client")}, " +
+            $"client stream window {s.StreamWindowMiB} MiB; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
             "up = q bytes sent, down = out+lse bytes received (GB = 1e9 B); compute = the server's backend time per call (compute_us); " +
             "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run; " +
             "transport = the client's HTTP/2 stack (large-frames: LargeFrameHttp2Handler, sockets: SocketsHttpHandler); frame KiB = mean DATA payload " +

@@ -1,3 +1,4 @@
+using FlashMla.Client.Direct;
 using FlashMla.Http2;
 using System.Buffers;
 using FlashMla.Client.Transport;
@@ -25,32 +26,27 @@ public sealed class FlashMlaClient : IDisposable
     /// <summary>Pool of the client's decode responses when the options name none.</summary>
     public static ArrayPool<byte> DefaultBufferPool { get; } = ArrayPool<byte>.Create(1 << 30, 256);
 
-    private readonly GrpcChannel[] _ownedChannels;
+    private readonly IDisposable[] _owned;
     private readonly CallInvoker[] _decodeInvokers;
     private readonly DecodeMarshallers _decodeMethods;
     private int _nextDecodeChannel = -1;
 
     public FlashMlaClient(string address, FlashMlaClientOptions? options = null)
-        : this(CreateOwnedChannels(address, options ?? new FlashMlaClientOptions()), options ?? new FlashMlaClientOptions())
+        : this(CreateOwned(address, options ?? new FlashMlaClientOptions()), options ?? new FlashMlaClientOptions())
     {
     }
 
-    public FlashMlaClient(ChannelBase channel) : this([channel], channel, [], new FlashMlaClientOptions())
+    public FlashMlaClient(ChannelBase channel) : this((channel, [channel.CreateCallInvoker()], []), new FlashMlaClientOptions())
     {
     }
 
-    private FlashMlaClient((GrpcChannel[] Decode, GrpcChannel Cache) channels, FlashMlaClientOptions options)
-        : this(channels.Decode, channels.Cache, [.. channels.Decode.Append(channels.Cache).Distinct()], options)
+    private FlashMlaClient((ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) parts, FlashMlaClientOptions options)
     {
-    }
-
-    private FlashMlaClient(ChannelBase[] decodeChannels, ChannelBase cacheChannel, GrpcChannel[] owned, FlashMlaClientOptions options)
-    {
-        _ownedChannels = owned;
-        Channel = cacheChannel;
+        _owned = parts.Owned;
+        Channel = parts.Cache;
         Cache = new KvCache.KvCacheClient(Channel);
         Decoder = new Decoder.DecoderClient(Channel);
-        _decodeInvokers = [.. decodeChannels.Select(c => c.CreateCallInvoker())];
+        _decodeInvokers = parts.Decode;
         _decodeMethods = new DecodeMarshallers(options.BufferPool ?? DefaultBufferPool);
     }
 
@@ -64,14 +60,41 @@ public sealed class FlashMlaClient : IDisposable
     public KvCache.KvCacheClient Cache { get; }
     public Decoder.DecoderClient Decoder { get; }
 
-    private static (GrpcChannel[] Decode, GrpcChannel Cache) CreateOwnedChannels(string address, FlashMlaClientOptions options)
+    /// <summary>
+    /// The cache channel and one decode invoker per connection. Decode calls go over Grpc.Net.Client channels, or,
+    /// with <see cref="FlashMlaClientOptions.DirectDecode"/> on the large-frame transport, straight over the
+    /// library's HTTP/2 handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each.
+    /// </summary>
+    private static (ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
-        if (options.DecodeAddress is { } decodeAddress && !Uri.TryCreate(decodeAddress, UriKind.Absolute, out _))
-            throw new ArgumentException($"DecodeAddress '{decodeAddress}' is not an absolute URI", nameof(options));
-        var decode = Enumerable.Range(0, options.Connections)
-            .Select(_ => CreateChannel(options.DecodeAddress ?? address, options)).ToArray();
-        return (decode, options.DecodeAddress is null ? decode[0] : CreateChannel(address, options));
+        if (options.DecodeAddress is { } given && !Uri.TryCreate(given, UriKind.Absolute, out _))
+            throw new ArgumentException($"DecodeAddress '{given}' is not an absolute URI", nameof(options));
+        string decodeAddress = options.DecodeAddress ?? address;
+        var owned = new List<IDisposable>();
+        var decode = new CallInvoker[options.Connections];
+        GrpcChannel? cache = options.DecodeAddress is null ? null : CreateChannel(address, options);
+        bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames && new Uri(decodeAddress).Scheme == Uri.UriSchemeHttp;
+        for (int i = 0; i < decode.Length; i++)
+        {
+            if (direct)
+            {
+                var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(CreateHandler(decodeAddress, options)), new Uri(decodeAddress),
+                    options.BufferPool ?? DefaultBufferPool);
+                owned.Add(invoker);
+                decode[i] = invoker;
+            }
+            else
+            {
+                var channel = CreateChannel(decodeAddress, options);
+                owned.Add(channel);
+                decode[i] = channel.CreateCallInvoker();
+                cache ??= channel; // without a decode address the first decode channel carries the cache calls too
+            }
+        }
+        cache ??= CreateChannel(address, options);
+        if (!owned.Contains(cache)) owned.Add(cache);
+        return (cache, decode, [.. owned]);
     }
 
     /// <summary>
@@ -179,7 +202,7 @@ public sealed class FlashMlaClient : IDisposable
 
     public void Dispose()
     {
-        foreach (var channel in _ownedChannels) channel.Dispose();
+        foreach (var owned in _owned) owned.Dispose();
     }
 }
 
@@ -200,6 +223,14 @@ public sealed record FlashMlaClientOptions
     /// which serves flashmla.v1.Decoder only, with fewer copies per byte than the gRPC port). Null: the client's address.
     /// </summary>
     public string? DecodeAddress { get; init; }
+
+    /// <summary>
+    /// Decode calls speak gRPC straight over the large-frame HTTP/2 handler instead of through Grpc.Net.Client:
+    /// requests leave from the caller's memory, each response is read once into a pooled array and parsed in
+    /// place (Grpc.Net.Client copies a response twice and a request once). Only with
+    /// <see cref="ClientTransport.LargeFrames"/> and http://; each decode connection then has its own handler.
+    /// </summary>
+    public bool DirectDecode { get; init; } = true;
 
     /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
     public ArrayPool<byte>? BufferPool { get; init; }

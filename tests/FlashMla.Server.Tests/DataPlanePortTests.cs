@@ -28,14 +28,28 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         return ids;
     }
 
-    private static FlashMlaClient DataPlaneClient(TestServer server, ClientTransport transport, int connections = 1) =>
-        new(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress, Transport = transport, Connections = connections });
+    /// <summary>The client's three decode paths: direct over the large-frame handler, and Grpc.Net.Client over either transport.</summary>
+    public enum ClientPath
+    {
+        Direct,
+        GrpcLargeFrames,
+        GrpcSockets,
+    }
 
-    public static TheoryData<ClientTransport> Transports => [ClientTransport.LargeFrames, ClientTransport.SocketsHttpHandler];
+    private static FlashMlaClient DataPlaneClient(TestServer server, ClientPath path, int connections = 1) =>
+        new(server.GrpcAddress, new FlashMlaClientOptions
+        {
+            DecodeAddress = server.DataPlaneAddress,
+            Transport = path == ClientPath.GrpcSockets ? ClientTransport.SocketsHttpHandler : ClientTransport.LargeFrames,
+            DirectDecode = path == ClientPath.Direct,
+            Connections = connections,
+        });
+
+    public static TheoryData<ClientPath> Transports => [ClientPath.Direct, ClientPath.GrpcLargeFrames, ClientPath.GrpcSockets];
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public async Task Decode_on_the_data_plane_port_is_bit_equal_to_the_grpc_port(ClientTransport transport)
+    public async Task Decode_on_the_data_plane_port_is_bit_equal_to_the_grpc_port(ClientPath transport)
     {
         await using var server = await TestServer.StartAsync(("TotalBlocks", 256));
         Assert.NotNull(server.DataPlaneAddress);
@@ -71,7 +85,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
     public async Task Appended_rows_through_the_data_plane_land_in_the_cache()
     {
         await using var server = await TestServer.StartAsync();
-        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        using var fast = DataPlaneClient(server, ClientPath.Direct);
         var ids = await CreateSequencesAsync(server.Client, 2, 10);
         var kv = Random16.Bf16(new Random(3), 2 * 2 * 576);
         using var result = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 2, 4, Random16.Bf16(new Random(4), 2 * 2 * 4 * 576), kv));
@@ -82,7 +96,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public async Task Bad_requests_get_the_grpc_ports_status_codes_and_a_stream_goes_on(ClientTransport transport)
+    public async Task Bad_requests_get_the_grpc_ports_status_codes_and_a_stream_goes_on(ClientPath transport)
     {
         await using var server = await TestServer.StartAsync();
         using var fast = DataPlaneClient(server, transport);
@@ -121,7 +135,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
     public async Task A_message_over_the_size_limit_is_refused_with_resource_exhausted()
     {
         await using var server = await TestServer.StartAsync(("MaxMessageBytes", 1024 * 1024));
-        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        using var fast = DataPlaneClient(server, ClientPath.Direct);
         var ids = await CreateSequencesAsync(server.Client, 8, 10);
         var error = await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(
             new DecodeInput(0, ids, 1, 128, Random16.Bf16(new Random(1), 8 * 128 * 576))));
@@ -173,7 +187,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
     public async Task Bytes_allocated_per_step_through_the_data_plane_do_not_grow_with_the_tensors()
     {
         await using var server = await TestServer.StartAsync(("TotalBlocks", 64), ("CpuThreads", 1));
-        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        using var fast = DataPlaneClient(server, ClientPath.Direct);
         var groups = new[] { await CreateSequencesAsync(server.Client, 8, 20), await CreateSequencesAsync(server.Client, 8, 20, seed: 8) };
         const int steps = 40;
         // The least of three runs: a pool that grows by one array mid-run (a third request in flight for a
@@ -217,7 +231,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         var server = await TestServer.StartAsync(("DrainTimeoutSeconds", 5));
         try
         {
-            using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+            using var fast = DataPlaneClient(server, ClientPath.Direct);
             var ids = await CreateSequencesAsync(server.Client, 2, 10);
             await using var stream = fast.OpenDecodeStream();
             using (var first = await stream.DecodeAsync(new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576))))
@@ -260,11 +274,66 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         var last = bytes.AsSpan(bytes.Length - 17);
         Assert.Equal(7, last[3]); // GOAWAY
         Assert.Equal(1u, BinaryPrimitives.ReadUInt32BigEndian(last[13..])); // PROTOCOL_ERROR
-        using var fast = DataPlaneClient(server, ClientTransport.LargeFrames);
+        using var fast = DataPlaneClient(server, ClientPath.Direct);
         var ids = await CreateSequencesAsync(server.Client, 1, 3);
         using var ok = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 1, 1, Random16.Bf16(new Random(1), 576)));
         Assert.Single(ok.Lse.ToArray());
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task The_direct_client_carries_deadlines_to_either_port(bool dataPlane)
+    {
+        await using var server = await TestServer.StartAsync();
+        var address = new Uri(dataPlane ? server.DataPlaneAddress! : server.GrpcAddress);
+        using var invoker = new FlashMla.Client.Direct.DirectDecodeInvoker(
+            new HttpMessageInvoker(new FlashMla.Client.Transport.LargeFrameHttp2Handler()), address, System.Buffers.ArrayPool<byte>.Shared);
+        var methods = new FlashMla.Contracts.Wire.DecodeMarshallers(System.Buffers.ArrayPool<byte>.Shared);
+        using var call = invoker.AsyncDuplexStreamingCall(methods.Decode, null, new CallOptions(deadline: DateTime.UtcNow.AddMilliseconds(300)));
+        var error = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext());
+        Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_cancelled_direct_call_ends_with_cancelled_and_the_client_goes_on()
+    {
+        await using var server = await TestServer.StartAsync();
+        using var fast = DataPlaneClient(server, ClientPath.Direct);
+        var ids = await CreateSequencesAsync(server.Client, 2, 10);
+        var input = new DecodeInput(0, ids, 1, 4, Random16.Bf16(new Random(1), 2 * 4 * 576));
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var error = await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(input, cancelled.Token));
+        Assert.Equal(StatusCode.Cancelled, error.StatusCode);
+        using var ok = await fast.DecodeOnceAsync(input);
+        Assert.Equal(2 * 4 * 512, ok.Out.Length);
+    }
+
+    [Theory]
+    [InlineData(0.0005)]
+    [InlineData(0.3)]
+    [InlineData(42.0)]
+    [InlineData(7200.0)]
+    [InlineData(1e9)]
+    public void Grpc_timeouts_written_by_the_client_read_back_on_the_server_no_shorter(double seconds)
+    {
+        var timeout = TimeSpan.FromSeconds(seconds);
+        string text = FlashMla.Client.Direct.DirectDecodeCall.FormatTimeout(timeout);
+        Assert.InRange(text.Length, 2, 9);
+        var parsed = FlashMla.Server.DataPlane.GrpcWireHeaders.ParseTimeout(text);
+        Assert.True(parsed >= timeout || text == "99999999H", $"{seconds} s -> {text} -> {parsed}");
+        Assert.True(parsed - timeout < TimeSpan.FromSeconds(Math.Max(1e-6, seconds * 1e-6) + 3600) , $"{text}");
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("5")]
+    [InlineData("123456789S")]
+    [InlineData("10x")]
+    [InlineData("-1S")]
+    public void Malformed_grpc_timeouts_are_refused(string text) =>
+        Assert.Equal(StatusCode.Internal, Assert.Throws<RpcException>(() => FlashMla.Server.DataPlane.GrpcWireHeaders.ParseTimeout(text)).StatusCode);
 
     [Fact]
     public async Task The_data_plane_port_can_be_turned_off_and_is_validated()

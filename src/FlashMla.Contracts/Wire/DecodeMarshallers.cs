@@ -43,6 +43,15 @@ public sealed class DecodeMarshallers
                 if (kv is not null) message.Kv = kv;
             });
 
+    /// <summary>A response lying whole in a buffer the caller owns; its tensors wrap slices of it (no copy).</summary>
+    public static DecodeResponse ParseResponseInPlace(ReadOnlyMemory<byte> payload) =>
+        PooledTensorParser.ParseInPlace(payload, DecodeResponse.Parser, DecodeResponse.OutFieldNumber, DecodeResponse.LseFieldNumber,
+            static (message, output, lse) =>
+            {
+                if (output is not null) message.Out = output;
+                if (lse is not null) message.Lse = lse;
+            });
+
     public static Leased<DecodeResponse> ParseResponse(in ReadOnlySequence<byte> payload, ArrayPool<byte> pool) =>
         PooledTensorParser.Parse(payload, pool, DecodeResponse.Parser, DecodeResponse.OutFieldNumber, DecodeResponse.LseFieldNumber,
             static (message, output, lse) =>

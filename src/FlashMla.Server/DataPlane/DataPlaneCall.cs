@@ -35,6 +35,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private readonly Channel<Leased<DecodeRequest>> _requests = Channel.CreateUnbounded<Leased<DecodeRequest>>(
         new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
     private readonly CancellationTokenSource _cancellation;
+    private readonly CancellationTokenSource? _deadline;
     private readonly CancellationToken _token; // kept: stray writers may still ask for it after Close disposed the source
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly object _gate = new();
@@ -57,19 +58,27 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         Method = method;
         _maxMessageBytes = maxMessageBytes;
         _receiveWindow = receiveWindow;
-        _cancellation = CancellationTokenSource.CreateLinkedTokenSource(connectionClosing);
-        _token = _cancellation.Token;
         if (timeout is { } t && t < TimeSpan.FromDays(1))
         {
+            // A source of its own, so that its firing (a little early, as timers may) is known to be the deadline.
             Deadline = DateTime.UtcNow + t;
-            _cancellation.CancelAfter(t);
+            _deadline = new CancellationTokenSource(t);
+            _cancellation = CancellationTokenSource.CreateLinkedTokenSource(connectionClosing, _deadline.Token);
         }
+        else
+        {
+            _cancellation = CancellationTokenSource.CreateLinkedTokenSource(connectionClosing);
+        }
+        _token = _cancellation.Token;
     }
 
     public int StreamId { get; }
     public string Method { get; }
     public DateTime Deadline { get; } = DateTime.MaxValue;
     public CancellationToken CancellationToken => _token;
+
+    /// <summary>True once the call's grpc-timeout has run out.</summary>
+    public bool DeadlineExpired => _deadline?.IsCancellationRequested == true;
 
     /// <summary>True once the client sent END_STREAM.</summary>
     public bool InputEndedByPeer => _inputEndedByPeer;
@@ -433,6 +442,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             if (!_receiving) ReturnBody();
         }
         _cancellation.Dispose();
+        _deadline?.Dispose();
     }
 
     private sealed class ReturnToPool(byte[] array) : IDisposable

@@ -49,5 +49,6 @@ internal sealed class DataPlaneDispatcher(DecoderService service, ILogger log)
 
     private static readonly Status Expired = new(StatusCode.DeadlineExceeded, "the call's deadline passed");
 
-    private static bool DeadlinePassed(DataPlaneCall call) => call.Deadline != DateTime.MaxValue && DateTime.UtcNow >= call.Deadline;
+    private static bool DeadlinePassed(DataPlaneCall call) =>
+        call.DeadlineExpired || (call.Deadline != DateTime.MaxValue && DateTime.UtcNow >= call.Deadline);
 }

@@ -1,0 +1,327 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Headers;
+using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using Grpc.Core;
+
+namespace FlashMla.Client.Direct;
+
+/// <summary>
+/// One gRPC call to flashmla.v1.Decoder spoken straight over an <see cref="HttpMessageInvoker"/> (the
+/// library's <see cref="Transport.LargeFrameHttp2Handler"/>), without Grpc.Net.Client: a request goes out as
+/// its gRPC prefix and envelope plus the caller's tensor memory itself (no serialization copy), and each
+/// response is read once from the HTTP/2 stream into one pooled array and parsed in place, its tensors wrapping
+/// slices of that array. Grpc.Net.Client copies a response twice (into its message buffer, then the
+/// marshaller into the pool) and a request once. The gRPC semantics (trailers, status, deadline,
+/// cancellation) are those of the gRPC over HTTP/2 protocol.
+/// </summary>
+internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeRequest>>, IAsyncStreamReader<Leased<DecodeResponse>>, IDisposable
+{
+    private readonly ArrayPool<byte> _pool;
+    private readonly CancellationTokenSource _cancellation;
+    private readonly DateTime? _deadline;
+    private readonly CancellationToken _callerToken;
+    private readonly RequestBody _body = new();
+    private readonly Task<HttpResponseMessage> _responseTask;
+    private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly byte[] _prefix = new byte[TensorMessageWriter.GrpcPrefixSize];
+    private HttpResponseMessage? _response;
+    private Stream? _responseStream;
+    private Status? _status;
+    private Metadata _trailers = [];
+    private Leased<DecodeResponse>? _current;
+    private bool _completed;
+
+    public DirectDecodeCall(HttpMessageInvoker http, Uri address, string method, ArrayPool<byte> pool, CallOptions options)
+    {
+        _pool = pool;
+        _deadline = options.Deadline;
+        _callerToken = options.CancellationToken;
+        _cancellation = CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken);
+        var request = new HttpRequestMessage(HttpMethod.Post, new Uri(address, method))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = _body,
+        };
+        request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
+        if (options.Deadline is { } deadline)
+        {
+            var left = deadline.ToUniversalTime() - DateTime.UtcNow;
+            if (left < TimeSpan.Zero) left = TimeSpan.Zero;
+            request.Headers.TryAddWithoutValidation("grpc-timeout", FormatTimeout(left));
+            _cancellation.CancelAfter(left);
+        }
+        _responseTask = http.SendAsync(request, _cancellation.Token);
+    }
+
+    // ---- Writing requests ----
+
+    public WriteOptions? WriteOptions { get; set; }
+
+    public Task WriteAsync(Leased<DecodeRequest> message) => WriteAsync(message, CancellationToken.None);
+
+    public async Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken)
+    {
+        TensorMessageWriter? wire = null;
+        try
+        {
+            wire = Lay(message.Message);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
+            await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
+            try
+            {
+                if (_completed) throw new InvalidOperationException("the request stream is already complete");
+                var stream = await _body.Stream.WaitAsync(linked.Token).ConfigureAwait(false);
+                for (int i = 0; i < wire.PieceCount; i++) await stream.WriteAsync(wire.Pieces[i], linked.Token).ConfigureAwait(false);
+            }
+            finally
+            {
+                _writeLock.Release();
+            }
+        }
+        catch (Exception ex) when (ex is not RpcException)
+        {
+            throw await FailureAsync(ex).ConfigureAwait(false);
+        }
+        finally
+        {
+            wire?.Dispose();
+            message.Dispose();
+        }
+    }
+
+    public async Task CompleteAsync()
+    {
+        await _writeLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _completed = true;
+            _body.Complete();
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+    }
+
+    private static TensorMessageWriter Lay(DecodeRequest request)
+    {
+        var q = request.Q;
+        var kv = request.Kv;
+        request.Q = null;
+        request.Kv = null;
+        try
+        {
+            return TensorMessageWriter.Create(request, DecodeRequest.QFieldNumber, q, DecodeRequest.KvFieldNumber, kv);
+        }
+        finally
+        {
+            request.Q = q;
+            request.Kv = kv;
+        }
+    }
+
+    // ---- Reading responses ----
+
+    public Leased<DecodeResponse> Current => _current ?? throw new InvalidOperationException("no current response");
+
+    public async Task<bool> MoveNext(CancellationToken cancellationToken)
+    {
+        if (_status is { } ended)
+        {
+            if (ended.StatusCode == StatusCode.OK) return false;
+            throw new RpcException(ended, _trailers);
+        }
+        try
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
+            var stream = await ResponseStreamAsync(linked.Token).ConfigureAwait(false);
+            if (stream is null) return Ended();
+            if (!await ReadFullyAsync(stream, _prefix, allowEnd: true, linked.Token).ConfigureAwait(false))
+            {
+                _status = ReadStatus(_response!.TrailingHeaders, trailersOnly: false);
+                return Ended();
+            }
+            if (_prefix[0] != 0) throw new RpcException(new Status(StatusCode.Internal, "the server sent a compressed message, which this client did not ask for"));
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(_prefix.AsSpan(1));
+            if (length > int.MaxValue) throw new RpcException(new Status(StatusCode.ResourceExhausted, $"a response of {length} bytes"));
+            var array = _pool.Rent(Math.Max(1, (int)length));
+            try
+            {
+                await ReadFullyAsync(stream, array.AsMemory(0, (int)length), allowEnd: false, linked.Token).ConfigureAwait(false);
+                var message = DecodeMarshallers.ParseResponseInPlace(array.AsMemory(0, (int)length));
+                _current = new Leased<DecodeResponse>(message, new ReturnToPool(_pool, array));
+                return true;
+            }
+            catch
+            {
+                _pool.Return(array);
+                throw;
+            }
+        }
+        catch (Exception ex) when (ex is not RpcException)
+        {
+            throw await FailureAsync(ex).ConfigureAwait(false);
+        }
+    }
+
+    private bool Ended()
+    {
+        var status = _status!.Value;
+        if (status.StatusCode == StatusCode.OK) return false;
+        throw new RpcException(status, _trailers);
+    }
+
+    /// <summary>The response body once the headers are in; null when the response was trailers-only (status set).</summary>
+    private async ValueTask<Stream?> ResponseStreamAsync(CancellationToken cancellationToken)
+    {
+        if (_responseStream is not null) return _responseStream;
+        var response = await _responseTask.WaitAsync(cancellationToken).ConfigureAwait(false);
+        _response = response;
+        if (response.StatusCode != HttpStatusCode.OK)
+        {
+            _status = new Status(HttpStatusToGrpc(response.StatusCode), $"the server answered HTTP {(int)response.StatusCode}");
+            return null;
+        }
+        if (response.Headers.Contains("grpc-status"))
+        {
+            _status = ReadStatus(response.Headers, trailersOnly: true);
+            return null;
+        }
+        _responseStream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+        return _responseStream;
+    }
+
+    private static async ValueTask<bool> ReadFullyAsync(Stream stream, Memory<byte> destination, bool allowEnd, CancellationToken cancellationToken)
+    {
+        int filled = 0;
+        while (filled < destination.Length)
+        {
+            int n = await stream.ReadAsync(destination[filled..], cancellationToken).ConfigureAwait(false);
+            if (n == 0)
+            {
+                if (filled == 0 && allowEnd) return false;
+                throw new RpcException(new Status(StatusCode.Internal, "the response ended inside a message"));
+            }
+            filled += n;
+        }
+        return true;
+    }
+
+    private Status ReadStatus(HttpHeaders headers, bool trailersOnly)
+    {
+        var trailers = new Metadata();
+        foreach (var (name, values) in headers)
+            if (name.StartsWith("grpc-", StringComparison.Ordinal) || !trailersOnly)
+                foreach (var value in values) trailers.Add(name, value);
+        _trailers = trailers;
+        string? code = headers.TryGetValues("grpc-status", out var codes) ? codes.FirstOrDefault() : null;
+        string message = headers.TryGetValues("grpc-message", out var messages) ? Uri.UnescapeDataString(messages.FirstOrDefault() ?? "") : "";
+        if (code is null || !int.TryParse(code, NumberStyles.None, CultureInfo.InvariantCulture, out int number))
+            return new Status(StatusCode.Internal, "the response ended without a grpc-status");
+        return new Status((StatusCode)number, message);
+    }
+
+    private async Task<RpcException> FailureAsync(Exception ex)
+    {
+        await Task.Yield();
+        // Our own timer cancels at the deadline (it may fire a little early); the caller's token is the caller's.
+        if (_deadline is { } deadline && (DateTime.UtcNow >= deadline.ToUniversalTime() ||
+                (_cancellation.IsCancellationRequested && !_callerToken.IsCancellationRequested)))
+            return new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed"));
+        if (_cancellation.IsCancellationRequested || ex is OperationCanceledException)
+            return new RpcException(new Status(StatusCode.Cancelled, "the call was cancelled", ex));
+        // The server may have ended the call with a status while a write was still going (it refused a message).
+        if (_response is null && _responseTask.IsCompletedSuccessfully) _response = _responseTask.Result;
+        if (_response is { } response && response.Headers.Contains("grpc-status"))
+        {
+            var status = ReadStatus(response.Headers, trailersOnly: true);
+            if (status.StatusCode != StatusCode.OK) return new RpcException(status, _trailers);
+        }
+        return new RpcException(new Status(StatusCode.Unavailable, "the decode call failed: " + ex.Message, ex));
+    }
+
+    public Status GetStatus() => _status ?? throw new InvalidOperationException("the call has not ended");
+
+    public Metadata GetTrailers() => _trailers;
+
+    public async Task<Metadata> ResponseHeadersAsync()
+    {
+        var response = await _responseTask.ConfigureAwait(false);
+        var headers = new Metadata();
+        foreach (var (name, values) in response.Headers)
+            foreach (var value in values) headers.Add(name, value);
+        return headers;
+    }
+
+    public void Dispose()
+    {
+        _body.Complete();
+        _cancellation.Cancel();
+        _responseStream?.Dispose();
+        _response?.Dispose();
+        _cancellation.Dispose();
+    }
+
+    /// <summary>A grpc-timeout value: at most 8 digits, in the finest unit that fits.</summary>
+    internal static string FormatTimeout(TimeSpan timeout)
+    {
+        long ticks = Math.Max(0, timeout.Ticks);
+        (long Ticks, char Unit)[] units = [(TimeSpan.TicksPerMicrosecond, 'u'), (TimeSpan.TicksPerMillisecond, 'm'),
+            (TimeSpan.TicksPerSecond, 'S'), (TimeSpan.TicksPerMinute, 'M'), (TimeSpan.TicksPerHour, 'H')];
+        foreach (var (perUnit, unit) in units)
+        {
+            long amount = (ticks + perUnit - 1) / perUnit;
+            if (amount < 100_000_000) return amount.ToString(CultureInfo.InvariantCulture) + unit;
+        }
+        return "99999999H";
+    }
+
+    private static StatusCode HttpStatusToGrpc(HttpStatusCode code) => code switch
+    {
+        HttpStatusCode.BadRequest => StatusCode.Internal,
+        HttpStatusCode.Unauthorized => StatusCode.Unauthenticated,
+        HttpStatusCode.Forbidden => StatusCode.PermissionDenied,
+        HttpStatusCode.NotFound => StatusCode.Unimplemented,
+        HttpStatusCode.TooManyRequests or HttpStatusCode.BadGateway or HttpStatusCode.ServiceUnavailable or HttpStatusCode.GatewayTimeout =>
+            StatusCode.Unavailable,
+        _ => StatusCode.Unknown,
+    };
+
+    /// <summary>The request body: hands the handler's stream to the writer, and ends when the writer completes.</summary>
+    private sealed class RequestBody : HttpContent
+    {
+        private readonly TaskCompletionSource<Stream> _stream = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public RequestBody() => Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+
+        public Task<Stream> Stream => _stream.Task;
+
+        public void Complete() => _done.TrySetResult();
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context)
+        {
+            _stream.TrySetResult(stream);
+            await _done.Task.ConfigureAwait(false);
+        }
+
+        protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken) =>
+            SerializeToStreamAsync(stream, context);
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = 0;
+            return false;
+        }
+    }
+
+    private sealed class ReturnToPool(ArrayPool<byte> pool, byte[] array) : IDisposable
+    {
+        public void Dispose() => pool.Return(array);
+    }
+}
