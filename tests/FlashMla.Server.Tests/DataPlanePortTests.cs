@@ -195,8 +195,8 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         double small = double.MaxValue, large = double.MaxValue;
         for (int run = 0; run < 3; run++)
         {
-            small = Math.Min(small, await BytesPerStepAsync(fast, groups, 16, steps));
-            large = Math.Min(large, await BytesPerStepAsync(fast, groups, 128, steps));
+            small = Math.Min(small, await DataPlaneTests.BytesPerStepAsync(fast, groups, 16, steps));
+            large = Math.Min(large, await DataPlaneTests.BytesPerStepAsync(fast, groups, 128, steps));
         }
         long tensorsSmall = 8L * 16 * (576 + 512) * 2, tensorsLarge = 8L * 128 * (576 + 512) * 2;
         double growth = (large - small) / (tensorsLarge - tensorsSmall);
@@ -204,25 +204,6 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         // Neither side copies a tensor into a fresh array, and the frames are large: what grows is a few small
         // objects per 1 MiB frame at most.
         Assert.True(growth < 0.02, $"h_q=16: {small:F0} B/step, h_q=128: {large:F0} B/step, growth {growth:P2}");
-    }
-
-    private static async Task<double> BytesPerStepAsync(FlashMlaClient client, ulong[][] groups, int hQ, int steps)
-    {
-        var inputs = groups.Select((ids, k) => new DecodeInput(0, ids, 1, hQ, Random16.Bf16(new Random(k), ids.Length * hQ * 576))).ToArray();
-        await using var stream = client.OpenDecodeStream();
-        async Task RunAsync(int count) => await Task.WhenAll(inputs.Select(async input =>
-        {
-            for (int i = 0; i < count; i++)
-            {
-                using var result = await stream.DecodeAsync(input);
-                Assert.Equal(input.SequenceIds.Count * hQ * 512, result.Out.Length);
-            }
-        }));
-        await RunAsync(10);
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        await RunAsync(steps);
-        long after = GC.GetTotalAllocatedBytes(precise: true);
-        return (after - before) / (double)(steps * inputs.Length);
     }
 
     [Fact]

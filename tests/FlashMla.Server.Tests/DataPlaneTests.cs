@@ -37,7 +37,7 @@ public sealed class DataPlaneTests(ITestOutputHelper output)
     }
 
     /// <summary>Bytes allocated by the whole process (server and client) per pipelined step over one stream.</summary>
-    private static async Task<double> BytesPerStepAsync(FlashMlaClient client, ulong[][] groups, int hQ, int steps)
+    internal static async Task<double> BytesPerStepAsync(FlashMlaClient client, ulong[][] groups, int hQ, int steps)
     {
         var inputs = groups.Select((ids, k) => new DecodeInput(0, ids, 1, hQ, Random16.Bf16(new Random(k), ids.Length * hQ * 576))).ToArray();
         await using var stream = client.OpenDecodeStream();

@@ -69,7 +69,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         TensorMessageWriter? wire = null;
         try
         {
-            wire = Lay(message.Message);
+            wire = DecodeMarshallers.LayRequest(message.Message);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
             await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
             try
@@ -105,23 +105,6 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         finally
         {
             _writeLock.Release();
-        }
-    }
-
-    private static TensorMessageWriter Lay(DecodeRequest request)
-    {
-        var q = request.Q;
-        var kv = request.Kv;
-        request.Q = null;
-        request.Kv = null;
-        try
-        {
-            return TensorMessageWriter.Create(request, DecodeRequest.QFieldNumber, q, DecodeRequest.KvFieldNumber, kv);
-        }
-        finally
-        {
-            request.Q = q;
-            request.Kv = kv;
         }
     }
 

@@ -34,6 +34,24 @@ public sealed class DecodeMarshallers
                 if (kv is not null) message.Kv = kv;
             });
 
+    /// <summary>A request's wire form in pieces, its tensors sent from their own memory (<see cref="TensorMessageWriter"/>).</summary>
+    public static TensorMessageWriter LayRequest(DecodeRequest request)
+    {
+        var rest = request.Clone(); // shares the tensors' bytes (ByteString is immutable): nothing tensor-sized is copied
+        rest.Q = null;
+        rest.Kv = null;
+        return TensorMessageWriter.Create(rest, DecodeRequest.QFieldNumber, request.Q, DecodeRequest.KvFieldNumber, request.Kv);
+    }
+
+    /// <summary>A response's wire form in pieces, its tensors sent from their own memory.</summary>
+    public static TensorMessageWriter LayResponse(DecodeResponse response)
+    {
+        var rest = response.Clone();
+        rest.Out = null;
+        rest.Lse = null;
+        return TensorMessageWriter.Create(rest, DecodeResponse.OutFieldNumber, response.Out, DecodeResponse.LseFieldNumber, response.Lse);
+    }
+
     /// <summary>A request lying whole in a buffer the caller owns; its tensors wrap slices of it (no copy).</summary>
     public static DecodeRequest ParseRequestInPlace(ReadOnlyMemory<byte> payload) =>
         PooledTensorParser.ParseInPlace(payload, DecodeRequest.Parser, DecodeRequest.QFieldNumber, DecodeRequest.KvFieldNumber,

@@ -312,7 +312,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         try
         {
             if (_closed) throw new InvalidOperationException("the call is over");
-            wire = Lay(message.Message);
+            wire = DecodeMarshallers.LayResponse(message.Message);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _token);
             await _sendLock.WaitAsync(linked.Token).ConfigureAwait(false);
             try
@@ -331,24 +331,6 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             // Only now, with every byte handed to the socket, may the batch's output buffers be reused.
             wire?.Dispose();
             message.Dispose();
-        }
-    }
-
-    /// <summary>The response's wire form: its envelope in a small pooled array, its tensors as the memory they wrap.</summary>
-    private static TensorMessageWriter Lay(DecodeResponse response)
-    {
-        var output = response.Out;
-        var lse = response.Lse;
-        response.Out = null;
-        response.Lse = null;
-        try
-        {
-            return TensorMessageWriter.Create(response, DecodeResponse.OutFieldNumber, output, DecodeResponse.LseFieldNumber, lse);
-        }
-        finally
-        {
-            response.Out = output;
-            response.Lse = lse;
         }
     }
 

@@ -345,7 +345,10 @@ internal sealed class DataPlaneConnection
         GrpcRequestHead head;
         try
         {
-            if (unusable is not null) throw new RpcException(new Status(StatusCode.Internal, unusable));
+            if (unusable is not null)
+                throw new RpcException(new Status(StatusCode.Internal,
+                    "the data-plane port does not decode Huffman-coded request headers (FlashMla.Client and .NET's SocketsHttpHandler send none); " +
+                    "use the gRPC port with this client"));
             head = GrpcWireHeaders.ReadRequest(_fields);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
@@ -551,8 +554,15 @@ internal sealed class DataPlaneConnection
             _writer.QueueGoAway(_lastStreamId, code);
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
             await _writer.FlushControlAsync(timeout.Token).ConfigureAwait(false);
+            // Close our side, then read what the client still sends for a moment: closing with unread input
+            // makes the kernel answer with RST, which can destroy the GOAWAY before the client reads it.
+            _socket.Shutdown(SocketShutdown.Send);
+            var sink = new byte[16 * 1024];
+            while (await _socket.ReceiveAsync(sink, SocketFlags.None, timeout.Token).ConfigureAwait(false) > 0)
+            {
+            }
         }
-        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
         {
         }
     }
