@@ -139,13 +139,14 @@ awk -F'|' '
     up = trim($(col["up GB/s"])) + 0
     port = ("decode port" in col) ? trim($(col["decode port"])) : "grpc"
     if (("transport" in col) && trim($(col["transport"])) != "large-frames") port = port " " trim($(col["transport"]))
-    lines[++n] = sprintf("%-8s %4s %4s %5s  %-22s %7.2f %9.2f %12.2f %8s %8s %8s %10s", backend, trim($2), trim($3), c, port, up,
+    kernel = ("kernel ms/call" in col) ? trim($(col["kernel ms/call"])) : "n/a"
+    lines[++n] = sprintf("%-8s %4s %4s %5s  %-22s %7.2f %9.2f %12.2f %8s %8s %8s %10s %10s", backend, trim($2), trim($3), c, port, up,
       trim($(col["down GB/s"])), raw, raw > 0 ? sprintf("%.0f %%", 100 * up / raw) : "n/a",
-      trim($(col["p50 ms"])), trim($(col["p99 ms"])), trim($(col["compute ms/call"])))
+      trim($(col["p50 ms"])), trim($(col["p99 ms"])), trim($(col["compute ms/call"])), kernel)
   }
   END {
-    printf "%-8s %4s %4s %5s  %-22s %7s %9s %12s %8s %8s %8s %10s\n", "backend", "b", "h_q", "conns", "decode port", "up GB/s",
-      "down GB/s", "raw TCP GB/s", "up/raw", "p50 ms", "p99 ms", "compute ms"
+    printf "%-8s %4s %4s %5s  %-22s %7s %9s %12s %8s %8s %8s %10s %10s\n", "backend", "b", "h_q", "conns", "decode port", "up GB/s",
+      "down GB/s", "raw TCP GB/s", "up/raw", "p50 ms", "p99 ms", "compute ms", "kernel ms"
     for (i = 1; i <= n; i++) print lines[i]
   }' "$res"
 exit $status

@@ -101,7 +101,7 @@ internal static class BenchMatrixCommand
 
     private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, string DecodePort, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
         double DownGBps, double P50Ms, double P99Ms, double ComputeMs, double BackendBusy, double SequencesPerCall, double TcpGBps,
-        double FrameDownKiB, double FrameUpKiB);
+        double FrameDownKiB, double FrameUpKiB, double KernelMs);
 
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
     {
@@ -147,7 +147,7 @@ internal static class BenchMatrixCommand
                                 results.Add(row);
                                 AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n} {TransportOption.Name(transport)} {target.Label}: {row.StepsPerSecond:F0} steps/s, " +
                                     $"up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, " +
-                                    $"compute {row.ComputeMs:F3} ms/call, backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s, " +
+                                    $"compute {row.ComputeMs:F3} ms/call (kernels {row.KernelMs:F3}), backend busy {row.BackendBusy:P0}, TCP {row.TcpGBps:F2} GB/s, " +
                                     $"DATA frames down/up {row.FrameDownKiB:F0}/{row.FrameUpKiB:F0} KiB");
                             }
                     }
@@ -159,7 +159,7 @@ internal static class BenchMatrixCommand
         }
 
         var table = new Table().AddColumns("b", "h_q", "conns", "transport", "decode port", "steps/s", "KV tok/s", "up GB/s", "down GB/s", "p50 ms", "p99 ms",
-            "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s", "frame down KiB", "frame up KiB");
+            "compute ms/call", "backend busy", "seqs/call", "raw TCP GB/s", "frame down KiB", "frame up KiB", "kernel ms/call");
         foreach (var r in results) table.AddRow(Cells(r));
         AnsiConsole.Write(table);
         if (s.Output is { } path) WriteResults(path, s, config, results);
@@ -171,6 +171,7 @@ internal static class BenchMatrixCommand
         $"{r.Batch}", $"{r.Heads}", $"{r.Connections}", TransportOption.Name(r.Transport), r.DecodePort, $"{r.StepsPerSecond:F0}", $"{r.KvTokensPerSecond:E2}", $"{r.UpGBps:F2}", $"{r.DownGBps:F2}",
         $"{r.P50Ms:F2}", $"{r.P99Ms:F2}", $"{r.ComputeMs:F3}", $"{r.BackendBusy:P0}", $"{r.SequencesPerCall:F0}", $"{r.TcpGBps:F2}",
         double.IsNaN(r.FrameDownKiB) ? "n/a" : $"{r.FrameDownKiB:F0}", double.IsNaN(r.FrameUpKiB) ? "n/a" : $"{r.FrameUpKiB:F0}",
+        r.KernelMs > 0 ? $"{r.KernelMs:F3}" : "n/a",
     ];
 
     private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, ClientTransport transport, DecodeTarget target,
@@ -191,14 +192,14 @@ internal static class BenchMatrixCommand
         long qBytes = input.QBytes.Length;
         var latencies = new List<double>();
         long steps = 0, bytesDown = 0;
-        double computeShare = 0, computeSum = 0, sequencesSum = 0;
+        double computeShare = 0, computeSum = 0, kernelSum = 0, sequencesSum = 0;
         bool measuring = false;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var workers = streams.SelectMany(stream => Enumerable.Range(0, s.InFlight).Select(_ => Task.Run(async () =>
         {
             var local = new List<double>();
             long localSteps = 0, localDown = 0;
-            double localShare = 0, localCompute = 0, localSequences = 0;
+            double localShare = 0, localCompute = 0, localKernel = 0, localSequences = 0;
             while (!stop.IsCancellationRequested)
             {
                 long start = Stopwatch.GetTimestamp();
@@ -209,6 +210,7 @@ internal static class BenchMatrixCommand
                 localDown += result.PayloadBytes;
                 var t = result.Timings;
                 localCompute += t.ComputeUs;
+                localKernel += t.KernelUs;
                 localShare += t.ComputeUs / Math.Max(1u, t.BatchRequests);
                 localSequences += t.BatchSequences;
             }
@@ -219,6 +221,7 @@ internal static class BenchMatrixCommand
                 bytesDown += localDown;
                 computeShare += localShare;
                 computeSum += localCompute;
+                kernelSum += localKernel;
                 sequencesSum += localSequences;
             }
         }, cancellationToken))).ToArray();
@@ -244,7 +247,7 @@ internal static class BenchMatrixCommand
         double n = Math.Max(1, steps);
         return new Row(b, h, connections, transport, target.Label, steps / elapsed, steps * (double)b * s.Context / elapsed, steps * (double)qBytes / elapsed / 1e9,
             bytesDown / elapsed / 1e9, Percentile(0.5), Percentile(0.99), computeSum / n / 1000, computeShare / 1e6 / elapsed, sequencesSum / n, tcpGBps,
-            frameDownKiB, frameUpKiB);
+            frameDownKiB, frameUpKiB, kernelSum / n / 1000);
     }
 
     private static string DescribeTargets(DecodeTarget[] targets) =>
@@ -263,10 +266,11 @@ internal static class BenchMatrixCommand
             "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run; " +
             "transport = the client's HTTP/2 stack (large-frames: LargeFrameHttp2Handler, sockets: SocketsHttpHandler); frame KiB = mean DATA payload " +
             "per frame as counted by LargeFrameHttp2Handler (n/a for sockets); decode port = where the decode calls went (grpc: the server's gRPC port, " +
-            "--address, served by Kestrel; data-plane: the --decode-address given, the server's data-plane listener); cache calls always go to the gRPC port.");
+            "--address, served by Kestrel; data-plane: the --decode-address given, the server's data-plane listener); cache calls always go to the gRPC port; " +
+            "kernel ms/call = the device time of the kernels alone for the same batches (kernel_us, from device events; n/a on the CPU backend).");
         text.AppendLine();
-        text.AppendLine("| b | h_q | conns | transport | decode port | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s | frame down KiB | frame up KiB |");
-        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        text.AppendLine("| b | h_q | conns | transport | decode port | steps/s | KV tok/s | up GB/s | down GB/s | p50 ms | p99 ms | compute ms/call | backend busy | seqs/call | raw TCP GB/s | frame down KiB | frame up KiB | kernel ms/call |");
+        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var r in rows) text.AppendLine("| " + string.Join(" | ", Cells(r)) + " |");
         text.AppendLine();
         File.AppendAllText(path, text.ToString());

@@ -20,6 +20,9 @@ public sealed class DecodeSubmission
     /// <summary>Completes (never faults) when <see cref="IsComplete"/> turns true; for waking an async loop.</summary>
     public Task Completion => _done.Task;
 
+    /// <summary>Device time of the batch's phases, when the backend measures them (null: it does not, e.g. the CPU backend).</summary>
+    public DevicePhases? Phases { get; private set; }
+
     /// <summary>When the backend completed it (<see cref="Stopwatch.GetTimestamp"/>), or 0 while pending.</summary>
     public long CompletedAt => Volatile.Read(ref _completedAt);
 
@@ -38,9 +41,10 @@ public sealed class DecodeSubmission
         if (_fault is { } fault) throw fault;
     }
 
-    /// <summary>For backends: the outputs are in host memory.</summary>
-    public void MarkComplete()
+    /// <summary>For backends: the outputs are in host memory; <paramref name="phases"/> says where the device time went.</summary>
+    public void MarkComplete(DevicePhases? phases = null)
     {
+        Phases = phases;
         Volatile.Write(ref _completedAt, Stopwatch.GetTimestamp());
         _done.TrySetResult();
     }
@@ -54,3 +58,9 @@ public sealed class DecodeSubmission
         _done.TrySetResult();
     }
 }
+
+/// <summary>
+/// Where a decode batch's device time went, from the device's own clock: host-to-device copies, the kernels
+/// alone (append, split-KV decode, combine), device-to-host copies; microseconds.
+/// </summary>
+public readonly record struct DevicePhases(double UploadMicroseconds, double KernelMicroseconds, double DownloadMicroseconds);

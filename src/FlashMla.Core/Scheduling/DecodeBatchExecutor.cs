@@ -198,6 +198,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeBatches.Add(1);
         metrics.BatchSequences.Record(b);
         metrics.ComputeTime.Record(computeUs / 1e6);
+        if (entry.Submission.Phases is { } phases) metrics.KernelTime.Record(phases.KernelMicroseconds / 1e6);
         metrics.DecodeKvTokens.Add(entry.KvTokens);
         metrics.DecodeQueryTokens.Add((long)b * sQ);
         metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
@@ -214,7 +215,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             double queueUs = (entry.SubmittedAt - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
-            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count), entry.Outputs));
+            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases), entry.Outputs));
             done += n;
         }
     }

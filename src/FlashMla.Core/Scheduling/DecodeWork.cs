@@ -147,5 +147,6 @@ internal sealed class DecodeOutputBuffers
     }
 }
 
-/// <summary>Where a request's time went.</summary>
-public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests);
+/// <summary>Where a request's time went; <paramref name="Device"/> splits its batch's device time, when the backend measures it.</summary>
+public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests,
+    Backends.DevicePhases? Device = null);

@@ -29,6 +29,8 @@ public sealed class FlashMlaMetrics : IDisposable
             advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] });
         QueueWait = _meter.CreateHistogram<double>("flashmla.decode.queue_wait", "s", "Time from a request's arrival at the scheduler to the start of its batch.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
+        KernelTime = _meter.CreateHistogram<double>("flashmla.decode.kernel_time", "s", "Device time of one decode batch's kernels alone (append, split-KV decode, combine), from device events; recorded only by backends that measure it (CUDA).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
         ComputeTime = _meter.CreateHistogram<double>("flashmla.decode.compute_time", "s", "Backend time of one decode batch (append, attention, copies), from submission to completion; with batches in flight it includes waiting behind the batch ahead.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
         SequencesReclaimed = _meter.CreateCounter<long>("flashmla.sequences.reclaimed", "{sequence}", "Sequences freed because their lease ran out.");
@@ -53,6 +55,7 @@ public sealed class FlashMlaMetrics : IDisposable
     public Histogram<int> BatchSequences { get; }
     public Histogram<double> QueueWait { get; }
     public Histogram<double> ComputeTime { get; }
+    public Histogram<double> KernelTime { get; }
     public Counter<long> SequencesReclaimed { get; }
     public Counter<long> RequestsFailed { get; }
     public Counter<long> AppendedRows { get; }

@@ -521,14 +521,15 @@ public sealed class CudaBackend : IAttentionBackend
                 _context.MakeCurrent();
                 Unstage(slot);
                 StepEvents e = slot.Events;
-                LastDecodeTimings = new DecodeStepTimings(
+                var timings = new DecodeStepTimings(
                     UploadMs: e.UploadEnd.MillisecondsSince(e.UploadStart),
                     KernelsMs: e.KernelsEnd.MillisecondsSince(e.KernelsStart),
                     DownloadMs: e.DownloadEnd.MillisecondsSince(e.KernelsEnd),
                     TotalMs: Stopwatch.GetElapsedTime(slot.StartedAt).TotalMilliseconds,
                     Splits: slot.Splits,
                     Parts: slot.Parts);
-                submission.MarkComplete();
+                LastDecodeTimings = timings;
+                submission.MarkComplete(new DevicePhases(timings.UploadMs * 1000, timings.KernelsMs * 1000, timings.DownloadMs * 1000));
             }
             catch (CudaException e)
             {

@@ -45,6 +45,9 @@ public sealed class DecodeHandler(Scheduler scheduler)
                 ComputeUs = result.Timings.ComputeMicroseconds,
                 BatchSequences = (uint)result.Timings.BatchSequences,
                 BatchRequests = (uint)result.Timings.BatchRequests,
+                KernelUs = result.Timings.Device?.KernelMicroseconds ?? 0,
+                UploadUs = result.Timings.Device?.UploadMicroseconds ?? 0,
+                DownloadUs = result.Timings.Device?.DownloadMicroseconds ?? 0,
             },
         };
         return new Leased<DecodeResponse>(response, new ResultRelease(result));

@@ -60,7 +60,7 @@ public sealed class PipelinedDecodeTests
         }
 
         /// <summary>Completes submission <paramref name="index"/> (in submission order), or fails it.</summary>
-        public void Complete(int index, BackendFaultException? fault = null)
+        public void Complete(int index, BackendFaultException? fault = null, DevicePhases? phases = null)
         {
             (DecodeBatch batch, ushort[] output, float[] lse, DecodeSubmission submission) entry;
             lock (_submitted) entry = _submitted[index];
@@ -71,7 +71,7 @@ public sealed class PipelinedDecodeTests
             }
             entry.output.CopyTo(entry.batch.Out.Span);
             entry.lse.CopyTo(entry.batch.Lse.Span);
-            entry.submission.MarkComplete();
+            entry.submission.MarkComplete(phases);
         }
 
         /// <summary>Completes whatever is still pending, so a failed test ends instead of draining forever.</summary>
@@ -203,6 +203,28 @@ public sealed class PipelinedDecodeTests
         AssertSame(expected[1], await tb.WaitAsync(Patience));
         AssertSame(expected[2], await tc.WaitAsync(Patience));
         Assert.Equal(2, (await tb).Timings.BatchSequences);
+    }
+
+    [Fact]
+    public async Task The_device_phases_a_backend_measured_reach_every_request_of_the_batch()
+    {
+        StepSpec a = new([0, 1], 4, 61);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 2);
+        await using var _ = new Teardown(scheduler, backend);
+        var task = Post(scheduler, ids, a);
+        await backend.WaitForSubmittedAsync(1);
+        var phases = new DevicePhases(UploadMicroseconds: 12.5, KernelMicroseconds: 280, DownloadMicroseconds: 31);
+        backend.Complete(0, phases: phases);
+        var result = await task.WaitAsync(Patience);
+        Assert.Equal(phases, result.Timings.Device);
+        Assert.True(result.Timings.ComputeMicroseconds > 0);
+
+        // A backend that measures nothing (the CPU backend) leaves them unset.
+        var unmeasured = Post(scheduler, ids, a with { Seed = 62 });
+        await backend.WaitForSubmittedAsync(2);
+        backend.Complete(1);
+        Assert.Null((await unmeasured.WaitAsync(Patience)).Timings.Device);
     }
 
     [Fact]
