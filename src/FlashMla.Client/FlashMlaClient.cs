@@ -70,10 +70,12 @@ public sealed class FlashMlaClient : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
         if (options.DecodeAddress is { } given && !Uri.TryCreate(given, UriKind.Absolute, out _))
             throw new ArgumentException($"DecodeAddress '{given}' is not an absolute URI", nameof(options));
-        string decodeAddress = options.DecodeAddress ?? address;
+        if (options.DecodePort is { } port && (port is < 1 or > 65535 || options.DecodeAddress is not null))
+            throw new ArgumentException($"DecodePort must be 1..65535 and not given together with DecodeAddress, got {port}", nameof(options));
+        string decodeAddress = DecodeAddressOf(address, options);
         var owned = new List<IDisposable>();
         var decode = new CallInvoker[options.Connections];
-        GrpcChannel? cache = options.DecodeAddress is null ? null : CreateChannel(address, options);
+        GrpcChannel? cache = decodeAddress == address ? null : CreateChannel(address, options);
         bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames && new Uri(decodeAddress).Scheme == Uri.UriSchemeHttp;
         for (int i = 0; i < decode.Length; i++)
         {
@@ -95,6 +97,14 @@ public sealed class FlashMlaClient : IDisposable
         cache ??= CreateChannel(address, options);
         if (!owned.Contains(cache)) owned.Add(cache);
         return (cache, decode, [.. owned]);
+    }
+
+    /// <summary>Where decode calls go: <see cref="FlashMlaClientOptions.DecodeAddress"/>, else the address with <see cref="FlashMlaClientOptions.DecodePort"/>, else the address.</summary>
+    public static string DecodeAddressOf(string address, FlashMlaClientOptions options)
+    {
+        if (options.DecodeAddress is { } given) return given;
+        if (options.DecodePort is not { } port) return address;
+        return new UriBuilder(address) { Port = port }.Uri.ToString().TrimEnd('/');
     }
 
     /// <summary>
@@ -223,6 +233,13 @@ public sealed record FlashMlaClientOptions
     /// which serves flashmla.v1.Decoder only, with fewer copies per byte than the gRPC port). Null: the client's address.
     /// </summary>
     public string? DecodeAddress { get; init; }
+
+    /// <summary>
+    /// Decode calls go to the client's own host on this port (the server's DataPlanePort, 50052 by default):
+    /// the form for <see cref="Routing.FlashMlaCluster"/>, whose replicas each have their own host. Not
+    /// together with <see cref="DecodeAddress"/>. Null: decode on the client's address.
+    /// </summary>
+    public int? DecodePort { get; init; }
 
     /// <summary>
     /// Decode calls speak gRPC straight over the large-frame HTTP/2 handler instead of through Grpc.Net.Client:

@@ -317,6 +317,34 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         Assert.Equal(StatusCode.Internal, Assert.Throws<RpcException>(() => FlashMla.Server.DataPlane.GrpcWireHeaders.ParseTimeout(text)).StatusCode);
 
     [Fact]
+    public async Task DecodePort_sends_decode_to_the_data_plane_and_its_metrics_count_the_calls()
+    {
+        await using var server = await TestServer.StartAsync();
+        int port = new Uri(server.DataPlaneAddress!).Port;
+        using var fast = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = port });
+        Assert.Equal(server.DataPlaneAddress, FlashMlaClient.DecodeAddressOf(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = port }));
+        var ids = await CreateSequencesAsync(server.Client, 2, 10); // cache calls on the gRPC port
+        for (int i = 0; i < 3; i++)
+        {
+            using var result = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 1, 2, Random16.Bf16(new Random(i), 2 * 2 * 576)));
+            Assert.Equal(2 * 2 * 512, result.Out.Length);
+        }
+        await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(new DecodeInput(0, [ids[0], 4242], 1, 2, Random16.Bf16(new Random(9), 2 * 2 * 576))));
+
+        using var http = new HttpClient();
+        string text = await http.GetStringAsync(server.MetricsAddress + "/metrics");
+        Assert.Matches(@"flashmla_dataplane_calls_total\{[^}]*code=""OK""[^}]*method=""/flashmla.v1.Decoder/DecodeOnce""[^}]*\} 3", text);
+        Assert.Matches(@"flashmla_dataplane_calls_total\{[^}]*code=""NotFound""[^}]*\} 1", text);
+        Assert.Matches(@"flashmla_dataplane_connections(_ratio)?(\{[^}]*\})? 1", text);
+
+        Assert.Throws<ArgumentException>(() => new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = 0 }));
+        Assert.Throws<ArgumentException>(() => new FlashMlaClient(server.GrpcAddress,
+            new FlashMlaClientOptions { DecodePort = port, DecodeAddress = server.DataPlaneAddress }));
+        Assert.Throws<ArgumentException>(() => new FlashMla.Client.Routing.FlashMlaCluster([server.GrpcAddress],
+            new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress }));
+    }
+
+    [Fact]
     public async Task The_data_plane_port_can_be_turned_off_and_is_validated()
     {
         await using var server = await TestServer.StartAsync(("DataPlanePort", -1));

@@ -8,6 +8,7 @@ namespace FlashMla.Server.Tests;
 /// The data-plane listener's HTTP/2 edges, driven frame by frame from a raw socket: what a real client would
 /// never send, and the connection-level frames a client relies on.
 /// </summary>
+[Collection(DataPlaneCollection.Name)] // not beside DataPlanePortTests: it reads the data-plane metrics
 public sealed class DataPlaneProtocolTests
 {
     /// <summary>A bare HTTP/2 client: preface, empty SETTINGS, then whatever the test writes; reads whole frames.</summary>

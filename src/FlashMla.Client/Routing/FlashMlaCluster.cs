@@ -19,6 +19,8 @@ public sealed class FlashMlaCluster : IDisposable
 
     public FlashMlaCluster(IEnumerable<string> replicaAddresses, FlashMlaClientOptions? options = null)
     {
+        if (options?.DecodeAddress is not null)
+            throw new ArgumentException("a cluster's replicas each have their own data-plane address: set DecodePort, not DecodeAddress", nameof(options));
         Ring = new ReplicaRing(replicaAddresses);
         _clients = Ring.Replicas.ToDictionary(a => a, a => new FlashMlaClient(a, options), StringComparer.Ordinal);
     }

@@ -35,6 +35,8 @@ public sealed class FlashMlaMetrics : IDisposable
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
         SequencesReclaimed = _meter.CreateCounter<long>("flashmla.sequences.reclaimed", "{sequence}", "Sequences freed because their lease ran out.");
         RequestsFailed = _meter.CreateCounter<long>("flashmla.requests.failed", "{request}", "Requests refused or failed, by gRPC status code and method.");
+        DataPlaneConnections = _meter.CreateUpDownCounter<long>("flashmla.dataplane.connections", "{connection}", "Client connections open on the data-plane port.");
+        DataPlaneCalls = _meter.CreateCounter<long>("flashmla.dataplane.calls", "{call}", "Calls served on the data-plane port, by method and gRPC status code.");
         AppendedRows = _meter.CreateCounter<long>("flashmla.kv.appended_rows", "{row}", "KV rows written into the cache (prefill uploads and decode appends).");
         _meter.CreateObservableGauge("flashmla.kv.blocks_used", () => _gauges.UsedBlocks, "{block}", "KV blocks in use.");
         _meter.CreateObservableGauge("flashmla.kv.blocks_free", () => _gauges.FreeBlocks, "{block}", "KV blocks on the free list.");
@@ -59,6 +61,8 @@ public sealed class FlashMlaMetrics : IDisposable
     public Counter<long> SequencesReclaimed { get; }
     public Counter<long> RequestsFailed { get; }
     public Counter<long> AppendedRows { get; }
+    public UpDownCounter<long> DataPlaneConnections { get; }
+    public Counter<long> DataPlaneCalls { get; }
 
     /// <summary>Published by the scheduler loop after each mutation; read by the gauges' callbacks.</summary>
     public void PublishCache(CacheGaugeSnapshot snapshot) => Volatile.Write(ref _gauges, snapshot);

@@ -361,6 +361,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             {
                 if (_finished) return false;
                 _finished = true;
+                if (_resetByPeer) return false; // no frame may follow a RST_STREAM on this stream (RFC 9113, section 5.1)
                 await _connection.SendTrailersAsync(StreamId, status, includeHeaders: !_headersSent).ConfigureAwait(false);
                 return true;
             }

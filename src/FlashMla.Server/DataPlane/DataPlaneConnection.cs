@@ -356,6 +356,7 @@ internal sealed class DataPlaneConnection
         }
         catch (RpcException ex)
         {
+            _dispatcher.Count(GrpcPath(_fields), ex.Status);
             _ = RejectAsync(streamId, ex.Status, endStream);
             return;
         }
@@ -538,6 +539,13 @@ internal sealed class DataPlaneConnection
     private DataPlaneCall? Find(int streamId)
     {
         lock (_lock) return _calls.GetValueOrDefault(streamId);
+    }
+
+    private static string GrpcPath(List<KeyValuePair<string, string>> fields)
+    {
+        foreach (var (name, value) in fields)
+            if (name == ":path") return value;
+        return "";
     }
 
     private static string Host(List<KeyValuePair<string, string>> fields)

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using FlashMla.Core.Telemetry;
 using FlashMla.Server.Services;
 using Grpc.Core;
 
@@ -7,7 +9,7 @@ namespace FlashMla.Server.DataPlane;
 /// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves, and turns
 /// how the call ended into its gRPC status, as grpc-dotnet does for a service method.
 /// </summary>
-internal sealed class DataPlaneDispatcher(DecoderService service, ILogger log)
+internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetrics metrics, ILogger log)
 {
     public const string ServiceName = "flashmla.v1.Decoder";
     public const string DecodePath = "/" + ServiceName + "/Decode";
@@ -18,6 +20,21 @@ internal sealed class DataPlaneDispatcher(DecoderService service, ILogger log)
     public bool Serves(string path) => path is DecodePath or DecodeOncePath;
 
     public async Task<Status> ServeAsync(DataPlaneCall call, DataPlaneCallContext context)
+    {
+        var status = await RunAsync(call, context).ConfigureAwait(false);
+        Count(call.Method, status);
+        return status;
+    }
+
+    /// <summary>Counts a call by method (unknown paths as "other", to bound the label's values) and status.</summary>
+    public void Count(string path, Status status) =>
+        metrics.DataPlaneCalls.Add(1, new TagList { { "method", Serves(path) ? path : "other" }, { "code", status.StatusCode.ToString() } });
+
+    public void ConnectionOpened() => metrics.DataPlaneConnections.Add(1);
+
+    public void ConnectionClosed() => metrics.DataPlaneConnections.Add(-1);
+
+    private async Task<Status> RunAsync(DataPlaneCall call, DataPlaneCallContext context)
     {
         try
         {

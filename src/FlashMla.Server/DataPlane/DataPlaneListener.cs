@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using FlashMla.Core.Telemetry;
 using FlashMla.Server.Hosting;
 using FlashMla.Server.Services;
 using Microsoft.Extensions.Options;
@@ -14,7 +15,7 @@ namespace FlashMla.Server.DataPlane;
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaOptions> options, BoundEndpoints endpoints,
-    ILogger<DataPlaneListener> logger) : IHostedService
+    FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
@@ -34,7 +35,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
         listener.Listen(512);
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        _dispatcher = new DataPlaneDispatcher(service, logger);
+        _dispatcher = new DataPlaneDispatcher(service, metrics, logger);
         _acceptLoop = AcceptAsync(listener);
         return Task.CompletedTask;
     }
@@ -57,6 +58,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
             var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes);
+            _dispatcher!.ConnectionOpened();
             lock (_lock)
             {
                 _connections.Add(connection);
@@ -64,6 +66,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
                 _running.Add(Task.Run(async () =>
                 {
                     await connection.RunAsync().ConfigureAwait(false);
+                    _dispatcher.ConnectionClosed();
                     lock (_lock) _connections.Remove(connection);
                 }));
             }
