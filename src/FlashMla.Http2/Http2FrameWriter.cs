@@ -24,6 +24,9 @@ internal sealed class Http2FrameWriter : IDisposable
 
     public Http2FrameWriter(Socket socket) => _socket = socket;
 
+    /// <summary>Bytes of control frames queued and not yet sent.</summary>
+    public int QueuedControlBytes => Volatile.Read(ref _controlLength);
+
     /// <summary>Set when a send failed: the connection can write nothing more.</summary>
     public Exception? Failure => _failure;
 

@@ -47,7 +47,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private long _receiveWindow;
     private int _queued, _uncredited, _held;
     private volatile bool _discarding, _inputEnded, _inputEndedByPeer, _resetByPeer, _closed;
-    private bool _receiving, _headersSent, _finished;
+    private bool _receiving, _headersSent, _finished, _messagePartlySent, _creditStopped;
     private Leased<DecodeRequest>? _current;
 
     public DataPlaneCall(DataPlaneConnection connection, int streamId, string method, TimeSpan? timeout, int maxMessageBytes,
@@ -244,7 +244,6 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     /// <summary>Gives consumed bytes back to the client as stream window, unless enough messages wait already.</summary>
     private void Credit(int bytes, bool messageEnded)
     {
-        int send = 0;
         lock (_gate)
         {
             if (_queued >= MaxQueuedMessages && !_discarding)
@@ -255,28 +254,28 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             _uncredited += bytes;
             if (_uncredited >= CreditBatchBytes || messageEnded || _discarding)
             {
-                send = _uncredited;
+                int send = _uncredited;
                 _uncredited = 0;
                 _receiveWindow += send;
+                // Under the lock: StopCredit, and the RST_STREAM after it, cannot come between the check and the frame.
+                if (!_inputEndedByPeer && !_creditStopped) _connection.QueueStreamWindowUpdate(StreamId, send);
             }
         }
-        if (send > 0 && !_inputEndedByPeer) _connection.QueueStreamWindowUpdate(StreamId, send);
     }
 
     private void OnMessageTaken()
     {
-        int release = 0;
         lock (_gate)
         {
             _queued--;
             if (_queued < MaxQueuedMessages && _held > 0)
             {
-                release = _held + _uncredited;
+                int release = _held + _uncredited;
                 _held = _uncredited = 0;
                 _receiveWindow += release;
+                if (!_inputEndedByPeer && !_creditStopped) _connection.QueueStreamWindowUpdate(StreamId, release);
             }
         }
-        if (release > 0 && !_inputEndedByPeer) _connection.QueueStreamWindowUpdate(StreamId, release);
     }
 
     // ---- IAsyncStreamReader: the service reads requests ----
@@ -362,6 +361,14 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
                 if (_finished) return false;
                 _finished = true;
                 if (_resetByPeer) return false; // no frame may follow a RST_STREAM on this stream (RFC 9113, section 5.1)
+                if (_messagePartlySent)
+                {
+                    // Trailers now would follow a truncated message; a reset tells the client the call broke off.
+                    StopCredit();
+                    _resetByPeer = true;
+                    _connection.QueueRstStream(StreamId, Http2ErrorCode.Cancel);
+                    return false;
+                }
                 await _connection.SendTrailersAsync(StreamId, status, includeHeaders: !_headersSent).ConfigureAwait(false);
                 return true;
             }
@@ -387,6 +394,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     {
         int piece = 0, offset = 0;
         long remaining = wire.Length;
+        _messagePartlySent = true;
         while (remaining > 0)
         {
             int frame = await _connection.TakeSendCreditAsync(StreamId, (int)Math.Min(remaining, _connection.PeerMaxFrameSize), cancellationToken)
@@ -405,9 +413,26 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
                     offset = 0;
                 }
             }
-            await _connection.SendDataAsync(StreamId, _frameParts, cancellationToken).ConfigureAwait(false);
+            bool sent = false;
+            try
+            {
+                await _connection.SendDataAsync(StreamId, _frameParts, cancellationToken).ConfigureAwait(false);
+                sent = true;
+            }
+            finally
+            {
+                // Cancelled before the frame went out: its credit is the connection's again, or it would leak away.
+                if (!sent) _connection.ReturnSendCredit(StreamId, frame);
+            }
             remaining -= frame;
         }
+        _messagePartlySent = false;
+    }
+
+    /// <summary>No WINDOW_UPDATE for this stream from now on (it is about to be reset).</summary>
+    public void StopCredit()
+    {
+        lock (_gate) _creditStopped = true;
     }
 
     /// <summary>

@@ -46,7 +46,7 @@ internal sealed class DataPlaneConnection
     private readonly List<KeyValuePair<string, string>> _fields = [];
     private byte[] _headerBlock = new byte[16 * 1024];
     private int _lastStreamId;
-    private bool _goingAway;
+    private bool _shuttingDown, _peerGoingAway;
     private long _connectionReceiveWindow = ConnectionWindow;
     private int _connectionUncredited;
 
@@ -109,8 +109,8 @@ internal sealed class DataPlaneConnection
         DataPlaneCall[] calls;
         lock (_lock)
         {
-            if (_goingAway) return;
-            _goingAway = true;
+            if (_shuttingDown) return;
+            _shuttingDown = true;
             calls = [.. _calls.Values];
             _writer.QueueGoAway(_lastStreamId, Http2ErrorCode.NoError);
         }
@@ -136,6 +136,11 @@ internal sealed class DataPlaneConnection
 
     public ValueTask<int> TakeSendCreditAsync(int streamId, int wanted, CancellationToken cancellationToken) =>
         _windows.TakeAsync(streamId, wanted, cancellationToken);
+
+    /// <summary>Credit taken for a frame that was never sent.</summary>
+    public void ReturnSendCredit(int streamId, int bytes) => _windows.Return(streamId, bytes);
+
+    public void QueueRstStream(int streamId, Http2ErrorCode code) => _writer.QueueRstStream(streamId, code);
 
     public async ValueTask SendResponseHeadersAsync(int streamId, CancellationToken cancellationToken)
     {
@@ -336,7 +341,7 @@ internal sealed class DataPlaneConnection
         _lastStreamId = streamId;
 
         bool refuse;
-        lock (_lock) refuse = _goingAway || _calls.Count >= MaxConcurrentStreams;
+        lock (_lock) refuse = _shuttingDown || _peerGoingAway || _calls.Count >= MaxConcurrentStreams;
         if (refuse)
         {
             _writer.QueueRstStream(streamId, Http2ErrorCode.RefusedStream);
@@ -463,7 +468,18 @@ internal sealed class DataPlaneConnection
             }
             // HEADER_TABLE_SIZE: this side's encoder never uses the dynamic table. The rest are advisory here.
         }
+        ThrowIfFlooded();
         _writer.QueueSettingsAck();
+    }
+
+    /// <summary>Acks owed but not sent past this: a client sending PING or SETTINGS without reading the answers.</summary>
+    private const int MaxQueuedControlBytes = 1 << 20;
+
+    private void ThrowIfFlooded()
+    {
+        if (_writer.QueuedControlBytes > MaxQueuedControlBytes)
+            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm,
+                $"more than {MaxQueuedControlBytes} bytes of PING and SETTINGS acks unsent: the client does not read");
     }
 
     private async ValueTask OnPingAsync(Http2FrameHeader header)
@@ -472,14 +488,16 @@ internal sealed class DataPlaneConnection
         if (header.Length != 8) throw new Http2ConnectionException(Http2ErrorCode.FrameSizeError, "PING must be 8 bytes");
         var payload = new byte[8];
         await _reader.ReadExactlyAsync(payload).ConfigureAwait(false);
-        if (!header.Has(Http2FrameFlags.Ack)) _writer.QueuePingAck(BinaryPrimitives.ReadUInt64BigEndian(payload));
+        if (header.Has(Http2FrameFlags.Ack)) return;
+        ThrowIfFlooded();
+        _writer.QueuePingAck(BinaryPrimitives.ReadUInt64BigEndian(payload));
     }
 
     private async ValueTask OnGoAwayAsync(Http2FrameHeader header)
     {
         if (header.StreamId != 0) throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "GOAWAY on a stream");
         await _reader.SkipAsync(header.Length).ConfigureAwait(false);
-        lock (_lock) _goingAway = true; // the client opens no more streams; the open ones finish
+        lock (_lock) _peerGoingAway = true; // the client opens no more streams; the open ones finish
     }
 
     private async ValueTask OnWindowUpdateAsync(Http2FrameHeader header)
@@ -494,6 +512,8 @@ internal sealed class DataPlaneConnection
             if (!_windows.Open(0, increment)) throw new Http2ConnectionException(Http2ErrorCode.FlowControlError, "the connection's send window passed 2^31-1");
             return;
         }
+        if (header.StreamId > _lastStreamId)
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"WINDOW_UPDATE on stream {header.StreamId}, which was never opened");
         var call = Find(header.StreamId);
         if (call is null) return;
         if (increment == 0) ResetStream(call, Http2ErrorCode.ProtocolError, "WINDOW_UPDATE of 0");
@@ -507,7 +527,11 @@ internal sealed class DataPlaneConnection
         var status = await _dispatcher.ServeAsync(call, context).ConfigureAwait(false);
         await call.FinishAsync(status).ConfigureAwait(false);
         // The response is complete; a client still sending is told to stop (RFC 9113, section 8.1).
-        if (!call.InputEndedByPeer && !call.ResetByPeer) _writer.QueueRstStream(call.StreamId, Http2ErrorCode.NoError);
+        if (!call.InputEndedByPeer && !call.ResetByPeer)
+        {
+            call.StopCredit();
+            _writer.QueueRstStream(call.StreamId, Http2ErrorCode.NoError);
+        }
         lock (_lock)
         {
             _calls.Remove(call.StreamId);

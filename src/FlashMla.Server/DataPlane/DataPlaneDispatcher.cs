@@ -45,7 +45,25 @@ internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetric
             }
             if (!await call.MoveNext(context.CancellationToken).ConfigureAwait(false))
                 return new Status(StatusCode.Internal, "the unary call carried no request message");
-            var response = await service.DecodeOnce(call.Current, context).ConfigureAwait(false);
+            var request = call.Current;
+            // As grpc-dotnet does: a unary request is read to its END_STREAM, and one message is all it may hold.
+            bool more;
+            try
+            {
+                more = await call.MoveNext(context.CancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                request.Dispose();
+                throw;
+            }
+            if (more)
+            {
+                call.Current.Dispose();
+                request.Dispose();
+                return new Status(StatusCode.Internal, "the unary call carried more than one request message");
+            }
+            var response = await service.DecodeOnce(request, context).ConfigureAwait(false);
             await call.WriteAsync(response, context.CancellationToken).ConfigureAwait(false);
             return Status.DefaultSuccess;
         }

@@ -56,6 +56,17 @@ internal sealed class SendWindows
         return true;
     }
 
+    /// <summary>Gives back credit taken by <see cref="TakeAsync"/> for a frame that was never sent.</summary>
+    public void Return(int streamId, int bytes)
+    {
+        lock (_lock)
+        {
+            _connection += bytes;
+            if (_streams.TryGetValue(streamId, out var stream)) stream.Size += bytes;
+            Wake();
+        }
+    }
+
     /// <summary>SETTINGS_INITIAL_WINDOW_SIZE changed: every open stream's window moves by the difference (it may go negative).</summary>
     public bool SetInitialStreamWindow(long size)
     {

@@ -45,8 +45,29 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
         var responses = Channel.CreateBounded<Leased<DecodeResponse>>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
         var writer = Task.Run(async () =>
         {
-            await foreach (var response in responses.Reader.ReadAllAsync(context.CancellationToken))
-                await responseStream.WriteAsync(response, context.CancellationToken);
+            try
+            {
+                await foreach (var response in responses.Reader.ReadAllAsync(CancellationToken.None))
+                {
+                    try
+                    {
+                        await responseStream.WriteAsync(response, context.CancellationToken);
+                    }
+                    catch
+                    {
+                        response.Dispose(); // a write that failed before serializing never gave its buffers back
+                        throw;
+                    }
+                }
+            }
+            catch (Exception ex)
+            {
+                // Nothing more can be sent: later responses are refused (their senders give them back) and the
+                // queued ones go back to the pool now, so no batch's output buffers stay leased.
+                responses.Writer.TryComplete(ex);
+                while (responses.Reader.TryRead(out var rest)) rest.Dispose();
+                throw;
+            }
         });
         var inFlight = new List<Task>();
         try
