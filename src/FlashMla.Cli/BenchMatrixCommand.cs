@@ -31,6 +31,11 @@ internal static class BenchMatrixCommand
         var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
         var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
         var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var distinct = new Option<bool>("--distinct-sequences")
+        {
+            Description = "Every request in flight decodes its own b sequences (as separate model hosts would), so the server's batcher " +
+                "can merge concurrent requests; default: all share one set, which never merges (a batch holds a sequence once)",
+        };
         var grpcClient = new Option<bool>("--grpc-client")
             { Description = "Decode through Grpc.Net.Client (FlashMlaClientOptions.DirectDecode = false) instead of the library's direct gRPC path" };
         var streamWindow = new Option<int>("--client-stream-window-mib")
@@ -38,7 +43,7 @@ internal static class BenchMatrixCommand
         var transports = TransportOption.Create("HTTP/2 client(s), comma-separated, each measured on every row: large-frames, sockets");
         var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport x decode port, with raw TCP for reference. " +
             "--decode-address takes a comma-separated list here: 'grpc' (decode on --address) and/or the data-plane address(es), each measured on every row")
-            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports, streamWindow, grpcClient };
+            { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports, streamWindow, grpcClient, distinct };
         command.SetAction((parse, token) =>
         {
             var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
@@ -48,7 +53,7 @@ internal static class BenchMatrixCommand
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
-                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient) }, token);
+                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct) }, token);
         });
         return command;
     }
@@ -97,6 +102,10 @@ internal static class BenchMatrixCommand
     {
         public int StreamWindowMiB { get; init; } = 16;
         public bool DirectDecode { get; init; } = true;
+        public bool DistinctSequences { get; init; }
+
+        /// <summary>Requests in flight at once in the widest row: the sets of sequences --distinct-sequences needs.</summary>
+        public int MaxWorkers => Connections.Max() * StreamsPerConnection * InFlight;
     }
 
     private sealed record Row(int Batch, int Heads, int Connections, ClientTransport Transport, string DecodePort, double StepsPerSecond, double KvTokensPerSecond, double UpGBps,
@@ -117,16 +126,18 @@ internal static class BenchMatrixCommand
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
             $"decode on {Markup.Escape(DescribeTargets(s.DecodeTargets))}");
 
-        // One set of sequences for every row: the longest batch, all with the same rows (content does not matter here).
+        // One set of sequences for every row (the longest batch, all with the same rows: content does not matter
+        // here), or with --distinct-sequences one set per request in flight.
         int maxBatch = s.Batches.Max();
+        int sets = s.DistinctSequences ? s.MaxWorkers : 1;
         var random = new Random(7);
         var rows = Workload.RandomBf16(random, (long)s.Context * MlaDims.HeadDimK);
-        var ids = new ulong[maxBatch];
+        var ids = new ulong[sets * maxBatch];
         var prefill = Stopwatch.StartNew();
-        for (int i = 0; i < maxBatch; i++) ids[i] = await admin.CreateSequenceAsync(cancellationToken);
-        for (int start = 0; start < maxBatch; start += 8)
-            await admin.AppendKvAsync(ids[start..Math.Min(maxBatch, start + 8)].Select(id => new KvUpload(id, 0, rows)), cancellationToken: cancellationToken);
-        AnsiConsole.MarkupLine($"prefilled {maxBatch} sequences x {s.Context} tokens in {prefill.Elapsed.TotalSeconds:F1} s");
+        for (int i = 0; i < ids.Length; i++) ids[i] = await admin.CreateSequenceAsync(cancellationToken);
+        for (int start = 0; start < ids.Length; start += 8)
+            await admin.AppendKvAsync(ids[start..Math.Min(ids.Length, start + 8)].Select(id => new KvUpload(id, 0, rows)), cancellationToken: cancellationToken);
+        AnsiConsole.MarkupLine($"prefilled {ids.Length} sequences x {s.Context} tokens in {prefill.Elapsed.TotalSeconds:F1} s");
 
         var tcp = new Dictionary<int, double>();
         var results = new List<Row>();
@@ -136,14 +147,14 @@ internal static class BenchMatrixCommand
                 foreach (int h in s.Heads)
                 {
                     var q = Workload.RandomBf16(random, (long)b * h * MlaDims.HeadDimK);
-                    var input = new DecodeInput(0, ids[..b], 1, h, q);
+                    var inputs = Enumerable.Range(0, sets).Select(k => new DecodeInput(0, ids[(k * maxBatch)..(k * maxBatch + b)], 1, h, q)).ToArray();
                     foreach (int n in s.Connections)
                     {
                         if (s.TcpSeconds > 0 && !tcp.ContainsKey(n)) tcp[n] = await TcpBenchCommand.MeasureAsync(n, s.TcpSeconds, 4 * 1024 * 1024, cancellationToken);
                         foreach (var transport in s.Transports)
                             foreach (var target in s.DecodeTargets)
                             {
-                                var row = await RunRowAsync(s, input, b, h, n, transport, target, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
+                                var row = await RunRowAsync(s, inputs, b, h, n, transport, target, tcp.GetValueOrDefault(n, double.NaN), cancellationToken);
                                 results.Add(row);
                                 AnsiConsole.MarkupLine($"b={b} h_q={h} conns={n} {TransportOption.Name(transport)} {target.Label}: {row.StepsPerSecond:F0} steps/s, " +
                                     $"up {row.UpGBps:F2} GB/s, down {row.DownGBps:F2} GB/s, p50 {row.P50Ms:F2} ms, p99 {row.P99Ms:F2} ms, " +
@@ -174,7 +185,7 @@ internal static class BenchMatrixCommand
         r.KernelMs > 0 ? $"{r.KernelMs:F3}" : "n/a",
     ];
 
-    private static async Task<Row> RunRowAsync(Settings s, DecodeInput input, int b, int h, int connections, ClientTransport transport, DecodeTarget target,
+    private static async Task<Row> RunRowAsync(Settings s, DecodeInput[] inputs, int b, int h, int connections, ClientTransport transport, DecodeTarget target,
         double tcpGBps, CancellationToken cancellationToken)
     {
         var counters = new Http2TransportCounters();
@@ -189,7 +200,8 @@ internal static class BenchMatrixCommand
                 },
             });
         var streams = Enumerable.Range(0, connections * s.StreamsPerConnection).Select(_ => client.OpenDecodeStream(cancellationToken)).ToArray();
-        long qBytes = input.QBytes.Length;
+        long qBytes = inputs[0].QBytes.Length;
+        int nextWorker = -1;
         var latencies = new List<double>();
         long steps = 0, bytesDown = 0;
         double computeShare = 0, computeSum = 0, kernelSum = 0, sequencesSum = 0;
@@ -197,6 +209,7 @@ internal static class BenchMatrixCommand
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var workers = streams.SelectMany(stream => Enumerable.Range(0, s.InFlight).Select(_ => Task.Run(async () =>
         {
+            var input = inputs[Interlocked.Increment(ref nextWorker) % inputs.Length];
             var local = new List<double>();
             long localSteps = 0, localDown = 0;
             double localShare = 0, localCompute = 0, localKernel = 0, localSequences = 0;
@@ -261,7 +274,9 @@ internal static class BenchMatrixCommand
         text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}, decode on {DescribeTargets(s.DecodeTargets)}. s_k={s.Context}, s_q=1, no append; " +
             $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; " +
             $"decode client: {(s.DirectDecode ? "direct (the library's own gRPC over large-frames; Grpc.Net.Client over sockets)" : "Grpc.Net.Client")}, " +
-            $"client stream window {s.StreamWindowMiB} MiB; {s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
+            $"client stream window {s.StreamWindowMiB} MiB; " +
+            $"{(s.DistinctSequences ? "every request in flight on its own sequences (they can merge in the batcher)" : "all requests on one set of sequences (they never merge)")}; " +
+            $"{s.Warmup:F1} s warm-up, {s.Seconds:F1} s measured per row. " +
             "up = q bytes sent, down = out+lse bytes received (GB = 1e9 B); compute = the server's backend time per call (compute_us); " +
             "backend busy = sum over calls of compute / wall time; raw TCP = loopback, one way, 4 MiB sends, same connection count, same run; " +
             "transport = the client's HTTP/2 stack (large-frames: LargeFrameHttp2Handler, sockets: SocketsHttpHandler); frame KiB = mean DATA payload " +

@@ -58,6 +58,10 @@ if (backend is not null)
     foreach (DecodeCase c in DecodeCase.All(new Random(seed + 1)))
         checks.Run("decode " + c.Name, () => checks.Decode(backend, mirror, c));
     checks.Run("decode pipelined x6", () => checks.DecodePipelined(backend, mirror));
+    checks.QInParts = true; // q in parts from plain arrays: each part staged at its offset
+    foreach (DecodeCase c in DecodeCase.All(new Random(seed + 4)))
+        checks.Run("decode, q in parts " + c.Name, () => checks.Decode(backend, mirror, c));
+    checks.QInParts = false;
 
     // The same steps with every tensor in page-locked pool arrays (as the server's wire buffers are):
     // q and new KV go up and out and lse come down with no staging copy.
@@ -68,6 +72,10 @@ if (backend is not null)
     foreach (DecodeCase c in DecodeCase.All(new Random(seed + 2)))
         checks.Run("direct decode " + c.Name, () => checks.Decode(backend, mirror, c));
     checks.Run("direct decode pipelined x6", () => checks.DecodePipelined(backend, mirror));
+    checks.QInParts = true;
+    foreach (DecodeCase c in DecodeCase.All(new Random(seed + 3)))
+        checks.Run("direct decode, q in parts " + c.Name, () => checks.Decode(backend, mirror, c));
+    checks.QInParts = false;
     checks.Run("direct copies used", () => (backend.DirectSteps > directBefore && backend.RefusedHostRegistrations == 0,
         $"{backend.DirectSteps - directBefore} steps copied directly, {pool.RegisteredArrays} arrays page-locked, {backend.RefusedHostRegistrations} refused"));
     checks.Pool = null;
@@ -112,6 +120,9 @@ namespace FlashMla.Cuda.DeviceCheck
 
         /// <summary>When set, step tensors are rented from this pool (page-locked by the backend) instead of plain arrays.</summary>
         public PinnedTensorPool? Pool { get; set; }
+
+        /// <summary>Hand q to the backend in parts (as a merged batch does: one part per request), copied out of the whole.</summary>
+        public bool QInParts { get; set; }
 
         public void Run(string name, Func<(bool Ok, string Note)> check)
         {
@@ -275,7 +286,7 @@ namespace FlashMla.Cuda.DeviceCheck
             var batch = NewBatch(c.Layer, sq, hq, c.Lens, stride, table, c.Append, newRows, newSlots.ToArray());
 
             var clock = Stopwatch.StartNew();
-            backend.Decode(batch);
+            backend.Decode(QInParts ? InParts(batch) : batch);
             double wallMs = clock.Elapsed.TotalMilliseconds;
             if (c.Append) mirror.Write(c.Layer, newSlots.ToArray(), newRows);
 
@@ -567,6 +578,30 @@ namespace FlashMla.Cuda.DeviceCheck
                 BlockTableStride = stride,
                 Out = Tensor<ushort>(rows * MlaDims.HeadDimV),
                 Lse = Tensor<float>(rows),
+            };
+        }
+
+        /// <summary>
+        /// The same step with q in up to three parts of whole sequences, each in a tensor of its own (pool arrays when
+        /// <see cref="Pool"/> is set), sharing <paramref name="batch"/>'s outputs; the reference still reads the whole q.
+        /// </summary>
+        private DecodeBatch InParts(DecodeBatch batch)
+        {
+            int perSeq = batch.QueryTokens * batch.Heads * MlaDims.HeadDimK;
+            int b = batch.BatchSize;
+            int[] cuts = b >= 3 ? [0, 1, Math.Max(2, b / 2), b] : b == 2 ? [0, 1, 2] : [0, 1];
+            var parts = new List<ReadOnlyMemory<ushort>>();
+            for (int k = 0; k + 1 < cuts.Length; k++)
+            {
+                var part = Tensor<ushort>((cuts[k + 1] - cuts[k]) * perSeq);
+                batch.Q.Slice(cuts[k] * perSeq, part.Length).CopyTo(part);
+                parts.Add(part);
+            }
+            return new DecodeBatch
+            {
+                Layer = batch.Layer, BatchSize = b, QueryTokens = batch.QueryTokens, Heads = batch.Heads, SoftmaxScale = batch.SoftmaxScale,
+                Q = default, QParts = parts, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots, SeqLens = batch.SeqLens,
+                BlockTable = batch.BlockTable, BlockTableStride = batch.BlockTableStride, Out = batch.Out, Lse = batch.Lse,
             };
         }
 

@@ -32,7 +32,6 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     private readonly List<Sequence> _candidates = [];
     private readonly Queue<InFlightBatch> _inFlight = new();
     private readonly Stack<InFlightBatch> _spare = new();
-    private ushort[] _q = [];
     private ushort[] _kv = [];
     private int[] _slots = [];
     private int[] _seqLens = [];
@@ -72,6 +71,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         EnsureBuffers(b, sQ, hQ, stride, first.HasNewKv, merged: _accepted.Count > 1);
         int qPerSeq = sQ * hQ * MlaDims.HeadDimK, kvPerSeq = sQ * MlaDims.HeadDimK;
         ReadOnlyMemory<ushort> q, kv;
+        List<ReadOnlyMemory<ushort>>? qParts = null;
         if (_accepted.Count == 1)
         {
             // The common case (one client's whole step): the backend reads the request's bytes in place.
@@ -80,14 +80,18 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
         else
         {
+            // Merged: q stays where each request's bytes lie (the backend uploads each part in place; a gather
+            // here cost more than the merge saved, measured on the H200 on 2026-12-01). The new rows are small:
+            // they are gathered.
             int seqIndex = 0;
+            qParts = new List<ReadOnlyMemory<ushort>>(_accepted.Count);
             foreach (var work in _accepted)
             {
-                MemoryMarshal.Cast<byte, ushort>(work.Q.Span).CopyTo(_q.AsSpan(seqIndex * qPerSeq));
+                qParts.Add(MemoryCast.Cast<byte, ushort>(work.Q));
                 if (work.HasNewKv) MemoryMarshal.Cast<byte, ushort>(work.NewKv.Span).CopyTo(_kv.AsSpan(seqIndex * kvPerSeq));
                 seqIndex += work.BatchSize;
             }
-            q = _q.AsMemory(0, b * qPerSeq);
+            q = default;
             kv = first.HasNewKv ? _kv.AsMemory(0, b * kvPerSeq) : default;
         }
         for (int i = 0; i < b; i++)
@@ -112,6 +116,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         {
             Layer = layer, BatchSize = b, QueryTokens = sQ, Heads = hQ, SoftmaxScale = first.SoftmaxScale,
             Q = q,
+            QParts = qParts,
             NewKv = kv,
             NewKvSlots = first.HasNewKv ? _slots.AsMemory(0, b * sQ) : default,
             SeqLens = _seqLens.AsMemory(0, b),
@@ -328,7 +333,6 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
 
     private void EnsureBuffers(int b, int sQ, int hQ, int stride, bool hasKv, bool merged)
     {
-        if (merged) Grow(ref _q, b * sQ * hQ * MlaDims.HeadDimK);
         if (hasKv)
         {
             if (merged) Grow(ref _kv, b * sQ * MlaDims.HeadDimK);

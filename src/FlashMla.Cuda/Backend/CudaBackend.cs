@@ -367,7 +367,7 @@ public sealed class CudaBackend : IAttentionBackend
 
         // Upload: [int32 sections][q][new kv]; result: [out][lse].
         long qOffset = BufferSizes.RoundUp(layout.TotalBytes, BufferSizes.RegionAlignment);
-        long kvOffset = BufferSizes.RoundUp(qOffset + batch.Q.Length * 2L, BufferSizes.RegionAlignment);
+        long kvOffset = BufferSizes.RoundUp(qOffset + batch.QLength * 2L, BufferSizes.RegionAlignment);
         long uploadBytes = kvOffset + batch.NewKv.Length * 2L;
         long outBytes = batch.Out.Length * 2L;
         long lseOffset = BufferSizes.RoundUp(outBytes, BufferSizes.RegionAlignment);
@@ -393,7 +393,22 @@ public sealed class CudaBackend : IAttentionBackend
         // Upload stream: the inputs.
         events.UploadStart.Record(_uploadStream);
         CopyToDevice(up, slot.HostUpload.Pointer, layout.TotalBytes, "decode upload", _uploadStream);
-        bool qDirect = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
+        bool qDirect;
+        if (batch.QParts is { } qParts)
+        {
+            // A merged batch: each request's q goes up from where it lies (page-locked: no host copy at all).
+            qDirect = true;
+            long at = qOffset;
+            foreach (var part in qParts)
+            {
+                qDirect &= UploadDirectOrStaged(slot, part, at, "decode q part");
+                at += part.Length * 2L;
+            }
+        }
+        else
+        {
+            qDirect = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
+        }
         UploadDirectOrStaged(slot, batch.NewKv, kvOffset, "decode new kv");
         events.UploadEnd.Record(_uploadStream);
 

@@ -48,7 +48,7 @@ public sealed class PipelinedDecodeTests
             _inner.Decode(new DecodeBatch
             {
                 Layer = batch.Layer, BatchSize = batch.BatchSize, QueryTokens = batch.QueryTokens, Heads = batch.Heads,
-                SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
+                SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, QParts = batch.QParts, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
                 SeqLens = batch.SeqLens, BlockTable = batch.BlockTable, BlockTableStride = batch.BlockTableStride,
                 Out = output, Lse = lse,
             });

@@ -115,7 +115,29 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         var pool = _pools[batch.Layer];
         if (!batch.NewKv.IsEmpty) WriteRows(pool, batch.NewKvSlots.Span, batch.NewKv.Span);
 
-        using var q = batch.Q.Pin();
+        // Parts of a merged batch are gathered here: the CPU kernel reads q as one array, and this copy is
+        // small next to the attention it feeds.
+        ushort[]? gathered = null;
+        var qMemory = batch.Q;
+        if (batch.QParts is not null)
+        {
+            gathered = System.Buffers.ArrayPool<ushort>.Shared.Rent((int)batch.QLength);
+            batch.CopyQTo(gathered);
+            qMemory = gathered.AsMemory(0, (int)batch.QLength);
+        }
+        try
+        {
+            RunKernel(pool, batch, qMemory);
+        }
+        finally
+        {
+            if (gathered is not null) System.Buffers.ArrayPool<ushort>.Shared.Return(gathered);
+        }
+    }
+
+    private void RunKernel(HostKvPool pool, DecodeBatch batch, ReadOnlyMemory<ushort> qMemory)
+    {
+        using var q = qMemory.Pin();
         using var output = batch.Out.Pin();
         using var lse = batch.Lse.Pin();
         using var seqLens = batch.SeqLens.Pin();
