@@ -60,7 +60,7 @@ public sealed class DecodeDataPlaneTests(ITestOutputHelper output) : IAsyncLifet
         return rows;
     }
 
-    private static byte[] Query(int b, int hQ, int seed)
+    internal static byte[] Query(int b, int hQ, int seed)
     {
         var q = new byte[b * hQ * MlaDims.HeadDimK * 2];
         var random = new Random(seed);

@@ -38,15 +38,6 @@ public sealed class MergedBatchPartsTests
         public void Dispose() => _inner.Dispose();
     }
 
-    private static byte[] Query(int b, int hQ, int seed)
-    {
-        var q = new byte[b * hQ * MlaDims.HeadDimK * 2];
-        var random = new Random(seed);
-        var values = MemoryMarshal.Cast<byte, ushort>(q.AsSpan());
-        for (int i = 0; i < values.Length; i++) values[i] = Bf16.FromFloat((float)(random.NextDouble() - 0.5));
-        return q;
-    }
-
     [Fact]
     public async Task A_merged_batch_passes_each_requests_q_in_place_and_computes_what_each_alone_would()
     {
@@ -65,7 +56,7 @@ public sealed class MergedBatchPartsTests
             }
             return created;
         });
-        byte[] qa = Query(2, 4, 1), qb = Query(3, 4, 2);
+        byte[] qa = DecodeDataPlaneTests.Query(2, 4, 1), qb = DecodeDataPlaneTests.Query(3, 4, 2);
         Task<DecodeResult> Step(ulong[] which, byte[] q) =>
             scheduler.DecodeAsync(DecodeWork.Create(scheduler.Options, 0, which, 1, 4, 0, q, ReadOnlyMemory<byte>.Empty));
 
