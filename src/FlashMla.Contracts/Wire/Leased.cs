@@ -42,6 +42,17 @@ public sealed class PooledArrays(System.Buffers.ArrayPool<byte> pool) : IDisposa
     }
 }
 
+/// <summary>One array already rented from <paramref name="pool"/>, given back once (a message parsed in place in it).</summary>
+public sealed class PooledArray(System.Buffers.ArrayPool<byte> pool, byte[] array) : IDisposable
+{
+    private byte[]? _array = array;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _array, null) is { } rented) pool.Return(rented);
+    }
+}
+
 /// <summary>Several leases as one.</summary>
 public sealed class Leases(params IDisposable?[] leases) : IDisposable
 {

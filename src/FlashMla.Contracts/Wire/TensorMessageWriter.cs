@@ -41,10 +41,9 @@ public sealed class TensorMessageWriter : IDisposable
     public static TensorMessageWriter Create(IMessage withoutTensors, int fieldA, Tensor? a, int fieldB, Tensor? b)
     {
         int headSize = withoutTensors.CalculateSize();
-        var headA = TensorHead(a);
-        var headB = TensorHead(b);
-        int envelopeSize = GrpcPrefixSize + headSize + EnvelopeSize(fieldA, a, headA) + EnvelopeSize(fieldB, b, headB);
-        var writer = new TensorMessageWriter(ArrayPool<byte>.Shared.Rent(envelopeSize));
+        var envelopeA = new TensorEnvelope(fieldA, a);
+        var envelopeB = new TensorEnvelope(fieldB, b);
+        var writer = new TensorMessageWriter(ArrayPool<byte>.Shared.Rent(GrpcPrefixSize + headSize + envelopeA.Size + envelopeB.Size));
         var envelope = writer._envelope.AsSpan();
 
         int pos = GrpcPrefixSize;
@@ -52,16 +51,16 @@ public sealed class TensorMessageWriter : IDisposable
         pos += headSize;
         int start = 0;
         long total = 0;
-        pos = WriteTensorHead(envelope, pos, fieldA, a, headA);
-        if (a is not null && !a.Data.IsEmpty)
+        pos = envelopeA.Write(envelope, pos);
+        if (envelopeA.DataLength > 0)
         {
             writer.Add(writer._envelope.AsMemory(start, pos - start), ref total);
-            writer.Add(a.Data.Memory, ref total);
+            writer.Add(a!.Data.Memory, ref total);
             start = pos;
         }
-        pos = WriteTensorHead(envelope, pos, fieldB, b, headB);
+        pos = envelopeB.Write(envelope, pos);
         writer.Add(writer._envelope.AsMemory(start, pos - start), ref total);
-        if (b is not null && !b.Data.IsEmpty) writer.Add(b.Data.Memory, ref total);
+        if (envelopeB.DataLength > 0) writer.Add(b!.Data.Memory, ref total);
 
         long body = total - GrpcPrefixSize;
         if (body > uint.MaxValue) throw new InvalidOperationException($"a message of {body} bytes does not fit gRPC's length prefix");
@@ -88,47 +87,52 @@ public sealed class TensorMessageWriter : IDisposable
         total += piece.Length;
     }
 
-    /// <summary>The tensor without its data: dtype and shape, serialized by the generated code.</summary>
-    private static Tensor? TensorHead(Tensor? tensor)
+    /// <summary>
+    /// What a tensor field puts before its data: tag, length, the tensor's dtype and shape (the generated code's
+    /// bytes), and the data field's tag and length. Sizes are computed once; nothing for a null tensor.
+    /// </summary>
+    private readonly struct TensorEnvelope
     {
-        if (tensor is null) return null;
-        var head = new Tensor { Dtype = tensor.Dtype };
-        head.Shape.Add(tensor.Shape);
-        return head;
-    }
+        private readonly int _field;
+        private readonly Tensor? _head; // the tensor without its data
+        private readonly int _headSize;
+        private readonly int _innerSize; // the tensor message's length, data included
 
-    private static int EnvelopeSize(int field, Tensor? tensor, Tensor? head)
-    {
-        if (tensor is null) return 0;
-        int dataLength = tensor.Data.Length;
-        long inner = InnerSize(tensor, head!);
-        return CodedOutputStream.ComputeTagSize(field) + CodedOutputStream.ComputeLengthSize((int)Math.Min(inner, int.MaxValue))
-            + head!.CalculateSize() + (dataLength == 0 ? 0 : 1 + CodedOutputStream.ComputeLengthSize(dataLength));
-    }
-
-    private static long InnerSize(Tensor tensor, Tensor head)
-    {
-        int dataLength = tensor.Data.Length;
-        long size = head.CalculateSize();
-        if (dataLength > 0) size += 1 + CodedOutputStream.ComputeLengthSize(dataLength) + (long)dataLength;
-        if (size > int.MaxValue) throw new InvalidOperationException($"a tensor of {size} bytes does not fit a protobuf field");
-        return size;
-    }
-
-    private static int WriteTensorHead(Span<byte> envelope, int pos, int field, Tensor? tensor, Tensor? head)
-    {
-        if (tensor is null) return pos;
-        pos += WriteVarint(envelope[pos..], (uint)((field << 3) | 2));
-        pos += WriteVarint(envelope[pos..], (uint)InnerSize(tensor, head!));
-        int headSize = head!.CalculateSize();
-        head.WriteTo(envelope.Slice(pos, headSize));
-        pos += headSize;
-        if (tensor.Data.Length > 0)
+        public TensorEnvelope(int field, Tensor? tensor)
         {
-            envelope[pos++] = TensorDataTag;
-            pos += WriteVarint(envelope[pos..], (uint)tensor.Data.Length);
+            _field = field;
+            if (tensor is null) return;
+            _head = new Tensor { Dtype = tensor.Dtype };
+            _head.Shape.Add(tensor.Shape);
+            _headSize = _head.CalculateSize();
+            DataLength = tensor.Data.Length;
+            long inner = _headSize + (DataLength == 0 ? 0 : 1L + CodedOutputStream.ComputeLengthSize(DataLength) + DataLength);
+            if (inner > int.MaxValue) throw new InvalidOperationException($"a tensor of {inner} bytes does not fit a protobuf field");
+            _innerSize = (int)inner;
+            Size = CodedOutputStream.ComputeTagSize(field) + CodedOutputStream.ComputeLengthSize(_innerSize) + _headSize
+                + (DataLength == 0 ? 0 : 1 + CodedOutputStream.ComputeLengthSize(DataLength));
         }
-        return pos;
+
+        /// <summary>Bytes of the envelope (the data not included).</summary>
+        public int Size { get; }
+
+        public int DataLength { get; }
+
+        /// <summary>Writes the envelope at <paramref name="pos"/>; returns the position after it.</summary>
+        public int Write(Span<byte> destination, int pos)
+        {
+            if (_head is null) return pos;
+            pos += WriteVarint(destination[pos..], (uint)((_field << 3) | 2));
+            pos += WriteVarint(destination[pos..], (uint)_innerSize);
+            _head.WriteTo(destination.Slice(pos, _headSize));
+            pos += _headSize;
+            if (DataLength > 0)
+            {
+                destination[pos++] = TensorDataTag;
+                pos += WriteVarint(destination[pos..], (uint)DataLength);
+            }
+            return pos;
+        }
     }
 
     private static int WriteVarint(Span<byte> destination, uint value)

@@ -46,8 +46,8 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private int _bodyLength, _bodyFilled;
     private long _receiveWindow;
     private int _queued, _uncredited, _held;
-    private volatile bool _discarding, _inputEnded, _inputEndedByPeer, _resetByPeer, _closed;
-    private bool _receiving, _headersSent, _finished, _messagePartlySent, _creditStopped;
+    private volatile bool _discarding, _inputEnded, _inputEndedByPeer, _reset, _closed;
+    private bool _receiving, _headersSent, _finished, _messagePartlySent;
     private Leased<DecodeRequest>? _current;
 
     public DataPlaneCall(DataPlaneConnection connection, int streamId, string method, TimeSpan? timeout, int maxMessageBytes,
@@ -83,8 +83,8 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     /// <summary>True once the client sent END_STREAM.</summary>
     public bool InputEndedByPeer => _inputEndedByPeer;
 
-    /// <summary>True once the client reset the stream (or this side reset it for a protocol error).</summary>
-    public bool ResetByPeer => _resetByPeer;
+    /// <summary>True once the stream was reset, by the client or by this side: no frame may follow on it (RFC 9113, section 5.1).</summary>
+    public bool IsReset => _reset;
 
     // ---- Receiving: the connection's reader loop, one frame at a time ----
 
@@ -149,10 +149,10 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         if (bytes > 0) Credit(bytes, messageEnded: true);
     }
 
-    /// <summary>The client sent END_STREAM (<paramref name="byPeer"/>): no more requests.</summary>
-    public void EndInput(bool byPeer)
+    /// <summary>The client sent END_STREAM: no more requests.</summary>
+    public void EndInputByPeer()
     {
-        if (byPeer) _inputEndedByPeer = true;
+        _inputEndedByPeer = true;
         if (_inputEnded) return;
         if (!_discarding && (_prefixFilled > 0 || _body is not null))
         {
@@ -174,10 +174,35 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         _requests.Writer.TryComplete(error);
     }
 
-    /// <summary>The client reset the stream, the connection is going, or a protocol error: the call stops. Any thread.</summary>
-    public void Cancel(bool resetByPeer)
+    /// <summary>The client reset the stream: nothing more is sent on it, and the call stops. Any thread.</summary>
+    public void OnResetByPeer()
     {
-        if (resetByPeer) _resetByPeer = true;
+        MarkReset();
+        Cancel();
+    }
+
+    /// <summary>
+    /// This side resets the stream with <paramref name="code"/> (once): no WINDOW_UPDATE or trailers follow. Any thread;
+    /// under the lock that <see cref="Credit"/> holds, so no WINDOW_UPDATE can slip in behind the RST_STREAM.
+    /// </summary>
+    public void Reset(Http2ErrorCode code)
+    {
+        lock (_gate)
+        {
+            if (_reset) return;
+            _reset = true;
+            _connection.QueueRstStream(StreamId, code);
+        }
+    }
+
+    private void MarkReset()
+    {
+        lock (_gate) _reset = true;
+    }
+
+    /// <summary>The connection is going or the stream broke: the call stops. Any thread.</summary>
+    public void Cancel()
+    {
         try
         {
             _cancellation.Cancel();
@@ -225,7 +250,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             return;
         }
         lock (_gate) _queued++;
-        var leased = new Leased<DecodeRequest>(request, new ReturnToPool(body));
+        var leased = new Leased<DecodeRequest>(request, new PooledArray(TensorBufferPool.Bytes, body));
         if (!_requests.Writer.TryWrite(leased))
         {
             leased.Dispose();
@@ -258,7 +283,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
                 _uncredited = 0;
                 _receiveWindow += send;
                 // Under the lock: StopCredit, and the RST_STREAM after it, cannot come between the check and the frame.
-                if (!_inputEndedByPeer && !_creditStopped) _connection.QueueStreamWindowUpdate(StreamId, send);
+                if (!_inputEndedByPeer && !_reset) _connection.QueueStreamWindowUpdate(StreamId, send);
             }
         }
     }
@@ -273,7 +298,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
                 int release = _held + _uncredited;
                 _held = _uncredited = 0;
                 _receiveWindow += release;
-                if (!_inputEndedByPeer && !_creditStopped) _connection.QueueStreamWindowUpdate(StreamId, release);
+                if (!_inputEndedByPeer && !_reset) _connection.QueueStreamWindowUpdate(StreamId, release);
             }
         }
     }
@@ -360,13 +385,11 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             {
                 if (_finished) return false;
                 _finished = true;
-                if (_resetByPeer) return false; // no frame may follow a RST_STREAM on this stream (RFC 9113, section 5.1)
+                if (_reset) return false; // no frame may follow a RST_STREAM on this stream (RFC 9113, section 5.1)
                 if (_messagePartlySent)
                 {
                     // Trailers now would follow a truncated message; a reset tells the client the call broke off.
-                    StopCredit();
-                    _resetByPeer = true;
-                    _connection.QueueRstStream(StreamId, Http2ErrorCode.Cancel);
+                    Reset(Http2ErrorCode.Cancel);
                     return false;
                 }
                 await _connection.SendTrailersAsync(StreamId, status, includeHeaders: !_headersSent).ConfigureAwait(false);
@@ -394,7 +417,6 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     {
         int piece = 0, offset = 0;
         long remaining = wire.Length;
-        _messagePartlySent = true;
         while (remaining > 0)
         {
             int frame = await _connection.TakeSendCreditAsync(StreamId, (int)Math.Min(remaining, _connection.PeerMaxFrameSize), cancellationToken)
@@ -418,6 +440,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             {
                 await _connection.SendDataAsync(StreamId, _frameParts, cancellationToken).ConfigureAwait(false);
                 sent = true;
+                _messagePartlySent = true;
             }
             finally
             {
@@ -427,12 +450,6 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
             remaining -= frame;
         }
         _messagePartlySent = false;
-    }
-
-    /// <summary>No WINDOW_UPDATE for this stream from now on (it is about to be reset).</summary>
-    public void StopCredit()
-    {
-        lock (_gate) _creditStopped = true;
     }
 
     /// <summary>
@@ -451,10 +468,5 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         }
         _cancellation.Dispose();
         _deadline?.Dispose();
-    }
-
-    private sealed class ReturnToPool(byte[] array) : IDisposable
-    {
-        public void Dispose() => TensorBufferPool.Bytes.Return(array);
     }
 }

@@ -303,7 +303,7 @@ internal sealed class DataPlaneConnection
                 await call.ReceiveAsync(_reader, dataLength).ConfigureAwait(false);
                 if (padding > 0) await _reader.SkipAsync(padding).ConfigureAwait(false);
                 call.CreditOverhead(header.Length - dataLength);
-                if (header.Has(Http2FrameFlags.EndStream)) call.EndInput(byPeer: true);
+                if (header.Has(Http2FrameFlags.EndStream)) call.EndInputByPeer();
             }
         }
         _connectionUncredited += header.Length;
@@ -330,7 +330,7 @@ internal sealed class DataPlaneConnection
         {
             // Trailers from the client: they must end the stream.
             if (!endStream) throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"a second HEADERS on stream {streamId} without END_STREAM");
-            existing.EndInput(byPeer: true);
+            existing.EndInputByPeer();
             return;
         }
         if (streamId <= _lastStreamId)
@@ -361,7 +361,7 @@ internal sealed class DataPlaneConnection
         }
         catch (RpcException ex)
         {
-            _dispatcher.Count(GrpcPath(_fields), ex.Status);
+            _dispatcher.Count(GrpcWireHeaders.PathOf(_fields), ex.Status);
             _ = RejectAsync(streamId, ex.Status, endStream);
             return;
         }
@@ -372,8 +372,8 @@ internal sealed class DataPlaneConnection
             _calls.Add(streamId, call);
             _windows.AddStream(streamId);
         }
-        if (endStream) call.EndInput(byPeer: true);
-        var context = new DataPlaneCallContext(call, Peer, Host(_fields));
+        if (endStream) call.EndInputByPeer();
+        var context = new DataPlaneCallContext(call, Peer, head.Authority);
         var run = Task.Run(() => RunCallAsync(call, context));
         lock (_lock)
         {
@@ -433,7 +433,7 @@ internal sealed class DataPlaneConnection
         await _reader.SkipAsync(4).ConfigureAwait(false);
         if (header.StreamId > _lastStreamId)
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"RST_STREAM on stream {header.StreamId}, which was never opened");
-        Find(header.StreamId)?.Cancel(resetByPeer: true);
+        Find(header.StreamId)?.OnResetByPeer();
     }
 
     private async ValueTask OnSettingsAsync(Http2FrameHeader header)
@@ -527,17 +527,12 @@ internal sealed class DataPlaneConnection
         var status = await _dispatcher.ServeAsync(call, context).ConfigureAwait(false);
         await call.FinishAsync(status).ConfigureAwait(false);
         // The response is complete; a client still sending is told to stop (RFC 9113, section 8.1).
-        if (!call.InputEndedByPeer && !call.ResetByPeer)
-        {
-            call.StopCredit();
-            _writer.QueueRstStream(call.StreamId, Http2ErrorCode.NoError);
-        }
+        if (!call.InputEndedByPeer) call.Reset(Http2ErrorCode.NoError);
         lock (_lock)
         {
             _calls.Remove(call.StreamId);
             _windows.RemoveStream(call.StreamId);
         }
-        _windows.WakeAll();
         call.Close();
     }
 
@@ -556,27 +551,13 @@ internal sealed class DataPlaneConnection
     private void ResetStream(DataPlaneCall call, Http2ErrorCode code, string reason)
     {
         _dispatcher.Log.LogWarning("Data-plane stream {StreamId} from {Peer} reset with {Code}: {Reason}", call.StreamId, Peer, code, reason);
-        _writer.QueueRstStream(call.StreamId, code);
-        call.Cancel(resetByPeer: true);
+        call.Reset(code);
+        call.Cancel();
     }
 
     private DataPlaneCall? Find(int streamId)
     {
         lock (_lock) return _calls.GetValueOrDefault(streamId);
-    }
-
-    private static string GrpcPath(List<KeyValuePair<string, string>> fields)
-    {
-        foreach (var (name, value) in fields)
-            if (name == ":path") return value;
-        return "";
-    }
-
-    private static string Host(List<KeyValuePair<string, string>> fields)
-    {
-        foreach (var (name, value) in fields)
-            if (name == ":authority") return value;
-        return "";
     }
 
     private async Task GoAwayAsync(Http2ErrorCode code)
@@ -610,7 +591,7 @@ internal sealed class DataPlaneConnection
             calls = [.. _calls.Values];
             running = [.. _running];
         }
-        foreach (var call in calls) call.Cancel(resetByPeer: false);
+        foreach (var call in calls) call.Cancel();
         Abort();
         await Task.WhenAll(running).ConfigureAwait(false);
         _writer.Dispose();

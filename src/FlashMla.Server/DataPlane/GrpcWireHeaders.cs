@@ -6,7 +6,7 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>What the data plane reads from a request's header block.</summary>
-internal readonly record struct GrpcRequestHead(string Path, TimeSpan? Timeout);
+internal readonly record struct GrpcRequestHead(string Path, string Authority, TimeSpan? Timeout);
 
 /// <summary>
 /// gRPC over HTTP/2 as the data-plane listener speaks it (the gRPC "PROTOCOL-HTTP2" document): reading a
@@ -24,13 +24,14 @@ internal static class GrpcWireHeaders
     /// </summary>
     public static GrpcRequestHead ReadRequest(List<KeyValuePair<string, string>> fields)
     {
-        string? method = null, path = null, contentType = null, timeout = null;
+        string? method = null, path = null, authority = null, contentType = null, timeout = null;
         foreach (var (name, value) in fields)
         {
             switch (name)
             {
                 case ":method": method = value; break;
                 case ":path": path = value; break;
+                case ":authority": authority = value; break;
                 case "content-type": contentType = value; break;
                 case "grpc-timeout": timeout = value; break;
             }
@@ -40,7 +41,15 @@ internal static class GrpcWireHeaders
         if (contentType is null || !(contentType == "application/grpc" || contentType.StartsWith("application/grpc+", StringComparison.Ordinal)
                 || contentType.StartsWith("application/grpc;", StringComparison.Ordinal)))
             throw new RpcException(new Status(StatusCode.Internal, $"content-type '{contentType}' is not application/grpc"));
-        return new GrpcRequestHead(path, timeout is null ? null : ParseTimeout(timeout));
+        return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout));
+    }
+
+    /// <summary>The :path of a request's fields, or "" (for counting a request refused before it was read).</summary>
+    public static string PathOf(List<KeyValuePair<string, string>> fields)
+    {
+        foreach (var (name, value) in fields)
+            if (name == ":path") return value;
+        return "";
     }
 
     /// <summary>A grpc-timeout value: at most 8 digits and a unit (H, M, S, m, u, n).</summary>

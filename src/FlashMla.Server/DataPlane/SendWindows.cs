@@ -27,9 +27,14 @@ internal sealed class SendWindows
         lock (_lock) _streams[streamId] = new StreamWindow(_initialStream);
     }
 
+    /// <summary>Forgets a finished stream and wakes its writer if it waits for credit (it then sees the stream gone).</summary>
     public void RemoveStream(int streamId)
     {
-        lock (_lock) _streams.Remove(streamId);
+        lock (_lock)
+        {
+            _streams.Remove(streamId);
+            Wake();
+        }
     }
 
     /// <summary>A WINDOW_UPDATE: stream 0 is the connection. False when the window would pass 2^31-1 (FLOW_CONTROL_ERROR).</summary>
@@ -116,12 +121,6 @@ internal sealed class SendWindows
             _closed ??= reason;
             Wake();
         }
-    }
-
-    /// <summary>Wakes streams waiting for credit, so a stream removed while waiting sees it.</summary>
-    public void WakeAll()
-    {
-        lock (_lock) Wake();
     }
 
     private void Wake()
