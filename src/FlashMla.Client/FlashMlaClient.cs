@@ -81,8 +81,15 @@ public sealed class FlashMlaClient : IDisposable
         {
             if (direct)
             {
-                var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(CreateHandler(decodeAddress, options)), new Uri(decodeAddress),
-                    options.BufferPool ?? DefaultBufferPool);
+                var handler = CreateHandler(decodeAddress, options);
+                bool shared = cache is null; // without a decode address, cache calls share the first decode connection
+                if (shared)
+                {
+                    cache = CreateChannel(address, options, handler); // the channel owns (and disposes) the handler
+                    owned.Add(cache);
+                }
+                var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
+                    options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes);
                 owned.Add(invoker);
                 decode[i] = invoker;
             }
@@ -112,11 +119,14 @@ public sealed class FlashMlaClient : IDisposable
     /// <see cref="FlashMlaClientOptions.Transport"/>; https addresses always use SocketsHttpHandler.
     /// </summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
+        CreateChannel(address, options, CreateHandler(address, options));
+
+    private static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options, HttpMessageHandler handler) =>
         GrpcChannel.ForAddress(address, new GrpcChannelOptions
         {
             MaxReceiveMessageSize = options.MaxMessageBytes,
             MaxSendMessageSize = options.MaxMessageBytes,
-            HttpHandler = CreateHandler(address, options),
+            HttpHandler = handler,
         });
 
     private static HttpMessageHandler CreateHandler(string address, FlashMlaClientOptions options)

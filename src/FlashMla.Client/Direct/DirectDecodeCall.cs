@@ -21,6 +21,7 @@ namespace FlashMla.Client.Direct;
 internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeRequest>>, IAsyncStreamReader<Leased<DecodeResponse>>, IDisposable
 {
     private readonly ArrayPool<byte> _pool;
+    private readonly int _maxMessageBytes;
     private readonly CancellationTokenSource _cancellation;
     private readonly DateTime? _deadline;
     private readonly CancellationToken _callerToken;
@@ -35,9 +36,10 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
     private Leased<DecodeResponse>? _current;
     private bool _completed;
 
-    public DirectDecodeCall(HttpMessageInvoker http, Uri address, string method, ArrayPool<byte> pool, CallOptions options)
+    public DirectDecodeCall(HttpMessageInvoker http, Uri address, string method, ArrayPool<byte> pool, int maxMessageBytes, CallOptions options)
     {
         _pool = pool;
+        _maxMessageBytes = maxMessageBytes;
         _deadline = options.Deadline;
         _callerToken = options.CancellationToken;
         _cancellation = CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken);
@@ -70,6 +72,10 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         try
         {
             wire = DecodeMarshallers.LayRequest(message.Message);
+            long size = wire.Length - TensorMessageWriter.GrpcPrefixSize;
+            if (size > _maxMessageBytes)
+                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                    $"Sending message exceeds the maximum configured message size ({size} > {_maxMessageBytes} bytes)."));
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
             await _writeLock.WaitAsync(linked.Token).ConfigureAwait(false);
             try
@@ -85,7 +91,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         }
         catch (Exception ex) when (ex is not RpcException)
         {
-            throw await FailureAsync(ex).ConfigureAwait(false);
+            throw Failure(ex);
         }
         finally
         {
@@ -114,11 +120,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
 
     public async Task<bool> MoveNext(CancellationToken cancellationToken)
     {
-        if (_status is { } ended)
-        {
-            if (ended.StatusCode == StatusCode.OK) return false;
-            throw new RpcException(ended, _trailers);
-        }
+        if (_status is not null) return Ended();
         try
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
@@ -131,13 +133,15 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             }
             if (_prefix[0] != 0) throw new RpcException(new Status(StatusCode.Internal, "the server sent a compressed message, which this client did not ask for"));
             uint length = BinaryPrimitives.ReadUInt32BigEndian(_prefix.AsSpan(1));
-            if (length > int.MaxValue) throw new RpcException(new Status(StatusCode.ResourceExhausted, $"a response of {length} bytes"));
+            if (length > (uint)_maxMessageBytes)
+                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                    $"Received message exceeds the maximum configured message size ({length} > {_maxMessageBytes} bytes)."));
             var array = _pool.Rent(Math.Max(1, (int)length));
             try
             {
                 await ReadFullyAsync(stream, array.AsMemory(0, (int)length), allowEnd: false, linked.Token).ConfigureAwait(false);
                 var message = DecodeMarshallers.ParseResponseInPlace(array.AsMemory(0, (int)length));
-                _current = new Leased<DecodeResponse>(message, new ReturnToPool(_pool, array));
+                _current = new Leased<DecodeResponse>(message, new PooledArray(_pool, array));
                 return true;
             }
             catch
@@ -148,7 +152,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         }
         catch (Exception ex) when (ex is not RpcException)
         {
-            throw await FailureAsync(ex).ConfigureAwait(false);
+            throw Failure(ex);
         }
     }
 
@@ -209,9 +213,8 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         return new Status((StatusCode)number, message);
     }
 
-    private async Task<RpcException> FailureAsync(Exception ex)
+    private RpcException Failure(Exception ex)
     {
-        await Task.Yield();
         // Our own timer cancels at the deadline (it may fire a little early); the caller's token is the caller's.
         if (_deadline is { } deadline && (DateTime.UtcNow >= deadline.ToUniversalTime() ||
                 (_cancellation.IsCancellationRequested && !_callerToken.IsCancellationRequested)))
@@ -301,10 +304,5 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             length = 0;
             return false;
         }
-    }
-
-    private sealed class ReturnToPool(ArrayPool<byte> pool, byte[] array) : IDisposable
-    {
-        public void Dispose() => pool.Return(array);
     }
 }

@@ -10,7 +10,7 @@ namespace FlashMla.Client.Direct;
 /// message types (<see cref="DecodeMarshallers"/>), each call a <see cref="DirectDecodeCall"/> on this
 /// invoker's own HTTP/2 connection. Anything else is refused: cache calls go through Grpc.Net.Client.
 /// </summary>
-internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, ArrayPool<byte> pool) : CallInvoker, IDisposable
+internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, ArrayPool<byte> pool, int maxMessageBytes) : CallInvoker, IDisposable
 {
     public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(
         Method<TRequest, TResponse> method, string? host, CallOptions options)
@@ -56,7 +56,7 @@ internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, 
         if (typeof(TRequest) != typeof(Leased<DecodeRequest>) || typeof(TResponse) != typeof(Leased<DecodeResponse>) ||
             method.ServiceName != DecodeMarshallers.ServiceName)
             throw new NotSupportedException($"the direct decode invoker carries {DecodeMarshallers.ServiceName} over pooled messages only, not {method.FullName}");
-        return new DirectDecodeCall(http, address, method.FullName, pool, options);
+        return new DirectDecodeCall(http, address, method.FullName, pool, maxMessageBytes, options);
     }
 
     public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options,
