@@ -31,7 +31,10 @@ public sealed class TestServer : IAsyncDisposable
     public IServiceProvider Services => _app.Services;
 
     /// <summary>Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value).</summary>
-    public static async Task<TestServer> StartAsync(params (string Name, object Value)[] options)
+    public static Task<TestServer> StartAsync(params (string Name, object Value)[] options) => StartAsync(null, options);
+
+    /// <summary>Starts a server whose services <paramref name="overrideServices"/> may replace (see <see cref="FlashMlaServerApp.Build"/>).</summary>
+    public static async Task<TestServer> StartAsync(Action<IServiceCollection>? overrideServices, params (string Name, object Value)[] options)
     {
         var args = new List<string>
         {
@@ -40,7 +43,7 @@ public sealed class TestServer : IAsyncDisposable
             "--Serilog:MinimumLevel:Default=Warning",
         };
         foreach (var (name, value) in options) args.Add($"--FlashMla:{name}={value}");
-        var app = FlashMlaServerApp.Build([.. args]);
+        var app = FlashMlaServerApp.Build([.. args], overrideServices);
         await app.StartAsync();
         return new TestServer(app);
     }

@@ -15,7 +15,9 @@ namespace FlashMla.Server.Hosting;
 /// <summary>Builds the whole server: options, logging, backend, scheduler, Kestrel, gRPC, metrics, health.</summary>
 public static class FlashMlaServerApp
 {
-    public static WebApplication Build(string[] args)
+    /// <param name="overrideServices">Runs after every registration, before the host is built: tests replace a service
+    /// (a backend that returns wrong outputs, say) without a switch in the product.</param>
+    public static WebApplication Build(string[] args, Action<IServiceCollection>? overrideServices = null)
     {
         var builder = WebApplication.CreateBuilder(args);
         var options = new FlashMlaOptions();
@@ -100,6 +102,7 @@ public static class FlashMlaServerApp
             .AddMeter(FlashMlaMetrics.MeterName)
             .AddPrometheusExporter());
 
+        overrideServices?.Invoke(builder.Services);
         var app = builder.Build();
         app.MapGrpcService<KvCacheService>();
         app.MapGrpcService<DecoderService>();

@@ -1,0 +1,91 @@
+using FlashMla.Cli;
+using FlashMla.Core.Backends;
+using FlashMla.Core.Tensors;
+using FlashMla.Server.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace FlashMla.Server.Tests;
+
+/// <summary>
+/// <c>flashmla verify</c> holds a server to the double-precision reference: it passes a right backend with a real,
+/// non-zero bf16 error, and fails a backend whose out or lse is wrong.
+/// </summary>
+public sealed class VerifyTests
+{
+    private static readonly VerifySettings Small = new(Cases: 3, MaxLength: 150, LongLength: 0, Seed: 7);
+
+    [Fact]
+    public async Task Verify_passes_the_cpu_backend_against_the_float64_reference_with_a_nonzero_bf16_error()
+    {
+        await using var server = await TestServer.StartAsync();
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.Equal("cpu", report.Backend);
+        Assert.Equal(Small.Cases, report.Cases.Count);
+        Assert.True(report.Passed);
+        // bf16 outputs rounded from a float64 truth: an error of zero would mean verify compared a backend with itself.
+        Assert.All(report.Cases, c => Assert.InRange(c.OutRelativeError, 1e-4, VerifyRun.Bf16RelativeErrorLimit));
+        Assert.All(report.Cases, c => Assert.InRange(c.LseRelativeError, 0, VerifyRun.Bf16RelativeErrorLimit));
+    }
+
+    [Fact]
+    public async Task Verify_fails_every_case_when_the_last_sequence_of_each_batch_has_its_out_3_percent_off()
+    {
+        await using var server = await StartPerturbedAsync(batch =>
+        {
+            int per = batch.QueryTokens * batch.Heads * MlaDims.HeadDimV;
+            var last = batch.Out.Span.Slice((batch.BatchSize - 1) * per, per);
+            for (int i = 0; i < last.Length; i++) last[i] = Bf16.FromFloat(Bf16.ToFloat(last[i]) * 1.03f);
+        });
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.False(report.Passed);
+        Assert.Equal(report.Cases.Count, report.Failures);
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeError > VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
+        Assert.All(report.Cases, c => Assert.True(c.LseRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: lse error {c.LseRelativeError}"));
+    }
+
+    [Fact]
+    public async Task Verify_fails_every_case_when_the_last_sequence_of_each_batch_has_its_lse_shifted()
+    {
+        await using var server = await StartPerturbedAsync(batch =>
+        {
+            int per = batch.Heads * batch.QueryTokens;
+            foreach (ref float value in batch.Lse.Span.Slice((batch.BatchSize - 1) * per, per)) value += 0.2f;
+        });
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.False(report.Passed);
+        Assert.Equal(report.Cases.Count, report.Failures);
+        Assert.All(report.Cases, c => Assert.True(c.LseRelativeError > VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: lse error {c.LseRelativeError}"));
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
+    }
+
+    /// <summary>A server whose backend is the usual one with <paramref name="perturb"/> applied to every decode's outputs.</summary>
+    private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb) =>
+        TestServer.StartAsync(services => services.AddSingleton(sp =>
+        {
+            var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value);
+            return new BackendHolder(new PerturbedBackend(selected.Backend, perturb), "test: outputs perturbed after decode");
+        }));
+
+    /// <summary>Forwards everything to <paramref name="inner"/>, then changes the outputs of each decode.</summary>
+    private sealed class PerturbedBackend(IAttentionBackend inner, Action<DecodeBatch> perturb) : IAttentionBackend
+    {
+        public string Name => inner.Name;
+        public string DeviceDescription => inner.DeviceDescription;
+        public KvPoolGeometry Geometry => inner.Geometry;
+        public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => inner.WriteKv(layer, slots, rows);
+        public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => inner.ReadKv(layer, slots, rows);
+        public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => inner.CopyBlocks(copies);
+
+        public void Decode(DecodeBatch batch)
+        {
+            inner.Decode(batch);
+            perturb(batch);
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+}
