@@ -33,7 +33,7 @@ FROM mcr.microsoft.com/dotnet/sdk:${DOTNET_VERSION} AS publish
 WORKDIR /src
 # Restore layer: only the files that decide the package graph. It stays cached until one of them
 # changes. Every project the server references (transitively) must be listed here;
-# deploy/check_consistency.py checks that against the ProjectReference items.
+# deploy/checks/dockerfile.py checks that against the ProjectReference items.
 COPY global.json Directory.Build.props Directory.Packages.props ./
 COPY src/FlashMla.Contracts/FlashMla.Contracts.csproj src/FlashMla.Contracts/
 COPY src/FlashMla.Core/FlashMla.Core.csproj src/FlashMla.Core/
@@ -64,7 +64,7 @@ WORKDIR /app
 COPY --from=publish /app/ /app/
 # FatbinPath's default is "flashmla.fatbin next to the executable" (= /app); it is also set
 # explicitly below so that the path is visible in `docker inspect` and checked by
-# deploy/check_consistency.py.
+# deploy/checks/dockerfile.py.
 COPY --from=kernels /src/native/build/flashmla.fatbin /app/flashmla.fatbin
 COPY deploy/docker/healthcheck.sh /usr/local/bin/flashmla-healthcheck
 RUN chmod 0755 /usr/local/bin/flashmla-healthcheck

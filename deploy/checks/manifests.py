@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The rendered Kubernetes objects (kubectl kustomize's output, one file per variant) keep the promises the
+service's operation rests on: one GPU per hardened pod, gRPC health probes, a shutdown long enough for the drain,
+Services that reach the pods and speak h2c, a headless Service of ready pods only, a disruption budget, and a
+ServiceMonitor that scrapes each pod once under the job the alerts select.
+
+    kubectl kustomize deploy/k8s/overlays/h800 > /tmp/h800.yaml && python3 deploy/checks/manifests.py /tmp/h800.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from checklib import JOB_NAME, Checks, load_yaml, option_defaults
+
+H2C_PORT_NAMES = ("grpc", "data-plane")
+# Seconds between the end of the drain and SIGKILL that the grace period must leave.
+SHUTDOWN_MARGIN = 5
+
+
+class Rendered:
+    """One variant's objects, with the server's Deployment and pod picked out."""
+
+    def __init__(self, path: Path):
+        self.docs = load_yaml(path)
+        deployments = self.kind("Deployment")
+        if len(deployments) != 1 or len(deployments[0]["spec"]["template"]["spec"]["containers"]) != 1:
+            raise ValueError(f"expected one Deployment with one container, found {[d['metadata']['name'] for d in deployments]}")
+        self.deployment = deployments[0]
+        self.pod = self.deployment["spec"]["template"]["spec"]
+        self.container = self.pod["containers"][0]
+        self.selector = self.deployment["spec"]["selector"]["matchLabels"]
+
+    def kind(self, kind: str) -> list[dict]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+
+def check_pod(r: Rendered):
+    if str(r.container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")) != "1":
+        yield "the container must limit nvidia.com/gpu to 1 (one server owns one GPU)"
+    security = r.container.get("securityContext", {})
+    if not (security.get("readOnlyRootFilesystem") and security.get("allowPrivilegeEscalation") is False
+            and security.get("capabilities", {}).get("drop") == ["ALL"]):
+        yield "the container must run read-only, without privilege escalation, all capabilities dropped"
+    if not r.pod.get("securityContext", {}).get("runAsNonRoot"):
+        yield "the pod must set runAsNonRoot"
+
+
+def check_probes(r: Rendered):
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if "grpc" not in (r.container.get(name) or {}):
+            yield f"{name} must be a gRPC health probe (its port: ports.py)"
+    service = (r.container.get("readinessProbe") or {}).get("grpc", {}).get("service")
+    if service != "flashmla.v1.Decoder":
+        yield f"readinessProbe must check flashmla.v1.Decoder (a draining pod leaves the endpoints), not {service!r}"
+
+
+def check_shutdown(r: Rendered):
+    drain = option_defaults()["DrainTimeoutSeconds"]
+    grace = r.pod.get("terminationGracePeriodSeconds", 30)
+    pre_stop = r.container.get("lifecycle", {}).get("preStop", {})
+    command = pre_stop.get("exec", {}).get("command", [])
+    pre_stop_seconds = pre_stop.get("sleep", {}).get("seconds") or (float(command[1]) if command[:1] == ["sleep"] else 0)
+    if grace < pre_stop_seconds + drain + SHUTDOWN_MARGIN:
+        yield (f"terminationGracePeriodSeconds {grace} < preStop {pre_stop_seconds} s + the server's drain "
+               f"(DrainTimeoutSeconds {drain} s) + {SHUTDOWN_MARGIN} s")
+
+
+def check_options(r: Rendered):
+    refs = [s["configMapRef"]["name"] for s in r.container.get("envFrom", []) if "configMapRef" in s]
+    configs = {c["metadata"]["name"]: c.get("data") or {} for c in r.kind("ConfigMap")}
+    named = [configs[ref] for ref in refs if ref in configs]
+    if not named:
+        yield f"envFrom {refs} names no rendered ConfigMap (there are {sorted(configs)})"
+    elif named[0].get("FlashMla__Backend") != "cuda":
+        yield f"FlashMla__Backend={named[0].get('FlashMla__Backend')!r}: a GPU pod must fail without its GPU (cuda), not serve from the CPU"
+
+
+def check_services(r: Rendered):
+    services = r.kind("Service")
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    if len(headless) != 1 or len(services) != 2:
+        yield f"expected one headless and one cluster-IP Service, found {[s['metadata']['name'] for s in services]}"
+    for service in services:
+        name = service["metadata"]["name"]
+        if service["spec"].get("selector") != r.selector:
+            yield f"Service {name} selects {service['spec'].get('selector')}, not the Deployment's pods {r.selector}"
+        for port in service["spec"]["ports"]:
+            if port.get("targetPort") in H2C_PORT_NAMES and port.get("appProtocol") != "kubernetes.io/h2c":
+                yield f"Service {name} port {port['name']} carries HTTP/2 cleartext: appProtocol must be kubernetes.io/h2c"
+    for service in headless:
+        if service["spec"].get("publishNotReadyAddresses"):
+            yield "the headless Service must not publish not-ready (draining) pods"
+        targets = sorted(p.get("targetPort") for p in service["spec"]["ports"])
+        if targets != sorted(H2C_PORT_NAMES):
+            yield f"the headless Service must carry the grpc and data-plane ports only, not {targets}"
+
+
+def check_disruption_budget(r: Rendered):
+    budgets = r.kind("PodDisruptionBudget")
+    if len(budgets) != 1 or budgets[0]["spec"]["selector"]["matchLabels"] != r.selector:
+        yield f"expected one PodDisruptionBudget selecting {r.selector}"
+
+
+def check_service_monitor(r: Rendered):
+    for monitor in r.kind("ServiceMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        matched = [s for s in r.kind("Service") if wanted.items() <= s["metadata"].get("labels", {}).items()]
+        if len(matched) != 1:
+            yield f"the ServiceMonitor selects {len(matched)} Services: exactly one, or every series is scraped twice"
+            continue
+        ports = {p["name"] for p in matched[0]["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            if endpoint.get("port") not in ports:
+                yield f"ServiceMonitor endpoint port {endpoint.get('port')!r} is not a port of Service {matched[0]['metadata']['name']}"
+        labels = matched[0]["metadata"].get("labels", {})
+        job = labels.get(monitor["spec"].get("jobLabel", ""), matched[0]["metadata"]["name"])
+        if job != JOB_NAME:
+            yield f"the ServiceMonitor gives job {job!r}; the rules select {JOB_NAME!r}"
+
+
+CHECKS = (
+    ("one GPU per hardened pod", check_pod),
+    ("gRPC health probes, readiness on flashmla.v1.Decoder", check_probes),
+    ("the grace period covers preStop and the server's drain", check_shutdown),
+    ("the options ConfigMap is rendered, referenced and picks the cuda backend", check_options),
+    ("Services select the pods, speak h2c, the headless one has ready pods and both HTTP/2 ports only", check_services),
+    ("a PodDisruptionBudget selects the pods", check_disruption_budget),
+    ("a ServiceMonitor, where there is one, scrapes one Service's metrics port as job flashmla", check_service_monitor),
+)
+
+if __name__ == "__main__":
+    if not sys.argv[1:]:
+        sys.exit(__doc__)
+    checks = Checks()
+    for path in map(Path, sys.argv[1:]):
+        try:
+            rendered = Rendered(path)
+        except Exception as e:
+            problem = f"{type(e).__name__}: {e}"
+            checks.run(f"rendered {path.stem}: the server's Deployment", lambda: [problem])
+            continue
+        for name, check in CHECKS:
+            checks.run(f"rendered {path.stem}: {name}", check, rendered)
+    sys.exit(checks.finish())
