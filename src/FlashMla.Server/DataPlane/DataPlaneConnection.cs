@@ -362,7 +362,7 @@ internal sealed class DataPlaneConnection
             return;
         }
 
-        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, _maxMessageBytes, StreamWindow, _closing.Token);
+        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, head.Encoding, _maxMessageBytes, StreamWindow, _closing.Token);
         lock (_lock)
         {
             _calls.Add(streamId, call);
