@@ -89,6 +89,7 @@ public static class FlashMlaServerApp
         {
             grpc.MaxReceiveMessageSize = options.MaxMessageBytes;
             grpc.MaxSendMessageSize = options.MaxMessageBytes;
+            RequestCompression.Configure(grpc, options.MaxMessageBytes);
         });
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks(health =>
@@ -104,6 +105,7 @@ public static class FlashMlaServerApp
 
         overrideServices?.Invoke(builder.Services);
         var app = builder.Build();
+        RequestCompression.AdvertiseAcceptedEncodings(app);
         app.MapGrpcService<KvCacheService>();
         app.MapGrpcService<DecoderService>();
         app.MapGrpcHealthChecksService();
