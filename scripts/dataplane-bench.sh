@@ -14,13 +14,13 @@
 # Env: OUT, PORT (50061; the CPU server uses PORT+10), DP_SECONDS (3), DP_CONNECTIONS (1,4), DP_BATCH (32,128),
 #      DP_HEADS (16,128), DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_DATA_PLANE_PORT=1 (gRPC port
 #      only, data-plane listener off), DP_TRANSPORT_AB=1, DP_RUNTIME_AB=1.
-# The A/B sections are off by default (settled in the 18:21 round; results/dataplane/) and measure the gRPC port:
+# The A/B sections are off by default (settled in the 18:21 round; results/2026-11-25-h100-dataplane.md) and measure the gRPC port:
 # Transport A/B (DP_TRANSPORT_AB=1; CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (DP_RUNTIME_AB=1; same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's
 # default transport, no inline scheduling, 256 KiB blocks, PinnedTensorBuffers=false. DP_AB_ARGS: extra
 # bench-matrix arguments; DP_AB_VARIANTS replaces the variants, DP_AB_CONNECTIONS (1,4) their connection counts.
 set -uo pipefail
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 app=${1:-/tmp/flashmla-app/flashmla}
 fatbin=${2:-$PWD/native/build/flashmla.fatbin}

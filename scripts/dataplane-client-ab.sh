@@ -7,7 +7,7 @@
 # Runs ON the GPU machine from the repository root with the publish carried in .devcarry/; builds the
 # kernels if needed. Results in $OUT, table last. DP_BACKEND=cpu (a smoke run without a GPU), DP_SECONDS (3).
 set -uo pipefail
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 app=/tmp/flashmla-app/flashmla
 fatbin=$PWD/native/build/flashmla.fatbin

@@ -6,7 +6,7 @@
 # needed. DP_BACKEND=cpu (a smoke run without a GPU), DP_CONTEXT (s_k, 4096). Results in $OUT; a table last.
 #   bash scripts/dataplane-clients.sh [BATCH] [HEADS]     (default 128 16)
 set -uo pipefail
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 b=${1:-128}; h=${2:-16}
 app=/tmp/flashmla-app/flashmla

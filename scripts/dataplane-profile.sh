@@ -8,7 +8,7 @@
 #   bash scripts/dataplane-profile.sh [BATCH] [HEADS] [CONNECTIONS]     (default 128 128 4)
 # DP_BACKEND=cpu (a smoke run without a GPU), DP_CONTEXT (s_k, 4096).
 set -uo pipefail
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 b=${1:-128}; h=${2:-128}; conns=${3:-4}
 app=/tmp/flashmla-app/flashmla

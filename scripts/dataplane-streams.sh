@@ -6,7 +6,7 @@
 # carried in .devcarry/ (scripts/pack-device.sh); builds the kernels if needed. Results in $OUT, table last.
 # DP_BACKEND=cpu (a smoke run without a GPU), DP_CONTEXT (s_k, 4096), DP_SECONDS (3).
 set -uo pipefail
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 app=/tmp/flashmla-app/flashmla
 fatbin=$PWD/native/build/flashmla.fatbin

@@ -4,7 +4,7 @@
 # decode implementation and of the exported kernel), bench of those that pass.
 # Logs land in $OUT (the device tool brings them back); a short table last.
 set -uo pipefail
-OUT=${OUT:-/tmp/native-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git; $PWD is the repository root here
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../native"
 # usage: [MLA_DECODE_EXPORT=N] [PROFILE=1] [CHECK_TIMEOUT=60] bash scripts/device-native.sh

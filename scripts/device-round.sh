@@ -17,7 +17,7 @@
 # DEVICECHECK_ARGS (e.g. --no-bench); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-$PWD/results/raw}  # ignored by git
 mkdir -p "$OUT"
 logs=$(mktemp -d)
 exec > >(tee -a "$OUT/round.log") 2>&1

@@ -61,6 +61,13 @@ def dockerfile_instructions() -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip()]
 
 
+
+def dockerfile_env() -> dict[str, str]:
+    """The FlashMla__X=value pairs the Dockerfile's ENV instructions set."""
+    env = " ".join(line for line in dockerfile_instructions() if line.startswith("ENV"))
+    return dict(re.findall(r"(FlashMla__\w+)=(\S+)", env))
+
+
 class Checks:
     """Runs named checks; a check is a function yielding problems (strings): none means it passed."""
 
@@ -87,3 +94,11 @@ class Checks:
         print(f"{self.passed} passed, {self.failed} failed, 0 skipped")
         sys.stdout.flush()
         return 1 if self.failed else 0
+
+
+def run_and_exit(checks: Iterable[tuple]) -> None:
+    """Runs (name, check, *args) in order, prints the counts line and exits with the status."""
+    runner = Checks()
+    for name, check, *args in checks:
+        runner.run(name, check, *args)
+    sys.exit(runner.finish())

@@ -5,10 +5,9 @@ restore layer copies every project the server references, and the fatbin lands w
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-from checklib import REPO, Checks, dockerfile_instructions, rel
+from checklib import REPO, dockerfile_env, dockerfile_instructions, rel, run_and_exit
 
 SERVER_PROJECT = REPO / "src" / "FlashMla.Server" / "FlashMla.Server.csproj"
 FATBIN = "native/build/flashmla.fatbin"
@@ -45,14 +44,14 @@ def check_fatbin():
         yield f"the kernels stage must run native/build.sh and test that it wrote {FATBIN}"
     copies = [line.split() for line in instructions if line.startswith("COPY") and "--from=kernels" in line]
     destination = copies[0][-1] if copies and FATBIN in " ".join(copies[0]) else None
-    configured = dict(re.findall(r"(FlashMla__\w+)=(\S+)", " ".join(i for i in instructions if i.startswith("ENV"))))
+    configured = dockerfile_env()
     if destination is None or configured.get("FlashMla__FatbinPath") != destination:
         yield (f"the fatbin is copied to {destination!r} but FlashMla__FatbinPath is "
                f"{configured.get('FlashMla__FatbinPath')!r}")
 
 
 if __name__ == "__main__":
-    checks = Checks()
-    checks.run("Dockerfile: the restore layer copies every project the server references", check_restore_layer)
-    checks.run("Dockerfile: the kernels' fatbin lands where FlashMla__FatbinPath points", check_fatbin)
-    sys.exit(checks.finish())
+    run_and_exit([
+        ("Dockerfile: the restore layer copies every project the server references", check_restore_layer),
+        ("Dockerfile: the kernels' fatbin lands where FlashMla__FatbinPath points", check_fatbin),
+    ])

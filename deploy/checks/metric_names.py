@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
-from checklib import DASHBOARD, METRICS_USED, PROMETHEUSRULE, RULES, Checks, load_yaml, rel, source_file
+from checklib import DASHBOARD, METRICS_USED, PROMETHEUSRULE, RULES, load_yaml, rel, run_and_exit, source_file
 
 METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])flashmla_[a-z0-9_]+")
 # The OpenTelemetry Prometheus exporter appends the unit's name; units in braces ({request}) add nothing.
@@ -97,9 +96,9 @@ def check_listed_are_exported():
 
 
 if __name__ == "__main__":
-    checks = Checks()
-    checks.run("metrics-used.txt: one flashmla_ series per line, no repeats", check_list)
-    checks.run("the dashboard, the rules and the PrometheusRule use exactly the series metrics-used.txt lists",
-               check_used_equals_listed)
-    checks.run("every series metrics-used.txt lists comes from an instrument in FlashMlaMetrics.cs", check_listed_are_exported)
-    sys.exit(checks.finish())
+    run_and_exit([
+        ("metrics-used.txt: one flashmla_ series per line, no repeats", check_list),
+        ("the dashboard, the rules and the PrometheusRule use exactly the series metrics-used.txt lists",
+         check_used_equals_listed),
+        ("every series metrics-used.txt lists comes from an instrument in FlashMlaMetrics.cs", check_listed_are_exported),
+    ])

@@ -9,11 +9,10 @@ Prometheus scrape configs, the rendered Kubernetes objects) names the default of
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-from checklib import COMPOSE, DEPLOY, JOB_NAME, Checks, dockerfile_instructions, load_yaml, option_defaults
+from checklib import COMPOSE, DEPLOY, JOB_NAME, dockerfile_env, dockerfile_instructions, load_yaml, option_defaults, run_and_exit
 
 # Container port name (the Services and the ServiceMonitor refer to these) -> the server's option.
 PORT_OPTIONS = {"grpc": "GrpcPort", "data-plane": "DataPlanePort", "metrics": "MetricsPort"}
@@ -47,7 +46,7 @@ def check_dockerfile():
     exposed = {int(p.split("/")[0]) for line in lines if line.upper().startswith("EXPOSE ") for p in line.split()[1:]}
     if exposed != set(expected_ports().values()):
         yield f"Dockerfile EXPOSE {sorted(exposed)}; the server's ports are {sorted(expected_ports().values())}"
-    env = dict(re.findall(r"(FlashMla__\w+)=(\S+)", " ".join(line for line in lines if line.upper().startswith("ENV "))))
+    env = dockerfile_env()
     yield from env_problems("Dockerfile ENV", env)
     for name, option in PORT_OPTIONS.items():
         if "FlashMla__" + option not in env:
@@ -109,12 +108,11 @@ def check_rendered(path: Path):
 
 
 if __name__ == "__main__":
-    checks = Checks()
-    checks.run("the server's options declare three distinct default ports", check_options)
-    checks.run("Dockerfile: EXPOSE, ENV and the health check use the server's ports", check_dockerfile)
-    checks.run("docker-compose.yml and its Prometheus use the server's ports", check_compose)
-    checks.run("kubernetes-scrape.yml scrapes the container port named metrics", check_kubernetes_scrape)
-    for rendered in map(Path, sys.argv[1:]):
-        checks.run(f"rendered {rendered.stem}: container ports, probes, ConfigMap and Services use the server's ports",
-                   check_rendered, rendered)
-    sys.exit(checks.finish())
+    run_and_exit([
+        ("the server's options declare three distinct default ports", check_options),
+        ("Dockerfile: EXPOSE, ENV and the health check use the server's ports", check_dockerfile),
+        ("docker-compose.yml and its Prometheus use the server's ports", check_compose),
+        ("kubernetes-scrape.yml scrapes the container port named metrics", check_kubernetes_scrape),
+        *((f"rendered {p.stem}: container ports, probes, ConfigMap and Services use the server's ports", check_rendered, p)
+          for p in map(Path, sys.argv[1:])),
+    ])

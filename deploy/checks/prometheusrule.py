@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 
-from checklib import JOB_NAME, PROMETHEUSRULE, RULES, Checks, load_yaml, rel
+from checklib import JOB_NAME, PROMETHEUSRULE, RULES, load_yaml, rel, run_and_exit
 
 HEADER = f"""\
 # GENERATED from {rel(RULES)} by `python3 deploy/checks/prometheusrule.py --write`.
@@ -59,7 +59,7 @@ if __name__ == "__main__":
         print(f"wrote {rel(PROMETHEUSRULE)}")
     elif sys.argv[1:]:
         sys.exit(__doc__)
-    checks = Checks()
-    checks.run("the PrometheusRule is the rules file", check_copy)
-    checks.run("every alert has a severity and a summary; the rules select the flashmla job", check_alerts)
-    sys.exit(checks.finish())
+    run_and_exit([
+        ("the PrometheusRule is the rules file", check_copy),
+        ("every alert has a severity and a summary; the rules select the flashmla job", check_alerts),
+    ])

@@ -24,7 +24,7 @@ internal static class BenchCommand
         var queryTokens = new Option<int>("--sq") { Description = "Query tokens per sequence per step (s_q)", DefaultValueFactory = _ => 1 };
         var seconds = new Option<double>("--seconds") { Description = "How long to run", DefaultValueFactory = _ => 10 };
         var append = new Option<bool>("--append") { Description = "Send the new KV rows with each step (the sequences grow)", DefaultValueFactory = _ => false };
-        var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var transport = TransportOption.Create("HTTP/2 client: large-frames or sockets");
         var command = new Command("bench", "Decode load: concurrent streams, pipelined requests, latency and throughput")
             { streams, inflight, batch, context, heads, queryTokens, seconds, append, output, transport };
@@ -158,7 +158,7 @@ internal static class BenchCommand
         text.AppendLine("| --- | --- |");
         foreach (var (name, value) in rows) text.AppendLine($"| {name} | {value} |");
         text.AppendLine();
-        File.AppendAllText(path, text.ToString());
+        ResultsFile.Append(path, text.ToString());
         AnsiConsole.MarkupLine($"results appended to {Markup.Escape(path)}");
     }
 

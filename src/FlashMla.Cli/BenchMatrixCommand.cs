@@ -30,7 +30,7 @@ internal static class BenchMatrixCommand
         var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 3 };
         var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
         var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
-        var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var distinct = new Option<bool>("--distinct-sequences")
         {
             Description = "Every request in flight decodes its own b sequences (as separate model hosts would), so the server's batcher " +
@@ -288,7 +288,7 @@ internal static class BenchMatrixCommand
         text.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var r in rows) text.AppendLine("| " + string.Join(" | ", Cells(r)) + " |");
         text.AppendLine();
-        File.AppendAllText(path, text.ToString());
+        ResultsFile.Append(path, text.ToString());
         AnsiConsole.MarkupLine($"results appended to {Markup.Escape(path)}");
     }
 }

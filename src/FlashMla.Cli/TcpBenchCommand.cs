@@ -19,7 +19,7 @@ internal static class TcpBenchCommand
         var connections = new Option<string>("--connections") { Description = "Connection counts, comma-separated (e.g. 1,2,4,8)", DefaultValueFactory = _ => "1" };
         var seconds = new Option<double>("--seconds") { Description = "How long each count runs", DefaultValueFactory = _ => 3 };
         var messageBytes = new Option<int>("--message-bytes") { Description = "Bytes per send", DefaultValueFactory = _ => 4 * 1024 * 1024 };
-        var output = new Option<string?>("--out") { Description = "Append the results to this markdown file" };
+        var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("tcpbench", "Raw loopback TCP throughput, one way, over N connections") { connections, seconds, messageBytes, output };
         command.SetAction((parse, token) => RunAsync(BenchMatrixCommand.ParseList(parse.GetValue(connections)!), parse.GetValue(seconds),
             parse.GetValue(messageBytes), parse.GetValue(output), token));
@@ -53,7 +53,7 @@ internal static class TcpBenchCommand
             text.AppendLine("| --- | --- | --- |");
             foreach (var line in lines) text.AppendLine(line);
             text.AppendLine();
-            File.AppendAllText(output, text.ToString());
+            ResultsFile.Append(output, text.ToString());
         }
         return 0;
     }

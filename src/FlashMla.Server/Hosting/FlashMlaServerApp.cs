@@ -49,7 +49,7 @@ public static class FlashMlaServerApp
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var address = options.ListenAddress == "loopback" ? IPAddress.Loopback : IPAddress.Any;
-            // Large windows and frames: a decode step moves megabytes each way (DESIGN.md, "The data plane").
+            // Large windows and frames: a decode step moves megabytes each way (docs/architecture.md, "Why the data plane is a hot path").
             kestrel.Limits.Http2.InitialConnectionWindowSize = 64 * 1024 * 1024;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
             // Clients that advertise a large SETTINGS_MAX_FRAME_SIZE (FlashMla.Client's LargeFrameHttp2Handler) get
