@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Builds the native kernels (needs nvcc 13.0 and an sm_90a target):
 #   build/flashmla.fatbin        the module the C# service loads (cuModuleLoadData): only its kernels
-#   build/flashmla_check         checks and bench, linking the same kernel sources plus the
-#                                harness-only decode variants (check/decode_variants.cu)
+#   build/flashmla_check         checks and bench, linking the same kernel sources
 #   build/ptxas.txt              the -Xptxas -v resource report of the module
-#   build/ptxas_harness.txt      the same for the harness (variants included)
+#   build/ptxas_harness.txt      the same for the harness
 set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}
@@ -14,7 +13,7 @@ mkdir -p build
 fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
 rc=0
-"$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check check/flashmla_check.cu check/decode_variants.cu \
+"$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check check/flashmla_check.cu \
     kernels/flashmla_module.cu -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
 wait "$fatbin_pid" || rc=$?
 cat build/ptxas.txt

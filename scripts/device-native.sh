@@ -2,7 +2,7 @@
 # One device round for the native kernels (run on the GPU machine from the
 # repository root, or from a copy that holds native/ and scripts/): build,
 # resource report, SASS summary, the scheduler test, all checks (of the
-# exported decode and of each harness-only variant), then the steady-state
+# exported decode and of any harness-only candidate), then the steady-state
 # bench of those that passed. Logs land in $OUT (the device tool brings them
 # back); a short table last.
 #
@@ -30,7 +30,7 @@ echo "build rc=$build_rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.log"
 if [ "$build_rc" -ne 0 ]; then tail -60 "$OUT/build.log"; exit 1; fi
 
 # Per-kernel instruction counts: tensor-core, TMA, barrier instructions, and
-# anything in local memory, for the module and the harness's decode variants.
+# anything in local memory, for the module and the harness (any candidate).
 for bin in build/flashmla.fatbin build/flashmla_check; do cuobjdump -sass "$bin"; done > build/sass.txt 2>&1
 awk '/Function :/ {f=$3} f ~ /decode|combine/ {for (k in pat) if ($0 ~ pat[k]) n[f" "k]++}
      BEGIN {split("HGMMA UTMALDG UTMAPF LDL STL BAR MUFU.EX2 SHFL WARPGROUP SYNCS", a, " "); for (i in a) pat[a[i]]=a[i]"[. ]"}

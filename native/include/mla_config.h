@@ -21,8 +21,7 @@ constexpr int kStages = 2;                               // page buffers
 
 // ---- shared memory (bytes) -----------------------------------------------
 // Q tile | kStages pages | P tile (64 x 64 bf16) | 512 bytes of mbarriers and
-// per-row values. v15 uses all of it; the seesaw (v16) keeps its P tiles in
-// the pages' rope blocks and its state where v15 has the P tile.
+// per-row values.
 constexpr int kRowBytes = kDimK * 2;                     // 1152
 constexpr int kRowChunks = kRowBytes / 16;               // 72 16-byte chunks a row
 constexpr int kTileBytes = kPage * kRowBytes;            // 73728: one page or the Q tile

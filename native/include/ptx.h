@@ -2,8 +2,8 @@
 // Each wrapper names its instruction, its operand constraints and what the
 // caller must guarantee. sm_80+ instructions (cp.async, ex2, bf16 packing,
 // streaming loads) and sm_90a ones (wgmma, its descriptors and fences,
-// fence.proxy.async, mbarriers, TMA, an L2 cache policy) for the Hopper
-// decode kernels (decode_sm90_tma.cu, decode_sm90_seesaw.cu).
+// fence.proxy.async, mbarriers, TMA) for the Hopper decode kernel
+// (decode_sm90_tma.cu).
 // Build for sm_90a: -gencode=arch=compute_90a,code=sm_90a.
 #pragma once
 #include <cstdint>
@@ -328,26 +328,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int x
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
-        : "memory");
-}
-
-// createpolicy.fractional.L2::evict_first.b64 policy, 1.0: an L2 cache
-// policy under which the lines a load brings in are the first to be evicted
-// (data read once: the KV pages). Pass it to tma_load_2d_hint.
-__device__ __forceinline__ uint64_t l2_policy_evict_first() {
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    return policy;
-}
-
-// tma_load_2d with an L2 cache policy (.L2::cache_hint; from
-// l2_policy_evict_first): the same copy, the lines it brings into L2 marked
-// by the policy.
-__device__ __forceinline__ void tma_load_2d_hint(uint32_t dst, const void* map, int x, int y, uint32_t bar,
-                                                 uint64_t policy) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
         : "memory");
 }
 

@@ -1,8 +1,7 @@
 // decode_export.cu -- flashmla_decode_splitkv, the decode kernel of the
 // service ABI: v15 (decode_sm90_tma.cu: warpgroup roles, pages by TMA on three
-// gates). The module holds no other decode implementation; the seesaw (v16)
-// and the versions before are in NOTES.md, in git, and (v16) in the check
-// harness only (check/decode_variants.cu).
+// gates). The module holds no other decode implementation; the ones tried
+// before and after it (v16 seesaw, v17 L2 prefetch) are in NOTES.md and git.
 #include "mla_config.h"
 #include "decode_sm90_tma.cu"
 
