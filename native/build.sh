@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Builds the native kernels (needs nvcc 13.0 and an sm_90a target):
-#   build/flashmla.fatbin  the module the C# service loads (cuModuleLoadData)
-#   build/flashmla_check   checks and bench, linking the same kernel sources
-#   build/ptxas.txt        the -Xptxas -v resource report of the module
+#   build/flashmla.fatbin        the module the C# service loads (cuModuleLoadData): only its kernels
+#   build/flashmla_check         checks and bench, linking the same kernel sources
+#   build/ptxas.txt              the -Xptxas -v resource report of the module
+#   build/ptxas_harness.txt      the same for the harness
 set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}
 FLAGS=(-O3 -std=c++17 "-gencode=arch=compute_90a,code=sm_90a" -I/usr/local/cuda/include/cccl -Iinclude)
-# MLA_DECODE_EXPORT=N picks the exported decode implementation (default: mla_config.h)
-if [ -n "${MLA_DECODE_EXPORT:-}" ]; then FLAGS+=("-DMLA_DECODE_EXPORT=$MLA_DECODE_EXPORT"); fi
 mkdir -p build
 "$NVCC" "${FLAGS[@]}" -Xptxas -v --fatbin -o build/flashmla.fatbin kernels/flashmla_module.cu > build/ptxas.txt 2>&1 &
 fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
-"$NVCC" "${FLAGS[@]}" -lineinfo -o build/flashmla_check check/flashmla_check.cu kernels/flashmla_module.cu \
-    -lcublas -lcuda
 rc=0
+"$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check check/flashmla_check.cu \
+    kernels/flashmla_module.cu -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
 wait "$fatbin_pid" || rc=$?
 cat build/ptxas.txt
+if [ "$rc" -ne 0 ]; then grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_harness.txt | head -80; fi
 exit "$rc"

@@ -1,21 +1,23 @@
 // flashmla_check.cu -- native check and bench harness for the FlashMLA kernels.
 //
-//   flashmla_check [--fatbin PATH] [--kernel NAME]   all checks (default) of the decode
-//                         kernel NAME (default flashmla_decode_splitkv, the exported one;
-//                         or flashmla_decode_v2_mma, _v5_wgmma_roles, _v14_tma, _v15_tma_block_gates)
-//   flashmla_check --bench [--results FILE] [--kernels A,B,..]   decode timings of the
-//                         named kernels (default all) on the issue-4 grid + HBM / cuBLAS ceilings
-//                         [--shapes I,J,..] a subset of the grid; [--rounds R --reps N] R interleaved
-//                         rounds of N runs per kernel (default 1 x 60)
+//   flashmla_check [--fatbin PATH] [--kernel NAME]   all checks (default) of the
+//                         decode kernel NAME (default flashmla_decode_splitkv, the exported one;
+//                         or a harness-only candidate listed in kDecodeKernels, if any)
+//   flashmla_check --bench [--results FILE] [--kernels A,B,..]   steady-state timings (bench.cuh)
+//                         of the named kernels (default all) on issue 16's 44-shape grid + the HBM
+//                         read and bf16 matrix ceilings, FlashMLA's H200 times beside ours
+//                         [--shapes I,J,..] a subset of the grid; [--rounds R] [--reps N]
+//                         [--warmup-s S] [--rewarm-s S] [--time-s S]; [--quick] the short mode
 //   flashmla_check --bench --shape I [--kernel NAME]   one bench shape (0..4 = DESIGN.md's),
-//                         one kernel, no ceilings (for ncu)
+//                         one kernel, quick, no ceilings (for ncu)
 //
 // Checks follow DESIGN.md: random inputs, fp32 reference kernel, KV rows past
 // each length = NaN, outputs (and split scratch) poisoned with NaN before each
 // run, shuffled block tables, varlen batches. One line per case, a summary,
 // exit code 1 on any failure. A few cases launch through the driver API from
 // the fatbin exactly as the C# service does (cuModuleLoadData + cuLaunchKernel
-// with one pointer to the params struct).
+// with one pointer to the params struct); the others through the runtime.
+//   flashmla_check --list-kernels   the decode kernels it can check and time, one a line
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -85,19 +87,19 @@ struct Device {
 };
 Device g_dev;
 
-// Every decode kernel in the module; [0] is the service's exported one (a
-// wrapper around implementation MLA_DECODE_EXPORT). All take the same launch.
+// Decode kernels the harness can check and time: [0] is the service's (the
+// module's flashmla_decode_splitkv). A candidate is added here, built into
+// the harness only (its own .cu on build.sh's harness line), so that it is
+// checked and timed in the same run as the exported one; all take the same
+// launch. None is kept between milestones (issue 16: NOTES.md says which
+// were tried, git has their code).
 struct DecodeKernel {
     const char* name;
     const char* label;
     const void* fn;
 };
 const DecodeKernel kDecodeKernels[] = {
-    {"flashmla_decode_splitkv", "exported", reinterpret_cast<const void*>(flashmla_decode_splitkv)},
-    {"flashmla_decode_v2_mma", "v2 mma.sync", reinterpret_cast<const void*>(flashmla_decode_v2_mma)},
-    {"flashmla_decode_v5_wgmma_roles", "v5 wgmma roles", reinterpret_cast<const void*>(flashmla_decode_v5_wgmma_roles)},
-    {"flashmla_decode_v14_tma", "v14 TMA pages", reinterpret_cast<const void*>(flashmla_decode_v14_tma)},
-    {"flashmla_decode_v15_tma_block_gates", "v15 TMA block gates", reinterpret_cast<const void*>(flashmla_decode_v15_tma_block_gates)},
+    {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv)},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
@@ -177,19 +179,20 @@ void encode_kv_map(MlaDecodeParams& P, const void* alloc, size_t total_rows, int
     P.kv_map_row0 = row0;
 }
 
-// The decode step exactly as the service runs it: split kernel, then combine.
+// The decode step exactly as the service runs it: split kernel, then combine
+// (two plain launches on one stream). Through the driver API the kernels come
+// from the fatbin, as in the C# backend.
 // kernel: index into kDecodeKernels (the driver path always uses g_dev.kernel).
 void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t stream, int kernel = g_dev.kernel) {
     const dim3 grid_decode(P.num_row_groups, P.num_sm_parts, 1);
     const dim3 grid_combine(P.batch, ceil_div(P.rows_per_seq, MLA_COMBINE_ROWS_PER_CTA), 1);
+    void* args[] = {const_cast<MlaDecodeParams*>(&P)};
     if (via_driver) {
-        void* args[] = {const_cast<MlaDecodeParams*>(&P)};
         CU(cuLaunchKernel(g_dev.f_decode, grid_decode.x, grid_decode.y, 1, MLA_DECODE_THREADS, 1, 1,
                           MLA_DECODE_SMEM_BYTES, stream, args, nullptr));
         CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,
                           args, nullptr));
     } else {
-        void* args[] = {const_cast<MlaDecodeParams*>(&P)};
         CK(cudaLaunchKernel(kDecodeKernels[kernel].fn, grid_decode, dim3(MLA_DECODE_THREADS), args,
                             MLA_DECODE_SMEM_BYTES, stream));
         flashmla_combine<<<grid_combine, MLA_COMBINE_THREADS, 0, stream>>>(P);
@@ -685,351 +688,15 @@ int run_checks() {
     }
 
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("SUMMARY checks [decode %s, MLA_DECODE_EXPORT=%d]: %d cases, %d failed, worst out rel err %.2e, worst lse err %.1e, %.1f s%s\n",
-                kDecodeKernels[g_dev.kernel].name, MLA_DECODE_EXPORT,
+    std::printf("SUMMARY checks [decode %s]: %d cases, %d failed, worst out rel err %.2e, worst lse err %.1e, %.1f s%s\n",
+                kDecodeKernels[g_dev.kernel].name,
                 sum.cases, sum.failed, sum.worst_rel, sum.worst_lse, secs,
                 g_dev.module ? "" : " (driver-API cases ran through the runtime)");
     return sum.failed == 0 ? 0 : 1;
 }
 
-// ------------------------------------------------------------------ bench --
-
-float median(std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
-struct Ceilings {
-    double hbm_read_gbs = 0, d2d_gbs = 0, cublas_tflops = 0;
-};
-
-Ceilings measure_ceilings() {
-    Ceilings c;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    {  // HBM read: 4 GiB streamed once per run
-        const size_t bytes = 4ull << 30;
-        uint4* buf = dalloc<uint4>(bytes / 16);
-        uint4* sink = dalloc<uint4>(1);
-        check::fill_normal_bf16<<<4096, 256>>>(reinterpret_cast<bf16*>(buf), bytes / 2, 7, 1.f);
-        std::vector<float> t;
-        for (int i = 0; i < 13; ++i) {
-            CK(cudaEventRecord(e0));
-            check::hbm_read<<<g_dev.sm_count * 4, 1024>>>(buf, bytes / 16, sink);
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (i >= 3) t.push_back(ms);
-        }
-        c.hbm_read_gbs = bytes / (median(t) * 1e-3) / 1e9;
-        t.clear();
-        const size_t half = bytes / 2;
-        for (int i = 0; i < 8; ++i) {
-            CK(cudaEventRecord(e0));
-            CK(cudaMemcpyAsync(reinterpret_cast<char*>(buf) + half, buf, half, cudaMemcpyDeviceToDevice));
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (i >= 2) t.push_back(ms);
-        }
-        c.d2d_gbs = 2.0 * half / (median(t) * 1e-3) / 1e9;  // bytes read + written
-        CK(cudaFree(buf));
-        CK(cudaFree(sink));
-    }
-    {  // cuBLAS bf16 8192^3, fp32 accumulate, random data
-        const int n = 8192;
-        bf16 *a = dalloc<bf16>((size_t)n * n), *b = dalloc<bf16>((size_t)n * n), *d = dalloc<bf16>((size_t)n * n);
-        check::fill_normal_bf16<<<4096, 256>>>(a, (size_t)n * n, 11, 1.f);
-        check::fill_normal_bf16<<<4096, 256>>>(b, (size_t)n * n, 12, 1.f);
-        cublasHandle_t h;
-        CB(cublasCreate(&h));
-        const float alpha = 1.f, beta = 0.f;
-        std::vector<float> t;
-        for (int i = 0; i < 23; ++i) {
-            CK(cudaEventRecord(e0));
-            CB(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, d,
-                            CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (i >= 3) t.push_back(ms);
-        }
-        c.cublas_tflops = 2.0 * n * n * (double)n / (median(t) * 1e-3) / 1e12;
-        CB(cublasDestroy(h));
-        CK(cudaFree(a));
-        CK(cudaFree(b));
-        CK(cudaFree(d));
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return c;
-}
-
-struct BenchShape {
-    std::string name;
-    int b, s_k, h_q, s_q;
-    bool varlen;
-    double flashmla_us;  // DESIGN.md's FlashMLA time on the H100; 0 where it lists none
-};
-
-struct BenchResult {
-    double us = 0, gbs = 0, tflops = 0;
-    double min_round_us = 0;  // the fastest round's median (rounds interleave the kernels)
-};
-
-// Bench repetition: `rounds` rounds, each timing every kernel `reps` times in
-// turn (order reversed every other round), so clock, thermal and order drift
-// hit all kernels alike. us = median of all runs of a kernel.
-int g_bench_rounds = 1, g_bench_reps = 60;
-std::vector<int> g_bench_shapes;  // indices into bench_grid(); empty = all
-
-struct BenchRow {
-    BenchShape shape;
-    int parts = 0, splits = 0;
-    double gbytes = 0, gflop = 0;
-    BenchResult k[kNumDecodeKernels];  // per kDecodeKernels entry (0 where not timed)
-};
-
-// The issue-4 grid. The first five are DESIGN.md's shapes (--shape 0..4).
-std::vector<BenchShape> bench_grid() {
-    std::vector<BenchShape> v = {
-        {"", 128, 8192, 16, 1, false, 420},  {"", 128, 4096, 16, 1, false, 223}, {"", 128, 8192, 128, 1, false, 541},
-        {"", 128, 8192, 128, 2, false, 921}, {"", 128, 4096, 64, 2, true, 295},
-    };
-    auto listed = [&](int b, int sk, int h, int sq, bool vl) {
-        for (const BenchShape& x : v)
-            if (x.b == b && x.s_k == sk && x.h_q == h && x.s_q == sq && x.varlen == vl) return true;
-        return false;
-    };
-    for (int vl = 0; vl < 2; ++vl)
-        for (int sk : {4096, 8192})
-            for (int h : {16, 32, 64, 128})
-                for (int sq : {1, 2})
-                    if (!listed(128, sk, h, sq, vl != 0)) v.push_back({"", 128, sk, h, sq, vl != 0, 0});
-    for (int b : {1, 8, 32})
-        for (int sk : {4096, 32768})
-            for (int h : {16, 128}) v.push_back({"", b, sk, h, 1, false, 0});
-    for (BenchShape& x : v) {
-        char n[96];
-        std::snprintf(n, sizeof n, "b%d s_k %d h_q %d s_q %d%s", x.b, x.s_k, x.h_q, x.s_q, x.varlen ? " varlen" : "");
-        x.name = n;
-    }
-    return v;
-}
-
-// Times decode + combine for the kernels in `which` (bit i: kDecodeKernels[i])
-// on the same three input sets, one kernel after the other.
-BenchRow bench_shape(const BenchShape& s, int which) {
-    std::mt19937_64 rng(777 + s.s_k + s.h_q * 3 + s.s_q + s.b * 7);
-    std::vector<int> lens(s.b, s.s_k);
-    if (s.varlen) {  // FlashMLA's varlen: normal(mean, mean/2), at least s_q
-        std::normal_distribution<double> nd(s.s_k, s.s_k / 2.0);
-        for (int& l : lens) l = std::max<int>(s.s_q, (int)nd(rng));
-    }
-    const int rows = s.s_q * s.h_q, groups = ceil_div(rows, MLA_ROWS_PER_CTA);
-    const int parts = default_num_sm_parts(g_dev.sm_count, groups);
-    const TileSchedule sched = compute_tile_schedule(lens, parts);
-    int max_nb = 0, total_pages = 0;
-    long long tokens = 0;
-    for (int l : lens) {
-        max_nb = std::max(max_nb, ceil_div(l, 64));
-        total_pages += ceil_div(l, 64);
-        tokens += l;
-    }
-    const int stride = max_nb;
-    constexpr int kSets = 3;  // rotate so no input set sits in L2
-    struct Set { bf16 *pool, *q, *out; int *bt; float *lse, *oacc, *lacc; };
-    Set sets[kSets];
-    int* d_lens = dalloc<int>(s.b);
-    int* d_meta = dalloc<int>(sched.sched_meta.size());
-    int* d_ns = dalloc<int>(sched.num_splits.size());
-    upload(d_lens, lens);
-    upload(d_meta, sched.sched_meta);
-    upload(d_ns, sched.num_splits);
-    std::vector<MlaDecodeParams> P(kSets);
-    for (int k = 0; k < kSets; ++k) {
-        const size_t pool_elems = (size_t)total_pages * 64 * MLA_HEAD_DIM_K;
-        sets[k].pool = dalloc<bf16>(pool_elems);
-        sets[k].q = dalloc<bf16>((size_t)s.b * rows * MLA_HEAD_DIM_K);
-        sets[k].out = dalloc<bf16>((size_t)s.b * rows * MLA_HEAD_DIM_V);
-        sets[k].lse = dalloc<float>((size_t)s.b * rows);
-        sets[k].oacc = dalloc<float>((size_t)sched.total_splits() * rows * MLA_HEAD_DIM_V);
-        sets[k].lacc = dalloc<float>((size_t)sched.total_splits() * rows);
-        sets[k].bt = dalloc<int>((size_t)s.b * stride);
-        std::vector<int> perm(total_pages), bt((size_t)s.b * stride, 0);
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), rng);
-        for (int b = 0, i = 0; b < s.b; ++b)
-            for (int j = 0; j < ceil_div(lens[b], 64); ++j) bt[(size_t)b * stride + j] = perm[i++];
-        upload(sets[k].bt, bt);
-        check::fill_normal_bf16<<<4096, 256>>>(sets[k].pool, pool_elems, 100 + k, 1.f);
-        check::fill_normal_bf16<<<1024, 256>>>(sets[k].q, (size_t)s.b * rows * MLA_HEAD_DIM_K, 200 + k, 1.f);
-        CK(cudaGetLastError());
-        MlaDecodeParams& p = P[k];
-        p = MlaDecodeParams{};
-        p.q = sets[k].q; p.kv_pool = sets[k].pool; p.block_table = sets[k].bt; p.seq_lens = d_lens;
-        encode_kv_map(p, sets[k].pool, (size_t)total_pages * 64, 0);
-        p.sched_meta = d_meta; p.num_splits = d_ns; p.out = sets[k].out; p.lse = sets[k].lse;
-        p.o_accum = sets[k].oacc; p.lse_accum = sets[k].lacc;
-        p.batch = s.b; p.s_q = s.s_q; p.h_q = s.h_q; p.rows_per_seq = rows; p.num_row_groups = groups;
-        p.block_table_stride = stride; p.num_sm_parts = parts; p.num_blocks = total_pages;
-        p.softmax_scale = kSoftmaxScale; p.scale_log2 = (float)(kSoftmaxScale * kLog2e);
-    }
-    BenchRow row;
-    row.shape = s;
-    row.parts = parts;
-    row.splits = sched.total_splits();
-    row.gbytes = ((double)tokens * MLA_HEAD_DIM_K * 2 + (double)s.b * rows * MLA_HEAD_DIM_K * 2 +
-                  (double)s.b * rows * MLA_HEAD_DIM_V * 2) / 1e9;
-    row.gflop = 2.0 * rows * (MLA_HEAD_DIM_K + MLA_HEAD_DIM_V) * (double)tokens / 1e9;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<int> kerns;
-    for (int kern = 0; kern < kNumDecodeKernels; ++kern)
-        if (which & (1 << kern)) kerns.push_back(kern);
-    std::vector<std::vector<float>> all(kNumDecodeKernels);
-    std::vector<double> best(kNumDecodeKernels, 1e30);
-    for (int round = 0; round < g_bench_rounds; ++round) {
-        for (size_t ki = 0; ki < kerns.size(); ++ki) {
-            const int kern = (round & 1) ? kerns[kerns.size() - 1 - ki] : kerns[ki];
-            for (int i = 0; i < (round == 0 ? 6 : 2); ++i) launch_decode_step(P[i % kSets], false, 0, kern);
-            CK(cudaDeviceSynchronize());
-            std::vector<float> t;
-            for (int i = 0; i < g_bench_reps; ++i) {
-                CK(cudaEventRecord(e0));
-                launch_decode_step(P[i % kSets], false, 0, kern);
-                CK(cudaEventRecord(e1));
-                CK(cudaEventSynchronize(e1));
-                float ms;
-                CK(cudaEventElapsedTime(&ms, e0, e1));
-                t.push_back(ms);
-            }
-            best[kern] = std::min(best[kern], (double)median(t));
-            all[kern].insert(all[kern].end(), t.begin(), t.end());
-        }
-    }
-    for (int kern : kerns) {
-        const double sec = median(all[kern]) * 1e-3;
-        row.k[kern] = BenchResult{sec * 1e6, row.gbytes / sec, row.gflop / sec / 1e3, best[kern] * 1e3};
-    }
-    for (int k = 0; k < kSets; ++k)
-        for (void* p : std::initializer_list<void*>{sets[k].pool, sets[k].q, sets[k].out, sets[k].bt, sets[k].lse,
-                                                    sets[k].oacc, sets[k].lacc})
-            CK(cudaFree(p));
-    CK(cudaFree(d_lens));
-    CK(cudaFree(d_meta));
-    CK(cudaFree(d_ns));
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return row;
-}
-
-int run_bench(const std::string& results_path, int only_shape, unsigned which) {
-    std::vector<BenchShape> grid = bench_grid();
-    if (only_shape < 0 && !g_bench_shapes.empty()) {  // --shapes: a subset, in the order given
-        std::vector<BenchShape> sub;
-        for (int i : g_bench_shapes)
-            if (i >= 0 && i < (int)grid.size()) sub.push_back(grid[i]);
-        grid = sub;
-    }
-    if (only_shape >= 0) {  // one shape, one kernel, no ceilings: for profilers (ncu)
-        const BenchRow r = bench_shape(grid[only_shape % grid.size()], 1u << g_dev.kernel);
-        const BenchResult& k = r.k[g_dev.kernel];
-        std::printf("%s [%s]: %.1f us, %.0f GB/s, %.1f TFLOP/s\n", r.shape.name.c_str(), kDecodeKernels[g_dev.kernel].name,
-                    k.us, k.gbs, k.tflops);
-        return 0;
-    }
-    const Ceilings c = measure_ceilings();
-    std::vector<BenchRow> rows;
-    for (const BenchShape& s : grid) {
-        rows.push_back(bench_shape(s, which));
-        const BenchRow& r = rows.back();
-        std::printf("bench %-32s", s.name.c_str());
-        for (int k = 0; k < kNumDecodeKernels; ++k)
-            if (which & (1u << k))
-                std::printf(" | %s %7.1f us (min round %7.1f)", kDecodeKernels[k].label, r.k[k].us, r.k[k].min_round_us);
-        std::printf("\n");
-        std::fflush(stdout);
-    }
-
-    char date[64];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
-    int driver = 0, runtime = 0;
-    cudaDriverGetVersion(&driver);
-    cudaRuntimeGetVersion(&runtime);
-    std::ostringstream os;
-    char line[768];
-    os << "# flashmla_check --bench\n";
-    os << "date: " << date << "\n";
-    os << "gpu: " << g_dev.prop.name << ", " << g_dev.sm_count << " SMs, L2 " << g_dev.prop.l2CacheSize / (1 << 20)
-       << " MiB, driver " << driver << ", runtime " << runtime << "\n";
-    os << "kernels: flashmla_decode_splitkv (exported) = implementation v" << MLA_DECODE_EXPORT
-       << " (MLA_DECODE_EXPORT); each timed with flashmla_combine\n";
-    std::snprintf(line, sizeof line,
-                  "ceilings: HBM read %.0f GB/s (read-only kernel, 4 GiB), D2D memcpy %.0f GB/s (read+write), "
-                  "cuBLAS bf16 8192^3 %.0f TFLOP/s\n",
-                  c.hbm_read_gbs, c.d2d_gbs, c.cublas_tflops);
-    os << line;
-    os << "repetition: " << g_bench_rounds << " rounds x " << g_bench_reps << " runs per kernel\n";
-    os << "bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; varlen = normal(s_k, s_k/2), at "
-          "least s_q; median of all runs over 3 rotated input sets (rounds x reps below, kernels interleaved round by round), min round = the fastest round's median; time = decode + combine; %HBM = GB/s over the HBM "
-          "read ceiling, %cuBLAS = TFLOP/s over the cuBLAS ceiling; vs FlashMLA = FlashMLA's time over ours "
-          "(100% = as fast)\n\n";
-    for (int kern = 0; kern < kNumDecodeKernels; ++kern) {
-        if (!(which & (1u << kern))) continue;
-        os << "## " << kDecodeKernels[kern].name << " (" << kDecodeKernels[kern].label << ")\n\n";
-        std::snprintf(line, sizeof line, "| %-32s | %9s | %9s | %8s | %6s | %8s | %7s | %5s | %6s | %11s | %9s |\n",
-                      "shape", "us", "min round", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "parts", "splits", "FlashMLA us",
-                      "vs FlashMLA");
-        os << line;
-        os << "| -------------------------------- | --------: | --------: | -------: | -----: | -------: | ------: | ----: | "
-              "-----: | ----------: | --------: |\n";
-        for (const BenchRow& r : rows) {
-            const BenchResult& k = r.k[kern];
-            char fm[32] = "", ratio[32] = "";
-            if (r.shape.flashmla_us > 0) {
-                std::snprintf(fm, sizeof fm, "%.0f", r.shape.flashmla_us);
-                std::snprintf(ratio, sizeof ratio, "%.0f%%", 100.0 * r.shape.flashmla_us / k.us);
-            }
-            std::snprintf(line, sizeof line,
-                          "| %-32s | %9.1f | %9.1f | %8.0f | %5.1f%% | %8.1f | %6.1f%% | %5d | %6d | %11s | %9s |\n",
-                          r.shape.name.c_str(), k.us, k.min_round_us, k.gbs, 100.0 * k.gbs / c.hbm_read_gbs, k.tflops,
-                          100.0 * k.tflops / c.cublas_tflops, r.parts, r.splits, fm, ratio);
-            os << line;
-        }
-        os << "\n";
-    }
-    if (!results_path.empty()) {
-        std::ofstream f(results_path);
-        f << os.str();
-        std::printf("results written to %s\n", results_path.c_str());
-    }
-
-    // Short table last: DESIGN.md's five shapes; us (%HBM / %cuBLAS) per kernel.
-    std::printf("\nSHORT %s, HBM read %.0f GB/s, cuBLAS %.0f TFLOP/s, exported = v%d; cells: us %%HBM %%cuBLAS\n",
-                g_dev.prop.name, c.hbm_read_gbs, c.cublas_tflops, MLA_DECODE_EXPORT);
-    std::printf("| %-26s", "shape (b=128)");
-    for (int k = 0; k < kNumDecodeKernels; ++k)
-        if (which & (1u << k)) std::printf(" | %-18s", kDecodeKernels[k].label);
-    std::printf(" | FlashMLA |\n");
-    for (size_t i = 0; i < rows.size(); ++i) {
-        const BenchRow& r = rows[i];
-        if (r.shape.flashmla_us <= 0) continue;  // DESIGN.md's five shapes only
-        std::printf("| %-26s", r.shape.name.c_str() + 5);
-        for (int k = 0; k < kNumDecodeKernels; ++k)
-            if (which & (1u << k))
-                std::printf(" | %5.0f %3.0f%% %3.0f%%   ", r.k[k].us, 100.0 * r.k[k].gbs / c.hbm_read_gbs,
-                            100.0 * r.k[k].tflops / c.cublas_tflops);
-        std::printf(" | %5.0f us |\n", r.shape.flashmla_us);
-    }
-    return 0;
-}
+// The bench (--bench): steady-state timing of the whole step, with ceilings.
+#include "bench.cuh"
 
 }  // namespace
 
@@ -1040,14 +707,22 @@ int main(int argc, char** argv) {
     std::string fatbin = "native/build/flashmla.fatbin", results;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
+        if (a == "--list-kernels") {  // the decode kernels this harness can check and time, one a line
+            for (const DecodeKernel& k : kDecodeKernels) std::printf("%s\n", k.name);
+            return 0;
+        }
         if (a == "--bench") bench = true;
         else if (a == "--check") bench = false;
         else if (a == "--fatbin" && i + 1 < argc) fatbin = argv[++i];
         else if (a == "--results" && i + 1 < argc) results = argv[++i];
         else if (a == "--shape" && i + 1 < argc) only_shape = std::atoi(argv[++i]);
         else if (a == "--kernel" && i + 1 < argc) g_dev.kernel = decode_kernel_index(argv[++i]);
-        else if (a == "--rounds" && i + 1 < argc) g_bench_rounds = std::max(1, std::atoi(argv[++i]));
-        else if (a == "--reps" && i + 1 < argc) g_bench_reps = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--rounds" && i + 1 < argc) g_bench.rounds = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--reps" && i + 1 < argc) g_bench.reps = std::max(1, std::atoi(argv[++i]));
+        else if (a == "--warmup-s" && i + 1 < argc) g_bench.warmup_s = std::atof(argv[++i]);
+        else if (a == "--rewarm-s" && i + 1 < argc) g_bench.rewarm_s = std::atof(argv[++i]);
+        else if (a == "--time-s" && i + 1 < argc) g_bench.time_s = std::atof(argv[++i]);
+        else if (a == "--quick") g_bench.quick = true;
         else if (a == "--shapes" && i + 1 < argc) {
             std::stringstream list(argv[++i]);
             for (std::string x; std::getline(list, x, ',');)
@@ -1060,9 +735,11 @@ int main(int argc, char** argv) {
                 if (!name.empty()) which |= 1u << decode_kernel_index(name);
         } else {
             std::fprintf(stderr,
-                         "usage: %s [--check] [--kernel NAME] [--bench [--shape I] [--shapes I,J] [--kernels A,B] [--rounds R] "
-                         "[--reps N]] [--fatbin PATH] "
-                         "[--results FILE]\n",
+                         "usage: %s [--check] [--kernel NAME] [--fatbin PATH] | --list-kernels\n"
+                         "       %s --bench [--results FILE] [--kernels A,B] [--shapes I,J] [--rounds R] [--reps N]\n"
+                         "           [--warmup-s S] [--rewarm-s S] [--time-s S] [--quick]\n"
+                         "       %s --bench --shape I [--kernel NAME]\n",
+                         argv[0], argv[0],
                          argv[0]);
             return 2;
         }

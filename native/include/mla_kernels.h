@@ -6,13 +6,6 @@
 
 extern "C" {
 __global__ void flashmla_decode_splitkv(const __grid_constant__ MlaDecodeParams p);
-// Each decode implementation under its own name (same launch; not part of the
-// service ABI, which has flashmla_decode_splitkv = the one mla_config.h's
-// MLA_DECODE_EXPORT selects).
-__global__ void flashmla_decode_v2_mma(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v5_wgmma_roles(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p);
-__global__ void flashmla_decode_v15_tma_block_gates(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_combine(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_append_kv(const __grid_constant__ KvAppendParams p);

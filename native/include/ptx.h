@@ -1,8 +1,9 @@
 // ptx.h -- every inline-PTX instruction the kernels use, wrapped once.
 // Each wrapper names its instruction, its operand constraints and what the
-// caller must guarantee. sm_80+ instructions (mma.sync, ldmatrix, cp.async)
-// for the v2 decode kernel; sm_90a instructions (wgmma, its descriptors and
-// fences, fence.proxy.async) for the Hopper decode kernels (decode_sm90_roles.cu, decode_sm90_tma.cu).
+// caller must guarantee. sm_80+ instructions (cp.async, ex2, bf16 packing,
+// streaming loads) and sm_90a ones (wgmma, its descriptors and fences,
+// fence.proxy.async, mbarriers, TMA) for the Hopper decode kernel
+// (decode_sm90_tma.cu).
 // Build for sm_90a: -gencode=arch=compute_90a,code=sm_90a.
 #pragma once
 #include <cstdint>
@@ -37,44 +38,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16 {d0..d3}, [addr];
-// Four 8x8 b16 matrices. Lanes 8m..8m+7 give the 16-byte-aligned addresses of
-// rows 0..7 of matrix m. Afterwards d[m] of lane l holds row l/4, columns
-// 2*(l%4), 2*(l%4)+1 of matrix m (the mma A/B fragment order). Warp-wide,
-// all 32 lanes must execute it. Conflict-free when each 8-lane phase hits 8
-// distinct 16-byte bank groups.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&d)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(addr));
-}
-
-// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {d0..d3}, [addr];
-// Same addressing as ldmatrix_x4, but each matrix is transposed on the way:
-// d[m] of lane l holds rows 2*(l%4), 2*(l%4)+1 of column l/4 of the stored
-// matrix m. Used to read a row-major [k][n] tile as an mma B fragment.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&d)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(addr));
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32  D = A*B + C (in place).
-// Fragments (g = lane/4, t = lane%4), each b32 register = 2 bf16, low half
-// first:
-//   A 16x16 row-major: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..),
-//                      a3 = (g+8, 2t+8..)
-//   B 16x8 (k x n):    b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
-//   C/D 16x8 fp32:     c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
-// Warp-wide.
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // ex2.approx.ftz.f32: 2^x, about 2 ulp; ex2(-inf) = +0, which the masked

@@ -1,6 +1,6 @@
 // sw128_tile.cuh -- the 128-byte-swizzled 64 x 576 bf16 tile (a Q tile or a
-// KV page) of the Hopper decode kernels (decode_sm90_roles.cu,
-// decode_sm90_tma.cu), shared with the wgmma unit check.
+// KV page) of the Hopper decode kernel (decode_sm90_tma.cu), shared with the
+// wgmma unit check.
 //
 // Layout: 9 column blocks of 64 columns; block b holds rows 0..63 at 128
 // bytes each (8 KB); 16-byte chunk c (8 columns) of row r sits at chunk

@@ -1,8 +1,10 @@
-// decode_sm90_tma.cu -- split-KV MLA decode for Hopper: v5's warpgroup
-// roles with the pages brought in by TMA (v14).
+// decode_sm90_tma.cu -- split-KV MLA decode for Hopper, the exported one
+// (v15; v14 = one gate a page): v5's warpgroup roles with the pages brought
+// in by TMA. On the H200 in steady state it stayed faster than the seesaw
+// (v16) and than the L2-prefetch variants (v17) tried in issue 16: NOTES.md.
 //
-// Same tiles, roles, barriers and pipeline depth as decode_sm90_roles.cu
-// (v5); what changes is how a page reaches shared memory:
+// Same tiles, roles, barriers and pipeline depth as v5 (decode_sm90_roles.cu,
+// removed in issue 16; in git); what changes is how a page reaches shared memory:
 //   - one thread of warpgroup 1 issues nine cp.async.bulk.tensor boxes
 //     (64 rows x 64 columns, 128-byte swizzle) per page through the
 //     kv_map tensor map of MlaDecodeParams, counted on the stage's kv_full
@@ -378,14 +380,4 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
             }
         }
     }
-}
-
-extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
-    flashmla_decode_v14_tma(const __grid_constant__ MlaDecodeParams p) {
-    decode_sm90_tma_body<false>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
-    flashmla_decode_v15_tma_block_gates(const __grid_constant__ MlaDecodeParams p) {
-    decode_sm90_tma_body<true>(p);
 }
