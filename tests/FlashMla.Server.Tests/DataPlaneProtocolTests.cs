@@ -176,17 +176,4 @@ public sealed class DataPlaneProtocolTests
         // Either way the connection is gone rather than buffering without bound.
         Assert.Null(await client.ReadFrameAsync());
     }
-
-    [Fact]
-    public async Task Send_credit_taken_for_a_frame_never_sent_comes_back()
-    {
-        var windows = new FlashMla.Server.DataPlane.SendWindows();
-        windows.AddStream(1);
-        int taken = await windows.TakeAsync(1, 100_000, CancellationToken.None);
-        Assert.Equal(Http2Frames.DefaultWindowSize, taken);
-        windows.Return(1, taken);
-        Assert.Equal(Http2Frames.DefaultWindowSize, await windows.TakeAsync(1, 100_000, CancellationToken.None));
-        using var none = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await windows.TakeAsync(1, 1, none.Token));
-    }
 }
