@@ -30,7 +30,10 @@ public sealed class TestServer : IAsyncDisposable
     public Scheduler Scheduler => _app.Services.GetRequiredService<Scheduler>();
     public IServiceProvider Services => _app.Services;
 
-    /// <summary>Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value).</summary>
+    /// <summary>
+    /// Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value), or measurement switches
+    /// (FLASHMLA_*, which are environment variables: given here as the command-line keys of the same name).
+    /// </summary>
     public static async Task<TestServer> StartAsync(params (string Name, object Value)[] options)
     {
         var args = new List<string>
@@ -39,7 +42,8 @@ public sealed class TestServer : IAsyncDisposable
             "--FlashMla:Backend=cpu", "--FlashMla:Layers=2", "--FlashMla:TotalBlocks=64", "--FlashMla:BatchWindowMicroseconds=0",
             "--Serilog:MinimumLevel:Default=Warning",
         };
-        foreach (var (name, value) in options) args.Add($"--FlashMla:{name}={value}");
+        foreach (var (name, value) in options)
+            args.Add(name.StartsWith("FLASHMLA_", StringComparison.Ordinal) ? $"--{name}={value}" : $"--FlashMla:{name}={value}");
         var app = FlashMlaServerApp.Build([.. args]);
         await app.StartAsync();
         return new TestServer(app);
