@@ -211,7 +211,7 @@ internal abstract class Http2Connection
                 stream.FailWithStreamError(ex);
             }
             await Reader.SkipAsync(padding).ConfigureAwait(false);
-            stream.Release(header.Length - length, flush: true); // the pad length and padding: nobody reads them
+            if (header.Length > length) stream.Release(header.Length - length, flush: true); // the pad length and padding: nobody reads them
             if (header.Has(Http2FrameFlags.EndStream)) EndInput(stream);
         }
         // Connection credit goes back on receipt: each stream's window bounds what it holds, and one stream the
