@@ -35,7 +35,7 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
         if (!uri.IsAbsoluteUri || uri.Scheme != Uri.UriSchemeHttp)
         {
             throw new NotSupportedException($"LargeFrameHttp2Handler speaks cleartext HTTP/2 (h2c, prior knowledge) only, not '{uri.Scheme}'; " +
-                "use ClientTransport.SocketsHttpHandler for https addresses.");
+                "use SocketsHttpHandler for https addresses (FlashMlaClient does so by itself).");
         }
         for (int attempt = 0; ; attempt++)
         {
