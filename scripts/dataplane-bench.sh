@@ -89,8 +89,9 @@ if [[ "${DP_RUNTIME_AB:-0}" == 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]
   # (4 KiB blocks, no inline scheduling), no inline scheduling, 256 KiB blocks, tensors staged through the
   # backend's own pinned buffers.
   # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
-  variants=("kestrel-default-transport||--FlashMla:SocketBlockKiB=4 --FlashMla:InlineSocketScheduling=false"
-    "no-inline-scheduling||--FlashMla:InlineSocketScheduling=false" "256k-blocks||--FlashMla:SocketBlockKiB=256"
+  # The transport switches are environment variables (MeasurementSwitches), the rest options.
+  variants=("kestrel-default-transport|FLASHMLA_SOCKET_BLOCK_KIB=4 FLASHMLA_INLINE_SOCKET_SCHEDULING=false|"
+    "no-inline-scheduling|FLASHMLA_INLINE_SOCKET_SCHEDULING=false|" "256k-blocks|FLASHMLA_SOCKET_BLOCK_KIB=256|"
     "staged-buffers||--FlashMla:PinnedTensorBuffers=false")
   # DP_AB_VARIANTS="name||server args;name||server args" replaces the list.
   if [[ -n "${DP_AB_VARIANTS:-}" ]]; then IFS=';' read -r -a variants <<< "$DP_AB_VARIANTS"; fi

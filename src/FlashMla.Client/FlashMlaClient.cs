@@ -61,18 +61,16 @@ public sealed class FlashMlaClient : IDisposable
     public Decoder.DecoderClient Decoder { get; }
 
     /// <summary>
-    /// The cache channel and one decode invoker per connection. Decode calls go over Grpc.Net.Client channels, or,
-    /// with <see cref="FlashMlaClientOptions.DirectDecode"/> on the large-frame transport, straight over the
-    /// library's HTTP/2 handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each.
+    /// The cache channel and one decode invoker per connection. Decode calls go straight over the library's HTTP/2
+    /// handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each; over Grpc.Net.Client
+    /// channels for https addresses (and when a benchmark asks, <see cref="FlashMlaClientOptions.DirectDecode"/>).
     /// </summary>
     private static (ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
         if (options.DecodeAddress is { } given && !Uri.TryCreate(given, UriKind.Absolute, out _))
             throw new ArgumentException($"DecodeAddress '{given}' is not an absolute URI", nameof(options));
-        if (options.DecodePort is { } port && (port is < 1 or > 65535 || options.DecodeAddress is not null))
-            throw new ArgumentException($"DecodePort must be 1..65535 and not given together with DecodeAddress, got {port}", nameof(options));
-        string decodeAddress = DecodeAddressOf(address, options);
+        string decodeAddress = options.DecodeAddress ?? address;
         var owned = new List<IDisposable>();
         var decode = new CallInvoker[options.Connections];
         GrpcChannel? cache = decodeAddress == address ? null : CreateChannel(address, options);
@@ -106,17 +104,9 @@ public sealed class FlashMlaClient : IDisposable
         return (cache, decode, [.. owned]);
     }
 
-    /// <summary>Where decode calls go: <see cref="FlashMlaClientOptions.DecodeAddress"/>, else the address with <see cref="FlashMlaClientOptions.DecodePort"/>, else the address.</summary>
-    public static string DecodeAddressOf(string address, FlashMlaClientOptions options)
-    {
-        if (options.DecodeAddress is { } given) return given;
-        if (options.DecodePort is not { } port) return address;
-        return new UriBuilder(address) { Port = port }.Uri.ToString().TrimEnd('/');
-    }
-
     /// <summary>
-    /// A channel tuned for large tensors: big HTTP/2 windows and frames, no message limit. The transport is
-    /// <see cref="FlashMlaClientOptions.Transport"/>; https addresses always use SocketsHttpHandler.
+    /// A channel tuned for large tensors: big HTTP/2 windows and frames. http:// addresses use the library's
+    /// <see cref="LargeFrameHttp2Handler"/>, https addresses SocketsHttpHandler.
     /// </summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
         CreateChannel(address, options, CreateHandler(address, options));
@@ -240,47 +230,40 @@ public sealed record FlashMlaClientOptions
 
     /// <summary>
     /// Where decode calls go when not the client's address: the server's data-plane port (FlashMla:DataPlanePort,
-    /// which serves flashmla.v1.Decoder only, with fewer copies per byte than the gRPC port). Null: the client's address.
+    /// which serves flashmla.v1.Decoder only, with fewer copies per byte than the gRPC port), e.g.
+    /// http://host:50052. Null: the client's address. (A <see cref="Routing.FlashMlaCluster"/> takes the port instead.)
     /// </summary>
     public string? DecodeAddress { get; init; }
-
-    /// <summary>
-    /// Decode calls go to the client's own host on this port (the server's DataPlanePort, 50052 by default):
-    /// the form for <see cref="Routing.FlashMlaCluster"/>, whose replicas each have their own host. Not
-    /// together with <see cref="DecodeAddress"/>. Null: decode on the client's address.
-    /// </summary>
-    public int? DecodePort { get; init; }
-
-    /// <summary>
-    /// Decode calls speak gRPC straight over the large-frame HTTP/2 handler instead of through Grpc.Net.Client:
-    /// requests leave from the caller's memory, each response is read once into a pooled array and parsed in
-    /// place (Grpc.Net.Client copies a response twice and a request once). Only with
-    /// <see cref="ClientTransport.LargeFrames"/> and http://; each decode connection then has its own handler.
-    /// </summary>
-    public bool DirectDecode { get; init; } = true;
 
     /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
     public ArrayPool<byte>? BufferPool { get; init; }
 
-    /// <summary>The HTTP/2 client under gRPC for http:// addresses (https always uses SocketsHttpHandler).</summary>
-    public ClientTransport Transport { get; init; } = ClientTransport.LargeFrames;
-
-    /// <summary>Frame size, windows and socket settings of <see cref="ClientTransport.LargeFrames"/>.</summary>
+    /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport (http:// addresses).</summary>
     public LargeFrameHttp2Options LargeFrames { get; init; } = new();
 
-    /// <summary>Frame and byte counters that every <see cref="ClientTransport.LargeFrames"/> connection of the client adds to; null for none kept.</summary>
+    /// <summary>Frame and byte counters that every connection of the library's transport adds to; null for none kept.</summary>
     public Http2TransportCounters? Counters { get; init; }
+
+    // Measurement switches, not settings: the benchmarks' own flags set them (flashmla bench --transport,
+    // bench-matrix --grpc-client), and the tests compare the paths.
+
+    /// <summary>The HTTP/2 client under gRPC for http:// addresses (https always uses SocketsHttpHandler).</summary>
+    internal ClientTransport Transport { get; init; } = ClientTransport.LargeFrames;
+
+    /// <summary>
+    /// Decode calls speak gRPC straight over the large-frame handler instead of through Grpc.Net.Client: requests
+    /// leave from the caller's memory, each response is read once into a pooled array and parsed in place
+    /// (Grpc.Net.Client copies a response twice and a request once). Only with <see cref="ClientTransport.LargeFrames"/>.
+    /// </summary>
+    internal bool DirectDecode { get; init; } = true;
 }
 
-/// <summary>Which HTTP/2 client carries the gRPC calls.</summary>
-public enum ClientTransport
+/// <summary>Which HTTP/2 client carries the gRPC calls (a measurement switch).</summary>
+internal enum ClientTransport
 {
-    /// <summary>
-    /// <see cref="LargeFrameHttp2Handler"/>: this library's h2c client with megabyte DATA frames both ways
-    /// (http:// only).
-    /// </summary>
+    /// <summary><see cref="LargeFrameHttp2Handler"/>: this library's h2c client with megabyte DATA frames both ways (http:// only).</summary>
     LargeFrames,
 
-    /// <summary>.NET's SocketsHttpHandler: 16 KiB DATA frames both ways; needed for https.</summary>
+    /// <summary>.NET's SocketsHttpHandler: 16 KiB DATA frames both ways; always used for https.</summary>
     SocketsHttpHandler,
 }

@@ -173,3 +173,9 @@ internal sealed class Http2ConnectionException(Http2ErrorCode code, string messa
 {
     public Http2ErrorCode Code { get; } = code;
 }
+
+/// <summary>A stream error (RFC 9113, section 5.4.2): the stream is reset with <see cref="Code"/>, the connection goes on.</summary>
+internal sealed class Http2StreamException(Http2ErrorCode code, string message) : Exception(message)
+{
+    public Http2ErrorCode Code { get; } = code;
+}

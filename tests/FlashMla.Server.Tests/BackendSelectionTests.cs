@@ -35,9 +35,9 @@ public sealed class BackendSelectionTests
     [Fact]
     public void Bad_options_are_refused_with_every_problem_named()
     {
-        var options = new FlashMlaOptions { Backend = "tpu", Layers = 0, MaxHeads = 200, GrpcPort = 9090, MetricsPort = 9090, SocketBlockKiB = 2 };
+        var options = new FlashMlaOptions { Backend = "tpu", Layers = 0, MaxHeads = 200, GrpcPort = 9090, MetricsPort = 9090, MemoryFraction = 2 };
         var problems = options.Validate().ToList();
-        Assert.Contains(problems, p => p.Contains("SocketBlockKiB"));
+        Assert.Contains(problems, p => p.Contains("MemoryFraction"));
         Assert.Contains(problems, p => p.Contains("Backend"));
         Assert.Contains(problems, p => p.Contains("Layers"));
         Assert.Contains(problems, p => p.Contains("MaxHeads"));

@@ -340,19 +340,26 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         Assert.Equal(StatusCode.Internal, Assert.Throws<RpcException>(() => FlashMla.Server.DataPlane.GrpcWireHeaders.ParseTimeout(text)).StatusCode);
 
     [Fact]
-    public async Task DecodePort_sends_decode_to_the_data_plane_and_its_metrics_count_the_calls()
+    public async Task A_cluster_given_the_data_plane_port_decodes_there_and_its_metrics_count_the_calls()
     {
         await using var server = await TestServer.StartAsync();
         int port = new Uri(server.DataPlaneAddress!).Port;
-        using var fast = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = port });
-        Assert.Equal(server.DataPlaneAddress, FlashMlaClient.DecodeAddressOf(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = port }));
-        var ids = await CreateSequencesAsync(server.Client, 2, 10); // cache calls on the gRPC port
+        using var cluster = new FlashMla.Client.Routing.FlashMlaCluster([server.GrpcAddress], decodePort: port);
+        Assert.Equal(server.DataPlaneAddress, FlashMla.Client.Routing.FlashMlaCluster.DataPlaneAddress(server.GrpcAddress, port));
+        var sequences = new List<FlashMla.Client.Routing.RoutedSequence>();
+        for (int i = 0; i < 2; i++)
+        {
+            var sequence = await cluster.CreateSequenceAsync($"conversation-{i}"); // cache calls on the gRPC port
+            await cluster.AppendKvAsync(sequence, 0, Random16.Bf16(new Random(i), 10 * 576));
+            sequences.Add(sequence);
+        }
         for (int i = 0; i < 3; i++)
         {
-            using var result = await fast.DecodeOnceAsync(new DecodeInput(0, ids, 1, 2, Random16.Bf16(new Random(i), 2 * 2 * 576)));
-            Assert.Equal(2 * 2 * 512, result.Out.Length);
+            var (output, _) = await cluster.DecodeAsync(0, sequences, 1, 2, Random16.Bf16(new Random(i), 2 * 2 * 576));
+            Assert.Equal(2 * 2 * 512, output.Length);
         }
-        await Assert.ThrowsAsync<RpcException>(() => fast.DecodeOnceAsync(new DecodeInput(0, [ids[0], 4242], 1, 2, Random16.Bf16(new Random(9), 2 * 2 * 576))));
+        var stranger = sequences[0] with { Id = 4242 };
+        await Assert.ThrowsAsync<RpcException>(() => cluster.DecodeAsync(0, [sequences[0], stranger], 1, 2, Random16.Bf16(new Random(9), 2 * 2 * 576)));
 
         using var http = new HttpClient();
         string text = await http.GetStringAsync(server.MetricsAddress + "/metrics");
@@ -360,11 +367,10 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         Assert.Matches(@"flashmla_dataplane_calls_total\{[^}]*code=""NotFound""[^}]*\} 1", text);
         Assert.Matches(@"flashmla_dataplane_connections(_ratio)?(\{[^}]*\})? 1", text);
 
-        Assert.Throws<ArgumentException>(() => new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodePort = 0 }));
-        Assert.Throws<ArgumentException>(() => new FlashMlaClient(server.GrpcAddress,
-            new FlashMlaClientOptions { DecodePort = port, DecodeAddress = server.DataPlaneAddress }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new FlashMla.Client.Routing.FlashMlaCluster([server.GrpcAddress], decodePort: 0));
         Assert.Throws<ArgumentException>(() => new FlashMla.Client.Routing.FlashMlaCluster([server.GrpcAddress],
             new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress }));
+        Assert.Throws<ArgumentException>(() => new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = "50052" }));
     }
 
     [Fact]

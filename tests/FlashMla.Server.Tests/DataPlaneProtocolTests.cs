@@ -41,6 +41,35 @@ public sealed class DataPlaneProtocolTests
     }
 
     [Fact]
+    public async Task Stream_level_violations_reset_only_their_stream_and_the_connection_goes_on()
+    {
+        await using var server = await TestServer.StartAsync();
+        var ids = await RawHttp2Client.SequencesAsync(server, 1, 5);
+        var big = await RawHttp2Client.SequencesAsync(server, 8, 400);
+        await using var client = await RawHttp2Client.ConnectAsync(server.DataPlaneAddress!, [(Http2Setting.InitialWindowSize, 1u << 30)]);
+        await client.SendAsync(Http2FrameType.WindowUpdate, Http2FrameFlags.None, 0, RawHttp2Client.BigEndian(1u << 30));
+        // Stream 1: a second HEADERS without END_STREAM (trailers must end the stream).
+        await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, 1, RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/Decode"));
+        await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, 1, RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/Decode"));
+        var reset1 = await client.ReadUntilAsync(h => h.Type == Http2FrameType.RstStream && h.StreamId == 1);
+        Assert.Equal((uint)Http2ErrorCode.ProtocolError, BinaryPrimitives.ReadUInt32BigEndian(reset1!.Value.Payload));
+        // Stream 3: DATA after its END_STREAM, in the same write as the message, so the call (a large step) is still open.
+        await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, 3, RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/Decode"));
+        var message = RawHttp2Client.GrpcMessage(big, 64, 1); // 590 KB: one frame
+        var frames = new byte[2 * Http2FrameHeader.Size + message.Length + 5];
+        new Http2FrameHeader(message.Length, Http2FrameType.Data, Http2FrameFlags.EndStream, 3).Write(frames);
+        message.CopyTo(frames, Http2FrameHeader.Size);
+        new Http2FrameHeader(5, Http2FrameType.Data, Http2FrameFlags.None, 3).Write(frames.AsSpan(Http2FrameHeader.Size + message.Length));
+        await client.Socket.SendAsync(frames);
+        var reset3 = await client.ReadUntilAsync(h => h.Type == Http2FrameType.RstStream && h.StreamId == 3);
+        Assert.Equal((uint)Http2ErrorCode.StreamClosed, BinaryPrimitives.ReadUInt32BigEndian(reset3!.Value.Payload));
+        // Stream 5 is served on the same connection.
+        await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, 5, RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/DecodeOnce"));
+        await client.SendMessageAsync(5, RawHttp2Client.GrpcMessage(ids, 2, 1), endStream: true);
+        Assert.Equal("0", (await client.ReadStreamAsync(5)).Status);
+    }
+
+    [Fact]
     public async Task A_ping_is_answered_with_the_same_payload()
     {
         await using var server = await TestServer.StartAsync();
@@ -175,18 +204,5 @@ public sealed class DataPlaneProtocolTests
             Assert.Equal((uint)Http2ErrorCode.EnhanceYourCalm, BinaryPrimitives.ReadUInt32BigEndian(frame.Payload.AsSpan(4)));
         // Either way the connection is gone rather than buffering without bound.
         Assert.Null(await client.ReadFrameAsync());
-    }
-
-    [Fact]
-    public async Task Send_credit_taken_for_a_frame_never_sent_comes_back()
-    {
-        var windows = new FlashMla.Server.DataPlane.SendWindows();
-        windows.AddStream(1);
-        int taken = await windows.TakeAsync(1, 100_000, CancellationToken.None);
-        Assert.Equal(Http2Frames.DefaultWindowSize, taken);
-        windows.Return(1, taken);
-        Assert.Equal(Http2Frames.DefaultWindowSize, await windows.TakeAsync(1, 100_000, CancellationToken.None));
-        using var none = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await windows.TakeAsync(1, 1, none.Token));
     }
 }

@@ -1,11 +1,12 @@
 using System.Buffers;
 using FlashMla.Server.Hosting;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace FlashMla.Server.Tests;
 
-/// <summary>The large-block pool Kestrel's socket transport receives into (FlashMla:SocketBlockKiB).</summary>
+/// <summary>The large-block pool Kestrel's socket transport receives into (the measurement switch FLASHMLA_SOCKET_BLOCK_KIB).</summary>
 public class LargeBlockMemoryPoolTests
 {
     [Fact]
@@ -50,7 +51,7 @@ public class LargeBlockMemoryPoolTests
     [Fact]
     public async Task Kestrel_receives_decode_traffic_into_the_large_blocks()
     {
-        await using var server = await TestServer.StartAsync(("SocketBlockKiB", 128));
+        await using var server = await TestServer.StartAsync((MeasurementSwitches.SocketBlockKiBVariable, 128));
         var factory = Assert.IsType<LargeBlockMemoryPoolFactory>(server.Services.GetRequiredService<IMemoryPoolFactory<byte>>());
         Assert.Equal(128 * 1024, factory.BlockBytes);
         await server.Client.GetConfigAsync();
@@ -60,8 +61,32 @@ public class LargeBlockMemoryPoolTests
     [Fact]
     public async Task Four_KiB_keeps_kestrels_own_pool()
     {
-        await using var server = await TestServer.StartAsync(("SocketBlockKiB", 4));
+        await using var server = await TestServer.StartAsync((MeasurementSwitches.SocketBlockKiBVariable, 4));
         Assert.IsNotType<LargeBlockMemoryPoolFactory>(server.Services.GetRequiredService<IMemoryPoolFactory<byte>>());
         await server.Client.GetConfigAsync();
+    }
+
+    [Theory]
+    [InlineData(MeasurementSwitches.SocketBlockKiBVariable, "2")]
+    [InlineData(MeasurementSwitches.SocketBlockKiBVariable, "lots")]
+    [InlineData(MeasurementSwitches.InlineSocketSchedulingVariable, "maybe")]
+    public void A_malformed_measurement_switch_stops_the_server_naming_it(string name, string value)
+    {
+        var error = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() =>
+            FlashMlaServerApp.Build(["--FlashMla:Backend=cpu", $"--{name}={value}"]));
+        Assert.Contains(error.Failures, f => f.Contains(name) && f.Contains(value));
+    }
+
+    [Fact]
+    public void The_switches_default_to_what_the_measurements_chose_and_read_from_the_configuration()
+    {
+        var none = new ConfigurationBuilder().Build();
+        Assert.Equal(new MeasurementSwitches { SocketBlockKiB = 1024, InlineSocketScheduling = true }, MeasurementSwitches.Read(none, []));
+        var set = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            [MeasurementSwitches.SocketBlockKiBVariable] = "256",
+            [MeasurementSwitches.InlineSocketSchedulingVariable] = "false",
+        }).Build();
+        Assert.Equal(new MeasurementSwitches { SocketBlockKiB = 256, InlineSocketScheduling = false }, MeasurementSwitches.Read(set, []));
     }
 }

@@ -30,7 +30,10 @@ public sealed class TestServer : IAsyncDisposable
     public Scheduler Scheduler => _app.Services.GetRequiredService<Scheduler>();
     public IServiceProvider Services => _app.Services;
 
-    /// <summary>Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value).</summary>
+    /// <summary>
+    /// Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value), or measurement switches
+    /// (FLASHMLA_*, which are environment variables: given here as the command-line keys of the same name).
+    /// </summary>
     public static Task<TestServer> StartAsync(params (string Name, object Value)[] options) => StartAsync(null, options);
 
     /// <summary>Starts a server whose services <paramref name="overrideServices"/> may replace (see <see cref="FlashMlaServerApp.Build"/>).</summary>
@@ -42,7 +45,8 @@ public sealed class TestServer : IAsyncDisposable
             "--FlashMla:Backend=cpu", "--FlashMla:Layers=2", "--FlashMla:TotalBlocks=64", "--FlashMla:BatchWindowMicroseconds=0",
             "--Serilog:MinimumLevel:Default=Warning",
         };
-        foreach (var (name, value) in options) args.Add($"--FlashMla:{name}={value}");
+        foreach (var (name, value) in options)
+            args.Add(name.StartsWith("FLASHMLA_", StringComparison.Ordinal) ? $"--{name}={value}" : $"--FlashMla:{name}={value}");
         var app = FlashMlaServerApp.Build([.. args], overrideServices);
         await app.StartAsync();
         return new TestServer(app);

@@ -17,17 +17,27 @@ public sealed class FlashMlaCluster : IDisposable
 {
     private readonly Dictionary<string, FlashMlaClient> _clients;
 
-    public FlashMlaCluster(IEnumerable<string> replicaAddresses, FlashMlaClientOptions? options = null)
+    /// <param name="replicaAddresses">Each replica's gRPC address.</param>
+    /// <param name="decodePort">The replicas' data-plane port (their DataPlanePort, 50052 by default): decode calls go to each
+    /// replica's own host at that port. Null: decode on the gRPC addresses.</param>
+    public FlashMlaCluster(IEnumerable<string> replicaAddresses, FlashMlaClientOptions? options = null, int? decodePort = null)
     {
         if (options?.DecodeAddress is not null)
-            throw new ArgumentException("a cluster's replicas each have their own data-plane address: set DecodePort, not DecodeAddress", nameof(options));
+            throw new ArgumentException("a cluster's replicas each have their own data-plane address: pass decodePort, not DecodeAddress", nameof(options));
+        if (decodePort is < 1 or > 65535) throw new ArgumentOutOfRangeException(nameof(decodePort), decodePort, "must be 1..65535");
         Ring = new ReplicaRing(replicaAddresses);
-        _clients = Ring.Replicas.ToDictionary(a => a, a => new FlashMlaClient(a, options), StringComparer.Ordinal);
+        options ??= new FlashMlaClientOptions();
+        _clients = Ring.Replicas.ToDictionary(a => a, a => new FlashMlaClient(a, options with { DecodeAddress = DataPlaneAddress(a, decodePort) }),
+            StringComparer.Ordinal);
     }
+
+    /// <summary>The data-plane address of the replica at <paramref name="address"/>: its host at <paramref name="decodePort"/> (null: none).</summary>
+    public static string? DataPlaneAddress(string address, int? decodePort) =>
+        decodePort is { } port ? new UriBuilder(address) { Port = port }.Uri.ToString().TrimEnd('/') : null;
 
     /// <summary>Resolves <paramref name="host"/> (a headless Service name resolves to every ready pod) into replica addresses.</summary>
     public static async Task<FlashMlaCluster> FromDnsAsync(string host, int port, FlashMlaClientOptions? options = null,
-        CancellationToken cancellationToken = default)
+        int? decodePort = null, CancellationToken cancellationToken = default)
     {
         var addresses = await Dns.GetHostAddressesAsync(host, cancellationToken);
         var replicas = addresses
@@ -35,7 +45,7 @@ public sealed class FlashMlaCluster : IDisposable
             .Select(a => a.AddressFamily == AddressFamily.InterNetworkV6 ? $"http://[{a}]:{port}" : $"http://{a}:{port}")
             .ToArray();
         if (replicas.Length == 0) throw new InvalidOperationException($"{host} resolved to no address");
-        return new FlashMlaCluster(replicas, options);
+        return new FlashMlaCluster(replicas, options, decodePort);
     }
 
     public ReplicaRing Ring { get; }

@@ -4,7 +4,7 @@ using System.Net;
 namespace FlashMla.Client.Transport;
 
 /// <summary>The response body of one stream as <see cref="HttpContent"/>; the trailers land in the response's TrailingHeaders.</summary>
-internal sealed class Http2ResponseContent(Http2Stream stream) : HttpContent
+internal sealed class Http2ResponseContent(Http2ClientStream stream) : HttpContent
 {
     private readonly Http2ResponseStream _body = new(stream);
 
@@ -33,7 +33,7 @@ internal sealed class Http2ResponseContent(Http2Stream stream) : HttpContent
 }
 
 /// <summary>Read-only view of a stream's response body; disposing it before the end cancels the stream.</summary>
-internal sealed class Http2ResponseStream(Http2Stream stream) : Stream
+internal sealed class Http2ResponseStream(Http2ClientStream stream) : Stream
 {
     private int _disposed;
 
@@ -74,7 +74,7 @@ internal sealed class Http2ResponseStream(Http2Stream stream) : Stream
 /// Each write goes out as DATA frames at once (as large as the server allows), waiting for flow-control
 /// credit when the windows are spent; flushing has nothing left to do.
 /// </summary>
-internal sealed class Http2RequestStream(Http2Connection connection, Http2Stream stream) : Stream
+internal sealed class Http2RequestStream(Http2ClientConnection connection, Http2ClientStream stream) : Stream
 {
     public override bool CanRead => false;
     public override bool CanSeek => false;

@@ -12,8 +12,8 @@ namespace FlashMla.Client.Transport;
 public sealed class LargeFrameHttp2Handler : HttpMessageHandler
 {
     private readonly LargeFrameHttp2Options _options;
-    private readonly List<(string Authority, Http2Connection Connection)> _connections = [];
-    private readonly Dictionary<string, Task<Http2Connection>> _connecting = [];
+    private readonly List<(string Authority, Http2ClientConnection Connection)> _connections = [];
+    private readonly Dictionary<string, Task<Http2ClientConnection>> _connecting = [];
     private bool _disposed;
 
     public LargeFrameHttp2Handler(LargeFrameHttp2Options? options = null)
@@ -35,7 +35,7 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
         if (!uri.IsAbsoluteUri || uri.Scheme != Uri.UriSchemeHttp)
         {
             throw new NotSupportedException($"LargeFrameHttp2Handler speaks cleartext HTTP/2 (h2c, prior knowledge) only, not '{uri.Scheme}'; " +
-                "use ClientTransport.SocketsHttpHandler for https addresses.");
+                "use SocketsHttpHandler for https addresses (FlashMlaClient does so by itself).");
         }
         for (int attempt = 0; ; attempt++)
         {
@@ -52,12 +52,12 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
     }
 
     /// <summary>A live connection to the request's server with a stream slot reserved for the caller.</summary>
-    private async Task<Http2Connection> GetConnectionAsync(Uri uri, CancellationToken cancellationToken)
+    private async Task<Http2ClientConnection> GetConnectionAsync(Uri uri, CancellationToken cancellationToken)
     {
         string authority = uri.Authority;
         while (true)
         {
-            Task<Http2Connection> pending;
+            Task<Http2ClientConnection> pending;
             lock (_connections)
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
@@ -75,11 +75,11 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
         }
     }
 
-    private async Task<Http2Connection> ConnectAsync(string host, int port, string authority)
+    private async Task<Http2ClientConnection> ConnectAsync(string host, int port, string authority)
     {
         try
         {
-            var connection = await Http2Connection.ConnectAsync(host, port, _options, Counters, CancellationToken.None).ConfigureAwait(false);
+            var connection = await Http2ClientConnection.ConnectAsync(host, port, _options, Counters, CancellationToken.None).ConfigureAwait(false);
             lock (_connections)
             {
                 if (_disposed)
@@ -101,7 +101,7 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
     {
         if (disposing)
         {
-            Http2Connection[] open;
+            Http2ClientConnection[] open;
             lock (_connections)
             {
                 _disposed = true;

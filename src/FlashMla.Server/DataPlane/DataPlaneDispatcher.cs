@@ -19,9 +19,9 @@ internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetric
 
     public bool Serves(string path) => path is DecodePath or DecodeOncePath;
 
-    public async Task<Status> ServeAsync(DataPlaneCall call, DataPlaneCallContext context)
+    public async Task<Status> ServeAsync(DataPlaneCall call)
     {
-        var status = await RunAsync(call, context).ConfigureAwait(false);
+        var status = await RunAsync(call.Requests, call.Responses, call.Context).ConfigureAwait(false);
         Count(call.Method, status);
         return status;
     }
@@ -34,23 +34,23 @@ internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetric
 
     public void ConnectionClosed() => metrics.DataPlaneConnections.Add(-1);
 
-    private async Task<Status> RunAsync(DataPlaneCall call, DataPlaneCallContext context)
+    private async Task<Status> RunAsync(DataPlaneRequestReader requests, DataPlaneResponseWriter responses, DataPlaneCallContext context)
     {
         try
         {
-            if (call.Method == DecodePath)
+            if (context.Method == DecodePath)
             {
-                await service.Decode(call, call, context).ConfigureAwait(false);
+                await service.Decode(requests, responses, context).ConfigureAwait(false);
                 return Status.DefaultSuccess;
             }
-            if (!await call.MoveNext(context.CancellationToken).ConfigureAwait(false))
+            if (!await requests.MoveNext(context.CancellationToken).ConfigureAwait(false))
                 return new Status(StatusCode.Internal, "the unary call carried no request message");
-            var request = call.Current;
+            var request = requests.Current;
             // As grpc-dotnet does: a unary request is read to its END_STREAM, and one message is all it may hold.
             bool more;
             try
             {
-                more = await call.MoveNext(context.CancellationToken).ConfigureAwait(false);
+                more = await requests.MoveNext(context.CancellationToken).ConfigureAwait(false);
             }
             catch
             {
@@ -59,31 +59,28 @@ internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetric
             }
             if (more)
             {
-                call.Current.Dispose();
+                requests.Current.Dispose();
                 request.Dispose();
                 return new Status(StatusCode.Internal, "the unary call carried more than one request message");
             }
             var response = await service.DecodeOnce(request, context).ConfigureAwait(false);
-            await call.WriteAsync(response, context.CancellationToken).ConfigureAwait(false);
+            await responses.WriteAsync(response, context.CancellationToken).ConfigureAwait(false);
             return Status.DefaultSuccess;
         }
         catch (RpcException ex)
         {
-            return DeadlinePassed(call) ? Expired : ex.Status;
+            return context.DeadlinePassed ? Expired : ex.Status;
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException)
         {
-            return DeadlinePassed(call) ? Expired : new Status(StatusCode.Cancelled, "the call was cancelled");
+            return context.DeadlinePassed ? Expired : new Status(StatusCode.Cancelled, "the call was cancelled");
         }
         catch (Exception ex)
         {
-            Log.LogError(ex, "Data-plane call {Method} failed", call.Method);
+            Log.LogError(ex, "Data-plane call {Method} failed", context.Method);
             return new Status(StatusCode.Unknown, "Exception was thrown by handler.");
         }
     }
 
     private static readonly Status Expired = new(StatusCode.DeadlineExceeded, "the call's deadline passed");
-
-    private static bool DeadlinePassed(DataPlaneCall call) =>
-        call.DeadlineExpired || (call.Deadline != DateTime.MaxValue && DateTime.UtcNow >= call.Deadline);
 }

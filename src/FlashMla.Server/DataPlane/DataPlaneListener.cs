@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Hosting;
 using FlashMla.Server.Services;
@@ -57,7 +58,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes);
+            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, TensorBufferPool.Bytes);
             _dispatcher!.ConnectionOpened();
             lock (_lock)
             {

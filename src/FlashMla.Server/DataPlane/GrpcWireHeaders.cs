@@ -71,8 +71,14 @@ internal static class GrpcWireHeaders
         return TimeSpan.FromTicks((long)Math.Min(ticks, TimeSpan.MaxValue.Ticks));
     }
 
-    /// <summary>":status 200", the gRPC content type and the encodings requests may use: the headers that open every response.</summary>
-    public static int WriteResponseHeaders(Span<byte> destination)
+    /// <summary>The block that opens every response: ":status 200", the gRPC content type and the encodings requests may use.</summary>
+    public static byte[] ResponseHeadersBlock()
+    {
+        var block = new byte[MaxHeaderBlockBytes];
+        return block[..WriteResponseHeaders(block)];
+    }
+
+    private static int WriteResponseHeaders(Span<byte> destination)
     {
         int pos = Encode(HpackEncoder.TryEncodeIndexed(StatusOk, destination, out int n), n);
         pos += Encode(HpackEncoder.TryEncodeLiteral(ContentTypeName, "application/grpc", destination[pos..], out n), n);
@@ -80,10 +86,14 @@ internal static class GrpcWireHeaders
         return pos;
     }
 
-    /// <summary>grpc-status and, when there is one, grpc-message (percent-encoded, at most 1 KiB of it).</summary>
-    public static int WriteTrailers(Span<byte> destination, StatusCode code, string? message)
+    /// <summary>
+    /// grpc-status and, when there is one, grpc-message (percent-encoded, at most 1 KiB of it); after the response
+    /// headers when <paramref name="includeHeaders"/> (a trailers-only response).
+    /// </summary>
+    public static int WriteTrailers(Span<byte> destination, StatusCode code, string? message, bool includeHeaders)
     {
-        int pos = Encode(HpackEncoder.TryEncodeLiteral("grpc-status", ((int)code).ToString(CultureInfo.InvariantCulture), destination, out int n), n);
+        int pos = includeHeaders ? WriteResponseHeaders(destination) : 0;
+        pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-status", ((int)code).ToString(CultureInfo.InvariantCulture), destination[pos..], out int n), n);
         if (!string.IsNullOrEmpty(message))
             pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-message", PercentEncode(message, 1024), destination[pos..], out n), n);
         return pos;

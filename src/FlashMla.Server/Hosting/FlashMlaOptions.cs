@@ -63,15 +63,6 @@ public sealed class FlashMlaOptions
     /// </summary>
     public bool PinnedTensorBuffers { get; set; } = true;
 
-    /// <summary>
-    /// Size of the blocks Kestrel's socket transport receives into and its HTTP/2 layer buffers in, KiB
-    /// (Kestrel's own pool: 4). One receive call takes at most one block, so large tensors want large blocks.
-    /// </summary>
-    public int SocketBlockKiB { get; set; } = 1024;
-
-    /// <summary>Kestrel's socket transport runs application continuations on its I/O threads (UnsafePreferInlineScheduling).</summary>
-    public bool InlineSocketScheduling { get; set; } = true;
-
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; set; } = 8;
 
@@ -126,7 +117,6 @@ public sealed class FlashMlaOptions
         if (MaxSequences < 1) yield return $"MaxSequences must be >= 1, got {MaxSequences}";
         if (SequenceLeaseSeconds < 0) yield return $"SequenceLeaseSeconds must be >= 0, got {SequenceLeaseSeconds}";
         if (MaxMessageBytes < 1024 * 1024) yield return $"MaxMessageBytes must be at least 1 MiB, got {MaxMessageBytes}";
-        if (SocketBlockKiB is < 4 or > 16 * 1024) yield return $"SocketBlockKiB must be 4..16384, got {SocketBlockKiB}";
         if (MaxInFlightPerStream < 1) yield return $"MaxInFlightPerStream must be >= 1, got {MaxInFlightPerStream}";
         if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";

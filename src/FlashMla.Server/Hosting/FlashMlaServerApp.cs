@@ -23,6 +23,7 @@ public static class FlashMlaServerApp
         var options = new FlashMlaOptions();
         builder.Configuration.GetSection(FlashMlaOptions.Section).Bind(options);
         var problems = options.Validate().ToList();
+        var switches = MeasurementSwitches.Read(builder.Configuration, problems);
         if (problems.Count > 0)
             throw new OptionsValidationException(FlashMlaOptions.Section, typeof(FlashMlaOptions), problems);
         builder.Services.AddSingleton(Options.Create(options));
@@ -42,10 +43,10 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton(endpoints);
         // Kestrel's socket transport takes its memory pools from this factory: large blocks, so one receive
         // call moves up to a block of a tensor instead of 4 KiB (LargeBlockMemoryPool). 4 KiB keeps Kestrel's own.
-        if (options.SocketBlockKiB != 4)
+        if (switches.SocketBlockKiB != 4)
             builder.Services.AddSingleton<IMemoryPoolFactory<byte>>(
-                new LargeBlockMemoryPoolFactory(options.SocketBlockKiB * 1024, retainedBlocks: Math.Max(64, (256 << 20) / (options.SocketBlockKiB * 1024))));
-        builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = options.InlineSocketScheduling);
+                new LargeBlockMemoryPoolFactory(switches.SocketBlockKiB * 1024, retainedBlocks: Math.Max(64, (256 << 20) / (switches.SocketBlockKiB * 1024))));
+        builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = switches.InlineSocketScheduling);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var address = options.ListenAddress == "loopback" ? IPAddress.Loopback : IPAddress.Any;

@@ -11,7 +11,7 @@ namespace FlashMla.Server.Hosting;
 /// receive call (and, with the default zero-byte reads, two) per 4 KiB, and the HTTP/2 layer copies the
 /// payload into more 4 KiB segments. With blocks of <see cref="BlockBytes"/> one receive takes up to a
 /// block. Registered as the <see cref="IMemoryPoolFactory{T}"/> Kestrel's socket transport takes its
-/// pools from (<see cref="FlashMlaServerApp"/>); <c>FlashMla:SocketBlockKiB</c> sets the size.
+/// pools from (<see cref="FlashMlaServerApp"/>); the measurement switch <c>FLASHMLA_SOCKET_BLOCK_KIB</c> sets the size.
 /// </summary>
 internal sealed class LargeBlockMemoryPoolFactory(int blockBytes, int retainedBlocks) : IMemoryPoolFactory<byte>
 {

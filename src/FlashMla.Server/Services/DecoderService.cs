@@ -1,4 +1,3 @@
-using System.Threading.Channels;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using FlashMla.Core.Memory;
@@ -13,10 +12,10 @@ namespace FlashMla.Server.Services;
 
 /// <summary>
 /// flashmla.v1.Decoder bound with the pooled marshallers of <see cref="DecodeMarshallers"/> (the same wire
-/// contract as the generated <c>Decoder.DecoderBase</c>): a request's tensors arrive in pooled arrays that
-/// go back once the scheduler is done with them, and a response wraps its batch's pooled outputs, released
-/// once the response is serialized. The stream form keeps up to MaxInFlightPerStream requests of one stream
-/// in the scheduler at once; responses go back through one writer as each request completes, carrying its id.
+/// contract as the generated <c>Decoder.DecoderBase</c>): it translates requests to the decode handler's calls
+/// and failures to status codes (or, inside a stream, to the failed request's response). A request's tensors
+/// arrive in pooled arrays that go back once the scheduler is done with them, and a response wraps its batch's
+/// pooled outputs, released once the response is sent. The stream form is run by <see cref="DecodeStreamPump"/>.
 /// </summary>
 public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptions> options, RequestFailures failures)
     : PooledDecoderBase
@@ -37,87 +36,29 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
         }
     }
 
-    public override async Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
-        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context)
+    public override Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
+        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context) =>
+        DecodeStreamPump.RunAsync(requestStream, responseStream, request => ServeInStreamAsync(request, context),
+            options.Value.MaxInFlightPerStream, context.CancellationToken);
+
+    /// <summary>One request of a stream: its response, or the error of that request alone in the response (the stream goes on).</summary>
+    private async Task<Leased<DecodeResponse>> ServeInStreamAsync(Leased<DecodeRequest> request, ServerCallContext context)
     {
-        int maxInFlight = options.Value.MaxInFlightPerStream;
-        using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        var responses = Channel.CreateBounded<Leased<DecodeResponse>>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
-        var writer = Task.Run(async () =>
-        {
-            try
-            {
-                await foreach (var response in responses.Reader.ReadAllAsync(CancellationToken.None))
-                {
-                    try
-                    {
-                        await responseStream.WriteAsync(response, context.CancellationToken);
-                    }
-                    catch
-                    {
-                        response.Dispose(); // a write that failed before serializing never gave its buffers back
-                        throw;
-                    }
-                }
-            }
-            catch (Exception ex)
-            {
-                // Nothing more can be sent: later responses are refused (their senders give them back) and the
-                // queued ones go back to the pool now, so no batch's output buffers stay leased.
-                responses.Writer.TryComplete(ex);
-                while (responses.Reader.TryRead(out var rest)) rest.Dispose();
-                throw;
-            }
-        });
-        var inFlight = new List<Task>();
         try
         {
-            await foreach (var request in requestStream.ReadAllAsync(context.CancellationToken))
+            return await handler.RunAsync(request.Message, context.CancellationToken);
+        }
+        catch (Exception ex)
+        {
+            return new Leased<DecodeResponse>(new DecodeResponse
             {
-                await slots.WaitAsync(context.CancellationToken);
-                inFlight.RemoveAll(t => t.IsCompleted);
-                inFlight.Add(ServeOneAsync(request));
-            }
-            await Task.WhenAll(inFlight);
+                RequestId = request.Message.RequestId,
+                Error = failures.RecordInStream(context.Method, request.Message.RequestId, ex),
+            });
         }
         finally
         {
-            responses.Writer.TryComplete();
-        }
-        await writer;
-
-        async Task ServeOneAsync(Leased<DecodeRequest> request)
-        {
-            Leased<DecodeResponse> response;
-            try
-            {
-                response = await handler.RunAsync(request.Message, context.CancellationToken);
-            }
-            catch (Exception ex)
-            {
-                response = new Leased<DecodeResponse>(new DecodeResponse
-                {
-                    RequestId = request.Message.RequestId,
-                    Error = failures.RecordInStream(context.Method, request.Message.RequestId, ex),
-                });
-            }
-            finally
-            {
-                request.Dispose();
-            }
-            try
-            {
-                await responses.Writer.WriteAsync(response, context.CancellationToken);
-            }
-            catch
-            {
-                response.Dispose();
-                throw;
-            }
-            finally
-            {
-                slots.Release();
-            }
+            request.Dispose();
         }
     }
 }

@@ -220,14 +220,4 @@ public sealed class LargeFrameTransportTests
             invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "https://127.0.0.1:9/x"), default));
         Assert.Contains("h2c", refusal.Message);
     }
-
-    [Fact]
-    public void Options_outside_the_protocol_limits_are_refused_at_construction()
-    {
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1000 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1 << 24 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { StreamWindowSize = 100 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectionWindowSize = 100 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectTimeout = TimeSpan.Zero }));
-    }
 }

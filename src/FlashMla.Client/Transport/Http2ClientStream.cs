@@ -6,64 +6,61 @@ using System.Threading.Channels;
 namespace FlashMla.Client.Transport;
 
 /// <summary>
-/// One request/response exchange on a connection. The connection's reader loop delivers headers, DATA and
+/// One request/response exchange on a client connection. The engine's reader loop delivers headers, DATA and
 /// resets; the application reads the response body through <see cref="Http2ResponseStream"/> and writes the
 /// request body through <see cref="Http2RequestStream"/>. Received DATA payloads sit in pooled arrays until
 /// read; stream credit (WINDOW_UPDATE) goes back as the application reads, so a stream never holds more than
 /// its window.
 /// </summary>
-internal sealed class Http2Stream
+internal sealed class Http2ClientStream : Http2Stream
 {
-    private readonly Http2Connection _connection;
+    private readonly Http2ClientConnection _connection;
     private readonly HttpRequestMessage _request;
     private readonly TaskCompletionSource<HttpResponseMessage> _responseReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Channel<ReceivedData> _received = Channel.CreateUnbounded<ReceivedData>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly int _creditThreshold;
+    private readonly ReadOnlyMemory<byte>[] _onePiece = new ReadOnlyMemory<byte>[1];
     private HttpResponseMessage? _response;
     private CancellationTokenRegistration _cancellation;
     private ReceivedData _current;
-    private int _receiveWindow, _unackedConsumed, _closed, _resetSent;
+    private int _closed;
     private volatile bool _requestEnded, _responseEnded, _requestAbandoned;
     private volatile Exception? _failure;
 
-    /// <summary>Send window; guarded by the connection's flow-control lock, like <see cref="WindowWaiter"/>.</summary>
-    internal long SendWindow;
-    internal TaskCompletionSource? WindowWaiter;
-
-    public Http2Stream(Http2Connection connection, HttpRequestMessage request, int receiveWindow)
+    // Credit goes back in eighths of the window: few WINDOW_UPDATEs, and the server never runs dry.
+    public Http2ClientStream(Http2ClientConnection connection, HttpRequestMessage request, int receiveWindow)
+        : base(connection, receiveWindow, Math.Max(receiveWindow / 8, 1))
     {
         _connection = connection;
         _request = request;
-        _receiveWindow = receiveWindow;
-        // Credit goes back in eighths of the window: few WINDOW_UPDATEs, and the server never runs dry.
-        _creditThreshold = Math.Max(receiveWindow / 8, 1);
     }
-
-    public int Id { get; set; }
 
     public Task<HttpResponseMessage> ResponseReady => _responseReady.Task;
 
     /// <summary>The server wants no more request body (it ended the response and then reset with NO_ERROR).</summary>
     public bool RequestAbandoned => _requestAbandoned;
 
-    /// <summary>This side sent RST_STREAM: nothing more may be written on the stream.</summary>
-    public bool ResetSent => Volatile.Read(ref _resetSent) != 0;
-
     public Exception? Failure => _failure;
 
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
 
+    /// <summary>One write's memory as the engine takes it (writes on a stream are one at a time).</summary>
+    public ReadOnlyMemory<ReadOnlyMemory<byte>> AsPieces(ReadOnlyMemory<byte> data)
+    {
+        _onePiece[0] = data;
+        return _onePiece;
+    }
+
     public void RegisterCancellation(CancellationToken cancellationToken)
     {
         if (cancellationToken.CanBeCanceled)
-            _cancellation = cancellationToken.UnsafeRegister(static (state, token) => ((Http2Stream)state!).Cancel(token), this);
+            _cancellation = cancellationToken.UnsafeRegister(static (state, token) => ((Http2ClientStream)state!).Cancel(token), this);
         if (IsClosed) _cancellation.Unregister();
     }
 
-    // ---- from the reader loop ----
+    // ---- From the reader loop ----
 
     /// <summary>A decoded header block: the response headers, an informational response, or the trailers.</summary>
-    public void OnHeaders(List<KeyValuePair<string, string>> headers, bool endStream)
+    protected internal override void OnHeaders(List<KeyValuePair<string, string>> headers, bool endStream)
     {
         if (_failure is not null) return;
         if (_response is null)
@@ -86,7 +83,6 @@ internal sealed class Http2Stream
                 if (!response.Headers.TryAddWithoutValidation(name, value)) response.Content.Headers.TryAddWithoutValidation(name, value);
             }
             _response = response;
-            if (endStream) EndResponse();
             _responseReady.TrySetResult(response);
             return;
         }
@@ -96,53 +92,56 @@ internal sealed class Http2Stream
             if (name.StartsWith(':')) throw new Http2StreamException(Http2ErrorCode.ProtocolError, $"pseudo-header {name} in trailers");
             _response.TrailingHeaders.TryAddWithoutValidation(name, value);
         }
-        EndResponse();
     }
 
-    /// <summary>Takes ownership of <paramref name="array"/> (pooled), holding <paramref name="length"/> payload bytes.</summary>
-    public void OnData(byte[] array, int length)
+    /// <summary>A DATA payload goes into a pooled array, queued until the application reads it.</summary>
+    protected internal override async ValueTask OnDataAsync(Http2FrameReader reader, int length)
     {
-        if (_response is null)
+        if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "DATA before the response headers");
+        if (_failure is not null || length == 0)
         {
-            ArrayPool<byte>.Shared.Return(array);
-            throw new Http2StreamException(Http2ErrorCode.ProtocolError, "DATA before the response headers");
+            await reader.SkipAsync(length).ConfigureAwait(false);
+            return;
         }
-        if (_responseEnded)
+        var array = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            await reader.ReadExactlyAsync(array.AsMemory(0, length)).ConfigureAwait(false);
+        }
+        catch
         {
             ArrayPool<byte>.Shared.Return(array);
-            throw new Http2StreamException(Http2ErrorCode.StreamClosed, "DATA after END_STREAM");
+            throw;
         }
         if (!_received.Writer.TryWrite(new ReceivedData(array, 0, length))) ArrayPool<byte>.Shared.Return(array);
     }
 
-    /// <summary>Counts received payload (and padding) against the stream's receive window.</summary>
-    public void ChargeReceiveWindow(int frameLength)
-    {
-        if (Interlocked.Add(ref _receiveWindow, -frameLength) < 0)
-            throw new Http2StreamException(Http2ErrorCode.FlowControlError, "the server sent more than the stream's window");
-    }
-
-    public void OnEndStream()
+    protected internal override void OnEndStream()
     {
         if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "END_STREAM before the response headers");
-        EndResponse();
+        _responseEnded = true;
+        _received.Writer.TryComplete();
+        TryClose();
     }
 
-    public void OnReset(Http2ErrorCode code)
+    protected internal override void OnReset(Http2ErrorCode code, string? localReason)
     {
-        Volatile.Write(ref _resetSent, 1); // the stream is closed: nothing more may be sent on it
+        if (localReason is not null)
+        {
+            Fail(new HttpProtocolException((long)code, $"HTTP/2 stream {Id}: {localReason}", null));
+            return;
+        }
         if (code == Http2ErrorCode.NoError && _responseEnded)
         {
             // The response is complete and the server does not want the rest of the request (RFC 9113, section 8.1).
             _requestAbandoned = true;
-            _connection.WakeSender(this);
             TryClose();
             return;
         }
         Fail(new HttpProtocolException((long)code, $"The server reset HTTP/2 stream {Id} with {code}.", null));
     }
 
-    // ---- from the application ----
+    // ---- From the application ----
 
     public async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken)
     {
@@ -164,7 +163,7 @@ internal sealed class Http2Stream
             ArrayPool<byte>.Shared.Return(_current.Array);
             _current = default;
         }
-        ReturnCredit(n);
+        Release(n);
         return n;
     }
 
@@ -190,7 +189,7 @@ internal sealed class Http2Stream
         TryClose();
     }
 
-    // ---- either side ----
+    // ---- Either side ----
 
     /// <summary>Ends the stream with <paramref name="failure"/>: pending and future reads and writes throw it.</summary>
     public void Fail(Exception failure)
@@ -198,12 +197,13 @@ internal sealed class Http2Stream
         if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
         _responseReady.TrySetException(failure);
         _received.Writer.TryComplete(failure);
-        _connection.WakeSender(this);
         TryClose();
     }
 
-    /// <summary>Marks that RST_STREAM goes out; false when one already did.</summary>
-    public bool TryMarkResetSent() => Interlocked.Exchange(ref _resetSent, 1) == 0;
+    /// <summary>The exception a write on this stream throws once it cannot send (failed, reset or closed).</summary>
+    public Exception CannotSend() => _failure is { } failure
+        ? failure is OperationCanceledException ? new OperationCanceledException(failure.Message, failure) : new IOException(failure.Message, failure)
+        : new IOException($"HTTP/2 stream {Id} was reset");
 
     private void Cancel(CancellationToken token)
     {
@@ -211,26 +211,13 @@ internal sealed class Http2Stream
         _connection.ResetStream(this, Http2ErrorCode.Cancel, new TaskCanceledException($"HTTP/2 stream {Id} was cancelled.", null, token));
     }
 
-    private void ReturnCredit(int consumed)
-    {
-        _unackedConsumed += consumed;
-        if (_unackedConsumed < _creditThreshold || _responseEnded || _failure is not null) return;
-        Interlocked.Add(ref _receiveWindow, _unackedConsumed);
-        _connection.SendStreamCredit(this, _unackedConsumed);
-        _unackedConsumed = 0;
-    }
-
-    private void EndResponse()
-    {
-        _responseEnded = true;
-        _received.Writer.TryComplete();
-        TryClose();
-    }
-
     private void TryClose()
     {
         bool done = _failure is not null || (_responseEnded && (_requestEnded || _requestAbandoned));
-        if (!done || Interlocked.Exchange(ref _closed, 1) != 0) return;
+        if (!done) return;
+        // Whatever is left of the request body is not sent: a writer waiting for credit wakes and stops.
+        Connection.SendWindows.RemoveStream(Id);
+        if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         _cancellation.Unregister(); // not Dispose: this may run inside the cancellation callback itself
         _connection.OnStreamClosed(this);
     }
@@ -249,10 +236,4 @@ internal sealed class Http2Stream
     }
 
     private readonly record struct ReceivedData(byte[] Array, int Offset, int Length);
-}
-
-/// <summary>A stream error (RFC 9113, section 5.4.2): the stream is reset with <see cref="Code"/>, the connection goes on.</summary>
-internal sealed class Http2StreamException(Http2ErrorCode code, string message) : Exception(message)
-{
-    public Http2ErrorCode Code { get; } = code;
 }

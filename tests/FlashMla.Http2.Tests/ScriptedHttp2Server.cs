@@ -4,7 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using FlashMla.Client.Transport;
 
-namespace FlashMla.Server.Tests.Transport;
+namespace FlashMla.Http2.Tests;
 
 /// <summary>
 /// A scripted HTTP/2 server on loopback for the protocol paths Kestrel never takes: the test reads the

@@ -3,13 +3,13 @@ using System.Buffers.Binary;
 using System.Net;
 using FlashMla.Client.Transport;
 
-namespace FlashMla.Server.Tests.Transport;
+namespace FlashMla.Http2.Tests;
 
 /// <summary>
-/// LargeFrameHttp2Handler against a scripted server: settings, flow control both ways, CONTINUATION, padding,
+/// The engine's client role (LargeFrameHttp2Handler) against a scripted server: settings, flow control both ways, CONTINUATION, padding,
 /// informational responses, PING, and every way a server can end a stream or a connection.
 /// </summary>
-public sealed class Http2ProtocolTests
+public sealed class ClientRoleProtocolTests
 {
     private static HttpRequestMessage Post(string address, byte[]? body = null) => new(HttpMethod.Post, address + "/svc/Method")
     {
@@ -249,5 +249,15 @@ public sealed class Http2ProtocolTests
         using var mute = await server.AcceptAsync(); // reads the preface, answers nothing
         var timeout = await Assert.ThrowsAsync<HttpRequestException>(() => silent);
         Assert.Contains("no HTTP/2 SETTINGS", timeout.Message);
+    }
+
+    [Fact]
+    public void Options_outside_the_protocol_limits_are_refused_at_construction()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1000 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1 << 24 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { StreamWindowSize = 100 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectionWindowSize = 100 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectTimeout = TimeSpan.Zero }));
     }
 }

@@ -1,25 +1,31 @@
-using FlashMla.Http2;
-
-namespace FlashMla.Server.DataPlane;
+namespace FlashMla.Http2;
 
 /// <summary>
 /// HTTP/2 flow control of what this side sends (RFC 9113, section 5.2): the connection's window and each
-/// stream's, opened by the peer's WINDOW_UPDATE frames and SETTINGS_INITIAL_WINDOW_SIZE. A response's writer
-/// takes credit before each DATA frame and waits when either window is shut. One lock: windows change a few
-/// times per megabyte, so contention is negligible next to the sends themselves.
+/// stream's, opened by the peer's WINDOW_UPDATE frames and SETTINGS_INITIAL_WINDOW_SIZE. A writer takes credit
+/// before each DATA frame and waits while either window is shut; only the writers a change concerns wake (the
+/// stream's own, or those waiting on the connection's window). One lock: windows change a few times per
+/// megabyte, so contention is negligible next to the sends themselves.
 /// </summary>
 internal sealed class SendWindows
 {
     private readonly object _lock = new();
     private readonly Dictionary<int, StreamWindow> _streams = [];
+    private readonly List<StreamWindow> _waitingOnConnection = [];
     private long _connection = Http2Frames.DefaultWindowSize;
     private long _initialStream = Http2Frames.DefaultWindowSize;
-    private TaskCompletionSource _opened = NewSignal();
     private Exception? _closed;
 
     private sealed class StreamWindow(long size)
     {
         public long Size = size;
+        public TaskCompletionSource? Waiter;
+
+        public void Wake()
+        {
+            Waiter?.TrySetResult();
+            Waiter = null;
+        }
     }
 
     public void AddStream(int streamId)
@@ -27,13 +33,14 @@ internal sealed class SendWindows
         lock (_lock) _streams[streamId] = new StreamWindow(_initialStream);
     }
 
-    /// <summary>Forgets a finished stream and wakes its writer if it waits for credit (it then sees the stream gone).</summary>
+    /// <summary>Forgets a stream that sends no more and wakes its writer if it waits for credit (it then sees the stream gone).</summary>
     public void RemoveStream(int streamId)
     {
         lock (_lock)
         {
-            _streams.Remove(streamId);
-            Wake();
+            if (!_streams.Remove(streamId, out var stream)) return;
+            _waitingOnConnection.Remove(stream);
+            stream.Wake();
         }
     }
 
@@ -46,17 +53,15 @@ internal sealed class SendWindows
             {
                 if (_connection + increment > Http2Frames.MaxWindowSize) return false;
                 _connection += increment;
+                WakeConnectionWaiters();
             }
             else if (_streams.TryGetValue(streamId, out var stream))
             {
                 if (stream.Size + increment > Http2Frames.MaxWindowSize) return false;
                 stream.Size += increment;
+                stream.Wake();
             }
-            else
-            {
-                return true; // a stream already closed: nothing waits on it
-            }
-            Wake();
+            // else: a stream that sends no more; nothing waits on it
         }
         return true;
     }
@@ -67,8 +72,12 @@ internal sealed class SendWindows
         lock (_lock)
         {
             _connection += bytes;
-            if (_streams.TryGetValue(streamId, out var stream)) stream.Size += bytes;
-            Wake();
+            if (_streams.TryGetValue(streamId, out var stream))
+            {
+                stream.Size += bytes;
+                stream.Wake();
+            }
+            WakeConnectionWaiters();
         }
     }
 
@@ -81,15 +90,19 @@ internal sealed class SendWindows
             foreach (var stream in _streams.Values)
                 if (stream.Size + delta > Http2Frames.MaxWindowSize) return false;
             _initialStream = size;
-            foreach (var stream in _streams.Values) stream.Size += delta;
-            Wake();
+            foreach (var stream in _streams.Values)
+            {
+                stream.Size += delta;
+                stream.Wake();
+            }
         }
         return true;
     }
 
     /// <summary>
     /// Takes credit for up to <paramref name="wanted"/> bytes on <paramref name="streamId"/>: at least one byte,
-    /// waiting until both windows allow it. Throws when the connection is closed or the call cancelled.
+    /// waiting until both windows allow it. Throws <see cref="IOException"/> when the connection is closed and
+    /// <see cref="OperationCanceledException"/> when the stream sends no more or the caller cancelled.
     /// </summary>
     public async ValueTask<int> TakeAsync(int streamId, int wanted, CancellationToken cancellationToken)
     {
@@ -98,8 +111,8 @@ internal sealed class SendWindows
             Task opened;
             lock (_lock)
             {
-                if (_closed is not null) throw new IOException("the connection is closed", _closed);
-                if (!_streams.TryGetValue(streamId, out var stream)) throw new OperationCanceledException("the stream is closed");
+                if (_closed is not null) throw new IOException("the HTTP/2 connection is closed", _closed);
+                if (!_streams.TryGetValue(streamId, out var stream)) throw new OperationCanceledException($"HTTP/2 stream {streamId} sends no more");
                 long granted = Math.Min(wanted, Math.Min(_connection, stream.Size));
                 if (granted > 0)
                 {
@@ -107,7 +120,9 @@ internal sealed class SendWindows
                     stream.Size -= granted;
                     return (int)granted;
                 }
-                opened = _opened.Task;
+                stream.Waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                if (_connection <= 0 && !_waitingOnConnection.Contains(stream)) _waitingOnConnection.Add(stream);
+                opened = stream.Waiter.Task;
             }
             await opened.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
@@ -119,15 +134,13 @@ internal sealed class SendWindows
         lock (_lock)
         {
             _closed ??= reason;
-            Wake();
+            foreach (var stream in _streams.Values) stream.Wake();
         }
     }
 
-    private void Wake()
+    private void WakeConnectionWaiters()
     {
-        _opened.TrySetResult();
-        _opened = NewSignal();
+        foreach (var stream in _waitingOnConnection) stream.Wake();
+        _waitingOnConnection.Clear();
     }
-
-    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 }

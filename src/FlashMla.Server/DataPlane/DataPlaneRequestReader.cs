@@ -1,0 +1,265 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Threading.Channels;
+using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using FlashMla.Http2;
+using Google.Protobuf;
+using Grpc.Core;
+
+namespace FlashMla.Server.DataPlane;
+
+/// <summary>
+/// The request stream of one data-plane call. The connection's reader loop feeds it DATA payloads, which it
+/// receives straight into a pooled, page-locked array per gRPC message (the kernel's copy from the socket is the
+/// only one); the service reads whole messages, each parsed in place into a request whose tensors wrap that array.
+/// <para>
+/// Receive flow control: the stream's window is given back as bytes arrive while fewer than
+/// <see cref="MaxQueuedMessages"/> whole messages wait for the service; past that, credit is held until the
+/// service takes one. So a stream's memory is bounded by its window plus those messages.
+/// </para>
+/// </summary>
+internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeRequest>>
+{
+    /// <summary>Whole messages the service has not taken yet before the stream's window stops being given back.</summary>
+    public const int MaxQueuedMessages = 2;
+
+    /// <summary>Credit given back in pieces of at least this much (or at a message's end).</summary>
+    public const int CreditBatchBytes = 256 * 1024;
+
+    /// <summary>A whole message as received: its bytes lie at the start of a pooled array.</summary>
+    private readonly record struct Received(byte[] Array, int Length, bool Compressed);
+
+    private readonly Http2Stream _stream;
+    private readonly ArrayPool<byte> _pool;
+    private readonly int _maxMessageBytes;
+    private readonly string? _encoding;
+    private readonly CancellationToken _callToken;
+    private readonly Channel<Received> _messages = Channel.CreateUnbounded<Received>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly object _gate = new();
+    private readonly byte[] _prefix = new byte[TensorMessageWriter.GrpcPrefixSize];
+    private int _prefixFilled;
+    private byte[]? _body;
+    private int _bodyLength, _bodyFilled;
+    private bool _bodyCompressed;
+    private int _queued, _held;
+    private bool _receiving;
+    private volatile bool _discarding, _ended, _closed;
+    private Leased<DecodeRequest>? _current;
+
+    /// <param name="stream">Where credit goes back.</param>
+    /// <param name="pool">The page-locked pool messages are received into.</param>
+    /// <param name="encoding">The request's grpc-encoding, which compressed messages are inflated by.</param>
+    /// <param name="callToken">The call's cancellation (deadline, reset, connection closing).</param>
+    public DataPlaneRequestReader(Http2Stream stream, ArrayPool<byte> pool, int maxMessageBytes, string? encoding, CancellationToken callToken)
+    {
+        _stream = stream;
+        _pool = pool;
+        _maxMessageBytes = maxMessageBytes;
+        _encoding = encoding;
+        _callToken = callToken;
+    }
+
+    // ---- The reader loop: one DATA payload at a time ----
+
+    /// <summary>Takes the next <paramref name="count"/> bytes of a DATA payload from <paramref name="reader"/>.</summary>
+    public async ValueTask ReceiveAsync(Http2FrameReader reader, int count)
+    {
+        lock (_gate) _receiving = true;
+        try
+        {
+            while (count > 0)
+            {
+                if (_discarding || _ended || _closed)
+                {
+                    ReturnBody();
+                    await reader.SkipAsync(count).ConfigureAwait(false);
+                    Credit(count, messageEnded: false);
+                    return;
+                }
+                int n;
+                if (_body is null)
+                {
+                    n = Math.Min(_prefix.Length - _prefixFilled, count);
+                    await reader.ReadExactlyAsync(_prefix.AsMemory(_prefixFilled, n)).ConfigureAwait(false);
+                    _prefixFilled += n;
+                    if (_prefixFilled == _prefix.Length) StartMessage();
+                }
+                else
+                {
+                    n = Math.Min(_bodyLength - _bodyFilled, count);
+                    await reader.ReadExactlyAsync(_body.AsMemory(_bodyFilled, n)).ConfigureAwait(false);
+                    _bodyFilled += n;
+                }
+                count -= n;
+                bool ended = _body is not null && _bodyFilled == _bodyLength;
+                if (ended) FinishMessage();
+                Credit(n, ended);
+            }
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _receiving = false;
+                if (_closed) ReturnBody();
+            }
+        }
+    }
+
+    /// <summary>The client sent END_STREAM: no more requests.</summary>
+    public void EndInput()
+    {
+        if (_ended) return;
+        if (!_discarding && (_prefixFilled > 0 || _body is not null))
+        {
+            Fail(new RpcException(new Status(StatusCode.Internal, "the request stream ended inside a message")));
+            return;
+        }
+        _ended = true;
+        _messages.Writer.TryComplete();
+    }
+
+    /// <summary>
+    /// The request stream cannot go on (a bad message, shutdown, cancellation): the service's next read, after the
+    /// requests already received, throws <paramref name="error"/>; bytes still arriving are discarded. Any thread.
+    /// </summary>
+    public void Fail(RpcException error)
+    {
+        _discarding = true;
+        _ended = true;
+        _messages.Writer.TryComplete(error);
+    }
+
+    private void StartMessage()
+    {
+        bool compressed = _prefix[0] != 0;
+        uint length = BinaryPrimitives.ReadUInt32BigEndian(_prefix.AsSpan(1));
+        _prefixFilled = 0;
+        if (compressed && GrpcMessageEncoding.RefusalOfCompressed(_encoding) is { } refusal)
+        {
+            Fail(new RpcException(refusal));
+            return;
+        }
+        if (length > (uint)_maxMessageBytes)
+        {
+            Fail(new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"Received message exceeds the maximum configured message size ({length} > {_maxMessageBytes} bytes)")));
+            return;
+        }
+        _bodyLength = (int)length;
+        _bodyFilled = 0;
+        _bodyCompressed = compressed;
+        _body = _pool.Rent(Math.Max(_bodyLength, 1));
+    }
+
+    private void FinishMessage()
+    {
+        var message = new Received(_body!, _bodyLength, _bodyCompressed);
+        _body = null;
+        lock (_gate) _queued++;
+        if (!_messages.Writer.TryWrite(message))
+        {
+            _pool.Return(message.Array);
+            lock (_gate) _queued--;
+        }
+    }
+
+    /// <summary>The message being received, if any, goes back to the pool (the reader loop, or Close once it has left).</summary>
+    private void ReturnBody()
+    {
+        var body = Interlocked.Exchange(ref _body, null);
+        if (body is not null) _pool.Return(body);
+        _prefixFilled = 0;
+    }
+
+    /// <summary>Gives consumed bytes back to the client as stream window, unless enough messages wait already.</summary>
+    private void Credit(int bytes, bool messageEnded)
+    {
+        lock (_gate)
+        {
+            if (_queued >= MaxQueuedMessages && !_discarding)
+            {
+                _held += bytes;
+                return;
+            }
+        }
+        _stream.Release(bytes, flush: messageEnded || _discarding);
+    }
+
+    private void OnMessageTaken()
+    {
+        int release = 0;
+        lock (_gate)
+        {
+            _queued--;
+            if (_queued < MaxQueuedMessages)
+            {
+                release = _held;
+                _held = 0;
+            }
+        }
+        if (release > 0) _stream.Release(release, flush: true);
+    }
+
+    // ---- The service reads requests ----
+
+    public Leased<DecodeRequest> Current => _current ?? throw new InvalidOperationException("no current request");
+
+    public async Task<bool> MoveNext(CancellationToken cancellationToken)
+    {
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _callToken);
+        try
+        {
+            if (!await _messages.Reader.WaitToReadAsync(linked.Token).ConfigureAwait(false)) return false;
+        }
+        catch (OperationCanceledException) when (_callToken.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.Cancelled, "the call was cancelled"));
+        }
+        if (!_messages.Reader.TryRead(out var message)) return false;
+        OnMessageTaken();
+        _current = Parse(message);
+        return true;
+    }
+
+    /// <summary>A request parsed in place in its array (inflated first into one of its own, if compressed); the lease returns the array.</summary>
+    private Leased<DecodeRequest> Parse(Received message)
+    {
+        var (array, length) = (message.Array, message.Length);
+        try
+        {
+            if (message.Compressed)
+            {
+                // Rare (tensors hardly compress): inflated on the service's side, not the reader loop's, bounded by the limit.
+                var inflated = GrpcMessageEncoding.Inflate(array.AsMemory(0, length), _maxMessageBytes, _pool);
+                _pool.Return(array);
+                (array, length) = inflated;
+            }
+            return new Leased<DecodeRequest>(DecodeMarshallers.ParseRequestInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array));
+        }
+        catch (Exception ex)
+        {
+            _pool.Return(array);
+            if (ex is InvalidProtocolBufferException)
+                throw new RpcException(new Status(StatusCode.Internal, "Failed to deserialize request message: " + ex.Message));
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The call is over: requests received but never taken, and a message half received, go back to the pool.
+    /// Any thread; the reader loop may still be inside <see cref="ReceiveAsync"/>, in which case it gives the half
+    /// message back as it leaves.
+    /// </summary>
+    public void Close()
+    {
+        _closed = true;
+        _messages.Writer.TryComplete();
+        while (_messages.Reader.TryRead(out var message)) _pool.Return(message.Array);
+        lock (_gate)
+        {
+            if (!_receiving) ReturnBody();
+        }
+    }
+}

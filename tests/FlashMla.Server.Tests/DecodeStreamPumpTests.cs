@@ -1,0 +1,92 @@
+using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using FlashMla.Server.Services;
+using Grpc.Core;
+
+namespace FlashMla.Server.Tests;
+
+/// <summary>The stream pump on its own: slots, completion order, and no lease left behind when writing fails.</summary>
+public sealed class DecodeStreamPumpTests
+{
+    private sealed class Requests(int count) : IAsyncStreamReader<Leased<DecodeRequest>>
+    {
+        private int _next;
+
+        public int Read => _next;
+        public Leased<DecodeRequest> Current { get; private set; } = null!;
+
+        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            if (_next == count) return Task.FromResult(false);
+            Current = new Leased<DecodeRequest>(new DecodeRequest { RequestId = (ulong)_next++ });
+            return Task.FromResult(true);
+        }
+    }
+
+    private sealed class Responses(int failAfter = int.MaxValue) : IServerStreamWriter<Leased<DecodeResponse>>
+    {
+        public List<ulong> Written { get; } = [];
+        public WriteOptions? WriteOptions { get; set; }
+
+        public Task WriteAsync(Leased<DecodeResponse> message)
+        {
+            if (Written.Count == failAfter) throw new IOException("the stream broke");
+            lock (Written) Written.Add(message.Message.RequestId);
+            message.Dispose();
+            return Task.CompletedTask;
+        }
+    }
+
+    private sealed class Lease : IDisposable
+    {
+        public bool Disposed { get; private set; }
+        public void Dispose() => Disposed = true;
+    }
+
+    [Fact]
+    public async Task At_most_max_in_flight_run_at_once_and_responses_leave_in_completion_order()
+    {
+        var requests = new Requests(4);
+        var responses = new Responses();
+        var gates = Enumerable.Range(0, 4).Select(_ => new TaskCompletionSource<Leased<DecodeResponse>>(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        int started = 0;
+        var pump = DecodeStreamPump.RunAsync(requests, responses, request =>
+        {
+            int id = (int)request.Message.RequestId;
+            Interlocked.Increment(ref started);
+            return gates[id].Task;
+        }, maxInFlight: 2, CancellationToken.None);
+
+        await Task.Delay(50);
+        Assert.Equal(2, Volatile.Read(ref started)); // the third read waits for a slot
+        gates[1].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 1 }));
+        await WaitUntilAsync(() => Volatile.Read(ref started) == 3);
+        gates[2].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 2 }));
+        gates[0].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 0 }));
+        gates[3].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 3 }));
+        await pump.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(1ul, responses.Written[0]);
+        Assert.Equal([0ul, 1ul, 2ul, 3ul], responses.Written.Order());
+    }
+
+    [Fact]
+    public async Task When_writing_fails_the_responses_still_queued_go_back_and_the_stream_fails()
+    {
+        var leases = Enumerable.Range(0, 6).Select(_ => new Lease()).ToArray();
+        var responses = new Responses(failAfter: 1);
+        var pump = DecodeStreamPump.RunAsync(new Requests(6), responses, request =>
+        {
+            int id = (int)request.Message.RequestId;
+            return Task.FromResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = (ulong)id }, leases[id]));
+        }, maxInFlight: 8, CancellationToken.None);
+        await Assert.ThrowsAnyAsync<Exception>(() => pump.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Single(responses.Written);
+        Assert.All(leases, lease => Assert.True(lease.Disposed));
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        for (int i = 0; i < 500 && !condition(); i++) await Task.Delay(10);
+        Assert.True(condition());
+    }
+}
