@@ -98,6 +98,9 @@ public sealed class CudaBackend : IAttentionBackend
     /// <summary>Streaming multiprocessors of the device (sizes the tile scheduler's parts).</summary>
     public int SmCount => _device.SmCount;
 
+    /// <summary>The kernels take at most this many query rows (<c>s_q * h_q</c>) per sequence.</summary>
+    public int MaxQueryRowsPerSequence => MlaKernelAbi.MaxRowsPerSeq;
+
     /// <summary>Device time of the kernels of the last decode step (append to combine), in milliseconds.</summary>
     public double LastDecodeKernelMilliseconds => LastDecodeTimings.KernelsMs;
 
@@ -367,7 +370,7 @@ public sealed class CudaBackend : IAttentionBackend
 
         // Upload: [int32 sections][q][new kv]; result: [out][lse].
         long qOffset = BufferSizes.RoundUp(layout.TotalBytes, BufferSizes.RegionAlignment);
-        long kvOffset = BufferSizes.RoundUp(qOffset + batch.QLength * 2L, BufferSizes.RegionAlignment);
+        long kvOffset = BufferSizes.RoundUp(qOffset + batch.Q.Length * 2L, BufferSizes.RegionAlignment);
         long uploadBytes = kvOffset + batch.NewKv.Length * 2L;
         long outBytes = batch.Out.Length * 2L;
         long lseOffset = BufferSizes.RoundUp(outBytes, BufferSizes.RegionAlignment);
@@ -393,21 +396,13 @@ public sealed class CudaBackend : IAttentionBackend
         // Upload stream: the inputs.
         events.UploadStart.Record(_uploadStream);
         CopyToDevice(up, slot.HostUpload.Pointer, layout.TotalBytes, "decode upload", _uploadStream);
-        bool qDirect;
-        if (batch.QParts is { } qParts)
+        // q segment by segment, each from where it lies (page-locked: no host copy at all).
+        bool qDirect = true;
+        long qAt = qOffset;
+        for (int i = 0; i < batch.Q.Count; i++)
         {
-            // A merged batch: each request's q goes up from where it lies (page-locked: no host copy at all).
-            qDirect = true;
-            long at = qOffset;
-            foreach (var part in qParts)
-            {
-                qDirect &= UploadDirectOrStaged(slot, part, at, "decode q part");
-                at += part.Length * 2L;
-            }
-        }
-        else
-        {
-            qDirect = UploadDirectOrStaged(slot, batch.Q, qOffset, "decode q");
+            qDirect &= UploadDirectOrStaged(slot, batch.Q[i], qAt, "decode q");
+            qAt += batch.Q[i].Length * 2L;
         }
         UploadDirectOrStaged(slot, batch.NewKv, kvOffset, "decode new kv");
         events.UploadEnd.Record(_uploadStream);
