@@ -17,7 +17,7 @@
 # The A/B sections are off by default (settled in the 18:21 round; results/dataplane/) and measure the gRPC port:
 # Transport A/B (DP_TRANSPORT_AB=1; CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (DP_RUNTIME_AB=1; same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's
-# default transport, no inline scheduling, 256 KiB blocks, PinnedTensorBuffers=false. DP_AB_ARGS: extra
+# default transport, no inline scheduling, 256 KiB blocks, FLASHMLA_STAGE_TENSOR_BUFFERS=1. DP_AB_ARGS: extra
 # bench-matrix arguments; DP_AB_VARIANTS replaces the variants, DP_AB_CONNECTIONS (1,4) their connection counts.
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
@@ -91,7 +91,7 @@ if [[ "${DP_RUNTIME_AB:-0}" == 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]
   # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
   variants=("kestrel-default-transport||--FlashMla:SocketBlockKiB=4 --FlashMla:InlineSocketScheduling=false"
     "no-inline-scheduling||--FlashMla:InlineSocketScheduling=false" "256k-blocks||--FlashMla:SocketBlockKiB=256"
-    "staged-buffers||--FlashMla:PinnedTensorBuffers=false")
+    "staged-buffers|FLASHMLA_STAGE_TENSOR_BUFFERS=1|")
   # DP_AB_VARIANTS="name||server args;name||server args" replaces the list.
   if [[ -n "${DP_AB_VARIANTS:-}" ]]; then IFS=';' read -r -a variants <<< "$DP_AB_VARIANTS"; fi
   for variant in "${variants[@]}"; do

@@ -31,6 +31,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private const int CreditBatchBytes = 256 * 1024;
 
     private readonly DataPlaneConnection _connection;
+    private readonly PinnedTensorPool _tensorBuffers; // the host's pool: request bodies are received into it
     private readonly int _maxMessageBytes;
     private readonly Channel<Leased<DecodeRequest>> _requests = Channel.CreateUnbounded<Leased<DecodeRequest>>(
         new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
@@ -51,9 +52,10 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private Leased<DecodeRequest>? _current;
 
     public DataPlaneCall(DataPlaneConnection connection, int streamId, string method, TimeSpan? timeout, int maxMessageBytes,
-        int receiveWindow, CancellationToken connectionClosing)
+        int receiveWindow, CancellationToken connectionClosing, PinnedTensorPool tensorBuffers)
     {
         _connection = connection;
+        _tensorBuffers = tensorBuffers;
         StreamId = streamId;
         Method = method;
         _maxMessageBytes = maxMessageBytes;
@@ -231,7 +233,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         }
         _bodyLength = (int)length;
         _bodyFilled = 0;
-        _body = TensorBufferPool.Bytes.Rent(Math.Max(_bodyLength, 1));
+        _body = _tensorBuffers.Rent(Math.Max(_bodyLength, 1));
     }
 
     private void FinishMessage()
@@ -245,12 +247,12 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         }
         catch (InvalidProtocolBufferException ex)
         {
-            TensorBufferPool.Bytes.Return(body);
+            _tensorBuffers.Return(body);
             FailInput(new RpcException(new Status(StatusCode.Internal, "Failed to deserialize request message: " + ex.Message)));
             return;
         }
         lock (_gate) _queued++;
-        var leased = new Leased<DecodeRequest>(request, new PooledArray(TensorBufferPool.Bytes, body));
+        var leased = new Leased<DecodeRequest>(request, new PooledArray(_tensorBuffers, body));
         if (!_requests.Writer.TryWrite(leased))
         {
             leased.Dispose();
@@ -262,7 +264,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private void ReturnBody()
     {
         var body = Interlocked.Exchange(ref _body, null);
-        if (body is not null) TensorBufferPool.Bytes.Return(body);
+        if (body is not null) _tensorBuffers.Return(body);
         _prefixFilled = 0;
     }
 

@@ -39,6 +39,7 @@ internal sealed class DataPlaneConnection
     private readonly HpackDecoder _hpack = new(HeaderTableSize);
     private readonly DataPlaneDispatcher _dispatcher;
     private readonly int _maxMessageBytes;
+    private readonly Core.Memory.PinnedTensorPool _tensorBuffers;
     private readonly Dictionary<int, DataPlaneCall> _calls = [];
     private readonly List<Task> _running = [];
     private readonly object _lock = new();
@@ -50,8 +51,9 @@ internal sealed class DataPlaneConnection
     private long _connectionReceiveWindow = ConnectionWindow;
     private int _connectionUncredited;
 
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes)
+    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, Core.Memory.PinnedTensorPool tensorBuffers)
     {
+        _tensorBuffers = tensorBuffers;
         _socket = socket;
         _dispatcher = dispatcher;
         _maxMessageBytes = maxMessageBytes;
@@ -366,7 +368,7 @@ internal sealed class DataPlaneConnection
             return;
         }
 
-        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, _maxMessageBytes, StreamWindow, _closing.Token);
+        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, _maxMessageBytes, StreamWindow, _closing.Token, _tensorBuffers);
         lock (_lock)
         {
             _calls.Add(streamId, call);

@@ -58,12 +58,6 @@ public sealed class FlashMlaOptions
     public int DecodeBatchesInFlight { get; set; } = 2;
 
     /// <summary>
-    /// CUDA backend: page-lock the server's tensor buffers so a step's q, out and lse are copied straight between
-    /// the wire's arrays and the GPU (false: staged through the backend's own pinned buffers, one more copy each way).
-    /// </summary>
-    public bool PinnedTensorBuffers { get; set; } = true;
-
-    /// <summary>
     /// Size of the blocks Kestrel's socket transport receives into and its HTTP/2 layer buffers in, KiB
     /// (Kestrel's own pool: 4). One receive call takes at most one block, so large tensors want large blocks.
     /// </summary>
