@@ -51,14 +51,12 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
             }
         }
         ushort[] cachedRows = steps.RandomRows(cached.Count);
-        backend.WriteKv(c.Layer, cached.ToArray(), cachedRows);
-        mirror.Write(c.Layer, cached.ToArray(), cachedRows);
+        device.Write(c.Layer, cached.ToArray(), cachedRows);
         if (nanSlots.Count > 0)
         {
             var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
             Array.Fill(nanRows, Bf16NaN);
-            backend.WriteKv(c.Layer, nanSlots.ToArray(), nanRows);
-            mirror.Write(c.Layer, nanSlots.ToArray(), nanRows);
+            device.Write(c.Layer, nanSlots.ToArray(), nanRows);
         }
         ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Count) : [];
         var batch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots.ToArray());
@@ -136,12 +134,10 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
             for (int t = 0; t < blocks[s].Length * MlaDims.BlockSize; t++)
                 (t < initial[s] ? rowSlots : nanSlots).Add(blocks[s][t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize);
             ushort[] rows = steps.RandomRows(rowSlots.Count);
-            backend.WriteKv(layer, rowSlots.ToArray(), rows);
-            mirror.Write(layer, rowSlots.ToArray(), rows);
+            device.Write(layer, rowSlots.ToArray(), rows);
             var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
             Array.Fill(nanRows, Bf16NaN);
-            backend.WriteKv(layer, nanSlots.ToArray(), nanRows);
-            mirror.Write(layer, nanSlots.ToArray(), nanRows);
+            device.Write(layer, nanSlots.ToArray(), nanRows);
         }
 
         int[] length = (int[])initial.Clone();
@@ -188,8 +184,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         var steps = device.Steps("refusal");
         int[] slots = Enumerable.Range(0, 10).ToArray();
         ushort[] rows = steps.RandomRows(slots.Length);
-        backend.WriteKv(0, slots, rows);
-        device.Mirror.Write(0, slots, rows);
+        device.Write(0, slots, rows);
 
         var bad = steps.NewBatch(0, 1, 16, [10], stride: 1, blockTable: [backend.Geometry.NumBlocks]);
         var error = Assert.Throws<ArgumentException>(() => backend.Decode(bad));

@@ -19,6 +19,13 @@ public abstract class DeviceBackend : IDisposable
 
     internal CudaBackend Backend => _backend ??= Open();
 
+    /// <summary>Writes rows into the device pools and into the host copy alike.</summary>
+    internal void Write(int layer, int[] slots, ushort[] rows)
+    {
+        Backend.WriteKv(layer, slots, rows);
+        Mirror.Write(layer, slots, rows);
+    }
+
     /// <summary>Seeds the inputs of one test; distinct per test name, the same on every run with the same seed.</summary>
     internal DeviceSteps Steps(string test) => new(new Random(HashCode.Combine(GpuDevice.Seed, StableHash(test)))) { Pool = Pool };
 

@@ -18,8 +18,7 @@ public sealed class KvTransferTests(StagedBackend device, ITestOutputHelper outp
         // 40000 rows (three staging passes): shuffled slots, and a run of consecutive ones.
         int[] slots = steps.Shuffled(total)[..36000].Concat(Enumerable.Range(0, 4000)).Distinct().ToArray();
         ushort[] rows = steps.RandomRows(slots.Length);
-        backend.WriteKv(1, slots, rows);
-        device.Mirror.Write(1, slots, rows);
+        device.Write(1, slots, rows);
         var back = new ushort[rows.Length];
         backend.ReadKv(1, slots, back);
         Assert.Equal(rows, back);
@@ -27,8 +26,7 @@ public sealed class KvTransferTests(StagedBackend device, ITestOutputHelper outp
         // Layer 0's writes must not touch layer 1: write it, then read both back.
         int[] other = steps.Shuffled(total)[..5000];
         ushort[] otherRows = steps.RandomRows(other.Length);
-        backend.WriteKv(0, other, otherRows);
-        device.Mirror.Write(0, other, otherRows);
+        device.Write(0, other, otherRows);
         backend.ReadKv(1, slots, back);
         Assert.Equal(rows, back);
         var otherBack = new ushort[otherRows.Length];
@@ -49,8 +47,7 @@ public sealed class KvTransferTests(StagedBackend device, ITestOutputHelper outp
         {
             int[] slots = blocks.SelectMany(b => Enumerable.Range(b * MlaDims.BlockSize, MlaDims.BlockSize)).ToArray();
             ushort[] rows = steps.RandomRows(slots.Length);
-            backend.WriteKv(l, slots, rows);
-            mirror.Write(l, slots, rows);
+            device.Write(l, slots, rows);
         }
         int a = blocks[0], b1 = blocks[1], c = blocks[2], d = blocks[3], e = blocks[4], f = blocks[5];
         // Chained (b1 -> e reads what a -> b1 wrote), overwrite-after-read (f -> a), a self-copy, and a repeated destination.
@@ -70,8 +67,7 @@ public sealed class KvTransferTests(StagedBackend device, ITestOutputHelper outp
         var mirror = device.Mirror;
         int[] someSlots = device.Steps("intact").Shuffled(backend.Geometry.NumBlocks * MlaDims.BlockSize)[..1000];
         ushort[] someRows = device.Steps("intact rows").RandomRows(someSlots.Length);
-        backend.WriteKv(0, someSlots, someRows); // so there is something to compare even when this test runs first
-        mirror.Write(0, someSlots, someRows);
+        device.Write(0, someSlots, someRows); // so there is something to compare even when this test runs first
         int compared = 0;
         for (int l = 0; l < mirror.Layers; l++)
         {
