@@ -17,7 +17,7 @@
 # The A/B sections are off by default (settled in the 18:21 round; results/2026-11-25-h100-dataplane.md) and measure the gRPC port:
 # Transport A/B (DP_TRANSPORT_AB=1; CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (DP_RUNTIME_AB=1; same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's
-# default transport, no inline scheduling, 256 KiB blocks, PinnedTensorBuffers=false. DP_AB_ARGS: extra
+# default transport, no inline scheduling, 256 KiB blocks, FLASHMLA_STAGE_TENSOR_BUFFERS=1. DP_AB_ARGS: extra
 # bench-matrix arguments; DP_AB_VARIANTS replaces the variants, DP_AB_CONNECTIONS (1,4) their connection counts.
 set -uo pipefail
 OUT=${OUT:-$PWD/results/raw}  # ignored by git
@@ -89,10 +89,10 @@ if [[ "${DP_RUNTIME_AB:-0}" == 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]
   # (4 KiB blocks, no inline scheduling), no inline scheduling, 256 KiB blocks, tensors staged through the
   # backend's own pinned buffers.
   # (The GC / thread-pool A/B of the 16:16 round chose server GC.)
-  # The transport switches are environment variables (MeasurementSwitches), the rest options.
+  # The transport and staging switches are environment variables (MeasurementSwitches), the rest options.
   variants=("kestrel-default-transport|FLASHMLA_SOCKET_BLOCK_KIB=4 FLASHMLA_INLINE_SOCKET_SCHEDULING=false|"
     "no-inline-scheduling|FLASHMLA_INLINE_SOCKET_SCHEDULING=false|" "256k-blocks|FLASHMLA_SOCKET_BLOCK_KIB=256|"
-    "staged-buffers||--FlashMla:PinnedTensorBuffers=false")
+    "staged-buffers|FLASHMLA_STAGE_TENSOR_BUFFERS=1|")
   # DP_AB_VARIANTS="name||server args;name||server args" replaces the list.
   if [[ -n "${DP_AB_VARIANTS:-}" ]]; then IFS=';' read -r -a variants <<< "$DP_AB_VARIANTS"; fi
   for variant in "${variants[@]}"; do

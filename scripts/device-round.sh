@@ -3,8 +3,10 @@
 # archive carried in .devcarry/ (scripts/pack-device.sh makes it):
 #   1. build the kernels (native/build.sh -> native/build/flashmla.fatbin)
 #   2. run the native kernel checks
-#   3. unpack the self-contained publish (server, CLI, backend device check)
-#   4. run the C# CUDA backend check against a float64 reference
+#   3. unpack the self-contained publish (server, CLI, device tests, device benchmark)
+#   4. run the device tests (CudaBackend against the float64 reference, faults, the ABI against the header): the
+#      xunit.v3 executable flashmla-devicecheck filtered on its traits (Category=Gpu, Category=Abi), then the
+#      device benchmark flashmla-devicebench (timings, not a test)
 #   5. start the server on the CUDA backend (gRPC port PORT, data-plane port PORT+1, metrics PORT+2), run
 #      `flashmla verify` through each port and a short `flashmla bench`
 #   6. print a short table last
@@ -13,8 +15,9 @@
 # as they happen. A failed step is recorded and the round goes on where later steps do not depend on it.
 #
 # Env: PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
-# fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1, SKIP_DATAPLANE=1,
-# DEVICECHECK_ARGS (e.g. --no-bench); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
+# fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
+# SKIP_DATAPLANE=1, DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
 OUT=${OUT:-$PWD/results/raw}  # ignored by git
@@ -86,12 +89,16 @@ else
   record unpack FAIL - "no $archive (run scripts/pack-device.sh here first)"
 fi
 
-# 4. Backend check (C# CudaBackend vs a float64 reference).
+# 4. Device tests (C# CudaBackend vs the float64 reference, faults, ABI vs header), then the device benchmark.
 if [[ "${SKIP_BACKEND_CHECK:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicecheck" ]]; then
   # shellcheck disable=SC2086
-  run_step backend-check backend-check.log "$app/flashmla-devicecheck" --fatbin "$fatbin" --header native/include/mla_params.h ${DEVICECHECK_ARGS:-}
+  run_step backend-check backend-check.log env FLASHMLA_FATBIN="$fatbin" FLASHMLA_ABI_HEADER="$root/native/include/mla_params.h" \
+    "$app/flashmla-devicecheck" -trait Category=Gpu -trait Category=Abi -showLiveOutput -failSkips -noColor ${DEVICECHECK_ARGS:-}
 elif [[ $app_ok == 1 ]]; then
   record backend-check skip - "needs the fatbin and flashmla-devicecheck"
+fi
+if [[ "${SKIP_DEVICE_BENCH:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicebench" ]]; then
+  run_step device-bench device-bench.log "$app/flashmla-devicebench" --fatbin "$fatbin"
 fi
 
 # 5. Server + CLI.

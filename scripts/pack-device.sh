@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs on the development machine. Publishes the server, the CLI and the backend device check
+# Runs on the development machine. Publishes the server, the CLI, the device tests (an xunit.v3 executable that
+# runs itself, published without the VSTest adapter: -p:DevicePublish=true) and the device benchmark
 # self-contained for linux-x64 into one folder (they share one runtime copy), compresses it, and
 # leaves it in the main checkout's .devcarry/ (ignored by git), which the device tool carries with
 # `carry: [".devcarry"]`. scripts/device-round.sh unpacks it on the GPU machine.
 #
-#   scripts/pack-device.sh [--only devicecheck]
+#   scripts/pack-device.sh [--only NAME]   (NAME: server, cli, devicecheck, devicebench)
 #
 # Env: DEVCARRY (destination folder, default <main checkout>/.devcarry), CONFIGURATION (Release).
 set -euo pipefail
@@ -14,7 +15,7 @@ main_root=$(cd "$(git rev-parse --git-common-dir)/.." && pwd)
 dest=${DEVCARRY:-$main_root/.devcarry}
 configuration=${CONFIGURATION:-Release}
 only=""
-if [[ "${1:-}" == "--only" ]]; then only=${2:?"--only needs a name: server, cli or devicecheck"}; fi
+if [[ "${1:-}" == "--only" ]]; then only=${2:?"--only needs a name: server, cli, devicecheck or devicebench"}; fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -24,10 +25,11 @@ declare -A projects=(
   [server]=src/FlashMla.Server/FlashMla.Server.csproj
   [cli]=src/FlashMla.Cli/FlashMla.Cli.csproj
   [devicecheck]=tests/FlashMla.Cuda.DeviceCheck/FlashMla.Cuda.DeviceCheck.csproj
+  [devicebench]=bench/FlashMla.Cuda.DeviceBench/FlashMla.Cuda.DeviceBench.csproj
 )
 
 published=()
-for name in server cli devicecheck; do
+for name in server cli devicecheck devicebench; do
   [[ -n "$only" && "$only" != "$name" ]] && continue
   project="$repo_root/${projects[$name]}"
   if [[ ! -f "$project" ]]; then
@@ -38,7 +40,7 @@ for name in server cli devicecheck; do
   # -m:1 and no build servers: the development machine has two cores shared with others.
   dotnet publish "$project" -c "$configuration" -r linux-x64 --self-contained true \
     -p:PublishSingleFile=false -p:DebugType=none -p:GenerateDocumentationFile=false \
-    -m:1 -nologo -v:quiet -o "$publish"
+    -p:DevicePublish=true -m:1 -nologo -v:quiet -o "$publish"
   published+=("$name")
 done
 if [[ ${#published[@]} -eq 0 ]]; then echo "pack-device: nothing published" >&2; exit 1; fi

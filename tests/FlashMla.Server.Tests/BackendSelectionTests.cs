@@ -1,3 +1,4 @@
+using FlashMla.Core.Memory;
 using FlashMla.Server.Hosting;
 
 namespace FlashMla.Server.Tests;
@@ -10,7 +11,7 @@ public sealed class BackendSelectionTests
     [Fact]
     public void Auto_without_a_gpu_picks_the_cpu_backend_and_says_why()
     {
-        using var holder = BackendSelector.Create(Options("auto"));
+        using var holder = BackendSelector.Create(Options("auto"), new PinnedTensorPool(1 << 20, 1), MeasurementSwitches.None);
         Assert.Equal("cpu", holder.Backend.Name);
         Assert.Contains("no usable GPU", holder.Reason);
         Assert.Equal(8, holder.Backend.Geometry.NumBlocks);
@@ -19,7 +20,7 @@ public sealed class BackendSelectionTests
     [Fact]
     public void Cuda_asked_for_without_a_gpu_refuses_to_start_with_the_reason()
     {
-        var error = Assert.Throws<InvalidOperationException>(() => BackendSelector.Create(Options("cuda")));
+        var error = Assert.Throws<InvalidOperationException>(() => BackendSelector.Create(Options("cuda"), new PinnedTensorPool(1 << 20, 1), MeasurementSwitches.None));
         Assert.StartsWith("Backend=cuda was asked for", error.Message);
         Assert.Contains("CUDA", error.Message);
     }
@@ -42,5 +43,23 @@ public sealed class BackendSelectionTests
         Assert.Contains(problems, p => p.Contains("Layers"));
         Assert.Contains(problems, p => p.Contains("MaxHeads"));
         Assert.Contains(problems, p => p.Contains("differ"));
+    }
+
+    [Fact]
+    public void The_staged_buffers_switch_is_an_environment_variable_read_once_not_an_option()
+    {
+        Assert.Null(typeof(FlashMlaOptions).GetProperty("PinnedTensorBuffers"));
+        string? before = Environment.GetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, "1");
+            Assert.True(MeasurementSwitches.FromEnvironment().StageTensorBuffers);
+            Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, null);
+            Assert.Equal(MeasurementSwitches.None, MeasurementSwitches.FromEnvironment());
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, before);
+        }
     }
 }

@@ -154,6 +154,20 @@ public sealed class BadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public Task Append_whose_shape_overflows_64_bits_is_invalid_argument()
+    {
+        return AssertRefusedAndUnchanged(StatusCode.InvalidArgument, async () =>
+        {
+            using var call = Client.Cache.AppendKv();
+            var kv = TensorBytes.Bf16(new ushort[576], 1, 576);
+            kv.Shape[0] = 1L << 55; // times 576 wraps a signed 64-bit count
+            await call.RequestStream.WriteAsync(new AppendKvChunk { SequenceId = _a, Layer = 0, Kv = kv });
+            await call.RequestStream.CompleteAsync();
+            await call;
+        }, "64 bits");
+    }
+
+    [Fact]
     public Task Empty_upload_is_invalid_argument()
     {
         return AssertRefusedAndUnchanged(StatusCode.InvalidArgument, async () =>

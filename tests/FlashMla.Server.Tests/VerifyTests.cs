@@ -1,3 +1,4 @@
+using FlashMla.Core.Memory;
 using FlashMla.Cli;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Tensors;
@@ -66,7 +67,8 @@ public sealed class VerifyTests
     private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb) =>
         TestServer.StartAsync(services => services.AddSingleton(sp =>
         {
-            var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value);
+            var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value,
+                sp.GetRequiredService<PinnedTensorPool>(), sp.GetRequiredService<MeasurementSwitches>());
             return new BackendHolder(new PerturbedBackend(selected.Backend, perturb), "test: outputs perturbed after decode");
         }));
 

@@ -6,8 +6,7 @@ namespace FlashMla.Core.Backends;
 /// Everything one backend decode call needs, already validated and resolved to slots by the
 /// cache: the layout is FlashMLA's (<c>h_kv = 1</c>).
 /// <list type="bullet">
-/// <item><c>Q</c> bf16 <c>[b, s_q, h_q, 576]</c>, or, for a batch merged from several requests, <c>QParts</c>:
-/// each request's q where it lies, in batch order (a device backend uploads each in place; nobody gathers them)</item>
+/// <item><c>Q</c> bf16 <c>[b, s_q, h_q, 576]</c> in segments of whole sequences (<see cref="QuerySegments"/>)</item>
 /// <item><c>NewKv</c> bf16 <c>[b, s_q, 576]</c> or empty; <c>NewKvSlots</c> <c>[b * s_q]</c></item>
 /// <item><c>SeqLens</c> <c>[b]</c>: tokens per sequence after the append</item>
 /// <item><c>BlockTable</c> <c>[b, BlockTableStride]</c>: block ids in sequence order</item>
@@ -24,40 +23,7 @@ public sealed class DecodeBatch
     public required int QueryTokens { get; init; }
     public required int Heads { get; init; }
     public required float SoftmaxScale { get; init; }
-    public required ReadOnlyMemory<ushort> Q { get; init; }
-
-    /// <summary>
-    /// q as several pieces (whole sequences each, in batch order), when not one <see cref="Q"/>: then <see cref="Q"/>
-    /// is empty. The pieces stay valid until the step completes, like <see cref="Q"/>.
-    /// </summary>
-    public IReadOnlyList<ReadOnlyMemory<ushort>>? QParts { get; init; }
-
-    /// <summary>Elements of q, in one piece or several.</summary>
-    public long QLength
-    {
-        get
-        {
-            if (QParts is null) return Q.Length;
-            long total = 0;
-            for (int i = 0; i < QParts.Count; i++) total += QParts[i].Length;
-            return total;
-        }
-    }
-
-    /// <summary>Copies q, in one piece or several, into <paramref name="destination"/> (at least <see cref="QLength"/> long).</summary>
-    public void CopyQTo(Span<ushort> destination)
-    {
-        if (QParts is null)
-        {
-            Q.Span.CopyTo(destination);
-            return;
-        }
-        foreach (var part in QParts)
-        {
-            part.Span.CopyTo(destination);
-            destination = destination[part.Length..];
-        }
-    }
+    public required QuerySegments Q { get; init; }
     public ReadOnlyMemory<ushort> NewKv { get; init; }
     public ReadOnlyMemory<int> NewKvSlots { get; init; }
     public required ReadOnlyMemory<int> SeqLens { get; init; }
@@ -69,14 +35,26 @@ public sealed class DecodeBatch
     /// <summary>Rows of the output: <c>b * s_q * h_q</c>.</summary>
     public int QueryRows => BatchSize * QueryTokens * Heads;
 
-    /// <summary>Checks every length against the shape; a backend calls this before touching memory.</summary>
-    public void Validate(KvPoolGeometry geometry)
+    /// <summary>Elements of q per sequence: <c>s_q * h_q * 576</c>.</summary>
+    public int QueryElementsPerSequence => QueryTokens * Heads * MlaDims.HeadDimK;
+
+    /// <summary>
+    /// Asserts the batch against its own shape and against the pools it will touch. This is not input
+    /// validation: requests are validated once, at the edge (<c>DecodeShape</c>, the host's tensor checks), and
+    /// the scheduler builds batches from them and from the cache, so a batch that fails here is a bug, and its
+    /// <see cref="ArgumentException"/> surfaces as an internal error. Backends still run it before they touch
+    /// memory, because a wrong length or index would corrupt a pool or fault the device; it costs
+    /// O(b + blocks used).
+    /// </summary>
+    public void CheckInvariants(KvPoolGeometry geometry)
     {
-        Require(Layer >= 0 && Layer < geometry.NumLayers, "layer out of range");
+        Require((uint)Layer < (uint)geometry.NumLayers, "layer out of range");
         Require(BatchSize >= 1 && QueryTokens >= 1 && Heads >= 1 && Heads <= MlaDims.MaxHeads, "bad b, s_q or h_q");
         Require(float.IsFinite(SoftmaxScale) && SoftmaxScale > 0, "softmax scale must be finite and positive");
-        Require(QParts is null || Q.IsEmpty, "q comes either in one piece or in parts");
-        Require(QLength == (long)QueryRows * MlaDims.HeadDimK, "q has the wrong length");
+        long perSequence = QueryElementsPerSequence;
+        for (int i = 0; i < Q.Count; i++)
+            Require(!Q[i].IsEmpty && Q[i].Length % perSequence == 0, "a q segment does not hold whole sequences");
+        Require(Q.Length == (long)QueryRows * MlaDims.HeadDimK, "q has the wrong length");
         Require(NewKv.IsEmpty
             ? NewKvSlots.IsEmpty
             : NewKv.Length == BatchSize * QueryTokens * MlaDims.HeadDimK && NewKvSlots.Length == BatchSize * QueryTokens,
@@ -85,13 +63,27 @@ public sealed class DecodeBatch
         Require(BlockTableStride >= 1 && BlockTable.Length == BatchSize * BlockTableStride, "block table has the wrong length");
         Require(Out.Length == QueryRows * MlaDims.HeadDimV, "out has the wrong length");
         Require(Lse.Length == QueryRows, "lse has the wrong length");
+
         var lens = SeqLens.Span;
-        for (int i = 0; i < lens.Length; i++)
-            Require(lens[i] >= 0 && MlaDims.BlocksFor(lens[i]) <= BlockTableStride, "a sequence is longer than its block table");
+        var table = BlockTable.Span;
+        for (int s = 0; s < lens.Length; s++)
+        {
+            if (lens[s] < 0 || MlaDims.BlocksFor(lens[s]) > BlockTableStride) throw Broken($"sequence {s} is longer than its block table");
+            var used = table.Slice(s * BlockTableStride, MlaDims.BlocksFor(lens[s]));
+            for (int b = 0; b < used.Length; b++)
+                if ((uint)used[b] >= (uint)geometry.NumBlocks)
+                    throw Broken($"sequence {s} block {b} is {used[b]}, outside the pool of {geometry.NumBlocks} blocks");
+        }
+        var slots = NewKvSlots.Span;
+        for (int n = 0; n < slots.Length; n++)
+            if ((ulong)slots[n] >= (ulong)geometry.TotalSlots)
+                throw Broken($"slot {slots[n]} of new row {n} is outside the pool of {geometry.TotalSlots} slots");
     }
 
     private static void Require(bool condition, string message)
     {
-        if (!condition) throw new ArgumentException("DecodeBatch: " + message);
+        if (!condition) throw Broken(message);
     }
+
+    private static ArgumentException Broken(string message) => new("DecodeBatch: " + message);
 }

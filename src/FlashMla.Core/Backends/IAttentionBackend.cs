@@ -18,6 +18,9 @@ public interface IAttentionBackend : IDisposable
     /// <summary>Layers and blocks of the pools, fixed at construction.</summary>
     KvPoolGeometry Geometry { get; }
 
+    /// <summary>Most query rows (<c>s_q * h_q</c>) per sequence one decode may have; unbounded unless the kernels say otherwise.</summary>
+    int MaxQueryRowsPerSequence => int.MaxValue;
+
     /// <summary>Writes <c>slots.Length</c> bf16 rows of 576 into one layer's pool.</summary>
     void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows);
 

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlashMla.Core.Tensors;
 
 namespace FlashMla.Core.Metadata;
@@ -53,34 +54,18 @@ public readonly record struct DecodeUploadLayout
 
     /// <summary>
     /// Writes every section into <paramref name="destination"/> (at least <see cref="TotalInts"/> long)
-    /// and computes the tile schedule in place. Checks what would make a kernel read or write outside
-    /// the pools: every block id a sequence uses must be in <c>0 .. numBlocks-1</c> and every slot in
-    /// <c>0 .. numBlocks*64-1</c>. Returns the total number of chunks (<c>num_splits[b]</c>):
-    /// more than <see cref="Batch"/> means some sequence is split and the combine kernel must run.
+    /// and computes the tile schedule in place. The lengths, block ids and slots must already have passed
+    /// <see cref="Backends.DecodeBatch.CheckInvariants"/> against the pools (every block id a sequence uses in
+    /// <c>0 .. numBlocks-1</c>, every slot in <c>0 .. numBlocks*64-1</c>); here they are only asserted.
+    /// Returns the total number of chunks (<c>num_splits[b]</c>): more than <see cref="Batch"/> means some
+    /// sequence is split and the combine kernel must run.
     /// </summary>
     public int Pack(Span<int> destination, ReadOnlySpan<int> seqLens, ReadOnlySpan<int> blockTable, ReadOnlySpan<int> slots, int numBlocks)
     {
-        if (destination.Length < TotalInts) throw new ArgumentException($"destination holds {destination.Length} ints, the upload needs {TotalInts}", nameof(destination));
-        if (seqLens.Length != Batch) throw new ArgumentException($"expected {Batch} sequence lengths, got {seqLens.Length}", nameof(seqLens));
-        if (blockTable.Length != Batch * BlockTableStride) throw new ArgumentException($"expected a block table of {Batch * BlockTableStride} ints, got {blockTable.Length}", nameof(blockTable));
-        if (slots.Length != NewRows) throw new ArgumentException($"expected {NewRows} slots, got {slots.Length}", nameof(slots));
-        ArgumentOutOfRangeException.ThrowIfLessThan(numBlocks, 1);
-
-        for (int s = 0; s < Batch; s++)
-        {
-            int len = seqLens[s];
-            if (len < 0) throw new ArgumentException($"sequence {s} has a negative length", nameof(seqLens));
-            int used = MlaDims.BlocksFor(len);
-            if (used > BlockTableStride) throw new ArgumentException($"sequence {s} needs {used} blocks, the block table has {BlockTableStride} per sequence", nameof(blockTable));
-            ReadOnlySpan<int> row = blockTable.Slice(s * BlockTableStride, used);
-            for (int b = 0; b < row.Length; b++)
-                if ((uint)row[b] >= (uint)numBlocks)
-                    throw new ArgumentException($"sequence {s} block {b} is {row[b]}, outside the pool of {numBlocks} blocks", nameof(blockTable));
-        }
-        long totalSlots = (long)numBlocks * MlaDims.BlockSize;
-        for (int n = 0; n < slots.Length; n++)
-            if ((ulong)slots[n] >= (ulong)totalSlots)
-                throw new ArgumentException($"slot {slots[n]} of new row {n} is outside the pool of {totalSlots} slots", nameof(slots));
+        Debug.Assert(destination.Length >= TotalInts, "the destination is shorter than the upload");
+        Debug.Assert(seqLens.Length == Batch && blockTable.Length == Batch * BlockTableStride && slots.Length == NewRows,
+            "the sections do not match the layout");
+        Debug.Assert(AllInsidePools(seqLens, blockTable, slots, numBlocks), "a block id or slot is outside the pools");
 
         Span<int> upload = destination[..TotalInts];
         upload.Clear();
@@ -92,6 +77,20 @@ public readonly record struct DecodeUploadLayout
             NumSmParts,
             upload.Slice(SchedMetaOffset, NumSmParts * TileScheduler.RecordInts),
             upload.Slice(NumSplitsOffset, Batch + 1));
+    }
+
+    private bool AllInsidePools(ReadOnlySpan<int> seqLens, ReadOnlySpan<int> blockTable, ReadOnlySpan<int> slots, int numBlocks)
+    {
+        for (int s = 0; s < Batch; s++)
+        {
+            int used = MlaDims.BlocksFor(seqLens[s]);
+            if (seqLens[s] < 0 || used > BlockTableStride) return false;
+            foreach (int block in blockTable.Slice(s * BlockTableStride, used))
+                if ((uint)block >= (uint)numBlocks) return false;
+        }
+        foreach (int slot in slots)
+            if ((ulong)slot >= (ulong)numBlocks * MlaDims.BlockSize) return false;
+        return true;
     }
 
     private static int Align(int ints) => checked((ints + AlignInts - 1) / AlignInts * AlignInts);

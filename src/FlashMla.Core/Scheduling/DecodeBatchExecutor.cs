@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using FlashMla.Core.Backends;
@@ -10,8 +11,8 @@ namespace FlashMla.Core.Scheduling;
 
 /// <summary>
 /// Runs merged batches: reserves cache space request by request (a request that cannot be served fails
-/// alone, the others go on), concatenates inputs into reused buffers (a batch of one request reads the
-/// request's own bytes), submits the batch to the backend with pooled output buffers and commits the new
+/// alone, the others go on), hands q to the backend as one segment per request (no gather) and gathers
+/// the new rows of a merged batch into a reused buffer, submits the batch to the backend with pooled output buffers and commits the new
 /// lengths at once (the backend runs steps in submission order, so the next batch of the same sequence
 /// sees this one's rows), and keeps the batch in flight until the backend completes it; then it hands
 /// each request its slice of those buffers (no copy). At most <c>maxInFlight</c> batches are in flight:
@@ -24,7 +25,8 @@ namespace FlashMla.Core.Scheduling;
 /// cache command).
 /// </para>
 /// </summary>
-internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics, int maxInFlight)
+internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics, ArrayPool<byte> tensorBuffers,
+    int maxInFlight)
 {
     private readonly List<DecodeWork> _accepted = [];
     private readonly List<Sequence> _sequences = [];
@@ -32,6 +34,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     private readonly List<Sequence> _candidates = [];
     private readonly Queue<InFlightBatch> _inFlight = new();
     private readonly Stack<InFlightBatch> _spare = new();
+    private readonly List<ReadOnlyMemory<ushort>> _qSegments = []; // read by the backend during Submit only
     private ushort[] _kv = [];
     private int[] _slots = [];
     private int[] _seqLens = [];
@@ -69,30 +72,26 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         foreach (var s in _sequences) stride = Math.Max(stride, s.Blocks.Count);
 
         EnsureBuffers(b, sQ, hQ, stride, first.HasNewKv, merged: _accepted.Count > 1);
-        int qPerSeq = sQ * hQ * MlaDims.HeadDimK, kvPerSeq = sQ * MlaDims.HeadDimK;
-        ReadOnlyMemory<ushort> q, kv;
-        List<ReadOnlyMemory<ushort>>? qParts = null;
-        if (_accepted.Count == 1)
+        int kvPerSeq = sQ * MlaDims.HeadDimK;
+        // q stays where each request's bytes lie, one segment per request (the backend reads or uploads each in
+        // place; a gather here cost more than merging saved, measured on the H200 on 2026-12-01). The new rows are
+        // small: a merged batch gathers them, a batch of one request reads them in place.
+        _qSegments.Clear();
+        foreach (var work in _accepted) _qSegments.Add(MemoryCast.Cast<byte, ushort>(work.Q));
+        ReadOnlyMemory<ushort> kv = default;
+        if (first.HasNewKv && _accepted.Count == 1)
         {
-            // The common case (one client's whole step): the backend reads the request's bytes in place.
-            q = MemoryCast.Cast<byte, ushort>(first.Q);
-            kv = first.HasNewKv ? MemoryCast.Cast<byte, ushort>(first.NewKv) : default;
+            kv = MemoryCast.Cast<byte, ushort>(first.NewKv);
         }
-        else
+        else if (first.HasNewKv)
         {
-            // Merged: q stays where each request's bytes lie (the backend uploads each part in place; a gather
-            // here cost more than the merge saved, measured on the H200 on 2026-12-01). The new rows are small:
-            // they are gathered.
             int seqIndex = 0;
-            qParts = new List<ReadOnlyMemory<ushort>>(_accepted.Count);
             foreach (var work in _accepted)
             {
-                qParts.Add(MemoryCast.Cast<byte, ushort>(work.Q));
-                if (work.HasNewKv) MemoryMarshal.Cast<byte, ushort>(work.NewKv.Span).CopyTo(_kv.AsSpan(seqIndex * kvPerSeq));
+                MemoryMarshal.Cast<byte, ushort>(work.NewKv.Span).CopyTo(_kv.AsSpan(seqIndex * kvPerSeq));
                 seqIndex += work.BatchSize;
             }
-            q = default;
-            kv = first.HasNewKv ? _kv.AsMemory(0, b * kvPerSeq) : default;
+            kv = _kv.AsMemory(0, b * kvPerSeq);
         }
         for (int i = 0; i < b; i++)
         {
@@ -111,12 +110,11 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
 
         int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
-        var outputs = new DecodeOutputBuffers(b * outPerSeq, b * lsePerSeq, _accepted.Count);
+        var outputs = new DecodeOutputBuffers(tensorBuffers, b * outPerSeq, b * lsePerSeq, _accepted.Count);
         var batch = new DecodeBatch
         {
             Layer = layer, BatchSize = b, QueryTokens = sQ, Heads = hQ, SoftmaxScale = first.SoftmaxScale,
-            Q = q,
-            QParts = qParts,
+            Q = new QuerySegments(_qSegments),
             NewKv = kv,
             NewKvSlots = first.HasNewKv ? _slots.AsMemory(0, b * sQ) : default,
             SeqLens = _seqLens.AsMemory(0, b),

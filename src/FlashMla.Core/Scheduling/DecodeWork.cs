@@ -1,36 +1,31 @@
 using System.Diagnostics;
-using FlashMla.Core.Cache;
-using FlashMla.Core.Tensors;
 
 namespace FlashMla.Core.Scheduling;
 
 /// <summary>
-/// One decode request on its way through the scheduler: validated shapes, raw bf16 inputs (views of the
-/// request's bytes, never copied until the batch is built) and the completion the caller awaits.
+/// One decode request on its way through the scheduler: its <see cref="DecodeShape"/> (validated at the edge),
+/// raw bf16 inputs (views of the request's bytes, never copied until the batch is built) and the completion the
+/// caller awaits.
 /// </summary>
 public sealed class DecodeWork
 {
     private readonly TaskCompletionSource<DecodeResult> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private DecodeWork(int layer, ulong[] sequenceIds, int queryTokens, int heads, float scale,
-        ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
+    private DecodeWork(DecodeShape shape, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
     {
-        Layer = layer;
-        SequenceIds = sequenceIds;
-        QueryTokens = queryTokens;
-        Heads = heads;
-        SoftmaxScale = scale;
+        Shape = shape;
         Q = q;
         NewKv = newKv;
         ArrivedAt = Stopwatch.GetTimestamp();
     }
 
-    public int Layer { get; }
-    public ulong[] SequenceIds { get; }
-    public int BatchSize => SequenceIds.Length;
-    public int QueryTokens { get; }
-    public int Heads { get; }
-    public float SoftmaxScale { get; }
+    public DecodeShape Shape { get; }
+    public int Layer => Shape.Layer;
+    public ulong[] SequenceIds => Shape.SequenceIds;
+    public int BatchSize => Shape.BatchSize;
+    public int QueryTokens => Shape.QueryTokens;
+    public int Heads => Shape.Heads;
+    public float SoftmaxScale => Shape.SoftmaxScale;
 
     /// <summary>bf16 bytes <c>[b, s_q, h_q, 576]</c>.</summary>
     public ReadOnlyMemory<byte> Q { get; }
@@ -43,33 +38,17 @@ public sealed class DecodeWork
     public Task<DecodeResult> Completion => _completion.Task;
 
     /// <summary>
-    /// Checks everything that can be checked without the cache: ranges, duplicates, byte counts.
-    /// A scale of 0 means <see cref="MlaDims.DefaultSoftmaxScale"/>.
+    /// The request with its tensors' bytes. The edge checked them against the shape (the host's tensor checks), so
+    /// a length that does not match is a bug in the caller: <see cref="ArgumentException"/>, an internal error.
     /// </summary>
-    public static DecodeWork Create(SchedulerOptions limits, int layer, ulong[] sequenceIds, int queryTokens, int heads,
-        float softmaxScale, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
+    public static DecodeWork Create(DecodeShape shape, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
     {
-        if (sequenceIds.Length == 0) throw CacheException.Invalid("the request names no sequences");
-        if (sequenceIds.Length > limits.MaxBatchSequences)
-            throw CacheException.Invalid($"the request names {sequenceIds.Length} sequences, more than the limit of {limits.MaxBatchSequences}");
-        if (queryTokens < 1 || queryTokens > limits.MaxQueryTokens)
-            throw CacheException.Invalid($"s_q must be in 1..{limits.MaxQueryTokens}, got {queryTokens}");
-        if (heads < 1 || heads > limits.MaxHeads)
-            throw CacheException.Invalid($"h_q must be in 1..{limits.MaxHeads}, got {heads}");
-        if (layer < 0) throw CacheException.Invalid($"layer {layer} is out of range");
-        if (!float.IsFinite(softmaxScale) || softmaxScale < 0)
-            throw CacheException.Invalid($"softmax_scale must be a finite non-negative number, got {softmaxScale}");
-        var seen = new HashSet<ulong>(sequenceIds.Length);
-        foreach (ulong id in sequenceIds)
-            if (!seen.Add(id)) throw CacheException.Invalid($"sequence {id} appears twice in one request");
-        long qBytes = (long)sequenceIds.Length * queryTokens * heads * MlaDims.HeadDimK * 2;
-        if (q.Length != qBytes)
-            throw CacheException.Invalid($"q must hold b*s_q*h_q*576 bf16 = {qBytes} bytes, got {q.Length}");
-        long kvBytes = (long)sequenceIds.Length * queryTokens * MlaDims.KvRowBytes;
-        if (!newKv.IsEmpty && newKv.Length != kvBytes)
-            throw CacheException.Invalid($"kv must hold b*s_q*576 bf16 = {kvBytes} bytes, got {newKv.Length}");
-        float scale = softmaxScale == 0 ? MlaDims.DefaultSoftmaxScale : softmaxScale;
-        return new DecodeWork(layer, sequenceIds, queryTokens, heads, scale, q, newKv);
+        ArgumentNullException.ThrowIfNull(shape);
+        if (q.Length != shape.QueryBytes)
+            throw new ArgumentException($"DecodeWork: q holds {q.Length} bytes, its shape needs {shape.QueryBytes}", nameof(q));
+        if (!newKv.IsEmpty && newKv.Length != shape.NewKvBytes)
+            throw new ArgumentException($"DecodeWork: kv holds {newKv.Length} bytes, its shape needs {shape.NewKvBytes}", nameof(newKv));
+        return new DecodeWork(shape, q, newKv);
     }
 
     internal void Complete(DecodeResult result) => _completion.TrySetResult(result);
@@ -113,18 +92,20 @@ public sealed class DecodeResult
 
 /// <summary>
 /// The pooled <c>out</c> and <c>lse</c> arrays of one backend call, shared by the requests of the batch
-/// (each reads its own slice); back to <see cref="Memory.TensorBufferPool"/> when the last one releases.
+/// (each reads its own slice); back to the pool they came from when the last one releases.
 /// </summary>
 internal sealed class DecodeOutputBuffers
 {
+    private readonly System.Buffers.ArrayPool<byte> _pool;
     private readonly byte[] _out;
     private readonly byte[] _lse;
     private int _holders;
 
-    public DecodeOutputBuffers(int outElements, int lseElements, int holders)
+    public DecodeOutputBuffers(System.Buffers.ArrayPool<byte> pool, int outElements, int lseElements, int holders)
     {
-        _out = Memory.TensorBufferPool.Bytes.Rent(outElements * sizeof(ushort));
-        _lse = Memory.TensorBufferPool.Bytes.Rent(lseElements * sizeof(float));
+        _pool = pool;
+        _out = pool.Rent(outElements * sizeof(ushort));
+        _lse = pool.Rent(lseElements * sizeof(float));
         _holders = holders;
         Out = Memory.MemoryCast.Cast<byte, ushort>(_out.AsMemory(0, outElements * sizeof(ushort)));
         Lse = Memory.MemoryCast.Cast<byte, float>(_lse.AsMemory(0, lseElements * sizeof(float)));
@@ -142,8 +123,8 @@ internal sealed class DecodeOutputBuffers
     public void Release()
     {
         if (Interlocked.Decrement(ref _holders) != 0) return;
-        Memory.TensorBufferPool.Bytes.Return(_out);
-        Memory.TensorBufferPool.Bytes.Return(_lse);
+        _pool.Return(_out);
+        _pool.Return(_lse);
     }
 }
 

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Threading.Channels;
 using FlashMla.Core.Backends;
@@ -27,14 +28,19 @@ public sealed class Scheduler : IAsyncDisposable
     private volatile bool _serving = true;
     private volatile string? _faultReason;
 
-    public Scheduler(IAttentionBackend backend, CacheLimits limits, SchedulerOptions options, FlashMlaMetrics metrics)
+    /// <param name="tensorBuffers">Where the outputs of decode batches are rented (the host's one pool of tensor-sized
+    /// arrays, which a device backend page-locks so it copies outputs straight into them).</param>
+    public Scheduler(IAttentionBackend backend, CacheLimits limits, SchedulerOptions options, FlashMlaMetrics metrics,
+        ArrayPool<byte> tensorBuffers)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxDecodeBatchesInFlight, 1, nameof(options));
-        Options = options;
+        ArgumentNullException.ThrowIfNull(tensorBuffers);
+        // What the backend can run bounds what the edge accepts (DecodeShape checks against these options).
+        Options = options with { MaxQueryRowsPerSequence = Math.Min(options.MaxQueryRowsPerSequence, backend.MaxQueryRowsPerSequence) };
         _backend = backend;
         _metrics = metrics;
         _cache = new PagedKvCache(backend, limits);
-        _executor = new DecodeBatchExecutor(_cache, backend, metrics, options.MaxDecodeBatchesInFlight);
+        _executor = new DecodeBatchExecutor(_cache, backend, metrics, tensorBuffers, options.MaxDecodeBatchesInFlight);
         _executor.StickyFault += OnStickyFault;
         _batcher = new DecodeBatcher(options, _executor);
         _inbox = Channel.CreateBounded<object>(new BoundedChannelOptions(options.QueueCapacity)
@@ -48,6 +54,7 @@ public sealed class Scheduler : IAsyncDisposable
             _leaseTimer = new Timer(_ => _inbox.Writer.TryWrite(LeaseTick.Instance), null, options.LeaseCheckInterval, options.LeaseCheckInterval);
     }
 
+    /// <summary>The options given, with <see cref="SchedulerOptions.MaxQueryRowsPerSequence"/> lowered to what the backend runs.</summary>
     public SchedulerOptions Options { get; }
     public CacheLimits Limits => _cache.Limits;
     public KvPoolGeometry Geometry => _backend.Geometry;

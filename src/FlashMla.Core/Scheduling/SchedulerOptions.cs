@@ -22,6 +22,12 @@ public sealed record SchedulerOptions
     /// <summary>Largest h_q accepted.</summary>
     public int MaxHeads { get; init; } = Tensors.MlaDims.MaxHeads;
 
+    /// <summary>
+    /// Largest <c>s_q * h_q</c> accepted. The scheduler lowers it to the backend's
+    /// <see cref="Backends.IAttentionBackend.MaxQueryRowsPerSequence"/>, so a request its backend cannot run is refused at the edge.
+    /// </summary>
+    public int MaxQueryRowsPerSequence { get; init; } = int.MaxValue;
+
     /// <summary>Requests waiting for the loop before senders are made to wait.</summary>
     public int QueueCapacity { get; init; } = 4096;
 

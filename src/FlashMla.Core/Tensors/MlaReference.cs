@@ -1,54 +1,67 @@
 namespace FlashMla.Core.Tensors;
 
 /// <summary>
-/// MLA decode for one sequence in double precision, written for clarity, not speed: the yardstick that
-/// the CLI's demo and verify commands and the tests hold the backends to.
+/// MLA decode in double precision, written for clarity, not speed, the textbook way: all scores of a query row,
+/// their max, the weights, the weighted sum of V. No pages, no online softmax, nothing shared with the backends
+/// but <see cref="Bf16.ToFloat(ushort)"/>. The one yardstick that the tests, the device tests and the CLI's demo
+/// and verify commands hold the backends to.
 /// </summary>
 public static class MlaReference
 {
     /// <summary>
-    /// <paramref name="q"/> bf16 <c>[s_q, h_q, 576]</c>, <paramref name="kv"/> bf16 <c>[length, 576]</c> (the whole
-    /// layer, new rows included); writes <paramref name="output"/> <c>[s_q, h_q, 512]</c> and
-    /// <paramref name="lse"/> <c>[h_q, s_q]</c>. Query token i sees positions <c>0 .. length - s_q + i</c>.
+    /// One sequence: <paramref name="q"/> bf16 <c>[s_q, h_q, 576]</c>, <paramref name="kv"/> bf16 <c>[length, 576]</c>
+    /// (the whole layer, new rows included); writes <paramref name="output"/> <c>[s_q, h_q, 512]</c> and
+    /// <paramref name="lse"/> <c>[h_q, s_q]</c>. Query token i sees positions <c>0 .. length - s_q + i</c>; a row that
+    /// sees none gets out 0 and lse -infinity.
     /// </summary>
     public static void Decode(ReadOnlySpan<ushort> q, ReadOnlySpan<ushort> kv, int length, int queryTokens, int heads,
         double scale, Span<double> output, Span<double> lse)
     {
         const int dk = MlaDims.HeadDimK, dv = MlaDims.HeadDimV;
-        var scores = new double[Math.Max(length, 1)];
         for (int t = 0; t < queryTokens; t++)
         {
-            int visible = Math.Max(0, length - queryTokens + t + 1);
+            int visible = Visible(length, queryTokens, t);
             for (int h = 0; h < heads; h++)
             {
-                var qRow = q.Slice((t * heads + h) * dk, dk);
-                var outRow = output.Slice((t * heads + h) * dv, dv);
-                outRow.Clear();
-                if (visible == 0)
-                {
-                    lse[h * queryTokens + t] = double.NegativeInfinity;
-                    continue;
-                }
-                double max = double.NegativeInfinity;
-                for (int j = 0; j < visible; j++)
-                {
-                    double dot = 0;
-                    var kRow = kv.Slice(j * dk, dk);
-                    for (int c = 0; c < dk; c++) dot += (double)Bf16.ToFloat(qRow[c]) * Bf16.ToFloat(kRow[c]);
-                    scores[j] = dot * scale;
-                    max = Math.Max(max, scores[j]);
-                }
-                double sum = 0;
-                for (int j = 0; j < visible; j++) sum += scores[j] = Math.Exp(scores[j] - max);
-                for (int j = 0; j < visible; j++)
-                {
-                    double w = scores[j] / sum;
-                    var vRow = kv.Slice(j * dk, dv);
-                    for (int c = 0; c < dv; c++) outRow[c] += w * Bf16.ToFloat(vRow[c]);
-                }
-                lse[h * queryTokens + t] = max + Math.Log(sum);
+                int row = t * heads + h;
+                lse[h * queryTokens + t] = AttendRow(q.Slice(row * dk, dk), kv, visible, scale, output.Slice(row * dv, dv));
             }
         }
+    }
+
+    /// <summary>Positions query token <paramref name="token"/> of <paramref name="queryTokens"/> sees in a sequence of <paramref name="length"/>.</summary>
+    public static int Visible(int length, int queryTokens, int token) => Math.Max(0, length - queryTokens + token + 1);
+
+    /// <summary>
+    /// One query row <paramref name="qRow"/> (576 bf16) against the first <paramref name="visible"/> rows of
+    /// <paramref name="kv"/>: writes softmax(q K^T * scale) V into <paramref name="outRow"/> (512) and returns the
+    /// natural log of the softmax denominator (-infinity, and out 0, when it sees nothing). Rows are independent,
+    /// so a caller with many may run them in parallel.
+    /// </summary>
+    public static double AttendRow(ReadOnlySpan<ushort> qRow, ReadOnlySpan<ushort> kv, int visible, double scale, Span<double> outRow)
+    {
+        const int dk = MlaDims.HeadDimK, dv = MlaDims.HeadDimV;
+        outRow.Clear();
+        if (visible == 0) return double.NegativeInfinity;
+        var scores = new double[visible];
+        double max = double.NegativeInfinity;
+        for (int j = 0; j < visible; j++)
+        {
+            double dot = 0;
+            var kRow = kv.Slice(j * dk, dk);
+            for (int c = 0; c < dk; c++) dot += (double)Bf16.ToFloat(qRow[c]) * Bf16.ToFloat(kRow[c]);
+            scores[j] = dot * scale;
+            max = Math.Max(max, scores[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j < visible; j++) sum += scores[j] = Math.Exp(scores[j] - max);
+        for (int j = 0; j < visible; j++)
+        {
+            double weight = scores[j] / sum;
+            var vRow = kv.Slice(j * dk, dv);
+            for (int c = 0; c < dv; c++) outRow[c] += weight * Bf16.ToFloat(vRow[c]);
+        }
+        return max + Math.Log(sum);
     }
 
     /// <summary><c>||a - b|| / ||b||</c> over finite values; NaN in <paramref name="actual"/> gives NaN.</summary>

@@ -8,7 +8,7 @@ namespace FlashMla.Cuda.Backend;
 /// The checks <see cref="CudaBackend"/> runs before it touches device memory, apart from the backend
 /// so they run (and are tested) without a GPU. A kernel given an index outside the pools faults the
 /// whole context (a sticky error), so every index that reaches a kernel is checked here or in
-/// <see cref="Core.Metadata.DecodeUploadLayout.Pack"/>.
+/// <see cref="DecodeBatch.CheckInvariants"/>.
 /// </summary>
 internal static class CudaBackendArguments
 {
@@ -44,17 +44,19 @@ internal static class CudaBackendArguments
         }
     }
 
-    /// <summary>The batch's own shape checks plus the kernel ABI's limit on rows per sequence.</summary>
+    /// <summary>
+    /// The batch's invariants (<see cref="DecodeBatch.CheckInvariants"/>) plus the kernel ABI's limit on rows per
+    /// sequence, which the edge already enforces through <see cref="CudaBackend.MaxQueryRowsPerSequence"/>: a
+    /// failure here is a caller's bug, refused before it can fault the device.
+    /// </summary>
     public static void Decode(KvPoolGeometry geometry, DecodeBatch batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
-        batch.Validate(geometry);
+        batch.CheckInvariants(geometry);
         long rowsPerSeq = (long)batch.QueryTokens * batch.Heads;
         if (rowsPerSeq > MlaKernelAbi.MaxRowsPerSeq)
             throw new ArgumentException(
-                $"DecodeBatch: s_q * h_q = {rowsPerSeq} is more than the CUDA kernels take ({MlaKernelAbi.MaxRowsPerSeq}); split the step's query tokens");
-        if (!float.IsFinite(batch.SoftmaxScale) || batch.SoftmaxScale <= 0)
-            throw new ArgumentException($"DecodeBatch: softmax scale must be a positive finite number (got {batch.SoftmaxScale})");
+                $"DecodeBatch: s_q * h_q = {rowsPerSeq} is more than the CUDA kernels take ({MlaKernelAbi.MaxRowsPerSeq})");
     }
 }
 

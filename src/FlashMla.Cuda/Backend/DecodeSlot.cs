@@ -5,7 +5,7 @@ namespace FlashMla.Cuda.Backend;
 
 /// <summary>
 /// The buffers and events one decode step holds from its submission until its outputs are in host memory.
-/// <see cref="CudaBackend"/> rotates over <see cref="CudaBackend.DecodeSlots"/> of them, so that the next
+/// <see cref="DecodePipeline"/> rotates over <see cref="DecodePipeline.Slots"/> of them, so that the next
 /// step's upload and kernels run while this one's download and unstaging go on; a slot is reused only
 /// after the step that held it has completed (which is also the only time its buffers may grow).
 /// </summary>
@@ -31,16 +31,13 @@ internal sealed class DecodeSlot : IDisposable
     /// <summary>The step holding the slot; null when it never held one or its enqueueing failed (then the streams were drained).</summary>
     public DecodeSubmission? Submission { get; set; }
 
-    // What the completion thread needs to unstage the step's outputs and time it.
+    // What the completion thread needs to unstage the step's outputs.
     public Memory<ushort> OutDestination { get; set; }
     public Memory<float> LseDestination { get; set; }
     public long OutBytes { get; set; }
     public long LseOffset { get; set; }
     public long ChunkBytes { get; set; }
     public nint DirectDownload { get; set; }  // host address out was copied to directly, or 0 (staged)
-    public long StartedAt { get; set; }
-    public int Splits { get; set; }
-    public int Parts { get; set; }
 
     public static DecodeSlot Create(PrimaryContextHandle context, int index) => new(context, index, StepEvents.Create(context));
 

@@ -1,21 +1,13 @@
+using FlashMla.Core.Backends;
 using FlashMla.Cuda.Interop;
 
 namespace FlashMla.Cuda.Backend;
 
-/// <summary>Where one decode step's time went: device phases from events, the whole call from the host clock.</summary>
-/// <param name="UploadMs">Device time of the host-to-device copies on the upload stream (overlapping the host's staging copies).</param>
-/// <param name="KernelsMs">Device time from the append kernel to the end of the combine.</param>
-/// <param name="DownloadMs">Device time from the end of the kernels to the end of the device-to-host copies
-/// (including any wait for the previous step's download on the download stream).</param>
-/// <param name="TotalMs">Submit to completion on the host clock, staging copies included.</param>
-/// <param name="Splits">Chunks of the tile schedule (more than the batch: some sequence was split).</param>
-/// <param name="Parts">Scheduler parts (CTAs per row group).</param>
-public readonly record struct DecodeStepTimings(double UploadMs, double KernelsMs, double DownloadMs, double TotalMs, int Splits, int Parts);
-
 /// <summary>
 /// The events a decode step records: five timed phase marks (which also order the step's three streams:
 /// kernels wait for <see cref="UploadEnd"/>, the download for <see cref="KernelsEnd"/>) and untimed marks
-/// after each download chunk.
+/// after each download chunk. Each slot has its own, so every step's timings are its own
+/// (<see cref="ReadPhases"/>, carried by its <see cref="DecodeSubmission"/>) however many steps are in flight.
 /// </summary>
 internal sealed class StepEvents : IDisposable
 {
@@ -40,6 +32,16 @@ internal sealed class StepEvents : IDisposable
     public EventHandle DownloadEnd { get; }
 
     public EventHandle Chunk(int index) => _chunks[index];
+
+    /// <summary>
+    /// The step's device time once <see cref="DownloadEnd"/> has completed: the host-to-device copies on the upload
+    /// stream; the kernels from the append to the end of the combine; from the end of the kernels to the end of the
+    /// device-to-host copies (including any wait for the previous step's download on the download stream).
+    /// </summary>
+    public DevicePhases ReadPhases() => new(
+        UploadMicroseconds: UploadEnd.MillisecondsSince(UploadStart) * 1000.0,
+        KernelMicroseconds: KernelsEnd.MillisecondsSince(KernelsStart) * 1000.0,
+        DownloadMicroseconds: DownloadEnd.MillisecondsSince(KernelsEnd) * 1000.0);
 
     public static StepEvents Create(PrimaryContextHandle context)
     {

@@ -16,7 +16,7 @@ namespace FlashMla.Server.DataPlane;
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaOptions> options, BoundEndpoints endpoints,
-    FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger) : IHostedService
+    FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
@@ -58,7 +58,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, TensorBufferPool.Bytes);
+            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
             _dispatcher!.ConnectionOpened();
             lock (_lock)
             {

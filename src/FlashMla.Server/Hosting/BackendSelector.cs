@@ -1,5 +1,6 @@
 using FlashMla.Core.Backends;
 using FlashMla.Core.Backends.Cpu;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Tensors;
 
 namespace FlashMla.Server.Hosting;
@@ -9,7 +10,7 @@ public static class BackendSelector
 {
     private const long BytesPerBlockPerLayer = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
 
-    public static BackendHolder Create(FlashMlaOptions options)
+    public static BackendHolder Create(FlashMlaOptions options, PinnedTensorPool tensorBuffers, MeasurementSwitches switches)
     {
         switch (options.Backend)
         {
@@ -17,14 +18,14 @@ public static class BackendSelector
                 return new BackendHolder(CreateCpu(options), "asked for with Backend=cpu");
             case "cuda":
             {
-                var cuda = CudaSelection.TryCreate(options, out string why);
+                var cuda = CudaSelection.TryCreate(options, tensorBuffers, switches, out string why);
                 return cuda is null
                     ? throw new InvalidOperationException("Backend=cuda was asked for, but the CUDA backend cannot start: " + why)
                     : new BackendHolder(cuda, "asked for with Backend=cuda; " + why);
             }
             default:
             {
-                var cuda = CudaSelection.TryCreate(options, out string why);
+                var cuda = CudaSelection.TryCreate(options, tensorBuffers, switches, out string why);
                 return cuda is not null
                     ? new BackendHolder(cuda, "auto: " + why)
                     : new BackendHolder(CreateCpu(options), "auto: no usable GPU (" + why + "), using the CPU backend");

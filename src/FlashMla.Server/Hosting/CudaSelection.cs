@@ -12,7 +12,8 @@ public static class CudaSelection
         Path.IsPathRooted(options.FatbinPath) ? options.FatbinPath : Path.Combine(AppContext.BaseDirectory, options.FatbinPath);
 
     /// <summary>The backend, or null with <paramref name="why"/> saying what is missing.</summary>
-    public static IAttentionBackend? TryCreate(FlashMlaOptions options, out string why)
+    /// <param name="tensorBuffers">The host's tensor pool: page-locked for the backend unless <paramref name="switches"/> say to stage.</param>
+    public static IAttentionBackend? TryCreate(FlashMlaOptions options, PinnedTensorPool tensorBuffers, MeasurementSwitches switches, out string why)
     {
         string fatbin = ResolveFatbin(options);
         var probe = CudaBackendFactory.Probe(fatbin);
@@ -30,11 +31,11 @@ public static class CudaSelection
                 NumBlocks = options.TotalBlocks,
                 MemoryFraction = options.MemoryFraction,
             });
-            // The wire parses tensors into TensorBufferPool and responses are written from it: page-locked,
-            // the backend copies between those arrays and the GPU without staging.
-            if (options.PinnedTensorBuffers) backend.AttachHostPool(TensorBufferPool.Bytes);
+            // The wire parses tensors into the host's pool and responses are written from it: page-locked, the
+            // backend copies between those arrays and the GPU without staging.
+            if (!switches.StageTensorBuffers) backend.AttachHostPool(tensorBuffers);
             why = $"{probe.DeviceDescription ?? "GPU"} found and kernels loaded from {fatbin}" +
-                (options.PinnedTensorBuffers ? "; tensor buffers page-locked" : "; tensor buffers staged");
+                (switches.StageTensorBuffers ? $"; tensor buffers staged ({MeasurementSwitches.StageTensorBuffersVariable}=1)" : "; tensor buffers page-locked");
             return backend;
         }
         catch (InvalidOperationException ex)

@@ -57,11 +57,6 @@ public sealed class FlashMlaOptions
     /// <summary>Decode batches started on the backend and not yet finished, at most (1 runs them one at a time).</summary>
     public int DecodeBatchesInFlight { get; set; } = 2;
 
-    /// <summary>
-    /// CUDA backend: page-lock the server's tensor buffers so a step's q, out and lse are copied straight between
-    /// the wire's arrays and the GPU (false: staged through the backend's own pinned buffers, one more copy each way).
-    /// </summary>
-    public bool PinnedTensorBuffers { get; set; } = true;
 
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; set; } = 8;

@@ -1,7 +1,13 @@
 using System.Net;
+using FlashMla.Contracts.V1;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Services;
+using Grpc.AspNetCore.Server.Model;
+using Grpc.Health.V1;
+using Grpc.Reflection;
+using Grpc.Reflection.V1Alpha;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
@@ -76,9 +82,12 @@ public static class FlashMlaServerApp
         });
 
         builder.Services.AddSingleton<FlashMlaMetrics>();
-        builder.Services.AddSingleton(_ => BackendSelector.Create(options));
+        builder.Services.AddSingleton(switches);
+        builder.Services.AddSingleton(ServerTensorPool.Create());
+        builder.Services.AddSingleton(sp => BackendSelector.Create(options, sp.GetRequiredService<PinnedTensorPool>(),
+            sp.GetRequiredService<MeasurementSwitches>()));
         builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),
-            options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>()));
+            options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>(), sp.GetRequiredService<PinnedTensorPool>()));
         builder.Services.AddSingleton<RequestFailures>();
         builder.Services.AddSingleton<DecodeHandler>();
         builder.Services.AddHostedService<SchedulerLifetime>();
@@ -92,6 +101,12 @@ public static class FlashMlaServerApp
             grpc.MaxSendMessageSize = options.MaxMessageBytes;
             RequestCompression.Configure(grpc, options.MaxMessageBytes);
         });
+        // flashmla.v1.Decoder's methods, with marshallers over the host's tensor pool.
+        builder.Services.AddSingleton<IServiceMethodProvider<DecoderService>, PooledDecoderMethods>();
+        // Server reflection finds a service's descriptor through the generated binding attribute, which
+        // flashmla.v1.Decoder does not use (PooledDecoderMethods binds it): the services mapped below are listed here.
+        builder.Services.AddSingleton(new ReflectionServiceImpl(Decoder.Descriptor, KvCache.Descriptor, Health.Descriptor,
+            ServerReflection.Descriptor));
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks(health =>
             {

@@ -3,10 +3,10 @@ using System.Globalization;
 namespace FlashMla.Server.Hosting;
 
 /// <summary>
-/// A/B switches for measuring Kestrel's socket transport under the gRPC port: levers for benchmarks, not operator
-/// settings, so they are environment variables (documented in the README, read here and nowhere else) rather than
-/// options. The host's configuration carries the environment, so the same names work as command-line keys
-/// (<c>--FLASHMLA_SOCKET_BLOCK_KIB=4</c>). The defaults are what the measurements in results/dataplane/ chose.
+/// A/B switches for measurements: levers for benchmarks, not operator settings, so they are environment variables
+/// (documented in the README, read here and nowhere else, once at start-up) rather than options. The host's
+/// configuration carries the environment, so the same names work as command-line keys
+/// (<c>--FLASHMLA_SOCKET_BLOCK_KIB=4</c>). The defaults are what the measurements in results/ chose.
 /// </summary>
 public sealed record MeasurementSwitches
 {
@@ -16,9 +16,21 @@ public sealed record MeasurementSwitches
     /// <summary>Kestrel's UnsafePreferInlineScheduling: application continuations run on the socket I/O threads.</summary>
     public const string InlineSocketSchedulingVariable = "FLASHMLA_INLINE_SOCKET_SCHEDULING";
 
+    /// <summary>
+    /// <c>1</c>: the CUDA backend does not page-lock the server's tensor buffers; q, out and lse go through the
+    /// backend's own pinned staging buffers (one more copy each way). scripts/dataplane-bench.sh's staged-buffers
+    /// variant sets it.
+    /// </summary>
+    public const string StageTensorBuffersVariable = "FLASHMLA_STAGE_TENSOR_BUFFERS";
+
+    /// <summary>Every switch at its default: what production runs.</summary>
+    public static MeasurementSwitches None { get; } = new();
+
     public int SocketBlockKiB { get; init; } = 1024;
 
     public bool InlineSocketScheduling { get; init; } = true;
+
+    public bool StageTensorBuffers { get; init; }
 
     /// <summary>The switches as the configuration (environment, command line) sets them; <paramref name="problems"/> gets what is malformed.</summary>
     public static MeasurementSwitches Read(IConfiguration configuration, List<string> problems)
@@ -36,6 +48,15 @@ public sealed record MeasurementSwitches
             if (bool.TryParse(inline, out bool value)) switches = switches with { InlineSocketScheduling = value };
             else problems.Add($"{InlineSocketSchedulingVariable} must be true or false, got '{inline}'");
         }
+        if (configuration[StageTensorBuffersVariable] is { } stage)
+        {
+            if (stage is "1" or "0") switches = switches with { StageTensorBuffers = stage == "1" };
+            else problems.Add($"{StageTensorBuffersVariable} must be 1 or 0, got '{stage}'");
+        }
         return switches;
     }
+
+    /// <summary>The switches as the process environment alone sets them (malformed values are ignored here).</summary>
+    public static MeasurementSwitches FromEnvironment() =>
+        Read(new ConfigurationBuilder().AddEnvironmentVariables().Build(), []);
 }

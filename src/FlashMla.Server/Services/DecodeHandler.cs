@@ -8,9 +8,9 @@ namespace FlashMla.Server.Services;
 
 /// <summary>
 /// One decode request from the wire to the scheduler and back, shared by both doors to flashmla.v1.Decoder:
-/// the gRPC service on Kestrel (<see cref="DecoderService"/>) and the data-plane listener. It validates what
-/// the scheduler does not (tensor dtypes and shapes), and wraps the batch's pooled outputs in the response
-/// without copying them.
+/// the gRPC service on Kestrel (<see cref="DecoderService"/>) and the data-plane listener. The edge: the request's
+/// numbers are checked once (<see cref="DecodeShape"/>), then its tensors against them (<see cref="TensorCodec"/>);
+/// what lies behind only asserts. It wraps the batch's pooled outputs in the response without copying them.
 /// </summary>
 public sealed class DecodeHandler(Scheduler scheduler)
 {
@@ -20,15 +20,11 @@ public sealed class DecodeHandler(Scheduler scheduler)
     /// </summary>
     public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, CancellationToken cancellationToken)
     {
-        long b = request.SequenceIds.Count, sQ = request.SQ, hQ = request.HQ;
-        if (b == 0) throw Core.Cache.CacheException.Invalid("the request names no sequences");
-        if (sQ == 0 || hQ == 0) throw Core.Cache.CacheException.Invalid($"s_q and h_q must be positive, got s_q={sQ}, h_q={hQ}");
+        var shape = DecodeShape.Create(scheduler.Options, request.Layer, request.SequenceIds, request.SQ, request.HQ, request.SoftmaxScale);
+        long b = shape.BatchSize, sQ = shape.QueryTokens, hQ = shape.Heads;
         var q = TensorCodec.Expect(request.Q, "q", DType.Bf16, b, sQ, hQ, MlaDims.HeadDimK);
         var kv = request.Kv is null ? ReadOnlyMemory<byte>.Empty : TensorCodec.Expect(request.Kv, "kv", DType.Bf16, b, sQ, MlaDims.HeadDimK);
-        if (request.Layer > int.MaxValue) throw Core.Cache.CacheException.Invalid($"layer {request.Layer} is out of range");
-        var work = DecodeWork.Create(scheduler.Options, (int)request.Layer, [.. request.SequenceIds], (int)Math.Min(sQ, int.MaxValue),
-            (int)Math.Min(hQ, int.MaxValue), request.SoftmaxScale, q, kv);
-        var result = await scheduler.DecodeAsync(work, cancellationToken);
+        var result = await scheduler.DecodeAsync(DecodeWork.Create(shape, q, kv), cancellationToken);
 
         var output = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(result.Out) };
         output.Shape.Add([b, sQ, hQ, MlaDims.HeadDimV]);

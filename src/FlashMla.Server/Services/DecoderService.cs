@@ -1,6 +1,5 @@
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
-using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
@@ -12,10 +11,11 @@ namespace FlashMla.Server.Services;
 
 /// <summary>
 /// flashmla.v1.Decoder bound with the pooled marshallers of <see cref="DecodeMarshallers"/> (the same wire
-/// contract as the generated <c>Decoder.DecoderBase</c>): it translates requests to the decode handler's calls
-/// and failures to status codes (or, inside a stream, to the failed request's response). A request's tensors
-/// arrive in pooled arrays that go back once the scheduler is done with them, and a response wraps its batch's
-/// pooled outputs, released once the response is sent. The stream form is run by <see cref="DecodeStreamPump"/>.
+/// contract as the generated <c>Decoder.DecoderBase</c>; bound by <see cref="Hosting.PooledDecoderMethods"/>): it
+/// translates requests to the decode handler's calls and failures to status codes (or, inside a stream, to the
+/// failed request's response). A request's tensors arrive in pooled arrays that go back once the scheduler is
+/// done with them, and a response wraps its batch's pooled outputs, released once the response is sent. The
+/// stream form is run by <see cref="DecodeStreamPump"/>.
 /// </summary>
 public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptions> options, RequestFailures failures)
     : PooledDecoderBase
@@ -64,29 +64,13 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
 }
 
 /// <summary>
-/// The service base that <see cref="PooledDecoderBinding"/> binds: the two methods of flashmla.v1.Decoder
-/// over leased messages. grpc-dotnet finds the overrides of these by name and signature.
+/// The two methods of flashmla.v1.Decoder over leased messages; <see cref="Hosting.PooledDecoderMethods"/> binds
+/// them with marshallers over the host's tensor pool.
 /// </summary>
-[BindServiceMethod(typeof(PooledDecoderBinding), nameof(PooledDecoderBinding.BindService))]
 public abstract class PooledDecoderBase
 {
     public abstract Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
         IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context);
 
     public abstract Task<Leased<DecodeResponse>> DecodeOnce(Leased<DecodeRequest> request, ServerCallContext context);
-}
-
-/// <summary>Binds flashmla.v1.Decoder with marshallers over <see cref="TensorBufferPool"/>.</summary>
-public static class PooledDecoderBinding
-{
-    public static DecodeMarshallers Methods { get; } = new(TensorBufferPool.Bytes);
-
-    /// <summary>The service's descriptor, where server reflection looks for it.</summary>
-    public static Google.Protobuf.Reflection.ServiceDescriptor Descriptor => Decoder.Descriptor;
-
-    public static void BindService(ServiceBinderBase binder, PooledDecoderBase? service)
-    {
-        binder.AddMethod(Methods.Decode, service is null ? null : service.Decode);
-        binder.AddMethod(Methods.DecodeOnce, service is null ? null : service.DecodeOnce);
-    }
 }

@@ -177,8 +177,4 @@ public class PinnedTensorPoolTests
         pool.Detach();
         Assert.Empty(registrar.Locked);
     }
-
-    [Fact]
-    public void The_server_pool_is_a_pinned_tensor_pool_a_backend_can_attach_to() =>
-        Assert.IsType<PinnedTensorPool>(TensorBufferPool.Bytes);
 }

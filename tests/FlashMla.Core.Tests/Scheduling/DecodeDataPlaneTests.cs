@@ -23,6 +23,7 @@ public sealed class DecodeDataPlaneTests(ITestOutputHelper output) : IAsyncLifet
 {
     private const int Context = 64;
     private readonly CpuBackend _backend = new(new KvPoolGeometry(NumLayers: 1, NumBlocks: 80), maxThreads: 1);
+    private readonly PinnedTensorPool _buffers = new(maxArrayBytes: 1 << 24, arraysPerSize: 8);
     private Scheduler? _scheduler;
     private ulong[] _ids = [];
 
@@ -32,7 +33,7 @@ public sealed class DecodeDataPlaneTests(ITestOutputHelper output) : IAsyncLifet
     private async Task StartAsync(TimeSpan window)
     {
         _scheduler = new Scheduler(_backend, new CacheLimits(4096, 1024),
-            new SchedulerOptions { BatchWindow = window, SequenceLease = TimeSpan.Zero }, new FlashMlaMetrics());
+            new SchedulerOptions { BatchWindow = window, SequenceLease = TimeSpan.Zero }, new FlashMlaMetrics(), _buffers);
         var rows = DecodeScenarioRows(Context);
         _ids = await _scheduler.RunAsync(cache =>
         {
@@ -70,7 +71,7 @@ public sealed class DecodeDataPlaneTests(ITestOutputHelper output) : IAsyncLifet
     }
 
     private Task<DecodeResult> Step(ulong[] ids, int hQ, byte[] q) =>
-        _scheduler!.DecodeAsync(DecodeWork.Create(_scheduler!.Options, 0, ids, 1, hQ, 0, q, ReadOnlyMemory<byte>.Empty));
+        _scheduler!.DecodeAsync(DecodeWork.Create(DecodeShape.Create(_scheduler!.Options, 0, ids, 1, (ulong)hQ, 0), q, ReadOnlyMemory<byte>.Empty));
 
     private static byte[] ArrayOf(ReadOnlyMemory<byte> memory) =>
         MemoryMarshal.TryGetArray(memory, out var segment) ? segment.Array! : throw new InvalidOperationException("not array-backed");
@@ -133,14 +134,14 @@ public sealed class DecodeDataPlaneTests(ITestOutputHelper output) : IAsyncLifet
 
         results[0].Release();
         results[0].Release(); // idempotent: must not count as the second holder
-        var whileHeld = TensorBufferPool.Bytes.Rent(shared.Length);
+        var whileHeld = _buffers.Rent(shared.Length);
         Assert.NotSame(shared, whileHeld);
-        TensorBufferPool.Bytes.Return(whileHeld);
+        _buffers.Return(whileHeld);
 
         results[1].Release();
-        var afterwards = TensorBufferPool.Bytes.Rent(shared.Length);
+        var afterwards = _buffers.Rent(shared.Length);
         Assert.Same(shared, afterwards);
-        TensorBufferPool.Bytes.Return(afterwards);
+        _buffers.Return(afterwards);
     }
 
     [Fact]

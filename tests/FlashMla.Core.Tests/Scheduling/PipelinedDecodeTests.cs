@@ -48,7 +48,7 @@ public sealed class PipelinedDecodeTests
             _inner.Decode(new DecodeBatch
             {
                 Layer = batch.Layer, BatchSize = batch.BatchSize, QueryTokens = batch.QueryTokens, Heads = batch.Heads,
-                SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, QParts = batch.QParts, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
+                SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
                 SeqLens = batch.SeqLens, BlockTable = batch.BlockTable, BlockTableStride = batch.BlockTableStride,
                 Out = output, Lse = lse,
             });
@@ -132,7 +132,7 @@ public sealed class PipelinedDecodeTests
     {
         var scheduler = new Scheduler(backend, new CacheLimits(4096, 64),
             new SchedulerOptions { BatchWindow = TimeSpan.Zero, SequenceLease = TimeSpan.Zero, MaxDecodeBatchesInFlight = maxInFlight },
-            new FlashMlaMetrics());
+            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
         var ids = await scheduler.RunAsync(cache =>
         {
             var created = new ulong[sequences];
@@ -150,7 +150,7 @@ public sealed class PipelinedDecodeTests
     {
         int b = step.Sequences.Length;
         var named = step.Sequences.Select(i => ids[i]).ToArray();
-        return scheduler.DecodeAsync(DecodeWork.Create(scheduler.Options, 0, named, 1, step.Heads, 0,
+        return scheduler.DecodeAsync(DecodeWork.Create(DecodeShape.Create(scheduler.Options, 0, named, 1, (ulong)step.Heads, 0),
             Bytes(b * step.Heads * MlaDims.HeadDimK, step.Seed), Bytes(b * MlaDims.HeadDimK, step.Seed + 1)));
     }
 

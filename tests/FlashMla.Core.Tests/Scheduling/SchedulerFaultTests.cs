@@ -33,13 +33,14 @@ public sealed class SchedulerFaultTests
 
     private static async Task<(Scheduler, ulong)> StartWithOneSequence(IAttentionBackend backend)
     {
-        var scheduler = new Scheduler(backend, CacheLimits.Default, new SchedulerOptions { BatchWindow = TimeSpan.Zero }, new FlashMlaMetrics());
+        var scheduler = new Scheduler(backend, CacheLimits.Default, new SchedulerOptions { BatchWindow = TimeSpan.Zero }, new FlashMlaMetrics(),
+            System.Buffers.ArrayPool<byte>.Shared);
         ulong id = await scheduler.RunAsync(cache => cache.Create());
         return (scheduler, id);
     }
 
     private static DecodeWork Step(ulong id) =>
-        DecodeWork.Create(new SchedulerOptions(), 0, [id], 1, 1, 0, new byte[576 * 2], new byte[576 * 2]);
+        DecodeWork.Create(DecodeShape.Create(new SchedulerOptions(), 0, [id], 1, 1, 0), new byte[576 * 2], new byte[576 * 2]);
 
     [Fact]
     public async Task A_sticky_decode_fault_fails_the_request_unavailable_and_stops_serving()

@@ -14,6 +14,8 @@ public sealed unsafe class CpuBackend : IAttentionBackend
 {
     private readonly HostKvPool[] _pools;
     private readonly CpuDecodeKernel _kernel;
+    private readonly List<System.Buffers.MemoryHandle> _qPins = [];
+    private nint[] _qBySequence = [];
     private bool _disposed;
 
     /// <param name="geometry">Layers and blocks; every layer gets a pool of <c>NumBlocks * 73,728</c> bytes.</param>
@@ -108,42 +110,37 @@ public sealed unsafe class CpuBackend : IAttentionBackend
     {
         ArgumentNullException.ThrowIfNull(batch);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        batch.Validate(Geometry);
-        CheckSlots(batch.NewKvSlots.Span, "batch.NewKvSlots");
-        CheckBlockTable(batch);
+        batch.CheckInvariants(Geometry);
 
         var pool = _pools[batch.Layer];
         if (!batch.NewKv.IsEmpty) WriteRows(pool, batch.NewKvSlots.Span, batch.NewKv.Span);
 
-        // Parts of a merged batch are gathered here: the CPU kernel reads q as one array, and this copy is
-        // small next to the attention it feeds.
-        ushort[]? gathered = null;
-        var qMemory = batch.Q;
-        if (batch.QParts is not null)
-        {
-            gathered = System.Buffers.ArrayPool<ushort>.Shared.Rent((int)batch.QLength);
-            batch.CopyQTo(gathered);
-            qMemory = gathered.AsMemory(0, (int)batch.QLength);
-        }
+        // Each q segment is read where it lies: the kernel takes a pointer per sequence.
+        if (_qBySequence.Length < batch.BatchSize) _qBySequence = new nint[Math.Max(batch.BatchSize, 2 * _qBySequence.Length)];
+        _qPins.Clear();
         try
         {
-            RunKernel(pool, batch, qMemory);
+            int sequence = 0;
+            for (int i = 0; i < batch.Q.Count; i++)
+            {
+                var segment = batch.Q[i];
+                var pin = segment.Pin();
+                _qPins.Add(pin);
+                for (long at = 0; at < segment.Length; at += batch.QueryElementsPerSequence)
+                    _qBySequence[sequence++] = (nint)((ushort*)pin.Pointer + at);
+            }
+            using var output = batch.Out.Pin();
+            using var lse = batch.Lse.Pin();
+            using var seqLens = batch.SeqLens.Pin();
+            using var blockTable = batch.BlockTable.Pin();
+            fixed (nint* q = _qBySequence)
+                _kernel.Run(pool, batch, (ushort**)q, (ushort*)output.Pointer, (float*)lse.Pointer, (int*)seqLens.Pointer, (int*)blockTable.Pointer);
         }
         finally
         {
-            if (gathered is not null) System.Buffers.ArrayPool<ushort>.Shared.Return(gathered);
+            foreach (var pin in _qPins) pin.Dispose();
+            _qPins.Clear();
         }
-    }
-
-    private void RunKernel(HostKvPool pool, DecodeBatch batch, ReadOnlyMemory<ushort> qMemory)
-    {
-        using var q = qMemory.Pin();
-        using var output = batch.Out.Pin();
-        using var lse = batch.Lse.Pin();
-        using var seqLens = batch.SeqLens.Pin();
-        using var blockTable = batch.BlockTable.Pin();
-        _kernel.Run(pool, batch, (ushort*)q.Pointer, (ushort*)output.Pointer, (float*)lse.Pointer,
-            (int*)seqLens.Pointer, (int*)blockTable.Pointer);
     }
 
     public void Dispose()
@@ -182,20 +179,6 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         for (int i = 0; i < slots.Length; i++)
             if ((uint)slots[i] >= total)
                 throw new ArgumentOutOfRangeException(name, slots[i], $"CpuBackend: slot {i} is outside 0..{total - 1}");
-    }
-
-    private void CheckBlockTable(DecodeBatch batch)
-    {
-        var lens = batch.SeqLens.Span;
-        var table = batch.BlockTable.Span;
-        for (int s = 0; s < lens.Length; s++)
-        {
-            var blocks = table.Slice(s * batch.BlockTableStride, MlaDims.BlocksFor(lens[s]));
-            for (int i = 0; i < blocks.Length; i++)
-                if ((uint)blocks[i] >= (uint)Geometry.NumBlocks)
-                    throw new ArgumentOutOfRangeException("batch.BlockTable", blocks[i],
-                        $"CpuBackend: block {i} of sequence {s} is outside 0..{Geometry.NumBlocks - 1}");
-        }
     }
 
     /// <summary>The processor's marketing name where the OS offers it in one cheap read, else the architecture.</summary>

@@ -32,7 +32,7 @@ internal sealed unsafe class CpuDecodeKernel
 
     // The current call; set by Run, read by the workers.
     private ushort* _pool;
-    private ushort* _q;
+    private ushort** _qBySequence; // where each sequence's q rows start (q comes in segments)
     private ushort* _out;
     private float* _lse;
     private int* _seqLens;
@@ -60,7 +60,7 @@ internal sealed unsafe class CpuDecodeKernel
     }
 
     /// <summary>One decode over a validated batch; returns when every output row is written.</summary>
-    public void Run(HostKvPool pool, DecodeBatch batch, ushort* q, ushort* output, float* lse, int* seqLens, int* blockTable)
+    public void Run(HostKvPool pool, DecodeBatch batch, ushort** qBySequence, ushort* output, float* lse, int* seqLens, int* blockTable)
     {
         int rowsPerSequence = batch.QueryTokens * batch.Heads;
         int threads = _scratch.Length;
@@ -71,7 +71,7 @@ internal sealed unsafe class CpuDecodeKernel
         rowsPerItem = Math.Clamp(rowsPerItem, Math.Min(MinRowsPerSplitItem, rowsPerSequence), MaxRowsPerItem);
 
         _pool = pool.Row(0);
-        _q = q;
+        _qBySequence = qBySequence;
         _out = output;
         _lse = lse;
         _seqLens = seqLens;
@@ -95,7 +95,8 @@ internal sealed unsafe class CpuDecodeKernel
         finally
         {
             _pool = null;
-            _q = _out = null;
+            _qBySequence = null;
+            _out = null;
             _lse = null;
             _seqLens = _blockTable = null;
         }
@@ -134,7 +135,7 @@ internal sealed unsafe class CpuDecodeKernel
     private void RunItem(WorkerScratch s, int sequence, int rowStart, int rowCount)
     {
         int length = _seqLens[sequence];
-        long firstRow = (long)sequence * _queryTokens * _heads + rowStart; // row index into q and out
+        long firstRow = (long)sequence * _queryTokens * _heads + rowStart; // row index into out
         int lastToken = (rowStart + rowCount - 1) / _heads;
         int positionsNeeded = length - _queryTokens + lastToken + 1; // the last row sees the most
 
@@ -144,7 +145,7 @@ internal sealed unsafe class CpuDecodeKernel
             s.Visible[r] = length - _queryTokens + token + 1;
             s.RowMax[r] = float.NegativeInfinity;
             s.RowSum[r] = 0f;
-            ToFloat(_q + (firstRow + r) * Dk, s.Q + r * Dk, Dk);
+            ToFloat(_qBySequence[sequence] + (long)(rowStart + r) * Dk, s.Q + r * Dk, Dk);
         }
         new Span<float>(s.Acc, rowCount * Dv).Clear();
 

@@ -85,8 +85,19 @@ internal sealed class DecodeScenario
         return new DecodeScenario(batch, kv);
     }
 
-    public (double[] Out, double[] Lse) Reference() =>
-        MlaDecodeReference.Decode(Kv, Batch.Q.ToArray(), Batch.QueryTokens, Batch.Heads, Batch.SoftmaxScale);
+    /// <summary>The float64 reference (<see cref="MlaReference"/>) over this scenario's own copy of the KV, sequence by sequence.</summary>
+    public (double[] Out, double[] Lse) Reference()
+    {
+        int sQ = Batch.QueryTokens, hQ = Batch.Heads, rows = sQ * hQ;
+        var q = new ushort[Batch.Q.Length];
+        Batch.Q.CopyTo(q);
+        var output = new double[Batch.Out.Length];
+        var lse = new double[Batch.Lse.Length];
+        for (int s = 0; s < Kv.Length; s++)
+            MlaReference.Decode(q.AsSpan(s * rows * MlaDims.HeadDimK, rows * MlaDims.HeadDimK), Kv[s], Kv[s].Length / MlaDims.HeadDimK, sQ, hQ,
+                Batch.SoftmaxScale, output.AsSpan(s * rows * MlaDims.HeadDimV, rows * MlaDims.HeadDimV), lse.AsSpan(s * rows, rows));
+        return (output, lse);
+    }
 
     /// <summary>Asserts the backend's outputs against the float64 reference: every row written, bf16-level error.</summary>
     public void AssertMatchesReference()

@@ -1,6 +1,6 @@
 using FlashMla.Core.Metadata;
 
-namespace FlashMla.Cuda.Tests;
+namespace FlashMla.Core.Tests.Metadata;
 
 public class DecodeUploadLayoutTests
 {
@@ -45,41 +45,11 @@ public class DecodeUploadLayoutTests
     }
 
     [Fact]
-    public void Pack_refuses_a_used_block_outside_the_pool_but_ignores_unused_entries()
+    public void A_layout_needs_at_least_one_sequence_part_and_stride()
     {
-        var layout = new DecodeUploadLayout(2, 3, 2, 0);
-        var upload = new int[layout.TotalInts];
-
-        // Sequence 1 uses 2 blocks; its third entry is padding and may hold anything.
-        layout.Pack(upload, [64, 65], [4, -1, -1, 5, 6, 12345], [], numBlocks: 10);
-
-        var tooBig = Assert.Throws<ArgumentException>(() => layout.Pack(upload, [64, 65], [4, -1, -1, 5, 10, 0], [], numBlocks: 10));
-        Assert.Contains("sequence 1 block 1 is 10", tooBig.Message);
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [1, 65], [-2, 0, 0, 5, 6, 0], [], numBlocks: 10));
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [64, 193], [4, 0, 0, 5, 6, 7], [], numBlocks: 10));
-    }
-
-    [Fact]
-    public void Pack_refuses_a_slot_outside_the_pool()
-    {
-        var layout = new DecodeUploadLayout(1, 1, 1, 2);
-        var upload = new int[layout.TotalInts];
-
-        layout.Pack(upload, [2], [0], [0, 639], numBlocks: 10);
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [2], [0], [0, 640], numBlocks: 10));
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [2], [0], [-1, 1], numBlocks: 10));
-    }
-
-    [Fact]
-    public void Pack_refuses_inputs_of_the_wrong_size()
-    {
-        var layout = new DecodeUploadLayout(2, 2, 1, 1);
-        var upload = new int[layout.TotalInts];
-
-        Assert.Throws<ArgumentException>(() => layout.Pack(new int[layout.TotalInts - 1], [1, 1], [0, 0, 1, 0], [0], 4));
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [1], [0, 0, 1, 0], [0], 4));
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [1, 1], [0, 0, 1], [0], 4));
-        Assert.Throws<ArgumentException>(() => layout.Pack(upload, [1, 1], [0, 0, 1, 0], [], 4));
         Assert.Throws<ArgumentOutOfRangeException>(() => new DecodeUploadLayout(0, 1, 1, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DecodeUploadLayout(1, 0, 1, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DecodeUploadLayout(1, 1, 0, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DecodeUploadLayout(1, 1, 1, -1));
     }
 }

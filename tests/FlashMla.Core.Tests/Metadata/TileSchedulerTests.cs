@@ -1,7 +1,7 @@
 using FlashMla.Core.Metadata;
 using FlashMla.Core.Tensors;
 
-namespace FlashMla.Cuda.Tests;
+namespace FlashMla.Core.Tests.Metadata;
 
 public class TileSchedulerTests
 {

@@ -1,0 +1,22 @@
+using FlashMla.Contracts.Wire;
+using FlashMla.Core.Memory;
+using FlashMla.Server.Services;
+using Grpc.AspNetCore.Server.Model;
+
+namespace FlashMla.Server.Hosting;
+
+/// <summary>
+/// Binds flashmla.v1.Decoder's two methods to <see cref="DecoderService"/> with the pooled marshallers of
+/// <see cref="DecodeMarshallers"/> over the host's tensor pool (the same wire contract as the generated
+/// <c>Decoder.DecoderBase</c>). A method provider of the service container rather than a static binding
+/// attribute, so the pool is the host's instance, handed in like every other dependency.
+/// </summary>
+internal sealed class PooledDecoderMethods(PinnedTensorPool tensorBuffers) : IServiceMethodProvider<DecoderService>
+{
+    public void OnServiceMethodDiscovery(ServiceMethodProviderContext<DecoderService> context)
+    {
+        var methods = new DecodeMarshallers(tensorBuffers);
+        context.AddDuplexStreamingMethod(methods.Decode, [], (service, requests, responses, call) => service.Decode(requests, responses, call));
+        context.AddUnaryMethod(methods.DecodeOnce, [], (service, request, call) => service.DecodeOnce(request, call));
+    }
+}
