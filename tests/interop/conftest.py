@@ -17,19 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "clients" / "python"))
 
-from server_process import LocalServer  # noqa: E402
+from server_process import SERVER_OPTIONS, LocalServer  # noqa: E402
 from workload import Cache  # noqa: E402
-
-# Small enough for the 2-core CI machine, large enough for a decode that outlives a short deadline.
-SERVER_OPTIONS = {
-    "Layers": 2,
-    "TotalBlocks": 512,
-    "MaxHeads": 128,
-    "MaxQueryTokens": 8,
-    "MaxMessageBytes": 8 << 20,
-    "SequenceLeaseSeconds": 0,
-    "DrainTimeoutSeconds": 2,
-}
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 

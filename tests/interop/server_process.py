@@ -17,6 +17,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SERVER_PROJECT = REPO / "src" / "FlashMla.Server"
 
+# Small enough for the 2-core CI machine, large enough for a decode that outlives a short deadline.
+SERVER_OPTIONS = {
+    "Layers": 2,
+    "TotalBlocks": 512,
+    "MaxHeads": 128,
+    "MaxQueryTokens": 8,
+    "MaxMessageBytes": 8 << 20,
+    "SequenceLeaseSeconds": 0,
+    "DrainTimeoutSeconds": 2,
+}
+
 
 def server_dll() -> Path:
     """``FLASHMLA_SERVER_DLL`` (CI points it at the build ``dotnet test`` just made), else a fresh Debug build."""

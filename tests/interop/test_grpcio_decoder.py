@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import SERVER_OPTIONS
+from server_process import SERVER_OPTIONS
 from flashmla_client.bf16 import random_bf16
 from workload import DECODER, assert_matches_reference, decode_request, message, rpc
 

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import SERVER_OPTIONS
+from server_process import SERVER_OPTIONS
 from flashmla_client.bf16 import random_bf16
 from workload import KV_CACHE, bf16_tensor, message, rpc
 
