@@ -1,12 +1,11 @@
+using System.Buffers;
 using System.Text;
 
 namespace FlashMla.Http2;
 
 /// <summary>
 /// Decodes the header blocks of one connection (RFC 7541): indexed fields, the three literal forms, dynamic
-/// table size updates and the dynamic table. Huffman-coded strings are not decoded (Kestrel never sends
-/// them; a test pins that): a block holding one decodes to a stream error unless it would have to be
-/// inserted into a non-empty dynamic table, where skipping it would desynchronise the table.
+/// table size updates, the dynamic table and Huffman-coded strings (<see cref="HpackHuffman"/>).
 /// </summary>
 internal sealed class HpackDecoder
 {
@@ -22,17 +21,12 @@ internal sealed class HpackDecoder
 
     internal HpackDynamicTable Table => _table;
 
-    /// <summary>Huffman-coded strings met so far (the decoder cannot read them).</summary>
-    public long HuffmanStrings { get; private set; }
-
     /// <summary>
-    /// Decodes one whole header block into <paramref name="headers"/>. Returns null, or why the block cannot be
-    /// used although the table stayed consistent (a stream error). Throws <see cref="HpackDecodingException"/>
-    /// when the block is malformed or the table could not be kept in step (a connection error).
+    /// Decodes one whole header block into <paramref name="headers"/>. Throws <see cref="HpackDecodingException"/>
+    /// when the block is malformed (a connection error of type COMPRESSION_ERROR: the table may be out of step).
     /// </summary>
-    public string? Decode(ReadOnlySpan<byte> block, List<KeyValuePair<string, string>> headers)
+    public void Decode(ReadOnlySpan<byte> block, List<KeyValuePair<string, string>> headers)
     {
-        string? unusable = null;
         bool fieldSeen = false;
         int pos = 0;
         while (pos < block.Length)
@@ -49,12 +43,9 @@ internal sealed class HpackDecoder
             else if ((first & 0xC0) == 0x40)
             {
                 // Literal with incremental indexing: 01xxxxxx.
-                var (name, value) = ReadLiteral(block, ref pos, 6, indexed: true, ref unusable);
-                if (name is not null && value is not null)
-                {
-                    _table.Add(name, value);
-                    headers.Add(new(name, value));
-                }
+                var (name, value) = ReadLiteral(block, ref pos, 6);
+                _table.Add(name, value);
+                headers.Add(new(name, value));
                 fieldSeen = true;
             }
             else if ((first & 0xE0) == 0x20)
@@ -69,28 +60,21 @@ internal sealed class HpackDecoder
             else
             {
                 // Literal without indexing 0000xxxx, or never indexed 0001xxxx: the same to a decoder.
-                var (name, value) = ReadLiteral(block, ref pos, 4, indexed: false, ref unusable);
-                if (name is not null && value is not null) headers.Add(new(name, value));
+                var (name, value) = ReadLiteral(block, ref pos, 4);
+                headers.Add(new(name, value));
                 fieldSeen = true;
             }
         }
-        return unusable;
     }
 
-    private (string? Name, string? Value) ReadLiteral(ReadOnlySpan<byte> block, ref int pos, int prefixBits, bool indexed, ref string? unusable)
+    private (string Name, string Value) ReadLiteral(ReadOnlySpan<byte> block, ref int pos, int prefixBits)
     {
         int nameIndex = ReadInteger(block, ref pos, prefixBits);
-        string? name = nameIndex == 0 ? ReadString(block, ref pos, indexed, ref unusable) : Lookup(nameIndex).Name;
-        string? value = ReadString(block, ref pos, indexed, ref unusable);
-        if (indexed && (name is null || value is null) && _table.Capacity > 0)
-        {
-            // An entry of unknown size would leave this table out of step with the server's encoder.
-            throw new HpackDecodingException("Huffman-coded header string in a field to be indexed: this client does not decode Huffman");
-        }
-        return (name, value);
+        string name = nameIndex == 0 ? ReadString(block, ref pos) : Lookup(nameIndex).Name;
+        return (name, ReadString(block, ref pos));
     }
 
-    private string? ReadString(ReadOnlySpan<byte> block, ref int pos, bool indexed, ref string? unusable)
+    private static string ReadString(ReadOnlySpan<byte> block, ref int pos)
     {
         if (pos >= block.Length) throw new HpackDecodingException("header block ends inside a string literal");
         bool huffman = (block[pos] & 0x80) != 0;
@@ -99,9 +83,17 @@ internal sealed class HpackDecoder
         var bytes = block.Slice(pos, length);
         pos += length;
         if (!huffman) return Encoding.Latin1.GetString(bytes);
-        HuffmanStrings++;
-        unusable ??= "the server sent a Huffman-coded header string; this client (LargeFrameHttp2Handler) does not decode Huffman";
-        return null;
+        int most = HpackHuffman.MaxDecodedLength(length);
+        byte[]? rented = most > 512 ? ArrayPool<byte>.Shared.Rent(most) : null;
+        try
+        {
+            Span<byte> decoded = rented ?? stackalloc byte[512];
+            return Encoding.Latin1.GetString(decoded[..HpackHuffman.Decode(bytes, decoded)]);
+        }
+        finally
+        {
+            if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     private (string Name, string Value) Lookup(int index)

@@ -1,8 +1,9 @@
 namespace FlashMla.Http2;
 
 /// <summary>
-/// Encodes request header fields (RFC 7541) without state: static-table indexes where a whole field matches,
-/// otherwise literals without indexing and without Huffman, so the server's decoder table never changes.
+/// Encodes header fields (RFC 7541) without state: static-table indexes where a whole field matches,
+/// otherwise literals without indexing, so the peer's decoder table never changes. A string is Huffman-coded
+/// (<see cref="HpackHuffman"/>) when that is shorter, as other encoders do.
 /// Each method returns false when <c>destination</c> is too small (the caller grows its buffer and retries).
 /// </summary>
 internal static class HpackEncoder
@@ -66,17 +67,26 @@ internal static class HpackEncoder
     private static bool TryEncodeString(string value, bool lowercase, Span<byte> destination, out int written)
     {
         written = 0;
-        if (!TryEncodeInteger(value.Length, 7, 0x00, destination, out int n)) return false;
-        if (destination.Length - n < value.Length) return false;
-        var target = destination.Slice(n, value.Length);
-        for (int i = 0; i < value.Length; i++)
+        int huffmanLength = HpackHuffman.EncodedLength(value, lowercase);
+        bool huffman = huffmanLength < value.Length;
+        int length = huffman ? huffmanLength : value.Length;
+        if (!TryEncodeInteger(length, 7, huffman ? (byte)0x80 : (byte)0x00, destination, out int n)) return false;
+        if (destination.Length - n < length) return false;
+        var target = destination.Slice(n, length);
+        if (huffman)
         {
-            char c = value[i];
-            if (c > 0xFF) throw new HttpRequestException($"header value '{value}' holds a character outside Latin-1");
-            if (lowercase && c is >= 'A' and <= 'Z') c = (char)(c + 32);
-            target[i] = (byte)c;
+            HpackHuffman.Encode(value, lowercase, target);
         }
-        written = n + value.Length;
+        else
+        {
+            for (int i = 0; i < value.Length; i++)
+            {
+                char c = value[i]; // Latin-1: EncodedLength checked
+                if (lowercase && c is >= 'A' and <= 'Z') c = (char)(c + 32);
+                target[i] = (byte)c;
+            }
+        }
+        written = n + length;
         return true;
     }
 }

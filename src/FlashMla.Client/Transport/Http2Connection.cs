@@ -557,12 +557,11 @@ internal sealed class Http2Connection : IAsyncDisposable
         _headerStreamId = 0;
         // Decode even for a stream we already closed: the HPACK state is the connection's.
         var headers = new List<KeyValuePair<string, string>>();
-        string? unusable = _hpack.Decode(_headerBlock.AsSpan(0, _headerBlockLength), headers);
+        _hpack.Decode(_headerBlock.AsSpan(0, _headerBlockLength), headers);
         var stream = FindStream(streamId);
         if (stream is null) return;
         try
         {
-            if (unusable is not null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, unusable);
             stream.OnHeaders(headers, _headerEndStream);
         }
         catch (Http2StreamException ex)

@@ -32,6 +32,7 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
 
     private readonly DataPlaneConnection _connection;
     private readonly int _maxMessageBytes;
+    private readonly string? _encoding;
     private readonly Channel<Leased<DecodeRequest>> _requests = Channel.CreateUnbounded<Leased<DecodeRequest>>(
         new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
     private readonly CancellationTokenSource _cancellation;
@@ -44,15 +45,17 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
     private int _prefixFilled;
     private byte[]? _body;
     private int _bodyLength, _bodyFilled;
+    private bool _bodyCompressed;
     private long _receiveWindow;
     private int _queued, _uncredited, _held;
     private volatile bool _discarding, _inputEnded, _inputEndedByPeer, _reset, _closed;
     private bool _receiving, _headersSent, _finished, _messagePartlySent;
     private Leased<DecodeRequest>? _current;
 
-    public DataPlaneCall(DataPlaneConnection connection, int streamId, string method, TimeSpan? timeout, int maxMessageBytes,
+    public DataPlaneCall(DataPlaneConnection connection, int streamId, string method, TimeSpan? timeout, string? encoding, int maxMessageBytes,
         int receiveWindow, CancellationToken connectionClosing)
     {
+        _encoding = encoding;
         _connection = connection;
         StreamId = streamId;
         Method = method;
@@ -218,9 +221,9 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         byte compressed = _prefix[0];
         uint length = BinaryPrimitives.ReadUInt32BigEndian(_prefix.AsSpan(1));
         _prefixFilled = 0;
-        if (compressed != 0)
+        if (compressed != 0 && GrpcMessageEncoding.RefusalOfCompressed(_encoding) is { } refusal)
         {
-            FailInput(new RpcException(new Status(StatusCode.Internal, "compressed messages are not supported (send grpc-encoding identity)")));
+            FailInput(new RpcException(refusal));
             return;
         }
         if (length > (uint)_maxMessageBytes)
@@ -231,22 +234,43 @@ internal sealed class DataPlaneCall : IAsyncStreamReader<Leased<DecodeRequest>>,
         }
         _bodyLength = (int)length;
         _bodyFilled = 0;
+        _bodyCompressed = compressed != 0;
         _body = TensorBufferPool.Bytes.Rent(Math.Max(_bodyLength, 1));
     }
 
     private void FinishMessage()
     {
         var body = _body!;
+        int length = _bodyLength;
         _body = null;
         DecodeRequest request;
         try
         {
-            request = DecodeMarshallers.ParseRequestInPlace(body.AsMemory(0, _bodyLength));
+            if (_bodyCompressed)
+            {
+                // Rare (tensors hardly compress): inflated here, into a pooled array of its own, bounded by the limit.
+                var compressed = body;
+                (body, length) = (null!, 0);
+                try
+                {
+                    (body, length) = GrpcMessageEncoding.Inflate(compressed.AsMemory(0, _bodyLength), _maxMessageBytes, TensorBufferPool.Bytes);
+                }
+                finally
+                {
+                    TensorBufferPool.Bytes.Return(compressed);
+                }
+            }
+            request = DecodeMarshallers.ParseRequestInPlace(body.AsMemory(0, length));
         }
         catch (InvalidProtocolBufferException ex)
         {
             TensorBufferPool.Bytes.Return(body);
             FailInput(new RpcException(new Status(StatusCode.Internal, "Failed to deserialize request message: " + ex.Message)));
+            return;
+        }
+        catch (RpcException ex)
+        {
+            FailInput(ex);
             return;
         }
         lock (_gate) _queued++;

@@ -322,7 +322,7 @@ internal sealed class DataPlaneConnection
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"HEADERS on stream {streamId}: client streams are odd and non-zero");
         int blockLength = await ReadHeaderBlockAsync(header).ConfigureAwait(false);
         _fields.Clear();
-        string? unusable = _hpack.Decode(_headerBlock.AsSpan(0, blockLength), _fields);
+        _hpack.Decode(_headerBlock.AsSpan(0, blockLength), _fields);
         bool endStream = header.Has(Http2FrameFlags.EndStream);
 
         var existing = Find(streamId);
@@ -350,10 +350,6 @@ internal sealed class DataPlaneConnection
         GrpcRequestHead head;
         try
         {
-            if (unusable is not null)
-                throw new RpcException(new Status(StatusCode.Internal,
-                    "the data-plane port does not decode Huffman-coded request headers (FlashMla.Client and .NET's SocketsHttpHandler send none); " +
-                    "use the gRPC port with this client"));
             head = GrpcWireHeaders.ReadRequest(_fields);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
@@ -366,7 +362,7 @@ internal sealed class DataPlaneConnection
             return;
         }
 
-        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, _maxMessageBytes, StreamWindow, _closing.Token);
+        var call = new DataPlaneCall(this, streamId, head.Path, head.Timeout, head.Encoding, _maxMessageBytes, StreamWindow, _closing.Token);
         lock (_lock)
         {
             _calls.Add(streamId, call);

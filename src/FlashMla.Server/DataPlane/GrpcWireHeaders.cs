@@ -6,7 +6,7 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>What the data plane reads from a request's header block.</summary>
-internal readonly record struct GrpcRequestHead(string Path, string Authority, TimeSpan? Timeout);
+internal readonly record struct GrpcRequestHead(string Path, string Authority, TimeSpan? Timeout, string? Encoding);
 
 /// <summary>
 /// gRPC over HTTP/2 as the data-plane listener speaks it (the gRPC "PROTOCOL-HTTP2" document): reading a
@@ -24,7 +24,7 @@ internal static class GrpcWireHeaders
     /// </summary>
     public static GrpcRequestHead ReadRequest(List<KeyValuePair<string, string>> fields)
     {
-        string? method = null, path = null, authority = null, contentType = null, timeout = null;
+        string? method = null, path = null, authority = null, contentType = null, timeout = null, encoding = null;
         foreach (var (name, value) in fields)
         {
             switch (name)
@@ -34,6 +34,7 @@ internal static class GrpcWireHeaders
                 case ":authority": authority = value; break;
                 case "content-type": contentType = value; break;
                 case "grpc-timeout": timeout = value; break;
+                case "grpc-encoding": encoding = value; break;
             }
         }
         if (method != "POST") throw new RpcException(new Status(StatusCode.Internal, $"gRPC calls are POST requests, this one is {method ?? "without a method"}"));
@@ -41,7 +42,7 @@ internal static class GrpcWireHeaders
         if (contentType is null || !(contentType == "application/grpc" || contentType.StartsWith("application/grpc+", StringComparison.Ordinal)
                 || contentType.StartsWith("application/grpc;", StringComparison.Ordinal)))
             throw new RpcException(new Status(StatusCode.Internal, $"content-type '{contentType}' is not application/grpc"));
-        return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout));
+        return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout), encoding);
     }
 
     /// <summary>The :path of a request's fields, or "" (for counting a request refused before it was read).</summary>
@@ -70,11 +71,12 @@ internal static class GrpcWireHeaders
         return TimeSpan.FromTicks((long)Math.Min(ticks, TimeSpan.MaxValue.Ticks));
     }
 
-    /// <summary>":status 200" and the gRPC content type: the headers that open every response.</summary>
+    /// <summary>":status 200", the gRPC content type and the encodings requests may use: the headers that open every response.</summary>
     public static int WriteResponseHeaders(Span<byte> destination)
     {
         int pos = Encode(HpackEncoder.TryEncodeIndexed(StatusOk, destination, out int n), n);
         pos += Encode(HpackEncoder.TryEncodeLiteral(ContentTypeName, "application/grpc", destination[pos..], out n), n);
+        pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-accept-encoding", GrpcMessageEncoding.Accepted, destination[pos..], out n), n);
         return pos;
     }
 

@@ -87,6 +87,7 @@ public static class FlashMlaServerApp
         {
             grpc.MaxReceiveMessageSize = options.MaxMessageBytes;
             grpc.MaxSendMessageSize = options.MaxMessageBytes;
+            RequestCompression.Configure(grpc, options.MaxMessageBytes);
         });
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks(health =>
@@ -101,6 +102,7 @@ public static class FlashMlaServerApp
             .AddPrometheusExporter());
 
         var app = builder.Build();
+        RequestCompression.AdvertiseAcceptedEncodings(app);
         app.MapGrpcService<KvCacheService>();
         app.MapGrpcService<DecoderService>();
         app.MapGrpcHealthChecksService();

@@ -101,8 +101,7 @@ public sealed class LargeFrameTransportTests
         request.Q.Dtype = DType.Fp32;
         var invalid = await Assert.ThrowsAsync<RpcException>(() => client.Decoder.DecodeOnceAsync(request).ResponseAsync);
         Assert.Equal(StatusCode.InvalidArgument, invalid.StatusCode);
-        // A message with spaces and punctuation would be Huffman-coded by an encoder that uses Huffman; Kestrel
-        // does not, and a Huffman string would have failed this call with "does not decode Huffman".
+        // The detail (spaces and punctuation) arrives intact through the HPACK decoder, Huffman-coded or not.
         Assert.Contains("q must be", invalid.Status.Detail);
 
         // The stream goes on after a per-request error, and the connection after a failed call.
@@ -220,5 +219,15 @@ public sealed class LargeFrameTransportTests
         var refusal = await Assert.ThrowsAsync<NotSupportedException>(() =>
             invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "https://127.0.0.1:9/x"), default));
         Assert.Contains("h2c", refusal.Message);
+    }
+
+    [Fact]
+    public void Options_outside_the_protocol_limits_are_refused_at_construction()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1000 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1 << 24 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { StreamWindowSize = 100 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectionWindowSize = 100 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectTimeout = TimeSpan.Zero }));
     }
 }

@@ -1,8 +1,7 @@
 using FlashMla.Http2;
 using System.Buffers.Binary;
-using FlashMla.Client.Transport;
 
-namespace FlashMla.Server.Tests.Transport;
+namespace FlashMla.Http2.Tests;
 
 /// <summary>The frame codec: the 9-byte header, the small control frames, padding.</summary>
 public sealed class Http2FrameTests
@@ -68,15 +67,5 @@ public sealed class Http2FrameTests
         Assert.Equal(Http2ErrorCode.ProtocolError, overlong.Code);
         Assert.Contains("padding is longer", overlong.Message);
         Assert.Throws<Http2ConnectionException>(() => Http2Frames.Unpad(new Http2FrameHeader(0, Http2FrameType.Data, Http2FrameFlags.Padded, 1), []));
-    }
-
-    [Fact]
-    public void Options_outside_the_protocol_limits_are_refused_at_construction()
-    {
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1000 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { MaxFrameSize = 1 << 24 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { StreamWindowSize = 100 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectionWindowSize = 100 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new LargeFrameHttp2Handler(new LargeFrameHttp2Options { ConnectTimeout = TimeSpan.Zero }));
     }
 }
