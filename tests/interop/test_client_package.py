@@ -184,3 +184,17 @@ def test_the_benchmark_prints_a_row_per_shape(server):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[4] == "data plane" and float(cells[5]) > 0 and float(cells[6]) > 0  # steps/s, up GB/s
+
+
+def test_torch_outputs_can_land_in_pinned_memory(client, sequences, rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("page-locked memory needs a CUDA-enabled torch and a GPU")
+    from flashmla_client.torch_tensors import decode_output_to_torch
+
+    sequence = sequences.new()
+    client.append_kv(KvUpload(sequence, 0, random_bf16(rng, (30, 576))))
+    output = client.decode(0, [sequence], random_bf16(rng, (1, 1, 4, 576)))
+    out, lse = decode_output_to_torch(output, pin_memory=True)
+    assert out.is_pinned() and lse.is_pinned()
+    assert np.array_equal(out.float().numpy(), output.out_float32())
