@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import threading
 import time
@@ -124,6 +125,7 @@ def main() -> int:
     table += ["| " + " | ".join(row) + " |" for row in rows]
     print("\n".join(table))
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(args.out, "w") as out:
             out.write(f"# Python client decode throughput ({stamp})\n\n"
