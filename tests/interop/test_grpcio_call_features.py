@@ -95,44 +95,43 @@ def test_a_cancelled_decode_once_ends_cancelled(decode_channel, heavy_request, s
     assert_still_serves(decode_channel, small_step)
 
 
+class OpenStream:
+    """A Decode call whose request side sends ``requests`` and then stays open (as a host's stream does between
+    steps) until the test cancels it."""
+
+    def __init__(self, channel, requests):
+        self.sent = threading.Event()
+        self._hold = threading.Event()
+
+        def generate():
+            yield from requests
+            self.sent.set()
+            self._hold.wait(30)
+
+        self.call = rpc(channel, DECODER, "Decode")(generate())
+
+    def cancel_and_expect_cancelled(self):
+        self.call.cancel()
+        self._hold.set()
+        with pytest.raises(grpc.RpcError) as failure:
+            list(self.call)
+        assert failure.value.code() == grpc.StatusCode.CANCELLED
+
+
 def test_a_decode_stream_cancelled_with_requests_in_flight_ends_cancelled(decode_channel, heavy_request, small_step):
-    sent = threading.Event()
-    hold = threading.Event()
-
-    def requests():
-        yield heavy_request
-        yield heavy_request
-        sent.set()
-        hold.wait(30)  # the request side stays open, as a host's stream does between steps
-
-    call = rpc(decode_channel, DECODER, "Decode")(requests())
-    assert sent.wait(10)
-    call.cancel()
-    hold.set()
-    with pytest.raises(grpc.RpcError) as failure:
-        list(call)
-    assert failure.value.code() == grpc.StatusCode.CANCELLED
+    stream = OpenStream(decode_channel, [heavy_request, heavy_request])
+    assert stream.sent.wait(10)
+    stream.cancel_and_expect_cancelled()
     assert_still_serves(decode_channel, small_step)
 
 
 def test_a_decode_stream_cancelled_after_an_answer_keeps_that_answer(decode_channel, small_step, heavy_request):
     sequences, q, rows = small_step
-    hold = threading.Event()
-
-    def requests():
-        yield decode_request(1, 0, sequences, q)
-        yield heavy_request
-        hold.wait(30)
-
-    call = rpc(decode_channel, DECODER, "Decode")(requests())
-    first = next(call)
+    stream = OpenStream(decode_channel, [decode_request(1, 0, sequences, q), heavy_request])
+    first = next(stream.call)
     assert first.request_id == 1
     assert_matches_reference(first, q, rows)
-    call.cancel()
-    hold.set()
-    with pytest.raises(grpc.RpcError) as failure:
-        list(call)
-    assert failure.value.code() == grpc.StatusCode.CANCELLED
+    stream.cancel_and_expect_cancelled()
     assert_still_serves(decode_channel, small_step)
 
 
