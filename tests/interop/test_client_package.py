@@ -116,6 +116,13 @@ def test_failures_are_flashmla_errors_with_the_grpc_code(client, sequences, rng)
     assert client.get_sequence(sequence).layer_lengths == [4, 0]
 
 
+def test_rows_that_are_not_bf16_bits_are_refused_with_type_error_and_nothing_lands(client, sequences):
+    sequence = sequences.new()
+    with pytest.raises(TypeError):
+        client.append_kv(KvUpload(sequence, 0, np.zeros((3, 576), np.float32)))
+    assert client.get_sequence(sequence).layer_lengths == [0, 0]
+
+
 def test_a_call_past_its_deadline_raises_deadline_exceeded(client, sequences, rng):
     ids = [sequences.new() for _ in range(4)]
     client.append_kv([KvUpload(s, 0, random_bf16(rng, (2048, 576))) for s in ids])

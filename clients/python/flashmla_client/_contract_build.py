@@ -20,16 +20,15 @@ import tempfile
 from pathlib import Path
 
 # decoder.proto imports google/rpc/status.proto, which lives in googleapis and which Debian does not
-# package for Python. Only the wire shape matters here (the server sends code and message), so the
-# build supplies this definition of it.
+# package for Python. Only its wire shape matters here, and only the fields the server sets (code and
+# message; `repeated google.protobuf.Any details = 3` stays out, so no well-known type is needed and any
+# protoc will do: a details field would be kept as an unknown field).
 _RPC_STATUS_PROTO = """\
 syntax = "proto3";
 package google.rpc;
-import "google/protobuf/any.proto";
 message Status {
   int32 code = 1;
   string message = 2;
-  repeated google.protobuf.Any details = 3;
 }
 """
 
@@ -50,16 +49,16 @@ def is_stale(output: Path, proto_root: Path) -> bool:
     if not output.is_file():
         return True
     built = output.stat().st_mtime
-    return any((proto_root / name).stat().st_mtime > built for name in CONTRACT_FILES)
+    sources = [proto_root / name for name in CONTRACT_FILES] + [Path(__file__)]  # this file holds status.proto
+    return any(source.stat().st_mtime > built for source in sources)
 
 
-def _compiler() -> tuple[list[str], list[str]]:
-    """The protoc command line prefix and the include folders of its well-known types."""
+def _compiler() -> list[str]:
+    """The protoc command line prefix: grpcio-tools' protoc when importable, else ``PROTOC`` or ``protoc``."""
     try:
-        import grpc_tools  # Debian's python3-grpc-tools or the grpcio-tools wheel
+        import grpc_tools.protoc  # noqa: F401  (Debian's python3-grpc-tools or the grpcio-tools wheel)
 
-        well_known = Path(grpc_tools.__file__).parent / "_proto"
-        return [sys.executable, "-m", "grpc_tools.protoc"], [str(well_known)] if well_known.is_dir() else []
+        return [sys.executable, "-m", "grpc_tools.protoc"]
     except ImportError:
         pass
     protoc = os.environ.get("PROTOC") or shutil.which("protoc")
@@ -67,22 +66,20 @@ def _compiler() -> tuple[list[str], list[str]]:
         raise RuntimeError(
             "flashmla_client: no protobuf compiler to build the contract from proto/: install grpcio-tools "
             "(Debian: python3-grpc-tools) or protoc (Debian: protobuf-compiler), or set PROTOC")
-    # protoc finds its well-known types itself (../include next to the binary, /usr/include on Debian).
-    return [protoc], []
+    return [protoc]
 
 
 def build_descriptor_set(proto_root: Path, output: Path, files: tuple[str, ...] = CONTRACT_FILES) -> None:
     """Writes the FileDescriptorSet of ``files`` (paths under ``proto_root``; the contract by default) and
     everything they import to ``output``, atomically."""
-    command, includes = _compiler()
+    command = _compiler()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         status = Path(scratch, "google", "rpc", "status.proto")
         status.parent.mkdir(parents=True)
         status.write_text(_RPC_STATUS_PROTO)
         partial = Path(scratch, "contract.binpb")
-        args = [*command, f"-I{proto_root}", f"-I{scratch}", *(f"-I{i}" for i in includes),
-                "--include_imports", f"--descriptor_set_out={partial}", *files]
+        args = [*command, f"-I{proto_root}", f"-I{scratch}", "--include_imports", f"--descriptor_set_out={partial}", *files]
         run = subprocess.run(args, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"flashmla_client: protoc failed ({' '.join(args)}):\n{run.stderr}")

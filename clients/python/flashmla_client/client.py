@@ -167,13 +167,23 @@ class FlashMlaClient:
         Chunks before a failing one stay applied."""
         if isinstance(uploads, KvUpload):
             uploads = [uploads]
+        refused = []
 
         def chunks():
             for upload in uploads:
-                rows = as_bf16_bits(upload.rows, "rows")
+                try:
+                    rows = as_bf16_bits(upload.rows, "rows")
+                except (TypeError, ValueError) as error:
+                    refused.append(error)
+                    raise
                 yield AppendKvChunk(sequence_id=upload.sequence_id, layer=upload.layer, kv=to_tensor(rows, DTYPE_BF16))
 
-        reply = self._append(chunks(), **self._call_options(timeout, metadata))
+        try:
+            reply = self._append(chunks(), **self._call_options(timeout, metadata))
+        except grpc.RpcError:
+            if refused:  # grpcio cancels a call whose request iterator raised; the caller wants the reason
+                raise refused[0] from None
+            raise
         return reply.chunks, reply.rows
 
     @_reraise
