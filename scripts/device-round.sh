@@ -14,7 +14,7 @@
 # (the device tool brings back at most 8 files); $OUT/round.log has the step tails and the table
 # as they happen. A failed step is recorded and the round goes on where later steps do not depend on it.
 #
-# Env: PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
+# Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
 # SKIP_DATAPLANE=1, DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
@@ -155,12 +155,18 @@ if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]
   run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
 fi
 
+# 8. The Python client beside the C# client (issue 12), when scripts/pack-python-client.sh carried its interpreter.
+if [[ "${SKIP_CLIENT_COMPARE:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -f .devcarry/flashmla-python.tar.xz ]]; then
+  run_step client-compare client-compare.log env OUT="$OUT" PORT=$((port + 30)) bash scripts/client-compare.sh "$app" "$fatbin"
+fi
+
 echo
 tar -C "$logs" -czf "$OUT/round-logs.tgz" .
 echo "device round on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo 'no GPU'); logs in round-logs.tgz"
 printf '%-14s %-5s %7s  %s\n' step status time note
 for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
+[[ -f "$logs/client-compare.log" ]] && { echo; grep -vE "^\\s*$" "$logs/client-compare.log" | tail -n 30; }
 [[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
 printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
 exit 0

@@ -175,6 +175,16 @@ public sealed class DataPlaneTests(ITestOutputHelper output)
         await call.RequestStream.CompleteAsync();
         Assert.True(await call.ResponseStream.MoveNext());
         Assert.Contains("flashmla.v1.Decoder", call.ResponseStream.Current.ListServicesResponse.Service.Select(s => s.Name));
+
+        // grpc.reflection.v1 (what current grpcurl and grpcio tools ask first) lists the same services.
+        var reflectionV1 = new Grpc.Reflection.V1.ServerReflection.ServerReflectionClient(server.Client.Channel);
+        using var callV1 = reflectionV1.ServerReflectionInfo();
+        await callV1.RequestStream.WriteAsync(new Grpc.Reflection.V1.ServerReflectionRequest { ListServices = "" });
+        await callV1.RequestStream.CompleteAsync();
+        Assert.True(await callV1.ResponseStream.MoveNext());
+        var v1Names = callV1.ResponseStream.Current.ListServicesResponse.Service.Select(s => s.Name).ToList();
+        Assert.Contains("flashmla.v1.Decoder", v1Names);
+        Assert.Contains("flashmla.v1.KvCache", v1Names);
     }
 
     private static byte[] MemoryMarshalBytes(ReadOnlySpan<ushort> values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values).ToArray();

@@ -105,8 +105,11 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton<IServiceMethodProvider<DecoderService>, PooledDecoderMethods>();
         // Server reflection finds a service's descriptor through the generated binding attribute, which
         // flashmla.v1.Decoder does not use (PooledDecoderMethods binds it): the services mapped below are listed here.
+        // Both reflection versions (v1alpha and v1) are served, so both get the list.
         builder.Services.AddSingleton(new ReflectionServiceImpl(Decoder.Descriptor, KvCache.Descriptor, Health.Descriptor,
-            ServerReflection.Descriptor));
+            ServerReflection.Descriptor, Grpc.Reflection.V1.ServerReflection.Descriptor));
+        builder.Services.AddSingleton(new ReflectionV1ServiceImpl(Decoder.Descriptor, KvCache.Descriptor, Health.Descriptor,
+            ServerReflection.Descriptor, Grpc.Reflection.V1.ServerReflection.Descriptor));
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks(health =>
             {
