@@ -8,15 +8,17 @@
 //                         read and bf16 matrix ceilings, FlashMLA's H200 times beside ours
 //                         [--shapes I,J,..] a subset of the grid; [--rounds R] [--reps N]
 //                         [--warmup-s S] [--rewarm-s S] [--time-s S]; [--quick] the short mode
-//   flashmla_check --bench --shape I [--kernel NAME]   one bench shape (0..4 = DESIGN.md's),
-//                         one kernel, quick, no ceilings (for ncu)
+//   flashmla_check --bench --shape I [--kernel NAME]   one bench shape (0..4: the five
+//                         headline shapes of docs/performance.md), one kernel, quick, no
+//                         ceilings (for ncu)
 //
-// Checks follow DESIGN.md: random inputs, fp32 reference kernel, KV rows past
-// each length = NaN, outputs (and split scratch) poisoned with NaN before each
-// run, shuffled block tables, varlen batches. One line per case, a summary,
-// exit code 1 on any failure. A few cases launch through the driver API from
-// the fatbin exactly as the C# service does (cuModuleLoadData + cuLaunchKernel
-// with one pointer to the params struct); the others through the runtime.
+// Checks (docs/performance.md, native/README.md): random inputs, fp32
+// reference kernel, KV rows past each length = NaN, outputs (and split
+// scratch) poisoned with NaN before each run, shuffled block tables, varlen
+// batches. One line per case, a summary, exit code 1 on any failure. A few
+// cases launch through the driver API from the fatbin exactly as the C#
+// service does (cuModuleLoadData + cuLaunchKernel with one pointer to the
+// params struct); the others through the runtime.
 //   flashmla_check --list-kernels   the decode kernels it can check and time, one a line
 #include <cuda.h>
 #include <cuda_runtime.h>

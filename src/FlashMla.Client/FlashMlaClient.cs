@@ -15,8 +15,9 @@ namespace FlashMla.Client;
 /// With <see cref="FlashMlaClientOptions.Connections"/> above 1 it holds that many channels (one TCP
 /// connection each) and spreads decode streams and unary decodes over them round-robin: one HTTP/2
 /// connection is served by one socket and one connection loop on each side, which caps its throughput
-/// well below the machine's (DESIGN.md, "The data plane"). With <see cref="FlashMlaClientOptions.DecodeAddress"/>
-/// set, the decode channels go to that address (the server's data-plane port) and cache calls to the first.
+/// well below the machine's (docs/architecture.md, "Why the data plane is a hot path"). With
+/// <see cref="FlashMlaClientOptions.DecodeAddress"/> set, the decode channels go to that address (the server's
+/// data-plane port) and cache calls to the first.
 /// </summary>
 public sealed class FlashMlaClient : IDisposable
 {

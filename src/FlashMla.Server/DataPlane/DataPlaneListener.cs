@@ -11,8 +11,8 @@ namespace FlashMla.Server.DataPlane;
 /// <summary>
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
 /// flashmla.v1.Decoder only, over HTTP/2 cleartext with prior knowledge, with tensors received straight into
-/// page-locked buffers and sent straight from them (DESIGN.md, "The data plane"). Health, reflection and the
-/// KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
+/// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
+/// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaOptions> options, BoundEndpoints endpoints,
