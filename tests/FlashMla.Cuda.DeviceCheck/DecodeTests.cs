@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FlashMla.Core.Backends;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Tensors;
 
 namespace FlashMla.Cuda.DeviceCheck;
@@ -14,7 +15,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
     private const ushort Bf16NaN = 0x7FC0; // a kernel that reads past a sequence's end turns its output NaN
 
     /// <summary>Called after each step: the page-locked tests check the step went without staging.</summary>
-    private protected virtual void AfterStep(long directStepsBefore) { }
+    private protected virtual void AfterStep(long directStepsBefore, DecodeBatch batch) { }
 
     [Theory]
     [MemberData(nameof(DecodeCase.Names), MemberType = typeof(DecodeCase))]
@@ -67,7 +68,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         var submission = backend.Submit(batch);
         submission.Wait();
         double wallMs = clock.Elapsed.TotalMilliseconds;
-        AfterStep(directBefore);
+        AfterStep(directBefore, batch);
         if (c.Append) mirror.Write(c.Layer, newSlots.ToArray(), newRows);
 
         var score = ReferenceScore.Of(mirror, batch);
@@ -210,9 +211,17 @@ public sealed class StagedDecodeTests(StagedBackend device, ITestOutputHelper ou
 [Collection(GpuCollection.Name), Trait("Category", GpuDevice.Category)]
 public sealed class PageLockedDecodeTests(PageLockedBackend device, ITestOutputHelper output) : DecodeTests(device, output)
 {
-    private protected override void AfterStep(long directStepsBefore)
+    private protected override void AfterStep(long directStepsBefore, DecodeBatch batch)
     {
         Assert.Equal(0, device.Backend.RefusedHostRegistrations);
-        Assert.Equal(directStepsBefore + 1, device.Backend.DirectSteps); // q and out went without staging
+        // The pool page-locks only arrays of RegistrationMinBytes or more (smaller ones cost less to stage): a step
+        // goes without staging exactly when every q segment and out lie in page-locked arrays.
+        var pool = device.Pool!;
+        bool pageLocked = pool.TryGetRegisteredAddress((ReadOnlyMemory<ushort>)batch.Out, out _);
+        for (int i = 0; i < batch.Q.Count; i++) pageLocked &= pool.TryGetRegisteredAddress(batch.Q[i], out _);
+        bool large = batch.Out.Length * sizeof(ushort) >= PinnedTensorPool.RegistrationMinBytes;
+        for (int i = 0; i < batch.Q.Count; i++) large &= batch.Q[i].Length * sizeof(ushort) >= PinnedTensorPool.RegistrationMinBytes;
+        if (large) Assert.True(pageLocked, "every array of this step is large enough to be page-locked");
+        Assert.Equal(directStepsBefore + (pageLocked ? 1 : 0), device.Backend.DirectSteps);
     }
 }
