@@ -10,13 +10,15 @@ using Microsoft.Extensions.Options;
 
 namespace FlashMla.Server.Services;
 
-/// <summary>flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes.</summary>
+/// <summary>
+/// flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes. Bound by
+/// <see cref="KvCacheMethods"/> (the generated method definitions, request parsing guarded), not the generated base.
+/// </summary>
 public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures)
-    : KvCache.KvCacheBase
 {
     private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
 
-    public override Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
+    public Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
         Task.FromResult(new ServiceConfig
         {
             NumLayers = (uint)scheduler.Geometry.NumLayers,
@@ -35,13 +37,13 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             SequenceLeaseSeconds = scheduler.Options.SequenceLease.TotalSeconds,
         });
 
-    public override Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
+    public Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new CreateSequenceResponse
         {
             SequenceId = await scheduler.RunAsync(cache => cache.Create(), context.CancellationToken),
         });
 
-    public override Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
+    public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
         Guard(context, async () =>
         {
             ulong chunks = 0, rows = 0;
@@ -63,14 +65,14 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return new AppendKvResponse { Chunks = chunks, Rows = rows };
         });
 
-    public override Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
+    public Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             var (id, shared, copied) = await scheduler.RunAsync(cache => cache.Fork(request.SequenceId), context.CancellationToken);
             return new ForkSequenceResponse { SequenceId = id, SharedBlocks = (uint)shared, CopiedBlocks = (uint)copied };
         });
 
-    public override Task<TruncateSequenceResponse> TruncateSequence(TruncateSequenceRequest request, ServerCallContext context) =>
+    public Task<TruncateSequenceResponse> TruncateSequence(TruncateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             if (request.Length > int.MaxValue) throw CacheException.Invalid($"length {request.Length} is out of range");
@@ -78,13 +80,13 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return new TruncateSequenceResponse { ReleasedBlocks = (uint)released };
         });
 
-    public override Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
+    public Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new FreeSequenceResponse
         {
             ReleasedBlocks = (uint)await scheduler.RunAsync(cache => cache.Free(request.SequenceId), context.CancellationToken),
         });
 
-    public override Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
+    public Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
         Guard(context, () => scheduler.RunAsync(cache =>
         {
             var sequence = cache.Get(request.SequenceId);
@@ -93,7 +95,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return info;
         }, context.CancellationToken));
 
-    public override Task ReadKv(ReadKvRequest request, IServerStreamWriter<KvChunk> responseStream, ServerCallContext context) =>
+    public Task ReadKv(ReadKvRequest request, IServerStreamWriter<KvChunk> responseStream, ServerCallContext context) =>
         Guard(context, async () =>
         {
             if (request.Layer > int.MaxValue || request.Start > int.MaxValue || request.Count > int.MaxValue)
@@ -125,7 +127,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return true;
         });
 
-    public override Task<CacheStats> GetStats(GetStatsRequest request, ServerCallContext context) =>
+    public Task<CacheStats> GetStats(GetStatsRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             var stats = await scheduler.GetStatsAsync(context.CancellationToken);
