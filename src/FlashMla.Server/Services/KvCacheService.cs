@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using FlashMla.Contracts.V1;
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
 using Google.Protobuf;
@@ -14,7 +15,7 @@ namespace FlashMla.Server.Services;
 /// flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes. Bound by
 /// <see cref="KvCacheMethods"/> (the generated method definitions, request parsing guarded), not the generated base.
 /// </summary>
-public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures)
+public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics)
 {
     private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
 
@@ -58,8 +59,10 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                     cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span));
                     return true;
                 }, context.CancellationToken);
+                long appended = bytes.Length / MlaDims.KvRowBytes;
+                metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
-                rows += (ulong)(bytes.Length / MlaDims.KvRowBytes);
+                rows += (ulong)appended;
             }
             if (chunks == 0) throw CacheException.Invalid("the upload held no chunks");
             return new AppendKvResponse { Chunks = chunks, Rows = rows };
