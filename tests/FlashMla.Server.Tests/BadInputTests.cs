@@ -168,6 +168,21 @@ public sealed class BadInputTests : IAsyncLifetime
     }
 
     [Fact]
+    public Task Append_of_two_rows_whose_shape_claims_2_plus_2_pow_58_rows_is_invalid_argument()
+    {
+        // (2 + 2^58) * 576 * 2 bytes wraps to exactly the 2 rows sent: only an overflow-checked product refuses it.
+        return AssertRefusedAndUnchanged(StatusCode.InvalidArgument, async () =>
+        {
+            using var call = Client.Cache.AppendKv();
+            var kv = TensorBytes.Bf16(Random16.Bf16(new Random(6), 2 * 576), 2, 576);
+            kv.Shape[0] = 2 + (1L << 58);
+            await call.RequestStream.WriteAsync(new AppendKvChunk { SequenceId = _a, Layer = 0, Kv = kv });
+            await call.RequestStream.CompleteAsync();
+            await call;
+        }, "64 bits");
+    }
+
+    [Fact]
     public Task Empty_upload_is_invalid_argument()
     {
         return AssertRefusedAndUnchanged(StatusCode.InvalidArgument, async () =>

@@ -32,7 +32,8 @@ public sealed class TestServer : IAsyncDisposable
 
     /// <summary>
     /// Starts a server; <paramref name="options"/> are FlashMla option overrides (name, value), or measurement switches
-    /// (FLASHMLA_*, which are environment variables: given here as the command-line keys of the same name).
+    /// (FLASHMLA_*, which are environment variables: given here as the command-line keys of the same name), or Serilog
+    /// configuration keys (Serilog:*, as <see cref="LogCapture.ServerOptions"/> gives them).
     /// </summary>
     public static Task<TestServer> StartAsync(params (string Name, object Value)[] options) => StartAsync(null, options);
 
@@ -46,7 +47,9 @@ public sealed class TestServer : IAsyncDisposable
             "--Serilog:MinimumLevel:Default=Warning",
         };
         foreach (var (name, value) in options)
-            args.Add(name.StartsWith("FLASHMLA_", StringComparison.Ordinal) ? $"--{name}={value}" : $"--FlashMla:{name}={value}");
+            args.Add(name.StartsWith("FLASHMLA_", StringComparison.Ordinal) || name.StartsWith("Serilog:", StringComparison.Ordinal)
+                ? $"--{name}={value}"
+                : $"--FlashMla:{name}={value}");
         var app = FlashMlaServerApp.Build([.. args], overrideServices);
         await app.StartAsync();
         return new TestServer(app);

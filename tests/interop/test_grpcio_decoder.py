@@ -67,14 +67,20 @@ def test_an_explicit_softmax_scale_is_used_and_zero_means_one_over_sqrt_576(deco
     assert scaled.lse.data != default.lse.data
 
 
-def test_query_tokens_that_see_no_position_get_zero_output_and_minus_infinite_lse(decode_channel, cache, rng):
+def test_without_new_rows_an_s_q_past_the_layer_length_is_invalid_argument_and_changes_nothing(decode_channel, cache, rng):
     sequence = cache.prefilled(rng, [1])
-    rows = [cache.read(sequence[0], 0)]
-    q = random_bf16(rng, (1, 3, 2, 576))  # length 1, s_q 3: tokens 0 and 1 see nothing
-    response = decode_once(decode_channel, decode_request(1, 0, sequence, q))
-    assert_matches_reference(response, q, rows)
-    lse = np.frombuffer(response.lse.data, dtype="<f4").reshape(1, 2, 3)
-    assert np.isneginf(lse[0, :, :2]).all() and np.isfinite(lse[0, :, 2]).all()
+    q = random_bf16(rng, (1, 3, 2, 576))  # length 1, s_q 3: tokens 0 and 1 would see no position
+    assert code_of(lambda: decode_once(decode_channel, decode_request(1, 0, sequence, q))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cache.lengths(sequence[0]) == [1, 0]
+
+
+def test_with_new_rows_an_s_q_past_the_layer_length_is_causal_and_every_token_sees_a_position(decode_channel, cache, rng):
+    sequence = cache.prefilled(rng, [1])
+    q, new_rows = random_bf16(rng, (1, 3, 2, 576)), random_bf16(rng, (1, 3, 576))
+    response = decode_once(decode_channel, decode_request(1, 0, sequence, q, new_rows))
+    assert_matches_reference(response, q, [cache.read(sequence[0], 0)])  # token i sees 1 + i + 1 positions
+    assert np.isfinite(np.frombuffer(response.lse.data, dtype="<f4")).all()
+    assert cache.lengths(sequence[0]) == [4, 0]
 
 
 def test_timings_say_how_the_request_was_batched(decode_channel, cache, rng):

@@ -14,7 +14,8 @@ namespace FlashMla.Core.Backends;
 /// </list>
 /// Query token <c>i</c> of sequence <c>s</c> attends to positions <c>0 .. SeqLens[s] - s_q + i</c>;
 /// positions before 0 are masked (a sequence shorter than s_q has query rows that see nothing:
-/// their output is 0 and their lse is -infinity).
+/// their output is 0 and their lse is -infinity). The scheduler never sends such rows (it refuses a step
+/// without new rows over a layer shorter than s_q); backends still define them, and their tests pin it.
 /// </summary>
 public sealed class DecodeBatch
 {

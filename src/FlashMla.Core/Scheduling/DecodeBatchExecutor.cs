@@ -311,6 +311,12 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             for (int i = 0; i < work.BatchSize; i++)
             {
                 var s = cache.Get(work.SequenceIds[i]);
+                // Query token t sees length - s_q + t + 1 positions (length after the step's append). With new rows that
+                // is at least t + 1; without, a layer shorter than s_q leaves its first tokens seeing nothing (out 0,
+                // lse -infinity): a request that cannot mean anything, refused before anything is reserved.
+                if (!work.HasNewKv && s.LayerLengths[work.Layer] < work.QueryTokens)
+                    throw CacheException.Invalid(
+                        $"sequence {s.Id} holds {s.LayerLengths[work.Layer]} rows in layer {work.Layer}, fewer than s_q = {work.QueryTokens}: without new rows its query token 0 would see no position");
                 _candidates.Add(s);
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Services;
+using Google.Protobuf;
 using Grpc.Core;
 
 namespace FlashMla.Server.DataPlane;
@@ -9,7 +10,7 @@ namespace FlashMla.Server.DataPlane;
 /// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves, and turns
 /// how the call ended into its gRPC status, as grpc-dotnet does for a service method.
 /// </summary>
-internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetrics metrics, ILogger log)
+internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailures failures, FlashMlaMetrics metrics, ILogger log)
 {
     public const string ServiceName = "flashmla.v1.Decoder";
     public const string DecodePath = "/" + ServiceName + "/Decode";
@@ -70,6 +71,11 @@ internal sealed class DataPlaneDispatcher(DecoderService service, FlashMlaMetric
         catch (RpcException ex)
         {
             return context.DeadlinePassed ? Expired : ex.Status;
+        }
+        catch (InvalidProtocolBufferException ex)
+        {
+            // A request message that is not protobuf (the reader parses it, on either call type): INTERNAL, counted.
+            return failures.RecordUnparsable(context.Method, ex).Status;
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException)
         {

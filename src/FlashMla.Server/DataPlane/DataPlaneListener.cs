@@ -15,8 +15,8 @@ namespace FlashMla.Server.DataPlane;
 /// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
-public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaOptions> options, BoundEndpoints endpoints,
-    FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
+public sealed class DataPlaneListener(DecoderService service, RequestFailures failures, IOptions<FlashMlaOptions> options,
+    BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
@@ -36,7 +36,7 @@ public sealed class DataPlaneListener(DecoderService service, IOptions<FlashMlaO
         listener.Listen(512);
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        _dispatcher = new DataPlaneDispatcher(service, metrics, logger);
+        _dispatcher = new DataPlaneDispatcher(service, failures, metrics, logger);
         _acceptLoop = AcceptAsync(listener);
         return Task.CompletedTask;
     }

@@ -238,11 +238,10 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
             }
             return new Leased<DecodeRequest>(DecodeMarshallers.ParseRequestInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array));
         }
-        catch (Exception ex)
+        catch
         {
+            // The parser's InvalidProtocolBufferException goes on as it is: the dispatcher records and answers it.
             _pool.Return(array);
-            if (ex is InvalidProtocolBufferException)
-                throw new RpcException(new Status(StatusCode.Internal, "Failed to deserialize request message: " + ex.Message));
             throw;
         }
     }

@@ -103,8 +103,10 @@ public static class FlashMlaServerApp
         });
         // flashmla.v1.Decoder's methods, with marshallers over the host's tensor pool.
         builder.Services.AddSingleton<IServiceMethodProvider<DecoderService>, PooledDecoderMethods>();
+        // flashmla.v1.KvCache's generated methods, with request parsing guarded (a body that is not protobuf is INTERNAL).
+        builder.Services.AddSingleton<IServiceMethodProvider<KvCacheService>, KvCacheMethods>();
         // Server reflection finds a service's descriptor through the generated binding attribute, which
-        // flashmla.v1.Decoder does not use (PooledDecoderMethods binds it): the services mapped below are listed here.
+        // neither flashmla.v1 service uses (PooledDecoderMethods and KvCacheMethods bind them): the services mapped below are listed here.
         // Both reflection versions (v1alpha and v1) are served, so both get the list.
         builder.Services.AddSingleton(new ReflectionServiceImpl(Decoder.Descriptor, KvCache.Descriptor, Health.Descriptor,
             ServerReflection.Descriptor, Grpc.Reflection.V1.ServerReflection.Descriptor));

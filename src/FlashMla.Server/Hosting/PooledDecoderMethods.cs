@@ -9,14 +9,15 @@ namespace FlashMla.Server.Hosting;
 /// Binds flashmla.v1.Decoder's two methods to <see cref="DecoderService"/> with the pooled marshallers of
 /// <see cref="DecodeMarshallers"/> over the host's tensor pool (the same wire contract as the generated
 /// <c>Decoder.DecoderBase</c>). A method provider of the service container rather than a static binding
-/// attribute, so the pool is the host's instance, handed in like every other dependency.
+/// attribute, so the pool is the host's instance, handed in like every other dependency. Request parsing is guarded
+/// (<see cref="UnparsableRequestGuard"/>).
 /// </summary>
-internal sealed class PooledDecoderMethods(PinnedTensorPool tensorBuffers) : IServiceMethodProvider<DecoderService>
+internal sealed class PooledDecoderMethods(PinnedTensorPool tensorBuffers, RequestFailures failures) : IServiceMethodProvider<DecoderService>
 {
     public void OnServiceMethodDiscovery(ServiceMethodProviderContext<DecoderService> context)
     {
         var methods = new DecodeMarshallers(tensorBuffers);
-        context.AddDuplexStreamingMethod(methods.Decode, [], (service, requests, responses, call) => service.Decode(requests, responses, call));
-        context.AddUnaryMethod(methods.DecodeOnce, [], (service, request, call) => service.DecodeOnce(request, call));
+        context.AddDuplexStreamingMethod(UnparsableRequestGuard.Guard(methods.Decode, failures), [], (service, requests, responses, call) => service.Decode(requests, responses, call));
+        context.AddUnaryMethod(UnparsableRequestGuard.Guard(methods.DecodeOnce, failures), [], (service, request, call) => service.DecodeOnce(request, call));
     }
 }

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using FlashMla.Contracts.V1;
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
 using Google.Protobuf;
@@ -10,13 +11,15 @@ using Microsoft.Extensions.Options;
 
 namespace FlashMla.Server.Services;
 
-/// <summary>flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes.</summary>
-public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures)
-    : KvCache.KvCacheBase
+/// <summary>
+/// flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes. Bound by
+/// <see cref="KvCacheMethods"/> (the generated method definitions, request parsing guarded), not the generated base.
+/// </summary>
+public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics)
 {
     private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
 
-    public override Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
+    public Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
         Task.FromResult(new ServiceConfig
         {
             NumLayers = (uint)scheduler.Geometry.NumLayers,
@@ -35,13 +38,13 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             SequenceLeaseSeconds = scheduler.Options.SequenceLease.TotalSeconds,
         });
 
-    public override Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
+    public Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new CreateSequenceResponse
         {
             SequenceId = await scheduler.RunAsync(cache => cache.Create(), context.CancellationToken),
         });
 
-    public override Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
+    public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
         Guard(context, async () =>
         {
             ulong chunks = 0, rows = 0;
@@ -56,21 +59,23 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                     cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span));
                     return true;
                 }, context.CancellationToken);
+                long appended = bytes.Length / MlaDims.KvRowBytes;
+                metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
-                rows += (ulong)(bytes.Length / MlaDims.KvRowBytes);
+                rows += (ulong)appended;
             }
             if (chunks == 0) throw CacheException.Invalid("the upload held no chunks");
             return new AppendKvResponse { Chunks = chunks, Rows = rows };
         });
 
-    public override Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
+    public Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             var (id, shared, copied) = await scheduler.RunAsync(cache => cache.Fork(request.SequenceId), context.CancellationToken);
             return new ForkSequenceResponse { SequenceId = id, SharedBlocks = (uint)shared, CopiedBlocks = (uint)copied };
         });
 
-    public override Task<TruncateSequenceResponse> TruncateSequence(TruncateSequenceRequest request, ServerCallContext context) =>
+    public Task<TruncateSequenceResponse> TruncateSequence(TruncateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             if (request.Length > int.MaxValue) throw CacheException.Invalid($"length {request.Length} is out of range");
@@ -78,13 +83,13 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return new TruncateSequenceResponse { ReleasedBlocks = (uint)released };
         });
 
-    public override Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
+    public Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new FreeSequenceResponse
         {
             ReleasedBlocks = (uint)await scheduler.RunAsync(cache => cache.Free(request.SequenceId), context.CancellationToken),
         });
 
-    public override Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
+    public Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
         Guard(context, () => scheduler.RunAsync(cache =>
         {
             var sequence = cache.Get(request.SequenceId);
@@ -93,7 +98,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return info;
         }, context.CancellationToken));
 
-    public override Task ReadKv(ReadKvRequest request, IServerStreamWriter<KvChunk> responseStream, ServerCallContext context) =>
+    public Task ReadKv(ReadKvRequest request, IServerStreamWriter<KvChunk> responseStream, ServerCallContext context) =>
         Guard(context, async () =>
         {
             if (request.Layer > int.MaxValue || request.Start > int.MaxValue || request.Count > int.MaxValue)
@@ -125,7 +130,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             return true;
         });
 
-    public override Task<CacheStats> GetStats(GetStatsRequest request, ServerCallContext context) =>
+    public Task<CacheStats> GetStats(GetStatsRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
             var stats = await scheduler.GetStatsAsync(context.CancellationToken);

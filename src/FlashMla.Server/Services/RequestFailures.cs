@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FlashMla.Core.Telemetry;
+using Google.Protobuf;
 using Grpc.Core;
 
 namespace FlashMla.Server.Services;
@@ -9,6 +10,7 @@ public sealed class RequestFailures(FlashMlaMetrics metrics, ILogger<RequestFail
 {
     public RpcException Record(string method, Exception exception)
     {
+        if (exception is UnparsableRequestException counted) return counted; // counted where it was parsed
         var status = StatusMapping.ToStatus(exception);
         Count(method, status);
         return exception as RpcException ?? new RpcException(status);
@@ -21,13 +23,28 @@ public sealed class RequestFailures(FlashMlaMetrics metrics, ILogger<RequestFail
         return new Google.Rpc.Status { Code = (int)status.StatusCode, Message = status.Detail };
     }
 
-    private void Count(string method, Status status, ulong? requestId = null)
+    /// <summary>
+    /// A request message that is not valid protobuf: INTERNAL, as gRPC specifies for a message that cannot be parsed,
+    /// counted and logged here (a warning, without a stack trace: the client sent it, the server is fine). A handler
+    /// that sees the returned exception again passes it to <see cref="Record"/>, which does not count it twice.
+    /// </summary>
+    public RpcException RecordUnparsable(string method, InvalidProtocolBufferException exception)
+    {
+        var status = new Status(StatusCode.Internal, "the request message is not valid protobuf: " + exception.Message);
+        Count(method, status, level: LogLevel.Warning);
+        return new UnparsableRequestException(status);
+    }
+
+    private void Count(string method, Status status, ulong? requestId = null, LogLevel? level = null)
     {
         metrics.RequestsFailed.Add(1, new TagList { { "code", status.StatusCode.ToString() }, { "method", method } });
-        var level = status.StatusCode is StatusCode.Internal or StatusCode.Unknown or StatusCode.DataLoss
+        level ??= status.StatusCode is StatusCode.Internal or StatusCode.Unknown or StatusCode.DataLoss
             ? LogLevel.Error
             : status.StatusCode == StatusCode.Cancelled ? LogLevel.Debug : LogLevel.Warning;
-        logger.Log(level, "{Method} request {RequestId} failed with {StatusCode}: {Detail}",
+        logger.Log(level.Value, "{Method} request {RequestId} failed with {StatusCode}: {Detail}",
             method, requestId, status.StatusCode, status.Detail);
     }
+
+    /// <summary>The refusal of an unparsable request, already counted.</summary>
+    private sealed class UnparsableRequestException(Status status) : RpcException(status);
 }
