@@ -198,14 +198,20 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<CacheStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
         await Cache.GetStatsAsync(new GetStatsRequest(), cancellationToken: cancellationToken);
 
-    /// <summary>One decode step as a unary call (on the next connection, round-robin).</summary>
-    public async Task<DecodeOutput> DecodeOnceAsync(DecodeInput input, CancellationToken cancellationToken = default) =>
-        new(await NextDecodeInvoker().AsyncUnaryCall(_decodeMethods.DecodeOnce, null, new CallOptions(cancellationToken: cancellationToken),
+    /// <summary>
+    /// One decode step as a unary call (on the next connection, round-robin). Past <paramref name="deadline"/> (UTC)
+    /// it fails with DEADLINE_EXCEEDED; a server that cannot be reached or goes away fails it with UNAVAILABLE.
+    /// </summary>
+    public async Task<DecodeOutput> DecodeOnceAsync(DecodeInput input, CancellationToken cancellationToken = default, DateTime? deadline = null) =>
+        new(await NextDecodeInvoker().AsyncUnaryCall(_decodeMethods.DecodeOnce, null, new CallOptions(deadline: deadline, cancellationToken: cancellationToken),
             new Leased<DecodeRequest>(input.ToRequest(1))));
 
-    /// <summary>A pipelined decode stream on the next connection (round-robin); dispose it to end the stream.</summary>
-    public DecodeStream OpenDecodeStream(CancellationToken cancellationToken = default) =>
-        new(NextDecodeInvoker().AsyncDuplexStreamingCall(_decodeMethods.Decode, null, new CallOptions(cancellationToken: cancellationToken)));
+    /// <summary>
+    /// A pipelined decode stream on the next connection (round-robin); dispose it to end the stream. Past
+    /// <paramref name="deadline"/> (UTC) the whole stream ends: its pending requests fail with DEADLINE_EXCEEDED.
+    /// </summary>
+    public DecodeStream OpenDecodeStream(CancellationToken cancellationToken = default, DateTime? deadline = null) =>
+        new(NextDecodeInvoker().AsyncDuplexStreamingCall(_decodeMethods.Decode, null, new CallOptions(deadline: deadline, cancellationToken: cancellationToken)));
 
     private CallInvoker NextDecodeInvoker() =>
         _decodeInvokers[(int)((uint)Interlocked.Increment(ref _nextDecodeChannel) % (uint)_decodeInvokers.Length)];

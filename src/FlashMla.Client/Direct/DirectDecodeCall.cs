@@ -81,7 +81,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             try
             {
                 if (_completed) throw new InvalidOperationException("the request stream is already complete");
-                var stream = await _body.Stream.WaitAsync(linked.Token).ConfigureAwait(false);
+                var stream = _body.Stream.IsCompletedSuccessfully ? _body.Stream.Result : await BodyStreamAsync(linked.Token).ConfigureAwait(false);
                 for (int i = 0; i < wire.PieceCount; i++) await stream.WriteAsync(wire.Pieces[i], linked.Token).ConfigureAwait(false);
             }
             finally
@@ -98,6 +98,19 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             wire?.Dispose();
             message.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The request body's stream, which the handler hands over once the HEADERS are out. A connection that never
+    /// opens (nothing listening, no SETTINGS within the connect timeout) or dies first never asks for the body: it
+    /// fails the response instead, and that failure is the write's.
+    /// </summary>
+    private async Task<Stream> BodyStreamAsync(CancellationToken cancellationToken)
+    {
+        await Task.WhenAny(_body.Stream, _responseTask).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (_body.Stream.IsCompleted) return await _body.Stream.ConfigureAwait(false);
+        await _responseTask.ConfigureAwait(false); // throws the connection's failure
+        throw new IOException("the server answered before the request body was asked for"); // Failure reads its status
     }
 
     public async Task CompleteAsync()
