@@ -92,6 +92,43 @@ public sealed class ClientFaultTests
     }
 
     [Fact]
+    public async Task Keep_alive_pings_find_a_server_gone_silent_and_fail_its_calls_unavailable()
+    {
+        using var server = new ScriptedHttp2Server();
+        var keepAlive = new LargeFrameHttp2Options { KeepAlivePingDelay = TimeSpan.FromMilliseconds(300), KeepAlivePingTimeout = TimeSpan.FromMilliseconds(500) };
+        using var client = Client(server.Address, keepAlive);
+        var once = FailureOf(() => client.DecodeOnceAsync(Step()));
+        using var connection = await server.AcceptAsync();
+        await connection.HandshakeAsync(); // then silence: no SETTINGS ack, no PING ack, no response; the socket stays open
+        var (ping, _) = await connection.ReadFrameAsync(Http2FrameType.Ping);
+        Assert.False(ping.Has(Http2FrameFlags.Ack));
+        var (error, elapsed) = await once;
+        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        Assert.Contains("PING", error.Status.Detail);
+        Assert.InRange(elapsed, TimeSpan.FromMilliseconds(700), TimeSpan.FromSeconds(5));
+    }
+
+    [Fact]
+    public async Task Keep_alive_leaves_a_connection_whose_server_acks_its_pings_open()
+    {
+        using var server = new ScriptedHttp2Server();
+        var keepAlive = new LargeFrameHttp2Options { KeepAlivePingDelay = TimeSpan.FromMilliseconds(200), KeepAlivePingTimeout = TimeSpan.FromMilliseconds(300) };
+        using var client = Client(server.Address, keepAlive);
+        var once = client.DecodeOnceAsync(Step());
+        using var connection = await server.AcceptAsync();
+        await connection.HandshakeAsync();
+        for (int i = 0; i < 5; i++) // well past delay + timeout, with every PING answered
+        {
+            var (_, opaque) = await connection.ReadFrameAsync(Http2FrameType.Ping);
+            await connection.WriteAsync(Http2FrameType.Ping, Http2FrameFlags.Ack, 0, opaque);
+        }
+        Assert.False(once.IsCompleted);
+        connection.Dispose();
+        var (error, _) = await FailureOf(() => once);
+        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+    }
+
+    [Fact]
     public async Task A_deadline_ends_a_call_and_a_stream_the_server_never_answers()
     {
         using var server = new ScriptedHttp2Server();

@@ -19,6 +19,8 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     private int _nextStreamId = 1, _reservedStreams; // under StreamsLock
     private volatile bool _accepting = true;
     private volatile Exception? _failure;
+    private readonly CancellationTokenSource _closing = new();
+    private readonly Http2ClientKeepAlive _keepAlive;
 
     private Http2ClientConnection(Socket socket, LargeFrameHttp2Options options, Http2TransportCounters counters) : base(socket, new Http2Settings
     {
@@ -33,6 +35,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     {
         _options = options;
         _counters = counters;
+        _keepAlive = new Http2ClientKeepAlive(options);
     }
 
     /// <summary>False once the connection takes no new streams (GOAWAY, failure, stream ids spent, disposal).</summary>
@@ -60,6 +63,11 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             await connection.SendOpeningAsync(Http2Frames.Preface.ToArray(), timeout.Token).ConfigureAwait(false);
             connection._readLoop = Task.Run(connection.ReadLoopAsync, CancellationToken.None);
             await connection._settingsReceived.Task.WaitAsync(timeout.Token).ConfigureAwait(false);
+            if (Http2ClientKeepAlive.IsEnabled(options))
+            {
+                _ = Task.Run(() => connection._keepAlive.RunAsync(connection, failure => connection.Abort(failure), connection._closing.Token),
+                    CancellationToken.None);
+            }
             counters.ConnectionOpened();
             return connection;
         }
@@ -226,6 +234,8 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
 
     protected override void OnPeerSettings() => _settingsReceived.TrySetResult();
 
+    protected override void OnPingAck(ulong opaque) => _keepAlive.OnAck(opaque);
+
     protected override void OnGoAway(int lastStreamId, Http2ErrorCode code, string debug)
     {
         List<Http2ClientStream> unprocessed;
@@ -280,6 +290,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     {
         if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
         _accepting = false;
+        _closing.Cancel();
         _settingsReceived.TrySetException(failure);
         foreach (Http2ClientStream stream in Streams()) stream.Fail(failure);
         _ = CloseAsync(failure, sendGoAway);
