@@ -87,7 +87,7 @@ public sealed class FlashMlaClient : IDisposable
                     owned.Add(cache);
                 }
                 var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
-                    options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes);
+                    options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes, options.RetryNotProcessed);
                 owned.Add(invoker);
                 decode[i] = invoker;
             }
@@ -246,6 +246,14 @@ public sealed record FlashMlaClientOptions
 
     /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport (http:// addresses).</summary>
     public LargeFrameHttp2Options LargeFrames { get; init; } = new();
+
+    /// <summary>
+    /// Whether a unary decode the server refused before processing any of it (its stream above the last stream id of
+    /// the server's GOAWAY, as a draining server sends, or reset with REFUSED_STREAM) goes again on a new connection,
+    /// up to 3 times, as gRPC's transparent retry does; false fails it with UNAVAILABLE. Streams never go again:
+    /// their earlier inputs may have been reused.
+    /// </summary>
+    public bool RetryNotProcessed { get; init; } = true;
 
     /// <summary>Frame and byte counters that every connection of the library's transport adds to; null for none kept.</summary>
     public Http2TransportCounters? Counters { get; init; }

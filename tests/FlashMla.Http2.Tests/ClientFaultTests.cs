@@ -146,4 +146,54 @@ public sealed class ClientFaultTests
         Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
         Assert.True(elapsed < TimeSpan.FromSeconds(5), $"{elapsed}");
     }
+
+    /// <summary>Reads one request to its END_STREAM on <paramref name="connection"/>: its stream id and its body.</summary>
+    private static async Task<(int StreamId, byte[] Body)> ReadRequestAsync(ScriptedConnection connection)
+    {
+        int id = (await connection.ReadFrameAsync(Http2FrameType.Headers)).Header.StreamId;
+        var body = new List<byte>();
+        while (true)
+        {
+            var (header, payload) = await connection.ReadFrameAsync(Http2FrameType.Data);
+            body.AddRange(payload);
+            if (header.Has(Http2FrameFlags.EndStream)) return (id, [.. body]);
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_unary_call_refused_by_GOAWAY_before_it_was_processed_goes_again_on_a_new_connection_when_asked(bool retry)
+    {
+        using var server = new ScriptedHttp2Server();
+        using var client = new FlashMlaClient(server.Address, new FlashMlaClientOptions
+        {
+            RetryNotProcessed = retry,
+            LargeFrames = new LargeFrameHttp2Options { KeepAlivePingDelay = Timeout.InfiniteTimeSpan },
+        });
+        var once = FailureOf(() => client.DecodeOnceAsync(Step()));
+        using var draining = await server.AcceptAsync();
+        await draining.HandshakeAsync();
+        var (first, sent) = await ReadRequestAsync(draining);
+        // The server drains: it processed nothing above stream 0, so the call's stream was never seen.
+        await draining.WriteAsync(Http2FrameType.GoAway, 0, 0, [.. ScriptedConnection.UInt32(0), .. ScriptedConnection.UInt32(0)]);
+        if (!retry)
+        {
+            var (refused, _) = await once;
+            Assert.Equal(StatusCode.Unavailable, refused.StatusCode);
+            Assert.Contains("GOAWAY", refused.Status.Detail);
+            return;
+        }
+        using var fresh = await server.AcceptAsync();
+        await fresh.HandshakeAsync();
+        var (second, resent) = await ReadRequestAsync(fresh);
+        Assert.Equal(1, first);
+        Assert.Equal(1, second); // a new connection's first stream
+        Assert.Equal(sent, resent); // the same request, whole
+        await fresh.WriteAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders | Http2FrameFlags.EndStream, second,
+            ScriptedConnection.Headers(200, ("content-type", "application/grpc"), ("grpc-status", "5"), ("grpc-message", "answered by the second server")));
+        var (error, _) = await once;
+        Assert.Equal(StatusCode.NotFound, error.StatusCode); // the second server's answer, not the refusal
+        Assert.Equal("answered by the second server", error.Status.Detail);
+    }
 }

@@ -5,6 +5,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Client.Transport;
 using Grpc.Core;
 
 namespace FlashMla.Client.Direct;
@@ -66,7 +67,10 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
 
     public Task WriteAsync(Leased<DecodeRequest> message) => WriteAsync(message, CancellationToken.None);
 
-    public async Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken)
+    public Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken) => WriteAsync(message, cancellationToken, disposeMessage: true);
+
+    /// <summary>Writes one request; <paramref name="disposeMessage"/> false keeps the message for a retry (the unary call disposes it).</summary>
+    internal async Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken, bool disposeMessage)
     {
         TensorMessageWriter? wire = null;
         try
@@ -96,7 +100,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         finally
         {
             wire?.Dispose();
-            message.Dispose();
+            if (disposeMessage) message.Dispose();
         }
     }
 
@@ -243,6 +247,13 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         }
         return new RpcException(new Status(StatusCode.Unavailable, "the decode call failed: " + ex.Message, ex));
     }
+
+    /// <summary>
+    /// The call failed because the server never processed its stream (GOAWAY above it, or REFUSED_STREAM) and the
+    /// response had not started: the same request may go again as a new call.
+    /// </summary>
+    public bool WasNotProcessed(RpcException failure) =>
+        _responseStream is null && failure.StatusCode == StatusCode.Unavailable && Http2StreamNotProcessedException.IsIn(failure.Status.DebugException);
 
     public Status GetStatus() => _status ?? throw new InvalidOperationException("the call has not ended");
 

@@ -251,7 +251,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
         {
             stream.Fail(new HttpRequestException(HttpRequestError.ConnectionError,
                 $"The server sent GOAWAY ({code}{(debug.Length > 0 ? ", " + debug : "")}) without processing HTTP/2 stream {stream.Id}; it may be retried on a new connection.",
-                new IOException("GOAWAY")));
+                new Http2StreamNotProcessedException("GOAWAY")));
         }
         if (idle) Abort(new IOException($"the server closed the HTTP/2 connection with GOAWAY ({code})"), Http2ErrorCode.NoError);
     }
@@ -319,3 +319,19 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
 
 /// <summary>The connection closed before a request's HEADERS went out: nothing was sent, another connection may take it.</summary>
 internal sealed class Http2ConnectionUnavailableException(string message) : HttpRequestException(HttpRequestError.ConnectionError, message);
+
+/// <summary>
+/// Inside a stream's failure: the server will never process the stream (it was above the last stream id of the
+/// server's GOAWAY, or reset with REFUSED_STREAM), so nothing of the request was seen, and the whole request may be
+/// sent again on a new connection.
+/// </summary>
+internal sealed class Http2StreamNotProcessedException(string message) : IOException(message)
+{
+    /// <summary>Whether <paramref name="failure"/> or an exception inside it says the stream was never processed.</summary>
+    public static bool IsIn(Exception? failure)
+    {
+        for (; failure is not null; failure = failure.InnerException)
+            if (failure is Http2StreamNotProcessedException) return true;
+        return false;
+    }
+}
