@@ -88,7 +88,7 @@ public sealed class FlashMlaClient : IDisposable
                     owned.Add(cache);
                 }
                 var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
-                    options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes);
+                    options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes, options.RetryNotProcessed);
                 owned.Add(invoker);
                 decode[i] = invoker;
             }
@@ -199,14 +199,20 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<CacheStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
         await Cache.GetStatsAsync(new GetStatsRequest(), cancellationToken: cancellationToken);
 
-    /// <summary>One decode step as a unary call (on the next connection, round-robin).</summary>
-    public async Task<DecodeOutput> DecodeOnceAsync(DecodeInput input, CancellationToken cancellationToken = default) =>
-        new(await NextDecodeInvoker().AsyncUnaryCall(_decodeMethods.DecodeOnce, null, new CallOptions(cancellationToken: cancellationToken),
+    /// <summary>
+    /// One decode step as a unary call (on the next connection, round-robin). Past <paramref name="deadline"/> (UTC)
+    /// it fails with DEADLINE_EXCEEDED; a server that cannot be reached or goes away fails it with UNAVAILABLE.
+    /// </summary>
+    public async Task<DecodeOutput> DecodeOnceAsync(DecodeInput input, CancellationToken cancellationToken = default, DateTime? deadline = null) =>
+        new(await NextDecodeInvoker().AsyncUnaryCall(_decodeMethods.DecodeOnce, null, new CallOptions(deadline: deadline, cancellationToken: cancellationToken),
             new Leased<DecodeRequest>(input.ToRequest(1))));
 
-    /// <summary>A pipelined decode stream on the next connection (round-robin); dispose it to end the stream.</summary>
-    public DecodeStream OpenDecodeStream(CancellationToken cancellationToken = default) =>
-        new(NextDecodeInvoker().AsyncDuplexStreamingCall(_decodeMethods.Decode, null, new CallOptions(cancellationToken: cancellationToken)));
+    /// <summary>
+    /// A pipelined decode stream on the next connection (round-robin); dispose it to end the stream. Past
+    /// <paramref name="deadline"/> (UTC) the whole stream ends: its pending requests fail with DEADLINE_EXCEEDED.
+    /// </summary>
+    public DecodeStream OpenDecodeStream(CancellationToken cancellationToken = default, DateTime? deadline = null) =>
+        new(NextDecodeInvoker().AsyncDuplexStreamingCall(_decodeMethods.Decode, null, new CallOptions(deadline: deadline, cancellationToken: cancellationToken)));
 
     private CallInvoker NextDecodeInvoker() =>
         _decodeInvokers[(int)((uint)Interlocked.Increment(ref _nextDecodeChannel) % (uint)_decodeInvokers.Length)];
@@ -241,6 +247,14 @@ public sealed record FlashMlaClientOptions
 
     /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport (http:// addresses).</summary>
     public LargeFrameHttp2Options LargeFrames { get; init; } = new();
+
+    /// <summary>
+    /// Whether a unary decode the server refused before processing any of it (its stream above the last stream id of
+    /// the server's GOAWAY, as a draining server sends, or reset with REFUSED_STREAM) goes again on a new connection,
+    /// up to 3 times, as gRPC's transparent retry does; false fails it with UNAVAILABLE. Streams never go again:
+    /// their earlier inputs may have been reused.
+    /// </summary>
+    public bool RetryNotProcessed { get; init; } = true;
 
     /// <summary>Frame and byte counters that every connection of the library's transport adds to; null for none kept.</summary>
     public Http2TransportCounters? Counters { get; init; }

@@ -26,6 +26,7 @@ internal abstract class Http2Connection
     private byte[] _headerBlock = new byte[16 * 1024];
     private volatile int _peerMaxFrameSize = Http2Frames.DefaultMaxFrameSize;
     private volatile int _peerMaxConcurrentStreams = int.MaxValue;
+    private long _lastFrameReceivedAt = Environment.TickCount64;
 
     protected Http2Connection(Socket socket, Http2Settings local)
     {
@@ -49,6 +50,9 @@ internal abstract class Http2Connection
     /// <summary>The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until it says).</summary>
     public int PeerMaxConcurrentStreams => _peerMaxConcurrentStreams;
 
+    /// <summary>When (<see cref="Environment.TickCount64"/>) the last frame arrived: a keep-alive pings a peer silent for too long.</summary>
+    public long LastFrameReceivedAt => Volatile.Read(ref _lastFrameReceivedAt);
+
     /// <summary>Guards the stream table; roles take it for their own stream bookkeeping too.</summary>
     protected object StreamsLock => _streams;
 
@@ -70,6 +74,11 @@ internal abstract class Http2Connection
 
     /// <summary>The peer's SETTINGS were applied (and acknowledged).</summary>
     protected virtual void OnPeerSettings()
+    {
+    }
+
+    /// <summary>The peer acknowledged a PING of ours (the client's keep-alive).</summary>
+    protected virtual void OnPingAck(ulong opaque)
     {
     }
 
@@ -152,6 +161,7 @@ internal abstract class Http2Connection
             if (first && (header.Type != Http2FrameType.Settings || header.Has(Http2FrameFlags.Ack)))
                 throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "the peer's first frame must be SETTINGS");
             first = false;
+            Volatile.Write(ref _lastFrameReceivedAt, Environment.TickCount64);
             switch (header.Type)
             {
                 case Http2FrameType.Data: await OnDataAsync(header).ConfigureAwait(false); break;
@@ -357,7 +367,11 @@ internal abstract class Http2Connection
     {
         if (header.StreamId != 0) throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "PING on a stream");
         var payload = await ReadControlAsync(header, 8).ConfigureAwait(false);
-        if (header.Has(Http2FrameFlags.Ack)) return;
+        if (header.Has(Http2FrameFlags.Ack))
+        {
+            OnPingAck(BinaryPrimitives.ReadUInt64BigEndian(payload.Span));
+            return;
+        }
         ThrowIfFlooded();
         Writer.QueuePingAck(BinaryPrimitives.ReadUInt64BigEndian(payload.Span));
     }

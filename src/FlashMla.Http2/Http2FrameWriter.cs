@@ -137,6 +137,13 @@ internal sealed class Http2FrameWriter : IDisposable
         Queue(frame[..Http2Frames.WritePing(frame, opaque, ack: true)]);
     }
 
+    /// <summary>A PING of our own (keep-alive): the peer must answer it with an ack carrying <paramref name="opaque"/>.</summary>
+    public void QueuePing(ulong opaque)
+    {
+        Span<byte> frame = stackalloc byte[Http2Frames.PingFrameSize];
+        Queue(frame[..Http2Frames.WritePing(frame, opaque, ack: false)]);
+    }
+
     public void QueueGoAway(int lastStreamId, Http2ErrorCode code)
     {
         Span<byte> frame = stackalloc byte[Http2FrameHeader.Size + 8];

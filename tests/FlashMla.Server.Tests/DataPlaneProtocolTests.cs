@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using FlashMla.Http2;
+using FlashMla.Server.DataPlane;
 
 namespace FlashMla.Server.Tests;
 
@@ -204,5 +205,78 @@ public sealed class DataPlaneProtocolTests
             Assert.Equal((uint)Http2ErrorCode.EnhanceYourCalm, BinaryPrimitives.ReadUInt32BigEndian(frame.Payload.AsSpan(4)));
         // Either way the connection is gone rather than buffering without bound.
         Assert.Null(await client.ReadFrameAsync());
+    }
+
+    [Fact]
+    public async Task A_client_resetting_streams_in_a_loop_gets_goaway_enhance_your_calm_after_a_bounded_number()
+    {
+        await using var server = await TestServer.StartAsync();
+        await using var client = await RawHttp2Client.ConnectAsync(server.DataPlaneAddress!);
+        var block = RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/Decode");
+        var cancel = RawHttp2Client.BigEndian((uint)Http2ErrorCode.Cancel);
+        var goAway = Task.Run(() => client.ReadUntilAsync(h => h.Type == Http2FrameType.GoAway));
+        const int Attempts = 50_000; // the loop stops by itself, whatever the server does
+        int sent = 0;
+        try
+        {
+            for (; sent < Attempts && !goAway.IsCompleted; sent++)
+            {
+                int id = 2 * sent + 1;
+                await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, id, block);
+                await client.SendAsync(Http2FrameType.RstStream, Http2FrameFlags.None, id, cancel);
+            }
+        }
+        catch (SocketException)
+        {
+            // The server closed the connection while we were still sending.
+        }
+        var frame = await goAway.WaitAsync(TimeSpan.FromSeconds(20));
+        Assert.NotNull(frame);
+        Assert.Equal((uint)Http2ErrorCode.EnhanceYourCalm, BinaryPrimitives.ReadUInt32BigEndian(frame.Value.Payload.AsSpan(4)));
+        // The last stream the server took before it gave up: the burst, and what the refill added while the loop ran.
+        int processed = (int)(BinaryPrimitives.ReadUInt32BigEndian(frame.Value.Payload) + 1) / 2;
+        Assert.InRange(processed, StreamResetBudget.Burst, 2 * StreamResetBudget.Burst);
+        Assert.True(sent < Attempts, "the server never cut the connection off");
+    }
+
+    [Fact]
+    public async Task A_client_that_cancels_every_other_call_is_never_cut_off()
+    {
+        await using var server = await TestServer.StartAsync();
+        var ids = await RawHttp2Client.SequencesAsync(server, 1, 5);
+        await using var client = await RawHttp2Client.ConnectAsync(server.DataPlaneAddress!);
+        var block = RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/DecodeOnce");
+        var message = RawHttp2Client.GrpcMessage(ids, 2, 1);
+        var cancel = RawHttp2Client.BigEndian((uint)Http2ErrorCode.Cancel);
+        await client.SendAsync(Http2FrameType.WindowUpdate, Http2FrameFlags.None, 0, RawHttp2Client.BigEndian(int.MaxValue - 65535)); // room for every response
+        // Well past the burst of resets, each reset paid for by a call the client let finish; 64 of each in flight at a time.
+        const int Round = 64;
+        int rounds = 3 * StreamResetBudget.Burst / 2 / Round, id = 1;
+        for (int round = 0; round < rounds; round++)
+        {
+            var answered = new HashSet<int>();
+            for (int i = 0; i < Round; i++, id += 4)
+            {
+                await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, id, block);
+                await client.SendMessageAsync(id, message, endStream: true);
+                answered.Add(id);
+                await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, id + 2, block);
+                await client.SendAsync(Http2FrameType.RstStream, Http2FrameFlags.None, id + 2, cancel);
+            }
+            while (answered.Count > 0)
+            {
+                var frame = await client.ReadUntilAsync(h => h.Type is Http2FrameType.GoAway or Http2FrameType.RstStream ||
+                    (h.Type == Http2FrameType.Headers && h.Has(Http2FrameFlags.EndStream)));
+                Assert.NotNull(frame);
+                Assert.True(frame.Value.Header.Type == Http2FrameType.Headers, $"round {round}: {frame.Value.Header.Type} on stream {frame.Value.Header.StreamId}");
+                Assert.True(answered.Remove(frame.Value.Header.StreamId), $"trailers on stream {frame.Value.Header.StreamId}, which the client reset");
+                Assert.Equal("0", RawHttp2Client.Decode(frame.Value.Payload)["grpc-status"]);
+            }
+        }
+        // Still open: a PING is answered, and no GOAWAY came before its ack.
+        await client.SendAsync(Http2FrameType.Ping, Http2FrameFlags.None, 0, new byte[8]);
+        var next = await client.ReadUntilAsync(h => h.Type is Http2FrameType.GoAway || (h.Type == Http2FrameType.Ping && h.Has(Http2FrameFlags.Ack)));
+        Assert.NotNull(next);
+        Assert.Equal(Http2FrameType.Ping, next.Value.Header.Type);
     }
 }

@@ -5,6 +5,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Client.Transport;
 using Grpc.Core;
 
 namespace FlashMla.Client.Direct;
@@ -66,7 +67,10 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
 
     public Task WriteAsync(Leased<DecodeRequest> message) => WriteAsync(message, CancellationToken.None);
 
-    public async Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken)
+    public Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken) => WriteAsync(message, cancellationToken, disposeMessage: true);
+
+    /// <summary>Writes one request; <paramref name="disposeMessage"/> false keeps the message for a retry (the unary call disposes it).</summary>
+    internal async Task WriteAsync(Leased<DecodeRequest> message, CancellationToken cancellationToken, bool disposeMessage)
     {
         TensorMessageWriter? wire = null;
         try
@@ -81,7 +85,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             try
             {
                 if (_completed) throw new InvalidOperationException("the request stream is already complete");
-                var stream = await _body.Stream.WaitAsync(linked.Token).ConfigureAwait(false);
+                var stream = _body.Stream.IsCompletedSuccessfully ? _body.Stream.Result : await BodyStreamAsync(linked.Token).ConfigureAwait(false);
                 for (int i = 0; i < wire.PieceCount; i++) await stream.WriteAsync(wire.Pieces[i], linked.Token).ConfigureAwait(false);
             }
             finally
@@ -96,8 +100,21 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         finally
         {
             wire?.Dispose();
-            message.Dispose();
+            if (disposeMessage) message.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The request body's stream, which the handler hands over once the HEADERS are out. A connection that never
+    /// opens (nothing listening, no SETTINGS within the connect timeout) or dies first never asks for the body: it
+    /// fails the response instead, and that failure is the write's.
+    /// </summary>
+    private async Task<Stream> BodyStreamAsync(CancellationToken cancellationToken)
+    {
+        await Task.WhenAny(_body.Stream, _responseTask).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (_body.Stream.IsCompleted) return await _body.Stream.ConfigureAwait(false);
+        await _responseTask.ConfigureAwait(false); // throws the connection's failure
+        throw new IOException("the server answered before the request body was asked for"); // Failure reads its status
     }
 
     public async Task CompleteAsync()
@@ -230,6 +247,13 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         }
         return new RpcException(new Status(StatusCode.Unavailable, "the decode call failed: " + ex.Message, ex));
     }
+
+    /// <summary>
+    /// The call failed because the server never processed its stream (GOAWAY above it, or REFUSED_STREAM) and the
+    /// response had not started: the same request may go again as a new call.
+    /// </summary>
+    public bool WasNotProcessed(RpcException failure) =>
+        _responseStream is null && failure.StatusCode == StatusCode.Unavailable && Http2StreamNotProcessedException.IsIn(failure.Status.DebugException);
 
     public Status GetStatus() => _status ?? throw new InvalidOperationException("the call has not ended");
 

@@ -10,8 +10,12 @@ namespace FlashMla.Client.Direct;
 /// message types (<see cref="DecodeMarshallers"/>), each call a <see cref="DirectDecodeCall"/> on this
 /// invoker's own HTTP/2 connection. Anything else is refused: cache calls go through Grpc.Net.Client.
 /// </summary>
-internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, ArrayPool<byte> pool, int maxMessageBytes) : CallInvoker, IDisposable
+internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, ArrayPool<byte> pool, int maxMessageBytes, bool retryNotProcessed = true)
+    : CallInvoker, IDisposable
 {
+    /// <summary>Times a unary call goes again after the server refused it unprocessed (each time on a new or another stream).</summary>
+    public const int MaxRetries = 3;
+
     public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(
         Method<TRequest, TResponse> method, string? host, CallOptions options)
     {
@@ -23,14 +27,60 @@ internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, 
     public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host,
         CallOptions options, TRequest request)
     {
-        var call = Start<TRequest, TResponse>(method, options);
-        return new AsyncUnaryCall<TResponse>(UnaryAsync<TResponse>(call, (Leased<DecodeRequest>)(object)request!, options.CancellationToken),
-            call.ResponseHeadersAsync(), call.GetStatus, call.GetTrailers, call.Dispose);
+        // A retry replaces the call; the status, trailers and disposal are the latest one's.
+        var current = new CurrentCall(Start<TRequest, TResponse>(method, options));
+        var response = UnaryAsync<TResponse>(current, () => Start<TRequest, TResponse>(method, options), (Leased<DecodeRequest>)(object)request!,
+            options.CancellationToken);
+        return new AsyncUnaryCall<TResponse>(response, HeadersAfterAsync(response, current), () => current.Value.GetStatus(),
+            () => current.Value.GetTrailers(), () => current.Value.Dispose());
     }
 
-    private static async Task<TResponse> UnaryAsync<TResponse>(DirectDecodeCall call, Leased<DecodeRequest> request, CancellationToken cancellationToken)
+    private static async Task<Metadata> HeadersAfterAsync(Task response, CurrentCall current)
     {
-        await call.WriteAsync(request, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await response.ConfigureAwait(false);
+        }
+        catch (RpcException)
+        {
+            // The call's own failure is the response task's; headers come from whichever call got them.
+        }
+        return await current.Value.ResponseHeadersAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The unary call; a call the server refused unprocessed (its GOAWAY, or REFUSED_STREAM) goes again as a new call,
+    /// which is safe because the server saw none of it. The request is kept (the caller's memory is untouched while
+    /// the call runs) until the call ends.
+    /// </summary>
+    private async Task<TResponse> UnaryAsync<TResponse>(CurrentCall current, Func<DirectDecodeCall> restart, Leased<DecodeRequest> request,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            for (int retries = 0; ; retries++)
+            {
+                var call = current.Value;
+                try
+                {
+                    return await UnaryOnceAsync<TResponse>(call, request, cancellationToken).ConfigureAwait(false);
+                }
+                catch (RpcException ex) when (retryNotProcessed && retries < MaxRetries && call.WasNotProcessed(ex))
+                {
+                    current.Value = restart();
+                    call.Dispose();
+                }
+            }
+        }
+        finally
+        {
+            request.Dispose();
+        }
+    }
+
+    private static async Task<TResponse> UnaryOnceAsync<TResponse>(DirectDecodeCall call, Leased<DecodeRequest> request, CancellationToken cancellationToken)
+    {
+        await call.WriteAsync(request, cancellationToken, disposeMessage: false).ConfigureAwait(false);
         await call.CompleteAsync().ConfigureAwait(false);
         if (!await call.MoveNext(cancellationToken).ConfigureAwait(false))
             throw new RpcException(new Status(StatusCode.Internal, "the unary call ended without a response message"));
@@ -69,4 +119,10 @@ internal sealed class DirectDecodeInvoker(HttpMessageInvoker http, Uri address, 
         string? host, CallOptions options) => throw new NotSupportedException("flashmla.v1.Decoder has no client-streaming method");
 
     public void Dispose() => http.Dispose();
+
+    /// <summary>The call a unary call is on now (a retry replaces it).</summary>
+    private sealed class CurrentCall(DirectDecodeCall call)
+    {
+        public DirectDecodeCall Value { get; set; } = call;
+    }
 }

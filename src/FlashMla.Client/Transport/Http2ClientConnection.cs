@@ -19,6 +19,8 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     private int _nextStreamId = 1, _reservedStreams; // under StreamsLock
     private volatile bool _accepting = true;
     private volatile Exception? _failure;
+    private readonly CancellationTokenSource _closing = new();
+    private readonly Http2ClientKeepAlive _keepAlive;
 
     private Http2ClientConnection(Socket socket, LargeFrameHttp2Options options, Http2TransportCounters counters) : base(socket, new Http2Settings
     {
@@ -33,6 +35,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     {
         _options = options;
         _counters = counters;
+        _keepAlive = new Http2ClientKeepAlive(options);
     }
 
     /// <summary>False once the connection takes no new streams (GOAWAY, failure, stream ids spent, disposal).</summary>
@@ -60,6 +63,11 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             await connection.SendOpeningAsync(Http2Frames.Preface.ToArray(), timeout.Token).ConfigureAwait(false);
             connection._readLoop = Task.Run(connection.ReadLoopAsync, CancellationToken.None);
             await connection._settingsReceived.Task.WaitAsync(timeout.Token).ConfigureAwait(false);
+            if (Http2ClientKeepAlive.IsEnabled(options))
+            {
+                _ = Task.Run(() => connection._keepAlive.RunAsync(connection, failure => connection.Abort(failure), connection._closing.Token),
+                    CancellationToken.None);
+            }
             counters.ConnectionOpened();
             return connection;
         }
@@ -226,6 +234,8 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
 
     protected override void OnPeerSettings() => _settingsReceived.TrySetResult();
 
+    protected override void OnPingAck(ulong opaque) => _keepAlive.OnAck(opaque);
+
     protected override void OnGoAway(int lastStreamId, Http2ErrorCode code, string debug)
     {
         List<Http2ClientStream> unprocessed;
@@ -241,7 +251,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
         {
             stream.Fail(new HttpRequestException(HttpRequestError.ConnectionError,
                 $"The server sent GOAWAY ({code}{(debug.Length > 0 ? ", " + debug : "")}) without processing HTTP/2 stream {stream.Id}; it may be retried on a new connection.",
-                new IOException("GOAWAY")));
+                new Http2StreamNotProcessedException("GOAWAY")));
         }
         if (idle) Abort(new IOException($"the server closed the HTTP/2 connection with GOAWAY ({code})"), Http2ErrorCode.NoError);
     }
@@ -280,6 +290,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     {
         if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
         _accepting = false;
+        _closing.Cancel();
         _settingsReceived.TrySetException(failure);
         foreach (Http2ClientStream stream in Streams()) stream.Fail(failure);
         _ = CloseAsync(failure, sendGoAway);
@@ -308,3 +319,19 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
 
 /// <summary>The connection closed before a request's HEADERS went out: nothing was sent, another connection may take it.</summary>
 internal sealed class Http2ConnectionUnavailableException(string message) : HttpRequestException(HttpRequestError.ConnectionError, message);
+
+/// <summary>
+/// Inside a stream's failure: the server will never process the stream (it was above the last stream id of the
+/// server's GOAWAY, or reset with REFUSED_STREAM), so nothing of the request was seen, and the whole request may be
+/// sent again on a new connection.
+/// </summary>
+internal sealed class Http2StreamNotProcessedException(string message) : IOException(message)
+{
+    /// <summary>Whether <paramref name="failure"/> or an exception inside it says the stream was never processed.</summary>
+    public static bool IsIn(Exception? failure)
+    {
+        for (; failure is not null; failure = failure.InnerException)
+            if (failure is Http2StreamNotProcessedException) return true;
+        return false;
+    }
+}

@@ -138,7 +138,8 @@ internal sealed class Http2ClientStream : Http2Stream
             TryClose();
             return;
         }
-        Fail(new HttpProtocolException((long)code, $"The server reset HTTP/2 stream {Id} with {code}.", null));
+        Fail(new HttpProtocolException((long)code, $"The server reset HTTP/2 stream {Id} with {code}.",
+            code == Http2ErrorCode.RefusedStream ? new Http2StreamNotProcessedException($"HTTP/2 stream {Id} was refused before it was processed") : null));
     }
 
     // ---- From the application ----

@@ -1,7 +1,7 @@
 using FlashMla.Http2;
 namespace FlashMla.Client.Transport;
 
-/// <summary>Settings of <see cref="LargeFrameHttp2Handler"/>: frame size, flow-control windows, socket buffers.</summary>
+/// <summary>Settings of <see cref="LargeFrameHttp2Handler"/>: frame size, flow-control windows, socket buffers, connect timeout, keep-alive.</summary>
 public sealed record LargeFrameHttp2Options
 {
     /// <summary>
@@ -25,6 +25,19 @@ public sealed record LargeFrameHttp2Options
     /// <summary>Time allowed for the TCP connect plus the server's first SETTINGS frame.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// How long the server may stay silent before the connection sends a PING to see whether it is still there
+    /// (as SocketsHttpHandler's KeepAlivePingDelay, and the same 30 s the https path of FlashMlaClient uses);
+    /// <see cref="Timeout.InfiniteTimeSpan"/> turns keep-alive off.
+    /// </summary>
+    public TimeSpan KeepAlivePingDelay { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Time allowed for a keep-alive PING's ack; without it the connection closes and its calls fail with UNAVAILABLE.</summary>
+    public TimeSpan KeepAlivePingTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Whether keep-alive PINGs go out on a connection without calls too (the default, as SocketsHttpHandler) or only while calls are open.</summary>
+    public HttpKeepAlivePingPolicy KeepAlivePingPolicy { get; init; } = HttpKeepAlivePingPolicy.Always;
+
     /// <summary>Where the handler counts frames and bytes; null for a private set (see <see cref="LargeFrameHttp2Handler.Counters"/>).</summary>
     public Http2TransportCounters? Counters { get; init; }
 
@@ -38,6 +51,10 @@ public sealed record LargeFrameHttp2Options
             throw new ArgumentOutOfRangeException(nameof(ConnectionWindowSize), ConnectionWindowSize, "must be at least 65535");
         ArgumentOutOfRangeException.ThrowIfNegative(SocketBufferSize);
         if (ConnectTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(ConnectTimeout), ConnectTimeout, "must be positive");
+        if (KeepAlivePingDelay <= TimeSpan.Zero && KeepAlivePingDelay != Timeout.InfiniteTimeSpan)
+            throw new ArgumentOutOfRangeException(nameof(KeepAlivePingDelay), KeepAlivePingDelay, "must be positive, or Timeout.InfiniteTimeSpan for no keep-alive");
+        if (KeepAlivePingTimeout <= TimeSpan.Zero)
+            throw new ArgumentOutOfRangeException(nameof(KeepAlivePingTimeout), KeepAlivePingTimeout, "must be positive");
     }
 }
 

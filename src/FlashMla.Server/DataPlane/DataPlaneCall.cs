@@ -14,6 +14,7 @@ namespace FlashMla.Server.DataPlane;
 internal sealed class DataPlaneCall : Http2Stream
 {
     private readonly ILogger _log;
+    private readonly DataPlaneConnection _connection;
 
     public DataPlaneCall(DataPlaneConnection connection, int streamId, GrpcRequestHead head, int maxMessageBytes, ArrayPool<byte> pool,
         CancellationToken connectionClosing, ILogger log)
@@ -21,6 +22,7 @@ internal sealed class DataPlaneCall : Http2Stream
     {
         Id = streamId;
         _log = log;
+        _connection = connection;
         Context = new DataPlaneCallContext(head, connection.Peer, connectionClosing);
         var token = Context.CancellationToken;
         Requests = new DataPlaneRequestReader(this, pool, maxMessageBytes, head.Encoding, token);
@@ -48,6 +50,8 @@ internal sealed class DataPlaneCall : Http2Stream
         if (localReason is not null)
             _log.LogWarning("Data-plane stream {StreamId} from {Peer} reset with {Code}: {Reason}", Id, Context.Peer, code, localReason);
         Cancel();
+        // The stream is still here, so its call was not answered yet (an answered one is removed right after its trailers).
+        if (localReason is null) _connection.SpendResetBudget();
     }
 
     /// <summary>The stream broke or the connection is going: the call stops. Any thread.</summary>

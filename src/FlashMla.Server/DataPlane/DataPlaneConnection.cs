@@ -39,6 +39,7 @@ internal sealed class DataPlaneConnection : Http2Connection
     private readonly ArrayPool<byte> _pool;
     private readonly List<Task> _running = [];
     private readonly CancellationTokenSource _closing = new();
+    private readonly StreamResetBudget _resets = new();
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
 
@@ -139,11 +140,18 @@ internal sealed class DataPlaneConnection : Http2Connection
         }
         _lastStreamId = streamId;
 
-        bool refuse;
-        lock (StreamsLock) refuse = _shuttingDown || _peerGoingAway || StreamCount >= MaxConcurrentStreams;
+        bool refuse, full;
+        lock (StreamsLock)
+        {
+            full = StreamCount >= MaxConcurrentStreams;
+            refuse = _shuttingDown || _peerGoingAway || full;
+        }
         if (refuse)
         {
             Writer.QueueRstStream(streamId, Http2ErrorCode.RefusedStream);
+            // Reset calls stay open until their tasks see it, so a reset loop that outruns them lands here:
+            // a stream refused for the limit costs the reset budget too.
+            if (full && !_shuttingDown) SpendResetBudget();
             return;
         }
         GrpcRequestHead head;
@@ -177,6 +185,19 @@ internal sealed class DataPlaneConnection : Http2Connection
         lock (StreamsLock) _peerGoingAway = true; // the client opens no more streams; the open ones finish
     }
 
+    /// <summary>
+    /// The client reset a call this side had not answered yet, or opened one past MAX_CONCURRENT_STREAMS (on the
+    /// reader loop). Past the budget the connection ends with GOAWAY(ENHANCE_YOUR_CALM): the throw is a connection
+    /// error, which <see cref="RunAsync"/> handles.
+    /// </summary>
+    public void SpendResetBudget()
+    {
+        if (!_resets.TrySpend())
+            throw new Http2ConnectionException(Http2ErrorCode.EnhanceYourCalm,
+                $"the client reset or overran more than {StreamResetBudget.Burst} streams before they were answered, faster than " +
+                $"{StreamResetBudget.RefillPerSecond} a second plus one per call it let finish");
+    }
+
     // ---- Calls ----
 
     private async Task ReadPrefaceAsync()
@@ -191,7 +212,7 @@ internal sealed class DataPlaneConnection : Http2Connection
     private async Task RunCallAsync(DataPlaneCall call)
     {
         var status = await _dispatcher.ServeAsync(call).ConfigureAwait(false);
-        await call.Responses.FinishAsync(status).ConfigureAwait(false);
+        if (await call.Responses.FinishAsync(status).ConfigureAwait(false)) _resets.Earn();
         // The response is complete; a client still sending is told to stop (RFC 9113, section 8.1).
         if (!call.InputEnded) call.Reset(Http2ErrorCode.NoError);
         RemoveStream(call);
