@@ -46,6 +46,9 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     /// <summary>Batches submitted and not yet retired.</summary>
     public int InFlight => _inFlight.Count;
 
+    /// <summary>True when a batch can start now without waiting for one in flight (retire completed ones first).</summary>
+    public bool HasFreeSlot => _inFlight.Count < maxInFlight;
+
     /// <summary>Completes when the oldest batch in flight does; null when none is.</summary>
     public Task? OldestCompletion => _inFlight.Count > 0 ? _inFlight.Peek().Submission.Completion : null;
 

@@ -12,8 +12,16 @@ internal sealed class DecodeBatcher(SchedulerOptions options, DecodeBatchExecuto
 
     public bool HasPending => _groups.Count > 0;
 
-    /// <summary>True when some group cannot take another request of its largest size.</summary>
-    public bool IsFull { get; private set; }
+    /// <summary>True when some group holds as many sequences as one backend call takes.</summary>
+    public bool IsFull
+    {
+        get
+        {
+            foreach (var group in _groups.Values)
+                if (group.Sequences >= options.MaxBatchSequences) return true;
+            return false;
+        }
+    }
 
     public void Add(DecodeWork work)
     {
@@ -29,21 +37,21 @@ internal sealed class DecodeBatcher(SchedulerOptions options, DecodeBatchExecuto
             _groups.Add(key, group);
         }
         group.Add(work);
-        if (group.Sequences >= options.MaxBatchSequences) IsFull = true;
     }
 
     public void FlushAll()
     {
-        while (_groups.Count > 0)
-        {
-            // Oldest group first: its first request has waited longest.
-            GroupKey oldestKey = default;
-            Group? oldest = null;
-            foreach (var (key, group) in _groups)
-                if (oldest is null || group.FirstArrival < oldest.FirstArrival) (oldestKey, oldest) = (key, group);
-            Flush(oldestKey, oldest!);
-        }
-        IsFull = false;
+        while (_groups.Count > 0) FlushOldest();
+    }
+
+    /// <summary>Runs the group whose first request has waited longest; the others stay pending.</summary>
+    public void FlushOldest()
+    {
+        GroupKey oldestKey = default;
+        Group? oldest = null;
+        foreach (var (key, group) in _groups)
+            if (oldest is null || group.FirstArrival < oldest.FirstArrival) (oldestKey, oldest) = (key, group);
+        if (oldest is not null) Flush(oldestKey, oldest);
     }
 
     private void Flush(GroupKey key, Group group)

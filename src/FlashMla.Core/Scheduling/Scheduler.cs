@@ -9,10 +9,12 @@ namespace FlashMla.Core.Scheduling;
 
 /// <summary>
 /// The one owner of the cache, the allocator and the backend. RPC handlers post commands into a bounded
-/// channel and await their completion; a single loop runs them in arrival order. Decode requests are held
-/// back briefly in <see cref="DecodeBatcher"/> so that concurrent requests of one layer and shape run as one
-/// backend call; up to <see cref="SchedulerOptions.MaxDecodeBatchesInFlight"/> calls run on the backend at
-/// once while the loop goes on (<see cref="DecodeBatchExecutor"/>). Any cache command flushes pending
+/// channel and await their completion; a single loop runs them in arrival order. Up to
+/// <see cref="SchedulerOptions.MaxDecodeBatchesInFlight"/> decode calls run on the backend at once while the loop
+/// goes on (<see cref="DecodeBatchExecutor"/>). Batching is continuous: a decode request that finds a slot free
+/// starts at once (with whatever was queued alongside it, merged by layer and shape in <see cref="DecodeBatcher"/>);
+/// requests that arrive while every slot is busy merge into the next call, which starts as soon as a slot frees
+/// or the call is full. A non-zero <see cref="SchedulerOptions.BatchWindow"/> instead holds each batch that long. Any cache command flushes pending
 /// decodes and waits for those in flight first, so every client sees its own requests in order.
 /// </summary>
 public sealed class Scheduler : IAsyncDisposable
@@ -128,44 +130,60 @@ public sealed class Scheduler : IAsyncDisposable
         {
             _executor.RetireCompleted();
             NotifyIfStopped();
-            if (!reader.TryRead(out var command))
-            {
-                PublishGauges();
-                waitingForWork ??= reader.WaitToReadAsync().AsTask();
-                if (!waitingForWork.IsCompleted && _executor.OldestCompletion is { } oldest)
-                {
-                    // Wake for whichever comes first: new work, or the oldest batch in flight finishing.
-                    await Task.WhenAny(waitingForWork, oldest).ConfigureAwait(false);
-                    continue;
-                }
-                bool more = await waitingForWork.ConfigureAwait(false);
-                waitingForWork = null;
-                if (!more) break;
-                continue;
-            }
-            Dispatch(command);
+            // Take whatever is queued already, so requests that arrived together share a batch.
+            while (!_batcher.IsFull && reader.TryRead(out var command)) Dispatch(command);
             if (_batcher.HasPending)
             {
-                // Hold the batch open for the window, taking whatever arrives meanwhile.
-                long deadline = Stopwatch.GetTimestamp() + (long)(Options.BatchWindow.TotalSeconds * Stopwatch.Frequency);
-                var spinner = new SpinWait();
-                while (_batcher.HasPending && !_batcher.IsFull && Stopwatch.GetTimestamp() < deadline)
+                if (Options.BatchWindow > TimeSpan.Zero) HoldForCompany(reader);
+                if (_batcher.IsFull || Options.BatchWindow > TimeSpan.Zero)
                 {
-                    if (reader.TryRead(out var more)) Dispatch(more);
-                    else
-                    {
-                        _executor.RetireCompleted();
-                        spinner.SpinOnce(sleep1Threshold: -1);
-                    }
+                    // A full batch, or a window that has run out: start now, waiting for a slot if none is free.
+                    _batcher.FlushAll();
+                    continue;
                 }
-                _batcher.FlushAll();
+                // Continuous batching: start what the free slots take; the rest waits for a slot and merges
+                // with what arrives meanwhile.
+                while (_batcher.HasPending && _executor.HasFreeSlot) _batcher.FlushOldest();
+                if (_batcher.HasPending) _executor.RetireCompleted();
+                if (_batcher.HasPending && _executor.HasFreeSlot) continue;
             }
+            PublishGauges();
+            waitingForWork ??= reader.WaitToReadAsync().AsTask();
+            if (!waitingForWork.IsCompleted && _executor.OldestCompletion is { } oldest)
+            {
+                // Wake for whichever comes first: new work, or the oldest batch in flight finishing (which
+                // frees a slot for what is pending).
+                await Task.WhenAny(waitingForWork, oldest).ConfigureAwait(false);
+                continue;
+            }
+            bool more = await waitingForWork.ConfigureAwait(false);
+            waitingForWork = null;
+            if (!more) break;
         }
         // Draining: what is queued has been dispatched; run the last batches and wait for all in flight.
         _batcher.FlushAll();
         _executor.RetireAll();
         NotifyIfStopped();
         PublishGauges();
+    }
+
+    /// <summary>
+    /// A fixed window (<see cref="SchedulerOptions.BatchWindow"/> above zero): holds the pending batch open that
+    /// long for company, even with a slot free, taking whatever arrives meanwhile, until it is full.
+    /// </summary>
+    private void HoldForCompany(ChannelReader<object> reader)
+    {
+        long deadline = Stopwatch.GetTimestamp() + (long)(Options.BatchWindow.TotalSeconds * Stopwatch.Frequency);
+        var spinner = new SpinWait();
+        while (_batcher.HasPending && !_batcher.IsFull && Stopwatch.GetTimestamp() < deadline)
+        {
+            if (reader.TryRead(out var more)) Dispatch(more);
+            else
+            {
+                _executor.RetireCompleted();
+                spinner.SpinOnce(sleep1Threshold: -1);
+            }
+        }
     }
 
     private void Dispatch(object command)

@@ -3,8 +3,12 @@ namespace FlashMla.Core.Scheduling;
 /// <summary>How the scheduler batches and bounds work. The host validates these at start-up.</summary>
 public sealed record SchedulerOptions
 {
-    /// <summary>How long a pending decode batch waits for more requests of its layer and shape.</summary>
-    public TimeSpan BatchWindow { get; init; } = TimeSpan.FromMicroseconds(200);
+    /// <summary>
+    /// Zero (the default): continuous batching, a batch starts as soon as a slot on the backend is free and
+    /// merges only what arrived while none was. Above zero: a pending batch is held up to this long for more
+    /// requests of its layer and shape even when a slot is free (it still starts at once when full).
+    /// </summary>
+    public TimeSpan BatchWindow { get; init; } = TimeSpan.Zero;
 
     /// <summary>Most sequences in one backend decode call (and in one request).</summary>
     public int MaxBatchSequences { get; init; } = 512;

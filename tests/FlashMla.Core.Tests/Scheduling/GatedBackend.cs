@@ -1,0 +1,112 @@
+using FlashMla.Core.Backends;
+using FlashMla.Core.Backends.Cpu;
+using FlashMla.Core.Cache;
+using FlashMla.Core.Scheduling;
+
+namespace FlashMla.Core.Tests.Scheduling;
+
+/// <summary>
+/// Computes each batch on a CPU backend inside Submit (appends land in submission order) into private
+/// arrays, poisons the batch's outputs, and copies the results in only when <see cref="Complete"/> is called.
+/// </summary>
+internal sealed class GatedBackend : IAttentionBackend
+{
+    /// <summary>How long a test waits for something it expects before it fails.</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
+
+    private readonly CpuBackend _inner = new(new KvPoolGeometry(2, 64), maxThreads: 1);
+    private readonly List<(DecodeBatch Batch, ushort[] Out, float[] Lse, DecodeSubmission Submission)> _submitted = [];
+
+    public string Name => "gated";
+    public string DeviceDescription => "test";
+    public KvPoolGeometry Geometry => _inner.Geometry;
+
+    public int Submitted
+    {
+        get { lock (_submitted) return _submitted.Count; }
+    }
+
+    /// <summary>Sequences in submission <paramref name="index"/>.</summary>
+    public int BatchSizeOf(int index)
+    {
+        lock (_submitted) return _submitted[index].Batch.BatchSize;
+    }
+
+    public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => _inner.WriteKv(layer, slots, rows);
+    public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => _inner.ReadKv(layer, slots, rows);
+    public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => _inner.CopyBlocks(copies);
+    public void Decode(DecodeBatch batch) => Submit(batch).Wait();
+
+    public DecodeSubmission Submit(DecodeBatch batch)
+    {
+        var output = new ushort[batch.Out.Length];
+        var lse = new float[batch.Lse.Length];
+        _inner.Decode(new DecodeBatch
+        {
+            Layer = batch.Layer, BatchSize = batch.BatchSize, QueryTokens = batch.QueryTokens, Heads = batch.Heads,
+            SoftmaxScale = batch.SoftmaxScale, Q = batch.Q, NewKv = batch.NewKv, NewKvSlots = batch.NewKvSlots,
+            SeqLens = batch.SeqLens, BlockTable = batch.BlockTable, BlockTableStride = batch.BlockTableStride,
+            Out = output, Lse = lse,
+        });
+        batch.Out.Span.Fill(0x7FC0); // bf16 NaN: a result delivered before completion shows
+        batch.Lse.Span.Fill(float.NaN);
+        var submission = new DecodeSubmission();
+        lock (_submitted) _submitted.Add((batch, output, lse, submission));
+        return submission;
+    }
+
+    /// <summary>Completes submission <paramref name="index"/> (in submission order), or fails it.</summary>
+    public void Complete(int index, BackendFaultException? fault = null, DevicePhases? phases = null)
+    {
+        (DecodeBatch batch, ushort[] output, float[] lse, DecodeSubmission submission) entry;
+        lock (_submitted) entry = _submitted[index];
+        if (fault is not null)
+        {
+            entry.submission.MarkFailed(fault);
+            return;
+        }
+        entry.output.CopyTo(entry.batch.Out.Span);
+        entry.lse.CopyTo(entry.batch.Lse.Span);
+        entry.submission.MarkComplete(phases);
+    }
+
+    /// <summary>Completes whatever is still pending, so a failed test ends instead of draining forever.</summary>
+    public void CompleteAllPending()
+    {
+        int count = Submitted;
+        for (int i = 0; i < count; i++)
+        {
+            DecodeSubmission submission;
+            lock (_submitted) submission = _submitted[i].Submission;
+            if (!submission.IsComplete) Complete(i);
+        }
+    }
+
+    public async Task WaitForSubmittedAsync(int count)
+    {
+        var deadline = DateTime.UtcNow + Patience;
+        while (Submitted < count)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"{Submitted} of {count} batches submitted");
+            await Task.Delay(2);
+        }
+    }
+
+    public void Dispose() => _inner.Dispose();
+}
+
+/// <summary>Disposes the scheduler after completing every pending batch (a failing test must not hang in drain).</summary>
+internal sealed class Teardown(Scheduler scheduler, GatedBackend backend) : IAsyncDisposable
+{
+    public async ValueTask DisposeAsync()
+    {
+        backend.CompleteAllPending();
+        var drain = scheduler.DisposeAsync().AsTask();
+        while (!drain.IsCompleted)
+        {
+            backend.CompleteAllPending(); // batches submitted during the drain
+            await Task.WhenAny(drain, Task.Delay(10));
+        }
+        await drain;
+    }
+}
