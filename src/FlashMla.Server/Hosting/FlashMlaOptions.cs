@@ -48,8 +48,12 @@ public sealed class FlashMlaOptions
     /// <summary>Threads of the CPU backend; 0 uses every core.</summary>
     public int CpuThreads { get; set; } = 0;
 
-    /// <summary>How long a decode batch waits for more requests of its layer and shape, microseconds.</summary>
-    public int BatchWindowMicroseconds { get; set; } = 200;
+    /// <summary>
+    /// 0 (default): continuous batching, a decode batch starts as soon as the backend has a free slot, and
+    /// requests that arrive while every slot is busy merge into the next one. Above 0: a batch is held up to
+    /// this many microseconds for company of its layer and shape even when a slot is free.
+    /// </summary>
+    public int BatchWindowMicroseconds { get; set; } = 0;
 
     /// <summary>Most sequences in one request and in one merged backend call.</summary>
     public int MaxBatchSequences { get; set; } = 512;
