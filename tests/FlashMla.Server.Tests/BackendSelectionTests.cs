@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using FlashMla.Core.Memory;
 using FlashMla.Server.Hosting;
 
@@ -53,13 +54,17 @@ public sealed class BackendSelectionTests
         try
         {
             Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, "1");
-            Assert.True(MeasurementSwitches.FromEnvironment().StageTensorBuffers);
+            Assert.True(FromEnvironment().StageTensorBuffers);
             Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, null);
-            Assert.Equal(MeasurementSwitches.None, MeasurementSwitches.FromEnvironment());
+            Assert.Equal(MeasurementSwitches.None, FromEnvironment());
         }
         finally
         {
             Environment.SetEnvironmentVariable(MeasurementSwitches.StageTensorBuffersVariable, before);
         }
     }
+
+    /// <summary>The switches as the host reads them, from the process environment alone.</summary>
+    private static MeasurementSwitches FromEnvironment() =>
+        MeasurementSwitches.Read(new ConfigurationBuilder().AddEnvironmentVariables().Build(), []);
 }

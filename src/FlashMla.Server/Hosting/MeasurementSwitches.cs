@@ -55,8 +55,4 @@ public sealed record MeasurementSwitches
         }
         return switches;
     }
-
-    /// <summary>The switches as the process environment alone sets them (malformed values are ignored here).</summary>
-    public static MeasurementSwitches FromEnvironment() =>
-        Read(new ConfigurationBuilder().AddEnvironmentVariables().Build(), []);
 }
