@@ -15,10 +15,11 @@ var decodeAddress = new Option<string?>("--decode-address")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify)") { address, decodeAddress };
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify)") { address, decodeAddress };
 root.Add(DemoCommand.Create(address));
 root.Add(BenchCommand.Create(address, decodeAddress));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress));
 root.Add(TcpBenchCommand.Create());
+root.Add(LatencyCommand.Create(address, decodeAddress));
 root.Add(VerifyCommand.Create(address, decodeAddress));
 return await root.Parse(args).InvokeAsync();

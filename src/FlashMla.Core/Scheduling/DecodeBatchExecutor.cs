@@ -221,7 +221,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             double queueUs = (entry.SubmittedAt - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
-            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases), entry.Outputs));
+            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases, work.ArrivedAt, completedAt), entry.Outputs));
             done += n;
         }
     }

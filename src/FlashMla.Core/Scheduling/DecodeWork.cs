@@ -128,6 +128,10 @@ internal sealed class DecodeOutputBuffers
     }
 }
 
-/// <summary>Where a request's time went; <paramref name="Device"/> splits its batch's device time, when the backend measures it.</summary>
+/// <summary>
+/// Where a request's time went; <paramref name="Device"/> splits its batch's device time, when the backend measures it.
+/// <paramref name="ArrivedAt"/> (the request at the scheduler) and <paramref name="CompletedAt"/> (its batch's outputs in
+/// host memory) are <see cref="Stopwatch.GetTimestamp"/> values, so the host can add the time before and after.
+/// </summary>
 public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests,
-    Backends.DevicePhases? Device = null);
+    Backends.DevicePhases? Device = null, long ArrivedAt = 0, long CompletedAt = 0);

@@ -27,8 +27,8 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     /// <summary>Credit given back in pieces of at least this much (or at a message's end).</summary>
     public const int CreditBatchBytes = 256 * 1024;
 
-    /// <summary>A whole message as received: its bytes lie at the start of a pooled array.</summary>
-    private readonly record struct Received(byte[] Array, int Length, bool Compressed);
+    /// <summary>A whole message as received: its bytes lie at the start of a pooled array; its last byte came at <c>ReceivedAt</c>.</summary>
+    private readonly record struct Received(byte[] Array, int Length, bool Compressed, long ReceivedAt);
 
     private readonly Http2Stream _stream;
     private readonly ArrayPool<byte> _pool;
@@ -155,7 +155,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
 
     private void FinishMessage()
     {
-        var message = new Received(_body!, _bodyLength, _bodyCompressed);
+        var message = new Received(_body!, _bodyLength, _bodyCompressed, System.Diagnostics.Stopwatch.GetTimestamp());
         _body = null;
         lock (_gate) _queued++;
         if (!_messages.Writer.TryWrite(message))
@@ -236,7 +236,8 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
                 _pool.Return(array);
                 (array, length) = inflated;
             }
-            return new Leased<DecodeRequest>(DecodeMarshallers.ParseRequestInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array));
+            return new Leased<DecodeRequest>(DecodeMarshallers.ParseRequestInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array))
+                { ReceivedAt = message.ReceivedAt };
         }
         catch
         {

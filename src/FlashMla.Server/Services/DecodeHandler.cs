@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using FlashMla.Core.Scheduling;
@@ -18,13 +19,16 @@ public sealed class DecodeHandler(Scheduler scheduler)
     /// Validates, queues and awaits one request. When this returns or throws, the scheduler no longer reads
     /// the request's tensors, so the caller may give their buffers back.
     /// </summary>
-    public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, CancellationToken cancellationToken)
+    /// <param name="receivedAt">When the request's last byte arrived (<see cref="Leased{T}.ReceivedAt"/>); 0: now.</param>
+    public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, long receivedAt, CancellationToken cancellationToken)
     {
+        if (receivedAt == 0) receivedAt = Stopwatch.GetTimestamp();
         var shape = DecodeShape.Create(scheduler.Options, request.Layer, request.SequenceIds, request.SQ, request.HQ, request.SoftmaxScale);
         long b = shape.BatchSize, sQ = shape.QueryTokens, hQ = shape.Heads;
         var q = TensorCodec.Expect(request.Q, "q", DType.Bf16, b, sQ, hQ, MlaDims.HeadDimK);
         var kv = request.Kv is null ? ReadOnlyMemory<byte>.Empty : TensorCodec.Expect(request.Kv, "kv", DType.Bf16, b, sQ, MlaDims.HeadDimK);
         var result = await scheduler.DecodeAsync(DecodeWork.Create(shape, q, kv), cancellationToken);
+        var timings = result.Timings;
 
         var output = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(result.Out) };
         output.Shape.Add([b, sQ, hQ, MlaDims.HeadDimV]);
@@ -37,15 +41,18 @@ public sealed class DecodeHandler(Scheduler scheduler)
             Lse = lse,
             Timings = new Contracts.V1.DecodeTimings
             {
-                QueueUs = result.Timings.QueueMicroseconds,
-                ComputeUs = result.Timings.ComputeMicroseconds,
-                BatchSequences = (uint)result.Timings.BatchSequences,
-                BatchRequests = (uint)result.Timings.BatchRequests,
-                KernelUs = result.Timings.Device?.KernelMicroseconds ?? 0,
-                UploadUs = result.Timings.Device?.UploadMicroseconds ?? 0,
-                DownloadUs = result.Timings.Device?.DownloadMicroseconds ?? 0,
+                QueueUs = timings.QueueMicroseconds,
+                ComputeUs = timings.ComputeMicroseconds,
+                BatchSequences = (uint)timings.BatchSequences,
+                BatchRequests = (uint)timings.BatchRequests,
+                KernelUs = timings.Device?.KernelMicroseconds ?? 0,
+                UploadUs = timings.Device?.UploadMicroseconds ?? 0,
+                DownloadUs = timings.Device?.DownloadMicroseconds ?? 0,
+                ReceiveUs = ResponseTimings.Microseconds(receivedAt, timings.ArrivedAt),
             },
         };
+        // respond_us and server_us run on to the hand-over to the transport (ResponseTimings.Sending); until then, to now.
+        ResponseTimings.Sending(response, receivedAt, timings.CompletedAt);
         return new Leased<DecodeResponse>(response, new ResultRelease(result));
     }
 

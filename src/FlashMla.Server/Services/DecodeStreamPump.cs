@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Threading.Channels;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
@@ -18,7 +19,7 @@ internal static class DecodeStreamPump
         Func<Leased<DecodeRequest>, Task<Leased<DecodeResponse>>> serve, int maxInFlight, CancellationToken cancellationToken)
     {
         using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        var completed = Channel.CreateBounded<Leased<DecodeResponse>>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
+        var completed = Channel.CreateBounded<(Leased<DecodeResponse> Response, long ReadyAt)>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
         var writer = WriteAllAsync(completed, responses, cancellationToken);
         var inFlight = new List<Task>();
         try
@@ -42,7 +43,7 @@ internal static class DecodeStreamPump
             var response = await serve(request);
             try
             {
-                await completed.Writer.WriteAsync(response, cancellationToken);
+                await completed.Writer.WriteAsync((response, Stopwatch.GetTimestamp()), cancellationToken);
             }
             catch
             {
@@ -56,16 +57,17 @@ internal static class DecodeStreamPump
         }
     }
 
-    private static async Task WriteAllAsync(Channel<Leased<DecodeResponse>> completed, IServerStreamWriter<Leased<DecodeResponse>> responses,
+    private static async Task WriteAllAsync(Channel<(Leased<DecodeResponse> Response, long ReadyAt)> completed, IServerStreamWriter<Leased<DecodeResponse>> responses,
         CancellationToken cancellationToken)
     {
         await Task.Yield(); // the writer runs beside the reading loop, not inline in it
         try
         {
-            await foreach (var response in completed.Reader.ReadAllAsync(CancellationToken.None))
+            await foreach (var (response, readyAt) in completed.Reader.ReadAllAsync(CancellationToken.None))
             {
                 try
                 {
+                    ResponseTimings.Waited(response.Message, readyAt);
                     await responses.WriteAsync(response, cancellationToken);
                 }
                 catch
@@ -80,7 +82,7 @@ internal static class DecodeStreamPump
             // Nothing more can be sent: later responses are refused (their senders give them back) and the
             // queued ones go back to the pool now, so no batch's output buffers stay leased.
             completed.Writer.TryComplete(ex);
-            while (completed.Reader.TryRead(out var rest)) rest.Dispose();
+            while (completed.Reader.TryRead(out var rest)) rest.Response.Dispose();
             throw;
         }
     }

@@ -24,7 +24,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     {
         try
         {
-            return await handler.RunAsync(request.Message, context.CancellationToken);
+            return await handler.RunAsync(request.Message, request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
@@ -46,7 +46,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     {
         try
         {
-            return await handler.RunAsync(request.Message, context.CancellationToken);
+            return await handler.RunAsync(request.Message, request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
