@@ -42,7 +42,7 @@ internal static class LatencyCommand
             if (parsed is null) return Task.FromResult(2);
             return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(decodeAddress), parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
-                parse.GetValue(commit) ?? BuiltFromCommit(), parse.GetValue(output)), token);
+                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)), token);
         });
         return command;
     }

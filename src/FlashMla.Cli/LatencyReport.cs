@@ -17,7 +17,7 @@ internal static class LatencyReport
 
     private static readonly string[] FullColumns =
     [
-        "b", "h_q", "in flight", "calls", "calls/s", "p50 us", "p99 us", "mean us", "wire+client", "receive", "queue", "compute", "respond",
+        "b", "h_q", "in flight", "calls", "calls/s", "p50 us", "p99 us", "server p50", "mean us", "wire+client", "receive", "queue", "compute", "respond",
         "upload", "kernel", "download", "reqs/batch", "TCP ping-pong p50", "kernel p50", "floor us", "p50/floor",
     ];
 
@@ -27,7 +27,7 @@ internal static class LatencyReport
         string Device(double value) => r.KernelTimed ? F0(value) : "n/a";
         return
         [
-            $"{r.Batch}", $"{r.Heads}", $"{r.InFlight}", $"{r.Calls}", F0(r.CallsPerSecond), F0(r.P50Us), F0(r.P99Us), F0(m.RoundTrip), F0(m.WireAndClient),
+            $"{r.Batch}", $"{r.Heads}", $"{r.InFlight}", $"{r.Calls}", F0(r.CallsPerSecond), F0(r.P50Us), F0(r.P99Us), F0(r.ServerP50Us), F0(m.RoundTrip), F0(m.WireAndClient),
             F0(m.Receive), F0(m.Queue), F0(m.Compute), F0(m.Respond), Device(m.Upload), Device(m.Kernel), Device(m.Download), F2(r.MeanRequestsPerBatch),
             F0(r.PingPongP50Us), F0(r.KernelP50Us) + (r.KernelTimed ? "" : " (compute)"), F0(r.FloorUs), F2(r.Ratio),
         ];

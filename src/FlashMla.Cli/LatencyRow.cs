@@ -34,8 +34,8 @@ internal readonly record struct Percentiles(double P50, double P99)
 /// ping-pong's p50 for the same sizes plus the p50 kernel time of these calls (their compute time when the backend
 /// does not time its kernels, as on the CPU backend, where compute is the kernel).
 /// </summary>
-internal sealed record LatencyRow(int Batch, int Heads, int InFlight, int Calls, double CallsPerSecond, double P50Us, double P99Us, CallTiming Mean,
-    double MeanRequestsPerBatch, double PingPongP50Us, double KernelP50Us, bool KernelTimed)
+internal sealed record LatencyRow(int Batch, int Heads, int InFlight, int Calls, double CallsPerSecond, double P50Us, double P99Us, double ServerP50Us,
+    CallTiming Mean, double MeanRequestsPerBatch, double PingPongP50Us, double KernelP50Us, bool KernelTimed)
 {
     public double FloorUs => PingPongP50Us + KernelP50Us;
     public double Ratio => P50Us / FloorUs;
@@ -49,7 +49,8 @@ internal sealed record LatencyRow(int Batch, int Heads, int InFlight, int Calls,
         double Mean(Func<CallTiming, double> part) => calls.Sum(part) / n;
         var mean = new CallTiming(Mean(c => c.RoundTrip), Mean(c => c.Server), Mean(c => c.Receive), Mean(c => c.Queue), Mean(c => c.Compute),
             Mean(c => c.Respond), Mean(c => c.Upload), Mean(c => c.Kernel), Mean(c => c.Download), 0);
-        return new LatencyRow(batch, heads, inFlight, calls.Count, calls.Count / seconds, roundTrip.P50, roundTrip.P99, mean,
+        return new LatencyRow(batch, heads, inFlight, calls.Count, calls.Count / seconds, roundTrip.P50, roundTrip.P99,
+            Percentiles.Of(calls.Select(c => c.Server)).P50, mean,
             Mean(c => c.BatchRequests), pingPongP50Us, kernelP50, kernelTimed);
     }
 }
