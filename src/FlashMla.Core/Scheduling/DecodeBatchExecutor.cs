@@ -14,8 +14,10 @@ namespace FlashMla.Core.Scheduling;
 /// alone, the others go on), hands q to the backend as one segment per request (no gather) and gathers
 /// the new rows of a merged batch into a reused buffer, submits the batch to the backend with pooled output buffers and commits the new
 /// lengths at once (the backend runs steps in submission order, so the next batch of the same sequence
-/// sees this one's rows), and keeps the batch in flight until the backend completes it; then it hands
-/// each request its slice of those buffers (no copy). At most <c>maxInFlight</c> batches are in flight:
+/// sees this one's rows), and keeps the batch in flight until the backend completes it. Each request gets its slice
+/// of those buffers (no copy) the moment the outputs are in host memory, on the thread the backend completes on,
+/// when every batch before it has been delivered (else, and on failure, the loop does it when it retires the
+/// batch); the loop retires batches in order (counts, metrics, rollback). At most <c>maxInFlight</c> batches are in flight:
 /// the next one is prepared and started while the device still works on the last. Nothing allocated per
 /// step grows with the tensors. Runs on the scheduler loop only.
 /// <para>
@@ -39,6 +41,8 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     private int[] _slots = [];
     private int[] _seqLens = [];
     private int[] _blockTable = [];
+    private long _submitted;        // batches submitted so far (the loop's count)
+    private long _deliveredThrough; // every batch up to this number has handed its requests their results
 
     public long Requests { get; private set; }
     public long Batches { get; private set; }
@@ -147,7 +151,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         if (first.HasNewKv)
             foreach (var s in _sequences) s.LayerLengths[layer] += sQ;
 
-        var entry = _spare.Count > 0 ? _spare.Pop() : new InFlightBatch();
+        var entry = _spare.Count > 0 ? _spare.Pop() : new InFlightBatch(this);
         entry.Works.AddRange(_accepted);
         entry.Sequences.AddRange(_sequences);
         entry.OldBlockCounts.AddRange(_oldBlockCounts);
@@ -159,8 +163,11 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         entry.Appended = first.HasNewKv;
         entry.KvTokens = kvTokens;
         entry.SubmittedAt = submitted;
+        entry.Number = ++_submitted;
         _inFlight.Enqueue(entry);
-        RetireCompleted(); // a synchronous backend has finished already: deliver at once
+        // Results go out from the completion itself: no wake-up of this loop stands between the outputs and the responses.
+        submission.OnOutputsReady(entry.DeliverEarly);
+        RetireCompleted(); // a synchronous backend has finished already: count it at once
     }
 
     /// <summary>Delivers every batch at the head of the queue that has completed; never blocks.</summary>
@@ -189,10 +196,12 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             return;
         }
         _inFlight.Dequeue();
+        if (!entry.Delivered) DeliverResults(entry);
         Deliver(entry);
         Recycle(entry);
     }
 
+    /// <summary>The batch's counts and metrics, on the loop, once it is retired (its requests have their results by then).</summary>
     private void Deliver(InFlightBatch entry)
     {
         int b = entry.Sequences.Count, sQ = entry.QueryTokens, hQ = entry.Heads;
@@ -210,7 +219,17 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
         if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
+    }
 
+    /// <summary>
+    /// Hands each request of a completed batch its slices of the outputs, in order after every earlier batch: from
+    /// <see cref="InFlightBatch.DeliverEarly"/> on the backend's completion thread, or from the loop when that could not.
+    /// </summary>
+    private void DeliverResults(InFlightBatch entry)
+    {
+        int b = entry.Sequences.Count, sQ = entry.QueryTokens, hQ = entry.Heads;
+        long completedAt = Math.Max(entry.Submission.CompletedAt, entry.SubmittedAt);
+        double computeUs = (completedAt - entry.SubmittedAt) * 1e6 / Stopwatch.Frequency;
         int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
         int done = 0;
         foreach (var work in entry.Works)
@@ -223,6 +242,27 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             metrics.DecodeRequests.Add(1);
             work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases, work.ArrivedAt, completedAt), entry.Outputs));
             done += n;
+        }
+        entry.Delivered = true;
+        Volatile.Write(ref _deliveredThrough, entry.Number);
+    }
+
+    /// <summary>
+    /// On the backend's completion thread: delivers the batch's results now when every batch before it has delivered
+    /// (a batch after a failed one must fail with it, which only the loop decides). Never throws: what it cannot do,
+    /// the loop does when it retires the batch.
+    /// </summary>
+    private void TryDeliverEarly(InFlightBatch entry)
+    {
+        if (Volatile.Read(ref _deliveredThrough) != entry.Number - 1) return;
+        try
+        {
+            DeliverResults(entry);
+        }
+        catch (Exception)
+        {
+            // Left to the loop: the requests not completed yet are completed when it retires the batch.
+            entry.Delivered = false;
         }
     }
 
@@ -250,6 +290,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
         var failed = _inFlight.ToArray();
         _inFlight.Clear();
+        Volatile.Write(ref _deliveredThrough, failed[^1].Number); // nothing is in flight now: the next batch may deliver early
         for (int k = failed.Length - 1; k >= 0; k--)
         {
             var entry = failed[k];
@@ -284,12 +325,24 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         entry.OldBlockCounts.Clear();
         entry.Submission = null!;
         entry.Outputs = null;
+        entry.Delivered = false;
         _spare.Push(entry);
     }
 
     /// <summary>A submitted batch: what delivery needs, and what a rollback undoes.</summary>
     private sealed class InFlightBatch
     {
+        public InFlightBatch(DecodeBatchExecutor executor) => DeliverEarly = () => executor.TryDeliverEarly(this);
+
+        /// <summary>The action the backend runs when the outputs are in host memory (made once per entry: entries are reused).</summary>
+        public Action DeliverEarly { get; }
+
+        /// <summary>Order of submission, from 1.</summary>
+        public long Number { get; set; }
+
+        /// <summary>Its requests have their results (early, or by the loop).</summary>
+        public bool Delivered { get; set; }
+
         public List<DecodeWork> Works { get; } = [];
         public List<Sequence> Sequences { get; } = [];
         public List<int> OldBlockCounts { get; } = [];
