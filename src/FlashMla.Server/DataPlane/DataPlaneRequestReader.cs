@@ -35,11 +35,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     private readonly int _maxMessageBytes;
     private readonly string? _encoding;
     private readonly CancellationToken _callToken;
-    // Synchronous continuations: a service waiting for the next message takes it on the reader loop, which then parses it
-    // and hands it to the scheduler itself (every step after that is asynchronous, so the loop is soon back at the socket)
-    // instead of waking a thread-pool thread for it: one hop less per request between the socket and the launch.
-    private readonly Channel<Received> _messages = Channel.CreateUnbounded<Received>(
-        new UnboundedChannelOptions { SingleReader = true, AllowSynchronousContinuations = true });
+    private readonly Channel<Received> _messages = Channel.CreateUnbounded<Received>(new UnboundedChannelOptions { SingleReader = true });
     private readonly object _gate = new();
     private readonly byte[] _prefix = new byte[TensorMessageWriter.GrpcPrefixSize];
     private int _prefixFilled;
