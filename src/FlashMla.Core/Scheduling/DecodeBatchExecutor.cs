@@ -19,7 +19,8 @@ namespace FlashMla.Core.Scheduling;
 /// when every batch before it has been delivered (else, and on failure, the loop does it when it retires the
 /// batch); the loop retires batches in order (counts, metrics, rollback). At most <c>maxInFlight</c> batches are in flight:
 /// the next one is prepared and started while the device still works on the last. Nothing allocated per
-/// step grows with the tensors. Runs on the scheduler loop only.
+/// step grows with the tensors. Runs on the scheduler loop, except the early hand-out of results
+/// (<see cref="TryDeliverEarly"/>), which reads a batch the loop no longer changes until it retires it.
 /// <para>
 /// A batch that fails in flight fails with every batch submitted after it (they were built on its
 /// appends); all of them are rolled back newest first, which restores the cache exactly because nothing
