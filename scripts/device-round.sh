@@ -174,6 +174,9 @@ if [[ "${SKIP_LATENCY:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/f
     --out "$logs/latency.md" ${LATENCY_ARGS:-}
   cp "$logs/latency.md" "$OUT/" 2>/dev/null
   kill "$lat_pid" 2>/dev/null
+  # A server that has not drained within 30 s is killed: the round goes on either way.
+  for _ in $(seq 1 30); do kill -0 "$lat_pid" 2>/dev/null || break; sleep 1; done
+  kill -9 "$lat_pid" 2>/dev/null
   wait "$lat_pid" 2>/dev/null
 fi
 
@@ -190,6 +193,6 @@ for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
 [[ -f "$logs/client-compare.log" ]] && { echo; grep -vE "^\\s*$" "$logs/client-compare.log" | tail -n 30; }
 [[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
-[[ -f "$logs/latency.log" ]] && { echo; echo "flashmla latency (round trip per call, us; the whole table in latency.md):"; sed -n '/^┌/,$p' "$logs/latency.log"; }
+[[ -f "$logs/latency.log" ]] && { echo; echo "flashmla latency (round trip per call, us; the whole table in latency.md):"; sed -n '/^results appended to/,$p' "$logs/latency.log" | tail -n +2; }
 printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
 exit 0
