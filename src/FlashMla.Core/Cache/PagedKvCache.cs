@@ -240,12 +240,15 @@ public sealed class PagedKvCache
         _backend.ReadKv(layer, slots, rows);
     }
 
-    /// <summary>Frees every sequence unused for longer than <paramref name="leaseTicks"/>; returns how many.</summary>
-    public int ReclaimIdle(long nowTicks, long leaseTicks)
+    /// <summary>
+    /// Frees every sequence unused for longer than <paramref name="leaseTicks"/>, except those <paramref name="inUse"/>
+    /// says work is still running on; returns how many.
+    /// </summary>
+    public int ReclaimIdle(long nowTicks, long leaseTicks, Func<ulong, bool>? inUse = null)
     {
         List<ulong>? idle = null;
         foreach (var s in _sequences.Values)
-            if (nowTicks - s.LastUsed > leaseTicks) (idle ??= []).Add(s.Id);
+            if (nowTicks - s.LastUsed > leaseTicks && !(inUse?.Invoke(s.Id) ?? false)) (idle ??= []).Add(s.Id);
         if (idle is null) return 0;
         foreach (ulong id in idle) Free(id);
         Reclaimed += idle.Count;

@@ -41,7 +41,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
     public Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new CreateSequenceResponse
         {
-            SequenceId = await scheduler.RunAsync(cache => cache.Create(), context.CancellationToken),
+            SequenceId = await scheduler.RunAsync(CacheAccess.Metadata, cache => cache.Create(), context.CancellationToken),
         });
 
     public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
@@ -54,7 +54,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                 ulong id = chunk.SequenceId;
                 if (chunk.Layer > int.MaxValue) throw CacheException.Invalid($"layer {chunk.Layer} is out of range");
                 int layer = (int)chunk.Layer;
-                await scheduler.RunAsync(cache =>
+                await scheduler.RunAsync(CacheAccess.Sequence(id), cache =>
                 {
                     cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span));
                     return true;
@@ -71,7 +71,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
     public Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () =>
         {
-            var (id, shared, copied) = await scheduler.RunAsync(cache => cache.Fork(request.SequenceId), context.CancellationToken);
+            var (id, shared, copied) = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Fork(request.SequenceId), context.CancellationToken);
             return new ForkSequenceResponse { SequenceId = id, SharedBlocks = (uint)shared, CopiedBlocks = (uint)copied };
         });
 
@@ -79,18 +79,18 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
         Guard(context, async () =>
         {
             if (request.Length > int.MaxValue) throw CacheException.Invalid($"length {request.Length} is out of range");
-            int released = await scheduler.RunAsync(cache => cache.Truncate(request.SequenceId, (int)request.Length), context.CancellationToken);
+            int released = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Truncate(request.SequenceId, (int)request.Length), context.CancellationToken);
             return new TruncateSequenceResponse { ReleasedBlocks = (uint)released };
         });
 
     public Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
         Guard(context, async () => new FreeSequenceResponse
         {
-            ReleasedBlocks = (uint)await scheduler.RunAsync(cache => cache.Free(request.SequenceId), context.CancellationToken),
+            ReleasedBlocks = (uint)await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Free(request.SequenceId), context.CancellationToken),
         });
 
     public Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
-        Guard(context, () => scheduler.RunAsync(cache =>
+        Guard(context, () => scheduler.RunAsync(CacheAccess.Metadata, cache =>
         {
             var sequence = cache.Get(request.SequenceId);
             var info = new SequenceInfo { SequenceId = sequence.Id, Blocks = (uint)sequence.BlockIds.Count };
@@ -104,7 +104,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             if (request.Layer > int.MaxValue || request.Start > int.MaxValue || request.Count > int.MaxValue)
                 throw CacheException.Invalid("layer, start or count is out of range");
             int layer = (int)request.Layer, start = (int)request.Start;
-            int length = await scheduler.RunAsync(cache =>
+            int length = await scheduler.RunAsync(CacheAccess.Metadata, cache =>
             {
                 cache.CheckLayer(layer);
                 return cache.Get(request.SequenceId).Lengths[layer];
@@ -117,7 +117,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             {
                 int n = Math.Min(perChunk, count - offset), at = start + offset;
                 var rows = new byte[n * MlaDims.KvRowBytes];
-                await scheduler.RunAsync(cache =>
+                await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache =>
                 {
                     cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(rows.AsSpan()));
                     return true;
