@@ -29,6 +29,7 @@ public sealed class FlashMlaClient : IDisposable
 
     private readonly IDisposable[] _owned;
     private readonly CallInvoker[] _decodeInvokers;
+    private readonly KvCache.KvCacheClient _ingest;
     private readonly DecodeMarshallers _decodeMethods;
     private int _nextDecodeChannel = -1;
 
@@ -37,15 +38,16 @@ public sealed class FlashMlaClient : IDisposable
     {
     }
 
-    public FlashMlaClient(ChannelBase channel) : this((channel, [channel.CreateCallInvoker()], []), new FlashMlaClientOptions())
+    public FlashMlaClient(ChannelBase channel) : this((channel, [channel.CreateCallInvoker()], null, []), new FlashMlaClientOptions())
     {
     }
 
-    private FlashMlaClient((ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) parts, FlashMlaClientOptions options)
+    private FlashMlaClient((ChannelBase Cache, CallInvoker[] Decode, ChannelBase? Ingest, IDisposable[] Owned) parts, FlashMlaClientOptions options)
     {
         _owned = parts.Owned;
         Channel = parts.Cache;
         Cache = new KvCache.KvCacheClient(Channel);
+        _ingest = parts.Ingest is null ? Cache : new KvCache.KvCacheClient(parts.Ingest);
         Decoder = new Decoder.DecoderClient(Channel);
         _decodeInvokers = parts.Decode;
         _decodeMethods = new DecodeMarshallers(options.BufferPool ?? DefaultBufferPool);
@@ -62,11 +64,12 @@ public sealed class FlashMlaClient : IDisposable
     public Decoder.DecoderClient Decoder { get; }
 
     /// <summary>
-    /// The cache channel and one decode invoker per connection. Decode calls go straight over the library's HTTP/2
+    /// The cache channel, one decode invoker per connection, and, when decode has an address of its own (the data-plane
+    /// port), a channel to it for KV ingest (AppendKv: rows received there straight into page-locked memory). Decode calls go straight over the library's HTTP/2
     /// handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each; over Grpc.Net.Client
     /// channels for https addresses (and when a benchmark asks, <see cref="FlashMlaClientOptions.DirectDecode"/>).
     /// </summary>
-    private static (ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
+    private static (ChannelBase Cache, CallInvoker[] Decode, ChannelBase? Ingest, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
         if (options.DecodeAddress is { } given && !Uri.TryCreate(given, UriKind.Absolute, out _))
@@ -102,7 +105,10 @@ public sealed class FlashMlaClient : IDisposable
         }
         cache ??= CreateChannel(address, options);
         if (!owned.Contains(cache)) owned.Add(cache);
-        return (cache, decode, [.. owned]);
+        // Its own connection: a prefill's megabytes of rows do not queue in front of decode steps on theirs.
+        GrpcChannel? ingest = decodeAddress == address ? null : CreateChannel(decodeAddress, options);
+        if (ingest is not null) owned.Add(ingest);
+        return (cache, decode, ingest, [.. owned]);
     }
 
     /// <summary>
@@ -146,12 +152,16 @@ public sealed class FlashMlaClient : IDisposable
         int rowsPerChunk = DefaultRowsPerChunk, CancellationToken cancellationToken = default) =>
         AppendKvAsync([new KvUpload(sequenceId, layer, rows)], rowsPerChunk, cancellationToken);
 
-    /// <summary>Uploads several (sequence, layer, rows) parts on one client stream.</summary>
+    /// <summary>
+    /// Uploads several (sequence, layer, rows) parts on one client stream: to the data-plane port when the client has
+    /// one (<see cref="FlashMlaClientOptions.DecodeAddress"/>), else to the main address. The rows are sent from where
+    /// they lie (not copied): leave them unchanged until the call returns.
+    /// </summary>
     public async Task<AppendKvResponse> AppendKvAsync(IEnumerable<KvUpload> uploads, int rowsPerChunk = DefaultRowsPerChunk,
         CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(rowsPerChunk, 1);
-        using var call = Cache.AppendKv(cancellationToken: cancellationToken);
+        using var call = _ingest.AppendKv(cancellationToken: cancellationToken);
         foreach (var upload in uploads)
         {
             if (upload.Rows.Length % 576 != 0) throw new ArgumentException("rows must be a whole number of 576-wide rows", nameof(uploads));
@@ -163,7 +173,7 @@ public sealed class FlashMlaClient : IDisposable
                 {
                     SequenceId = upload.SequenceId,
                     Layer = (uint)upload.Layer,
-                    Kv = TensorBytes.Bf16(upload.Rows.Span.Slice(start * 576, n * 576), n, 576),
+                    Kv = TensorBytes.Bf16(WireBytes.Of(upload.Rows.Slice(start * 576, n * 576)), n, 576),
                 }, cancellationToken);
             }
         }

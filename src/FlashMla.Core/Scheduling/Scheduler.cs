@@ -36,6 +36,7 @@ public sealed class Scheduler : IAsyncDisposable
     private readonly DeferredWork _deferred = new();
     private readonly DecodeBatcher _batcher;
     private readonly DecodeBatchExecutor _executor;
+    private readonly KvAppendsInFlight _appends;
     private readonly Action<IReadOnlyList<DecodeWork>> _runBatch;
     private readonly Func<object, bool> _tryRunDeferred;
     private readonly Task _loop;
@@ -60,6 +61,8 @@ public sealed class Scheduler : IAsyncDisposable
         _executor = new DecodeBatchExecutor(_cache, backend, metrics, tensorBuffers, options.MaxDecodeBatchesInFlight,
             options.MaxKvTokensPerCall, _activity);
         _executor.StickyFault += OnStickyFault;
+        _appends = new KvAppendsInFlight(_cache, backend, Math.Max(1, options.MaxAppendsInFlight), _activity);
+        _appends.StickyFault += OnStickyFault;
         _batcher = new DecodeBatcher(Options);
         _runBatch = _executor.Run;
         _tryRunDeferred = TryRunDeferred;
@@ -120,6 +123,21 @@ public sealed class Scheduler : IAsyncDisposable
         await PostAsync(_decodes.Writer, work, cancellationToken).ConfigureAwait(false);
         using var cancel = cancellationToken.CanBeCanceled
             ? cancellationToken.Register(static state => ((DecodeWork)state!).Cancel(CancellationToken.None), work)
+            : default;
+        return await work.Completion.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Appends one chunk of KV rows; returns the rows appended once they are in the pool. Ordered only against work on
+    /// the chunk's sequence: decodes of other sequences go on while its rows are written (on the backend's own queues).
+    /// Until this returns or throws, the chunk's bytes must stay unchanged. Cancelled before it started, it never runs.
+    /// </summary>
+    public async Task<int> AppendAsync(KvAppendWork work, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        await PostAsync(_control.Writer, (object)work, cancellationToken).ConfigureAwait(false);
+        using var cancel = cancellationToken.CanBeCanceled
+            ? cancellationToken.Register(static state => ((KvAppendWork)state!).Cancel(), work)
             : default;
         return await work.Completion.ConfigureAwait(false);
     }
@@ -185,13 +203,12 @@ public sealed class Scheduler : IAsyncDisposable
             if (controlOpen) controlWait ??= _control.Reader.WaitToReadAsync().AsTask();
             bool wantDecodes = decodesOpen && RoomForDecodes;
             if (wantDecodes) decodeWait ??= _decodes.Reader.WaitToReadAsync().AsTask();
-            var oldest = _executor.OldestCompletion;
             if (!(controlWait?.IsCompleted ?? false) && !(wantDecodes && decodeWait!.IsCompleted))
             {
-                // Wake for whichever comes first: a command, a decode (when there is room for it), or the oldest batch
-                // in flight finishing (which frees a slot and may release held-back commands).
-                if (oldest is not null) await Task.WhenAny(Waits(controlWait, wantDecodes ? decodeWait : null, oldest)).ConfigureAwait(false);
-                else await Task.WhenAny(Waits(controlWait, wantDecodes ? decodeWait : null, null)).ConfigureAwait(false);
+                // Wake for whichever comes first: a command, a decode (when there is room for it), the oldest batch in
+                // flight finishing (which frees a slot and may release held-back commands), or the oldest KV write.
+                await Task.WhenAny(Waits(controlWait, wantDecodes ? decodeWait : null, _executor.OldestCompletion, _appends.OldestCompletion))
+                    .ConfigureAwait(false);
             }
             if (controlWait is { IsCompleted: true })
             {
@@ -210,6 +227,7 @@ public sealed class Scheduler : IAsyncDisposable
             Retire();
             if (_batcher.HasPending) _batcher.RunOldest(_runBatch); // waits for a slot: nothing else is left to serve
             else if (_executor.InFlight > 0) _executor.RetireAll();
+            else if (_appends.Count > 0) _appends.RetireAll();
             else if (_deferred.Count > 0)
             {
                 // Nothing is unfinished, so nothing can hold these back any more.
@@ -222,14 +240,13 @@ public sealed class Scheduler : IAsyncDisposable
         PublishGauges();
     }
 
-    private static Task[] Waits(Task? a, Task? b, Task? c)
+    private static Task[] Waits(params Task?[] waits)
     {
-        int n = (a is null ? 0 : 1) + (b is null ? 0 : 1) + (c is null ? 0 : 1);
+        int n = 0;
+        foreach (var wait in waits) if (wait is not null) n++;
         var tasks = new Task[n];
-        int i = 0;
-        if (a is not null) tasks[i++] = a;
-        if (b is not null) tasks[i++] = b;
-        if (c is not null) tasks[i] = c;
+        n = 0;
+        foreach (var wait in waits) if (wait is not null) tasks[n++] = wait;
         return tasks;
     }
 
@@ -237,6 +254,7 @@ public sealed class Scheduler : IAsyncDisposable
     private void Retire()
     {
         _executor.RetireCompleted();
+        _appends.RetireCompleted();
         _deferred.Release(_tryRunDeferred);
         NotifyIfStopped();
     }
@@ -280,6 +298,11 @@ public sealed class Scheduler : IAsyncDisposable
                     _deferred.Add(cacheCommand);
                 else cacheCommand.Execute(_cache);
                 break;
+            case KvAppendWork append:
+                if (append.IsCancelled) break;
+                if (_deferred.MustPrecede(append.Access) || IsBusy(append.Access) || !_appends.HasFreeSlot) _deferred.Add(append);
+                else _appends.Start(append);
+                break;
             case LeaseTick:
                 // Only sequences nothing is working on: a decode in flight keeps its sequences' blocks in use.
                 int reclaimed = _cache.ReclaimIdle(Stopwatch.GetTimestamp(), (long)(Options.SequenceLease.TotalSeconds * Stopwatch.Frequency),
@@ -293,7 +316,8 @@ public sealed class Scheduler : IAsyncDisposable
     private void DispatchDecode(DecodeWork work)
     {
         if (work.IsCancelled) return;
-        if (_deferred.MustPrecede(work.SequenceIds)) _deferred.Add(work);
+        // A decode never reads rows still being written: it waits behind a KV write in flight on its sequences.
+        if (_deferred.MustPrecede(work.SequenceIds) || _appends.TouchesAny(work.SequenceIds)) _deferred.Add(work);
         else Admit(work);
     }
 
@@ -339,7 +363,14 @@ public sealed class Scheduler : IAsyncDisposable
         switch (item)
         {
             case DecodeWork work:
-                if (!work.IsCancelled) Admit(work);
+                if (work.IsCancelled) return true;
+                if (_appends.TouchesAny(work.SequenceIds)) return false;
+                Admit(work);
+                return true;
+            case KvAppendWork append:
+                if (append.IsCancelled) return true;
+                if ((IsBusy(append.Access) || !_appends.HasFreeSlot) && !_forceDeferred) return false;
+                _appends.Start(append);
                 return true;
             case ICacheCommand command:
                 if (command.IsCancelled) return true;

@@ -30,6 +30,12 @@ public sealed record SchedulerOptions
     /// </summary>
     public int MaxDecodeBatchesInFlight { get; init; } = 2;
 
+    /// <summary>
+    /// KV ingest chunks (AppendKv) written on the backend at once, beside decode: each holds its request's rows until
+    /// its write completes. Chunks of one sequence go one at a time, in order, whatever this says.
+    /// </summary>
+    public int MaxAppendsInFlight { get; init; } = 4;
+
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; init; } = 8;
 
