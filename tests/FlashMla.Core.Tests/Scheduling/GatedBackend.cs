@@ -37,6 +37,33 @@ internal sealed class GatedBackend : IAttentionBackend
     public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => _inner.CopyBlocks(copies);
     public void Decode(DecodeBatch batch) => Submit(batch).Wait();
 
+    /// <summary>When set, KV writes (SubmitWriteKv) land at once but complete only when <see cref="CompleteWrite"/> says.</summary>
+    public bool HoldWrites { get; init; }
+
+    private readonly List<DecodeSubmission> _writes = [];
+
+    public int WritesSubmitted
+    {
+        get { lock (_writes) return _writes.Count; }
+    }
+
+    public DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    {
+        _inner.WriteKv(layer, slots, rows.Span);
+        var submission = HoldWrites ? new DecodeSubmission() : DecodeSubmission.CompletedNow();
+        lock (_writes) _writes.Add(submission);
+        return submission;
+    }
+
+    /// <summary>Completes KV write <paramref name="index"/>, or fails it.</summary>
+    public void CompleteWrite(int index, BackendFaultException? fault = null)
+    {
+        DecodeSubmission submission;
+        lock (_writes) submission = _writes[index];
+        if (fault is null) submission.MarkComplete();
+        else submission.MarkFailed(fault);
+    }
+
     public DecodeSubmission Submit(DecodeBatch batch)
     {
         var output = new ushort[batch.Out.Length];
@@ -73,6 +100,9 @@ internal sealed class GatedBackend : IAttentionBackend
     /// <summary>Completes whatever is still pending, so a failed test ends instead of draining forever.</summary>
     public void CompleteAllPending()
     {
+        lock (_writes)
+            foreach (var write in _writes)
+                if (!write.IsComplete) write.MarkComplete();
         int count = Submitted;
         for (int i = 0; i < count; i++)
         {
