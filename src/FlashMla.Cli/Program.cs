@@ -20,5 +20,6 @@ root.Add(DemoCommand.Create(address));
 root.Add(BenchCommand.Create(address, decodeAddress));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress));
 root.Add(TcpBenchCommand.Create());
+root.Add(IngestBenchCommand.Create(address, decodeAddress));
 root.Add(VerifyCommand.Create(address, decodeAddress));
 return await root.Parse(args).InvokeAsync();
