@@ -127,23 +127,11 @@ internal sealed class KvIngest : IDisposable
     private void FinishWrites()
     {
         foreach (IngestSlot slot in _toFinish.GetConsumingEnumerable())
-        {
-            DecodeSubmission submission = slot.Submission!;
-            try
+            SubmissionCompletion.Complete(_context, _guard, slot.Submission!, slot, static slot =>
             {
-                _context.MakeCurrent();
                 slot.Done.Synchronize();
-                submission.MarkComplete();
-            }
-            catch (CudaException e)
-            {
-                submission.MarkFailed(_guard.Fault(e));
-            }
-            catch (Exception e)
-            {
-                submission.MarkFailed(new BackendFaultException("CUDA backend: completing a KV write failed: " + e.Message, isSticky: false, e));
-            }
-        }
+                return (DevicePhases?)null;
+            }, "a KV write");
     }
 
     /// <summary>The completion thread finishes (or fails) every enqueued write, then ends; the slots go last.</summary>

@@ -2,6 +2,8 @@ using FlashMla.Core.Backends;
 using FlashMla.Core.Backends.Cpu;
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
+using FlashMla.Core.Tensors;
 
 namespace FlashMla.Core.Tests.Scheduling;
 
@@ -120,6 +122,27 @@ internal sealed class GatedBackend : IAttentionBackend
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"{Submitted} of {count} batches submitted");
             await Task.Delay(2);
         }
+    }
+
+    /// <summary>
+    /// A scheduler over <paramref name="backend"/> (no lease) with <paramref name="sequences"/> sequences of 8 zero rows in
+    /// layer 0 each, for the scheduling tests.
+    /// </summary>
+    public static async Task<(Scheduler Scheduler, ulong[] Ids)> StartSchedulerAsync(GatedBackend backend, SchedulerOptions options, int sequences)
+    {
+        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64), options with { SequenceLease = TimeSpan.Zero },
+            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
+        var ids = await scheduler.RunAsync(cache =>
+        {
+            var created = new ulong[sequences];
+            for (int i = 0; i < created.Length; i++)
+            {
+                created[i] = cache.Create();
+                cache.Append(created[i], 0, new ushort[8 * MlaDims.HeadDimK]);
+            }
+            return created;
+        });
+        return (scheduler, ids);
     }
 
     public void Dispose() => _inner.Dispose();

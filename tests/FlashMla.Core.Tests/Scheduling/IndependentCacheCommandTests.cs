@@ -15,22 +15,8 @@ public sealed class IndependentCacheCommandTests
     private static readonly TimeSpan Patience = GatedBackend.Patience;
     private static readonly TimeSpan Moment = TimeSpan.FromMilliseconds(150);
 
-    private static async Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, SchedulerOptions options, int sequences)
-    {
-        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64), options with { SequenceLease = TimeSpan.Zero },
-            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
-        var ids = await scheduler.RunAsync(cache =>
-        {
-            var created = new ulong[sequences];
-            for (int i = 0; i < created.Length; i++)
-            {
-                created[i] = cache.Create();
-                cache.Append(created[i], 0, new ushort[Rows * MlaDims.HeadDimK]);
-            }
-            return created;
-        });
-        return (scheduler, ids);
-    }
+    private static Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, SchedulerOptions options, int sequences) =>
+        GatedBackend.StartSchedulerAsync(backend, options, sequences);
 
     private static Task<DecodeResult> Post(Scheduler scheduler, ulong[] ids, CancellationToken cancellationToken = default) =>
         scheduler.DecodeAsync(DecodeWork.Create(DecodeShape.Create(scheduler.Options, 0, ids, 1, Heads, 0),

@@ -16,22 +16,8 @@ public sealed class KvIngestSchedulingTests
     private const int Heads = 4, Rows = 8;
     private static readonly TimeSpan Patience = GatedBackend.Patience;
 
-    private static async Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, int sequences)
-    {
-        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64), new SchedulerOptions { SequenceLease = TimeSpan.Zero },
-            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
-        var ids = await scheduler.RunAsync(cache =>
-        {
-            var created = new ulong[sequences];
-            for (int i = 0; i < created.Length; i++)
-            {
-                created[i] = cache.Create();
-                cache.Append(created[i], 0, new ushort[Rows * MlaDims.HeadDimK]);
-            }
-            return created;
-        });
-        return (scheduler, ids);
-    }
+    private static Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, int sequences) =>
+        GatedBackend.StartSchedulerAsync(backend, new SchedulerOptions(), sequences);
 
     private static Task<DecodeResult> Decode(Scheduler scheduler, ulong id) =>
         scheduler.DecodeAsync(DecodeWork.Create(DecodeShape.Create(scheduler.Options, 0, [id], 1, Heads, 0),
