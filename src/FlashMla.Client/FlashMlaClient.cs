@@ -65,7 +65,8 @@ public sealed class FlashMlaClient : IDisposable
 
     /// <summary>
     /// The cache channel, one decode invoker per connection, and, when decode has an address of its own (the data-plane
-    /// port), a channel to it for KV ingest (AppendKv: rows received there straight into page-locked memory). Decode calls go straight over the library's HTTP/2
+    /// port), a channel over the first decode connection for KV ingest (AppendKv: rows received there straight into
+    /// page-locked memory). Decode calls go straight over the library's HTTP/2
     /// handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each; over Grpc.Net.Client
     /// channels for https addresses (and when a benchmark asks, <see cref="FlashMlaClientOptions.DirectDecode"/>).
     /// </summary>
@@ -79,6 +80,7 @@ public sealed class FlashMlaClient : IDisposable
         var decode = new CallInvoker[options.Connections];
         GrpcChannel? cache = decodeAddress == address ? null : CreateChannel(address, options);
         bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames && new Uri(decodeAddress).Scheme == Uri.UriSchemeHttp;
+        GrpcChannel? ingest = null; // KV ingest rides the first decode connection when decode has an address of its own
         for (int i = 0; i < decode.Length; i++)
         {
             if (direct)
@@ -90,6 +92,12 @@ public sealed class FlashMlaClient : IDisposable
                     cache = CreateChannel(address, options, handler); // the channel owns (and disposes) the handler
                     owned.Add(cache);
                 }
+                else if (i == 0)
+                {
+                    ingest = CreateChannel(decodeAddress, options, handler); // the channel owns (and disposes) the handler
+                    owned.Add(ingest);
+                    shared = true;
+                }
                 var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
                     options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes, options.RetryNotProcessed);
                 owned.Add(invoker);
@@ -100,14 +108,12 @@ public sealed class FlashMlaClient : IDisposable
                 var channel = CreateChannel(decodeAddress, options);
                 owned.Add(channel);
                 decode[i] = channel.CreateCallInvoker();
+                if (i == 0 && decodeAddress != address) ingest = channel;
                 cache ??= channel; // without a decode address the first decode channel carries the cache calls too
             }
         }
         cache ??= CreateChannel(address, options);
         if (!owned.Contains(cache)) owned.Add(cache);
-        // Its own connection: a prefill's megabytes of rows do not queue in front of decode steps on theirs.
-        GrpcChannel? ingest = decodeAddress == address ? null : CreateChannel(decodeAddress, options);
-        if (ingest is not null) owned.Add(ingest);
         return (cache, decode, ingest, [.. owned]);
     }
 
