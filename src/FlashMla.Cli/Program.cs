@@ -21,5 +21,6 @@ root.Add(BenchCommand.Create(address, decodeAddress));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress));
 root.Add(TcpBenchCommand.Create());
 root.Add(LatencyCommand.Create(address, decodeAddress));
+root.Add(IngestBenchCommand.Create(address, decodeAddress));
 root.Add(VerifyCommand.Create(address, decodeAddress));
 return await root.Parse(args).InvokeAsync();

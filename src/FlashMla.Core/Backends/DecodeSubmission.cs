@@ -3,7 +3,7 @@ using System.Diagnostics;
 namespace FlashMla.Core.Backends;
 
 /// <summary>
-/// A decode batch handed to a backend whose work may still be running: the backend completes it once the
+/// A decode batch (or a KV write, <see cref="IAttentionBackend.SubmitWriteKv"/>) handed to a backend whose work may still be running: the backend completes it once the
 /// batch's <c>Out</c> and <c>Lse</c> are in host memory, or fails it with the fault that stopped it. Until
 /// then the caller must neither read nor reuse those outputs. A backend that computes synchronously
 /// returns <see cref="CompletedNow"/>. Completion comes from whichever thread the backend finishes on.

@@ -23,13 +23,14 @@ namespace FlashMla.Core.Scheduling;
 /// (<see cref="TryDeliverEarly"/>), which reads a batch the loop no longer changes until it retires it.
 /// <para>
 /// A batch that fails in flight fails with every batch submitted after it (they were built on its
-/// appends); all of them are rolled back newest first, which restores the cache exactly because nothing
-/// but decode batches runs while batches are in flight (<see cref="Scheduler"/> retires them before any
-/// cache command).
+/// appends); all of them are rolled back newest first, which restores the cache exactly because no cache
+/// command touches a sequence while a batch on it is in flight (<see cref="Scheduler"/> holds such a command
+/// back until every batch on the sequence has finished: <see cref="SequenceActivity"/>). Every request, however
+/// it ends, leaves the activity it entered when the loop took it.
 /// </para>
 /// </summary>
 internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics, ArrayPool<byte> tensorBuffers,
-    int maxInFlight)
+    int maxInFlight, long maxKvTokensPerCall, SequenceActivity activity)
 {
     private readonly List<DecodeWork> _accepted = [];
     private readonly List<Sequence> _sequences = [];
@@ -59,6 +60,10 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
 
     /// <summary>Raised when the backend reports a fault that leaves the device unusable.</summary>
     public event Action<BackendFaultException>? StickyFault;
+
+    /// <summary>The refusal of a request whose KV alone passes the limit of one backend call.</summary>
+    public static CacheException KvTokensRefusal(long tokens, long limit) => new(CacheError.ResourceExhausted,
+        $"the request attends over {tokens} KV tokens, more than one backend call takes ({limit}, MaxKvTokensPerCall); send fewer or shorter sequences per request");
 
     public void Run(IReadOnlyList<DecodeWork> works)
     {
@@ -144,7 +149,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             for (int i = b - 1; i >= 0; i--) cache.ReleaseBeyond(_sequences[i], _oldBlockCounts[i]);
             for (int i = 0; i < _accepted.Count; i++) outputs.Release();
             var error = ErrorOf(ex);
-            foreach (var work in _accepted) work.Fail(error);
+            foreach (var work in _accepted) Finish(work, error);
             if (ex is BackendFaultException { IsSticky: true } sticky) StickyFault?.Invoke(sticky);
             return;
         }
@@ -177,7 +182,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         while (_inFlight.Count > 0 && _inFlight.Peek().Submission.IsComplete) RetireOldest();
     }
 
-    /// <summary>Waits for and delivers every batch in flight (before a cache command, and at drain).</summary>
+    /// <summary>Waits for and delivers every batch in flight (at drain: the loop itself never waits on a batch).</summary>
     public void RetireAll()
     {
         while (_inFlight.Count > 0) RetireOldest();
@@ -220,6 +225,9 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
         if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
+        // The sequences are free of the batch once the loop retires it (activity is the loop's, so not on the
+        // completion thread that may have handed out the results already).
+        foreach (var work in entry.Works) activity.Leave(work.SequenceIds);
     }
 
     /// <summary>
@@ -308,11 +316,18 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             foreach (var work in entry.Works)
             {
                 entry.Outputs!.Release();
-                work.Fail(error);
+                Finish(work, error);
             }
             Recycle(entry);
         }
         if (sticky is not null) StickyFault?.Invoke(sticky);
+    }
+
+    /// <summary>A request ends without a result: its caller gets <paramref name="error"/>, its sequences are free of it.</summary>
+    private void Finish(DecodeWork work, Exception error)
+    {
+        work.Fail(error);
+        activity.Leave(work.SequenceIds);
     }
 
     private static CacheException ErrorOf(Exception ex) => ex is BackendFaultException fault
@@ -360,11 +375,17 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     /// <summary>Validates one request against the cache and reserves its blocks; on refusal fails it alone.</summary>
     private void TryReserve(DecodeWork work)
     {
+        if (!work.TryStart())
+        {
+            activity.Leave(work.SequenceIds); // cancelled while queued: never computed
+            return;
+        }
         try
         {
             cache.CheckLayer(work.Layer);
             _candidates.Clear();
             int needed = 0;
+            long kvTokens = 0;
             for (int i = 0; i < work.BatchSize; i++)
             {
                 var s = cache.Get(work.SequenceIds[i]);
@@ -375,8 +396,10 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
                     throw CacheException.Invalid(
                         $"sequence {s.Id} holds {s.LayerLengths[work.Layer]} rows in layer {work.Layer}, fewer than s_q = {work.QueryTokens}: without new rows its query token 0 would see no position");
                 _candidates.Add(s);
+                kvTokens += s.LayerLengths[work.Layer] + (work.HasNewKv ? work.QueryTokens : 0);
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }
+            if (kvTokens > maxKvTokensPerCall) throw KvTokensRefusal(kvTokens, maxKvTokensPerCall);
             cache.RequireFreeBlocks(needed, $"a decode request of {work.BatchSize} sequences");
             foreach (var s in _candidates)
             {
@@ -388,7 +411,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
         catch (CacheException ex)
         {
-            work.Fail(ex);
+            Finish(work, ex);
         }
     }
 
