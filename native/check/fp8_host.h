@@ -62,8 +62,12 @@ inline void quantize_row(const uint16_t* row, uint8_t* token) {
             nan |= std::isnan(x);
             amax = std::fmax(amax, std::fabs(x));
         }
-        volatile float num = nan ? NAN : amax;  // volatile: the division happens in fp32, at run time
-        const float scale = num / 448.f;
+        volatile float num = amax;  // volatile: the division happens in fp32, at run time
+        float scale = num / 448.f;
+        if (nan) {  // the default quiet NaN, 0x7FC00000
+            const uint32_t bits = 0x7FC00000u;
+            std::memcpy(&scale, &bits, 4);
+        }
         for (int i = 0; i < MLA_FP8_TILE; ++i) {
             const float x = bf16_value(row[t * MLA_FP8_TILE + i]);
             volatile float q = x / scale;

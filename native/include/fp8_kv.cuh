@@ -61,7 +61,9 @@ __device__ __forceinline__ void fp8_quantize_row_warp(const __nv_bfloat16* row, 
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
         nan |= __shfl_xor_sync(0xffffffffu, nan ? 1 : 0, m) != 0;
     }
-    const float scale = __fdiv_rn(nan ? __int_as_float(0x7fffffff) : amax, 448.f);
+    // A tile holding a NaN stores the default quiet NaN (0x7FC00000) as its scale, written
+    // explicitly: NaN payloads are not specified through division.
+    const float scale = nan ? __int_as_float(0x7fc00000) : __fdiv_rn(amax, 448.f);
     uint32_t q[4] = {0u, 0u, 0u, 0u};
     if (scale != 0.f) {
 #pragma unroll

@@ -196,8 +196,8 @@
  * unchanged. A page is 64 tokens (41,984 bytes); a layer's pool is
  * [num_blocks, 64, 656] bytes, token t of page p at byte (p*64 + t)*656.
  * Quantization of a tile of 128 bf16 values x_i (bit for bit the same on the
- * CPU, FlashMla.Core's Fp8KvFormat): amax = max |x_i| (NaN if any x_i is NaN);
- * scale = amax / 448 (fp32, IEEE division); scale == 0: the tile is stored
+ * CPU, FlashMla.Core's Fp8KvFormat): amax = max |x_i|; scale = amax / 448
+ * (fp32, IEEE division), or the quiet NaN 0x7FC00000 if any x_i is NaN; scale == 0: the tile is stored
  * with scale 0 and all codes 0x00; else q_i = cvt.rn.satfinite.e4m3(x_i /
  * scale) (IEEE fp32 division; round to nearest even, finite values past 448
  * saturate, NaN -> 0x7F). Dequantization: bf16_rn(float(q_i) * scale).
