@@ -19,12 +19,14 @@ namespace mla {
 // updates the running row max and sum, rescales this warpgroup's O by alpha
 // and writes P = exp2(x - max) as bf16 wgmma A fragments into pa. Returns
 // alpha (the factor the other warpgroup applies to its O) in alpha[2].
-__device__ __forceinline__ void softmax_tile(float (&s)[kPage / 2], float (&o)[kWgOutCols / 2], uint32_t (&pa)[kPage / 4],
+// kCols: the tile's columns (tokens), 64 (a page) or 32 (half a page).
+template <int kCols = kPage>
+__device__ __forceinline__ void softmax_tile(float (&s)[kCols / 2], float (&o)[kWgOutCols / 2], uint32_t (&pa)[kCols / 4],
                                              float (&row_max)[2], float (&row_sum)[2], float (&alpha)[2],
                                              const int (&last_pos)[2], int pos0, float scale_log2) {
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int j = 0; j < kPage / 8; ++j) {
+    for (int j = 0; j < kCols / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int r = e >> 1;
@@ -55,7 +57,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kPage / 2], float (&o)[k
         }
     }
 #pragma unroll
-    for (int j = 0; j < kPage / 8; ++j) {
+    for (int j = 0; j < kCols / 8; ++j) {
         const float p0 = ptx::exp2_approx(s[4 * j + 0] - base[0]);
         const float p1 = ptx::exp2_approx(s[4 * j + 1] - base[0]);
         const float p2 = ptx::exp2_approx(s[4 * j + 2] - base[1]);
@@ -70,9 +72,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kPage / 2], float (&o)[k
 // Writes P (the A fragments in pa) into the 64 x 64 bf16 P tile at sP
 // (128-byte swizzled, as wgmma's SW128 descriptors read it), for the other
 // warpgroup's P V. The caller fences (fence_proxy_async_smem) and publishes.
-__device__ __forceinline__ void store_p_tile(uint32_t sP, const uint32_t (&pa)[kPage / 4], const int (&trow)[2], int t) {
+template <int kCols = kPage>
+__device__ __forceinline__ void store_p_tile(uint32_t sP, const uint32_t (&pa)[kCols / 4], const int (&trow)[2], int t) {
 #pragma unroll
-    for (int j = 0; j < kPage / 8; ++j) {
+    for (int j = 0; j < kCols / 8; ++j) {
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[0], j) + 4 * t), "r"(pa[2 * j]) : "memory");
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[1], j) + 4 * t), "r"(pa[2 * j + 1])
                      : "memory");
