@@ -212,8 +212,7 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
                         kk > 0 ? 1 : 0);
                 }
                 ptx::wgmma_commit();
-                ptx::wgmma_wait<1>();  // P V0(j-1) retired (S(j) may run on)
-                ptx::fence_regs(o);
+                ptx::wgmma_wait<1>();  // P V0(j-1) retired (S(j) may run on): pa may be rewritten
                 ptx::fence_regs(pa);
                 if (j > 0) ptx::named_bar_sync<kBarHFree, 2 * kWgThreads>();  // P V1(j-1) retired: buffer b^1, P free
                 if (j + 1 < steps) dequant_share(raw_unit(j + 1), sH + (b ^ 1) * kHalfBytes, step_valid(j + 1), tid);
