@@ -14,7 +14,7 @@ fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
 rc=0
 "$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check check/flashmla_check.cu \
-    kernels/flashmla_module.cu kernels/decode_sm90_fp8_v2.cu -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
+    kernels/flashmla_module.cu -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
 wait "$fatbin_pid" || rc=$?
 cat build/ptxas.txt
 if [ "$rc" -ne 0 ]; then grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_harness.txt | head -80; fi

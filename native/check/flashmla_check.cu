@@ -75,8 +75,6 @@
     } while (0)
 
 using bf16 = __nv_bfloat16;
-// Harness-only candidates (their own .cu on build.sh's harness line).
-extern "C" __global__ void flashmla_decode_fp8_v2(const __grid_constant__ MlaDecodeParams p);
 
 namespace {
 
@@ -107,7 +105,6 @@ struct DecodeKernel {
 const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
     {"flashmla_decode_splitkv_fp8", "fp8 v1", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8), true},
-    {"flashmla_decode_fp8_v2", "fp8 v2", reinterpret_cast<const void*>(flashmla_decode_fp8_v2), true},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
