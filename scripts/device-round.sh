@@ -17,7 +17,7 @@
 #
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
-# SKIP_DATAPLANE=1, SKIP_LATENCY=1, LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# SKIP_DATAPLANE=1, SKIP_LATENCY=1, SKIP_INGEST=1, INGEST_ARGS, LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
@@ -156,14 +156,14 @@ if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]
   run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
 fi
 
-# 8. The round trip per call (issue 15): a CUDA server with default options (one layer), `flashmla latency` through its
+# 8. The round trip per call (issue 15): a CUDA server with default options (four layers, for the ingest), `flashmla latency` through its
 #    data-plane port: 1..4 in flight on one stream, p50/p99, the server's breakdown, the floor (raw TCP ping-pong of the
 #    same sizes + kernel) in the same run (about a minute; LATENCY_ARGS adds options, e.g. --shapes 32x16 --seconds 5).
 if [[ "${SKIP_LATENCY:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
   lat_port=$((port + 40))
   "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$lat_port" \
     --FlashMla:DataPlanePort=$((lat_port + 1)) --FlashMla:MetricsPort=$((lat_port + 2)) --FlashMla:ListenAddress=loopback \
-    --FlashMla:Layers=1 >"$logs/latency-server.log" 2>&1 &
+    --FlashMla:Layers=4 >"$logs/latency-server.log" 2>&1 &
   lat_pid=$!
   for p in "$lat_port" $((lat_port + 1)); do
     for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.5; done
@@ -173,6 +173,14 @@ if [[ "${SKIP_LATENCY:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/f
     --decode-address "http://127.0.0.1:$((lat_port + 1))" --commit "$(sed -n 's/^commit: //p' "$app/PACKED.txt" 2>/dev/null | head -n 1)" \
     --out "$logs/latency.md" ${LATENCY_ARGS:-}
   cp "$logs/latency.md" "$OUT/" 2>/dev/null
+  # KV ingest under decode (issue 15): decode b 32 h_q 16 alone, then beside one client streaming AppendKv into
+  # the data-plane port (32k tokens x 4 layers per sequence); SKIP_INGEST=1 skips it, INGEST_ARGS adds options.
+  if [[ "${SKIP_INGEST:-0}" != 1 ]]; then
+    # shellcheck disable=SC2086
+    run_step ingest ingest.log "$app/flashmla" ingest-bench --address "http://127.0.0.1:$lat_port" \
+      --decode-address "http://127.0.0.1:$((lat_port + 1))" --batch 32 --heads 16 --context 4096 --seconds 5 \
+      --out "$logs/ingest.md" ${INGEST_ARGS:-}
+  fi
   kill "$lat_pid" 2>/dev/null
   # A server that has not drained within 30 s is killed: the round goes on either way.
   for _ in $(seq 1 30); do kill -0 "$lat_pid" 2>/dev/null || break; sleep 1; done
@@ -193,6 +201,7 @@ for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
 [[ -f "$logs/client-compare.log" ]] && { echo; grep -vE "^\\s*$" "$logs/client-compare.log" | tail -n 30; }
 [[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
+[[ -f "$logs/ingest.log" ]] && { echo; echo "flashmla ingest-bench:"; tail -n 12 "$logs/ingest.log"; }
 [[ -f "$logs/latency.log" ]] && { echo; echo "flashmla latency (round trip per call, us; the whole table in latency.md):"; sed -n '/^results appended to/,$p' "$logs/latency.log" | tail -n +2; }
 printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
 exit 0
