@@ -221,6 +221,13 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             double queueUs = (entry.SubmittedAt - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
+            var tenant = work.Tenant ?? cache.DefaultTenant;
+            tenant.DecodeRequests++;
+            if (tenant.LastBatchCounted != Batches)
+            {
+                tenant.LastBatchCounted = Batches;
+                tenant.DecodeBatches++;
+            }
             work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases), entry.Outputs));
             done += n;
         }
@@ -311,9 +318,10 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             cache.CheckLayer(work.Layer);
             _candidates.Clear();
             int needed = 0;
+            var tenant = work.Tenant ?? cache.DefaultTenant;
             for (int i = 0; i < work.BatchSize; i++)
             {
-                var s = cache.Get(work.SequenceIds[i]);
+                var s = cache.Get(work.SequenceIds[i], tenant);
                 // Query token t sees length - s_q + t + 1 positions (length after the step's append). With new rows that
                 // is at least t + 1; without, a layer shorter than s_q leaves its first tokens seeing nothing (out 0,
                 // lse -infinity): a request that cannot mean anything, refused before anything is reserved.
@@ -323,7 +331,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
                 _candidates.Add(s);
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }
-            cache.RequireFreeBlocks(needed, $"a decode request of {work.BatchSize} sequences");
+            cache.RequireBlocks(tenant, needed, $"a decode request of {work.BatchSize} sequences");
             foreach (var s in _candidates)
             {
                 _oldBlockCounts.Add(s.Blocks.Count);

@@ -4,7 +4,8 @@ namespace FlashMla.Core.Scheduling;
 /// Groups pending decode requests by (layer, s_q, h_q, scale, with or without new rows): each group becomes
 /// one backend call. A request that names a sequence already in its group, or that would push the group
 /// past the batch bounds, flushes the group first, so two steps of one sequence never share a call and
-/// run in arrival order.
+/// run in arrival order. A sequence is named by tenant and id: another tenant's request that names the same id
+/// (which it cannot reach: refused on the loop as not found) neither flushes the group nor waits for it.
 /// </summary>
 internal sealed class DecodeBatcher(SchedulerOptions options, DecodeBatchExecutor executor)
 {
@@ -64,7 +65,7 @@ internal sealed class DecodeBatcher(SchedulerOptions options, DecodeBatchExecuto
 
     private sealed class Group
     {
-        private readonly HashSet<ulong> _ids = [];
+        private readonly HashSet<(Cache.Tenant?, ulong)> _ids = [];
         public List<DecodeWork> Works { get; } = [];
         public int Sequences => _ids.Count;
         public long FirstArrival => Works[0].ArrivedAt;
@@ -73,14 +74,14 @@ internal sealed class DecodeBatcher(SchedulerOptions options, DecodeBatchExecuto
         {
             if (_ids.Count + work.BatchSize > options.MaxBatchSequences) return false;
             foreach (ulong id in work.SequenceIds)
-                if (_ids.Contains(id)) return false;
+                if (_ids.Contains((work.Tenant, id))) return false;
             return true;
         }
 
         public void Add(DecodeWork work)
         {
             Works.Add(work);
-            foreach (ulong id in work.SequenceIds) _ids.Add(id);
+            foreach (ulong id in work.SequenceIds) _ids.Add((work.Tenant, id));
         }
     }
 }

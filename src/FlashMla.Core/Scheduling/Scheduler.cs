@@ -83,15 +83,20 @@ public sealed class Scheduler : IAsyncDisposable
     /// <summary>Queues a decode request; the result comes when its batch has run.</summary>
     public async Task<DecodeResult> DecodeAsync(DecodeWork work, CancellationToken cancellationToken = default)
     {
+        work.Tenant ??= _cache.DefaultTenant;
         await PostAsync(work, cancellationToken).ConfigureAwait(false);
         return await work.Completion.ConfigureAwait(false);
     }
 
-    /// <summary>Counters and occupancy, read on the loop.</summary>
-    public Task<SchedulerStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
-        RunAsync(cache => new SchedulerStats(
-            cache.Allocator.TotalBlocks, cache.Allocator.FreeBlocks, cache.SequenceCount, cache.Reclaimed,
-            _executor.Requests, _executor.Batches, cache.RejectedNoSpace), cancellationToken);
+    /// <summary>
+    /// Counters and occupancy, read on the loop: the whole cache's for an admin tenant (and when none is named),
+    /// <paramref name="tenant"/>'s own otherwise (<see cref="SchedulerStats.Of"/>).
+    /// </summary>
+    public Task<SchedulerStats> GetStatsAsync(Tenant? tenant = null, CancellationToken cancellationToken = default) =>
+        RunAsync(cache => tenant is null || tenant.IsAdmin
+            ? new SchedulerStats(cache.Allocator.TotalBlocks, cache.Allocator.FreeBlocks, cache.Allocator.UsedBlocks, cache.SequenceCount,
+                cache.Reclaimed, _executor.Requests, _executor.Batches, cache.RejectedNoSpace)
+            : SchedulerStats.Of(tenant, cache.Allocator), cancellationToken);
 
     /// <summary>Stops taking new work (UNAVAILABLE from then on), finishes what is queued, and returns.</summary>
     public async Task DrainAsync()
@@ -265,8 +270,18 @@ public sealed class Scheduler : IAsyncDisposable
 }
 
 /// <summary>Cache occupancy and decode counters.</summary>
-public sealed record SchedulerStats(int TotalBlocks, int FreeBlocks, int Sequences, long ReclaimedSequences,
+public sealed record SchedulerStats(int TotalBlocks, int FreeBlocks, int UsedBlocks, int Sequences, long ReclaimedSequences,
     long DecodeRequests, long DecodeBatches, long RejectedNoSpace)
 {
-    public int UsedBlocks => TotalBlocks - FreeBlocks;
+    /// <summary>
+    /// One tenant's view: the blocks it may hold (its quota, at most the cache's), those it may still take (what its
+    /// quota leaves, at most what is free), those it holds, and its own sequences and counters.
+    /// </summary>
+    internal static SchedulerStats Of(Tenant tenant, BlockAllocator allocator)
+    {
+        int total = Math.Min(tenant.Quota.MaxBlocks ?? int.MaxValue, allocator.TotalBlocks);
+        int free = Math.Clamp(Math.Min(total - tenant.BlocksHeld, allocator.FreeBlocks), 0, total);
+        return new SchedulerStats(total, free, tenant.BlocksHeld, tenant.Sequences, tenant.ReclaimedSequences,
+            tenant.DecodeRequests, tenant.DecodeBatches, tenant.RejectedNoSpace);
+    }
 }
