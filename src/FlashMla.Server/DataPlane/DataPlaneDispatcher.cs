@@ -10,7 +10,8 @@ namespace FlashMla.Server.DataPlane;
 /// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves, and turns
 /// how the call ended into its gRPC status, as grpc-dotnet does for a service method.
 /// </summary>
-internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailures failures, FlashMlaMetrics metrics, ILogger log)
+internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailures failures, FlashMlaMetrics metrics, Security.TenantDirectory tenants,
+    ILogger log)
 {
     public const string ServiceName = "flashmla.v1.Decoder";
     public const string DecodePath = "/" + ServiceName + "/Decode";
@@ -19,6 +20,19 @@ internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailure
     public ILogger Log { get; } = log;
 
     public bool Serves(string path) => path is DecodePath or DecodeOncePath;
+
+    /// <summary>The caller of a call from its headers' bearer token; UNAUTHENTICATED (recorded) without a valid one.</summary>
+    public Security.Caller Authenticate(GrpcRequestHead head)
+    {
+        try
+        {
+            return tenants.Authenticate(head.Authorization);
+        }
+        catch (RpcException ex)
+        {
+            throw failures.Record(Serves(head.Path) ? head.Path : "other", ex);
+        }
+    }
 
     public async Task<Status> ServeAsync(DataPlaneCall call)
     {
