@@ -51,6 +51,8 @@ public sealed class TenantDirectory
     /// The caller an <c>authorization</c> value names, or UNAUTHENTICATED. With authentication off every call is the
     /// anonymous tenant's, whatever it carries. A token is compared by its SHA-256 hash against every token's hash, in
     /// constant time and without stopping at a match, so the time taken says nothing about which tokens exist.
+    /// Both ports call this from a call's headers; when client certificates arrive (mTLS), a certificate's subject
+    /// naming a tenant is the other way in, decided here beside the token, so that both ports keep one rule.
     /// </summary>
     public Caller Authenticate(string? authorization)
     {
