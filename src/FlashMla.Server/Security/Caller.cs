@@ -37,12 +37,22 @@ public sealed class Caller(Tenant tenant, Credential? credential)
 }
 
 /// <summary>One token of the token file, kept as its SHA-256 hash; revoked when a reload no longer lists it.</summary>
-public sealed class Credential(byte[] hash, Tenant tenant)
+public sealed class Credential
 {
     private volatile bool _revoked;
 
-    internal byte[] Hash { get; } = hash;
-    public Tenant Tenant { get; } = tenant;
+    public Credential(byte[] hash, Tenant tenant)
+    {
+        Hash = hash;
+        Tenant = tenant;
+        Caller = new Caller(tenant, this);
+    }
+
+    internal byte[] Hash { get; }
+    public Tenant Tenant { get; }
+
+    /// <summary>Who shows this token (one object for all its calls).</summary>
+    public Caller Caller { get; }
     public bool Revoked => _revoked;
     internal void Revoke() => _revoked = true;
 }

@@ -69,7 +69,7 @@ public sealed class TenantDirectory
             if (CryptographicOperations.FixedTimeEquals(hash, credential.Hash) && match is null) match = credential;
         }
         if (match is null) throw Unauthenticated("the bearer token is not valid");
-        return new Caller(match.Tenant, match);
+        return match.Caller;
     }
 
     /// <summary>Takes a newly read token file: tenants' quotas and tokens change, tokens no longer listed are revoked.</summary>
