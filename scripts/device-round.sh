@@ -9,14 +9,15 @@
 #      device benchmark flashmla-devicebench (timings, not a test)
 #   5. start the server on the CUDA backend (gRPC port PORT, data-plane port PORT+1, metrics PORT+2), run
 #      `flashmla verify` through each port and a short `flashmla bench`
-#   6. print a short table last
+#   6. the CPU backend, the data plane, the round trip per call (`flashmla latency`), the Python client
+#   7. print a short table last
 # Each step's log is written to a scratch folder and packed at the end into $OUT/round-logs.tgz
 # (the device tool brings back at most 8 files); $OUT/round.log has the step tails and the table
 # as they happen. A failed step is recorded and the round goes on where later steps do not depend on it.
 #
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
-# SKIP_DATAPLANE=1, DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# SKIP_DATAPLANE=1, SKIP_LATENCY=1, LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
@@ -155,7 +156,31 @@ if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]
   run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
 fi
 
-# 8. The Python client beside the C# client (issue 12), when scripts/pack-python-client.sh carried its interpreter.
+# 8. The round trip per call (issue 15): a CUDA server with default options (one layer), `flashmla latency` through its
+#    data-plane port: 1..4 in flight on one stream, p50/p99, the server's breakdown, the floor (raw TCP ping-pong of the
+#    same sizes + kernel) in the same run (about a minute; LATENCY_ARGS adds options, e.g. --shapes 32x16 --seconds 5).
+if [[ "${SKIP_LATENCY:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
+  lat_port=$((port + 40))
+  "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$lat_port" \
+    --FlashMla:DataPlanePort=$((lat_port + 1)) --FlashMla:MetricsPort=$((lat_port + 2)) --FlashMla:ListenAddress=loopback \
+    --FlashMla:Layers=1 >"$logs/latency-server.log" 2>&1 &
+  lat_pid=$!
+  for p in "$lat_port" $((lat_port + 1)); do
+    for _ in $(seq 1 60); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.5; done
+  done
+  # shellcheck disable=SC2086
+  run_step latency latency.log "$app/flashmla" latency --address "http://127.0.0.1:$lat_port" \
+    --decode-address "http://127.0.0.1:$((lat_port + 1))" --commit "$(sed -n 's/^commit: //p' "$app/PACKED.txt" 2>/dev/null | head -n 1)" \
+    --out "$logs/latency.md" ${LATENCY_ARGS:-}
+  cp "$logs/latency.md" "$OUT/" 2>/dev/null
+  kill "$lat_pid" 2>/dev/null
+  # A server that has not drained within 30 s is killed: the round goes on either way.
+  for _ in $(seq 1 30); do kill -0 "$lat_pid" 2>/dev/null || break; sleep 1; done
+  kill -9 "$lat_pid" 2>/dev/null
+  wait "$lat_pid" 2>/dev/null
+fi
+
+# 9. The Python client beside the C# client (issue 12), when scripts/pack-python-client.sh carried its interpreter.
 if [[ "${SKIP_CLIENT_COMPARE:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -f .devcarry/flashmla-python.tar.xz ]]; then
   run_step client-compare client-compare.log env OUT="$OUT" PORT=$((port + 30)) bash scripts/client-compare.sh "$app" "$fatbin"
 fi
@@ -168,5 +193,6 @@ for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
 [[ -f "$logs/client-compare.log" ]] && { echo; grep -vE "^\\s*$" "$logs/client-compare.log" | tail -n 30; }
 [[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
+[[ -f "$logs/latency.log" ]] && { echo; echo "flashmla latency (round trip per call, us; the whole table in latency.md):"; sed -n '/^results appended to/,$p' "$logs/latency.log" | tail -n +2; }
 printf '%s\n' "${rows[@]}" | grep -q ' FAIL ' && exit 1
 exit 0

@@ -184,7 +184,7 @@ struct BenchResult {
 struct BenchRow {
     BenchShape shape;
     int parts = 0, splits = 0;
-    double gbytes = 0, gflop = 0;
+    double gbytes = 0, gbytes_fp8 = 0, gflop = 0;  // bytes moved with a bf16 / an FP8 cache
     BenchResult k[kNumDecodeKernels];  // per kDecodeKernels entry (0 where not timed)
 };
 
@@ -209,7 +209,16 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
     }
     const int stride = max_nb;
     constexpr int kSets = 3;  // rotate so no input set sits in L2
-    struct Set { bf16 *pool, *q, *out; int *bt; float *lse, *oacc, *lacc; };
+    struct Set { bf16 *pool, *q, *out; int *bt; float *lse, *oacc, *lacc; uint8_t* fp8; };
+    bool any_fp8 = false;
+    for (int kern = 0; kern < kNumDecodeKernels; ++kern) any_fp8 |= (which & (1u << kern)) && kDecodeKernels[kern].fp8;
+    int* d_ident = nullptr;  // slots 0 .. total_pages*64-1: quantize the whole bf16 pool into the FP8 one
+    if (any_fp8) {
+        std::vector<int> ident((size_t)total_pages * 64);
+        std::iota(ident.begin(), ident.end(), 0);
+        d_ident = dalloc<int>(ident.size());
+        upload(d_ident, ident);
+    }
     Set sets[kSets];
     int* d_lens = dalloc<int>(s.b);
     int* d_meta = dalloc<int>(sched.sched_meta.size());
@@ -217,7 +226,7 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
     upload(d_lens, lens);
     upload(d_meta, sched.sched_meta);
     upload(d_ns, sched.num_splits);
-    std::vector<MlaDecodeParams> P(kSets);
+    std::vector<MlaDecodeParams> P(kSets), P8(kSets);
     for (int k = 0; k < kSets; ++k) {
         const size_t pool_elems = (size_t)total_pages * 64 * MLA_HEAD_DIM_K;
         sets[k].pool = dalloc<bf16>(pool_elems);
@@ -245,6 +254,20 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
         p.batch = s.b; p.s_q = s.s_q; p.h_q = s.h_q; p.rows_per_seq = rows; p.num_row_groups = groups;
         p.block_table_stride = stride; p.num_sm_parts = parts; p.num_blocks = total_pages;
         p.softmax_scale = kSoftmaxScale; p.scale_log2 = (float)(kSoftmaxScale * kLog2e);
+        sets[k].fp8 = nullptr;
+        if (any_fp8) {
+            sets[k].fp8 = dalloc<uint8_t>((size_t)total_pages * MLA_FP8_PAGE_BYTES);
+            KvAppendParams qp{};
+            qp.kv_pool = sets[k].fp8;
+            qp.rows = sets[k].pool;
+            qp.slots = d_ident;
+            qp.num_rows = total_pages * 64;
+            qp.num_blocks = total_pages;
+            flashmla_append_kv_fp8<<<ceil_div(qp.num_rows, MLA_APPEND_ROWS_PER_CTA), MLA_APPEND_THREADS>>>(qp);
+            CK(cudaGetLastError());
+            P8[k] = p;
+            P8[k].kv_pool = sets[k].fp8;
+        }
     }
     CK(cudaDeviceSynchronize());
     BenchRow row;
@@ -253,6 +276,7 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
     row.splits = sched.total_splits();
     row.gbytes = ((double)tokens * MLA_HEAD_DIM_K * 2 + (double)s.b * rows * MLA_HEAD_DIM_K * 2 +
                   (double)s.b * rows * MLA_HEAD_DIM_V * 2) / 1e9;
+    row.gbytes_fp8 = row.gbytes - (double)tokens * (MLA_HEAD_DIM_K * 2 - MLA_FP8_TOKEN_BYTES) / 1e9;
     row.gflop = 2.0 * rows * (MLA_HEAD_DIM_K + MLA_HEAD_DIM_V) * (double)tokens / 1e9;
 
     cudaStream_t stream;
@@ -266,7 +290,7 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
         for (int k = 0; k < kSets; ++k) {
             cudaGraph_t gr;
             CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-            launch_decode_step(P[k], false, stream, kern);
+            launch_decode_step(kDecodeKernels[kern].fp8 ? P8[k] : P[k], false, stream, kern);
             CK(cudaStreamEndCapture(stream, &gr));
             cudaGraphExec_t ex;
             CK(cudaGraphInstantiate(&ex, gr, 0));
@@ -326,7 +350,7 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
         const double sec = median(samples[kern]) * 1e-3;
         BenchResult& r = row.k[kern];
         r.us = sec * 1e6;
-        r.gbs = row.gbytes / sec;
+        r.gbs = (kDecodeKernels[kern].fp8 ? row.gbytes_fp8 : row.gbytes) / sec;
         r.tflops = row.gflop / sec / 1e3;
         for (cudaGraphExec_t ex : graphs[kern]) CK(cudaGraphExecDestroy(ex));
     }
@@ -334,8 +358,9 @@ BenchRow bench_shape(const BenchShape& s, unsigned which) {
     CK(cudaStreamDestroy(stream));
     for (int k = 0; k < kSets; ++k)
         for (void* p : std::initializer_list<void*>{sets[k].pool, sets[k].q, sets[k].out, sets[k].bt, sets[k].lse,
-                                                    sets[k].oacc, sets[k].lacc})
+                                                    sets[k].oacc, sets[k].lacc, sets[k].fp8})
             CK(cudaFree(p));
+    CK(cudaFree(d_ident));
     CK(cudaFree(d_lens));
     CK(cudaFree(d_meta));
     CK(cudaFree(d_ns));
@@ -421,7 +446,7 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
                       g_bench.warmup_s, g_bench.rounds, g_bench.rewarm_s, g_bench.reps, g_bench.time_s);
         os << line;
     }
-    os << "bytes = KV tokens*1152 + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; varlen = normal(s_k, s_k/2), at least "
+    os << "bytes = KV tokens*1152 (FP8 kernels: *656) + q + out; FLOP = 2*s_q*h_q*(576+512)*tokens; varlen = normal(s_k, s_k/2), at least "
           "s_q; % read = GB/s over the HBM read ceiling, % matrix = TFLOP/s over the cuBLAS ceiling; FlashMLA = its "
           "fastest release on the lent H200 (issue 16, 2026-12-03); FlashMLA/ours > 1 = ours faster; SM clock and "
           "board power when the kernel's first timed block started -> when its last ended\n\n";
@@ -461,7 +486,11 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
     std::printf("| %-30s", "shape");
     for (int k = 0; k < kNumDecodeKernels; ++k)
         if (which & (1u << k)) std::printf(" | %-16s", kDecodeKernels[k].label);
-    std::printf(" | FlashMLA | MHz  |\n");
+    // bf16/FP8: the exported bf16 kernel's time over each FP8 kernel's (KV tokens per second, FP8 over bf16).
+    std::printf(" | FlashMLA | MHz  |");
+    for (int k = 1; k < kNumDecodeKernels; ++k)
+        if ((which & 1u) && (which & (1u << k)) && kDecodeKernels[k].fp8) std::printf(" bf16/%s |", kDecodeKernels[k].label);
+    std::printf("\n");
     for (const BenchRow& r : rows) {
         std::printf("| %-30s", r.shape.name.c_str());
         unsigned mhz = 0;
@@ -470,7 +499,11 @@ int run_bench(const std::string& results_path, int only_shape, unsigned which) {
                 std::printf(" | %7.1f (%5.3f)", r.k[k].us, r.shape.flashmla_us > 0 ? r.shape.flashmla_us / r.k[k].us : 0.0);
                 mhz = r.k[k].after.sm_mhz;
             }
-        std::printf(" | %8.1f | %4u |\n", r.shape.flashmla_us, mhz);
+        std::printf(" | %8.1f | %4u |", r.shape.flashmla_us, mhz);
+        for (int k = 1; k < kNumDecodeKernels; ++k)
+            if ((which & 1u) && (which & (1u << k)) && kDecodeKernels[k].fp8)
+                std::printf(" %11.3f |", r.k[k].us > 0 ? r.k[0].us / r.k[k].us : 0.0);
+        std::printf("\n");
     }
     std::printf("| %-30s", "geomean b128 / small");
     for (int k = 0; k < kNumDecodeKernels; ++k)

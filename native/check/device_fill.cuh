@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include "../include/mla_params.h"
 #include "../include/ptx.h"
+#include "../include/fp8_kv.cuh"
 
 namespace check {
 
@@ -56,6 +57,26 @@ __global__ void count_append_mismatch(const __nv_bfloat16* pool, const __nv_bflo
     unsigned bad = 0;
     for (int i = threadIdx.x; i < MLA_HEAD_DIM_K; i += blockDim.x) bad += (a[i] != b[i]);
     if (bad) atomicAdd(mismatches, bad);
+}
+
+// Dequantizes n FP8 tokens (mla_params.h) into bf16 rows of 576 with the
+// kernels' own fp8_dequant8: the reference then reads exactly the values the
+// FP8 decode multiplies. One warp per token; 256 threads.
+__global__ void dequant_fp8_pool(const uint8_t* fp8, __nv_bfloat16* out, size_t n) {
+    const size_t tok = blockIdx.x * (size_t)(blockDim.x / 32) + (threadIdx.x >> 5);
+    if (tok >= n) return;
+    const int lane = threadIdx.x & 31;
+    const uint8_t* src = fp8 + tok * MLA_FP8_TOKEN_BYTES;
+    uint4* dst = reinterpret_cast<uint4*>(out + tok * MLA_HEAD_DIM_K);
+    for (int c = lane; c < MLA_HEAD_DIM_K / 8; c += 32) {
+        if (c < MLA_HEAD_DIM_V / 8) {
+            const uint2 codes = *reinterpret_cast<const uint2*>(src + 8 * c);
+            const float scale = reinterpret_cast<const float*>(src + MLA_FP8_SCALE_OFFSET)[c / 16];
+            dst[c] = mla::fp8_dequant8(codes, scale);
+        } else {
+            dst[c] = reinterpret_cast<const uint4*>(src + MLA_FP8_ROPE_OFFSET)[c - MLA_HEAD_DIM_V / 8];
+        }
+    }
 }
 
 // HBM read ceiling: streams n 16-byte words, 4 loads in flight per thread;

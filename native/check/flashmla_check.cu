@@ -43,6 +43,7 @@
 #include "../include/mla_kernels.h"
 #include "../include/mla_params.h"
 #include "device_fill.cuh"
+#include "fp8_host.h"
 #include "tma_check.cuh"
 #include "wgmma_check.cuh"
 
@@ -99,9 +100,11 @@ struct DecodeKernel {
     const char* name;
     const char* label;
     const void* fn;
+    bool fp8;  // reads the FP8 KV format (mla_params.h): the checks quantize the cache for it
 };
 const DecodeKernel kDecodeKernels[] = {
-    {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv)},
+    {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
+    {"flashmla_decode_splitkv_fp8", "fp8 v1", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8), true},
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
@@ -155,13 +158,18 @@ void setup_device(const std::string& fatbin_path) {
             return;
         }
         CU(cuModuleLoadData(&g_dev.module, image.data()));
-        CU(cuModuleGetFunction(&g_dev.f_decode, g_dev.module, kDecodeKernels[g_dev.kernel].name));
+        // A harness-only candidate is not in the module: its driver-API cases run through the runtime.
+        if (cuModuleGetFunction(&g_dev.f_decode, g_dev.module, kDecodeKernels[g_dev.kernel].name) != CUDA_SUCCESS)
+            g_dev.f_decode = nullptr;
         CU(cuModuleGetFunction(&g_dev.f_combine, g_dev.module, MLA_KERNEL_COMBINE));
         CUfunction f;
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_REFERENCE));
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_APPEND));
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_COPY));
-        CU(cuFuncSetAttribute(g_dev.f_decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MLA_DECODE_SMEM_BYTES));
+        for (const char* name : {MLA_KERNEL_DECODE_FP8, MLA_KERNEL_APPEND_FP8, MLA_KERNEL_APPEND_FP8_RAW, MLA_KERNEL_COPY_FP8})
+            CU(cuModuleGetFunction(&f, g_dev.module, name));
+        if (g_dev.f_decode)
+            CU(cuFuncSetAttribute(g_dev.f_decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MLA_DECODE_SMEM_BYTES));
     }
 }
 
@@ -301,6 +309,39 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     bool guard_ok = true;
     for (const bf16& v : guard) guard_ok &= (*reinterpret_cast<const uint16_t*>(&v) == 0xFFFF);
 
+    // ---- FP8 kernels: the cache quantized (valid positions only; the rest
+    // stays 0xFF: NaN codes, NaN scales, NaN rope) and its dequantized copy,
+    // which the reference reads ----
+    const bool fp8 = kDecodeKernels[g_dev.kernel].fp8;
+    uint8_t* d_fp8 = nullptr;
+    bf16* d_deq = nullptr;
+    if (fp8) {
+        std::vector<int> qslots((size_t)num_blocks * MLA_PAGE_TOKENS, -1);
+        for (int b = 0; b < batch; ++b)
+            for (int pos = 0; pos < c.lens[b]; ++pos) {
+                const int slot = bt[(size_t)b * stride + pos / MLA_PAGE_TOKENS] * MLA_PAGE_TOKENS + pos % MLA_PAGE_TOKENS;
+                qslots[slot] = slot;
+            }
+        int* d_qslots = dalloc<int>(qslots.size());
+        upload(d_qslots, qslots);
+        const size_t fp8_bytes = (size_t)(num_blocks + 1) * MLA_FP8_PAGE_BYTES;
+        d_fp8 = dalloc<uint8_t>(fp8_bytes);
+        d_deq = dalloc<bf16>(pool_elems);
+        CK(cudaMemset(d_fp8, 0xFF, fp8_bytes));
+        KvAppendParams qp{};
+        qp.kv_pool = d_fp8;
+        qp.rows = d_pool;
+        qp.slots = d_qslots;
+        qp.num_rows = (int)qslots.size();
+        qp.num_blocks = num_blocks;
+        flashmla_append_kv_fp8<<<ceil_div(qp.num_rows, MLA_APPEND_ROWS_PER_CTA), MLA_APPEND_THREADS>>>(qp);
+        const size_t tokens = (size_t)(num_blocks + 1) * MLA_PAGE_TOKENS;
+        check::dequant_fp8_pool<<<(unsigned)((tokens + 7) / 8), 256>>>(d_fp8, d_deq, tokens);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        CK(cudaFree(d_qslots));
+    }
+
     // ---- schedule ----
     const TileSchedule sched = compute_tile_schedule(c.lens, parts);
     std::string why;
@@ -322,8 +363,8 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
 
     MlaDecodeParams P{};
     P.q = d_q;
-    P.kv_pool = d_pool;
-    encode_kv_map(P, d_alloc, (size_t)(lead + num_blocks + 1) * MLA_PAGE_TOKENS, lead * MLA_PAGE_TOKENS);
+    P.kv_pool = fp8 ? static_cast<const void*>(d_fp8) : d_pool;
+    if (!fp8) encode_kv_map(P, d_alloc, (size_t)(lead + num_blocks + 1) * MLA_PAGE_TOKENS, lead * MLA_PAGE_TOKENS);
     P.block_table = d_bt;
     P.seq_lens = d_lens;
     P.sched_meta = d_meta;
@@ -350,7 +391,7 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
         CK(cudaMemset(d_lacc, 0xFF, (size_t)total_splits * rows * sizeof(float)));
     };
     poison();
-    const bool use_driver = c.via_driver && g_dev.module;
+    const bool use_driver = c.via_driver && g_dev.module && g_dev.f_decode;
     launch_decode_step(P, use_driver, 0);
     CK(cudaDeviceSynchronize());
     std::vector<bf16> out = download(d_out, out_elems);
@@ -366,16 +407,36 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
                     std::memcmp(lse.data(), lse2.data(), lse_elems * sizeof(float)) == 0;
     }
 
-    MlaDecodeParams R = P;
-    R.o_accum = d_ref;
-    R.lse = d_ref_lse;
-    CK(cudaMemset(d_ref, 0xFF, out_elems * sizeof(float)));
-    CK(cudaMemset(d_ref_lse, 0xFF, lse_elems * sizeof(float)));
-    flashmla_decode_reference<<<ceil_div(batch * rows, MLA_REFERENCE_ROWS_PER_CTA), MLA_REFERENCE_THREADS>>>(R);
-    CK(cudaGetLastError());
-    CK(cudaDeviceSynchronize());
-    std::vector<float> ref = download(d_ref, out_elems);
-    std::vector<float> ref_lse = download(d_ref_lse, lse_elems);
+    // The reference reads a bf16 pool: the dequantized cache for FP8 kernels.
+    auto reference = [&](const bf16* pool, std::vector<float>& o, std::vector<float>& l) {
+        MlaDecodeParams R = P;
+        R.kv_pool = pool;
+        R.o_accum = d_ref;
+        R.lse = d_ref_lse;
+        CK(cudaMemset(d_ref, 0xFF, out_elems * sizeof(float)));
+        CK(cudaMemset(d_ref_lse, 0xFF, lse_elems * sizeof(float)));
+        flashmla_decode_reference<<<ceil_div(batch * rows, MLA_REFERENCE_ROWS_PER_CTA), MLA_REFERENCE_THREADS>>>(R);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        o = download(d_ref, out_elems);
+        l = download(d_ref_lse, lse_elems);
+    };
+    std::vector<float> ref, ref_lse;
+    reference(fp8 ? d_deq : d_pool, ref, ref_lse);
+    // FP8: the error against the unquantized bf16 cache, reported (not a bar).
+    double rel_vs_bf16 = -1;
+    if (fp8) {
+        std::vector<float> ref16, lse16;
+        reference(d_pool, ref16, lse16);
+        double n2 = 0, d2 = 0;
+        for (size_t i = 0; i < out_elems; ++i) {
+            const double kv = bf16_bits_to_float(*reinterpret_cast<const uint16_t*>(&out[i]));
+            if (std::isnan(kv) || std::isnan(ref16[i])) continue;
+            n2 += (kv - ref16[i]) * (kv - ref16[i]);
+            d2 += (double)ref16[i] * ref16[i];
+        }
+        rel_vs_bf16 = d2 > 0 ? std::sqrt(n2 / d2) : std::sqrt(n2);
+    }
 
     // ---- compare ----
     double num = 0, den = 0, lse_err = 0;
@@ -410,9 +471,11 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     const bool ok = sched_ok && append_bad == 0 && guard_ok && repeat_ok && nan_out == 0 && ref_nan == 0 &&
                     bad_lse == 0 && bad_empty == 0 && rel < 1e-2;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("%-4s decode %-34s b=%-3d s_q=%d h_q=%-3d parts=%-3d splits=%-4d tokens=%-8lld rel=%.2e lse_err=%.1e%s%s%s%s%s%s%s (%.2fs)\n",
+    char vs_bf16[48] = "";
+    if (rel_vs_bf16 >= 0) std::snprintf(vs_bf16, sizeof vs_bf16, " rel_vs_bf16_cache=%.2e", rel_vs_bf16);
+    std::printf("%-4s decode %-34s b=%-3d s_q=%d h_q=%-3d parts=%-3d splits=%-4d tokens=%-8lld rel=%.2e lse_err=%.1e%s%s%s%s%s%s%s%s (%.2fs)\n",
                 ok ? "PASS" : "FAIL", c.name.c_str(), batch, c.s_q, c.h_q, parts, total_splits, total_tokens, rel,
-                lse_err, use_driver ? " [driver]" : "", sched_ok ? "" : (" SCHED:" + why).c_str(),
+                lse_err, vs_bf16, use_driver ? " [driver]" : "", sched_ok ? "" : (" SCHED:" + why).c_str(),
                 append_bad ? " APPEND_MISMATCH" : "", guard_ok ? "" : " APPEND_GUARD", repeat_ok ? "" : " NONDETERMINISTIC",
                 nan_out ? (" NaN_OUT=" + std::to_string(nan_out)).c_str() : "",
                 (bad_lse || bad_empty || ref_nan)
@@ -427,7 +490,7 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     sum.worst_lse = std::max(sum.worst_lse, lse_err);
 
     for (void* p : std::initializer_list<void*>{d_alloc, d_q, d_new, d_bt, d_lens, d_prefix, d_slots, d_bad, d_meta,
-                                                d_nsplit, d_out, d_lse, d_oacc, d_lacc, d_ref, d_ref_lse})
+                                                d_nsplit, d_out, d_lse, d_oacc, d_lacc, d_ref, d_ref_lse, d_fp8, d_deq})
         CK(cudaFree(p));
     return ok;
 }
@@ -435,12 +498,13 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
 // Block copy over several layers with a layer stride larger than the pool:
 // destination pages equal their sources in every layer, everything else
 // (other pages, the gaps between layers) unchanged.
-bool run_copy_check(uint64_t seed, Summary& sum) {
+// fp8: the same over FP8 pages (flashmla_copy_blocks_fp8).
+bool run_copy_check(uint64_t seed, Summary& sum, bool fp8) {
     const int num_blocks = 48, layers = 3, layer_stride = 53;
-    const size_t page = (size_t)MLA_PAGE_TOKENS * MLA_HEAD_DIM_K;
+    const size_t page = fp8 ? (size_t)MLA_FP8_PAGE_BYTES : (size_t)MLA_PAGE_TOKENS * MLA_HEAD_DIM_K * 2;  // bytes
     const size_t elems = (size_t)layers * layer_stride * page;
-    bf16* d_pool = dalloc<bf16>(elems);
-    check::fill_normal_bf16<<<1024, 256>>>(d_pool, elems, seed, 1.f);
+    uint8_t* d_pool = dalloc<uint8_t>(elems);
+    check::fill_normal_bf16<<<1024, 256>>>(reinterpret_cast<bf16*>(d_pool), elems / 2, seed, 1.f);
     CK(cudaGetLastError());
     std::mt19937_64 rng(seed);
     std::vector<int> ids(num_blocks);
@@ -456,7 +520,7 @@ bool run_copy_check(uint64_t seed, Summary& sum) {
     const int n_pairs = (int)pairs.size() / 2;
     int* d_pairs = dalloc<int>(pairs.size());
     upload(d_pairs, pairs);
-    std::vector<bf16> before = download(d_pool, elems);
+    std::vector<uint8_t> before = download(d_pool, elems);
     BlockCopyParams cp{};
     cp.kv_pool = d_pool;
     cp.pairs = d_pairs;
@@ -464,18 +528,19 @@ bool run_copy_check(uint64_t seed, Summary& sum) {
     cp.num_layers = layers;
     cp.layer_stride_blocks = layer_stride;
     cp.num_blocks = num_blocks;
-    flashmla_copy_blocks<<<dim3(n_pairs, layers), MLA_COPY_THREADS>>>(cp);
+    if (fp8) flashmla_copy_blocks_fp8<<<dim3(n_pairs, layers), MLA_COPY_THREADS>>>(cp);
+    else flashmla_copy_blocks<<<dim3(n_pairs, layers), MLA_COPY_THREADS>>>(cp);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
-    std::vector<bf16> after = download(d_pool, elems);
-    std::vector<bf16> expect = before;
+    std::vector<uint8_t> after = download(d_pool, elems);
+    std::vector<uint8_t> expect = before;
     for (int l = 0; l < layers; ++l)
         for (int i = 0; i < 12; ++i)
             std::memcpy(&expect[((size_t)l * layer_stride + pairs[2 * i + 1]) * page],
-                        &before[((size_t)l * layer_stride + pairs[2 * i]) * page], page * sizeof(bf16));
-    const bool ok = std::memcmp(after.data(), expect.data(), elems * sizeof(bf16)) == 0;
-    std::printf("%-4s copy_blocks pairs=%d (2 invalid) layers=%d layer_stride_blocks=%d\n", ok ? "PASS" : "FAIL", n_pairs,
-                layers, layer_stride);
+                        &before[((size_t)l * layer_stride + pairs[2 * i]) * page], page);
+    const bool ok = std::memcmp(after.data(), expect.data(), elems) == 0;
+    std::printf("%-4s copy_blocks%s pairs=%d (2 invalid) layers=%d layer_stride_blocks=%d\n", ok ? "PASS" : "FAIL",
+                fp8 ? "_fp8" : "", n_pairs, layers, layer_stride);
     sum.cases++;
     if (!ok) sum.failed++;
     CK(cudaFree(d_pool));
@@ -607,6 +672,9 @@ bool run_wgmma_check(uint64_t seed, Summary& sum) {
     return ok_s && ok_o;
 }
 
+// The FP8 format's kernels (check/fp8_check.cuh).
+#include "fp8_check.cuh"
+
 std::vector<int> random_lens(std::mt19937_64& rng, int n, int lo, int hi) {
     std::uniform_int_distribution<int> d(lo, hi);
     std::vector<int> v(n);
@@ -666,8 +734,13 @@ int run_checks() {
     // 6. The service's path: fatbin + driver API.
     run_decode_case({"driver_api_h128", 128, 2, {1, 63, 64, 65, 5000, 2}, 0, true}, seed++, sum);
     run_decode_case({"driver_api_h16_b64", 16, 1, random_lens(rng, 64, 1, 4000), 0, true}, seed++, sum);
-    // 7. Block copy.
-    run_copy_check(seed++, sum);
+    // 7. Block copy; for an FP8 kernel also the FP8 page copy and the format's
+    //    write kernels bit for bit against the host quantizer.
+    run_copy_check(seed++, sum, false);
+    if (kDecodeKernels[g_dev.kernel].fp8) {
+        run_copy_check(seed++, sum, true);
+        run_fp8_format_check(seed++, sum);
+    }
     // 8. Random sweep: any h_q 1..128, s_q up to 4 (h_q*s_q <= 512), batches
     //    up to 256, lengths from 0 to 45k, random part counts, both launch paths.
     for (int i = 0; i < 120; ++i) {

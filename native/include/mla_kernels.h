@@ -10,4 +10,8 @@ __global__ void flashmla_combine(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p);
 __global__ void flashmla_append_kv(const __grid_constant__ KvAppendParams p);
 __global__ void flashmla_copy_blocks(const __grid_constant__ BlockCopyParams p);
+__global__ void flashmla_decode_splitkv_fp8(const __grid_constant__ MlaDecodeParams p);
+__global__ void flashmla_append_kv_fp8(const __grid_constant__ KvAppendParams p);
+__global__ void flashmla_append_kv_fp8_raw(const __grid_constant__ KvAppendParams p);
+__global__ void flashmla_copy_blocks_fp8(const __grid_constant__ BlockCopyParams p);
 }

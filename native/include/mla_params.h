@@ -189,6 +189,42 @@
 #define MLA_KERNEL_COPY "flashmla_copy_blocks"
 #define MLA_COPY_THREADS 256
 
+/* ---- FP8 KV cache ("FP8 with scale", FlashMLA's format; additive to ABI 2) ----
+ * A token is MLA_FP8_TOKEN_BYTES = 656 contiguous bytes: bytes 0..511 the 512
+ * latent values as float8_e4m3fn, bytes 512..527 four fp32 scales (scale t
+ * covers values 128t .. 128t+127), bytes 528..655 the 64 rope values in bf16,
+ * unchanged. A page is 64 tokens (41,984 bytes); a layer's pool is
+ * [num_blocks, 64, 656] bytes, token t of page p at byte (p*64 + t)*656.
+ * Quantization of a tile of 128 bf16 values x_i (bit for bit the same on the
+ * CPU, FlashMla.Core's Fp8KvFormat): amax = max |x_i|; scale = amax / 448
+ * (fp32, IEEE division), or the quiet NaN 0x7FC00000 if any x_i is NaN; scale == 0: the tile is stored
+ * with scale 0 and all codes 0x00; else q_i = cvt.rn.satfinite.e4m3(x_i /
+ * scale) (IEEE fp32 division; round to nearest even, finite values past 448
+ * saturate, NaN -> 0x7F). Dequantization: bf16_rn(float(q_i) * scale).
+ *
+ * flashmla_decode_splitkv_fp8(const __grid_constant__ MlaDecodeParams p)
+ *   as flashmla_decode_splitkv (same grid, block, dynamic smem, scheduler,
+ *   scratch and combine), with kv_pool = the FP8 pool of one layer; kv_map
+ *   and kv_map_row0 are not read (pages come in with 1-D bulk copies).
+ * flashmla_append_kv_fp8(const __grid_constant__ KvAppendParams p)
+ *   as flashmla_append_kv, rows = bf16 [num_rows, 576], quantized into the
+ *   FP8 pool kv_pool at slots.
+ * flashmla_append_kv_fp8_raw(const __grid_constant__ KvAppendParams p)
+ *   as flashmla_append_kv, rows = already quantized tokens [num_rows, 656]
+ *   bytes, copied as they are.
+ * flashmla_copy_blocks_fp8(const __grid_constant__ BlockCopyParams p)
+ *   as flashmla_copy_blocks, over FP8 pages (41,984 bytes; layer l's pool
+ *   starts l * layer_stride_blocks pages after layer 0's). */
+#define MLA_FP8_TOKEN_BYTES 656
+#define MLA_FP8_SCALE_OFFSET 512  /* byte offset of the four fp32 scales in a token */
+#define MLA_FP8_ROPE_OFFSET 528   /* byte offset of the 64 bf16 rope values */
+#define MLA_FP8_TILE 128          /* values per scale */
+#define MLA_FP8_PAGE_BYTES (MLA_PAGE_TOKENS * MLA_FP8_TOKEN_BYTES) /* 41984 */
+#define MLA_KERNEL_DECODE_FP8 "flashmla_decode_splitkv_fp8"
+#define MLA_KERNEL_APPEND_FP8 "flashmla_append_kv_fp8"
+#define MLA_KERNEL_APPEND_FP8_RAW "flashmla_append_kv_fp8_raw"
+#define MLA_KERNEL_COPY_FP8 "flashmla_copy_blocks_fp8"
+
 /*
  * MlaTensorMap: an opaque 128-byte CUDA tensor map (CUtensorMap), filled on
  * the host by the driver's cuTensorMapEncodeTiled; 64-byte aligned, as the

@@ -68,6 +68,23 @@ __device__ __forceinline__ uint4 ld_stream_16(const void* p) {
 }
 
 
+// cvt.rn.satfinite.e4m3x2.f32 d, hi, lo: two floats to two float8_e4m3fn
+// codes, lo in the low byte. Round to nearest even; finite values past +-448
+// saturate to +-448; NaN becomes a NaN code.
+__device__ __forceinline__ uint16_t cvt_e4m3x2(float lo, float hi) {
+    uint16_t d;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+// cvt.rn.f16x2.e4m3x2 d, a: two float8_e4m3fn codes (a's low byte -> d's low
+// half) to two f16, exactly (every e4m3 value is an f16 value).
+__device__ __forceinline__ uint32_t cvt_f16x2_from_e4m3x2(uint16_t a) {
+    uint32_t d;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(d) : "h"(a));
+    return d;
+}
+
 // ======================= Hopper (sm_90a) ===================================
 
 // fence.proxy.async.shared::cta: orders this thread's earlier generic-proxy
@@ -329,6 +346,17 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int x
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
         : "memory");
+}
+
+// cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [src], bytes, [bar];
+// A 1-D bulk (TMA) copy of `bytes` contiguous global bytes into shared memory
+// at dst, counted down on bar (arm it with mbarrier_arrive_expect_tx). dst,
+// src and bytes multiples of 16. The data is in the async proxy: a generic
+// read (ld.shared) after the mbarrier wait needs no fence.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
 }
 
 }  // namespace ptx

@@ -20,6 +20,7 @@
 #include "mla_config.h"
 #include "ptx.h"
 #include "sw128_tile.cuh"
+#include "decode_sm90_softmax.cuh"
 
 namespace sm90_tma {
 
@@ -140,16 +141,7 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                 const int st = i & 1;
                 const uint32_t sPage = sKv + st * kTileBytes;
                 ptx::named_bar_sync<kBarPReady, 2 * kWgThreads>();  // P(i), alpha(i) written (and fenced); page i landed
-                const float alpha0 = row_vals[trow[0]], alpha1 = row_vals[trow[1]];
-                if (__any_sync(0xffffffffu, alpha0 != 1.f || alpha1 != 1.f)) {
-#pragma unroll
-                    for (int j = 0; j < kWgOutCols / 8; ++j) {
-                        o[4 * j + 0] *= alpha0;
-                        o[4 * j + 1] *= alpha0;
-                        o[4 * j + 2] *= alpha1;
-                        o[4 * j + 3] *= alpha1;
-                    }
-                }
+                rescale_rows(o, row_vals[trow[0]], row_vals[trow[1]]);
                 ptx::fence_regs(o);
                 ptx::wgmma_fence();
 #pragma unroll
@@ -254,61 +246,11 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                 ptx::fence_regs(s);
                 ptx::fence_regs(o);
 
-                // ---- mask, scale to log2 units, row max (a quad holds a row) ----
-                const int pos0 = blk * kPage + 2 * t;
-                float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-                for (int j = 0; j < kPage / 8; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int r = e >> 1;
-                        const int pos = pos0 + j * 8 + (e & 1);
-                        const float x = (pos <= last_pos[r]) ? s[4 * j + e] * p.scale_log2 : -INFINITY;
-                        s[4 * j + e] = x;
-                        tile_max[r] = fmaxf(tile_max[r], x);
-                    }
-                }
-                float alpha[2], base[2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-                    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-                    const float new_max = fmaxf(row_max[r], tile_max[r]);
-                    base[r] = (new_max == -INFINITY) ? 0.f : new_max;  // a row that saw nothing: exp2 -> 0, not NaN
-                    alpha[r] = ptx::exp2_approx(row_max[r] - base[r]);
-                    row_max[r] = new_max;
-                    row_sum[r] *= alpha[r];
-                }
-                if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-                    for (int j = 0; j < kWgOutCols / 8; ++j) {
-                        o[4 * j + 0] *= alpha[0];
-                        o[4 * j + 1] *= alpha[0];
-                        o[4 * j + 2] *= alpha[1];
-                        o[4 * j + 3] *= alpha[1];
-                    }
-                }
-                // ---- P = exp2(x - max): registers (A fragments) and shared memory ----
-#pragma unroll
-                for (int j = 0; j < kPage / 8; ++j) {
-                    const float p0 = ptx::exp2_approx(s[4 * j + 0] - base[0]);
-                    const float p1 = ptx::exp2_approx(s[4 * j + 1] - base[0]);
-                    const float p2 = ptx::exp2_approx(s[4 * j + 2] - base[1]);
-                    const float p3 = ptx::exp2_approx(s[4 * j + 3] - base[1]);
-                    row_sum[0] += p0 + p1;
-                    row_sum[1] += p2 + p3;
-                    pa[2 * j] = ptx::pack_bf16x2(p0, p1);
-                    pa[2 * j + 1] = ptx::pack_bf16x2(p2, p3);
-                }
+                // ---- mask, scale to log2 units, online softmax, P (registers) ----
+                float alpha[2];
+                softmax_tile(s, o, pa, row_max, row_sum, alpha, last_pos, blk * kPage + 2 * t, p.scale_log2);
                 if (i > 0) ptx::named_bar_sync<kBarPFree, 2 * kWgThreads>();  // wg1 is done with P(i-1)
-#pragma unroll
-                for (int j = 0; j < kPage / 8; ++j) {
-                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[0], j) + 4 * t), "r"(pa[2 * j])
-                                 : "memory");
-                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[1], j) + 4 * t),
-                                 "r"(pa[2 * j + 1])
-                                 : "memory");
-                }
+                store_p_tile(sP, pa, trow, t);
                 if (t == 0) {
                     row_vals[trow[0]] = alpha[0];
                     row_vals[trow[1]] = alpha[1];
@@ -346,38 +288,7 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
         }
         __syncthreads();
 
-        const bool final_out = (n_split == 1);
-        const int split = split_base + split_local;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int qr = qrow[r];
-            if (qr >= p.rows_per_seq) continue;
-            const float inv = row_vals[trow[r]];
-            if (final_out) {
-                __nv_bfloat16* dst = static_cast<__nv_bfloat16*>(p.out) +
-                                     (static_cast<size_t>(seq) * p.rows_per_seq + qr) * kDimV + wg * kWgOutCols + 2 * t;
-#pragma unroll
-                for (int j = 0; j < kWgOutCols / 8; ++j)
-                    *reinterpret_cast<uint32_t*>(dst + j * 8) =
-                        ptx::pack_bf16x2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-            } else {
-                float* dst = p.o_accum + (static_cast<size_t>(split) * p.rows_per_seq + qr) * kDimV + wg * kWgOutCols +
-                             2 * t;
-#pragma unroll
-                for (int j = 0; j < kWgOutCols / 8; ++j)
-                    *reinterpret_cast<float2*>(dst + j * 8) =
-                        make_float2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-            }
-            if (wg == 0 && t == 0) {
-                const float sum = row_sum[r];
-                const float lse = (sum > 0.f) ? (row_max[r] + __log2f(sum)) * 0.69314718055994531f : -INFINITY;
-                if (final_out) {
-                    const int h = qr - qtok[r] * p.h_q;
-                    p.lse[(static_cast<size_t>(seq) * p.h_q + h) * p.s_q + qtok[r]] = lse;
-                } else {
-                    p.lse_accum[static_cast<size_t>(split) * p.rows_per_seq + qr] = lse;
-                }
-            }
-        }
+        const float inv[2] = {row_vals[trow[0]], row_vals[trow[1]]};
+        store_chunk(p, o, seq, split_base + split_local, n_split == 1, qrow, qtok, inv, row_sum, row_max, wg, t);
     }
 }

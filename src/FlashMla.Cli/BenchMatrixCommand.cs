@@ -132,12 +132,8 @@ internal static class BenchMatrixCommand
         int maxBatch = s.Batches.Max();
         int sets = s.DistinctSequences ? s.MaxWorkers : 1;
         var random = new Random(7);
-        var rows = Workload.RandomBf16(random, (long)s.Context * MlaDims.HeadDimK);
-        var ids = new ulong[sets * maxBatch];
         var prefill = Stopwatch.StartNew();
-        for (int i = 0; i < ids.Length; i++) ids[i] = await admin.CreateSequenceAsync(cancellationToken);
-        for (int start = 0; start < ids.Length; start += 8)
-            await admin.AppendKvAsync(ids[start..Math.Min(ids.Length, start + 8)].Select(id => new KvUpload(id, 0, rows)), cancellationToken: cancellationToken);
+        var ids = await Workload.PrefillAsync(admin, random, sets * maxBatch, s.Context, cancellationToken);
         AnsiConsole.MarkupLine($"prefilled {ids.Length} sequences x {s.Context} tokens in {prefill.Elapsed.TotalSeconds:F1} s");
 
         var tcp = new Dictionary<int, double>();

@@ -22,10 +22,12 @@ var token = new Option<string?>("--token")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify)") { address, decodeAddress, token };
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify)") { address, decodeAddress, token };
 root.Add(DemoCommand.Create(address, token));
 root.Add(BenchCommand.Create(address, decodeAddress, token));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress, token));
 root.Add(TcpBenchCommand.Create());
+root.Add(LatencyCommand.Create(address, decodeAddress, token));
+root.Add(IngestBenchCommand.Create(address, decodeAddress, token));
 root.Add(VerifyCommand.Create(address, decodeAddress, token));
 return await root.Parse(args).InvokeAsync();

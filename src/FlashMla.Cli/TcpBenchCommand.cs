@@ -61,18 +61,7 @@ internal static class TcpBenchCommand
     /// <summary>Bytes received per second over all connections, in GB/s (1e9).</summary>
     public static async Task<double> MeasureAsync(int connections, double seconds, int messageBytes, CancellationToken cancellationToken)
     {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(connections);
-        var endpoint = (IPEndPoint)listener.LocalEndPoint!;
-        var pairs = new List<(Socket Sender, Socket Receiver)>();
-        for (int i = 0; i < connections; i++)
-        {
-            var sender = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            var accept = listener.AcceptAsync(cancellationToken);
-            await sender.ConnectAsync(endpoint, cancellationToken);
-            pairs.Add((sender, await accept));
-        }
+        var pairs = await ConnectAsync(connections, cancellationToken);
         long received = 0;
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var clock = Stopwatch.StartNew();
@@ -119,5 +108,70 @@ internal static class TcpBenchCommand
             receiver.Dispose();
         }
         return bytes / elapsed / 1e9;
+    }
+
+    /// <summary>
+    /// The round trip's floor on the wire: over one loopback connection, the client sends <paramref name="requestBytes"/>,
+    /// the other end reads them all and answers with <paramref name="responseBytes"/>, one exchange at a time (what one
+    /// decode call in flight moves, without HTTP/2, gRPC or a server behind it). Returns the measured round trips, in
+    /// microseconds, after a short unmeasured warm-up.
+    /// </summary>
+    public static async Task<double[]> PingPongAsync(int requestBytes, int responseBytes, double seconds, CancellationToken cancellationToken)
+    {
+        var pairs = await ConnectAsync(1, cancellationToken);
+        var (client, server) = pairs[0];
+        using var clientStream = new NetworkStream(client, ownsSocket: true);
+        using var serverStream = new NetworkStream(server, ownsSocket: true);
+        var answering = Task.Run(async () =>
+        {
+            var request = new byte[requestBytes];
+            var response = new byte[responseBytes];
+            Random.Shared.NextBytes(response);
+            try
+            {
+                while (await serverStream.ReadAtLeastAsync(request, requestBytes, throwOnEndOfStream: false, cancellationToken) == requestBytes)
+                    await serverStream.WriteAsync(response, cancellationToken);
+            }
+            catch (IOException)
+            {
+                // The client closed mid-exchange: the measurement is over.
+            }
+        }, cancellationToken);
+        var sent = new byte[requestBytes];
+        var received = new byte[responseBytes];
+        Random.Shared.NextBytes(sent);
+        var roundTrips = new List<double>();
+        double warmup = Math.Min(0.2, seconds / 4);
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed.TotalSeconds < warmup + seconds || roundTrips.Count < 3)
+        {
+            long start = Stopwatch.GetTimestamp();
+            await clientStream.WriteAsync(sent, cancellationToken);
+            await clientStream.ReadExactlyAsync(received, cancellationToken);
+            if (clock.Elapsed.TotalSeconds >= warmup) roundTrips.Add(Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+        }
+        client.Shutdown(SocketShutdown.Send);
+        await answering;
+        return [.. roundTrips];
+    }
+
+    /// <summary><paramref name="count"/> connected pairs of loopback sockets (Nagle off on the connecting side).</summary>
+    private static async Task<List<(Socket Connected, Socket Accepted)>> ConnectAsync(int count, CancellationToken cancellationToken)
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(count);
+        var endpoint = (IPEndPoint)listener.LocalEndPoint!;
+        var pairs = new List<(Socket, Socket)>();
+        for (int i = 0; i < count; i++)
+        {
+            var connected = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            var accept = listener.AcceptAsync(cancellationToken);
+            await connected.ConnectAsync(endpoint, cancellationToken);
+            var accepted = await accept;
+            accepted.NoDelay = true;
+            pairs.Add((connected, accepted));
+        }
+        return pairs;
     }
 }

@@ -36,6 +36,20 @@ internal static class Workload
         return (ids, rows);
     }
 
+    /// <summary>
+    /// <paramref name="count"/> new sequences, each holding the same <paramref name="context"/> random rows in layer 0 (for
+    /// the benchmarks: the content does not matter there, only the lengths), uploaded eight sequences per call.
+    /// </summary>
+    public static async Task<ulong[]> PrefillAsync(FlashMlaClient client, Random random, int count, int context, CancellationToken cancellationToken)
+    {
+        var rows = RandomBf16(random, (long)context * MlaDims.HeadDimK);
+        var ids = new ulong[count];
+        for (int i = 0; i < ids.Length; i++) ids[i] = await client.CreateSequenceAsync(cancellationToken);
+        for (int start = 0; start < ids.Length; start += 8)
+            await client.AppendKvAsync(ids[start..Math.Min(ids.Length, start + 8)].Select(id => new KvUpload(id, 0, rows)), cancellationToken: cancellationToken);
+        return ids;
+    }
+
     /// <summary>Relative error of bf16 <paramref name="actual"/> against a double reference.</summary>
     public static double RelativeError(ReadOnlySpan<ushort> actual, ReadOnlySpan<double> expected)
     {

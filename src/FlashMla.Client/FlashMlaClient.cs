@@ -29,6 +29,7 @@ public sealed class FlashMlaClient : IDisposable
 
     private readonly IDisposable[] _owned;
     private readonly CallInvoker[] _decodeInvokers;
+    private readonly KvCache.KvCacheClient _ingest;
     private readonly DecodeMarshallers _decodeMethods;
     private int _nextDecodeChannel = -1;
 
@@ -37,15 +38,16 @@ public sealed class FlashMlaClient : IDisposable
     {
     }
 
-    public FlashMlaClient(ChannelBase channel) : this((channel, [channel.CreateCallInvoker()], []), new FlashMlaClientOptions())
+    public FlashMlaClient(ChannelBase channel) : this((channel, [channel.CreateCallInvoker()], null, []), new FlashMlaClientOptions())
     {
     }
 
-    private FlashMlaClient((ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) parts, FlashMlaClientOptions options)
+    private FlashMlaClient((ChannelBase Cache, CallInvoker[] Decode, ChannelBase? Ingest, IDisposable[] Owned) parts, FlashMlaClientOptions options)
     {
         _owned = parts.Owned;
         Channel = parts.Cache;
         Cache = new KvCache.KvCacheClient(Channel);
+        _ingest = parts.Ingest is null ? Cache : new KvCache.KvCacheClient(parts.Ingest);
         Decoder = new Decoder.DecoderClient(Channel);
         _decodeInvokers = parts.Decode;
         _decodeMethods = new DecodeMarshallers(options.BufferPool ?? DefaultBufferPool);
@@ -62,11 +64,13 @@ public sealed class FlashMlaClient : IDisposable
     public Decoder.DecoderClient Decoder { get; }
 
     /// <summary>
-    /// The cache channel and one decode invoker per connection. Decode calls go straight over the library's HTTP/2
+    /// The cache channel, one decode invoker per connection, and, when decode has an address of its own (the data-plane
+    /// port), a channel over the first decode connection for KV ingest (AppendKv: rows received there straight into
+    /// page-locked memory). Decode calls go straight over the library's HTTP/2
     /// handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each; over Grpc.Net.Client
     /// channels for https addresses (and when a benchmark asks, <see cref="FlashMlaClientOptions.DirectDecode"/>).
     /// </summary>
-    private static (ChannelBase Cache, CallInvoker[] Decode, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
+    private static (ChannelBase Cache, CallInvoker[] Decode, ChannelBase? Ingest, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.Connections, 1);
         if (options.DecodeAddress is { } given && !Uri.TryCreate(given, UriKind.Absolute, out _))
@@ -76,6 +80,7 @@ public sealed class FlashMlaClient : IDisposable
         var decode = new CallInvoker[options.Connections];
         GrpcChannel? cache = decodeAddress == address ? null : CreateChannel(address, options);
         bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames && new Uri(decodeAddress).Scheme == Uri.UriSchemeHttp;
+        GrpcChannel? ingest = null; // KV ingest rides the first decode connection when decode has an address of its own
         for (int i = 0; i < decode.Length; i++)
         {
             if (direct)
@@ -87,6 +92,12 @@ public sealed class FlashMlaClient : IDisposable
                     cache = CreateChannel(address, options, handler); // the channel owns (and disposes) the handler
                     owned.Add(cache);
                 }
+                else if (i == 0)
+                {
+                    ingest = CreateChannel(decodeAddress, options, handler); // the channel owns (and disposes) the handler
+                    owned.Add(ingest);
+                    shared = true;
+                }
                 var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
                     options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes, options.RetryNotProcessed);
                 owned.Add(invoker);
@@ -97,12 +108,13 @@ public sealed class FlashMlaClient : IDisposable
                 var channel = CreateChannel(decodeAddress, options);
                 owned.Add(channel);
                 decode[i] = channel.CreateCallInvoker();
+                if (i == 0 && decodeAddress != address) ingest = channel;
                 cache ??= channel; // without a decode address the first decode channel carries the cache calls too
             }
         }
         cache ??= CreateChannel(address, options);
         if (!owned.Contains(cache)) owned.Add(cache);
-        return (cache, decode, [.. owned]);
+        return (cache, decode, ingest, [.. owned]);
     }
 
     /// <summary>
@@ -152,12 +164,16 @@ public sealed class FlashMlaClient : IDisposable
         int rowsPerChunk = DefaultRowsPerChunk, CancellationToken cancellationToken = default) =>
         AppendKvAsync([new KvUpload(sequenceId, layer, rows)], rowsPerChunk, cancellationToken);
 
-    /// <summary>Uploads several (sequence, layer, rows) parts on one client stream.</summary>
+    /// <summary>
+    /// Uploads several (sequence, layer, rows) parts on one client stream: to the data-plane port when the client has
+    /// one (<see cref="FlashMlaClientOptions.DecodeAddress"/>), else to the main address. The rows are sent from where
+    /// they lie (not copied): leave them unchanged until the call returns.
+    /// </summary>
     public async Task<AppendKvResponse> AppendKvAsync(IEnumerable<KvUpload> uploads, int rowsPerChunk = DefaultRowsPerChunk,
         CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(rowsPerChunk, 1);
-        using var call = Cache.AppendKv(cancellationToken: cancellationToken);
+        using var call = _ingest.AppendKv(cancellationToken: cancellationToken);
         foreach (var upload in uploads)
         {
             if (upload.Rows.Length % 576 != 0) throw new ArgumentException("rows must be a whole number of 576-wide rows", nameof(uploads));
@@ -169,7 +185,7 @@ public sealed class FlashMlaClient : IDisposable
                 {
                     SequenceId = upload.SequenceId,
                     Layer = (uint)upload.Layer,
-                    Kv = TensorBytes.Bf16(upload.Rows.Span.Slice(start * 576, n * 576), n, 576),
+                    Kv = TensorBytes.Bf16(WireBytes.Of(upload.Rows.Slice(start * 576, n * 576)), n, 576),
                 }, cancellationToken);
             }
         }

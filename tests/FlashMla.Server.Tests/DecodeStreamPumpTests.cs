@@ -70,18 +70,61 @@ public sealed class DecodeStreamPumpTests
     }
 
     [Fact]
-    public async Task When_writing_fails_the_responses_still_queued_go_back_and_the_stream_fails()
+    public async Task When_writing_fails_no_response_stays_leased_no_later_request_is_served_and_the_stream_fails()
     {
         var leases = Enumerable.Range(0, 6).Select(_ => new Lease()).ToArray();
+        var served = new bool[6];
         var responses = new Responses(failAfter: 1);
         var pump = DecodeStreamPump.RunAsync(new Requests(6), responses, request =>
         {
             int id = (int)request.Message.RequestId;
+            served[id] = true;
             return Task.FromResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = (ulong)id }, leases[id]));
         }, maxInFlight: 8, CancellationToken.None);
-        await Assert.ThrowsAnyAsync<Exception>(() => pump.WaitAsync(TimeSpan.FromSeconds(5)));
+        await Assert.ThrowsAsync<IOException>(() => pump.WaitAsync(TimeSpan.FromSeconds(5)));
         Assert.Single(responses.Written);
-        Assert.All(leases, lease => Assert.True(lease.Disposed));
+        // The response whose write failed went back; the stream broke there, so the requests read after it were not run.
+        Assert.Equal([true, true, false, false, false, false], served);
+        Assert.True(leases[0].Disposed && leases[1].Disposed);
+    }
+
+    [Fact]
+    public async Task Responses_that_complete_while_a_write_is_under_way_wait_for_it_and_then_leave_in_completion_order()
+    {
+        var responses = new BlockingResponses();
+        var gates = Enumerable.Range(0, 3).Select(_ => new TaskCompletionSource<Leased<DecodeResponse>>(TaskCreationOptions.RunContinuationsAsynchronously)).ToArray();
+        var pump = DecodeStreamPump.RunAsync(new Requests(3), responses, request => gates[(int)request.Message.RequestId].Task,
+            maxInFlight: 3, CancellationToken.None);
+        gates[2].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 2 }));
+        await WaitUntilAsync(() => responses.Started == 1); // the first write is under way and holds the stream
+        gates[0].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 0 }));
+        await Task.Delay(20);
+        gates[1].SetResult(new Leased<DecodeResponse>(new DecodeResponse { RequestId = 1 }));
+        await Task.Delay(50);
+        Assert.Equal(1, responses.Started); // never two writes at once
+        responses.Release.SetResult();
+        await pump.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal([2ul, 0ul, 1ul], responses.Written);
+    }
+
+    /// <summary>A response stream whose first write blocks until released, and which fails if two writes overlap.</summary>
+    private sealed class BlockingResponses : IServerStreamWriter<Leased<DecodeResponse>>
+    {
+        private int _writing;
+        public List<ulong> Written { get; } = [];
+        public int Started;
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public WriteOptions? WriteOptions { get; set; }
+
+        public async Task WriteAsync(Leased<DecodeResponse> message)
+        {
+            if (Interlocked.Exchange(ref _writing, 1) != 0) throw new InvalidOperationException("two writes at once");
+            Interlocked.Increment(ref Started);
+            await Release.Task;
+            Written.Add(message.Message.RequestId);
+            message.Dispose();
+            Volatile.Write(ref _writing, 0);
+        }
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition)

@@ -78,7 +78,8 @@ public sealed class DecodeMarshallers
                 if (lse is not null) message.Lse = lse;
             });
 
-    private static void Serialize<T>(Leased<T> leased, SerializationContext context) where T : class, IBufferMessage
+    /// <summary>Writes a leased message and gives its lease back (every pooled marshaller's serializer).</summary>
+    internal static void Serialize<T>(Leased<T> leased, SerializationContext context) where T : class, IBufferMessage
     {
         try
         {

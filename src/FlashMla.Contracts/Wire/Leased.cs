@@ -12,6 +12,12 @@ public sealed class Leased<T>(T message, IDisposable? lease = null) : IDisposabl
 
     public T Message { get; } = message;
 
+    /// <summary>
+    /// When an incoming message's last byte arrived (<see cref="System.Diagnostics.Stopwatch.GetTimestamp"/>), where the
+    /// receiver knows it; 0 when it does not. The server's per-request timings start here.
+    /// </summary>
+    public long ReceivedAt { get; init; }
+
     /// <summary>True once disposed: the message's tensor bytes may then belong to someone else.</summary>
     public bool IsReleased => _lease is null;
 

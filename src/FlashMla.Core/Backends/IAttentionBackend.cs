@@ -24,6 +24,20 @@ public interface IAttentionBackend : IDisposable
     /// <summary>Writes <c>slots.Length</c> bf16 rows of 576 into one layer's pool.</summary>
     void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows);
 
+    /// <summary>
+    /// <see cref="WriteKv"/> started without waiting for it (KV ingest: a prefill's rows, layer by layer): the backend
+    /// reads <paramref name="slots"/> before it returns and <paramref name="rows"/> until the submission completes (the
+    /// caller keeps them unchanged until then), and runs it beside decode steps, on queues of its own. The caller
+    /// orders it: nothing that reads or writes these slots is started until the submission completes, and it is
+    /// submitted only once every earlier step touching them has completed. Faults found before anything started
+    /// throw here; later ones fail the submission. This default writes synchronously and returns a completed one.
+    /// </summary>
+    DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    {
+        WriteKv(layer, slots, rows.Span);
+        return DecodeSubmission.CompletedNow();
+    }
+
     /// <summary>Reads <c>slots.Length</c> bf16 rows of 576 from one layer's pool.</summary>
     void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows);
 

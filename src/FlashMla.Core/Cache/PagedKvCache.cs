@@ -113,15 +113,9 @@ public sealed class PagedKvCache
     /// <summary>Appends <c>rows.Length / 576</c> rows to one layer of one sequence.</summary>
     public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows, Tenant? tenant = null)
     {
-        CheckLayer(layer);
-        if (rows.Length == 0 || rows.Length % MlaDims.HeadDimK != 0)
-            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {MlaDims.HeadDimK} values, got {rows.Length} values");
-        var sequence = Get(id, tenant);
-        int count = rows.Length / MlaDims.HeadDimK;
-        int oldBlocks = sequence.Blocks.Count;
-        Reserve(sequence, layer, count, BlocksNeeded(sequence, layer, count));
+        int count = CheckRows(layer, rows.Length);
         int[] slots = new int[count];
-        SlotsOf(sequence, sequence.LayerLengths[layer], slots);
+        var (sequence, oldBlocks) = ReserveAppend(id, layer, count, slots, tenant);
         try
         {
             _backend.WriteKv(layer, slots, rows);
@@ -132,6 +126,31 @@ public sealed class PagedKvCache
             throw;
         }
         sequence.LayerLengths[layer] += count;
+    }
+
+    /// <summary>Rows in <paramref name="elements"/> bf16 values for <paramref name="layer"/>, or a refusal.</summary>
+    public int CheckRows(int layer, int elements)
+    {
+        CheckLayer(layer);
+        if (elements == 0 || elements % MlaDims.HeadDimK != 0)
+            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {MlaDims.HeadDimK} values, got {elements} values");
+        return elements / MlaDims.HeadDimK;
+    }
+
+    /// <summary>
+    /// The first half of an append whose write the caller starts itself (KV ingest beside decode): makes room for
+    /// <paramref name="count"/> rows at the end of <paramref name="layer"/> and fills <paramref name="slots"/> with
+    /// where they go. The caller then writes them, adds <paramref name="count"/> to the layer's length, or on failure
+    /// calls <see cref="ReleaseBeyond"/> with the block count returned. Refused, it changes nothing.
+    /// </summary>
+    /// <remarks>The sequence is <paramref name="tenant"/>'s (another's is not found), and new blocks count against its quota.</remarks>
+    public (Sequence Sequence, int OldBlocks) ReserveAppend(ulong id, int layer, int count, Span<int> slots, Tenant? tenant = null)
+    {
+        var sequence = Get(id, tenant);
+        int oldBlocks = sequence.Blocks.Count;
+        Reserve(sequence, layer, count, BlocksNeeded(sequence, layer, count));
+        SlotsOf(sequence, sequence.LayerLengths[layer], slots[..count]);
+        return (sequence, oldBlocks);
     }
 
     /// <summary>
@@ -329,12 +348,15 @@ public sealed class PagedKvCache
         _backend.ReadKv(layer, slots, rows);
     }
 
-    /// <summary>Frees every sequence unused for longer than <paramref name="leaseTicks"/>; returns how many.</summary>
-    public int ReclaimIdle(long nowTicks, long leaseTicks)
+    /// <summary>
+    /// Frees every sequence unused for longer than <paramref name="leaseTicks"/>, except those <paramref name="inUse"/>
+    /// says work is still running on; returns how many.
+    /// </summary>
+    public int ReclaimIdle(long nowTicks, long leaseTicks, Func<ulong, bool>? inUse = null)
     {
         List<Sequence>? idle = null;
         foreach (var s in _sequences.Values)
-            if (nowTicks - s.LastUsed > leaseTicks) (idle ??= []).Add(s);
+            if (nowTicks - s.LastUsed > leaseTicks && !(inUse?.Invoke(s.Id) ?? false)) (idle ??= []).Add(s);
         if (idle is null) return 0;
         foreach (var s in idle)
         {

@@ -14,19 +14,23 @@ namespace FlashMla.Core.Scheduling;
 /// alone, the others go on), hands q to the backend as one segment per request (no gather) and gathers
 /// the new rows of a merged batch into a reused buffer, submits the batch to the backend with pooled output buffers and commits the new
 /// lengths at once (the backend runs steps in submission order, so the next batch of the same sequence
-/// sees this one's rows), and keeps the batch in flight until the backend completes it; then it hands
-/// each request its slice of those buffers (no copy). At most <c>maxInFlight</c> batches are in flight:
+/// sees this one's rows), and keeps the batch in flight until the backend completes it. Each request gets its slice
+/// of those buffers (no copy) the moment the outputs are in host memory, on the thread the backend completes on,
+/// when every batch before it has been delivered (else, and on failure, the loop does it when it retires the
+/// batch); the loop retires batches in order (counts, metrics, rollback). At most <c>maxInFlight</c> batches are in flight:
 /// the next one is prepared and started while the device still works on the last. Nothing allocated per
-/// step grows with the tensors. Runs on the scheduler loop only.
+/// step grows with the tensors. Runs on the scheduler loop, except the early hand-out of results
+/// (<see cref="TryDeliverEarly"/>), which reads a batch the loop no longer changes until it retires it.
 /// <para>
 /// A batch that fails in flight fails with every batch submitted after it (they were built on its
-/// appends); all of them are rolled back newest first, which restores the cache exactly because nothing
-/// but decode batches runs while batches are in flight (<see cref="Scheduler"/> retires them before any
-/// cache command).
+/// appends); all of them are rolled back newest first, which restores the cache exactly because no cache
+/// command touches a sequence while a batch on it is in flight (<see cref="Scheduler"/> holds such a command
+/// back until every batch on the sequence has finished: <see cref="SequenceActivity"/>). Every request, however
+/// it ends, leaves the activity it entered when the loop took it.
 /// </para>
 /// </summary>
 internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend backend, FlashMlaMetrics metrics, ArrayPool<byte> tensorBuffers,
-    int maxInFlight)
+    int maxInFlight, long maxKvTokensPerCall, SequenceActivity activity)
 {
     private readonly List<DecodeWork> _accepted = [];
     private readonly List<Sequence> _sequences = [];
@@ -39,6 +43,8 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     private int[] _slots = [];
     private int[] _seqLens = [];
     private int[] _blockTable = [];
+    private long _submitted;        // batches submitted so far (the loop's count)
+    private long _deliveredThrough; // every batch up to this number has handed its requests their results
 
     public long Requests { get; private set; }
     public long Batches { get; private set; }
@@ -54,6 +60,10 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
 
     /// <summary>Raised when the backend reports a fault that leaves the device unusable.</summary>
     public event Action<BackendFaultException>? StickyFault;
+
+    /// <summary>The refusal of a request whose KV alone passes the limit of one backend call.</summary>
+    public static CacheException KvTokensRefusal(long tokens, long limit) => new(CacheError.ResourceExhausted,
+        $"the request attends over {tokens} KV tokens, more than one backend call takes ({limit}, MaxKvTokensPerCall); send fewer or shorter sequences per request");
 
     public void Run(IReadOnlyList<DecodeWork> works)
     {
@@ -139,7 +149,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             for (int i = b - 1; i >= 0; i--) cache.ReleaseBeyond(_sequences[i], _oldBlockCounts[i]);
             for (int i = 0; i < _accepted.Count; i++) outputs.Release();
             var error = ErrorOf(ex);
-            foreach (var work in _accepted) work.Fail(error);
+            foreach (var work in _accepted) Finish(work, error);
             if (ex is BackendFaultException { IsSticky: true } sticky) StickyFault?.Invoke(sticky);
             return;
         }
@@ -147,7 +157,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         if (first.HasNewKv)
             foreach (var s in _sequences) s.LayerLengths[layer] += sQ;
 
-        var entry = _spare.Count > 0 ? _spare.Pop() : new InFlightBatch();
+        var entry = _spare.Count > 0 ? _spare.Pop() : new InFlightBatch(this);
         entry.Works.AddRange(_accepted);
         entry.Sequences.AddRange(_sequences);
         entry.OldBlockCounts.AddRange(_oldBlockCounts);
@@ -159,8 +169,11 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         entry.Appended = first.HasNewKv;
         entry.KvTokens = kvTokens;
         entry.SubmittedAt = submitted;
+        entry.Number = ++_submitted;
         _inFlight.Enqueue(entry);
-        RetireCompleted(); // a synchronous backend has finished already: deliver at once
+        // Results go out from the completion itself: no wake-up of this loop stands between the outputs and the responses.
+        submission.OnOutputsReady(entry.DeliverEarly);
+        RetireCompleted(); // a synchronous backend has finished already: count it at once
     }
 
     /// <summary>Delivers every batch at the head of the queue that has completed; never blocks.</summary>
@@ -169,7 +182,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         while (_inFlight.Count > 0 && _inFlight.Peek().Submission.IsComplete) RetireOldest();
     }
 
-    /// <summary>Waits for and delivers every batch in flight (before a cache command, and at drain).</summary>
+    /// <summary>Waits for and delivers every batch in flight (at drain: the loop itself never waits on a batch).</summary>
     public void RetireAll()
     {
         while (_inFlight.Count > 0) RetireOldest();
@@ -189,10 +202,12 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             return;
         }
         _inFlight.Dequeue();
+        if (!entry.Delivered) DeliverResults(entry);
         Deliver(entry);
         Recycle(entry);
     }
 
+    /// <summary>The batch's counts and metrics, on the loop, once it is retired (its requests have their results by then).</summary>
     private void Deliver(InFlightBatch entry)
     {
         int b = entry.Sequences.Count, sQ = entry.QueryTokens, hQ = entry.Heads;
@@ -210,7 +225,34 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
         if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
+        // The sequences are free of the batch once the loop retires it, and its requests count for their tenants then
+        // (activity and the tenants' counters are the loop's, so not on the completion thread that may have handed
+        // out the results already).
+        foreach (var work in entry.Works)
+        {
+            activity.Leave(work.SequenceIds);
+            CountForTenant(work.Tenant ?? cache.DefaultTenant);
+        }
+    }
 
+    /// <summary>One more decode request served for <paramref name="tenant"/>, and one more batch the first time this batch counts for it.</summary>
+    private void CountForTenant(Tenant tenant)
+    {
+        tenant.DecodeRequests++;
+        if (tenant.LastBatchCounted == Batches) return;
+        tenant.LastBatchCounted = Batches;
+        tenant.DecodeBatches++;
+    }
+
+    /// <summary>
+    /// Hands each request of a completed batch its slices of the outputs, in order after every earlier batch: from
+    /// <see cref="InFlightBatch.DeliverEarly"/> on the backend's completion thread, or from the loop when that could not.
+    /// </summary>
+    private void DeliverResults(InFlightBatch entry)
+    {
+        int b = entry.Sequences.Count, sQ = entry.QueryTokens, hQ = entry.Heads;
+        long completedAt = Math.Max(entry.Submission.CompletedAt, entry.SubmittedAt);
+        double computeUs = (completedAt - entry.SubmittedAt) * 1e6 / Stopwatch.Frequency;
         int outPerSeq = sQ * hQ * MlaDims.HeadDimV, lsePerSeq = sQ * hQ;
         int done = 0;
         foreach (var work in entry.Works)
@@ -221,15 +263,29 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             double queueUs = (entry.SubmittedAt - work.ArrivedAt) * 1e6 / Stopwatch.Frequency;
             metrics.QueueWait.Record(queueUs / 1e6);
             metrics.DecodeRequests.Add(1);
-            var tenant = work.Tenant ?? cache.DefaultTenant;
-            tenant.DecodeRequests++;
-            if (tenant.LastBatchCounted != Batches)
-            {
-                tenant.LastBatchCounted = Batches;
-                tenant.DecodeBatches++;
-            }
-            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases), entry.Outputs));
+            work.Complete(new DecodeResult(outBytes, lseBytes, new DecodeTimings(queueUs, computeUs, b, entry.Works.Count, entry.Submission.Phases, work.ArrivedAt, completedAt), entry.Outputs));
             done += n;
+        }
+        entry.Delivered = true;
+        Volatile.Write(ref _deliveredThrough, entry.Number);
+    }
+
+    /// <summary>
+    /// On the backend's completion thread: delivers the batch's results now when every batch before it has delivered
+    /// (a batch after a failed one must fail with it, which only the loop decides). Never throws: what it cannot do,
+    /// the loop does when it retires the batch.
+    /// </summary>
+    private void TryDeliverEarly(InFlightBatch entry)
+    {
+        if (Volatile.Read(ref _deliveredThrough) != entry.Number - 1) return;
+        try
+        {
+            DeliverResults(entry);
+        }
+        catch (Exception)
+        {
+            // Left to the loop: the requests not completed yet are completed when it retires the batch.
+            entry.Delivered = false;
         }
     }
 
@@ -257,6 +313,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
         var failed = _inFlight.ToArray();
         _inFlight.Clear();
+        Volatile.Write(ref _deliveredThrough, failed[^1].Number); // nothing is in flight now: the next batch may deliver early
         for (int k = failed.Length - 1; k >= 0; k--)
         {
             var entry = failed[k];
@@ -273,11 +330,18 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             foreach (var work in entry.Works)
             {
                 entry.Outputs!.Release();
-                work.Fail(error);
+                Finish(work, error);
             }
             Recycle(entry);
         }
         if (sticky is not null) StickyFault?.Invoke(sticky);
+    }
+
+    /// <summary>A request ends without a result: its caller gets <paramref name="error"/>, its sequences are free of it.</summary>
+    private void Finish(DecodeWork work, Exception error)
+    {
+        work.Fail(error);
+        activity.Leave(work.SequenceIds);
     }
 
     private static CacheException ErrorOf(Exception ex) => ex is BackendFaultException fault
@@ -291,12 +355,24 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         entry.OldBlockCounts.Clear();
         entry.Submission = null!;
         entry.Outputs = null;
+        entry.Delivered = false;
         _spare.Push(entry);
     }
 
     /// <summary>A submitted batch: what delivery needs, and what a rollback undoes.</summary>
     private sealed class InFlightBatch
     {
+        public InFlightBatch(DecodeBatchExecutor executor) => DeliverEarly = () => executor.TryDeliverEarly(this);
+
+        /// <summary>The action the backend runs when the outputs are in host memory (made once per entry: entries are reused).</summary>
+        public Action DeliverEarly { get; }
+
+        /// <summary>Order of submission, from 1.</summary>
+        public long Number { get; set; }
+
+        /// <summary>Its requests have their results (early, or by the loop).</summary>
+        public bool Delivered { get; set; }
+
         public List<DecodeWork> Works { get; } = [];
         public List<Sequence> Sequences { get; } = [];
         public List<int> OldBlockCounts { get; } = [];
@@ -313,12 +389,18 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
     /// <summary>Validates one request against the cache and reserves its blocks; on refusal fails it alone.</summary>
     private void TryReserve(DecodeWork work)
     {
+        if (!work.TryStart())
+        {
+            activity.Leave(work.SequenceIds); // cancelled while queued: never computed
+            return;
+        }
         try
         {
             cache.CheckLayer(work.Layer);
             _candidates.Clear();
             int needed = 0;
             var tenant = work.Tenant ?? cache.DefaultTenant;
+            long kvTokens = 0;
             for (int i = 0; i < work.BatchSize; i++)
             {
                 var s = cache.Get(work.SequenceIds[i], tenant);
@@ -329,8 +411,10 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
                     throw CacheException.Invalid(
                         $"sequence {s.Id} holds {s.LayerLengths[work.Layer]} rows in layer {work.Layer}, fewer than s_q = {work.QueryTokens}: without new rows its query token 0 would see no position");
                 _candidates.Add(s);
+                kvTokens += s.LayerLengths[work.Layer] + (work.HasNewKv ? work.QueryTokens : 0);
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }
+            if (kvTokens > maxKvTokensPerCall) throw KvTokensRefusal(kvTokens, maxKvTokensPerCall);
             cache.RequireBlocks(tenant, needed, $"a decode request of {work.BatchSize} sequences");
             foreach (var s in _candidates)
             {
@@ -342,7 +426,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         }
         catch (CacheException ex)
         {
-            work.Fail(ex);
+            Finish(work, ex);
         }
     }
 

@@ -10,6 +10,7 @@ namespace FlashMla.Core.Scheduling;
 public sealed class DecodeWork
 {
     private readonly TaskCompletionSource<DecodeResult> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private StartGate _gate;
 
     private DecodeWork(DecodeShape shape, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
     {
@@ -52,6 +53,18 @@ public sealed class DecodeWork
         if (!newKv.IsEmpty && newKv.Length != shape.NewKvBytes)
             throw new ArgumentException($"DecodeWork: kv holds {newKv.Length} bytes, its shape needs {shape.NewKvBytes}", nameof(newKv));
         return new DecodeWork(shape, q, newKv) { Tenant = tenant };
+    }
+
+    /// <summary>True once its caller gave up before the loop started it: it will never be computed.</summary>
+    internal bool IsCancelled => _gate.IsCancelled;
+
+    /// <summary>The loop takes the request into a batch; false when it was cancelled first.</summary>
+    internal bool TryStart() => _gate.TryStart();
+
+    /// <summary>The caller's token fired: a request not started yet fails at once and is never computed.</summary>
+    internal void Cancel(CancellationToken token)
+    {
+        if (_gate.TryCancel()) _completion.TrySetCanceled(token);
     }
 
     internal void Complete(DecodeResult result) => _completion.TrySetResult(result);
@@ -131,6 +144,10 @@ internal sealed class DecodeOutputBuffers
     }
 }
 
-/// <summary>Where a request's time went; <paramref name="Device"/> splits its batch's device time, when the backend measures it.</summary>
+/// <summary>
+/// Where a request's time went; <paramref name="Device"/> splits its batch's device time, when the backend measures it.
+/// <paramref name="ArrivedAt"/> (the request at the scheduler) and <paramref name="CompletedAt"/> (its batch's outputs in
+/// host memory) are <see cref="Stopwatch.GetTimestamp"/> values, so the host can add the time before and after.
+/// </summary>
 public readonly record struct DecodeTimings(double QueueMicroseconds, double ComputeMicroseconds, int BatchSequences, int BatchRequests,
-    Backends.DevicePhases? Device = null);
+    Backends.DevicePhases? Device = null, long ArrivedAt = 0, long CompletedAt = 0);

@@ -27,13 +27,15 @@ public sealed class CudaBackend : IAttentionBackend
     private readonly CudaCallGuard _guard;
     private readonly DeviceKvPools _pools;
     private readonly DecodePipeline _decode;
+    private readonly KvIngest _ingest;
     private readonly HostMemoryRegistrar _registrar;
     private readonly string _fatbinPath;
     private bool _disposed;
 
     private CudaBackend(CudaDeviceInfo device, PrimaryContextHandle context, IDisposable[] owned, CudaCallGuard guard, DeviceKvPools pools,
-        DecodePipeline decode, string fatbinPath)
+        DecodePipeline decode, KvIngest ingest, string fatbinPath)
     {
+        _ingest = ingest;
         _device = device;
         _context = context;
         _owned = owned;
@@ -77,6 +79,9 @@ public sealed class CudaBackend : IAttentionBackend
         set => _decode.PoisonResults = value;
     }
 
+    /// <summary>KV writes (SubmitWriteKv) whose rows went up straight from a page-locked array; for checks.</summary>
+    internal long DirectIngestWrites => _ingest.DirectWrites;
+
     /// <summary>Decode steps whose q and out were copied directly (not staged); for checks.</summary>
     internal long DirectSteps => _decode.DirectSteps;
 
@@ -96,6 +101,7 @@ public sealed class CudaBackend : IAttentionBackend
         _decode.HostPool?.Detach();
         pool.Attach(_registrar);
         _decode.HostPool = pool;
+        _ingest.HostPool = pool;
     }
 
     /// <summary>Opens device 0 and allocates the pools. Called by <see cref="CudaBackendFactory.Create"/> after a probe.</summary>
@@ -111,7 +117,7 @@ public sealed class CudaBackend : IAttentionBackend
             context.MakeCurrent();
             MlaKernels kernels = MlaKernels.Load(context, options.FatbinPath, device);
             owned.Push(kernels);
-            var streams = new StreamHandle[3]; // compute, upload, download
+            var streams = new StreamHandle[4]; // compute, upload, download, ingest
             for (int i = 0; i < streams.Length; i++)
             {
                 streams[i] = StreamHandle.Create(context);
@@ -134,8 +140,9 @@ public sealed class CudaBackend : IAttentionBackend
             owned.Push(pools);
             var guard = new CudaCallGuard(context);
             var decode = new DecodePipeline(context, guard, kernels, pools, streams[0], streams[1], streams[2], slots, device.SmCount);
-            return new CudaBackend(device, context, [.. slots, streams[2], streams[1], streams[0], kernels], guard, pools, decode,
-                Path.GetFullPath(options.FatbinPath));
+            var ingest = new KvIngest(context, guard, kernels, pools, streams[3]);
+            return new CudaBackend(device, context, [.. slots, streams[3], streams[2], streams[1], streams[0], kernels], guard, pools, decode,
+                ingest, Path.GetFullPath(options.FatbinPath));
         }
         catch
         {
@@ -152,6 +159,22 @@ public sealed class CudaBackend : IAttentionBackend
         try
         {
             _pools.Write(layer, slots, rows);
+        }
+        catch (CudaException e)
+        {
+            throw _guard.Fault(e);
+        }
+    }
+
+    /// <summary>The write on the ingest stream (<see cref="KvIngest"/>), beside decode steps; returns without waiting.</summary>
+    public DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    {
+        CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
+        BeginCall();
+        if (slots.IsEmpty) return DecodeSubmission.CompletedNow();
+        try
+        {
+            return _ingest.Submit(layer, slots, rows);
         }
         catch (CudaException e)
         {
@@ -209,8 +232,13 @@ public sealed class CudaBackend : IAttentionBackend
         if (_disposed) return;
         _disposed = true;
         _decode.Dispose();
-        if (!_guard.DeviceLost && CudaDriver.cuCtxSetCurrent(_context.DangerousGetHandle()) == CUresult.CUDA_SUCCESS)
+        bool current = !_guard.DeviceLost && CudaDriver.cuCtxSetCurrent(_context.DangerousGetHandle()) == CUresult.CUDA_SUCCESS;
+        if (current)
+        {
             _decode.SynchronizeStreams(); // in-flight work ends before its memory goes; a failure here has nowhere better to go
+            _ingest.SynchronizeStream();
+        }
+        _ingest.Dispose();
         // Unlock the pool's arrays while the context lives; the pool keeps them (unlocked) for the next backend.
         _decode.HostPool?.Detach();
         _pools.Dispose();

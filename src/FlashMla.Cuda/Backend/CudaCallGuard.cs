@@ -47,3 +47,30 @@ internal static unsafe class DeviceCopy
     public static void ToHost(IntPtr destination, ulong source, long bytes, string what, StreamHandle stream) =>
         CudaException.Check(CudaDriver.cuMemcpyDtoHAsync_v2((void*)destination, source, (nuint)bytes, stream.Stream), "cuMemcpyDtoHAsync(" + what + ")");
 }
+
+/// <summary>How a completion thread ends a submission: done, or failed with the backend's exception for what went wrong.</summary>
+internal static class SubmissionCompletion
+{
+    /// <summary>
+    /// Binds the context to this thread, runs <paramref name="finish"/> (waits for the device, unstages) and completes
+    /// <paramref name="submission"/> with the phases it returns, or fails it: a CUDA error through the guard (a sticky one
+    /// marks the device lost), anything else as a fault of <paramref name="what"/>.
+    /// </summary>
+    public static void Complete<TState>(PrimaryContextHandle context, CudaCallGuard guard, DecodeSubmission submission, TState state,
+        Func<TState, DevicePhases?> finish, string what)
+    {
+        try
+        {
+            context.MakeCurrent();
+            submission.MarkComplete(finish(state));
+        }
+        catch (CudaException e)
+        {
+            submission.MarkFailed(guard.Fault(e));
+        }
+        catch (Exception e)
+        {
+            submission.MarkFailed(new BackendFaultException($"CUDA backend: completing {what} failed: " + e.Message, isSticky: false, e));
+        }
+    }
+}

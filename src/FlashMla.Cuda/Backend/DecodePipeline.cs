@@ -270,23 +270,11 @@ internal sealed class DecodePipeline : IDisposable
     private void FinishSteps()
     {
         foreach (DecodeSlot slot in _toFinish.GetConsumingEnumerable())
-        {
-            DecodeSubmission submission = slot.Submission!;
-            try
+            SubmissionCompletion.Complete(_context, _guard, slot.Submission!, slot, static slot =>
             {
-                _context.MakeCurrent();
                 Unstage(slot);
-                submission.MarkComplete(slot.Events.ReadPhases());
-            }
-            catch (CudaException e)
-            {
-                submission.MarkFailed(_guard.Fault(e));
-            }
-            catch (Exception e)
-            {
-                submission.MarkFailed(new BackendFaultException("CUDA backend: completing a decode step failed: " + e.Message, isSticky: false, e));
-            }
-        }
+                return slot.Events.ReadPhases();
+            }, "a decode step");
     }
 
     /// <summary>Copies each downloaded chunk out of pinned memory as soon as its event has completed.</summary>

@@ -163,7 +163,7 @@ internal sealed class DataPlaneConnection : Http2Connection
             caller = _dispatcher.Authenticate(head);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
-                    $"{head.Path} is not served on the data-plane port, which serves {DataPlaneDispatcher.ServiceName} only; use the gRPC port"));
+                    $"{head.Path} is not served on the data-plane port, which serves {DataPlaneDispatcher.ServiceName} and {DataPlaneDispatcher.AppendKvPath} only; use the gRPC port"));
         }
         catch (RpcException ex)
         {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FlashMla.Contracts.Wire;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Services;
 using Google.Protobuf;
@@ -7,11 +8,12 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>
-/// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves, and turns
-/// how the call ended into its gRPC status, as grpc-dotnet does for a service method.
+/// Routes a data-plane call to the same <see cref="DecoderService"/> that Kestrel's gRPC port serves (and KV ingest,
+/// flashmla.v1.KvCache/AppendKv, to the same <see cref="KvCacheService"/>), and turns how the call ended into its gRPC
+/// status, as grpc-dotnet does for a service method.
 /// </summary>
-internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailures failures, FlashMlaMetrics metrics, Security.TenantDirectory tenants,
-    ILogger log)
+internal sealed class DataPlaneDispatcher(DecoderService service, KvCacheService kvCache, RequestFailures failures, FlashMlaMetrics metrics,
+    Security.TenantDirectory tenants, ILogger log)
 {
     public const string ServiceName = "flashmla.v1.Decoder";
     public const string DecodePath = "/" + ServiceName + "/Decode";
@@ -19,7 +21,9 @@ internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailure
 
     public ILogger Log { get; } = log;
 
-    public bool Serves(string path) => path is DecodePath or DecodeOncePath;
+    public const string AppendKvPath = KvIngestMarshallers.AppendKvPath;
+
+    public bool Serves(string path) => path is DecodePath or DecodeOncePath or AppendKvPath;
 
     /// <summary>The caller of a call from its headers' bearer token; UNAUTHENTICATED (recorded) without a valid one.</summary>
     public Security.Caller Authenticate(GrpcRequestHead head)
@@ -56,6 +60,12 @@ internal sealed class DataPlaneDispatcher(DecoderService service, RequestFailure
             if (context.Method == DecodePath)
             {
                 await service.Decode(requests, responses, context).ConfigureAwait(false);
+                return Status.DefaultSuccess;
+            }
+            if (context.Method == AppendKvPath)
+            {
+                var appended = await kvCache.AppendKv(new DataPlaneAppendKvReader(requests), context).ConfigureAwait(false);
+                await responses.WriteAsync(appended, context.CancellationToken).ConfigureAwait(false);
                 return Status.DefaultSuccess;
             }
             if (!await requests.MoveNext(context.CancellationToken).ConfigureAwait(false))

@@ -10,12 +10,12 @@ namespace FlashMla.Server.DataPlane;
 
 /// <summary>
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
-/// flashmla.v1.Decoder only, over HTTP/2 cleartext with prior knowledge, with tensors received straight into
+/// flashmla.v1.Decoder (and KV ingest, flashmla.v1.KvCache/AppendKv), over HTTP/2 cleartext with prior knowledge, with tensors received straight into
 /// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
 /// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
-public sealed class DataPlaneListener(DecoderService service, RequestFailures failures, IOptions<FlashMlaOptions> options,
+public sealed class DataPlaneListener(DecoderService service, KvCacheService kvCache, RequestFailures failures, IOptions<FlashMlaOptions> options,
     BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers,
     Security.TenantDirectory tenants) : IHostedService
 {
@@ -37,7 +37,7 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
         listener.Listen(512);
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        _dispatcher = new DataPlaneDispatcher(service, failures, metrics, tenants, logger);
+        _dispatcher = new DataPlaneDispatcher(service, kvCache, failures, metrics, tenants, logger);
         _acceptLoop = AcceptAsync(listener);
         return Task.CompletedTask;
     }

@@ -27,8 +27,8 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     /// <summary>Credit given back in pieces of at least this much (or at a message's end).</summary>
     public const int CreditBatchBytes = 256 * 1024;
 
-    /// <summary>A whole message as received: its bytes lie at the start of a pooled array.</summary>
-    private readonly record struct Received(byte[] Array, int Length, bool Compressed);
+    /// <summary>A whole message as received: its bytes lie at the start of a pooled array; its last byte came at <c>ReceivedAt</c>.</summary>
+    private readonly record struct Received(byte[] Array, int Length, bool Compressed, long ReceivedAt);
 
     private readonly Http2Stream _stream;
     private readonly ArrayPool<byte> _pool;
@@ -155,7 +155,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
 
     private void FinishMessage()
     {
-        var message = new Received(_body!, _bodyLength, _bodyCompressed);
+        var message = new Received(_body!, _bodyLength, _bodyCompressed, System.Diagnostics.Stopwatch.GetTimestamp());
         _body = null;
         lock (_gate) _queued++;
         if (!_messages.Writer.TryWrite(message))
@@ -208,23 +208,34 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
 
     public async Task<bool> MoveNext(CancellationToken cancellationToken)
     {
+        var next = await ReadAsync(DecodeMarshallers.ParseRequestInPlace, cancellationToken).ConfigureAwait(false);
+        if (next is null) return false;
+        _current = next;
+        return true;
+    }
+
+    /// <summary>
+    /// The next whole message, parsed in place in its array by <paramref name="parseInPlace"/> (the call's message
+    /// type: a decode request, or an AppendKv chunk); null at the end of the stream. The lease returns the array.
+    /// </summary>
+    public async Task<Leased<T>?> ReadAsync<T>(Func<ReadOnlyMemory<byte>, T> parseInPlace, CancellationToken cancellationToken) where T : class
+    {
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _callToken);
         try
         {
-            if (!await _messages.Reader.WaitToReadAsync(linked.Token).ConfigureAwait(false)) return false;
+            if (!await _messages.Reader.WaitToReadAsync(linked.Token).ConfigureAwait(false)) return null;
         }
         catch (OperationCanceledException) when (_callToken.IsCancellationRequested)
         {
             throw new RpcException(new Status(StatusCode.Cancelled, "the call was cancelled"));
         }
-        if (!_messages.Reader.TryRead(out var message)) return false;
+        if (!_messages.Reader.TryRead(out var message)) return null;
         OnMessageTaken();
-        _current = Parse(message);
-        return true;
+        return Parse(message, parseInPlace);
     }
 
-    /// <summary>A request parsed in place in its array (inflated first into one of its own, if compressed); the lease returns the array.</summary>
-    private Leased<DecodeRequest> Parse(Received message)
+    /// <summary>A message parsed in place in its array (inflated first into one of its own, if compressed); the lease returns the array.</summary>
+    private Leased<T> Parse<T>(Received message, Func<ReadOnlyMemory<byte>, T> parseInPlace) where T : class
     {
         var (array, length) = (message.Array, message.Length);
         try
@@ -236,7 +247,8 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
                 _pool.Return(array);
                 (array, length) = inflated;
             }
-            return new Leased<DecodeRequest>(DecodeMarshallers.ParseRequestInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array));
+            return new Leased<T>(parseInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array))
+                { ReceivedAt = message.ReceivedAt };
         }
         catch
         {

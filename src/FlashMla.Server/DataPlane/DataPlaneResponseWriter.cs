@@ -1,3 +1,4 @@
+using Google.Protobuf;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using FlashMla.Http2;
@@ -24,10 +25,25 @@ internal sealed class DataPlaneResponseWriter(DataPlaneConnection connection, Ht
 
     public async Task WriteAsync(Leased<DecodeResponse> message, CancellationToken cancellationToken)
     {
-        TensorMessageWriter? wire = null;
         try
         {
-            wire = DecodeMarshallers.LayResponse(message.Message);
+            await WriteAsync(DecodeMarshallers.LayResponse(message.Message), cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Only now, with every byte handed to the socket, may the batch's output buffers be reused.
+            message.Dispose();
+        }
+    }
+
+    /// <summary>A response without tensors (AppendKv's), written whole.</summary>
+    public Task WriteAsync(IMessage message, CancellationToken cancellationToken) =>
+        WriteAsync(TensorMessageWriter.Create(message, 0, null, 0, null), cancellationToken);
+
+    private async Task WriteAsync(TensorMessageWriter wire, CancellationToken cancellationToken)
+    {
+        try
+        {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, callToken);
             await _sendLock.WaitAsync(linked.Token).ConfigureAwait(false);
             try
@@ -43,9 +59,7 @@ internal sealed class DataPlaneResponseWriter(DataPlaneConnection connection, Ht
         }
         finally
         {
-            // Only now, with every byte handed to the socket, may the batch's output buffers be reused.
-            wire?.Dispose();
-            message.Dispose();
+            wire.Dispose();
         }
     }
 

@@ -61,6 +61,13 @@ public sealed class FlashMlaOptions
     /// <summary>Decode batches started on the backend and not yet finished, at most (1 runs them one at a time).</summary>
     public int DecodeBatchesInFlight { get; set; } = 2;
 
+    /// <summary>
+    /// Most KV positions one backend decode call attends over (summed over its sequences): bounds how long one call
+    /// holds the backend. Batches close before they pass it; a single request past it is refused with
+    /// RESOURCE_EXHAUSTED before it runs. At least MaxSequenceLength, so one sequence of any allowed length fits.
+    /// </summary>
+    public long MaxKvTokensPerCall { get; set; } = 16L << 20;
+
 
     /// <summary>Largest s_q accepted.</summary>
     public int MaxQueryTokens { get; set; } = 8;
@@ -119,6 +126,8 @@ public sealed class FlashMlaOptions
         if (BatchWindowMicroseconds is < 0 or > 100_000) yield return $"BatchWindowMicroseconds must be 0..100000, got {BatchWindowMicroseconds}";
         if (MaxBatchSequences is < 1 or > 65_536) yield return $"MaxBatchSequences must be 1..65536, got {MaxBatchSequences}";
         if (DecodeBatchesInFlight is < 1 or > 8) yield return $"DecodeBatchesInFlight must be 1..8, got {DecodeBatchesInFlight}";
+        if (MaxKvTokensPerCall < MaxSequenceLength)
+            yield return $"MaxKvTokensPerCall must be at least MaxSequenceLength ({MaxSequenceLength}), got {MaxKvTokensPerCall}";
         if (MaxQueryTokens is < 1 or > 64) yield return $"MaxQueryTokens must be 1..64, got {MaxQueryTokens}";
         if (MaxHeads is < 1 or > MlaDims.MaxHeads) yield return $"MaxHeads must be 1..{MlaDims.MaxHeads}, got {MaxHeads}";
         if (MaxSequenceLength < 1) yield return $"MaxSequenceLength must be >= 1, got {MaxSequenceLength}";
@@ -137,6 +146,7 @@ public sealed class FlashMlaOptions
         BatchWindow = TimeSpan.FromMicroseconds(BatchWindowMicroseconds),
         MaxBatchSequences = MaxBatchSequences,
         MaxDecodeBatchesInFlight = DecodeBatchesInFlight,
+        MaxKvTokensPerCall = MaxKvTokensPerCall,
         MaxQueryTokens = MaxQueryTokens,
         MaxHeads = MaxHeads,
         QueueCapacity = QueueCapacity,

@@ -104,6 +104,7 @@ public static class FlashMlaServerApp
         builder.Services.AddHostedService<SchedulerLifetime>();
         // Registered after the scheduler's lifetime, so it stops first: its calls drain before the scheduler does.
         builder.Services.AddSingleton<DecoderService>();
+        builder.Services.AddSingleton<KvCacheService>(); // also served on the data plane (AppendKv)
         builder.Services.AddHostedService<DataPlane.DataPlaneListener>();
 
         builder.Services.AddGrpc(grpc =>

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using FlashMla.Core.Scheduling;
@@ -21,9 +22,11 @@ public sealed class DecodeHandler(Scheduler scheduler)
     /// Validates, queues and awaits one request. When this returns or throws, the scheduler no longer reads
     /// the request's tensors, so the caller may give their buffers back.
     /// </summary>
-    public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, Caller caller, CancellationToken cancellationToken)
+    /// <param name="receivedAt">When the request's last byte arrived (<see cref="Leased{T}.ReceivedAt"/>); 0: now.</param>
+    public async Task<Leased<DecodeResponse>> RunAsync(DecodeRequest request, Caller caller, long receivedAt, CancellationToken cancellationToken)
     {
         caller.EnsureEntitled(); // a stream opened with a token revoked since fails from its next request on
+        if (receivedAt == 0) receivedAt = Stopwatch.GetTimestamp();
         var shape = DecodeShape.Create(scheduler.Options, request.Layer, request.SequenceIds, request.SQ, request.HQ, request.SoftmaxScale);
         long b = shape.BatchSize, sQ = shape.QueryTokens, hQ = shape.Heads;
         var q = TensorCodec.Expect(request.Q, "q", DType.Bf16, b, sQ, hQ, MlaDims.HeadDimK);
@@ -39,6 +42,7 @@ public sealed class DecodeHandler(Scheduler scheduler)
         {
             tenant.ExitRequest();
         }
+        var timings = result.Timings;
 
         var output = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(result.Out) };
         output.Shape.Add([b, sQ, hQ, MlaDims.HeadDimV]);
@@ -51,15 +55,18 @@ public sealed class DecodeHandler(Scheduler scheduler)
             Lse = lse,
             Timings = new Contracts.V1.DecodeTimings
             {
-                QueueUs = result.Timings.QueueMicroseconds,
-                ComputeUs = result.Timings.ComputeMicroseconds,
-                BatchSequences = (uint)result.Timings.BatchSequences,
-                BatchRequests = (uint)result.Timings.BatchRequests,
-                KernelUs = result.Timings.Device?.KernelMicroseconds ?? 0,
-                UploadUs = result.Timings.Device?.UploadMicroseconds ?? 0,
-                DownloadUs = result.Timings.Device?.DownloadMicroseconds ?? 0,
+                QueueUs = timings.QueueMicroseconds,
+                ComputeUs = timings.ComputeMicroseconds,
+                BatchSequences = (uint)timings.BatchSequences,
+                BatchRequests = (uint)timings.BatchRequests,
+                KernelUs = timings.Device?.KernelMicroseconds ?? 0,
+                UploadUs = timings.Device?.UploadMicroseconds ?? 0,
+                DownloadUs = timings.Device?.DownloadMicroseconds ?? 0,
+                ReceiveUs = ResponseTimings.Microseconds(receivedAt, timings.ArrivedAt),
             },
         };
+        // respond_us and server_us run on to the hand-over to the transport (ResponseTimings.Sending); until then, to now.
+        ResponseTimings.Sending(response, receivedAt, timings.CompletedAt);
         return new Leased<DecodeResponse>(response, new ResultRelease(result));
     }
 

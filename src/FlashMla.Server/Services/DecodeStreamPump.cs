@@ -1,4 +1,5 @@
-using System.Threading.Channels;
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using Grpc.Core;
@@ -7,9 +8,10 @@ namespace FlashMla.Server.Services;
 
 /// <summary>
 /// Runs one Decode stream: reads its requests, keeps up to <c>maxInFlight</c> of them in the scheduler at once
-/// (the next read waits for a slot), and writes each response through one writer as soon as its request
-/// completes, so responses leave in completion order, each carrying its request id. Whatever ends the
-/// stream, no response's pooled buffers stay leased.
+/// (the next read waits for a slot), and writes each response as soon as its request completes, from the task
+/// that awaited it (one write at a time, in completion order, each carrying its request id): no writer task to
+/// wake in between. Once a write fails nothing more is sent, later responses go back unsent and the stream ends
+/// with that failure; whatever ends the stream, no response's pooled buffers stay leased.
 /// </summary>
 internal static class DecodeStreamPump
 {
@@ -18,70 +20,73 @@ internal static class DecodeStreamPump
         Func<Leased<DecodeRequest>, Task<Leased<DecodeResponse>>> serve, int maxInFlight, CancellationToken cancellationToken)
     {
         using var slots = new SemaphoreSlim(maxInFlight, maxInFlight);
-        var completed = Channel.CreateBounded<Leased<DecodeResponse>>(new BoundedChannelOptions(maxInFlight) { SingleReader = true });
-        var writer = WriteAllAsync(completed, responses, cancellationToken);
+        using var writing = new SemaphoreSlim(1, 1); // the stream's writers take one write at a time
+        Exception? writeFailure = null;
         var inFlight = new List<Task>();
         try
         {
             await foreach (var request in requests.ReadAllAsync(cancellationToken))
             {
-                await slots.WaitAsync(cancellationToken);
+                try
+                {
+                    await slots.WaitAsync(cancellationToken);
+                }
+                catch
+                {
+                    request.Dispose();
+                    throw;
+                }
+                if (Volatile.Read(ref writeFailure) is not null)
+                {
+                    slots.Release();
+                    request.Dispose();
+                    break;
+                }
                 inFlight.RemoveAll(t => t.IsCompleted);
                 inFlight.Add(ServeOneAsync(request));
             }
-            await Task.WhenAll(inFlight);
         }
         finally
         {
-            completed.Writer.TryComplete();
+            // Every request taken is answered (or given back) before the stream ends, even when reading failed.
+            await Task.WhenAll(inFlight).ConfigureAwait(false);
         }
-        await writer;
+        if (Volatile.Read(ref writeFailure) is { } failure) ExceptionDispatchInfo.Throw(failure);
 
         async Task ServeOneAsync(Leased<DecodeRequest> request)
         {
-            var response = await serve(request);
             try
             {
-                await completed.Writer.WriteAsync(response, cancellationToken);
-            }
-            catch
-            {
-                response.Dispose();
-                throw;
+                var response = await serve(request);
+                long readyAt = Stopwatch.GetTimestamp();
+                try
+                {
+                    await writing.WaitAsync(cancellationToken);
+                    try
+                    {
+                        if (Volatile.Read(ref writeFailure) is not null)
+                        {
+                            response.Dispose();
+                            return;
+                        }
+                        ResponseTimings.Waited(response.Message, readyAt);
+                        await responses.WriteAsync(response, cancellationToken);
+                    }
+                    finally
+                    {
+                        writing.Release();
+                    }
+                }
+                catch (Exception ex)
+                {
+                    Interlocked.CompareExchange(ref writeFailure, ex, null);
+                    response.Dispose(); // a write that failed before serializing never gave its buffers back; twice is harmless
+                }
             }
             finally
             {
                 slots.Release();
             }
-        }
-    }
-
-    private static async Task WriteAllAsync(Channel<Leased<DecodeResponse>> completed, IServerStreamWriter<Leased<DecodeResponse>> responses,
-        CancellationToken cancellationToken)
-    {
-        await Task.Yield(); // the writer runs beside the reading loop, not inline in it
-        try
-        {
-            await foreach (var response in completed.Reader.ReadAllAsync(CancellationToken.None))
-            {
-                try
-                {
-                    await responses.WriteAsync(response, cancellationToken);
-                }
-                catch
-                {
-                    response.Dispose(); // a write that failed before serializing never gave its buffers back
-                    throw;
-                }
-            }
-        }
-        catch (Exception ex)
-        {
-            // Nothing more can be sent: later responses are refused (their senders give them back) and the
-            // queued ones go back to the pool now, so no batch's output buffers stay leased.
-            completed.Writer.TryComplete(ex);
-            while (completed.Reader.TryRead(out var rest)) rest.Dispose();
-            throw;
         }
     }
 }

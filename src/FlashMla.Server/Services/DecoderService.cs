@@ -25,7 +25,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     {
         try
         {
-            return await handler.RunAsync(request.Message, Caller.Of(context), context.CancellationToken);
+            return await handler.RunAsync(request.Message, Caller.Of(context), request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
@@ -58,7 +58,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     {
         try
         {
-            return await handler.RunAsync(request.Message, caller, context.CancellationToken);
+            return await handler.RunAsync(request.Message, caller, request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {

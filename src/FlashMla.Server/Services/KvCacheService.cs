@@ -1,5 +1,7 @@
 using System.Runtime.InteropServices;
 using FlashMla.Contracts.V1;
+using FlashMla.Contracts.Wire;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
@@ -17,7 +19,8 @@ namespace FlashMla.Server.Services;
 /// <see cref="KvCacheMethods"/> (the generated method definitions, request parsing guarded), not the generated base.
 /// Every call runs as its caller's tenant (<see cref="Guard{T}"/>): it sees and changes that tenant's sequences only.
 /// </summary>
-public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics)
+public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics,
+    PinnedTensorPool tensorBuffers)
 {
     private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
 
@@ -43,25 +46,26 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
     public Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
         Guard(context, async tenant => new CreateSequenceResponse
         {
-            SequenceId = await scheduler.RunAsync(cache => cache.Create(tenant), context.CancellationToken),
+            SequenceId = await scheduler.RunAsync(CacheAccess.Metadata, cache => cache.Create(tenant), context.CancellationToken),
         });
 
-    public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<AppendKvChunk> requestStream, ServerCallContext context) =>
+    /// <summary>
+    /// Appends each chunk as it comes, both ports alike (Kestrel's pooled marshaller, or the data plane's in-place parse):
+    /// a chunk's rows stay in their pooled array until the backend has written them, then the array goes back. A chunk
+    /// waits only for work on its own sequence (<see cref="Scheduler.AppendAsync"/>), never for unrelated decodes. On both
+    /// ports a chunk runs as the call's tenant: it appends to that tenant's sequences only, within its quotas.
+    /// </summary>
+    public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<Leased<AppendKvChunk>> requestStream, ServerCallContext context) =>
         Guard(context, async tenant =>
         {
             ulong chunks = 0, rows = 0;
-            await foreach (var chunk in requestStream.ReadAllAsync(context.CancellationToken))
+            while (await requestStream.MoveNext(context.CancellationToken))
             {
+                using var leased = requestStream.Current;
+                var chunk = leased.Message;
                 var bytes = TensorCodec.Expect(chunk.Kv, "kv", DType.Bf16, -1, MlaDims.HeadDimK);
-                ulong id = chunk.SequenceId;
                 if (chunk.Layer > int.MaxValue) throw CacheException.Invalid($"layer {chunk.Layer} is out of range");
-                int layer = (int)chunk.Layer;
-                await scheduler.RunAsync(cache =>
-                {
-                    cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span), tenant);
-                    return true;
-                }, context.CancellationToken);
-                long appended = bytes.Length / MlaDims.KvRowBytes;
+                int appended = await scheduler.AppendAsync(KvAppendWork.Create(chunk.SequenceId, (int)chunk.Layer, bytes, tenant), context.CancellationToken);
                 metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
                 rows += (ulong)appended;
@@ -73,7 +77,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
     public Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
         Guard(context, async tenant =>
         {
-            var (id, shared, copied) = await scheduler.RunAsync(cache => cache.Fork(request.SequenceId, tenant), context.CancellationToken);
+            var (id, shared, copied) = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Fork(request.SequenceId, tenant), context.CancellationToken);
             return new ForkSequenceResponse { SequenceId = id, SharedBlocks = (uint)shared, CopiedBlocks = (uint)copied };
         });
 
@@ -81,18 +85,18 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
         Guard(context, async tenant =>
         {
             if (request.Length > int.MaxValue) throw CacheException.Invalid($"length {request.Length} is out of range");
-            int released = await scheduler.RunAsync(cache => cache.Truncate(request.SequenceId, (int)request.Length, tenant), context.CancellationToken);
+            int released = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Truncate(request.SequenceId, (int)request.Length, tenant), context.CancellationToken);
             return new TruncateSequenceResponse { ReleasedBlocks = (uint)released };
         });
 
     public Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
         Guard(context, async tenant => new FreeSequenceResponse
         {
-            ReleasedBlocks = (uint)await scheduler.RunAsync(cache => cache.Free(request.SequenceId, tenant), context.CancellationToken),
+            ReleasedBlocks = (uint)await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Free(request.SequenceId, tenant), context.CancellationToken),
         });
 
     public Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
-        Guard(context, tenant => scheduler.RunAsync(cache =>
+        Guard(context, tenant => scheduler.RunAsync(CacheAccess.Metadata, cache =>
         {
             var sequence = cache.Get(request.SequenceId, tenant);
             var info = new SequenceInfo { SequenceId = sequence.Id, Blocks = (uint)sequence.BlockIds.Count };
@@ -106,7 +110,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             if (request.Layer > int.MaxValue || request.Start > int.MaxValue || request.Count > int.MaxValue)
                 throw CacheException.Invalid("layer, start or count is out of range");
             int layer = (int)request.Layer, start = (int)request.Start;
-            int length = await scheduler.RunAsync(cache =>
+            int length = await scheduler.RunAsync(CacheAccess.Metadata, cache =>
             {
                 cache.CheckLayer(layer);
                 return cache.Get(request.SequenceId, tenant).Lengths[layer];
@@ -115,19 +119,29 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             if (start > length || count < 0 || (long)start + count > length)
                 throw CacheException.Invalid($"rows {start}..{(long)start + count - 1} are outside layer {layer} of sequence {request.SequenceId}, which holds {length}");
             int perChunk = request.RowsPerChunk == 0 ? DefaultRowsPerChunk : (int)Math.Min(request.RowsPerChunk, 65_536u);
-            for (int offset = 0; offset < count; offset += perChunk)
+            // One pooled array for the whole call: each chunk is serialized before WriteAsync returns, then the array is reused.
+            int chunkBytes = Math.Min(perChunk, Math.Max(count, 1)) * MlaDims.KvRowBytes;
+            var rows = tensorBuffers.Rent(chunkBytes);
+            try
             {
-                int n = Math.Min(perChunk, count - offset), at = start + offset;
-                var rows = new byte[n * MlaDims.KvRowBytes];
-                await scheduler.RunAsync(cache =>
+                for (int offset = 0; offset < count; offset += perChunk)
                 {
-                    cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(rows.AsSpan()), tenant);
-                    return true;
-                }, context.CancellationToken);
-                var tensor = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(rows) };
-                tensor.Shape.Add(n);
-                tensor.Shape.Add(MlaDims.HeadDimK);
-                await responseStream.WriteAsync(new KvChunk { SequenceId = request.SequenceId, Layer = request.Layer, Start = (uint)at, Kv = tensor });
+                    int n = Math.Min(perChunk, count - offset), at = start + offset;
+                    var chunk = rows.AsMemory(0, n * MlaDims.KvRowBytes);
+                    await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache =>
+                    {
+                        cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(chunk.Span), tenant);
+                        return true;
+                    }, context.CancellationToken);
+                    var tensor = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(chunk) };
+                    tensor.Shape.Add(n);
+                    tensor.Shape.Add(MlaDims.HeadDimK);
+                    await responseStream.WriteAsync(new KvChunk { SequenceId = request.SequenceId, Layer = request.Layer, Start = (uint)at, Kv = tensor });
+                }
+            }
+            finally
+            {
+                tensorBuffers.Return(rows);
             }
             return true;
         });

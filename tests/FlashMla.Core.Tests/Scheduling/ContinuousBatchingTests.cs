@@ -14,22 +14,8 @@ public sealed class ContinuousBatchingTests
     private const int Heads = 4;
     private static readonly TimeSpan Patience = GatedBackend.Patience;
 
-    private static async Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, SchedulerOptions options, int sequences)
-    {
-        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64), options with { SequenceLease = TimeSpan.Zero },
-            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
-        var ids = await scheduler.RunAsync(cache =>
-        {
-            var created = new ulong[sequences];
-            for (int i = 0; i < created.Length; i++)
-            {
-                created[i] = cache.Create();
-                cache.Append(created[i], 0, new ushort[8 * MlaDims.HeadDimK]);
-            }
-            return created;
-        });
-        return (scheduler, ids);
-    }
+    private static Task<(Scheduler Scheduler, ulong[] Ids)> StartAsync(GatedBackend backend, SchedulerOptions options, int sequences) =>
+        GatedBackend.StartSchedulerAsync(backend, options, sequences);
 
     /// <summary>One decode step without new rows over the named sequences, layer 0, s_q 1.</summary>
     private static Task<DecodeResult> Post(Scheduler scheduler, params ulong[] ids) =>

@@ -2,6 +2,8 @@ using FlashMla.Core.Backends;
 using FlashMla.Core.Backends.Cpu;
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
+using FlashMla.Core.Telemetry;
+using FlashMla.Core.Tensors;
 
 namespace FlashMla.Core.Tests.Scheduling;
 
@@ -36,6 +38,33 @@ internal sealed class GatedBackend : IAttentionBackend
     public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => _inner.ReadKv(layer, slots, rows);
     public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => _inner.CopyBlocks(copies);
     public void Decode(DecodeBatch batch) => Submit(batch).Wait();
+
+    /// <summary>When set, KV writes (SubmitWriteKv) land at once but complete only when <see cref="CompleteWrite"/> says.</summary>
+    public bool HoldWrites { get; init; }
+
+    private readonly List<DecodeSubmission> _writes = [];
+
+    public int WritesSubmitted
+    {
+        get { lock (_writes) return _writes.Count; }
+    }
+
+    public DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    {
+        _inner.WriteKv(layer, slots, rows.Span);
+        var submission = HoldWrites ? new DecodeSubmission() : DecodeSubmission.CompletedNow();
+        lock (_writes) _writes.Add(submission);
+        return submission;
+    }
+
+    /// <summary>Completes KV write <paramref name="index"/>, or fails it.</summary>
+    public void CompleteWrite(int index, BackendFaultException? fault = null)
+    {
+        DecodeSubmission submission;
+        lock (_writes) submission = _writes[index];
+        if (fault is null) submission.MarkComplete();
+        else submission.MarkFailed(fault);
+    }
 
     public DecodeSubmission Submit(DecodeBatch batch)
     {
@@ -73,6 +102,9 @@ internal sealed class GatedBackend : IAttentionBackend
     /// <summary>Completes whatever is still pending, so a failed test ends instead of draining forever.</summary>
     public void CompleteAllPending()
     {
+        lock (_writes)
+            foreach (var write in _writes)
+                if (!write.IsComplete) write.MarkComplete();
         int count = Submitted;
         for (int i = 0; i < count; i++)
         {
@@ -90,6 +122,27 @@ internal sealed class GatedBackend : IAttentionBackend
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"{Submitted} of {count} batches submitted");
             await Task.Delay(2);
         }
+    }
+
+    /// <summary>
+    /// A scheduler over <paramref name="backend"/> (no lease) with <paramref name="sequences"/> sequences of 8 zero rows in
+    /// layer 0 each, for the scheduling tests.
+    /// </summary>
+    public static async Task<(Scheduler Scheduler, ulong[] Ids)> StartSchedulerAsync(GatedBackend backend, SchedulerOptions options, int sequences)
+    {
+        var scheduler = new Scheduler(backend, new CacheLimits(4096, 64), options with { SequenceLease = TimeSpan.Zero },
+            new FlashMlaMetrics(), System.Buffers.ArrayPool<byte>.Shared);
+        var ids = await scheduler.RunAsync(cache =>
+        {
+            var created = new ulong[sequences];
+            for (int i = 0; i < created.Length; i++)
+            {
+                created[i] = cache.Create();
+                cache.Append(created[i], 0, new ushort[8 * MlaDims.HeadDimK]);
+            }
+            return created;
+        });
+        return (scheduler, ids);
     }
 
     public void Dispose() => _inner.Dispose();

@@ -49,12 +49,16 @@ public sealed class PipelinedDecodeTests
         return (scheduler, ids);
     }
 
-    private static Task<DecodeResult> Post(Scheduler scheduler, ulong[] ids, StepSpec step)
+    private static Task<DecodeResult> Post(Scheduler scheduler, ulong[] ids, StepSpec step) => Posted(scheduler, ids, step).Posting;
+
+    /// <summary>Posts a step; its work's <see cref="DecodeWork.Completion"/> is what the scheduler completes (the handler's await resumes later).</summary>
+    private static (DecodeWork Work, Task<DecodeResult> Posting) Posted(Scheduler scheduler, ulong[] ids, StepSpec step)
     {
         int b = step.Sequences.Length;
         var named = step.Sequences.Select(i => ids[i]).ToArray();
-        return scheduler.DecodeAsync(DecodeWork.Create(DecodeShape.Create(scheduler.Options, 0, named, 1, (ulong)step.Heads, 0),
-            Bytes(b * step.Heads * MlaDims.HeadDimK, step.Seed), Bytes(b * MlaDims.HeadDimK, step.Seed + 1)));
+        var work = DecodeWork.Create(DecodeShape.Create(scheduler.Options, 0, named, 1, (ulong)step.Heads, 0),
+            Bytes(b * step.Heads * MlaDims.HeadDimK, step.Seed), Bytes(b * MlaDims.HeadDimK, step.Seed + 1));
+        return (work, scheduler.DecodeAsync(work));
     }
 
     /// <summary>The same steps, one after another, on a synchronous CPU backend: (out, lse) bytes of each.</summary>
@@ -239,5 +243,53 @@ public sealed class PipelinedDecodeTests
         backend.Complete(1);
         await drain.WaitAsync(Patience);
         AssertSame(expected[1], await tb);
+    }
+
+    [Fact]
+    public async Task A_request_has_its_result_the_moment_its_batch_completes_without_waiting_for_the_loop()
+    {
+        StepSpec a = new([0, 1], 4, 91), b = new([2], 8, 93);
+        var expected = await ReferenceAsync(3, a, b);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 3);
+        await using var _ = new Teardown(scheduler, backend);
+
+        var (wa, ta) = Posted(scheduler, ids, a);
+        var (wb, tb) = Posted(scheduler, ids, b); // another h_q: a batch of its own
+        await backend.WaitForSubmittedAsync(2);
+        backend.Complete(0);
+        // Handed out inside the backend's completion, before it returned: no wake-up of the loop in between.
+        Assert.True(wa.Completion.IsCompletedSuccessfully);
+        Assert.False(wb.Completion.IsCompleted);
+        backend.Complete(1);
+        Assert.True(wb.Completion.IsCompletedSuccessfully);
+        AssertSame(expected[0], await ta);
+        AssertSame(expected[1], await tb);
+    }
+
+    [Fact]
+    public async Task A_batch_that_completes_before_an_earlier_one_waits_for_it_and_fails_with_it_then_early_delivery_resumes()
+    {
+        StepSpec failing = new([0], 4, 95), later = new([1], 8, 96), next = new([1], 8, 97); // two h_q: two batches
+        var expected = await ReferenceAsync(2, next);
+        using var backend = new GatedBackend();
+        var (scheduler, ids) = await StartAsync(backend, 2);
+        await using var _ = new Teardown(scheduler, backend);
+
+        var t1 = Post(scheduler, ids, failing);
+        var t2 = Post(scheduler, ids, later);
+        await backend.WaitForSubmittedAsync(2);
+        backend.Complete(1); // out of order: the first batch is still running
+        await Task.Delay(50);
+        Assert.False(t2.IsCompleted);
+        backend.Complete(0, new BackendFaultException("launch failed", isSticky: false));
+        await Assert.ThrowsAsync<CacheException>(() => t1.WaitAsync(Patience));
+        await Assert.ThrowsAsync<CacheException>(() => t2.WaitAsync(Patience)); // built on the failed batch's appends
+
+        var (w3, t3) = Posted(scheduler, ids, next);
+        await backend.WaitForSubmittedAsync(3);
+        backend.Complete(2);
+        Assert.True(w3.Completion.IsCompletedSuccessfully);
+        AssertSame(expected[0], await t3);
     }
 }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.InteropServices;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Backends.Cpu;
 using FlashMla.Core.Cache;
@@ -8,7 +9,10 @@ using FlashMla.Core.Tensors;
 
 namespace FlashMla.Core.Tests.Scheduling;
 
-/// <summary>Decode requests find only their own tenant's sequences, merge across tenants without mixing, and obey quotas.</summary>
+/// <summary>
+/// Decode requests and KV ingest chunks find only their own tenant's sequences, decodes merge across tenants without
+/// mixing, and both obey the tenant's quotas.
+/// </summary>
 public sealed class TenantDecodeTests : IAsyncDisposable
 {
     private readonly CpuBackend _backend = new(new KvPoolGeometry(1, 16), maxThreads: 1);
@@ -30,11 +34,28 @@ public sealed class TenantDecodeTests : IAsyncDisposable
     private Task<ulong> CreateWithRows(Tenant tenant, int rows, int seed) => _scheduler.RunAsync(cache =>
     {
         ulong id = cache.Create(tenant);
+        cache.Append(id, 0, RowsOf(rows, seed), tenant);
+        return id;
+    });
+
+    private static ushort[] RowsOf(int rows, int seed)
+    {
         var values = new ushort[rows * MlaDims.HeadDimK];
         var random = new Random(seed);
         for (int i = 0; i < values.Length; i++) values[i] = Bf16.FromFloat((float)(random.NextDouble() - 0.5));
-        cache.Append(id, 0, values, tenant);
-        return id;
+        return values;
+    }
+
+    /// <summary>One AppendKv chunk through the scheduler (the path both ports' AppendKv take), as <paramref name="tenant"/>.</summary>
+    private Task<int> Ingest(Tenant tenant, ulong id, int rows, int seed) =>
+        _scheduler.AppendAsync(KvAppendWork.Create(id, 0, MemoryMarshal.AsBytes(RowsOf(rows, seed).AsSpan()).ToArray(), tenant));
+
+    private Task<ushort[]> ReadAll(Tenant tenant, ulong id) => _scheduler.RunAsync(CacheAccess.Sequence(id), cache =>
+    {
+        int length = cache.Get(id, tenant).Lengths[0];
+        var rows = new ushort[length * MlaDims.HeadDimK];
+        cache.Read(id, 0, 0, length, rows, tenant);
+        return rows;
     });
 
     private Task<DecodeResult> Step(Tenant tenant, ulong[] ids, byte[] q, bool newRows = false) =>
@@ -62,8 +83,10 @@ public sealed class TenantDecodeTests : IAsyncDisposable
             alone[k].Release();
             merged[k].Release();
         }
-        Assert.Equal((2L, 2L), (a.DecodeRequests, a.DecodeBatches));
-        Assert.Equal((2L, 2L), (b.DecodeRequests, b.DecodeBatches));
+        // Counted on the loop when it retires each batch (the results may have gone out before, from the completion).
+        var (sa, sb) = (await _scheduler.GetStatsAsync(a), await _scheduler.GetStatsAsync(b));
+        Assert.Equal((2L, 2L), (sa.DecodeRequests, sa.DecodeBatches));
+        Assert.Equal((2L, 2L), (sb.DecodeRequests, sb.DecodeBatches));
     }
 
     [Fact]
@@ -78,7 +101,42 @@ public sealed class TenantDecodeTests : IAsyncDisposable
         Assert.Equal(CacheException.UnknownSequence(ida).Message, error.Message);
         Assert.Equal(40, await LengthOf(a, ida));
         Assert.Equal(10, await LengthOf(b, idb)); // b's own sequence of the refused request is untouched too
-        Assert.Equal(0L, a.DecodeRequests);
+        Assert.Equal(0L, (await _scheduler.GetStatsAsync(a)).DecodeRequests);
+    }
+
+    [Fact]
+    public async Task A_chunk_naming_another_tenants_sequence_is_not_found_and_changes_nothing()
+    {
+        Tenant a = new("a"), b = new("b");
+        ulong ida = await CreateWithRows(a, 40, 1);
+        var before = await ReadAll(a, ida);
+
+        var error = await Assert.ThrowsAsync<CacheException>(() => Ingest(b, ida, 30, 2));
+        Assert.Equal(CacheError.NotFound, error.Error);
+        Assert.Equal(CacheException.UnknownSequence(ida).Message, error.Message);
+        Assert.Equal(before, await ReadAll(a, ida));
+        Assert.Equal((1, 0), (a.BlocksHeld, b.BlocksHeld)); // nothing was reserved, for either tenant
+
+        Assert.Equal(30, await Ingest(a, ida, 30, 3)); // its owner's chunk lands
+        Assert.Equal(70, await LengthOf(a, ida));
+        Assert.Equal(2, a.BlocksHeld);
+    }
+
+    [Fact]
+    public async Task A_chunk_past_the_block_quota_is_refused_and_changes_nothing()
+    {
+        var a = new Tenant("a", new TenantQuota(MaxBlocks: 2));
+        ulong id = await CreateWithRows(a, 64, 1);
+
+        // 65 rows more need 2 blocks, 1 is left under the quota.
+        var error = await Assert.ThrowsAsync<CacheException>(() => Ingest(a, id, 65, 2));
+        Assert.Equal(CacheError.ResourceExhausted, error.Error);
+        Assert.Contains("quota of 2", error.Message);
+        Assert.Equal((64, 1), (await LengthOf(a, id), a.BlocksHeld));
+        Assert.Equal(1, a.QuotaRefusals(TenantQuotaKind.Blocks));
+
+        Assert.Equal(64, await Ingest(a, id, 64, 3));
+        Assert.Equal((128, 2), (await LengthOf(a, id), a.BlocksHeld));
     }
 
     [Fact]

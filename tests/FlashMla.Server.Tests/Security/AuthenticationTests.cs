@@ -62,6 +62,35 @@ public sealed class AuthenticationTests
     }
 
     [Fact]
+    public async Task The_data_plane_port_refuses_AppendKv_without_a_token_or_with_a_wrong_one_and_appends_nothing()
+    {
+        await using var server = await TenantServer.StartAsync();
+        var cache = server.Client(TokenA);
+        ulong id = await cache.CreateSequenceAsync();
+        await cache.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 10 * 576));
+
+        using var channel = GrpcChannel.ForAddress(server.Server.DataPlaneAddress!);
+        var ingest = new KvCache.KvCacheClient(channel);
+        async Task<AppendKvResponse> Append(Metadata headers)
+        {
+            using var call = ingest.AppendKv(headers);
+            await call.RequestStream.WriteAsync(new AppendKvChunk { SequenceId = id, Layer = 0, Kv = TensorBytes.Bf16(Random16.Bf16(new Random(2), 576), 1, 576) });
+            await call.RequestStream.CompleteAsync();
+            return await call;
+        }
+        await AssertUnauthenticated(() => Append([]));
+        await AssertUnauthenticated(() => Append(new Metadata { { "authorization", "Bearer not-a-token-of-this-server" } }));
+        await AssertUnauthenticated(() => server.Client(null, dataPlane: true).AppendKvAsync(id, 0, Random16.Bf16(new Random(3), 576)));
+        Assert.Equal(10u, (await cache.GetSequenceAsync(id)).LayerLengths[0]);
+
+        // With the tenant's token the same call lands, on the same port.
+        Assert.Equal(1ul, (await Append(new Metadata { { "authorization", "Bearer " + TokenA } })).Rows);
+        Assert.Equal(11u, (await cache.GetSequenceAsync(id)).LayerLengths[0]);
+        var scrape = await PrometheusScrape.TakeAsync(server.Server);
+        Assert.Equal(3, scrape.Sum("flashmla_dataplane_calls_total", ("method", "/flashmla.v1.KvCache/AppendKv"), ("code", "Unauthenticated")));
+    }
+
+    [Fact]
     public async Task A_stream_refused_from_its_headers_reports_the_refusal_not_the_cancelled_write()
     {
         // SocketsHttpHandler fails the first write of a stream the server has already answered as cancelled, about one

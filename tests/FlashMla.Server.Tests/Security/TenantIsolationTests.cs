@@ -44,7 +44,8 @@ public sealed class TenantIsolationTests
             ("get", s => b.GetSequenceAsync(s)),
             ("read", s => b.ReadKvAsync(s, 0)),
             ("fork", s => b.ForkAsync(s)),
-            ("append", s => b.AppendKvAsync(s, 0, Random16.Bf16(new Random(6), 576))),
+            ("append on the data-plane port", s => b.AppendKvAsync(s, 0, Random16.Bf16(new Random(6), 576))),
+            ("append on the gRPC port", s => bOnGrpcPort.AppendKvAsync(s, 0, Random16.Bf16(new Random(6), 576))),
             ("truncate", s => b.TruncateAsync(s, 0)),
             ("free", s => b.FreeAsync(s)),
             ("decode on the data-plane port", async s => (await b.DecodeOnceAsync(step with { SequenceIds = [s] })).Dispose()),
@@ -72,6 +73,41 @@ public sealed class TenantIsolationTests
         Assert.Equal(layer1, await a.ReadKvAsync(id, 1));
         Assert.Equal(5u, (await b.GetSequenceAsync(own)).LayerLengths[0]); // b's own sequence of the refused decode is untouched
         Assert.Equal(1u, (await a.GetStatsAsync()).Sequences);
+    }
+
+    [Fact]
+    public async Task Tenant_b_appending_over_the_data_plane_into_tenant_a_sequence_gets_not_found_and_a_rows_stay()
+    {
+        await using var server = await TenantServer.StartAsync();
+        var a = server.Client(TokenA);
+        ulong id = await a.CreateSequenceAsync();
+        var rows = Random16.Bf16(new Random(1), 70 * 576);
+        await a.AppendKvAsync(id, 0, rows);
+
+        // The generated stub on the data-plane port with b's token: the chunk names a's sequence, and then an id nobody holds.
+        using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(server.Server.DataPlaneAddress!);
+        var ingest = new KvCache.KvCacheClient(channel);
+        var asB = new Metadata { { "authorization", "Bearer " + TokenB } };
+        async Task AppendAsB(ulong target)
+        {
+            using var call = ingest.AppendKv(asB);
+            await call.RequestStream.WriteAsync(new AppendKvChunk { SequenceId = target, Layer = 0, Kv = TensorBytes.Bf16(Random16.Bf16(new Random(2), 3 * 576), 3, 576) });
+            await call.RequestStream.CompleteAsync();
+            await call;
+        }
+        string refused = await NotFoundMessage(() => AppendAsB(id));
+        ulong missing = id ^ 0x5555_5555_5555_5555;
+        string miss = await NotFoundMessage(() => AppendAsB(missing));
+        Assert.Equal(miss.Replace(missing.ToString(System.Globalization.CultureInfo.InvariantCulture), "<id>"),
+            refused.Replace(id.ToString(System.Globalization.CultureInfo.InvariantCulture), "<id>"));
+
+        Assert.Equal(rows, await a.ReadKvAsync(id, 0));
+        Assert.Equal([70u, 0u], (await a.GetSequenceAsync(id)).LayerLengths);
+        Assert.Equal((1u, 2u), ((await a.GetStatsAsync()).Sequences, (await a.GetStatsAsync()).UsedBlocks));
+        var b = await server.Client(TokenB).GetStatsAsync();
+        Assert.Equal((0u, 0u), (b.Sequences, b.UsedBlocks)); // nothing was reserved for b either
+        var scrape = await PrometheusScrape.TakeAsync(server.Server);
+        Assert.Equal(2, scrape.Sum("flashmla_dataplane_calls_total", ("method", "/flashmla.v1.KvCache/AppendKv"), ("code", "NotFound")));
     }
 
     [Fact]

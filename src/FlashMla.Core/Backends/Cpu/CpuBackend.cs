@@ -15,7 +15,8 @@ public sealed unsafe class CpuBackend : IAttentionBackend
     private readonly HostKvPool[] _pools;
     private readonly CpuDecodeKernel _kernel;
     private readonly List<System.Buffers.MemoryHandle> _qPins = [];
-    private nint[] _qBySequence = [];
+    private nint[] _qBySequence = []; // the worker's, like _qPins
+    private Task _tail = Task.CompletedTask; // the last step submitted; the next one computes after it
     private bool _disposed;
 
     /// <param name="geometry">Layers and blocks; every layer gets a pool of <c>NumBlocks * 73,728</c> bytes.</param>
@@ -106,7 +107,16 @@ public sealed unsafe class CpuBackend : IAttentionBackend
                     Buffer.MemoryCopy(pool.Row((long)source * MlaDims.BlockSize), pool.Row((long)destination * MlaDims.BlockSize), blockBytes, blockBytes);
     }
 
-    public void Decode(DecodeBatch batch)
+    public void Decode(DecodeBatch batch) => Submit(batch).Wait();
+
+    /// <summary>
+    /// Checks the batch and writes its new rows now (so every later call sees them, in submission order), then
+    /// computes it on a worker, off the scheduler loop: the loop serves cache commands and prepares the next batch
+    /// meanwhile. The lengths, block table and q segment list are copied (the caller reuses them); the q bytes and
+    /// the outputs stay where they are until the submission completes. Steps compute one at a time, in submission
+    /// order (the kernel's scratch is one per backend).
+    /// </summary>
+    public DecodeSubmission Submit(DecodeBatch batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -114,7 +124,16 @@ public sealed unsafe class CpuBackend : IAttentionBackend
 
         var pool = _pools[batch.Layer];
         if (!batch.NewKv.IsEmpty) WriteRows(pool, batch.NewKvSlots.Span, batch.NewKv.Span);
+        var step = CpuDecodeStep.Capture(batch);
+        var submission = new DecodeSubmission();
+        _tail = _tail.ContinueWith(_ => Compute(pool, step, submission), CancellationToken.None,
+            TaskContinuationOptions.DenyChildAttach, TaskScheduler.Default);
+        return submission;
+    }
 
+    private void Compute(HostKvPool pool, CpuDecodeStep step, DecodeSubmission submission)
+    {
+        var batch = step.Batch;
         // Each q segment is read where it lies: the kernel takes a pointer per sequence.
         if (_qBySequence.Length < batch.BatchSize) _qBySequence = new nint[Math.Max(batch.BatchSize, 2 * _qBySequence.Length)];
         _qPins.Clear();
@@ -135,11 +154,17 @@ public sealed unsafe class CpuBackend : IAttentionBackend
             using var blockTable = batch.BlockTable.Pin();
             fixed (nint* q = _qBySequence)
                 _kernel.Run(pool, batch, (ushort**)q, (ushort*)output.Pointer, (float*)lse.Pointer, (int*)seqLens.Pointer, (int*)blockTable.Pointer);
+            submission.MarkComplete();
+        }
+        catch (Exception ex)
+        {
+            submission.MarkFailed(new BackendFaultException("CpuBackend: the decode failed: " + ex.Message, isSticky: false, ex));
         }
         finally
         {
             foreach (var pin in _qPins) pin.Dispose();
             _qPins.Clear();
+            step.Return();
         }
     }
 
@@ -147,6 +172,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
     {
         if (_disposed) return;
         _disposed = true;
+        _tail.Wait(); // a step still computing reads the pools
         foreach (var pool in _pools) pool.Dispose();
     }
 

@@ -1,0 +1,82 @@
+// fp8_kv.cuh -- the FP8 KV token format's device arithmetic (mla_params.h,
+// "FP8 KV cache"): quantizing one bf16 row (a warp) and dequantizing eight
+// codes. The append kernels, the FP8 decode kernel and the checks' dequantizer
+// share these, so the service and its checks use one definition.
+#pragma once
+#include <cuda_fp16.h>
+#include "mla_config.h"
+#include "ptx.h"
+
+namespace mla {
+
+constexpr int kFp8TokenBytes = MLA_FP8_TOKEN_BYTES;   // 656
+constexpr int kFp8PageBytes = MLA_FP8_PAGE_BYTES;     // 41984
+constexpr int kFp8ScaleOffset = MLA_FP8_SCALE_OFFSET; // 512
+constexpr int kFp8RopeOffset = MLA_FP8_ROPE_OFFSET;   // 528
+constexpr int kFp8Tiles = kDimV / MLA_FP8_TILE;       // 4 scales a token
+static_assert(kFp8TokenBytes == kDimV + 4 * kFp8Tiles + 2 * (kDimK - kDimV), "token = codes + scales + rope");
+static_assert(kFp8TokenBytes % 16 == 0, "tokens keep 16-byte alignment");
+
+// Eight e4m3 codes (little-endian in `codes`: code 0 in the low byte of .x)
+// times `scale`, rounded to bf16: the format's dequantization, value by value
+// float(code) * scale in fp32 (round to nearest even), then bf16 (round to
+// nearest even). Returns the eight bf16 in memory order.
+__device__ __forceinline__ uint4 fp8_dequant8(uint2 codes, float scale) {
+    uint32_t out[4];
+    const uint32_t w[2] = {codes.x, codes.y};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint16_t pair = static_cast<uint16_t>(w[k >> 1] >> (16 * (k & 1)));
+        const uint32_t h2 = ptx::cvt_f16x2_from_e4m3x2(pair);
+        const float lo = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xFFFFu)));
+        const float hi = __half2float(__ushort_as_half(static_cast<unsigned short>(h2 >> 16)));
+        out[k] = ptx::pack_bf16x2(__fmul_rn(lo, scale), __fmul_rn(hi, scale));
+    }
+    return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// One warp quantizes one bf16 row of 576 values (16-byte aligned) into the
+// 656-byte token at dst (16-byte aligned). Lane l takes values 16l .. 16l+15
+// of the latent part, so the eight lanes 8t .. 8t+7 hold tile t and reduce
+// its amax among themselves; lanes 0..7 copy the rope.
+__device__ __forceinline__ void fp8_quantize_row_warp(const __nv_bfloat16* row, uint8_t* dst, int lane) {
+    const uint4* src = reinterpret_cast<const uint4*>(row);
+    const uint4 a = src[2 * lane], b = src[2 * lane + 1];
+    const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    float x[16];
+    float amax = 0.f;
+    bool nan = false;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        x[2 * k] = __uint_as_float(w[k] << 16);
+        x[2 * k + 1] = __uint_as_float(w[k] & 0xFFFF0000u);
+    }
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+        nan |= x[k] != x[k];
+        amax = fmaxf(amax, fabsf(x[k]));
+    }
+#pragma unroll
+    for (int m = 1; m < 8; m <<= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+        nan |= __shfl_xor_sync(0xffffffffu, nan ? 1 : 0, m) != 0;
+    }
+    // A tile holding a NaN stores the default quiet NaN (0x7FC00000) as its scale, written
+    // explicitly: NaN payloads are not specified through division.
+    const float scale = nan ? __int_as_float(0x7fc00000) : __fdiv_rn(amax, 448.f);
+    uint32_t q[4] = {0u, 0u, 0u, 0u};
+    if (scale != 0.f) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t lo = ptx::cvt_e4m3x2(__fdiv_rn(x[4 * k], scale), __fdiv_rn(x[4 * k + 1], scale));
+            const uint32_t hi = ptx::cvt_e4m3x2(__fdiv_rn(x[4 * k + 2], scale), __fdiv_rn(x[4 * k + 3], scale));
+            q[k] = lo | (hi << 16);
+        }
+    }
+    reinterpret_cast<uint4*>(dst)[lane] = make_uint4(q[0], q[1], q[2], q[3]);
+    if ((lane & 7) == 0) reinterpret_cast<float*>(dst + kFp8ScaleOffset)[lane >> 3] = scale;
+    if (lane < 8)
+        reinterpret_cast<uint4*>(dst + kFp8RopeOffset)[lane] = src[kDimV / 8 + lane];
+}
+
+}  // namespace mla
