@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The rendered Kubernetes objects (kubectl kustomize's output, one file per variant) keep the promises the
 service's operation rests on: one GPU per hardened pod, gRPC health probes, a shutdown long enough for the drain,
-Services that reach the pods and speak h2c, a headless Service of ready pods only, a disruption budget, and a
-ServiceMonitor that scrapes each pod once under the job the alerts select.
+Services that reach the pods and speak h2c, a headless Service of ready pods only, a disruption budget, a
+ServiceMonitor that scrapes each pod once under the job the alerts select, the token Secret mounted where the
+server reads it (so a rotation reaches it), and a NetworkPolicy that lets one namespace reach the gRPC ports and
+Prometheus alone the metrics port.
 
     kubectl kustomize deploy/k8s/overlays/h800 > /tmp/h800.yaml && python3 deploy/checks/manifests.py /tmp/h800.yaml
 """
@@ -120,6 +122,68 @@ def check_service_monitor(r: Rendered):
             yield f"the ServiceMonitor gives job {job!r}; the rules select {JOB_NAME!r}"
 
 
+def check_token_secret(r: Rendered):
+    configs = {c["metadata"]["name"]: c.get("data") or {} for c in r.kind("ConfigMap")}
+    refs = [s["configMapRef"]["name"] for s in r.container.get("envFrom", []) if "configMapRef" in s]
+    token_file = next((configs[ref].get("FlashMla__TokenFile") for ref in refs if ref in configs), None)
+    if not token_file:
+        yield "FlashMla__TokenFile is not set: the pods would serve without authentication"
+        return
+    secrets = {v["name"]: v["secret"] for v in r.pod.get("volumes", []) if "secret" in v}
+    mounts = [m for m in r.container.get("volumeMounts", []) if m["name"] in secrets
+              and token_file.startswith(m["mountPath"].rstrip("/") + "/")]
+    if len(mounts) != 1:
+        yield f"FlashMla__TokenFile {token_file} lies in no mounted Secret volume"
+        return
+    mount, secret = mounts[0], secrets[mounts[0]["name"]]
+    if mount.get("subPath"):
+        yield f"the token Secret is mounted with subPath {mount['subPath']!r}: a rotated Secret would never reach the pod"
+    if not mount.get("readOnly"):
+        yield "the token Secret must be mounted readOnly"
+    if secret.get("optional"):
+        yield "the token Secret must not be optional (a pod without it would fail to start, never serve open)"
+    mode = secret.get("defaultMode", 0o644)
+    if mode & 0o007:
+        yield f"the token Secret's files are readable by others (defaultMode {oct(mode)})"
+
+
+def ports_of(rule: dict) -> set:
+    return {p.get("port") for p in rule.get("ports") or []}
+
+
+def check_network_policy(r: Rendered):
+    policies = [p for p in r.kind("NetworkPolicy") if p["spec"]["podSelector"].get("matchLabels", {}).items() <= r.selector.items()
+                and p["spec"]["podSelector"].get("matchLabels")]
+    if len(policies) != 1 or "Ingress" not in policies[0]["spec"].get("policyTypes", []):
+        yield f"expected one Ingress NetworkPolicy selecting the pods {r.selector}, found {len(policies)}"
+        return
+    rules = policies[0]["spec"].get("ingress") or []
+    names = {p["name"] for p in r.container.get("ports", [])}
+    for rule in rules:
+        sources = rule.get("from")
+        if not sources:
+            yield "an ingress rule without 'from' admits every source"
+        if not rule.get("ports"):
+            yield "an ingress rule without 'ports' opens every port"
+        for source in sources or []:
+            if "ipBlock" in source:
+                yield f"an ingress rule admits an ipBlock {source['ipBlock']}: name the namespace instead"
+            elif not source.get("namespaceSelector", {}).get("matchLabels"):
+                yield f"an ingress source {source} is not bound to a named namespace"
+        unknown = ports_of(rule) - names
+        if unknown:
+            yield f"an ingress rule names ports {sorted(map(str, unknown))} the container does not have"
+    grpc = [rule for rule in rules if ports_of(rule) & set(H2C_PORT_NAMES)]
+    metrics = [rule for rule in rules if "metrics" in ports_of(rule)]
+    if any(ports_of(rule) & set(H2C_PORT_NAMES) != set(H2C_PORT_NAMES) or "metrics" in ports_of(rule) for rule in grpc):
+        yield "the grpc and data-plane ports must be admitted together, by a rule of their own (not with metrics)"
+    if len(metrics) != 1 or any(not source.get("podSelector") for source in metrics[0].get("from", [])):
+        yield "the metrics port must be admitted by one rule whose sources name Prometheus's pods (a podSelector)"
+    covered = set().union(*(ports_of(rule) for rule in rules)) if rules else set()
+    if names - covered:
+        yield f"container ports {sorted(names - covered)} are reachable by nobody (no rule admits them)"
+
+
 CHECKS = (
     ("one GPU per hardened pod", check_pod),
     ("gRPC health probes, readiness on flashmla.v1.Decoder", check_probes),
@@ -128,6 +192,8 @@ CHECKS = (
     ("Services select the pods, speak h2c, the headless one has ready pods and both HTTP/2 ports only", check_services),
     ("a PodDisruptionBudget selects the pods", check_disruption_budget),
     ("a ServiceMonitor, where there is one, scrapes one Service's metrics port as job flashmla", check_service_monitor),
+    ("the token Secret is mounted read-only, whole, where FlashMla__TokenFile points", check_token_secret),
+    ("a NetworkPolicy: one namespace reaches the gRPC ports, Prometheus alone the metrics port", check_network_policy),
 )
 
 if __name__ == "__main__":

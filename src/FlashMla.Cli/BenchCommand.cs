@@ -14,7 +14,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class BenchCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
     {
         var streams = new Option<int>("--streams") { Description = "Concurrent decode streams (one connection each)", DefaultValueFactory = _ => 4 };
         var inflight = new Option<int>("--inflight") { Description = "Requests in flight per stream", DefaultValueFactory = _ => 2 };
@@ -38,13 +38,16 @@ internal static class BenchCommand
             }
             return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(streams), parse.GetValue(inflight),
                 parse.GetValue(batch), parse.GetValue(context), parse.GetValue(heads), parse.GetValue(queryTokens), parse.GetValue(seconds),
-                parse.GetValue(append), parse.GetValue(output), single, parse.GetValue(decodeAddress)), token);
+                parse.GetValue(append), parse.GetValue(output), single, parse.GetValue(decodeAddress)) { BearerToken = parse.GetValue(bearerToken) }, token);
         });
         return command;
     }
 
     private sealed record Settings(string Address, int Streams, int InFlight, int Batch, int Context, int Heads, int QueryTokens,
-        double Seconds, bool Append, string? Output, ClientTransport Transport, string? DecodeAddress);
+        double Seconds, bool Append, string? Output, ClientTransport Transport, string? DecodeAddress)
+    {
+        public string? BearerToken { get; init; }
+    }
 
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
     {
@@ -53,7 +56,7 @@ internal static class BenchCommand
             AnsiConsole.MarkupLine("[red]streams, inflight, batch, context, heads, sq and seconds must be positive[/]");
             return 2;
         }
-        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address, new FlashMlaClientOptions { Transport = s.Transport, DecodeAddress = s.DecodeAddress })).ToArray();
+        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address, new FlashMlaClientOptions { Transport = s.Transport, DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken })).ToArray();
         try
         {
             var config = await clients[0].GetConfigAsync(cancellationToken);

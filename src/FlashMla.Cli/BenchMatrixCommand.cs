@@ -19,7 +19,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class BenchMatrixCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
     {
         var batches = new Option<string>("--batch") { Description = "Sequences per request, comma-separated", DefaultValueFactory = _ => "32,128" };
         var heads = new Option<string>("--heads") { Description = "Query heads, comma-separated", DefaultValueFactory = _ => "16,128" };
@@ -53,7 +53,7 @@ internal static class BenchMatrixCommand
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
-                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct) }, token);
+                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct), BearerToken = parse.GetValue(bearerToken) }, token);
         });
         return command;
     }
@@ -103,6 +103,7 @@ internal static class BenchMatrixCommand
         public int StreamWindowMiB { get; init; } = 16;
         public bool DirectDecode { get; init; } = true;
         public bool DistinctSequences { get; init; }
+        public string? BearerToken { get; init; }
 
         /// <summary>Requests in flight at once in the widest row: the sets of sequences --distinct-sequences needs.</summary>
         public int MaxWorkers => Connections.Max() * StreamsPerConnection * InFlight;
@@ -120,7 +121,7 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address);
+        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken });
         var config = await admin.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
@@ -189,6 +190,7 @@ internal static class BenchMatrixCommand
             new FlashMlaClientOptions
             {
                 Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode,
+                BearerToken = s.BearerToken,
                 LargeFrames = new LargeFrameHttp2Options
                 {
                     StreamWindowSize = s.StreamWindowMiB << 20,

@@ -19,7 +19,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class LatencyCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
     {
         var shapes = new Option<string>("--shapes")
             { Description = "Shapes, comma-separated, each BxH: b sequences per request, h_q heads", DefaultValueFactory = _ => "1x16,32x16,128x16,128x128" };
@@ -42,13 +42,16 @@ internal static class LatencyCommand
             if (parsed is null) return Task.FromResult(2);
             return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(decodeAddress), parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
-                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)), token);
+                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)) { BearerToken = parse.GetValue(bearerToken) }, token);
         });
         return command;
     }
 
     private sealed record Settings(string Address, string? DecodeAddress, (int Batch, int Heads)[] Shapes, int[] InFlight, int Context,
-        double Seconds, double Warmup, double FloorSeconds, bool SharedSequences, string Commit, string? Output);
+        double Seconds, double Warmup, double FloorSeconds, bool SharedSequences, string Commit, string? Output)
+    {
+        public string? BearerToken { get; init; }
+    }
 
     /// <summary>"BxH" pairs, or null (after printing why).</summary>
     internal static (int Batch, int Heads)[]? ParseShapes(string text)
@@ -85,7 +88,7 @@ internal static class LatencyCommand
             AnsiConsole.MarkupLine("[red]inflight, context, seconds and floor-seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address);
+        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken });
         var config = await admin.GetConfigAsync(cancellationToken);
         string port = s.DecodeAddress is null ? $"the gRPC port ({s.Address})" : $"{s.DecodeAddress}";
         AnsiConsole.MarkupLine($"latency against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): decode on {Markup.Escape(port)}, s_k={s.Context}, " +
@@ -140,7 +143,7 @@ internal static class LatencyCommand
     /// <summary>One row: <paramref name="inFlight"/> workers on one stream, each sending its next request as soon as its last returns.</summary>
     private static async Task<List<CallTiming>> RunRowAsync(Settings s, DecodeInput[] inputs, int inFlight, CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { DecodeAddress = s.DecodeAddress });
+        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken });
         await using var stream = client.OpenDecodeStream(cancellationToken);
         var calls = new List<CallTiming>();
         bool measuring = false;

@@ -15,12 +15,19 @@ var decodeAddress = new Option<string?>("--decode-address")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify)") { address, decodeAddress };
-root.Add(DemoCommand.Create(address));
-root.Add(BenchCommand.Create(address, decodeAddress));
-root.Add(BenchMatrixCommand.Create(address, decodeAddress));
+var token = new Option<string?>("--token")
+{
+    Description = "Bearer token for a server with a token file (sent on both ports); default: the environment variable FLASHMLA_TOKEN",
+    DefaultValueFactory = _ => Environment.GetEnvironmentVariable("FLASHMLA_TOKEN") is { Length: > 0 } fromEnvironment ? fromEnvironment : null,
+    Recursive = true,
+};
+
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify)") { address, decodeAddress, token };
+root.Add(DemoCommand.Create(address, token));
+root.Add(BenchCommand.Create(address, decodeAddress, token));
+root.Add(BenchMatrixCommand.Create(address, decodeAddress, token));
 root.Add(TcpBenchCommand.Create());
-root.Add(LatencyCommand.Create(address, decodeAddress));
-root.Add(IngestBenchCommand.Create(address, decodeAddress));
-root.Add(VerifyCommand.Create(address, decodeAddress));
+root.Add(LatencyCommand.Create(address, decodeAddress, token));
+root.Add(IngestBenchCommand.Create(address, decodeAddress, token));
+root.Add(VerifyCommand.Create(address, decodeAddress, token));
 return await root.Parse(args).InvokeAsync();

@@ -10,7 +10,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class VerifyCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress)
+    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
     {
         var cases = new Option<int>("--cases") { Description = "Random cases", DefaultValueFactory = _ => 12 };
         var maxLength = new Option<int>("--max-length") { Description = "Longest random sequence", DefaultValueFactory = _ => 2048 };
@@ -18,14 +18,15 @@ internal static class VerifyCommand
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1 };
         var command = new Command("verify", "Compare the server's decode outputs with the double-precision reference on random workloads")
             { cases, maxLength, longLength, seed };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress),
+        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken),
             new VerifySettings(parse.GetValue(cases), parse.GetValue(maxLength), parse.GetValue(longLength), parse.GetValue(seed)), token));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? decodeAddress, VerifySettings settings, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, VerifySettings settings,
+        CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress });
+        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken });
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"verify the [bold]{config.Backend}[/] backend ({Markup.Escape(config.Device)}) at {address}" +
             (decodeAddress is null ? "" : $", decode at {decodeAddress}") +

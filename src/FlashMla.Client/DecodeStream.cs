@@ -48,6 +48,16 @@ public sealed class DecodeStream : IAsyncDisposable
         {
             await _call.RequestStream.WriteAsync(new Leased<DecodeRequest>(request), cancellationToken).ConfigureAwait(false);
         }
+        catch (RpcException write) when (write.StatusCode == StatusCode.Cancelled && !cancellationToken.IsCancellationRequested)
+        {
+            _pending.TryRemove(id, out _);
+            // The server ended the stream before reading it (refused it from its headers: UNAUTHENTICATED, say), and the
+            // write, racing the response, failed as cancelled; the status the server sent says why.
+            if (await Task.WhenAny(_reader, Task.Delay(TimeSpan.FromSeconds(1), CancellationToken.None)).ConfigureAwait(false) == _reader
+                && _closed is RpcException { StatusCode: not StatusCode.Cancelled } answered)
+                throw answered;
+            throw;
+        }
         catch
         {
             _pending.TryRemove(id, out _);

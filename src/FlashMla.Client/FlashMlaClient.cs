@@ -134,6 +134,12 @@ public sealed class FlashMlaClient : IDisposable
 
     private static HttpMessageHandler CreateHandler(string address, FlashMlaClientOptions options)
     {
+        var handler = CreateTransport(address, options);
+        return options.BearerToken is { } token ? new BearerTokenHandler(token, handler) : handler;
+    }
+
+    private static HttpMessageHandler CreateTransport(string address, FlashMlaClientOptions options)
+    {
         bool cleartext = new Uri(address).Scheme == Uri.UriSchemeHttp;
         if (options.Transport == ClientTransport.LargeFrames && cleartext)
             return new LargeFrameHttp2Handler(options.LargeFrames with { Counters = options.LargeFrames.Counters ?? options.Counters });
@@ -271,6 +277,12 @@ public sealed record FlashMlaClientOptions
     /// their earlier inputs may have been reused.
     /// </summary>
     public bool RetryNotProcessed { get; init; } = true;
+
+    /// <summary>
+    /// The bearer token sent with every call (metadata <c>authorization: Bearer &lt;token&gt;</c>) on every connection, the
+    /// data-plane port's included, for a server with a token file; null sends none.
+    /// </summary>
+    public string? BearerToken { get; init; }
 
     /// <summary>Frame and byte counters that every connection of the library's transport adds to; null for none kept.</summary>
     public Http2TransportCounters? Counters { get; init; }

@@ -13,8 +13,9 @@ public sealed class LatencyCommandTests
         string results = Path.Combine(Path.GetTempPath(), $"latency-{Guid.NewGuid():N}.md");
         var address = new Option<string>("--address") { Recursive = true };
         var decodeAddress = new Option<string?>("--decode-address") { Recursive = true };
-        var root = new RootCommand { address, decodeAddress };
-        root.Add(LatencyCommand.Create(address, decodeAddress));
+        var token = new Option<string?>("--token") { Recursive = true };
+        var root = new RootCommand { address, decodeAddress, token };
+        root.Add(LatencyCommand.Create(address, decodeAddress, token));
         try
         {
             int rc = await root.Parse(["latency", "--address", server.GrpcAddress, "--decode-address", server.DataPlaneAddress!, "--shapes", "1x16,2x8",

@@ -109,13 +109,19 @@ class FlashMlaClient:
     ``decode_port`` on the same host (the data-plane port, 50052 by default on the server), else to
     ``address``. ``connections`` > 1 opens that many TCP connections for decode calls and spreads streams
     and calls over them round-robin. ``compression`` (``grpc.Compression.Gzip``) compresses requests.
+    ``token`` is the bearer token of a server with a token file: every call, on both ports, carries
+    ``authorization: Bearer <token>``, and sees the sequences of that token's tenant only.
     """
 
     def __init__(self, address: str = "localhost:50051", *, decode_address: str | None = None,
                  decode_port: int | None = None, connections: int = 1,
-                 compression: grpc.Compression | None = None, max_message_bytes: int = -1):
+                 compression: grpc.Compression | None = None, max_message_bytes: int = -1,
+                 token: str | None = None):
         if connections < 1:
             raise ValueError("connections must be at least 1")
+        if token is not None and (not token or any(c <= " " or c > "~" for c in token)):
+            raise ValueError("a bearer token is printable ASCII without spaces")
+        self._auth = (("authorization", f"Bearer {token}"),) if token is not None else ()
         target = _target(address)
         if decode_address is None and decode_port is not None:
             decode_address = f"{target.rsplit(':', 1)[0]}:{decode_port}"
@@ -148,6 +154,8 @@ class FlashMlaClient:
         return FLASHMLA.message(f"flashmla.v1.{name}")(**values)
 
     def _call_options(self, timeout, metadata):
+        if self._auth:
+            metadata = self._auth + tuple(metadata or ())
         return {"timeout": timeout, "metadata": metadata, "compression": self._compression}
 
     # KvCache -------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Security.Cryptography;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Tensors;
 
@@ -8,6 +10,14 @@ namespace FlashMla.Core.Cache;
 /// The paged KV cache: block allocator, sequence table and the backend's pools, kept consistent.
 /// Every public operation validates first and either completes or changes nothing. Owned by the
 /// scheduler loop (single-threaded); nothing here locks.
+/// <para>
+/// Every sequence belongs to a <see cref="Tenant"/>, and every operation that names a sequence names the caller's
+/// tenant too: a sequence of another tenant is not found, by the same lookup, the same check and the same message as an
+/// id that never existed (<see cref="Get"/>). Sequence ids are random 64-bit numbers (never 0, never a live id), so
+/// they cannot be guessed either. A tenant's blocks and sequences count against its <see cref="TenantQuota"/>; blocks
+/// are counted once however many of its sequences share them (sharing happens by fork only, so within one tenant).
+/// An omitted tenant is <see cref="DefaultTenant"/>, the one tenant of a cache used without tenants.
+/// </para>
 /// </summary>
 public sealed class PagedKvCache
 {
@@ -15,14 +25,23 @@ public sealed class PagedKvCache
     private readonly Dictionary<ulong, Sequence> _sequences = [];
     private readonly List<BlockCopy> _copies = [];
     private readonly int[] _scratchBlocks = new int[1];
-    private ulong _nextId = 1;
+    private readonly Func<ulong> _idSource;
 
-    public PagedKvCache(IAttentionBackend backend, CacheLimits limits)
+    public PagedKvCache(IAttentionBackend backend, CacheLimits limits) : this(backend, limits, RandomId)
+    {
+    }
+
+    /// <param name="idSource">Candidate sequence ids (tests make collisions happen; the product draws them at random).</param>
+    internal PagedKvCache(IAttentionBackend backend, CacheLimits limits, Func<ulong> idSource)
     {
         _backend = backend;
         Limits = limits;
         Allocator = new BlockAllocator(backend.Geometry.NumBlocks);
+        _idSource = idSource;
     }
+
+    /// <summary>The owner of sequences made without naming a tenant: an admin without quotas.</summary>
+    public Tenant DefaultTenant { get; } = new(Tenant.AnonymousName, isAdmin: true);
 
     public CacheLimits Limits { get; }
     public BlockAllocator Allocator { get; }
@@ -32,20 +51,57 @@ public sealed class PagedKvCache
     public long Reclaimed { get; private set; }
     public IEnumerable<Sequence> Sequences => _sequences.Values;
 
-    public ulong Create()
+    public ulong Create(Tenant? tenant = null)
+    {
+        tenant ??= DefaultTenant;
+        RequireSequenceRoom(tenant);
+        return Add(new Sequence(NewId(), tenant, NumLayers, Stopwatch.GetTimestamp())).Id;
+    }
+
+    /// <summary>
+    /// The sequence <paramref name="id"/> of <paramref name="tenant"/>. Another tenant's sequence is refused exactly as a
+    /// missing one: one lookup, one comparison, one message (which names only the id the caller sent), and it is not
+    /// touched (its lease does not restart).
+    /// </summary>
+    public Sequence Get(ulong id, Tenant? tenant = null)
+    {
+        tenant ??= DefaultTenant;
+        if (!_sequences.TryGetValue(id, out var sequence) || !ReferenceEquals(sequence.Owner, tenant)) throw CacheException.UnknownSequence(id);
+        sequence.LastUsed = Stopwatch.GetTimestamp();
+        return sequence;
+    }
+
+    /// <summary>A random id that is not 0 and not live (ids are not guessable: another tenant cannot find one by counting).</summary>
+    private ulong NewId()
+    {
+        while (true)
+        {
+            ulong id = _idSource();
+            if (id != 0 && !_sequences.ContainsKey(id)) return id;
+        }
+    }
+
+    private static ulong RandomId()
+    {
+        Span<byte> bytes = stackalloc byte[sizeof(ulong)];
+        RandomNumberGenerator.Fill(bytes);
+        return BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+    }
+
+    private Sequence Add(Sequence sequence)
+    {
+        _sequences.Add(sequence.Id, sequence);
+        sequence.Owner.Sequences++;
+        return sequence;
+    }
+
+    /// <summary>Refuses (RESOURCE_EXHAUSTED) a new sequence past the cache's limit or the tenant's quota.</summary>
+    private void RequireSequenceRoom(Tenant tenant)
     {
         if (_sequences.Count >= Limits.MaxSequences)
             throw new CacheException(CacheError.ResourceExhausted, $"the cache already holds the maximum of {Limits.MaxSequences} sequences");
-        var sequence = new Sequence(_nextId++, NumLayers, Stopwatch.GetTimestamp());
-        _sequences.Add(sequence.Id, sequence);
-        return sequence.Id;
-    }
-
-    public Sequence Get(ulong id)
-    {
-        if (!_sequences.TryGetValue(id, out var sequence)) throw CacheException.UnknownSequence(id);
-        sequence.LastUsed = Stopwatch.GetTimestamp();
-        return sequence;
+        if (tenant.Quota.MaxSequences is { } quota && tenant.Sequences >= quota)
+            throw tenant.RefuseQuota(TenantQuotaKind.Sequences, $"tenant '{tenant.Name}' already holds its maximum of {quota} sequences");
     }
 
     public void CheckLayer(int layer)
@@ -55,11 +111,11 @@ public sealed class PagedKvCache
     }
 
     /// <summary>Appends <c>rows.Length / 576</c> rows to one layer of one sequence.</summary>
-    public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows)
+    public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows, Tenant? tenant = null)
     {
         int count = CheckRows(layer, rows.Length);
         int[] slots = new int[count];
-        var (sequence, oldBlocks) = ReserveAppend(id, layer, count, slots);
+        var (sequence, oldBlocks) = ReserveAppend(id, layer, count, slots, tenant);
         try
         {
             _backend.WriteKv(layer, slots, rows);
@@ -87,9 +143,10 @@ public sealed class PagedKvCache
     /// where they go. The caller then writes them, adds <paramref name="count"/> to the layer's length, or on failure
     /// calls <see cref="ReleaseBeyond"/> with the block count returned. Refused, it changes nothing.
     /// </summary>
-    public (Sequence Sequence, int OldBlocks) ReserveAppend(ulong id, int layer, int count, Span<int> slots)
+    /// <remarks>The sequence is <paramref name="tenant"/>'s (another's is not found), and new blocks count against its quota.</remarks>
+    public (Sequence Sequence, int OldBlocks) ReserveAppend(ulong id, int layer, int count, Span<int> slots, Tenant? tenant = null)
     {
-        var sequence = Get(id);
+        var sequence = Get(id, tenant);
         int oldBlocks = sequence.Blocks.Count;
         Reserve(sequence, layer, count, BlocksNeeded(sequence, layer, count));
         SlotsOf(sequence, sequence.LayerLengths[layer], slots[..count]);
@@ -117,11 +174,11 @@ public sealed class PagedKvCache
     /// <summary>
     /// Makes positions <c>len .. len+count-1</c> of <paramref name="layer"/> writable: copies shared blocks in that
     /// range (copy-on-write) and allocates blocks past the capacity. <paramref name="needed"/> comes from
-    /// <see cref="BlocksNeeded"/>; when too few blocks are free nothing changes.
+    /// <see cref="BlocksNeeded"/>; when too few blocks are free, or the owner's quota has too few left, nothing changes.
     /// </summary>
     public void Reserve(Sequence sequence, int layer, int count, int needed)
     {
-        RequireFreeBlocks(needed, $"sequence {sequence.Id}");
+        RequireBlocks(sequence.Owner, needed, $"sequence {sequence.Id}");
         int start = sequence.LayerLengths[layer];
         int endBlocks = MlaDims.BlocksFor(start + count);
         int lastHeld = Math.Min(sequence.Blocks.Count, endBlocks);
@@ -130,7 +187,7 @@ public sealed class PagedKvCache
         {
             int shared = sequence.Blocks[b];
             if (Allocator.RefCount(shared) <= 1) continue;
-            Allocator.TryAllocate(_scratchBlocks);
+            Allocate(sequence.Owner, _scratchBlocks);
             _copies.Add(new BlockCopy(shared, _scratchBlocks[0]));
         }
         if (_copies.Count > 0)
@@ -141,21 +198,21 @@ public sealed class PagedKvCache
             }
             catch
             {
-                foreach (var copy in _copies) Allocator.Release(copy.Destination);
+                foreach (var copy in _copies) Release(sequence.Owner, copy.Destination);
                 throw;
             }
             foreach (var copy in _copies)
             {
                 int index = sequence.Blocks.IndexOf(copy.Source, start / MlaDims.BlockSize);
                 sequence.Blocks[index] = copy.Destination;
-                Allocator.Release(copy.Source);
+                Release(sequence.Owner, copy.Source);
             }
         }
         int grow = endBlocks - sequence.Blocks.Count;
         if (grow > 0)
         {
             Span<int> fresh = grow <= 256 ? stackalloc int[grow] : new int[grow];
-            Allocator.TryAllocate(fresh);
+            Allocate(sequence.Owner, fresh);
             foreach (int block in fresh) sequence.Blocks.Add(block);
         }
     }
@@ -167,6 +224,35 @@ public sealed class PagedKvCache
         RejectedNoSpace++;
         throw new CacheException(CacheError.ResourceExhausted,
             $"{forWhat} needs {needed} more KV blocks, only {Allocator.FreeBlocks} of {Allocator.TotalBlocks} are free");
+    }
+
+    /// <summary>
+    /// Refuses (RESOURCE_EXHAUSTED, counted) when fewer than <paramref name="needed"/> blocks are free, or when
+    /// <paramref name="owner"/> would hold more than its quota.
+    /// </summary>
+    public void RequireBlocks(Tenant owner, int needed, string forWhat)
+    {
+        if (needed > Allocator.FreeBlocks) owner.RejectedNoSpace++;
+        RequireFreeBlocks(needed, forWhat);
+        if (owner.Quota.MaxBlocks is { } quota && (long)owner.BlocksHeld + needed > quota)
+        {
+            owner.RejectedNoSpace++;
+            throw owner.RefuseQuota(TenantQuotaKind.Blocks,
+                $"{forWhat} needs {needed} more KV blocks, and tenant '{owner.Name}' holds {owner.BlocksHeld} of its quota of {quota}");
+        }
+    }
+
+    /// <summary>Takes blocks for <paramref name="owner"/> (the caller checked they are there: <see cref="RequireBlocks"/>).</summary>
+    private void Allocate(Tenant owner, Span<int> blocks)
+    {
+        if (!Allocator.TryAllocate(blocks)) throw new InvalidOperationException("blocks allocated without checking they are free");
+        owner.BlocksHeld += blocks.Length;
+    }
+
+    /// <summary>One reference fewer to a block of <paramref name="owner"/>'s; counted off its blocks when it goes free.</summary>
+    private void Release(Tenant owner, int block)
+    {
+        if (Allocator.Release(block)) owner.BlocksHeld--;
     }
 
     /// <summary>Slots of positions <c>start .. start + slots.Length - 1</c> (blocks must be held).</summary>
@@ -181,22 +267,23 @@ public sealed class PagedKvCache
         int needBlocks = Math.Max(keepBlocks, MlaDims.BlocksFor(sequence.MaxLength));
         while (sequence.Blocks.Count > needBlocks)
         {
-            Allocator.Release(sequence.Blocks[^1]);
+            Release(sequence.Owner, sequence.Blocks[^1]);
             sequence.Blocks.RemoveAt(sequence.Blocks.Count - 1);
         }
     }
 
     /// <summary>A new sequence sharing the parent's blocks that are full in every layer, with a copy of the rest.</summary>
-    public (ulong Id, int Shared, int Copied) Fork(ulong parentId)
+    /// <remarks>The child belongs to the parent's tenant, and counts against its quotas.</remarks>
+    public (ulong Id, int Shared, int Copied) Fork(ulong parentId, Tenant? tenant = null)
     {
-        var parent = Get(parentId);
-        if (_sequences.Count >= Limits.MaxSequences)
-            throw new CacheException(CacheError.ResourceExhausted, $"the cache already holds the maximum of {Limits.MaxSequences} sequences");
+        var parent = Get(parentId, tenant);
+        var owner = parent.Owner;
+        RequireSequenceRoom(owner);
         int shared = Math.Min(parent.MinLength / MlaDims.BlockSize, parent.Blocks.Count);
         int copied = parent.Blocks.Count - shared;
-        RequireFreeBlocks(copied, $"the fork of sequence {parentId}");
+        RequireBlocks(owner, copied, $"the fork of sequence {parentId}");
         int[] fresh = new int[copied];
-        Allocator.TryAllocate(fresh);
+        Allocate(owner, fresh);
         if (copied > 0)
         {
             var copies = new BlockCopy[copied];
@@ -207,11 +294,11 @@ public sealed class PagedKvCache
             }
             catch
             {
-                foreach (int block in fresh) Allocator.Release(block);
+                foreach (int block in fresh) Release(owner, block);
                 throw;
             }
         }
-        var child = new Sequence(_nextId++, NumLayers, Stopwatch.GetTimestamp());
+        var child = new Sequence(NewId(), owner, NumLayers, Stopwatch.GetTimestamp());
         for (int i = 0; i < shared; i++)
         {
             Allocator.AddRef(parent.Blocks[i]);
@@ -219,14 +306,14 @@ public sealed class PagedKvCache
         }
         child.Blocks.AddRange(fresh);
         parent.LayerLengths.CopyTo(child.LayerLengths, 0);
-        _sequences.Add(child.Id, child);
+        Add(child);
         return (child.Id, shared, copied);
     }
 
     /// <summary>Cuts every layer to at most <paramref name="length"/> tokens; returns the blocks let go.</summary>
-    public int Truncate(ulong id, int length)
+    public int Truncate(ulong id, int length, Tenant? tenant = null)
     {
-        var sequence = Get(id);
+        var sequence = Get(id, tenant);
         if (length < 0 || length > sequence.MaxLength)
             throw CacheException.Invalid($"cannot truncate sequence {id} to {length} tokens: its longest layer holds {sequence.MaxLength}");
         for (int l = 0; l < sequence.LayerLengths.Length; l++)
@@ -237,18 +324,21 @@ public sealed class PagedKvCache
     }
 
     /// <summary>Removes the sequence; returns the blocks it referenced.</summary>
-    public int Free(ulong id)
+    public int Free(ulong id, Tenant? tenant = null) => Remove(Get(id, tenant));
+
+    private int Remove(Sequence sequence)
     {
-        if (!_sequences.Remove(id, out var sequence)) throw CacheException.UnknownSequence(id);
-        foreach (int block in sequence.Blocks) Allocator.Release(block);
+        _sequences.Remove(sequence.Id);
+        sequence.Owner.Sequences--;
+        foreach (int block in sequence.Blocks) Release(sequence.Owner, block);
         return sequence.Blocks.Count;
     }
 
     /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/>.</summary>
-    public void Read(ulong id, int layer, int start, int count, Span<ushort> rows)
+    public void Read(ulong id, int layer, int start, int count, Span<ushort> rows, Tenant? tenant = null)
     {
         CheckLayer(layer);
-        var sequence = Get(id);
+        var sequence = Get(id, tenant);
         int length = sequence.LayerLengths[layer];
         if (start < 0 || count < 0 || (long)start + count > length)
             throw CacheException.Invalid($"rows {start}..{(long)start + count - 1} are outside layer {layer} of sequence {id}, which holds {length}");
@@ -264,11 +354,15 @@ public sealed class PagedKvCache
     /// </summary>
     public int ReclaimIdle(long nowTicks, long leaseTicks, Func<ulong, bool>? inUse = null)
     {
-        List<ulong>? idle = null;
+        List<Sequence>? idle = null;
         foreach (var s in _sequences.Values)
-            if (nowTicks - s.LastUsed > leaseTicks && !(inUse?.Invoke(s.Id) ?? false)) (idle ??= []).Add(s.Id);
+            if (nowTicks - s.LastUsed > leaseTicks && !(inUse?.Invoke(s.Id) ?? false)) (idle ??= []).Add(s);
         if (idle is null) return 0;
-        foreach (ulong id in idle) Free(id);
+        foreach (var s in idle)
+        {
+            Remove(s);
+            s.Owner.ReclaimedSequences++;
+        }
         Reclaimed += idle.Count;
         return idle.Count;
     }

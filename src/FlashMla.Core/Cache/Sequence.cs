@@ -8,14 +8,18 @@ namespace FlashMla.Core.Cache;
 /// </summary>
 public sealed class Sequence
 {
-    internal Sequence(ulong id, int numLayers, long now)
+    internal Sequence(ulong id, Tenant owner, int numLayers, long now)
     {
         Id = id;
+        Owner = owner;
         LayerLengths = new int[numLayers];
         LastUsed = now;
     }
 
     public ulong Id { get; }
+
+    /// <summary>The tenant that created it (or its fork parent); only that tenant's requests find it.</summary>
+    public Tenant Owner { get; }
     internal List<int> Blocks { get; } = [];
     internal int[] LayerLengths { get; }
 

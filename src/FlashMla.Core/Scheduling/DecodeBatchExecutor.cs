@@ -225,9 +225,23 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
         if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
-        // The sequences are free of the batch once the loop retires it (activity is the loop's, so not on the
-        // completion thread that may have handed out the results already).
-        foreach (var work in entry.Works) activity.Leave(work.SequenceIds);
+        // The sequences are free of the batch once the loop retires it, and its requests count for their tenants then
+        // (activity and the tenants' counters are the loop's, so not on the completion thread that may have handed
+        // out the results already).
+        foreach (var work in entry.Works)
+        {
+            activity.Leave(work.SequenceIds);
+            CountForTenant(work.Tenant ?? cache.DefaultTenant);
+        }
+    }
+
+    /// <summary>One more decode request served for <paramref name="tenant"/>, and one more batch the first time this batch counts for it.</summary>
+    private void CountForTenant(Tenant tenant)
+    {
+        tenant.DecodeRequests++;
+        if (tenant.LastBatchCounted == Batches) return;
+        tenant.LastBatchCounted = Batches;
+        tenant.DecodeBatches++;
     }
 
     /// <summary>
@@ -385,10 +399,11 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
             cache.CheckLayer(work.Layer);
             _candidates.Clear();
             int needed = 0;
+            var tenant = work.Tenant ?? cache.DefaultTenant;
             long kvTokens = 0;
             for (int i = 0; i < work.BatchSize; i++)
             {
-                var s = cache.Get(work.SequenceIds[i]);
+                var s = cache.Get(work.SequenceIds[i], tenant);
                 // Query token t sees length - s_q + t + 1 positions (length after the step's append). With new rows that
                 // is at least t + 1; without, a layer shorter than s_q leaves its first tokens seeing nothing (out 0,
                 // lse -infinity): a request that cannot mean anything, refused before anything is reserved.
@@ -400,7 +415,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
                 if (work.HasNewKv) needed += cache.BlocksNeeded(s, work.Layer, work.QueryTokens);
             }
             if (kvTokens > maxKvTokensPerCall) throw KvTokensRefusal(kvTokens, maxKvTokensPerCall);
-            cache.RequireFreeBlocks(needed, $"a decode request of {work.BatchSize} sequences");
+            cache.RequireBlocks(tenant, needed, $"a decode request of {work.BatchSize} sequences");
             foreach (var s in _candidates)
             {
                 _oldBlockCounts.Add(s.Blocks.Count);

@@ -6,7 +6,9 @@ namespace FlashMla.Core.Scheduling;
 /// past the batch bounds (sequences, or KV tokens per call), closes the group first, so two steps of one
 /// sequence never share a call and run in arrival order, and no call attends over more than
 /// <see cref="SchedulerOptions.MaxKvTokensPerCall"/>. Closed groups wait for a free slot on the backend; nothing here
-/// starts a call by itself or waits: the loop takes the oldest group when a slot is free.
+/// starts a call by itself or waits: the loop takes the oldest group when a slot is free. A sequence is named by
+/// tenant and id: another tenant's request that names the same id (which it cannot reach: refused on the loop as not
+/// found) does not close the group.
 /// </summary>
 internal sealed class DecodeBatcher(SchedulerOptions options)
 {
@@ -83,7 +85,7 @@ internal sealed class DecodeBatcher(SchedulerOptions options)
 
     private sealed class Group
     {
-        private readonly HashSet<ulong> _ids = [];
+        private readonly HashSet<(Cache.Tenant?, ulong)> _ids = [];
         public List<DecodeWork> Works { get; } = [];
         public int Sequences => _ids.Count;
         public long KvTokens { get; private set; }
@@ -94,7 +96,7 @@ internal sealed class DecodeBatcher(SchedulerOptions options)
             if (_ids.Count + work.BatchSize > options.MaxBatchSequences) return false;
             if (KvTokens + kvTokens > options.MaxKvTokensPerCall) return false;
             foreach (ulong id in work.SequenceIds)
-                if (_ids.Contains(id)) return false;
+                if (_ids.Contains((work.Tenant, id))) return false;
             return true;
         }
 
@@ -102,7 +104,7 @@ internal sealed class DecodeBatcher(SchedulerOptions options)
         {
             Works.Add(work);
             KvTokens += kvTokens;
-            foreach (ulong id in work.SequenceIds) _ids.Add(id);
+            foreach (ulong id in work.SequenceIds) _ids.Add((work.Tenant, id));
         }
 
         public void Clear()

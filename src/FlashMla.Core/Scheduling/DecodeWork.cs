@@ -28,6 +28,9 @@ public sealed class DecodeWork
     public int Heads => Shape.Heads;
     public float SoftmaxScale => Shape.SoftmaxScale;
 
+    /// <summary>Whose request this is: it finds that tenant's sequences only. Null until the scheduler takes it: its cache's default tenant.</summary>
+    public Cache.Tenant? Tenant { get; internal set; }
+
     /// <summary>bf16 bytes <c>[b, s_q, h_q, 576]</c>.</summary>
     public ReadOnlyMemory<byte> Q { get; }
 
@@ -42,14 +45,14 @@ public sealed class DecodeWork
     /// The request with its tensors' bytes. The edge checked them against the shape (the host's tensor checks), so
     /// a length that does not match is a bug in the caller: <see cref="ArgumentException"/>, an internal error.
     /// </summary>
-    public static DecodeWork Create(DecodeShape shape, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv)
+    public static DecodeWork Create(DecodeShape shape, ReadOnlyMemory<byte> q, ReadOnlyMemory<byte> newKv, Cache.Tenant? tenant = null)
     {
         ArgumentNullException.ThrowIfNull(shape);
         if (q.Length != shape.QueryBytes)
             throw new ArgumentException($"DecodeWork: q holds {q.Length} bytes, its shape needs {shape.QueryBytes}", nameof(q));
         if (!newKv.IsEmpty && newKv.Length != shape.NewKvBytes)
             throw new ArgumentException($"DecodeWork: kv holds {newKv.Length} bytes, its shape needs {shape.NewKvBytes}", nameof(newKv));
-        return new DecodeWork(shape, q, newKv);
+        return new DecodeWork(shape, q, newKv) { Tenant = tenant };
     }
 
     /// <summary>True once its caller gave up before the loop started it: it will never be computed.</summary>

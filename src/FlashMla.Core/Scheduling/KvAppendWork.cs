@@ -24,13 +24,17 @@ public sealed class KvAppendWork : IDeferrableCommand
     /// <summary>bf16 bytes <c>[n, 576]</c>.</summary>
     public ReadOnlyMemory<byte> Rows { get; }
 
+    /// <summary>Whose chunk this is: it finds that tenant's sequences only. Null until the scheduler takes it: its cache's default tenant.</summary>
+    public Cache.Tenant? Tenant { get; internal set; }
+
     public CacheAccess Access => CacheAccess.Sequence(SequenceId);
 
     /// <summary>Completes with the rows appended once they are in the pool.</summary>
     public Task<int> Completion => _completion.Task;
 
     /// <summary>A chunk whose rows the edge checked (dtype, shape <c>[n, 576]</c>, byte count).</summary>
-    public static KvAppendWork Create(ulong sequenceId, int layer, ReadOnlyMemory<byte> rows) => new(sequenceId, layer, rows);
+    public static KvAppendWork Create(ulong sequenceId, int layer, ReadOnlyMemory<byte> rows, Cache.Tenant? tenant = null) =>
+        new(sequenceId, layer, rows) { Tenant = tenant };
 
     internal bool IsCancelled => _gate.IsCancelled;
     internal bool TryStart() => _gate.TryStart();

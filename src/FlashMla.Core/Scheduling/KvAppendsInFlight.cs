@@ -44,7 +44,7 @@ internal sealed class KvAppendsInFlight(PagedKvCache cache, IAttentionBackend ba
         {
             int count = cache.CheckRows(work.Layer, work.Rows.Length / sizeof(ushort));
             slots = ArrayPool<int>.Shared.Rent(count);
-            var (sequence, oldBlocks) = cache.ReserveAppend(work.SequenceId, work.Layer, count, slots);
+            var (sequence, oldBlocks) = cache.ReserveAppend(work.SequenceId, work.Layer, count, slots, work.Tenant);
             DecodeSubmission submission;
             try
             {

@@ -120,6 +120,7 @@ public sealed class Scheduler : IAsyncDisposable
     /// </summary>
     public async Task<DecodeResult> DecodeAsync(DecodeWork work, CancellationToken cancellationToken = default)
     {
+        work.Tenant ??= _cache.DefaultTenant;
         await PostAsync(_decodes.Writer, work, cancellationToken).ConfigureAwait(false);
         using var cancel = cancellationToken.CanBeCanceled
             ? cancellationToken.Register(static state => ((DecodeWork)state!).Cancel(CancellationToken.None), work)
@@ -131,10 +132,12 @@ public sealed class Scheduler : IAsyncDisposable
     /// Appends one chunk of KV rows; returns the rows appended once they are in the pool. Ordered only against work on
     /// the chunk's sequence: decodes of other sequences go on while its rows are written (on the backend's own queues).
     /// Until this returns or throws, the chunk's bytes must stay unchanged. Cancelled before it started, it never runs.
+    /// The chunk's tenant must own the sequence (another's is not found), and new blocks count against its quota.
     /// </summary>
     public async Task<int> AppendAsync(KvAppendWork work, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(work);
+        work.Tenant ??= _cache.DefaultTenant;
         await PostAsync(_control.Writer, (object)work, cancellationToken).ConfigureAwait(false);
         using var cancel = cancellationToken.CanBeCanceled
             ? cancellationToken.Register(static state => ((KvAppendWork)state!).Cancel(), work)
@@ -142,11 +145,15 @@ public sealed class Scheduler : IAsyncDisposable
         return await work.Completion.ConfigureAwait(false);
     }
 
-    /// <summary>Counters and occupancy, read on the loop; never waits for a decode.</summary>
-    public Task<SchedulerStats> GetStatsAsync(CancellationToken cancellationToken = default) =>
-        RunAsync(CacheAccess.Metadata, cache => new SchedulerStats(
-            cache.Allocator.TotalBlocks, cache.Allocator.FreeBlocks, cache.SequenceCount, cache.Reclaimed,
-            _executor.Requests, _executor.Batches, cache.RejectedNoSpace), cancellationToken);
+    /// <summary>
+    /// Counters and occupancy, read on the loop (never waits for a decode): the whole cache's for an admin tenant (and
+    /// when none is named), <paramref name="tenant"/>'s own otherwise (<see cref="SchedulerStats.Of"/>).
+    /// </summary>
+    public Task<SchedulerStats> GetStatsAsync(Tenant? tenant = null, CancellationToken cancellationToken = default) =>
+        RunAsync(CacheAccess.Metadata, cache => tenant is null || tenant.IsAdmin
+            ? new SchedulerStats(cache.Allocator.TotalBlocks, cache.Allocator.FreeBlocks, cache.Allocator.UsedBlocks, cache.SequenceCount,
+                cache.Reclaimed, _executor.Requests, _executor.Batches, cache.RejectedNoSpace)
+            : SchedulerStats.Of(tenant, cache.Allocator), cancellationToken);
 
     /// <summary>Stops taking new work (UNAVAILABLE from then on), finishes what is queued, and returns.</summary>
     public async Task DrainAsync()
@@ -334,7 +341,7 @@ public sealed class Scheduler : IAsyncDisposable
         _batcher.Add(work, kvTokens);
     }
 
-    /// <summary>The KV positions a request attends over, as the cache stands (unknown sequences count 0: the batch refuses them).</summary>
+    /// <summary>The KV positions a request attends over, as the cache stands (unknown sequences, and other tenants', count 0: the batch refuses them).</summary>
     private long KvTokensOf(DecodeWork work)
     {
         if ((uint)work.Layer >= (uint)_cache.NumLayers) return 0;
@@ -343,7 +350,7 @@ public sealed class Scheduler : IAsyncDisposable
         {
             try
             {
-                total += _cache.Get(id).Lengths[work.Layer];
+                total += _cache.Get(id, work.Tenant).Lengths[work.Layer];
             }
             catch (CacheException)
             {
@@ -450,8 +457,18 @@ public sealed class Scheduler : IAsyncDisposable
 }
 
 /// <summary>Cache occupancy and decode counters.</summary>
-public sealed record SchedulerStats(int TotalBlocks, int FreeBlocks, int Sequences, long ReclaimedSequences,
+public sealed record SchedulerStats(int TotalBlocks, int FreeBlocks, int UsedBlocks, int Sequences, long ReclaimedSequences,
     long DecodeRequests, long DecodeBatches, long RejectedNoSpace)
 {
-    public int UsedBlocks => TotalBlocks - FreeBlocks;
+    /// <summary>
+    /// One tenant's view: the blocks it may hold (its quota, at most the cache's), those it may still take (what its
+    /// quota leaves, at most what is free), those it holds, and its own sequences and counters.
+    /// </summary>
+    internal static SchedulerStats Of(Tenant tenant, BlockAllocator allocator)
+    {
+        int total = Math.Min(tenant.Quota.MaxBlocks ?? int.MaxValue, allocator.TotalBlocks);
+        int free = Math.Clamp(Math.Min(total - tenant.BlocksHeld, allocator.FreeBlocks), 0, total);
+        return new SchedulerStats(total, free, tenant.BlocksHeld, tenant.Sequences, tenant.ReclaimedSequences,
+            tenant.DecodeRequests, tenant.DecodeBatches, tenant.RejectedNoSpace);
+    }
 }

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using FlashMla.Core.Cache;
 
 namespace FlashMla.Core.Telemetry;
 
@@ -15,6 +17,7 @@ public sealed class FlashMlaMetrics : IDisposable
 
     private readonly Meter _meter;
     private CacheGaugeSnapshot _gauges = new(0, 0, 0, Serving: true);
+    private volatile Func<IReadOnlyList<Tenant>> _tenants = () => [];
 
     public FlashMlaMetrics(IMeterFactory? factory = null)
     {
@@ -43,6 +46,12 @@ public sealed class FlashMlaMetrics : IDisposable
         _meter.CreateObservableGauge("flashmla.kv.blocks_total", () => _gauges.TotalBlocks, "{block}", "KV blocks in the cache.");
         _meter.CreateObservableGauge("flashmla.sequences.active", () => _gauges.Sequences, "{sequence}", "Live sequences.");
         _meter.CreateObservableGauge("flashmla.serving", () => _gauges.Serving ? 1 : 0, "{state}", "1 while the service is SERVING, 0 when NOT_SERVING (draining or device lost).");
+        // By tenant: the label's values are the token file's tenants and "anonymous", never anything a client sends.
+        _meter.CreateObservableGauge("flashmla.tenant.blocks_held", () => PerTenant(BlocksHeldOf), "{block}", "KV blocks each tenant holds.");
+        _meter.CreateObservableGauge("flashmla.tenant.sequences", () => PerTenant(SequencesOf), "{sequence}", "Live sequences of each tenant.");
+        _meter.CreateObservableGauge("flashmla.tenant.requests_in_flight", () => PerTenant(RequestsInFlightOf), "{request}", "Requests each tenant has in flight.");
+        _meter.CreateObservableCounter("flashmla.tenant.decode_requests", () => PerTenant(DecodeRequestsOf), "{request}", "Decode requests served, by tenant.");
+        _meter.CreateObservableCounter("flashmla.tenant.quota_refusals", () => QuotaRefusals(), "{request}", "Requests refused by one of a tenant's quotas, by tenant and quota (blocks, sequences, requests_in_flight).");
     }
 
     private static readonly double[] LatencyBuckets =
@@ -63,6 +72,29 @@ public sealed class FlashMlaMetrics : IDisposable
     public Counter<long> AppendedRows { get; }
     public UpDownCounter<long> DataPlaneConnections { get; }
     public Counter<long> DataPlaneCalls { get; }
+
+    /// <summary>Where the by-tenant instruments find the tenants (the server's tenant directory).</summary>
+    public void ObserveTenants(Func<IReadOnlyList<Tenant>> tenants) => _tenants = tenants ?? throw new ArgumentNullException(nameof(tenants));
+
+    private static long BlocksHeldOf(Tenant t) => t.BlocksHeld;
+    private static long SequencesOf(Tenant t) => t.Sequences;
+    private static long RequestsInFlightOf(Tenant t) => t.RequestsInFlight;
+    private static long DecodeRequestsOf(Tenant t) => t.DecodeRequests;
+
+    private IEnumerable<Measurement<long>> PerTenant(Func<Tenant, long> value)
+    {
+        foreach (var tenant in _tenants()) yield return new Measurement<long>(value(tenant), new TagList { { "tenant", tenant.Name } });
+    }
+
+    private IEnumerable<Measurement<long>> QuotaRefusals()
+    {
+        foreach (var tenant in _tenants())
+        {
+            yield return new Measurement<long>(tenant.QuotaRefusals(TenantQuotaKind.Blocks), new TagList { { "tenant", tenant.Name }, { "quota", "blocks" } });
+            yield return new Measurement<long>(tenant.QuotaRefusals(TenantQuotaKind.Sequences), new TagList { { "tenant", tenant.Name }, { "quota", "sequences" } });
+            yield return new Measurement<long>(tenant.QuotaRefusals(TenantQuotaKind.RequestsInFlight), new TagList { { "tenant", tenant.Name }, { "quota", "requests_in_flight" } });
+        }
+    }
 
     /// <summary>Published by the scheduler loop after each mutation; read by the gauges' callbacks.</summary>
     public void PublishCache(CacheGaugeSnapshot snapshot) => Volatile.Write(ref _gauges, snapshot);

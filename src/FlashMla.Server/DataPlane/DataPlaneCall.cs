@@ -16,14 +16,15 @@ internal sealed class DataPlaneCall : Http2Stream
     private readonly ILogger _log;
     private readonly DataPlaneConnection _connection;
 
-    public DataPlaneCall(DataPlaneConnection connection, int streamId, GrpcRequestHead head, int maxMessageBytes, ArrayPool<byte> pool,
-        CancellationToken connectionClosing, ILogger log)
+    public DataPlaneCall(DataPlaneConnection connection, int streamId, GrpcRequestHead head, Security.Caller caller, int maxMessageBytes,
+        ArrayPool<byte> pool, CancellationToken connectionClosing, ILogger log)
         : base(connection, DataPlaneConnection.StreamWindow, DataPlaneRequestReader.CreditBatchBytes)
     {
         Id = streamId;
         _log = log;
         _connection = connection;
         Context = new DataPlaneCallContext(head, connection.Peer, connectionClosing);
+        Context.UserState[Security.Caller.Key] = caller; // where the services find it, as on Kestrel's port
         var token = Context.CancellationToken;
         Requests = new DataPlaneRequestReader(this, pool, maxMessageBytes, head.Encoding, token);
         Responses = new DataPlaneResponseWriter(connection, this, token);

@@ -155,9 +155,12 @@ internal sealed class DataPlaneConnection : Http2Connection
             return;
         }
         GrpcRequestHead head;
+        Security.Caller caller;
         try
         {
             head = GrpcWireHeaders.ReadRequest(fields);
+            // Before the call exists: a call without a valid token is answered from its headers, its body never read.
+            caller = _dispatcher.Authenticate(head);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
                     $"{head.Path} is not served on the data-plane port, which serves {DataPlaneDispatcher.ServiceName} and {DataPlaneDispatcher.AppendKvPath} only; use the gRPC port"));
@@ -169,7 +172,7 @@ internal sealed class DataPlaneConnection : Http2Connection
             return;
         }
 
-        var call = new DataPlaneCall(this, streamId, head, _maxMessageBytes, _pool, _closing.Token, _dispatcher.Log);
+        var call = new DataPlaneCall(this, streamId, head, caller, _maxMessageBytes, _pool, _closing.Token, _dispatcher.Log);
         AddStream(call);
         if (endStream) EndInput(call);
         var run = Task.Run(() => RunCallAsync(call));

@@ -13,7 +13,7 @@ namespace FlashMla.Server.DataPlane;
 /// status, as grpc-dotnet does for a service method.
 /// </summary>
 internal sealed class DataPlaneDispatcher(DecoderService service, KvCacheService kvCache, RequestFailures failures, FlashMlaMetrics metrics,
-    ILogger log)
+    Security.TenantDirectory tenants, ILogger log)
 {
     public const string ServiceName = "flashmla.v1.Decoder";
     public const string DecodePath = "/" + ServiceName + "/Decode";
@@ -24,6 +24,19 @@ internal sealed class DataPlaneDispatcher(DecoderService service, KvCacheService
     public const string AppendKvPath = KvIngestMarshallers.AppendKvPath;
 
     public bool Serves(string path) => path is DecodePath or DecodeOncePath or AppendKvPath;
+
+    /// <summary>The caller of a call from its headers' bearer token; UNAUTHENTICATED (recorded) without a valid one.</summary>
+    public Security.Caller Authenticate(GrpcRequestHead head)
+    {
+        try
+        {
+            return tenants.Authenticate(head.Authorization);
+        }
+        catch (RpcException ex)
+        {
+            throw failures.Record(Serves(head.Path) ? head.Path : "other", ex);
+        }
+    }
 
     public async Task<Status> ServeAsync(DataPlaneCall call)
     {

@@ -16,7 +16,8 @@ namespace FlashMla.Server.DataPlane;
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, KvCacheService kvCache, RequestFailures failures, IOptions<FlashMlaOptions> options,
-    BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
+    BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers,
+    Security.TenantDirectory tenants) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
@@ -36,7 +37,7 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
         listener.Listen(512);
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        _dispatcher = new DataPlaneDispatcher(service, kvCache, failures, metrics, logger);
+        _dispatcher = new DataPlaneDispatcher(service, kvCache, failures, metrics, tenants, logger);
         _acceptLoop = AcceptAsync(listener);
         return Task.CompletedTask;
     }

@@ -6,7 +6,7 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>What the data plane reads from a request's header block.</summary>
-internal readonly record struct GrpcRequestHead(string Path, string Authority, TimeSpan? Timeout, string? Encoding);
+internal readonly record struct GrpcRequestHead(string Path, string Authority, TimeSpan? Timeout, string? Encoding, string? Authorization = null);
 
 /// <summary>
 /// gRPC over HTTP/2 as the data-plane listener speaks it (the gRPC "PROTOCOL-HTTP2" document): reading a
@@ -24,7 +24,7 @@ internal static class GrpcWireHeaders
     /// </summary>
     public static GrpcRequestHead ReadRequest(List<KeyValuePair<string, string>> fields)
     {
-        string? method = null, path = null, authority = null, contentType = null, timeout = null, encoding = null;
+        string? method = null, path = null, authority = null, contentType = null, timeout = null, encoding = null, authorization = null;
         foreach (var (name, value) in fields)
         {
             switch (name)
@@ -35,6 +35,7 @@ internal static class GrpcWireHeaders
                 case "content-type": contentType = value; break;
                 case "grpc-timeout": timeout = value; break;
                 case "grpc-encoding": encoding = value; break;
+                case "authorization": authorization = value; break;
             }
         }
         if (method != "POST") throw new RpcException(new Status(StatusCode.Internal, $"gRPC calls are POST requests, this one is {method ?? "without a method"}"));
@@ -42,7 +43,7 @@ internal static class GrpcWireHeaders
         if (contentType is null || !(contentType == "application/grpc" || contentType.StartsWith("application/grpc+", StringComparison.Ordinal)
                 || contentType.StartsWith("application/grpc;", StringComparison.Ordinal)))
             throw new RpcException(new Status(StatusCode.Internal, $"content-type '{contentType}' is not application/grpc"));
-        return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout), encoding);
+        return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout), encoding, authorization);
     }
 
     /// <summary>The :path of a request's fields, or "" (for counting a request refused before it was read).</summary>

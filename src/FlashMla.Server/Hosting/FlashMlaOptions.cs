@@ -99,6 +99,15 @@ public sealed class FlashMlaOptions
     /// <summary>How long shutdown waits for in-flight work, seconds.</summary>
     public double DrainTimeoutSeconds { get; set; } = 30;
 
+    /// <summary>
+    /// The token file (tenants, their bearer tokens and quotas; Security/TokenFile.cs has the format). Empty: no
+    /// authentication, every call is the anonymous tenant's (a warning at start-up).
+    /// </summary>
+    public string TokenFile { get; set; } = "";
+
+    /// <summary>How often the token file is read again for changes, seconds.</summary>
+    public double TokenReloadSeconds { get; set; } = 5;
+
     public IEnumerable<string> Validate()
     {
         if (GrpcPort is < 0 or > 65535) yield return $"GrpcPort must be 0..65535, got {GrpcPort}";
@@ -129,6 +138,7 @@ public sealed class FlashMlaOptions
         if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
         if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
+        if (TokenReloadSeconds is < 0.05 or > 3600) yield return $"TokenReloadSeconds must be 0.05..3600, got {TokenReloadSeconds}";
     }
 
     public SchedulerOptions ToSchedulerOptions() => new()

@@ -3,6 +3,7 @@ using FlashMla.Contracts.V1;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
+using FlashMla.Server.Security;
 using FlashMla.Server.Services;
 using Grpc.AspNetCore.Server.Model;
 using Grpc.Health.V1;
@@ -30,6 +31,7 @@ public static class FlashMlaServerApp
         builder.Configuration.GetSection(FlashMlaOptions.Section).Bind(options);
         var problems = options.Validate().ToList();
         var switches = MeasurementSwitches.Read(builder.Configuration, problems);
+        var tenants = LoadTenants(options, problems, out byte[] tokenFileHash);
         if (problems.Count > 0)
             throw new OptionsValidationException(FlashMlaOptions.Section, typeof(FlashMlaOptions), problems);
         builder.Services.AddSingleton(Options.Create(options));
@@ -81,7 +83,16 @@ public static class FlashMlaServerApp
             });
         });
 
-        builder.Services.AddSingleton<FlashMlaMetrics>();
+        builder.Services.AddSingleton(tenants);
+        builder.Services.AddSingleton(sp =>
+        {
+            var metrics = new FlashMlaMetrics(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>());
+            metrics.ObserveTenants(() => tenants.Tenants);
+            return metrics;
+        });
+        if (tenants.RequiresTokens)
+            builder.Services.AddHostedService(sp => new TokenFileReloader(options.TokenFile, tokenFileHash, TimeSpan.FromSeconds(options.TokenReloadSeconds),
+                tenants, sp.GetRequiredService<ILogger<TokenFileReloader>>()));
         builder.Services.AddSingleton(switches);
         builder.Services.AddSingleton(ServerTensorPool.Create());
         builder.Services.AddSingleton(sp => BackendSelector.Create(options, sp.GetRequiredService<PinnedTensorPool>(),
@@ -128,6 +139,7 @@ public static class FlashMlaServerApp
         overrideServices?.Invoke(builder.Services);
         var app = builder.Build();
         RequestCompression.AdvertiseAcceptedEncodings(app);
+        app.UseMiddleware<GrpcPortAuthentication>();
         app.MapGrpcService<KvCacheService>();
         app.MapGrpcService<DecoderService>();
         app.MapGrpcHealthChecksService();
@@ -143,7 +155,30 @@ public static class FlashMlaServerApp
                 "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
                 scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
+            if (tenants.RequiresTokens)
+                app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s",
+                    options.TokenFile, tenants.Tenants.Count - 1, tenants.TokenCount, options.TokenReloadSeconds);
+            else
+                app.Logger.LogWarning("Authentication off (no TokenFile): every client that reaches the gRPC and data-plane ports can read and write every sequence");
         });
         return app;
+    }
+
+    /// <summary>The tenants of the token file, or the anonymous tenant alone when none is configured.</summary>
+    private static TenantDirectory LoadTenants(FlashMlaOptions options, List<string> problems, out byte[] fileHash)
+    {
+        fileHash = [];
+        if (string.IsNullOrEmpty(options.TokenFile)) return TenantDirectory.Open();
+        try
+        {
+            byte[] content = File.ReadAllBytes(options.TokenFile);
+            fileHash = TokenFileReloader.HashOf(content);
+            return TenantDirectory.FromFile(TokenFile.Parse(content, options.TokenFile));
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            problems.Add($"TokenFile: {ex.Message}");
+            return TenantDirectory.Open();
+        }
     }
 }

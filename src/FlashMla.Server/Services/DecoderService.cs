@@ -3,6 +3,7 @@ using FlashMla.Contracts.Wire;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
+using FlashMla.Server.Security;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
@@ -24,7 +25,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     {
         try
         {
-            return await handler.RunAsync(request.Message, request.ReceivedAt, context.CancellationToken);
+            return await handler.RunAsync(request.Message, Caller.Of(context), request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
@@ -37,16 +38,27 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     }
 
     public override Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
-        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context) =>
-        DecodeStreamPump.RunAsync(requestStream, responseStream, request => ServeInStreamAsync(request, context),
+        IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context)
+    {
+        Caller caller;
+        try
+        {
+            caller = Caller.Of(context);
+        }
+        catch (Exception ex)
+        {
+            throw failures.Record(context.Method, ex);
+        }
+        return DecodeStreamPump.RunAsync(requestStream, responseStream, request => ServeInStreamAsync(request, caller, context),
             options.Value.MaxInFlightPerStream, context.CancellationToken);
+    }
 
     /// <summary>One request of a stream: its response, or the error of that request alone in the response (the stream goes on).</summary>
-    private async Task<Leased<DecodeResponse>> ServeInStreamAsync(Leased<DecodeRequest> request, ServerCallContext context)
+    private async Task<Leased<DecodeResponse>> ServeInStreamAsync(Leased<DecodeRequest> request, Caller caller, ServerCallContext context)
     {
         try
         {
-            return await handler.RunAsync(request.Message, request.ReceivedAt, context.CancellationToken);
+            return await handler.RunAsync(request.Message, caller, request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {

@@ -7,6 +7,7 @@ using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
 using FlashMla.Core.Tensors;
 using FlashMla.Server.Hosting;
+using FlashMla.Server.Security;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
@@ -16,6 +17,7 @@ namespace FlashMla.Server.Services;
 /// <summary>
 /// flashmla.v1.KvCache: validates, translates to scheduler commands, maps errors to status codes. Bound by
 /// <see cref="KvCacheMethods"/> (the generated method definitions, request parsing guarded), not the generated base.
+/// Every call runs as its caller's tenant (<see cref="Guard{T}"/>): it sees and changes that tenant's sequences only.
 /// </summary>
 public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics,
     PinnedTensorPool tensorBuffers)
@@ -42,18 +44,19 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
         });
 
     public Task<CreateSequenceResponse> CreateSequence(CreateSequenceRequest request, ServerCallContext context) =>
-        Guard(context, async () => new CreateSequenceResponse
+        Guard(context, async tenant => new CreateSequenceResponse
         {
-            SequenceId = await scheduler.RunAsync(CacheAccess.Metadata, cache => cache.Create(), context.CancellationToken),
+            SequenceId = await scheduler.RunAsync(CacheAccess.Metadata, cache => cache.Create(tenant), context.CancellationToken),
         });
 
     /// <summary>
     /// Appends each chunk as it comes, both ports alike (Kestrel's pooled marshaller, or the data plane's in-place parse):
     /// a chunk's rows stay in their pooled array until the backend has written them, then the array goes back. A chunk
-    /// waits only for work on its own sequence (<see cref="Scheduler.AppendAsync"/>), never for unrelated decodes.
+    /// waits only for work on its own sequence (<see cref="Scheduler.AppendAsync"/>), never for unrelated decodes. On both
+    /// ports a chunk runs as the call's tenant: it appends to that tenant's sequences only, within its quotas.
     /// </summary>
     public Task<AppendKvResponse> AppendKv(IAsyncStreamReader<Leased<AppendKvChunk>> requestStream, ServerCallContext context) =>
-        Guard(context, async () =>
+        Guard(context, async tenant =>
         {
             ulong chunks = 0, rows = 0;
             while (await requestStream.MoveNext(context.CancellationToken))
@@ -62,7 +65,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                 var chunk = leased.Message;
                 var bytes = TensorCodec.Expect(chunk.Kv, "kv", DType.Bf16, -1, MlaDims.HeadDimK);
                 if (chunk.Layer > int.MaxValue) throw CacheException.Invalid($"layer {chunk.Layer} is out of range");
-                int appended = await scheduler.AppendAsync(KvAppendWork.Create(chunk.SequenceId, (int)chunk.Layer, bytes), context.CancellationToken);
+                int appended = await scheduler.AppendAsync(KvAppendWork.Create(chunk.SequenceId, (int)chunk.Layer, bytes, tenant), context.CancellationToken);
                 metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
                 rows += (ulong)appended;
@@ -72,37 +75,37 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
         });
 
     public Task<ForkSequenceResponse> ForkSequence(ForkSequenceRequest request, ServerCallContext context) =>
-        Guard(context, async () =>
+        Guard(context, async tenant =>
         {
-            var (id, shared, copied) = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Fork(request.SequenceId), context.CancellationToken);
+            var (id, shared, copied) = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Fork(request.SequenceId, tenant), context.CancellationToken);
             return new ForkSequenceResponse { SequenceId = id, SharedBlocks = (uint)shared, CopiedBlocks = (uint)copied };
         });
 
     public Task<TruncateSequenceResponse> TruncateSequence(TruncateSequenceRequest request, ServerCallContext context) =>
-        Guard(context, async () =>
+        Guard(context, async tenant =>
         {
             if (request.Length > int.MaxValue) throw CacheException.Invalid($"length {request.Length} is out of range");
-            int released = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Truncate(request.SequenceId, (int)request.Length), context.CancellationToken);
+            int released = await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Truncate(request.SequenceId, (int)request.Length, tenant), context.CancellationToken);
             return new TruncateSequenceResponse { ReleasedBlocks = (uint)released };
         });
 
     public Task<FreeSequenceResponse> FreeSequence(FreeSequenceRequest request, ServerCallContext context) =>
-        Guard(context, async () => new FreeSequenceResponse
+        Guard(context, async tenant => new FreeSequenceResponse
         {
-            ReleasedBlocks = (uint)await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Free(request.SequenceId), context.CancellationToken),
+            ReleasedBlocks = (uint)await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache => cache.Free(request.SequenceId, tenant), context.CancellationToken),
         });
 
     public Task<SequenceInfo> GetSequence(GetSequenceRequest request, ServerCallContext context) =>
-        Guard(context, () => scheduler.RunAsync(CacheAccess.Metadata, cache =>
+        Guard(context, tenant => scheduler.RunAsync(CacheAccess.Metadata, cache =>
         {
-            var sequence = cache.Get(request.SequenceId);
+            var sequence = cache.Get(request.SequenceId, tenant);
             var info = new SequenceInfo { SequenceId = sequence.Id, Blocks = (uint)sequence.BlockIds.Count };
             foreach (int length in sequence.Lengths) info.LayerLengths.Add((uint)length);
             return info;
         }, context.CancellationToken));
 
     public Task ReadKv(ReadKvRequest request, IServerStreamWriter<KvChunk> responseStream, ServerCallContext context) =>
-        Guard(context, async () =>
+        Guard(context, async tenant =>
         {
             if (request.Layer > int.MaxValue || request.Start > int.MaxValue || request.Count > int.MaxValue)
                 throw CacheException.Invalid("layer, start or count is out of range");
@@ -110,7 +113,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             int length = await scheduler.RunAsync(CacheAccess.Metadata, cache =>
             {
                 cache.CheckLayer(layer);
-                return cache.Get(request.SequenceId).Lengths[layer];
+                return cache.Get(request.SequenceId, tenant).Lengths[layer];
             }, context.CancellationToken);
             int count = request.Count == 0 ? length - start : (int)request.Count;
             if (start > length || count < 0 || (long)start + count > length)
@@ -127,7 +130,7 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                     var chunk = rows.AsMemory(0, n * MlaDims.KvRowBytes);
                     await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache =>
                     {
-                        cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(chunk.Span));
+                        cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(chunk.Span), tenant);
                         return true;
                     }, context.CancellationToken);
                     var tensor = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(chunk) };
@@ -144,9 +147,9 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
         });
 
     public Task<CacheStats> GetStats(GetStatsRequest request, ServerCallContext context) =>
-        Guard(context, async () =>
+        Guard(context, async tenant =>
         {
-            var stats = await scheduler.GetStatsAsync(context.CancellationToken);
+            var stats = await scheduler.GetStatsAsync(tenant, context.CancellationToken);
             return new CacheStats
             {
                 TotalBlocks = (uint)stats.TotalBlocks,
@@ -160,11 +163,24 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             };
         });
 
-    private async Task<T> Guard<T>(ServerCallContext context, Func<Task<T>> handler)
+    /// <summary>
+    /// Runs a call as its caller's tenant (refused UNAUTHENTICATED without one), counted against the tenant's
+    /// requests-in-flight quota while it runs; any failure is recorded and becomes the call's status.
+    /// </summary>
+    private async Task<T> Guard<T>(ServerCallContext context, Func<Tenant, Task<T>> handler)
     {
         try
         {
-            return await handler();
+            var tenant = Caller.Of(context).Tenant;
+            tenant.EnterRequest();
+            try
+            {
+                return await handler(tenant);
+            }
+            finally
+            {
+                tenant.ExitRequest();
+            }
         }
         catch (Exception ex)
         {
