@@ -1,13 +1,10 @@
 using System.Buffers.Binary;
 using FlashMla.Client;
 using FlashMla.Contracts.V1;
-using FlashMla.Core.Backends;
 using FlashMla.Core.Memory;
 using FlashMla.Http2;
-using FlashMla.Server.Hosting;
 using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 
 namespace FlashMla.Server.Tests;
 
@@ -61,13 +58,9 @@ public sealed class MemoryBudgetTests
     {
         const int calls = 1000, budgetMiB = 1;
         using var gate = new ManualResetEventSlim();
-        await using var server = await TestServer.StartAsync(services => services.AddSingleton(sp =>
-            {
-                var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value,
-                    sp.GetRequiredService<PinnedTensorPool>(), sp.GetRequiredService<MeasurementSwitches>());
-                return new BackendHolder(new GatedBackend(selected.Backend, gate), "test: decodes wait for the gate");
-            }),
-            ("QueueCapacity", 8), ("MaxMessageBytes", 1 << 20), ("TensorBudgetMiB", budgetMiB));
+        // No decode finishes until the gate opens (a minute at most).
+        await using var server = await HookedBackend.StartServerAsync(before: _ => gate.Wait(TimeSpan.FromMinutes(1)), after: null,
+            "test: decodes wait for the gate", ("QueueCapacity", 8), ("MaxMessageBytes", 1 << 20), ("TensorBudgetMiB", budgetMiB));
         var pool = server.Services.GetRequiredService<PinnedTensorPool>();
         ulong id = await server.Client.CreateSequenceAsync();
         await server.Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 10 * 576));
@@ -163,24 +156,5 @@ public sealed class MemoryBudgetTests
             Assert.True(DateTime.UtcNow < until, failure());
             await Task.Delay(20);
         }
-    }
-
-    /// <summary>The usual backend, with every decode held until the gate opens (at most a minute).</summary>
-    private sealed class GatedBackend(IAttentionBackend inner, ManualResetEventSlim gate) : IAttentionBackend
-    {
-        public string Name => inner.Name;
-        public string DeviceDescription => inner.DeviceDescription;
-        public KvPoolGeometry Geometry => inner.Geometry;
-        public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => inner.WriteKv(layer, slots, rows);
-        public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => inner.ReadKv(layer, slots, rows);
-        public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => inner.CopyBlocks(copies);
-
-        public void Decode(DecodeBatch batch)
-        {
-            gate.Wait(TimeSpan.FromMinutes(1));
-            inner.Decode(batch);
-        }
-
-        public void Dispose() => inner.Dispose();
     }
 }

@@ -7,14 +7,6 @@ public class PinnedTensorPoolLimitTests
 {
     private const int Large = PinnedTensorPool.RegistrationMinBytes;
 
-    private sealed class CountingRegistrar : IHostMemoryRegistrar
-    {
-        public readonly HashSet<byte[]> Locked = new(ReferenceEqualityComparer.Instance);
-        public bool Register(byte[] array) => Locked.Add(array);
-        public void Unregister(byte[] array) => Assert.True(Locked.Remove(array), "unregistered an array that was not registered");
-        public long LockedBytes => Locked.Sum(a => (long)a.Length);
-    }
-
     [Fact]
     public void TryRent_refuses_past_the_held_budget_and_admits_again_once_bytes_come_back()
     {
@@ -68,7 +60,7 @@ public class PinnedTensorPoolLimitTests
     public void Idle_arrays_past_the_retained_budget_are_let_go_and_unregistered()
     {
         var pool = new PinnedTensorPool(1 << 24, 256, new TensorPoolLimits { RetainedBytes = 2 * Large });
-        var registrar = new CountingRegistrar();
+        var registrar = new FakeRegistrar();
         pool.Attach(registrar);
         var arrays = Enumerable.Range(0, 6).Select(_ => pool.Rent(Large)).ToArray();
         Assert.Equal(6, registrar.Locked.Count);
@@ -82,36 +74,27 @@ public class PinnedTensorPoolLimitTests
     [Fact]
     public void Page_locking_stops_at_its_budget_and_resumes_for_an_idle_array_once_room_frees()
     {
-        var pool = new PinnedTensorPool(1 << 24, 8, new TensorPoolLimits { PageLockedBytes = 2 * Large });
-        var registrar = new CountingRegistrar();
+        // One idle place per size: a second returned array is let go, which frees page-locked room.
+        var pool = new PinnedTensorPool(1 << 24, 1, new TensorPoolLimits { PageLockedBytes = 2 * Large });
+        var registrar = new FakeRegistrar();
         pool.Attach(registrar);
-        var a = pool.Rent(Large);
-        var b = pool.Rent(Large);
-        var c = pool.Rent(Large); // past the budget: staged
-        Assert.True(pool.TryGetRegisteredAddress((ReadOnlyMemory<byte>)b, out _));
-        Assert.False(pool.TryGetRegisteredAddress((ReadOnlyMemory<byte>)c, out _));
+        var x = pool.Rent(Large);
+        var y = pool.Rent(Large);
+        var z = pool.Rent(Large); // past the budget: staged
+        Assert.True(pool.TryGetRegisteredAddress((ReadOnlyMemory<byte>)y, out _));
+        Assert.False(pool.TryGetRegisteredAddress((ReadOnlyMemory<byte>)z, out _));
         Assert.Equal(2L * Large, registrar.LockedBytes);
         Assert.Equal(2L * Large, pool.RegisteredBytes);
-        GC.KeepAlive(a);
-
-        // One idle place per size: a second returned array is let go, which frees page-locked room.
-        var tight = new PinnedTensorPool(1 << 24, 1, new TensorPoolLimits { PageLockedBytes = 2 * Large });
-        var tightRegistrar = new CountingRegistrar();
-        tight.Attach(tightRegistrar);
-        var x = tight.Rent(Large);
-        var y = tight.Rent(Large);
-        var z = tight.Rent(Large);
-        tight.Return(z); // idle, unregistered
-        tight.Return(x); // no idle place left: let go and unregistered, which frees room
-        Assert.Single(tightRegistrar.Locked);
-        var reused = tight.Rent(Large);
+        pool.Return(z); // idle, unregistered
+        pool.Return(x); // no idle place left: let go and unregistered first
+        Assert.Single(registrar.Locked);
+        var reused = pool.Rent(Large);
         Assert.Same(z, reused);
-        Assert.True(tight.TryGetRegisteredAddress((ReadOnlyMemory<byte>)reused, out _)); // registered now that it fits
-        Assert.Equal(2L * Large, tightRegistrar.LockedBytes);
-        tight.Detach();
-        Assert.Empty(tightRegistrar.Locked);
-        Assert.Equal(0, tight.RegisteredBytes);
-        GC.KeepAlive(y);
+        Assert.True(pool.TryGetRegisteredAddress((ReadOnlyMemory<byte>)reused, out _)); // registered now that it fits
+        Assert.Equal(2L * Large, registrar.LockedBytes);
+        pool.Detach();
+        Assert.Empty(registrar.Locked);
+        Assert.Equal(0, pool.RegisteredBytes);
     }
 
     [Fact]
