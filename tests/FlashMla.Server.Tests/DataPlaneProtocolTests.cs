@@ -242,7 +242,8 @@ public sealed class DataPlaneProtocolTests
     [Fact]
     public async Task A_client_that_cancels_every_other_call_is_never_cut_off()
     {
-        await using var server = await TestServer.StartAsync();
+        // 128 streams open at a time, reset ones included: the most MaxStreamsPerConnection allows.
+        await using var server = await TestServer.StartAsync(("MaxStreamsPerConnection", DataPlaneConnection.MaxConcurrentStreams));
         var ids = await RawHttp2Client.SequencesAsync(server, 1, 5);
         await using var client = await RawHttp2Client.ConnectAsync(server.DataPlaneAddress!);
         var block = RawHttp2Client.RequestHeaders("/flashmla.v1.Decoder/DecodeOnce");

@@ -87,6 +87,26 @@ internal sealed class RawHttp2Client : IAsyncDisposable
         throw new IOException($"the connection closed before stream {streamId} ended");
     }
 
+    /// <summary>
+    /// Reads frames until <paramref name="count"/> streams have ended: each stream's grpc-status, or "RST" and the
+    /// error code when it was reset. Every header block goes through the connection's decoder, as in <see cref="ReadResponseAsync"/>.
+    /// </summary>
+    public async Task<Dictionary<int, string>> ReadEndsAsync(int count)
+    {
+        var ends = new Dictionary<int, string>();
+        while (ends.Count < count && await ReadFrameAsync() is { } frame)
+        {
+            var fields = new List<KeyValuePair<string, string>>();
+            if (frame.Header.Type == Http2FrameType.Headers) _decoder.Decode(frame.Payload, fields);
+            if (frame.Header.StreamId == 0 || ends.ContainsKey(frame.Header.StreamId)) continue;
+            if (frame.Header.Type == Http2FrameType.RstStream)
+                ends[frame.Header.StreamId] = "RST " + (Http2ErrorCode)BinaryPrimitives.ReadUInt32BigEndian(frame.Payload);
+            else if (frame.Header.Type == Http2FrameType.Headers && frame.Header.Has(Http2FrameFlags.EndStream))
+                ends[frame.Header.StreamId] = fields.FirstOrDefault(f => f.Key == "grpc-status").Value ?? "none";
+        }
+        return ends;
+    }
+
     public Task SendAsync(Http2FrameType type, Http2FrameFlags flags, int streamId, ReadOnlySpan<byte> payload)
     {
         var frame = new byte[Http2FrameHeader.Size + payload.Length];

@@ -1,10 +1,6 @@
-using FlashMla.Core.Memory;
 using FlashMla.Cli;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Tensors;
-using FlashMla.Server.Hosting;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 
 namespace FlashMla.Server.Tests;
 
@@ -65,29 +61,5 @@ public sealed class VerifyTests
 
     /// <summary>A server whose backend is the usual one with <paramref name="perturb"/> applied to every decode's outputs.</summary>
     private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb) =>
-        TestServer.StartAsync(services => services.AddSingleton(sp =>
-        {
-            var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value,
-                sp.GetRequiredService<PinnedTensorPool>(), sp.GetRequiredService<MeasurementSwitches>());
-            return new BackendHolder(new PerturbedBackend(selected.Backend, perturb), "test: outputs perturbed after decode");
-        }));
-
-    /// <summary>Forwards everything to <paramref name="inner"/>, then changes the outputs of each decode.</summary>
-    private sealed class PerturbedBackend(IAttentionBackend inner, Action<DecodeBatch> perturb) : IAttentionBackend
-    {
-        public string Name => inner.Name;
-        public string DeviceDescription => inner.DeviceDescription;
-        public KvPoolGeometry Geometry => inner.Geometry;
-        public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => inner.WriteKv(layer, slots, rows);
-        public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => inner.ReadKv(layer, slots, rows);
-        public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => inner.CopyBlocks(copies);
-
-        public void Decode(DecodeBatch batch)
-        {
-            inner.Decode(batch);
-            perturb(batch);
-        }
-
-        public void Dispose() => inner.Dispose();
-    }
+        HookedBackend.StartServerAsync(before: null, after: perturb, "test: outputs perturbed after decode");
 }

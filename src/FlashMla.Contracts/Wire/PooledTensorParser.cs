@@ -46,6 +46,11 @@ public static class PooledTensorParser
         {
             // Fall through: the generated parser gives the canonical answer.
         }
+        catch
+        {
+            arrays.Dispose(); // the pool refused a rent (a budget), or worse: nothing rented so far stays out
+            throw;
+        }
         finally
         {
             ArrayPool<byte>.Shared.Return(rest);

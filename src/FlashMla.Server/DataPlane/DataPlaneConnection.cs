@@ -23,19 +23,20 @@ internal sealed class DataPlaneConnection : Http2Connection
     /// <summary>Receive window of the connection.</summary>
     public const int ConnectionWindow = 128 << 20;
 
+    /// <summary>Most streams the option MaxStreamsPerConnection may allow (the reset budget is sized by it).</summary>
     public const int MaxConcurrentStreams = 256;
 
-    private static readonly Http2Settings Settings = new()
+    private static Http2Settings SettingsFor(int maxConcurrentStreams) => new()
     {
         MaxFrameSize = MaxFrameSize,
         StreamWindow = StreamWindow,
         ConnectionWindow = ConnectionWindow,
-        MaxConcurrentStreams = MaxConcurrentStreams,
+        MaxConcurrentStreams = maxConcurrentStreams,
         MaxHeaderBlockBytes = 64 * 1024,
     };
 
     private readonly DataPlaneDispatcher _dispatcher;
-    private readonly int _maxMessageBytes;
+    private readonly int _maxMessageBytes, _maxConcurrentStreams;
     private readonly ArrayPool<byte> _pool;
     private readonly List<Task> _running = [];
     private readonly CancellationTokenSource _closing = new();
@@ -43,11 +44,14 @@ internal sealed class DataPlaneConnection : Http2Connection
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
 
-    /// <param name="pool">The page-locked pool request messages are received into.</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool) : base(socket, Settings)
+    /// <param name="pool">The page-locked pool request messages are received into (its view within the budget of bytes held).</param>
+    /// <param name="maxConcurrentStreams">Streams the client may have open (option MaxStreamsPerConnection).</param>
+    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, int maxConcurrentStreams)
+        : base(socket, SettingsFor(maxConcurrentStreams))
     {
         _dispatcher = dispatcher;
         _maxMessageBytes = maxMessageBytes;
+        _maxConcurrentStreams = maxConcurrentStreams;
         _pool = pool;
         Peer = socket.RemoteEndPoint?.ToString() ?? "unknown";
     }
@@ -143,7 +147,7 @@ internal sealed class DataPlaneConnection : Http2Connection
         bool refuse, full;
         lock (StreamsLock)
         {
-            full = StreamCount >= MaxConcurrentStreams;
+            full = StreamCount >= _maxConcurrentStreams;
             refuse = _shuttingDown || _peerGoingAway || full;
         }
         if (refuse)

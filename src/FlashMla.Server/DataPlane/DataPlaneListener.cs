@@ -59,7 +59,8 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
+            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers.WithinBudget,
+                options.Value.MaxStreamsPerConnection);
             _dispatcher!.ConnectionOpened();
             lock (_lock)
             {

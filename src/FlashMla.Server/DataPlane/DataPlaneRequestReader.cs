@@ -3,7 +3,9 @@ using System.Buffers.Binary;
 using System.Threading.Channels;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Core.Memory;
 using FlashMla.Http2;
+using FlashMla.Server.Services;
 using Google.Protobuf;
 using Grpc.Core;
 
@@ -17,6 +19,12 @@ namespace FlashMla.Server.DataPlane;
 /// Receive flow control: the stream's window is given back as bytes arrive while fewer than
 /// <see cref="MaxQueuedMessages"/> whole messages wait for the service; past that, credit is held until the
 /// service takes one. So a stream's memory is bounded by its window plus those messages.
+/// </para>
+/// <para>
+/// Memory: a message's whole declared length is reserved when its prefix arrives (one array, so it is parsed in place),
+/// from the pool's view within the server's budget of bytes held (<see cref="PinnedTensorPool.WithinBudget"/>). A
+/// length the budget cannot hold ends the call with RESOURCE_EXHAUSTED before its bytes are received, so declared
+/// lengths a client never sends cannot reserve more than the budget.
 /// </para>
 /// </summary>
 internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeRequest>>
@@ -48,7 +56,8 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     private Leased<DecodeRequest>? _current;
 
     /// <param name="stream">Where credit goes back.</param>
-    /// <param name="pool">The page-locked pool messages are received into.</param>
+    /// <param name="pool">The page-locked pool messages are received into: its view within the budget of bytes held,
+    /// whose Rent throws <see cref="TensorBudgetExceededException"/> past it.</param>
     /// <param name="encoding">The request's grpc-encoding, which compressed messages are inflated by.</param>
     /// <param name="callToken">The call's cancellation (deadline, reset, connection closing).</param>
     public DataPlaneRequestReader(Http2Stream stream, ArrayPool<byte> pool, int maxMessageBytes, string? encoding, CancellationToken callToken)
@@ -147,10 +156,20 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
                 $"Received message exceeds the maximum configured message size ({length} > {_maxMessageBytes} bytes)")));
             return;
         }
+        byte[] body;
+        try
+        {
+            body = _pool.Rent(Math.Max((int)length, 1));
+        }
+        catch (TensorBudgetExceededException ex)
+        {
+            Fail(new RpcException(StatusMapping.ToStatus(ex)));
+            return;
+        }
         _bodyLength = (int)length;
         _bodyFilled = 0;
         _bodyCompressed = compressed;
-        _body = _pool.Rent(Math.Max(_bodyLength, 1));
+        _body = body;
     }
 
     private void FinishMessage()
@@ -249,6 +268,11 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
             }
             return new Leased<T>(parseInPlace(array.AsMemory(0, length)), new PooledArray(_pool, array))
                 { ReceivedAt = message.ReceivedAt };
+        }
+        catch (TensorBudgetExceededException ex)
+        {
+            _pool.Return(array); // the inflated form did not fit the budget
+            throw new RpcException(StatusMapping.ToStatus(ex));
         }
         catch
         {

@@ -1,4 +1,5 @@
 using FlashMla.Core.Cache;
+using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
 
@@ -93,6 +94,39 @@ public sealed class FlashMlaOptions
     /// <summary>Requests queued for the scheduler before senders wait.</summary>
     public int QueueCapacity { get; set; } = 4096;
 
+    // ---- Memory and abuse limits (issue 13: what one client, or many, can make the server hold) ----
+
+    /// <summary>
+    /// Request and response tensor bytes the server holds at once, MiB, over both ports: a request whose bytes would
+    /// pass it is refused with RESOURCE_EXHAUSTED before they are received (the data plane reserves a message's
+    /// declared length from it; the gRPC port its tensors as it parses them). Responses waiting for a slow client count
+    /// too. 0: a quarter of the memory this process may use (GC.GetGCMemoryInfo().TotalAvailableMemoryBytes),
+    /// at least MaxMessageBytes.
+    /// </summary>
+    public int TensorBudgetMiB { get; set; } = 0;
+
+    /// <summary>Idle tensor buffers the pool keeps for reuse, MiB; the rest go back to the GC. 0: a quarter of the tensor budget.</summary>
+    public int TensorPoolRetainedMiB { get; set; } = 0;
+
+    /// <summary>
+    /// Host memory the CUDA backend may page-lock for tensor buffers, MiB; buffers past it are staged (one more copy).
+    /// 0: the tensor budget plus what the pool retains (every buffer the pool holds within its budgets).
+    /// </summary>
+    public int PageLockedBudgetMiB { get; set; } = 0;
+
+    /// <summary>Concurrent streams per HTTP/2 connection on both ports (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused.</summary>
+    public int MaxStreamsPerConnection { get; set; } = 100;
+
+    /// <summary>The limits of the host's tensor pool (<see cref="TensorBudgetMiB"/> and the two after it), with
+    /// <paramref name="availableBytes"/> the memory the process may use.</summary>
+    public TensorPoolLimits ToTensorPoolLimits(long availableBytes)
+    {
+        long held = TensorBudgetMiB > 0 ? (long)TensorBudgetMiB << 20 : Math.Max(availableBytes / 4, MaxMessageBytes);
+        long retained = TensorPoolRetainedMiB > 0 ? (long)TensorPoolRetainedMiB << 20 : held / 4;
+        long locked = PageLockedBudgetMiB > 0 ? (long)PageLockedBudgetMiB << 20 : held + retained;
+        return new TensorPoolLimits { HeldBytes = held, RetainedBytes = retained, PageLockedBytes = locked };
+    }
+
     /// <summary>"text" (readable in a terminal) or "json" (one compact JSON object a line).</summary>
     public string LogFormat { get; set; } = "text";
 
@@ -136,6 +170,13 @@ public sealed class FlashMlaOptions
         if (MaxMessageBytes < 1024 * 1024) yield return $"MaxMessageBytes must be at least 1 MiB, got {MaxMessageBytes}";
         if (MaxInFlightPerStream < 1) yield return $"MaxInFlightPerStream must be >= 1, got {MaxInFlightPerStream}";
         if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
+        if (TensorBudgetMiB < 0) yield return $"TensorBudgetMiB must be >= 0, got {TensorBudgetMiB}";
+        else if (TensorBudgetMiB > 0 && ((long)TensorBudgetMiB << 20) < MaxMessageBytes)
+            yield return $"TensorBudgetMiB ({TensorBudgetMiB} MiB) must hold at least one message of MaxMessageBytes ({MaxMessageBytes} bytes)";
+        if (TensorPoolRetainedMiB < 0) yield return $"TensorPoolRetainedMiB must be >= 0, got {TensorPoolRetainedMiB}";
+        if (PageLockedBudgetMiB < 0) yield return $"PageLockedBudgetMiB must be >= 0, got {PageLockedBudgetMiB}";
+        if (MaxStreamsPerConnection is < 1 or > DataPlane.DataPlaneConnection.MaxConcurrentStreams)
+            yield return $"MaxStreamsPerConnection must be 1..{DataPlane.DataPlaneConnection.MaxConcurrentStreams}, got {MaxStreamsPerConnection}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
         if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
         if (TokenReloadSeconds is < 0.05 or > 3600) yield return $"TokenReloadSeconds must be 0.05..3600, got {TokenReloadSeconds}";

@@ -69,7 +69,7 @@ public static class FlashMlaServerApp
             // MaxRequestBufferSize = 64 KiB, a sixteenth of a frame: 530 MB went up in 1 MiB frames without a stall
             // on the development VM; LargeFrameTransportTests pins uploads of tens of MB in 1 MiB frames.
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
-            kestrel.Limits.Http2.MaxStreamsPerConnection = 1024;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
             kestrel.Limits.MaxRequestBodySize = null;
             kestrel.Listen(address, options.GrpcPort, listen =>
             {
@@ -94,7 +94,7 @@ public static class FlashMlaServerApp
             builder.Services.AddHostedService(sp => new TokenFileReloader(options.TokenFile, tokenFileHash, TimeSpan.FromSeconds(options.TokenReloadSeconds),
                 tenants, sp.GetRequiredService<ILogger<TokenFileReloader>>()));
         builder.Services.AddSingleton(switches);
-        builder.Services.AddSingleton(ServerTensorPool.Create());
+        builder.Services.AddSingleton(ServerTensorPool.Create(options.ToTensorPoolLimits(ServerTensorPool.AvailableMemoryBytes())));
         builder.Services.AddSingleton(sp => BackendSelector.Create(options, sp.GetRequiredService<PinnedTensorPool>(),
             sp.GetRequiredService<MeasurementSwitches>()));
         builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),

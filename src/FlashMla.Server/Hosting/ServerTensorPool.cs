@@ -16,8 +16,9 @@ public static class ServerTensorPool
     public const int MaxPooledBytes = 1 << 30;
 
     /// <summary>
-    /// Arrays kept per power-of-two size. A server with many streams and requests in flight holds one input
-    /// and one output buffer per request; 256 covers 64 in flight on each of four connections.
+    /// Idle arrays kept per power-of-two size (within the retained bytes of <see cref="FlashMlaOptions.TensorPoolRetainedMiB"/>).
+    /// A server with many streams and requests in flight holds one input and one output buffer per request; 256 covers
+    /// 64 in flight on each of four connections.
     /// </summary>
     public const int ArraysPerSize = 256;
 
@@ -26,5 +27,13 @@ public static class ServerTensorPool
     /// loop and returned on whichever thread wrote the response, which the shared pool's per-thread caches serve
     /// poorly; this one keeps what is returned until it is rented again.
     /// </summary>
-    public static PinnedTensorPool Create() => new(MaxPooledBytes, ArraysPerSize);
+    /// <param name="limits">The budgets of bytes held, retained and page-locked (<see cref="FlashMlaOptions.ToTensorPoolLimits"/>).</param>
+    public static PinnedTensorPool Create(TensorPoolLimits limits) => new(MaxPooledBytes, ArraysPerSize, limits);
+
+    /// <summary>The memory this process may use, as the GC sees it (a container's limit inside one), for the default budgets.</summary>
+    public static long AvailableMemoryBytes()
+    {
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        return available > 0 ? available : 16L << 30; // unknown (no GC has run on some runtimes): assume a modest machine
+    }
 }

@@ -1,3 +1,4 @@
+using FlashMla.Core.Memory;
 using FlashMla.Server.Services;
 using Google.Protobuf;
 using Grpc.Core;
@@ -26,6 +27,10 @@ internal static class UnparsableRequestGuard
             catch (InvalidProtocolBufferException ex)
             {
                 throw failures.RecordUnparsable(fullName, ex);
+            }
+            catch (TensorBudgetExceededException ex)
+            {
+                throw failures.Record(fullName, ex); // RESOURCE_EXHAUSTED: the server holds its budget of tensor bytes
             }
         });
         return new Method<TRequest, TResponse>(method.Type, method.ServiceName, method.Name, requests, method.ResponseMarshaller);

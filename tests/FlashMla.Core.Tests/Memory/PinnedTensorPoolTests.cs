@@ -7,34 +7,6 @@ public class PinnedTensorPoolTests
 {
     private const int Large = PinnedTensorPool.RegistrationMinBytes;
 
-    /// <summary>Records what the pool asks of a device; refuses when told to.</summary>
-    private sealed class FakeRegistrar : IHostMemoryRegistrar
-    {
-        public readonly HashSet<byte[]> Locked = new(ReferenceEqualityComparer.Instance);
-        public int Registrations, Unregistrations;
-        public bool Refuse;
-
-        public bool Register(byte[] array)
-        {
-            lock (Locked)
-            {
-                if (Refuse) return false;
-                Assert.True(Locked.Add(array), "registered twice");
-                Registrations++;
-                return true;
-            }
-        }
-
-        public void Unregister(byte[] array)
-        {
-            lock (Locked)
-            {
-                Assert.True(Locked.Remove(array), "unregistered an array that was not registered");
-                Unregistrations++;
-            }
-        }
-    }
-
     [Fact]
     public void Rents_power_of_two_pinned_arrays_and_reuses_returned_ones()
     {
