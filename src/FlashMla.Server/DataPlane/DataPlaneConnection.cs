@@ -40,6 +40,8 @@ internal sealed class DataPlaneConnection : Http2Connection
     private readonly List<Task> _running = [];
     private readonly CancellationTokenSource _closing = new();
     private readonly StreamResetBudget _resets = new();
+    private readonly TaskCompletionSource _callsDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
 
@@ -80,6 +82,8 @@ internal sealed class DataPlaneConnection : Http2Connection
         finally
         {
             await CloseAsync().ConfigureAwait(false);
+            _callsDone.TrySetResult();
+            _closed.TrySetResult();
         }
     }
 
@@ -94,8 +98,36 @@ internal sealed class DataPlaneConnection : Http2Connection
             if (_shuttingDown) return;
             _shuttingDown = true;
             Writer.QueueGoAway(_lastStreamId, Http2ErrorCode.NoError);
+            if (StreamCount == 0) _callsDone.TrySetResult();
         }
-        foreach (DataPlaneCall call in Streams()) call.Requests.Fail(new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down")));
+        foreach (DataPlaneCall call in Streams()) call.Requests.Fail(new RpcException(Services.DecodeStreamPump.ShuttingDown));
+    }
+
+    /// <summary>How long a drained connection waits for the client to close its side before closing the socket.</summary>
+    private static readonly TimeSpan Linger = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// <see cref="BeginShutdown"/>, then, once every call has sent its trailers, a graceful close: the last frames
+    /// flushed, our side shut (FIN), and the socket closed when the client closes its own or after <see cref="Linger"/>.
+    /// Closing at once could reset the connection (unread input makes the kernel answer with RST) and lose the
+    /// trailers still on their way.
+    /// </summary>
+    public async Task DrainAsync()
+    {
+        BeginShutdown();
+        await _callsDone.Task.ConfigureAwait(false);
+        try
+        {
+            using var flush = new CancellationTokenSource(Linger);
+            await Writer.FlushControlAsync(flush.Token).ConfigureAwait(false);
+            Socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+            // Gone already, or not reading: closing is all that is left.
+        }
+        if (await Task.WhenAny(_closed.Task, Task.Delay(Linger)).ConfigureAwait(false) != _closed.Task) Abort();
+        await _closed.Task.ConfigureAwait(false);
     }
 
     /// <summary>Closes the socket now: open calls are cancelled.</summary>
@@ -217,6 +249,10 @@ internal sealed class DataPlaneConnection : Http2Connection
         if (!call.InputEnded) call.Reset(Http2ErrorCode.NoError);
         RemoveStream(call);
         call.Close();
+        lock (StreamsLock)
+        {
+            if (_shuttingDown && StreamCount == 0) _callsDone.TrySetResult();
+        }
     }
 
     /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>

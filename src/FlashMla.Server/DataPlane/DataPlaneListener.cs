@@ -12,8 +12,10 @@ namespace FlashMla.Server.DataPlane;
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
 /// flashmla.v1.Decoder only, over HTTP/2 cleartext with prior knowledge, with tensors received straight into
 /// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
-/// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
-/// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
+/// Health, reflection and the KvCache service stay on the gRPC port. On shutdown (<see cref="DrainAsync"/>, which
+/// <see cref="GracefulShutdown"/> calls at once with Kestrel's stop) it stops accepting connections, sends GOAWAY on
+/// every connection, ends open decode streams with UNAVAILABLE once the requests they read are answered, closes each
+/// connection gracefully when its calls are done, and closes what is left at the drain's deadline.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, RequestFailures failures, IOptions<FlashMlaOptions> options,
     BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
@@ -24,6 +26,8 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
     private Socket? _listener;
     private Task? _acceptLoop;
     private DataPlaneDispatcher? _dispatcher;
+    private Task? _drain; // under _lock
+    private bool _stopping; // under _lock
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -58,10 +62,17 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
-            _dispatcher!.ConnectionOpened();
+            DataPlaneConnection connection;
             lock (_lock)
             {
+                if (_stopping)
+                {
+                    // Accepted as the listener closed: the drain has begun, so the client is told nothing but a close.
+                    socket.Dispose();
+                    continue;
+                }
+                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
+                _dispatcher!.ConnectionOpened();
                 _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
                 _running.Add(Task.Run(async () =>
@@ -74,29 +85,39 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
         }
     }
 
-    public async Task StopAsync(CancellationToken cancellationToken)
+    public Task StopAsync(CancellationToken cancellationToken) => DrainAsync(cancellationToken);
+
+    /// <summary>
+    /// Stops accepting at once, then drains every connection (GOAWAY, the calls it accepted answered, a graceful
+    /// close) until <paramref name="deadline"/>, and closes what is left then. Once: a second call waits for the first.
+    /// </summary>
+    public Task DrainAsync(CancellationToken deadline)
     {
-        if (_listener is null) return;
-        _listener.Dispose();
-        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
-        DataPlaneConnection[] connections;
-        Task[] running;
-        lock (_lock)
-        {
-            connections = [.. _connections];
-            running = [.. _running];
-        }
-        foreach (var connection in connections) connection.BeginShutdown();
-        var drained = WaitForCallsAsync(connections);
-        var timeout = TimeSpan.FromSeconds(options.Value.DrainTimeoutSeconds);
-        if (await Task.WhenAny(drained, Task.Delay(timeout, CancellationToken.None)).ConfigureAwait(false) != drained)
-            logger.LogWarning("Data-plane calls still open after {Timeout}; closing their connections", timeout);
-        foreach (var connection in connections) connection.Abort();
-        await Task.WhenAll(running).ConfigureAwait(false);
+        lock (_lock) return _drain ??= RunDrainAsync(deadline);
     }
 
-    private static async Task WaitForCallsAsync(DataPlaneConnection[] connections)
+    private async Task RunDrainAsync(CancellationToken deadline)
     {
-        while (connections.Any(c => c.ActiveCalls > 0)) await Task.Delay(20).ConfigureAwait(false);
+        if (_listener is null) return;
+        DataPlaneConnection[] connections;
+        lock (_lock)
+        {
+            _stopping = true;
+            connections = [.. _connections];
+        }
+        _listener.Dispose();
+        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        try
+        {
+            await Task.WhenAll(connections.Select(c => c.DrainAsync())).WaitAsync(deadline).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            logger.LogWarning("Data-plane calls still open at the drain's deadline; closing their connections");
+        }
+        foreach (var connection in connections) connection.Abort();
+        Task[] running;
+        lock (_lock) running = [.. _running];
+        await Task.WhenAll(running).ConfigureAwait(false);
     }
 }

@@ -89,11 +89,17 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),
             options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>(), sp.GetRequiredService<PinnedTensorPool>()));
         builder.Services.AddSingleton<RequestFailures>();
+        builder.Services.AddSingleton<ServiceDrain>();
+        // The whole shutdown, Kestrel's wait for its streams included, is bounded by the drain timeout (GracefulShutdown).
+        builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds));
         builder.Services.AddSingleton<DecodeHandler>();
         builder.Services.AddHostedService<SchedulerLifetime>();
-        // Registered after the scheduler's lifetime, so it stops first: its calls drain before the scheduler does.
         builder.Services.AddSingleton<DecoderService>();
-        builder.Services.AddHostedService<DataPlane.DataPlaneListener>();
+        builder.Services.AddSingleton<DataPlane.DataPlaneListener>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<DataPlane.DataPlaneListener>());
+        // Drains both ports before any hosted service stops (its StoppingAsync), so the scheduler still runs the work
+        // of the streams they accepted.
+        builder.Services.AddHostedService<GracefulShutdown>();
 
         builder.Services.AddGrpc(grpc =>
         {
