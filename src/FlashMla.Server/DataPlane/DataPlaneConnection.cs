@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.Sockets;
 using FlashMla.Http2;
+using FlashMla.Server.Hosting;
 using Grpc.Core;
 
 namespace FlashMla.Server.DataPlane;
@@ -42,12 +43,21 @@ internal sealed class DataPlaneConnection : Http2Connection
     private readonly StreamResetBudget _resets = new();
     private readonly TaskCompletionSource _callsDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConnectionTimeouts _timeouts;
+    private readonly long _openedAt = Environment.TickCount64;
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
+    private long _idleSince = Environment.TickCount64; // when the last stream closed; under StreamsLock
+    private volatile bool _settingsReceived;
+    private long _dataBytesReceived; // DATA payload bytes, all streams
+    private long _bodyWaitSince, _bodyBytesAtWaitStart; // the listener's timeout watch only
+    private int _timedOut;
 
     /// <param name="pool">The page-locked pool request messages are received into.</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool) : base(socket, Settings)
+    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, ConnectionTimeouts timeouts)
+        : base(socket, Settings)
     {
+        _timeouts = timeouts;
         _dispatcher = dispatcher;
         _maxMessageBytes = maxMessageBytes;
         _pool = pool;
@@ -230,6 +240,91 @@ internal sealed class DataPlaneConnection : Http2Connection
                 $"{StreamResetBudget.RefillPerSecond} a second plus one per call it let finish");
     }
 
+    // ---- Timeouts: what the client does not do (ConnectionTimeouts), checked by the listener a few times a second ----
+
+    protected override void OnPeerSettings() => _settingsReceived = true;
+
+    protected override void OnDataReceived(int bytes) => Interlocked.Add(ref _dataBytesReceived, bytes);
+
+    /// <summary>
+    /// Closes the connection if its client has been idle (no stream open) past the keep-alive timeout: GOAWAY and a
+    /// graceful close; or if it is too slow with what it began: its preface and SETTINGS, a frame other than DATA
+    /// (a request's header block), or the request messages it is sending: GOAWAY(ENHANCE_YOUR_CALM) and close.
+    /// </summary>
+    public void CheckTimeouts(long now)
+    {
+        if (Volatile.Read(ref _timedOut) != 0) return;
+        long idleSince;
+        lock (StreamsLock)
+        {
+            if (_shuttingDown) return;
+            idleSince = StreamCount == 0 ? _idleSince : long.MaxValue;
+        }
+        string? slow = null;
+        if (!_settingsReceived)
+        {
+            if (Past(_openedAt, now, _timeouts.RequestHeaders)) slow = $"no preface and SETTINGS within {_timeouts.RequestHeaders.TotalSeconds:g} s";
+        }
+        else if (FrameInProgress is { } frame && frame != Http2FrameType.Data && Past(LastFrameReceivedAt, now, _timeouts.RequestHeaders))
+        {
+            slow = $"a {frame} frame still not whole after {_timeouts.RequestHeaders.TotalSeconds:g} s";
+        }
+        else if (BodyBelowMinimumRate(now) is { } rate)
+        {
+            slow = $"request messages arrived at {rate:F0} bytes/s, below the minimum of {_timeouts.MinBodyBytesPerSecond:g}";
+        }
+        if (slow is not null)
+        {
+            if (Interlocked.Exchange(ref _timedOut, 1) == 0) _ = TimeOutAsync(slow);
+        }
+        else if (idleSince != long.MaxValue && Past(idleSince, now, _timeouts.KeepAlive))
+        {
+            if (Interlocked.Exchange(ref _timedOut, 1) == 0) _ = DrainAsync(); // GOAWAY(NO_ERROR), then the graceful close
+        }
+    }
+
+    private static bool Past(long since, long now, TimeSpan limit) => limit != Timeout.InfiniteTimeSpan && now - since > limit.TotalMilliseconds;
+
+    /// <summary>
+    /// The average rate of DATA since the connection began to owe the server bytes (a DATA frame half read, or a
+    /// stream with a message begun and window to send the rest), once that has lasted past the grace period and
+    /// only if it is below the minimum; null otherwise. A stream the server holds back (its window spent) owes nothing.
+    /// </summary>
+    private double? BodyBelowMinimumRate(long now)
+    {
+        if (_timeouts.MinBodyBytesPerSecond <= 0) return null;
+        long bytes = Interlocked.Read(ref _dataBytesReceived);
+        if (FrameInProgress != Http2FrameType.Data && !AnyMessageOwed())
+        {
+            _bodyWaitSince = 0;
+            return null;
+        }
+        if (_bodyWaitSince == 0)
+        {
+            _bodyWaitSince = now;
+            _bodyBytesAtWaitStart = bytes;
+            return null;
+        }
+        double seconds = (now - _bodyWaitSince) / 1000.0;
+        if (seconds <= _timeouts.BodyGrace.TotalSeconds) return null;
+        double rate = (bytes - _bodyBytesAtWaitStart) / seconds;
+        return rate < _timeouts.MinBodyBytesPerSecond ? rate : null;
+    }
+
+    private bool AnyMessageOwed()
+    {
+        foreach (DataPlaneCall call in Streams())
+            if (call.Requests.MessageInProgress && call.ReceiveWindow.Available > 0) return true;
+        return false;
+    }
+
+    private async Task TimeOutAsync(string reason)
+    {
+        _dispatcher.Log.LogInformation("Data-plane connection from {Peer} closed: {Reason}", Peer, reason);
+        await SendGoAwayAsync(_lastStreamId, Http2ErrorCode.EnhanceYourCalm).ConfigureAwait(false);
+        Abort();
+    }
+
     // ---- Calls ----
 
     private async Task ReadPrefaceAsync()
@@ -251,7 +346,9 @@ internal sealed class DataPlaneConnection : Http2Connection
         call.Close();
         lock (StreamsLock)
         {
-            if (_shuttingDown && StreamCount == 0) _callsDone.TrySetResult();
+            if (StreamCount > 0) return;
+            _idleSince = Environment.TickCount64;
+            if (_shuttingDown) _callsDone.TrySetResult();
         }
     }
 

@@ -27,6 +27,9 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
     private Task? _acceptLoop;
     private DataPlaneDispatcher? _dispatcher;
     private Task? _drain; // under _lock
+    private ConnectionTimeouts? _timeouts;
+    private readonly CancellationTokenSource _stopWatching = new();
+    private Task? _timeoutWatch;
     private bool _stopping; // under _lock
 
     public Task StartAsync(CancellationToken cancellationToken)
@@ -41,7 +44,9 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
         _dispatcher = new DataPlaneDispatcher(service, failures, metrics, logger);
+        _timeouts = o.ToConnectionTimeouts();
         _acceptLoop = AcceptAsync(listener);
+        _timeoutWatch = WatchTimeoutsAsync(_stopWatching.Token);
         return Task.CompletedTask;
     }
 
@@ -71,7 +76,7 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
                     socket.Dispose();
                     continue;
                 }
-                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
+                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers, _timeouts!);
                 _dispatcher!.ConnectionOpened();
                 _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
@@ -82,6 +87,27 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
                     lock (_lock) _connections.Remove(connection);
                 }));
             }
+        }
+    }
+
+    /// <summary>How often every connection's timeouts are checked: one timer for all of them, not one per connection.</summary>
+    private static readonly TimeSpan TimeoutCheckInterval = TimeSpan.FromMilliseconds(250);
+
+    private async Task WatchTimeoutsAsync(CancellationToken stop)
+    {
+        using var timer = new PeriodicTimer(TimeoutCheckInterval);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
+            {
+                DataPlaneConnection[] connections;
+                lock (_lock) connections = [.. _connections];
+                long now = Environment.TickCount64;
+                foreach (var connection in connections) connection.CheckTimeouts(now);
+            }
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 
@@ -106,7 +132,9 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
             connections = [.. _connections];
         }
         _listener.Dispose();
+        _stopWatching.Cancel(); // the drain's deadline bounds every connection now
         if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        if (_timeoutWatch is not null) await _timeoutWatch.ConfigureAwait(false);
         try
         {
             await Task.WhenAll(connections.Select(c => c.DrainAsync())).WaitAsync(deadline).ConfigureAwait(false);

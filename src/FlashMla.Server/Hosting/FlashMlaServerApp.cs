@@ -69,6 +69,13 @@ public static class FlashMlaServerApp
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = 1024;
             kestrel.Limits.MaxRequestBodySize = null;
+            // The same connection timeouts as the data-plane port (FlashMlaOptions: KeepAliveTimeoutSeconds, ...).
+            var timeouts = options.ToConnectionTimeouts();
+            kestrel.Limits.KeepAliveTimeout = timeouts.KeepAlive;
+            kestrel.Limits.RequestHeadersTimeout = timeouts.RequestHeaders;
+            kestrel.Limits.MinRequestBodyDataRate = timeouts.MinBodyBytesPerSecond > 0
+                ? new MinDataRate(timeouts.MinBodyBytesPerSecond, timeouts.BodyGrace)
+                : null;
             kestrel.Listen(address, options.GrpcPort, listen =>
             {
                 listen.Protocols = HttpProtocols.Http2;
