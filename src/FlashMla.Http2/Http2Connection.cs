@@ -30,12 +30,13 @@ internal abstract class Http2Connection
     private volatile int _frameInProgress = NoFrame;
     private const int NoFrame = -1;
 
-    protected Http2Connection(Socket socket, Http2Settings local)
+    /// <param name="ioBuffers">Where the reader's and writer's buffers come from (the shared pool by default).</param>
+    protected Http2Connection(Socket socket, Http2Settings local, ArrayPool<byte>? ioBuffers = null)
     {
         Socket = socket;
         Local = local;
-        Reader = new Http2FrameReader(socket);
-        Writer = new Http2FrameWriter(socket);
+        Reader = new Http2FrameReader(socket, ioBuffers);
+        Writer = new Http2FrameWriter(socket, ioBuffers);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }

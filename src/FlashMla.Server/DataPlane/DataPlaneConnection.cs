@@ -54,8 +54,10 @@ internal sealed class DataPlaneConnection : Http2Connection
     private int _timedOut;
 
     /// <param name="pool">The page-locked pool request messages are received into.</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, ConnectionTimeouts timeouts)
-        : base(socket, Settings)
+    /// <param name="ioBuffers">The listener's pool of the frame reader's and writer's buffers.</param>
+    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, ConnectionTimeouts timeouts,
+        ConnectionBufferPool ioBuffers)
+        : base(socket, Settings, ioBuffers)
     {
         _timeouts = timeouts;
         _dispatcher = dispatcher;

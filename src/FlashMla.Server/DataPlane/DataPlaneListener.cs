@@ -32,6 +32,18 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
     private Task? _timeoutWatch;
     private bool _stopping; // under _lock
 
+    /// <summary>The buffers each connection reads and writes frames through (pinned-heap arrays, retention capped).</summary>
+    internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize);
+
+    /// <summary>Connections open now (accepted and not yet closed).</summary>
+    public int OpenConnections
+    {
+        get
+        {
+            lock (_lock) return _connections.Count;
+        }
+    }
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var o = options.Value;
@@ -76,7 +88,7 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
                     socket.Dispose();
                     continue;
                 }
-                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers, _timeouts!);
+                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers, _timeouts!, IoBuffers);
                 _dispatcher!.ConnectionOpened();
                 _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
