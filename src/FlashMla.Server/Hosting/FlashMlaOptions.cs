@@ -113,7 +113,10 @@ public sealed class FlashMlaOptions
     /// <summary>Time, seconds (above 1), a begun request message is given before <see cref="MinRequestBodyDataRate"/> applies.</summary>
     public double MinRequestBodyDataRateGraceSeconds { get; set; } = 5;
 
-    /// <summary>How long shutdown waits for in-flight work, seconds.</summary>
+    /// <summary>
+    /// The whole shutdown, seconds (0..3600), and the host's ShutdownTimeout: NOT_SERVING, GOAWAY on both ports,
+    /// every accepted call answered, the scheduler drained (<see cref="GracefulShutdown"/>).
+    /// </summary>
     public double DrainTimeoutSeconds { get; set; } = 30;
 
     public IEnumerable<string> Validate()
@@ -143,7 +146,7 @@ public sealed class FlashMlaOptions
         if (MaxInFlightPerStream < 1) yield return $"MaxInFlightPerStream must be >= 1, got {MaxInFlightPerStream}";
         if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
-        if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
+        if (DrainTimeoutSeconds is < 0 or > 3600) yield return $"DrainTimeoutSeconds must be 0..3600, got {DrainTimeoutSeconds}";
         if (KeepAliveTimeoutSeconds < 0) yield return $"KeepAliveTimeoutSeconds must be >= 0 (0: never), got {KeepAliveTimeoutSeconds}";
         if (RequestHeadersTimeoutSeconds < 0) yield return $"RequestHeadersTimeoutSeconds must be >= 0 (0: never), got {RequestHeadersTimeoutSeconds}";
         if (MinRequestBodyDataRate < 0) yield return $"MinRequestBodyDataRate must be >= 0 (0: off), got {MinRequestBodyDataRate}";
