@@ -58,15 +58,26 @@ def check_probes(r: Rendered):
         yield f"readinessProbe must check flashmla.v1.Decoder (a draining pod leaves the endpoints), not {service!r}"
 
 
+def configured_options(r: Rendered) -> dict[str, str]:
+    """The FlashMla__X variables of the ConfigMaps the container takes its environment from."""
+    refs = [s["configMapRef"]["name"] for s in r.container.get("envFrom", []) if "configMapRef" in s]
+    configs = {c["metadata"]["name"]: c.get("data") or {} for c in r.kind("ConfigMap")}
+    merged: dict[str, str] = {}
+    for ref in refs:
+        merged.update(configs.get(ref, {}))
+    return merged
+
+
 def check_shutdown(r: Rendered):
-    drain = option_defaults()["DrainTimeoutSeconds"]
+    # The server's whole shutdown is bounded by DrainTimeoutSeconds (the ConfigMap's value, else the default).
+    drain = float(configured_options(r).get("FlashMla__DrainTimeoutSeconds", option_defaults()["DrainTimeoutSeconds"]))
     grace = r.pod.get("terminationGracePeriodSeconds", 30)
     pre_stop = r.container.get("lifecycle", {}).get("preStop", {})
     command = pre_stop.get("exec", {}).get("command", [])
     pre_stop_seconds = pre_stop.get("sleep", {}).get("seconds") or (float(command[1]) if command[:1] == ["sleep"] else 0)
     if grace < pre_stop_seconds + drain + SHUTDOWN_MARGIN:
         yield (f"terminationGracePeriodSeconds {grace} < preStop {pre_stop_seconds} s + the server's drain "
-               f"(DrainTimeoutSeconds {drain} s) + {SHUTDOWN_MARGIN} s")
+               f"(DrainTimeoutSeconds {drain:g} s) + {SHUTDOWN_MARGIN} s")
 
 
 def check_options(r: Rendered):

@@ -89,18 +89,20 @@ public sealed class FlashMlaClient : IDisposable
                 bool shared = cache is null; // without a decode address, cache calls share the first decode connection
                 if (shared)
                 {
-                    cache = CreateChannel(address, options, handler); // the channel owns (and disposes) the handler
+                    cache = CreateChannel(address, options, handler); // shares the handler, disposed below
                     owned.Add(cache);
                 }
                 else if (i == 0)
                 {
-                    ingest = CreateChannel(decodeAddress, options, handler); // the channel owns (and disposes) the handler
+                    ingest = CreateChannel(decodeAddress, options, handler); // shares the handler, disposed below
                     owned.Add(ingest);
                     shared = true;
                 }
                 var invoker = new DirectDecodeInvoker(new HttpMessageInvoker(handler, disposeHandler: !shared), new Uri(decodeAddress),
                     options.BufferPool ?? DefaultBufferPool, options.MaxMessageBytes, options.RetryNotProcessed);
                 owned.Add(invoker);
+                // Disposing the channel did not close a shared handler's connection (ConnectionChurnTests): it is disposed here, after both users.
+                if (shared) owned.Add(handler);
                 decode[i] = invoker;
             }
             else

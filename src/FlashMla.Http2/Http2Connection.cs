@@ -27,13 +27,16 @@ internal abstract class Http2Connection
     private volatile int _peerMaxFrameSize = Http2Frames.DefaultMaxFrameSize;
     private volatile int _peerMaxConcurrentStreams = int.MaxValue;
     private long _lastFrameReceivedAt = Environment.TickCount64;
+    private volatile int _frameInProgress = NoFrame;
+    private const int NoFrame = -1;
 
-    protected Http2Connection(Socket socket, Http2Settings local)
+    /// <param name="ioBuffers">Where the reader's and writer's buffers come from (the shared pool by default).</param>
+    protected Http2Connection(Socket socket, Http2Settings local, ArrayPool<byte>? ioBuffers = null)
     {
         Socket = socket;
         Local = local;
-        Reader = new Http2FrameReader(socket);
-        Writer = new Http2FrameWriter(socket);
+        Reader = new Http2FrameReader(socket, ioBuffers);
+        Writer = new Http2FrameWriter(socket, ioBuffers);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }
@@ -52,6 +55,19 @@ internal abstract class Http2Connection
 
     /// <summary>When (<see cref="Environment.TickCount64"/>) the last frame arrived: a keep-alive pings a peer silent for too long.</summary>
     public long LastFrameReceivedAt => Volatile.Read(ref _lastFrameReceivedAt);
+
+    /// <summary>
+    /// The type of the frame whose header arrived and whose payload (or, for HEADERS, header block) is still being
+    /// read, since <see cref="LastFrameReceivedAt"/>; null between frames. A server's timeouts tell a slow sender by it.
+    /// </summary>
+    public Http2FrameType? FrameInProgress
+    {
+        get
+        {
+            int type = _frameInProgress;
+            return type == NoFrame ? null : (Http2FrameType)type;
+        }
+    }
 
     /// <summary>Guards the stream table; roles take it for their own stream bookkeeping too.</summary>
     protected object StreamsLock => _streams;
@@ -162,6 +178,7 @@ internal abstract class Http2Connection
                 throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, "the peer's first frame must be SETTINGS");
             first = false;
             Volatile.Write(ref _lastFrameReceivedAt, Environment.TickCount64);
+            _frameInProgress = (int)header.Type;
             switch (header.Type)
             {
                 case Http2FrameType.Data: await OnDataAsync(header).ConfigureAwait(false); break;
@@ -180,6 +197,7 @@ internal abstract class Http2Connection
                     await Reader.SkipAsync(header.Length).ConfigureAwait(false); // unknown frame types are ignored (section 4.1)
                     break;
             }
+            _frameInProgress = NoFrame;
         }
     }
 

@@ -11,13 +11,21 @@ namespace FlashMla.Http2;
 /// </summary>
 internal sealed class Http2FrameReader : IDisposable
 {
-    private const int BufferSize = 64 * 1024;
+    /// <summary>The receive buffer's size.</summary>
+    public const int BufferSize = 64 * 1024;
 
     private readonly Socket _socket;
-    private byte[] _buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+    private readonly ArrayPool<byte> _buffers;
+    private byte[] _buffer;
     private int _start, _end;
 
-    public Http2FrameReader(Socket socket) => _socket = socket;
+    /// <param name="buffers">Where the receive buffer comes from and goes back to (the shared pool by default).</param>
+    public Http2FrameReader(Socket socket, ArrayPool<byte>? buffers = null)
+    {
+        _socket = socket;
+        _buffers = buffers ?? ArrayPool<byte>.Shared;
+        _buffer = _buffers.Rent(BufferSize);
+    }
 
     /// <summary>The next frame's header, or null when the peer closed the connection between frames.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -97,6 +105,6 @@ internal sealed class Http2FrameReader : IDisposable
     public void Dispose()
     {
         var buffer = Interlocked.Exchange(ref _buffer, []);
-        if (buffer.Length > 0) ArrayPool<byte>.Shared.Return(buffer);
+        if (buffer.Length > 0) _buffers.Return(buffer);
     }
 }

@@ -12,17 +12,25 @@ namespace FlashMla.Http2;
 /// </summary>
 internal sealed class Http2FrameWriter : IDisposable
 {
-    private const int ScratchSize = 32 * 1024;
+    /// <summary>The scratch buffer's size (it grows past it only for a header block larger than that).</summary>
+    public const int ScratchSize = 32 * 1024;
 
     private readonly Socket _socket;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly object _controlGate = new();
-    private byte[] _scratch = ArrayPool<byte>.Shared.Rent(ScratchSize);
+    private readonly ArrayPool<byte> _buffers;
+    private byte[] _scratch;
     private byte[] _control = new byte[256];
     private int _controlLength;
     private volatile Exception? _failure;
 
-    public Http2FrameWriter(Socket socket) => _socket = socket;
+    /// <param name="buffers">Where the scratch buffer comes from and goes back to (the shared pool by default).</param>
+    public Http2FrameWriter(Socket socket, ArrayPool<byte>? buffers = null)
+    {
+        _socket = socket;
+        _buffers = buffers ?? ArrayPool<byte>.Shared;
+        _scratch = _buffers.Rent(ScratchSize);
+    }
 
     /// <summary>Bytes of control frames queued and not yet sent.</summary>
     public int QueuedControlBytes => Volatile.Read(ref _controlLength);
@@ -223,8 +231,8 @@ internal sealed class Http2FrameWriter : IDisposable
             if (n > destination.Length - 1024)
             {
                 // Thousands of queued frames: grow the scratch buffer rather than split the batch.
-                ArrayPool<byte>.Shared.Return(_scratch);
-                _scratch = destination = ArrayPool<byte>.Shared.Rent(n + ScratchSize);
+                _buffers.Return(_scratch);
+                _scratch = destination = _buffers.Rent(n + ScratchSize);
             }
             _control.AsSpan(0, n).CopyTo(destination);
             _controlLength = 0;
@@ -259,7 +267,7 @@ internal sealed class Http2FrameWriter : IDisposable
         {
             _failure ??= new ObjectDisposedException(nameof(Http2FrameWriter));
             var scratch = Interlocked.Exchange(ref _scratch, []);
-            if (scratch.Length > 0) ArrayPool<byte>.Shared.Return(scratch);
+            if (scratch.Length > 0) _buffers.Return(scratch);
         }
     }
 }

@@ -14,6 +14,15 @@ internal sealed class ReceiveWindow(int size, int batchBytes)
 
     public int Size { get; } = size;
 
+    /// <summary>What the peer may still send: 0 or less while it waits for this side's WINDOW_UPDATE.</summary>
+    public long Available
+    {
+        get
+        {
+            lock (_lock) return _available;
+        }
+    }
+
     /// <summary>Counts a DATA frame's whole length (padding included); false when the peer sent past the window.</summary>
     public bool TryReceive(int length)
     {

@@ -8,14 +8,23 @@ namespace FlashMla.Server.Tests;
 /// <summary>The stream pump on its own: slots, completion order, and no lease left behind when writing fails.</summary>
 public sealed class DecodeStreamPumpTests
 {
-    private sealed class Requests(int count) : IAsyncStreamReader<Leased<DecodeRequest>>
+    /// <param name="then">What the read after the last request does: null ends the stream; else it throws this, or
+    /// (a TaskCanceledException) waits until the read is cancelled.</param>
+    private sealed class Requests(int count, Exception? then = null) : IAsyncStreamReader<Leased<DecodeRequest>>
     {
         private int _next;
 
         public int Read => _next;
         public Leased<DecodeRequest> Current { get; private set; } = null!;
 
-        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        public async Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            if (_next == count && then is TaskCanceledException) await Task.Delay(Timeout.Infinite, cancellationToken);
+            if (_next == count && then is not null) throw then;
+            return await NextAsync();
+        }
+
+        private Task<bool> NextAsync()
         {
             if (_next == count) return Task.FromResult(false);
             Current = new Leased<DecodeRequest>(new DecodeRequest { RequestId = (ulong)_next++ });
@@ -125,6 +134,28 @@ public sealed class DecodeStreamPumpTests
             message.Dispose();
             Volatile.Write(ref _writing, 0);
         }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Requests_read_before_the_reading_stops_are_answered_before_the_stream_ends_with_unavailable(bool shutdown)
+    {
+        // shutdown: the stop-reading token fires while the pump waits for a fourth request; else the fourth read
+        // fails as the data-plane listener's does on shutdown.
+        var requests = new Requests(3, shutdown ? new TaskCanceledException() : new RpcException(new Status(StatusCode.Unavailable, "shutting down")));
+        var responses = new Responses();
+        using var stop = new CancellationTokenSource();
+        var pump = DecodeStreamPump.RunAsync(requests, responses, async request =>
+        {
+            await Task.Delay(200); // still computing when the reading stops
+            return new Leased<DecodeResponse>(new DecodeResponse { RequestId = request.Message.RequestId });
+        }, maxInFlight: 8, CancellationToken.None, stop.Token);
+        await WaitUntilAsync(() => requests.Read == 3);
+        stop.Cancel();
+        var error = await Assert.ThrowsAsync<RpcException>(() => pump.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        Assert.Equal([0ul, 1ul, 2ul], responses.Written.Order());
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition)

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net.Sockets;
 using FlashMla.Http2;
+using FlashMla.Server.Hosting;
 using Grpc.Core;
 
 namespace FlashMla.Server.DataPlane;
@@ -41,14 +42,27 @@ internal sealed class DataPlaneConnection : Http2Connection
     private readonly List<Task> _running = [];
     private readonly CancellationTokenSource _closing = new();
     private readonly StreamResetBudget _resets = new();
+    private readonly TaskCompletionSource _callsDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConnectionTimeouts _timeouts;
+    private readonly long _openedAt = Environment.TickCount64;
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
+    private long _idleSince = Environment.TickCount64; // when the last stream closed; under StreamsLock
+    private volatile bool _settingsReceived;
+    private long _dataBytesReceived; // DATA payload bytes, all streams
+    private long _bodyWaitSince, _bodyBytesAtWaitStart; // the listener's timeout watch only
+    private int _timedOut;
 
     /// <param name="pool">The page-locked pool request messages are received into (its view within the budget of bytes held).</param>
     /// <param name="maxConcurrentStreams">Streams the client may have open (option MaxStreamsPerConnection).</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, int maxConcurrentStreams)
-        : base(socket, SettingsFor(maxConcurrentStreams))
+    /// <param name="timeouts">When the connection is closed for what its client does not do.</param>
+    /// <param name="ioBuffers">The listener's pool of the frame reader's and writer's buffers.</param>
+    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, int maxConcurrentStreams,
+        ConnectionTimeouts timeouts, ConnectionBufferPool ioBuffers)
+        : base(socket, SettingsFor(maxConcurrentStreams), ioBuffers)
     {
+        _timeouts = timeouts;
         _dispatcher = dispatcher;
         _maxMessageBytes = maxMessageBytes;
         _maxConcurrentStreams = maxConcurrentStreams;
@@ -84,6 +98,8 @@ internal sealed class DataPlaneConnection : Http2Connection
         finally
         {
             await CloseAsync().ConfigureAwait(false);
+            _callsDone.TrySetResult();
+            _closed.TrySetResult();
         }
     }
 
@@ -98,8 +114,36 @@ internal sealed class DataPlaneConnection : Http2Connection
             if (_shuttingDown) return;
             _shuttingDown = true;
             Writer.QueueGoAway(_lastStreamId, Http2ErrorCode.NoError);
+            if (StreamCount == 0) _callsDone.TrySetResult();
         }
-        foreach (DataPlaneCall call in Streams()) call.Requests.Fail(new RpcException(new Status(StatusCode.Unavailable, "the server is shutting down")));
+        foreach (DataPlaneCall call in Streams()) call.Requests.Fail(new RpcException(Services.DecodeStreamPump.ShuttingDown));
+    }
+
+    /// <summary>How long a drained connection waits for the client to close its side before closing the socket.</summary>
+    private static readonly TimeSpan Linger = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// <see cref="BeginShutdown"/>, then, once every call has sent its trailers, a graceful close: the last frames
+    /// flushed, our side shut (FIN), and the socket closed when the client closes its own or after <see cref="Linger"/>.
+    /// Closing at once could reset the connection (unread input makes the kernel answer with RST) and lose the
+    /// trailers still on their way.
+    /// </summary>
+    public async Task DrainAsync()
+    {
+        BeginShutdown();
+        await _callsDone.Task.ConfigureAwait(false);
+        try
+        {
+            using var flush = new CancellationTokenSource(Linger);
+            await Writer.FlushControlAsync(flush.Token).ConfigureAwait(false);
+            Socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+            // Gone already, or not reading: closing is all that is left.
+        }
+        if (await Task.WhenAny(_closed.Task, Task.Delay(Linger)).ConfigureAwait(false) != _closed.Task) Abort();
+        await _closed.Task.ConfigureAwait(false);
     }
 
     /// <summary>Closes the socket now: open calls are cancelled.</summary>
@@ -205,6 +249,91 @@ internal sealed class DataPlaneConnection : Http2Connection
                 $"{StreamResetBudget.RefillPerSecond} a second plus one per call it let finish");
     }
 
+    // ---- Timeouts: what the client does not do (ConnectionTimeouts), checked by the listener a few times a second ----
+
+    protected override void OnPeerSettings() => _settingsReceived = true;
+
+    protected override void OnDataReceived(int bytes) => Interlocked.Add(ref _dataBytesReceived, bytes);
+
+    /// <summary>
+    /// Closes the connection if its client has been idle (no stream open) past the keep-alive timeout: GOAWAY and a
+    /// graceful close; or if it is too slow with what it began: its preface and SETTINGS, a frame other than DATA
+    /// (a request's header block), or the request messages it is sending: GOAWAY(ENHANCE_YOUR_CALM) and close.
+    /// </summary>
+    public void CheckTimeouts(long now)
+    {
+        if (Volatile.Read(ref _timedOut) != 0) return;
+        long idleSince;
+        lock (StreamsLock)
+        {
+            if (_shuttingDown) return;
+            idleSince = StreamCount == 0 ? _idleSince : long.MaxValue;
+        }
+        string? slow = null;
+        if (!_settingsReceived)
+        {
+            if (Past(_openedAt, now, _timeouts.RequestHeaders)) slow = $"no preface and SETTINGS within {_timeouts.RequestHeaders.TotalSeconds:g} s";
+        }
+        else if (FrameInProgress is { } frame && frame != Http2FrameType.Data && Past(LastFrameReceivedAt, now, _timeouts.RequestHeaders))
+        {
+            slow = $"a {frame} frame still not whole after {_timeouts.RequestHeaders.TotalSeconds:g} s";
+        }
+        else if (BodyBelowMinimumRate(now) is { } rate)
+        {
+            slow = $"request messages arrived at {rate:F0} bytes/s, below the minimum of {_timeouts.MinBodyBytesPerSecond:g}";
+        }
+        if (slow is not null)
+        {
+            if (Interlocked.Exchange(ref _timedOut, 1) == 0) _ = TimeOutAsync(slow);
+        }
+        else if (idleSince != long.MaxValue && Past(idleSince, now, _timeouts.KeepAlive))
+        {
+            if (Interlocked.Exchange(ref _timedOut, 1) == 0) _ = DrainAsync(); // GOAWAY(NO_ERROR), then the graceful close
+        }
+    }
+
+    private static bool Past(long since, long now, TimeSpan limit) => limit != Timeout.InfiniteTimeSpan && now - since > limit.TotalMilliseconds;
+
+    /// <summary>
+    /// The average rate of DATA since the connection began to owe the server bytes (a DATA frame half read, or a
+    /// stream with a message begun and window to send the rest), once that has lasted past the grace period and
+    /// only if it is below the minimum; null otherwise. A stream the server holds back (its window spent) owes nothing.
+    /// </summary>
+    private double? BodyBelowMinimumRate(long now)
+    {
+        if (_timeouts.MinBodyBytesPerSecond <= 0) return null;
+        long bytes = Interlocked.Read(ref _dataBytesReceived);
+        if (FrameInProgress != Http2FrameType.Data && !AnyMessageOwed())
+        {
+            _bodyWaitSince = 0;
+            return null;
+        }
+        if (_bodyWaitSince == 0)
+        {
+            _bodyWaitSince = now;
+            _bodyBytesAtWaitStart = bytes;
+            return null;
+        }
+        double seconds = (now - _bodyWaitSince) / 1000.0;
+        if (seconds <= _timeouts.BodyGrace.TotalSeconds) return null;
+        double rate = (bytes - _bodyBytesAtWaitStart) / seconds;
+        return rate < _timeouts.MinBodyBytesPerSecond ? rate : null;
+    }
+
+    private bool AnyMessageOwed()
+    {
+        foreach (DataPlaneCall call in Streams())
+            if (call.Requests.MessageInProgress && call.ReceiveWindow.Available > 0) return true;
+        return false;
+    }
+
+    private async Task TimeOutAsync(string reason)
+    {
+        _dispatcher.Log.LogInformation("Data-plane connection from {Peer} closed: {Reason}", Peer, reason);
+        await SendGoAwayAsync(_lastStreamId, Http2ErrorCode.EnhanceYourCalm).ConfigureAwait(false);
+        Abort();
+    }
+
     // ---- Calls ----
 
     private async Task ReadPrefaceAsync()
@@ -224,6 +353,12 @@ internal sealed class DataPlaneConnection : Http2Connection
         if (!call.InputEnded) call.Reset(Http2ErrorCode.NoError);
         RemoveStream(call);
         call.Close();
+        lock (StreamsLock)
+        {
+            if (StreamCount > 0) return;
+            _idleSince = Environment.TickCount64;
+            if (_shuttingDown) _callsDone.TrySetResult();
+        }
     }
 
     /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>

@@ -12,8 +12,10 @@ namespace FlashMla.Server.DataPlane;
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
 /// flashmla.v1.Decoder (and KV ingest, flashmla.v1.KvCache/AppendKv), over HTTP/2 cleartext with prior knowledge, with tensors received straight into
 /// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
-/// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
-/// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
+/// Health, reflection and the KvCache service stay on the gRPC port. On shutdown (<see cref="DrainAsync"/>, which
+/// <see cref="GracefulShutdown"/> calls at once with Kestrel's stop) it stops accepting connections, sends GOAWAY on
+/// every connection, ends open decode streams with UNAVAILABLE once the requests they read are answered, closes each
+/// connection gracefully when its calls are done, and closes what is left at the drain's deadline.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, KvCacheService kvCache, RequestFailures failures, IOptions<FlashMlaOptions> options,
     BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers,
@@ -25,6 +27,23 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
     private Socket? _listener;
     private Task? _acceptLoop;
     private DataPlaneDispatcher? _dispatcher;
+    private Task? _drain; // under _lock
+    private ConnectionTimeouts? _timeouts;
+    private readonly CancellationTokenSource _stopWatching = new();
+    private Task? _timeoutWatch;
+    private bool _stopping; // under _lock
+
+    /// <summary>The buffers each connection reads and writes frames through (pinned-heap arrays, retention capped).</summary>
+    internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize);
+
+    /// <summary>Connections open now (accepted and not yet closed).</summary>
+    public int OpenConnections
+    {
+        get
+        {
+            lock (_lock) return _connections.Count;
+        }
+    }
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -38,7 +57,9 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
         _listener = listener;
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
         _dispatcher = new DataPlaneDispatcher(service, kvCache, failures, metrics, tenants, logger);
+        _timeouts = o.ToConnectionTimeouts();
         _acceptLoop = AcceptAsync(listener);
+        _timeoutWatch = WatchTimeoutsAsync(_stopWatching.Token);
         return Task.CompletedTask;
     }
 
@@ -59,11 +80,18 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers.WithinBudget,
-                options.Value.MaxStreamsPerConnection);
-            _dispatcher!.ConnectionOpened();
+            DataPlaneConnection connection;
             lock (_lock)
             {
+                if (_stopping)
+                {
+                    // Accepted as the listener closed: the drain has begun, so the client is told nothing but a close.
+                    socket.Dispose();
+                    continue;
+                }
+                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers.WithinBudget,
+                    options.Value.MaxStreamsPerConnection, _timeouts!, IoBuffers);
+                _dispatcher!.ConnectionOpened();
                 _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
                 _running.Add(Task.Run(async () =>
@@ -76,29 +104,62 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
         }
     }
 
-    public async Task StopAsync(CancellationToken cancellationToken)
+    /// <summary>How often every connection's timeouts are checked: one timer for all of them, not one per connection.</summary>
+    private static readonly TimeSpan TimeoutCheckInterval = TimeSpan.FromMilliseconds(250);
+
+    private async Task WatchTimeoutsAsync(CancellationToken stop)
     {
-        if (_listener is null) return;
-        _listener.Dispose();
-        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
-        DataPlaneConnection[] connections;
-        Task[] running;
-        lock (_lock)
+        using var timer = new PeriodicTimer(TimeoutCheckInterval);
+        try
         {
-            connections = [.. _connections];
-            running = [.. _running];
+            while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
+            {
+                DataPlaneConnection[] connections;
+                lock (_lock) connections = [.. _connections];
+                long now = Environment.TickCount64;
+                foreach (var connection in connections) connection.CheckTimeouts(now);
+            }
         }
-        foreach (var connection in connections) connection.BeginShutdown();
-        var drained = WaitForCallsAsync(connections);
-        var timeout = TimeSpan.FromSeconds(options.Value.DrainTimeoutSeconds);
-        if (await Task.WhenAny(drained, Task.Delay(timeout, CancellationToken.None)).ConfigureAwait(false) != drained)
-            logger.LogWarning("Data-plane calls still open after {Timeout}; closing their connections", timeout);
-        foreach (var connection in connections) connection.Abort();
-        await Task.WhenAll(running).ConfigureAwait(false);
+        catch (OperationCanceledException)
+        {
+        }
     }
 
-    private static async Task WaitForCallsAsync(DataPlaneConnection[] connections)
+    public Task StopAsync(CancellationToken cancellationToken) => DrainAsync(cancellationToken);
+
+    /// <summary>
+    /// Stops accepting at once, then drains every connection (GOAWAY, the calls it accepted answered, a graceful
+    /// close) until <paramref name="deadline"/>, and closes what is left then. Once: a second call waits for the first.
+    /// </summary>
+    public Task DrainAsync(CancellationToken deadline)
     {
-        while (connections.Any(c => c.ActiveCalls > 0)) await Task.Delay(20).ConfigureAwait(false);
+        lock (_lock) return _drain ??= RunDrainAsync(deadline);
+    }
+
+    private async Task RunDrainAsync(CancellationToken deadline)
+    {
+        if (_listener is null) return;
+        DataPlaneConnection[] connections;
+        lock (_lock)
+        {
+            _stopping = true;
+            connections = [.. _connections];
+        }
+        _listener.Dispose();
+        _stopWatching.Cancel(); // the drain's deadline bounds every connection now
+        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        if (_timeoutWatch is not null) await _timeoutWatch.ConfigureAwait(false);
+        try
+        {
+            await Task.WhenAll(connections.Select(c => c.DrainAsync())).WaitAsync(deadline).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            logger.LogWarning("Data-plane calls still open at the drain's deadline; closing their connections");
+        }
+        foreach (var connection in connections) connection.Abort();
+        Task[] running;
+        lock (_lock) running = [.. _running];
+        await Task.WhenAll(running).ConfigureAwait(false);
     }
 }

@@ -69,6 +69,9 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
         _callToken = callToken;
     }
 
+    /// <summary>A message has begun to arrive and is not whole yet (the connection's minimum data rate watches it).</summary>
+    public bool MessageInProgress => _prefixFilled > 0 || _body is not null;
+
     // ---- The reader loop: one DATA payload at a time ----
 
     /// <summary>Takes the next <paramref name="count"/> bytes of a DATA payload from <paramref name="reader"/>.</summary>

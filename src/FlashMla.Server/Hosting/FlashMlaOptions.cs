@@ -130,7 +130,34 @@ public sealed class FlashMlaOptions
     /// <summary>"text" (readable in a terminal) or "json" (one compact JSON object a line).</summary>
     public string LogFormat { get; set; } = "text";
 
-    /// <summary>How long shutdown waits for in-flight work, seconds.</summary>
+    /// <summary>
+    /// A connection with no open stream for this long, seconds, is closed with GOAWAY (PINGs do not keep it open);
+    /// 0 never. Both ports (Kestrel's Limits.KeepAliveTimeout, whose default this is).
+    /// </summary>
+    public double KeepAliveTimeoutSeconds { get; set; } = 130;
+
+    /// <summary>
+    /// Most time, seconds, for a new connection's preface and SETTINGS and for any frame other than DATA (a request's
+    /// header block with its CONTINUATIONs included) to arrive whole; 0 never. Both ports (Kestrel's
+    /// Limits.RequestHeadersTimeout, whose default this is).
+    /// </summary>
+    public double RequestHeadersTimeoutSeconds { get; set; } = 30;
+
+    /// <summary>
+    /// Least average rate, bytes a second, at which a connection must deliver request messages it has begun (while
+    /// the server's flow-control window lets it send), after <see cref="MinRequestBodyDataRateGraceSeconds"/>; a
+    /// slower one is closed. 0 turns it off. Both ports (Kestrel's Limits.MinRequestBodyDataRate, whose default this is;
+    /// grpc-dotnet lifts it for streaming calls on Kestrel's port).
+    /// </summary>
+    public double MinRequestBodyDataRate { get; set; } = 240;
+
+    /// <summary>Time, seconds (above 1), a begun request message is given before <see cref="MinRequestBodyDataRate"/> applies.</summary>
+    public double MinRequestBodyDataRateGraceSeconds { get; set; } = 5;
+
+    /// <summary>
+    /// The whole shutdown, seconds (0..3600), and the host's ShutdownTimeout: NOT_SERVING, GOAWAY on both ports,
+    /// every accepted call answered, the scheduler drained (<see cref="GracefulShutdown"/>).
+    /// </summary>
     public double DrainTimeoutSeconds { get; set; } = 30;
 
     /// <summary>
@@ -178,7 +205,12 @@ public sealed class FlashMlaOptions
         if (MaxStreamsPerConnection is < 1 or > DataPlane.DataPlaneConnection.MaxConcurrentStreams)
             yield return $"MaxStreamsPerConnection must be 1..{DataPlane.DataPlaneConnection.MaxConcurrentStreams}, got {MaxStreamsPerConnection}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
-        if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
+        if (DrainTimeoutSeconds is < 0 or > 3600) yield return $"DrainTimeoutSeconds must be 0..3600, got {DrainTimeoutSeconds}";
+        if (KeepAliveTimeoutSeconds < 0) yield return $"KeepAliveTimeoutSeconds must be >= 0 (0: never), got {KeepAliveTimeoutSeconds}";
+        if (RequestHeadersTimeoutSeconds < 0) yield return $"RequestHeadersTimeoutSeconds must be >= 0 (0: never), got {RequestHeadersTimeoutSeconds}";
+        if (MinRequestBodyDataRate < 0) yield return $"MinRequestBodyDataRate must be >= 0 (0: off), got {MinRequestBodyDataRate}";
+        if (MinRequestBodyDataRateGraceSeconds <= 1)
+            yield return $"MinRequestBodyDataRateGraceSeconds must be above 1 (Kestrel's heartbeat), got {MinRequestBodyDataRateGraceSeconds}";
         if (TokenReloadSeconds is < 0.05 or > 3600) yield return $"TokenReloadSeconds must be 0.05..3600, got {TokenReloadSeconds}";
     }
 
@@ -196,4 +228,10 @@ public sealed class FlashMlaOptions
     };
 
     public CacheLimits ToCacheLimits() => new(MaxSequenceLength, MaxSequences);
+
+    /// <summary>The connection timeouts of both ports.</summary>
+    public ConnectionTimeouts ToConnectionTimeouts() => new(Seconds(KeepAliveTimeoutSeconds), Seconds(RequestHeadersTimeoutSeconds),
+        MinRequestBodyDataRate, TimeSpan.FromSeconds(MinRequestBodyDataRateGraceSeconds));
+
+    private static TimeSpan Seconds(double seconds) => seconds == 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(seconds);
 }

@@ -71,6 +71,13 @@ public static class FlashMlaServerApp
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
             kestrel.Limits.MaxRequestBodySize = null;
+            // The same connection timeouts as the data-plane port (FlashMlaOptions: KeepAliveTimeoutSeconds, ...).
+            var timeouts = options.ToConnectionTimeouts();
+            kestrel.Limits.KeepAliveTimeout = timeouts.KeepAlive;
+            kestrel.Limits.RequestHeadersTimeout = timeouts.RequestHeaders;
+            kestrel.Limits.MinRequestBodyDataRate = timeouts.MinBodyBytesPerSecond > 0
+                ? new MinDataRate(timeouts.MinBodyBytesPerSecond, timeouts.BodyGrace)
+                : null;
             kestrel.Listen(address, options.GrpcPort, listen =>
             {
                 listen.Protocols = HttpProtocols.Http2;
@@ -100,12 +107,18 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton(sp => new Scheduler(sp.GetRequiredService<BackendHolder>().Backend, options.ToCacheLimits(),
             options.ToSchedulerOptions(), sp.GetRequiredService<FlashMlaMetrics>(), sp.GetRequiredService<PinnedTensorPool>()));
         builder.Services.AddSingleton<RequestFailures>();
+        builder.Services.AddSingleton<ServiceDrain>();
+        // The whole shutdown, Kestrel's wait for its streams included, is bounded by the drain timeout (GracefulShutdown).
+        builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = TimeSpan.FromSeconds(options.DrainTimeoutSeconds));
         builder.Services.AddSingleton<DecodeHandler>();
         builder.Services.AddHostedService<SchedulerLifetime>();
-        // Registered after the scheduler's lifetime, so it stops first: its calls drain before the scheduler does.
         builder.Services.AddSingleton<DecoderService>();
         builder.Services.AddSingleton<KvCacheService>(); // also served on the data plane (AppendKv)
-        builder.Services.AddHostedService<DataPlane.DataPlaneListener>();
+        builder.Services.AddSingleton<DataPlane.DataPlaneListener>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<DataPlane.DataPlaneListener>());
+        // Drains both ports before any hosted service stops (its StoppingAsync), so the scheduler still runs the work
+        // of the streams they accepted.
+        builder.Services.AddHostedService<GracefulShutdown>();
 
         builder.Services.AddGrpc(grpc =>
         {

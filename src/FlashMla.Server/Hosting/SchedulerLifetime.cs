@@ -1,14 +1,13 @@
 using FlashMla.Core.Scheduling;
-using Microsoft.Extensions.Options;
 
 namespace FlashMla.Server.Hosting;
 
 /// <summary>
-/// Ties the scheduler to the host's life: on shutdown it stops taking work (health turns NOT_SERVING,
-/// new requests get UNAVAILABLE), lets queued work finish within the drain timeout, then disposes the backend.
+/// Ties the scheduler to the host's life: on shutdown, once both ports have answered their streams
+/// (<see cref="GracefulShutdown"/>), it stops taking work (new requests get UNAVAILABLE), lets queued work finish
+/// within what is left of the drain timeout (the host's ShutdownTimeout, whose token this gets), then disposes the backend.
 /// </summary>
-public sealed class SchedulerLifetime(Scheduler scheduler, BackendHolder backend, IOptions<FlashMlaOptions> options,
-    ILogger<SchedulerLifetime> logger) : IHostedService
+public sealed class SchedulerLifetime(Scheduler scheduler, BackendHolder backend, ILogger<SchedulerLifetime> logger) : IHostedService
 {
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -18,13 +17,16 @@ public sealed class SchedulerLifetime(Scheduler scheduler, BackendHolder backend
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        logger.LogInformation("Draining: finishing queued work, taking no new requests");
         var drain = scheduler.DrainAsync();
-        var timeout = TimeSpan.FromSeconds(options.Value.DrainTimeoutSeconds);
-        if (await Task.WhenAny(drain, Task.Delay(timeout, CancellationToken.None)) != drain)
-            logger.LogWarning("Drain did not finish within {Timeout}; stopping anyway", timeout);
-        else
-            logger.LogInformation("Drained");
+        try
+        {
+            await drain.WaitAsync(cancellationToken);
+            logger.LogInformation("Scheduler drained");
+        }
+        catch (OperationCanceledException)
+        {
+            logger.LogWarning("The scheduler did not finish its queued work within the drain timeout; stopping anyway");
+        }
         backend.Dispose();
     }
 }

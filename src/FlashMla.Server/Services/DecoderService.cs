@@ -16,9 +16,10 @@ namespace FlashMla.Server.Services;
 /// translates requests to the decode handler's calls and failures to status codes (or, inside a stream, to the
 /// failed request's response). A request's tensors arrive in pooled arrays that go back once the scheduler is
 /// done with them, and a response wraps its batch's pooled outputs, released once the response is sent. The
-/// stream form is run by <see cref="DecodeStreamPump"/>.
+/// stream form is run by <see cref="DecodeStreamPump"/>; on shutdown an open stream answers what it read and ends
+/// with UNAVAILABLE (<see cref="ServiceDrain"/>).
 /// </summary>
-public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptions> options, RequestFailures failures)
+public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptions> options, RequestFailures failures, ServiceDrain drain)
     : PooledDecoderBase
 {
     public override async Task<Leased<DecodeResponse>> DecodeOnce(Leased<DecodeRequest> request, ServerCallContext context)
@@ -50,7 +51,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
             throw failures.Record(context.Method, ex);
         }
         return DecodeStreamPump.RunAsync(requestStream, responseStream, request => ServeInStreamAsync(request, caller, context),
-            options.Value.MaxInFlightPerStream, context.CancellationToken);
+            options.Value.MaxInFlightPerStream, context.CancellationToken, drain.StreamsEnding);
     }
 
     /// <summary>One request of a stream: its response, or the error of that request alone in the response (the stream goes on).</summary>
