@@ -53,7 +53,8 @@ internal static class BenchMatrixCommand
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
-                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct) }, token);
+                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct),
+                    Tls = TlsArguments.Read(parse) }, token);
         });
         return command;
     }
@@ -103,6 +104,7 @@ internal static class BenchMatrixCommand
         public int StreamWindowMiB { get; init; } = 16;
         public bool DirectDecode { get; init; } = true;
         public bool DistinctSequences { get; init; }
+        public ClientTlsOptions? Tls { get; init; }
 
         /// <summary>Requests in flight at once in the widest row: the sets of sequences --distinct-sequences needs.</summary>
         public int MaxWorkers => Connections.Max() * StreamsPerConnection * InFlight;
@@ -120,7 +122,7 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address);
+        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { Tls = s.Tls });
         var config = await admin.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
@@ -192,7 +194,7 @@ internal static class BenchMatrixCommand
         using var client = new FlashMlaClient(s.Address,
             new FlashMlaClientOptions
             {
-                Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode,
+                Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode, Tls = s.Tls,
                 LargeFrames = new LargeFrameHttp2Options
                 {
                     StreamWindowSize = s.StreamWindowMiB << 20,

@@ -15,10 +15,12 @@ var decodeAddress = new Option<string?>("--decode-address")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify)") { address, decodeAddress };
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, verify); https:// addresses speak TLS") { address, decodeAddress };
+foreach (var option in TlsArguments.All) root.Add(option);
 root.Add(DemoCommand.Create(address));
 root.Add(BenchCommand.Create(address, decodeAddress));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress));
 root.Add(TcpBenchCommand.Create());
 root.Add(VerifyCommand.Create(address, decodeAddress));
+root.Add(DevCertCommand.Create());
 return await root.Parse(args).InvokeAsync();

@@ -28,17 +28,22 @@ internal abstract class Http2Connection
     private volatile int _peerMaxConcurrentStreams = int.MaxValue;
     private long _lastFrameReceivedAt = Environment.TickCount64;
 
-    protected Http2Connection(Socket socket, Http2Settings local)
+    /// <param name="socket">The connection's socket: closed, and half-closed for a drain, here.</param>
+    /// <param name="transport">What frames are read from and written to: a NetworkStream over <paramref name="socket"/> for
+    /// cleartext, an authenticated SslStream over it for TLS. Disposed with the connection.</param>
+    protected Http2Connection(Socket socket, Stream transport, Http2Settings local)
     {
         Socket = socket;
+        Transport = transport;
         Local = local;
-        Reader = new Http2FrameReader(socket);
-        Writer = new Http2FrameWriter(socket);
+        Reader = new Http2FrameReader(transport);
+        Writer = new Http2FrameWriter(transport);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }
 
     protected Socket Socket { get; }
+    protected Stream Transport { get; }
     public Http2Settings Local { get; }
     internal Http2FrameReader Reader { get; }
     internal Http2FrameWriter Writer { get; }
@@ -597,5 +602,6 @@ internal abstract class Http2Connection
             // Already reset by the peer.
         }
         Socket.Dispose();
+        Transport.Dispose(); // an SslStream's native session goes with it
     }
 }

@@ -4,17 +4,17 @@ using System.Net.Sockets;
 namespace FlashMla.Http2;
 
 /// <summary>
-/// Writes frames to one connection's socket under one async lock, a frame at a time, so streams interleave
+/// Writes frames to one connection's transport (the socket's NetworkStream, or an SslStream over it) under one async lock, a frame at a time, so streams interleave
 /// at frame boundaries. Control frames (WINDOW_UPDATE, SETTINGS and PING acks, RST_STREAM) are queued without
 /// waiting: whoever holds or next takes the lock sends them ahead of its own frame, so the reader loop never
 /// blocks behind a megabyte DATA frame. A DATA payload larger than the scratch buffer goes to the socket
-/// straight from the caller's memory.
+/// straight from the caller's memory (under TLS: SslStream encrypts it from there).
 /// </summary>
 internal sealed class Http2FrameWriter : IDisposable
 {
     private const int ScratchSize = 32 * 1024;
 
-    private readonly Socket _socket;
+    private readonly Stream _transport;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly object _controlGate = new();
     private byte[] _scratch = ArrayPool<byte>.Shared.Rent(ScratchSize);
@@ -22,7 +22,7 @@ internal sealed class Http2FrameWriter : IDisposable
     private int _controlLength;
     private volatile Exception? _failure;
 
-    public Http2FrameWriter(Socket socket) => _socket = socket;
+    public Http2FrameWriter(Stream transport) => _transport = transport;
 
     /// <summary>Bytes of control frames queued and not yet sent.</summary>
     public int QueuedControlBytes => Volatile.Read(ref _controlLength);
@@ -60,7 +60,7 @@ internal sealed class Http2FrameWriter : IDisposable
                 await SendAsync(payload).ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -93,7 +93,7 @@ internal sealed class Http2FrameWriter : IDisposable
             }
             if (used > 0) await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -107,7 +107,7 @@ internal sealed class Http2FrameWriter : IDisposable
         {
             await SendAsync(bytes).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -207,7 +207,7 @@ internal sealed class Http2FrameWriter : IDisposable
         {
             await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -232,14 +232,10 @@ internal sealed class Http2FrameWriter : IDisposable
         }
     }
 
-    private async ValueTask SendAsync(ReadOnlyMemory<byte> bytes)
-    {
-        while (!bytes.IsEmpty)
-        {
-            int n = await _socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
-            bytes = bytes[n..];
-        }
-    }
+    private ValueTask SendAsync(ReadOnlyMemory<byte> bytes) => _transport.WriteAsync(bytes);
+
+    /// <summary>A write failed for a reason of the transport (NetworkStream and SslStream wrap the socket's errors in IOException).</summary>
+    private static bool IsTransportFailure(Exception ex) => ex is IOException or SocketException or ObjectDisposedException;
 
     private void ThrowIfFailed()
     {

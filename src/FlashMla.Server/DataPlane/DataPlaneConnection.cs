@@ -6,8 +6,8 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>
-/// The server role of one data-plane connection (HTTP/2 over cleartext with prior knowledge, as gRPC clients speak
-/// it) on the shared engine (<see cref="Http2Connection"/>): a client's HEADERS open a call, which runs on a task of
+/// The server role of one data-plane connection (HTTP/2 with prior knowledge over cleartext, or over TLS with ALPN h2,
+/// as gRPC clients speak it) on the shared engine (<see cref="Http2Connection"/>): a client's HEADERS open a call, which runs on a task of
 /// its own; GOAWAY and shutdown stop new calls. DATA payloads go from the socket straight into each call's message
 /// buffers, and responses leave from the buffers they were computed into: Kestrel's input path copies each byte
 /// three times before the gRPC parser sees it, this one never.
@@ -43,8 +43,10 @@ internal sealed class DataPlaneConnection : Http2Connection
     private volatile int _lastStreamId;
     private bool _shuttingDown, _peerGoingAway; // under StreamsLock
 
+    /// <param name="transport">What the frames travel over: a NetworkStream over <paramref name="socket"/>, or an SslStream after its handshake.</param>
     /// <param name="pool">The page-locked pool request messages are received into.</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool) : base(socket, Settings)
+    public DataPlaneConnection(Socket socket, Stream transport, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool)
+        : base(socket, transport, Settings)
     {
         _dispatcher = dispatcher;
         _maxMessageBytes = maxMessageBytes;

@@ -1,8 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Hosting;
+using FlashMla.Server.Security.Tls;
 using FlashMla.Server.Services;
 using Microsoft.Extensions.Options;
 
@@ -10,17 +12,19 @@ namespace FlashMla.Server.DataPlane;
 
 /// <summary>
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
-/// flashmla.v1.Decoder only, over HTTP/2 cleartext with prior knowledge, with tensors received straight into
+/// flashmla.v1.Decoder only, over HTTP/2 with prior knowledge (cleartext, or TLS when FlashMla:Tls has a certificate), with tensors received straight into
 /// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
 /// Health, reflection and the KvCache service stay on the gRPC port. On shutdown it stops accepting, sends GOAWAY, ends open decode
 /// streams with UNAVAILABLE once their in-flight requests are answered, and closes what is left after the drain timeout.
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, RequestFailures failures, IOptions<FlashMlaOptions> options,
-    BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers) : IHostedService
+    BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers, ServerTls tls) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
     private readonly object _lock = new();
+    private readonly CancellationTokenSource _stopping = new(); // ends handshakes in progress
+    private bool _stopped; // under _lock
     private Socket? _listener;
     private Task? _acceptLoop;
     private DataPlaneDispatcher? _dispatcher;
@@ -58,20 +62,44 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            var connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers);
-            _dispatcher!.ConnectionOpened();
             lock (_lock)
             {
-                _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
-                _running.Add(Task.Run(async () =>
-                {
-                    await connection.RunAsync().ConfigureAwait(false);
-                    _dispatcher.ConnectionClosed();
-                    lock (_lock) _connections.Remove(connection);
-                }));
+                _running.Add(Task.Run(() => ServeAsync(socket)));
             }
         }
+    }
+
+    /// <summary>One accepted socket: its transport (the TLS handshake, when on), then the connection until it ends.</summary>
+    private async Task ServeAsync(Socket socket)
+    {
+        Stream transport;
+        try
+        {
+            transport = await tls.AcceptAsync(socket, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // A scanner, a client without (or with an untrusted) certificate, a stalled handshake: as Kestrel, at Debug.
+            logger.LogDebug("Data-plane TLS handshake with {Peer} failed: {Reason}", socket.RemoteEndPoint, ex.Message);
+            socket.Dispose();
+            return;
+        }
+        DataPlaneConnection? connection = null;
+        lock (_lock)
+        {
+            if (!_stopped) _connections.Add(connection = new DataPlaneConnection(socket, transport, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers));
+        }
+        if (connection is null) // the listener stopped while the handshake ran
+        {
+            await transport.DisposeAsync().ConfigureAwait(false);
+            socket.Dispose();
+            return;
+        }
+        _dispatcher!.ConnectionOpened();
+        await connection.RunAsync().ConfigureAwait(false);
+        _dispatcher.ConnectionClosed();
+        lock (_lock) _connections.Remove(connection);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -79,10 +107,12 @@ public sealed class DataPlaneListener(DecoderService service, RequestFailures fa
         if (_listener is null) return;
         _listener.Dispose();
         if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        await _stopping.CancelAsync().ConfigureAwait(false);
         DataPlaneConnection[] connections;
         Task[] running;
         lock (_lock)
         {
+            _stopped = true;
             connections = [.. _connections];
             running = [.. _running];
         }

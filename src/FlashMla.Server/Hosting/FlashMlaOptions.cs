@@ -1,6 +1,7 @@
 using FlashMla.Core.Cache;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
+using FlashMla.Server.Security.Tls;
 
 namespace FlashMla.Server.Hosting;
 
@@ -12,11 +13,11 @@ public sealed class FlashMlaOptions
 {
     public const string Section = "FlashMla";
 
-    /// <summary>gRPC port (HTTP/2 cleartext). 0 picks a free port (tests).</summary>
+    /// <summary>gRPC port (HTTP/2: cleartext, or TLS when <see cref="Tls"/> has a certificate). 0 picks a free port (tests).</summary>
     public int GrpcPort { get; set; } = 50051;
 
     /// <summary>
-    /// Data-plane port: flashmla.v1.Decoder only, over HTTP/2 cleartext, served by the service's own listener
+    /// Data-plane port: flashmla.v1.Decoder only, over HTTP/2 (cleartext, or TLS as the gRPC port), served by the service's own listener
     /// with one copy per tensor byte each way (Kestrel's port: four). 0 picks a free port; -1 turns it off.
     /// </summary>
     public int DataPlanePort { get; set; } = 50052;
@@ -92,6 +93,9 @@ public sealed class FlashMlaOptions
     /// <summary>How long shutdown waits for in-flight work, seconds.</summary>
     public double DrainTimeoutSeconds { get; set; } = 30;
 
+    /// <summary>TLS of the gRPC and data-plane ports (section FlashMla:Tls); without a certificate both are cleartext.</summary>
+    public TlsOptions Tls { get; set; } = new();
+
     public IEnumerable<string> Validate()
     {
         if (GrpcPort is < 0 or > 65535) yield return $"GrpcPort must be 0..65535, got {GrpcPort}";
@@ -120,6 +124,7 @@ public sealed class FlashMlaOptions
         if (QueueCapacity < 1) yield return $"QueueCapacity must be >= 1, got {QueueCapacity}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";
         if (DrainTimeoutSeconds < 0) yield return $"DrainTimeoutSeconds must be >= 0, got {DrainTimeoutSeconds}";
+        foreach (var problem in Tls.Validate()) yield return problem;
     }
 
     public SchedulerOptions ToSchedulerOptions() => new()

@@ -3,6 +3,7 @@ using FlashMla.Contracts.V1;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
+using FlashMla.Server.Security.Tls;
 using FlashMla.Server.Services;
 using Grpc.AspNetCore.Server.Model;
 using Grpc.Health.V1;
@@ -10,6 +11,7 @@ using Grpc.Reflection;
 using Grpc.Reflection.V1Alpha;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using OpenTelemetry.Metrics;
 using Serilog;
@@ -30,9 +32,12 @@ public static class FlashMlaServerApp
         builder.Configuration.GetSection(FlashMlaOptions.Section).Bind(options);
         var problems = options.Validate().ToList();
         var switches = MeasurementSwitches.Read(builder.Configuration, problems);
+        var tls = problems.Count == 0 ? LoadTls(options.Tls, problems) : null;
         if (problems.Count > 0)
             throw new OptionsValidationException(FlashMlaOptions.Section, typeof(FlashMlaOptions), problems);
         builder.Services.AddSingleton(Options.Create(options));
+        builder.Services.AddSingleton(tls!);
+        builder.Services.AddHostedService<TlsReloadPoller>();
 
         builder.Services.AddSerilog((_, log) =>
         {
@@ -72,6 +77,13 @@ public static class FlashMlaServerApp
             kestrel.Listen(address, options.GrpcPort, listen =>
             {
                 listen.Protocols = HttpProtocols.Http2;
+                // The same handshake settings as the data-plane port, asked for per connection: a reloaded certificate takes effect at once.
+                if (tls!.Enabled)
+                    listen.UseHttps(new TlsHandshakeCallbackOptions
+                    {
+                        OnConnection = _ => ValueTask.FromResult(tls.HandshakeOptions()),
+                        HandshakeTimeout = ServerTls.HandshakeTimeout,
+                    });
                 endpoints.Grpc = listen;
             });
             kestrel.Listen(address, options.MetricsPort, listen =>
@@ -139,10 +151,25 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort} ({GrpcTransport}), data plane on port {DataPlanePort} ({DataPlaneTransport}), metrics on port {MetricsPort} (cleartext HTTP/1.1)",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
-                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
+                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, tls!.Describe(), endpoints.DataPlanePort,
+                endpoints.DataPlanePort == 0 ? "off" : tls.Describe(), endpoints.MetricsPort);
         });
         return app;
+    }
+
+    /// <summary>The TLS files, loaded before Kestrel binds: a certificate that cannot serve fails start-up like a bad option.</summary>
+    private static ServerTls? LoadTls(TlsOptions options, List<string> problems)
+    {
+        try
+        {
+            return ServerTls.Create(options);
+        }
+        catch (TlsMaterialException ex)
+        {
+            problems.Add(ex.Message);
+            return null;
+        }
     }
 }

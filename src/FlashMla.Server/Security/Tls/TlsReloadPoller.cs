@@ -1,0 +1,38 @@
+namespace FlashMla.Server.Security.Tls;
+
+/// <summary>
+/// Reads the TLS files again every Tls:ReloadIntervalSeconds and logs what a change did. Polling rather than a
+/// file watcher: a Kubernetes Secret volume rotates by swapping a symlink (..data), which inotify on the files
+/// themselves does not report, and a compose bind mount may be edited in place; reading a few KiB every
+/// few seconds sees both.
+/// </summary>
+public sealed class TlsReloadPoller(ServerTls tls, ILogger<TlsReloadPoller> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (!tls.Enabled || tls.Options.ReloadIntervalSeconds <= 0) return;
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(tls.Options.ReloadIntervalSeconds));
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+            {
+                switch (tls.Reload())
+                {
+                    case { Swapped: true } done:
+                        logger.LogInformation("TLS certificate reloaded from {File}: new handshakes on both ports use {Subject} (SHA-256 {Thumbprint}), valid until {NotAfter:u}",
+                            tls.Options.CertificateFile, done.InUse.Certificate.Subject, done.InUse.Certificate.GetCertHashString(System.Security.Cryptography.HashAlgorithmName.SHA256),
+                            done.InUse.Certificate.NotAfter.ToUniversalTime());
+                        break;
+                    case { Swapped: false } kept:
+                        logger.LogWarning("TLS files changed but cannot be loaded ({Problem}); still serving {Subject}, valid until {NotAfter:u}",
+                            kept.Problem, kept.InUse.Certificate.Subject, kept.InUse.Certificate.NotAfter.ToUniversalTime());
+                        break;
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Shutdown.
+        }
+    }
+}
