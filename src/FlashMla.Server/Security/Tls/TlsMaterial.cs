@@ -62,7 +62,7 @@ public sealed class TlsMaterial
             if (chain.Count == 0) throw new CryptographicException("no CERTIFICATE block");
             leaf = X509Certificate2.CreateFromPem(PemText(certificatePem), PemText(keyPem));
         }
-        catch (CryptographicException ex)
+        catch (Exception ex) when (ex is CryptographicException or ArgumentException) // a key of another certificate: ArgumentException
         {
             throw new TlsMaterialException($"Tls:CertificateFile '{options.CertificateFile}' with Tls:KeyFile '{options.KeyFile}': {ex.Message} " +
                 "(expected a PEM certificate, its chain after it, and its unencrypted PEM private key)", ex);

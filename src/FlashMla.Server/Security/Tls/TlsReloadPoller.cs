@@ -16,7 +16,18 @@ public sealed class TlsReloadPoller(ServerTls tls, ILogger<TlsReloadPoller> logg
         {
             while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
             {
-                switch (tls.Reload())
+                TlsReload? reload;
+                try
+                {
+                    reload = tls.Reload();
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    // A failure the loader did not foresee must not stop the host (a BackgroundService's exception does): log it, poll on.
+                    logger.LogError(ex, "Reading the TLS files failed; still serving the certificate loaded before");
+                    continue;
+                }
+                switch (reload)
                 {
                     case { Swapped: true } done:
                         logger.LogInformation("TLS certificate reloaded from {File}: new handshakes on both ports use {Subject} (SHA-256 {Thumbprint}), valid until {NotAfter:u}",
