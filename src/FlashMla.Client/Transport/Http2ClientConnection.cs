@@ -79,10 +79,20 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             if (connection is not null) await connection.DisposeAsync().ConfigureAwait(false);
             else socket.Dispose();
             if (ex is OperationCanceledException && cancellationToken.IsCancellationRequested) throw;
-            string why = ex is OperationCanceledException ? $"no HTTP/2 SETTINGS within {options.ConnectTimeout.TotalSeconds:F0} s" : ex.Message;
+            string why = ex is OperationCanceledException ? $"no HTTP/2 SETTINGS within {options.ConnectTimeout.TotalSeconds:F0} s"
+                : ex is System.Security.Authentication.AuthenticationException ? TlsFailure(ex) : ex.Message;
             throw new HttpRequestException(ex is System.Security.Authentication.AuthenticationException ? HttpRequestError.SecureConnectionError : HttpRequestError.ConnectionError,
                 $"HTTP/2 ({(tls is null ? "h2c" : "TLS")}) connection to {host}:{port} failed: {why}", ex is OperationCanceledException ? null : ex);
         }
+    }
+
+    /// <summary>What failed in a TLS handshake: SslStream says "see inner exception", OpenSSL's reason is innermost.</summary>
+    private static string TlsFailure(Exception ex)
+    {
+        var reasons = new List<string>();
+        for (var e = ex; e is not null; e = e.InnerException)
+            if (!e.Message.Contains("see inner exception", StringComparison.Ordinal)) reasons.Add(e.Message);
+        return "TLS handshake failed: " + (reasons.Count > 0 ? string.Join(": ", reasons) : ex.Message);
     }
 
     /// <summary>The TLS handshake; the server must pick h2 by ALPN (a server that picks nothing may speak HTTP/1.1 only).</summary>
@@ -94,7 +104,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             await ssl.AuthenticateAsClientAsync(tls.ForHost(host), cancellationToken).ConfigureAwait(false);
             if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
                 throw new System.Security.Authentication.AuthenticationException(
-                    $"the server did not choose h2 by ALPN (it chose '{ssl.NegotiatedApplicationProtocol}'); gRPC needs HTTP/2");
+                    $"the server did not choose h2 by ALPN (application protocol '{ssl.NegotiatedApplicationProtocol}'); gRPC needs HTTP/2");
             return ssl;
         }
         catch
