@@ -186,6 +186,25 @@ public sealed class TlsTests : IDisposable
         Assert.Contains("(cleartext HTTP/1.1)", securedLine.MessageTemplate.Text);
     }
 
+    [Fact]
+    public async Task Start_up_refuses_half_a_TLS_configuration_and_files_that_do_not_hold_a_matching_certificate_and_key()
+    {
+        string wrongKey = Path.Combine(_tls.Directory, "client.key"); // a key, but of the client certificate
+        var cases = new (string Problem, (string, object)[] Options)[]
+        {
+            ("Tls:CertificateFile and Tls:KeyFile go together", [("Tls:KeyFile", _tls.Files.Key)]),
+            ("Tls:ClientCaFile needs Tls:CertificateFile", [("Tls:ClientCaFile", _tls.Files.Ca)]),
+            ("cannot be read", [("Tls:CertificateFile", Path.Combine(_tls.Directory, "missing.crt")), ("Tls:KeyFile", _tls.Files.Key)]),
+            ("does not match", [("Tls:CertificateFile", _tls.Files.Certificate), ("Tls:KeyFile", wrongKey)]),
+            ("holds no PEM certificate", [.. _tls.ServerOptions(), ("Tls:ClientCaFile", _tls.Files.Key)]),
+        };
+        foreach (var (problem, options) in cases)
+        {
+            var error = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => TestServer.StartAsync(options));
+            Assert.Contains(error.Failures, f => f.Contains(problem, StringComparison.Ordinal));
+        }
+    }
+
     private static LogEvent StartupLine(LogCapture capture) =>
         Assert.Single(capture.Events, e => e.MessageTemplate.Text.StartsWith("FlashMLA service on", StringComparison.Ordinal));
 
