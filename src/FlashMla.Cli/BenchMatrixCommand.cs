@@ -76,7 +76,9 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine($"[red]--address '{Markup.Escape(mainAddress)}' is not an absolute URI[/]");
             return null;
         }
-        var grpc = new DecodeTarget(null, $"grpc :{main.Port}");
+        // Rows over TLS say so: a TLS and a cleartext run of the same rows sit side by side in one results file.
+        static string Over(Uri uri) => uri.Scheme == Uri.UriSchemeHttps ? " tls" : "";
+        var grpc = new DecodeTarget(null, $"grpc{Over(main)} :{main.Port}");
         if (text is null) return [grpc];
         var result = new List<DecodeTarget>();
         foreach (string name in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
@@ -89,7 +91,7 @@ internal static class BenchMatrixCommand
             }
             // The main address spelled out is the gRPC port, not a second listener: same channel set-up as 'grpc'.
             bool isMain = Uri.Compare(uri, main, UriComponents.SchemeAndServer, UriFormat.Unescaped, StringComparison.OrdinalIgnoreCase) == 0;
-            result.Add(isMain ? grpc : new DecodeTarget(name, $"data-plane :{uri.Port}"));
+            result.Add(isMain ? grpc : new DecodeTarget(name, $"data-plane{Over(uri)} :{uri.Port}"));
         }
         if (result.Count == 0) AnsiConsole.MarkupLine("[red]--decode-address names no address[/]");
         return result.Count == 0 ? null : [.. result];
