@@ -105,9 +105,10 @@ internal sealed class ClientTlsCredentials
         }
         if (ServerName is { } name)
         {
+            // SocketsHttpHandler checked the name against the request's host; what counts is the name given here.
             options.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
-                errors == SslPolicyErrors.None ||
-                (errors == SslPolicyErrors.RemoteCertificateNameMismatch && certificate is X509Certificate2 c && c.MatchesHostname(name));
+                (errors & ~SslPolicyErrors.RemoteCertificateNameMismatch) == SslPolicyErrors.None &&
+                certificate is X509Certificate2 c && c.MatchesHostname(name);
         }
         return options;
     }

@@ -30,15 +30,7 @@ public sealed class TlsDataPlaneAllocationTests(ITestOutputHelper output) : IDis
                 await client.AppendKvAsync(groups[g][i], 0, Random16.Bf16(new Random(g * 8 + i), 20 * 576));
             }
         }
-        const int steps = 40;
-        double small = double.MaxValue, large = double.MaxValue;
-        for (int run = 0; run < 3; run++) // the least of three: the steady state, not a pool growing once
-        {
-            small = Math.Min(small, await DataPlaneTests.BytesPerStepAsync(client, groups, 16, steps));
-            large = Math.Min(large, await DataPlaneTests.BytesPerStepAsync(client, groups, 128, steps));
-        }
-        long tensorsSmall = 8L * 16 * (576 + 512) * 2, tensorsLarge = 8L * 128 * (576 + 512) * 2;
-        double growth = (large - small) / (tensorsLarge - tensorsSmall);
+        var (small, large, growth) = await DataPlaneTests.AllocationGrowthAsync(client, groups, steps: 40);
         output.WriteLine($"data plane over TLS, b=8, 2 in flight: h_q=16 {small:F0} B/step; h_q=128 {large:F0} B/step; growth {growth:P2} of the extra tensor bytes");
         // SslStream decrypts in its own pooled record buffer and encrypts into a pooled one: nothing per byte lands on the heap.
         Assert.True(growth < 0.02, $"h_q=16: {small:F0} B/step, h_q=128: {large:F0} B/step, growth {growth:P2}");

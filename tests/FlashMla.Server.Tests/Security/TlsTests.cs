@@ -187,6 +187,47 @@ public sealed class TlsTests : IDisposable
     }
 
     [Fact]
+    public async Task The_SocketsHttpHandler_transport_trusts_the_same_CA_and_checks_a_given_server_name()
+    {
+        await using var server = await TestServer.StartAsync(null, _tls.Client(), _tls.ServerOptions());
+        foreach (string? decodeAddress in new[] { null, server.DataPlaneAddress })
+        {
+            using var client = new FlashMlaClient(server.GrpcAddress,
+                new FlashMlaClientOptions { Transport = ClientTransport.SocketsHttpHandler, Tls = _tls.Client() with { ServerName = "localhost" }, DecodeAddress = decodeAddress });
+            ulong id = await client.CreateSequenceAsync();
+            await client.AppendKvAsync(id, 0, Random16.Bf16(new Random(3), 2 * 576));
+            using var output = await client.DecodeOnceAsync(new DecodeInput(0, [id], 1, 16, Random16.Bf16(new Random(4), 16 * 576)));
+            Assert.Equal(16 * 512, output.Out.Length);
+        }
+        using var wrongName = new FlashMlaClient(server.GrpcAddress,
+            new FlashMlaClientOptions { Transport = ClientTransport.SocketsHttpHandler, Tls = _tls.Client() with { ServerName = "elsewhere.example" } });
+        using var untrusting = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { Transport = ClientTransport.SocketsHttpHandler });
+        using var untrustingLargeFrames = new FlashMlaClient(server.GrpcAddress);
+        // Grpc.Net.Client reports a handshake the client refused as INTERNAL ("Error starting gRPC call"), over either transport.
+        foreach (var refusing in new[] { wrongName, untrusting, untrustingLargeFrames })
+        {
+            var error = await Assert.ThrowsAsync<RpcException>(() => refusing.GetConfigAsync());
+            Assert.Equal(StatusCode.Internal, error.StatusCode);
+            Assert.Contains("certificate", error.Status.Detail);
+        }
+    }
+
+    [Fact]
+    public async Task A_cluster_from_DNS_with_TLS_dials_each_replica_by_IP_over_https_and_expects_the_DNS_name_in_its_certificate()
+    {
+        await using var server = await TestServer.StartAsync(null, _tls.Client(), _tls.ServerOptions());
+        int grpcPort = new Uri(server.GrpcAddress).Port, dataPlanePort = new Uri(server.DataPlaneAddress!).Port;
+        using var cluster = await FlashMla.Client.Routing.FlashMlaCluster.FromDnsAsync("localhost", grpcPort, new FlashMlaClientOptions { Tls = _tls.Client() }, dataPlanePort);
+        Assert.All(cluster.Ring.Replicas, r => Assert.StartsWith("https://", r));
+        // The server listens on 127.0.0.1 only (localhost may resolve to ::1 too); its certificate names localhost.
+        var replica = cluster.ClientFor($"https://127.0.0.1:{grpcPort}");
+        ulong id = await replica.CreateSequenceAsync();
+        await replica.AppendKvAsync(id, 0, Random16.Bf16(new Random(3), 2 * 576));
+        using var output = await replica.DecodeOnceAsync(new DecodeInput(0, [id], 1, 16, Random16.Bf16(new Random(4), 16 * 576)));
+        Assert.Equal(16 * 512, output.Out.Length);
+    }
+
+    [Fact]
     public async Task Start_up_refuses_half_a_TLS_configuration_and_files_that_do_not_hold_a_matching_certificate_and_key()
     {
         string wrongKey = Path.Combine(_tls.Directory, "client.key"); // a key, but of the client certificate
