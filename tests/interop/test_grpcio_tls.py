@@ -8,10 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import CHANNEL_OPTIONS
 from flashmla_client.bf16 import random_bf16
 from server_process import SERVER_OPTIONS, LocalServer, dev_certificates
-from workload import DECODER, KV_CACHE, Cache, assert_matches_reference, decode_request, message, rpc
+from workload import CHANNEL_OPTIONS, DECODER, KV_CACHE, Cache, assert_matches_reference, decode_request, message, rpc
 
 # The certificate names localhost and 127.0.0.1; the channels dial 127.0.0.1 and verify the name localhost.
 TLS_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", "localhost")]
