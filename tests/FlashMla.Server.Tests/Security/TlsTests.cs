@@ -228,6 +228,29 @@ public sealed class TlsTests : IDisposable
     }
 
     [Fact]
+    public async Task A_certificate_that_expires_within_two_weeks_is_logged_as_a_warning_and_a_fresh_one_is_not()
+    {
+        var log = new LogCapture();
+        await using (await TestServer.StartAsync(null, _tls.Client(), [.. _tls.ServerOptions(), .. log.ServerOptions]))
+        {
+            await Task.Delay(300);
+            Assert.DoesNotContain(log.Events, e => e.MessageTemplate.Text.StartsWith("The TLS certificate", StringComparison.Ordinal));
+        }
+        using (var authority = X509Certificate2.CreateFromPemFile(_tls.Files.Ca, Path.Combine(_tls.Directory, "ca.key")))
+        using (var soon = DevCertificates.IssueServer(authority, ["localhost"], [System.Net.IPAddress.Loopback], days: 3))
+            DevCertificates.Write(soon, _tls.Files.Certificate, _tls.Files.Key);
+        var expiring = new LogCapture();
+        await using (await TestServer.StartAsync(null, _tls.Client(), [.. _tls.ServerOptions(), .. expiring.ServerOptions]))
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (!expiring.Events.Any(e => e.Level == LogEventLevel.Warning) && DateTime.UtcNow < deadline) await Task.Delay(50);
+            var warning = Assert.Single(expiring.Events, e => e.MessageTemplate.Text.StartsWith("The TLS certificate", StringComparison.Ordinal));
+            Assert.Equal(LogEventLevel.Warning, warning.Level);
+            Assert.Contains("expires in 3.0 days", warning.RenderMessage());
+        }
+    }
+
+    [Fact]
     public async Task Start_up_refuses_half_a_TLS_configuration_and_files_that_do_not_hold_a_matching_certificate_and_key()
     {
         string wrongKey = Path.Combine(_tls.Directory, "client.key"); // a key, but of the client certificate

@@ -32,6 +32,9 @@ public sealed class ServerTls
 
     public bool Enabled => _material is not null;
 
+    /// <summary>The material handshakes use now; null when TLS is off.</summary>
+    public TlsMaterial? Current => _material;
+
     /// <summary>What the start-up log says of a TLS port: cleartext, or TLS with the certificate and whether clients need one.</summary>
     public string Describe()
     {

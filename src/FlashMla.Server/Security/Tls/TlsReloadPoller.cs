@@ -8,9 +8,16 @@ namespace FlashMla.Server.Security.Tls;
 /// </summary>
 public sealed class TlsReloadPoller(ServerTls tls, ILogger<TlsReloadPoller> logger) : BackgroundService
 {
+    /// <summary>A certificate this close to its end is logged as a warning (once per certificate), in time for a renewal.</summary>
+    public static readonly TimeSpan ExpiryWarning = TimeSpan.FromDays(14);
+
+    private TlsMaterial? _warnedAbout;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        if (!tls.Enabled || tls.Options.ReloadIntervalSeconds <= 0) return;
+        if (!tls.Enabled) return;
+        WarnIfExpiring();
+        if (tls.Options.ReloadIntervalSeconds <= 0) return;
         using var timer = new PeriodicTimer(TimeSpan.FromSeconds(tls.Options.ReloadIntervalSeconds));
         try
         {
@@ -27,6 +34,7 @@ public sealed class TlsReloadPoller(ServerTls tls, ILogger<TlsReloadPoller> logg
                     logger.LogError(ex, "Reading the TLS files failed; still serving the certificate loaded before");
                     continue;
                 }
+                WarnIfExpiring();
                 switch (reload)
                 {
                     case { Swapped: true } done:
@@ -45,5 +53,16 @@ public sealed class TlsReloadPoller(ServerTls tls, ILogger<TlsReloadPoller> logg
         {
             // Shutdown.
         }
+    }
+
+    private void WarnIfExpiring()
+    {
+        if (tls.Current is not { } material || ReferenceEquals(material, _warnedAbout)) return;
+        var left = material.Certificate.NotAfter.ToUniversalTime() - DateTime.UtcNow;
+        if (left >= ExpiryWarning) return;
+        _warnedAbout = material;
+        logger.LogWarning("The TLS certificate {Subject} from {File} {Expiry} ({NotAfter:u}): renew it; the server takes up the new files without a restart",
+            material.Certificate.Subject, tls.Options.CertificateFile, left <= TimeSpan.Zero ? "has expired" : $"expires in {left.TotalDays:F1} days",
+            material.Certificate.NotAfter.ToUniversalTime());
     }
 }
