@@ -13,7 +13,10 @@
 #     APP_DIR: the unpacked publish (default /tmp/flashmla-app/flashmla), FATBIN (default native/build/flashmla.fatbin)
 # Env: OUT, PORT (50061; the CPU server uses PORT+10), DP_SECONDS (3), DP_CONNECTIONS (1,4), DP_BATCH (32,128),
 #      DP_HEADS (16,128), DP_CONTEXT (4096), DP_SKIP_CPU=1, DP_SKIP_CUDA=1, DP_SKIP_DATA_PLANE_PORT=1 (gRPC port
-#      only, data-plane listener off), DP_TRANSPORT_AB=1, DP_RUNTIME_AB=1.
+#      only, data-plane listener off), DP_TRANSPORT_AB=1, DP_RUNTIME_AB=1, DP_TLS=1.
+# TLS (DP_TLS=1): after each backend's cleartext matrix, the same rows against a second server of that backend with
+# TLS on both ports (a development certificate from `flashmla dev-cert`, ECDSA P-256; the client trusts its CA),
+# into the same results file; the table's decode port column says "tls" for those rows.
 # The A/B sections are off by default (settled in the 18:21 round; results/2026-11-25-h100-dataplane.md) and measure the gRPC port:
 # Transport A/B (DP_TRANSPORT_AB=1; CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (DP_RUNTIME_AB=1; same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's
@@ -46,13 +49,31 @@ source "$(dirname "$0")/lib/dataplane-server.sh"
 count() { local IFS=,; set -- $1; echo $#; }
 # The main matrix on the server start_server last started: decode on the gRPC port and (unless
 # DP_SKIP_DATA_PLANE_PORT=1) on its data-plane port, interleaved per row; the time limit follows the row count.
-# matrix PORT CONTEXT SECONDS
+# matrix PORT CONTEXT SECONDS [SCHEME [client args...]]: SCHEME https (with --ca FILE among the client args) for a TLS server.
 matrix() {
-  local p=$1 decode=grpc ports=1
-  if [[ "${DP_SKIP_DATA_PLANE_PORT:-0}" != 1 ]]; then decode="grpc,http://127.0.0.1:$data_plane_port"; ports=2; fi
-  local rows=$(( $(count "$batch") * $(count "$heads") * $(count "$conns") * ports )) whole=${3%.*}
-  timeout $(( 90 + rows * (${whole:-0} + 3) )) "$app/flashmla" bench-matrix --address "http://127.0.0.1:$p" --decode-address "$decode" \
-    --batch "$batch" --heads "$heads" --connections "$conns" --context "$2" --seconds "$3" --tcp-seconds 1 --out "$res"
+  local p=$1 context=$2 secs=$3 scheme=${4:-http} decode=grpc ports=1
+  shift $(( $# < 4 ? $# : 4 ))
+  if [[ "${DP_SKIP_DATA_PLANE_PORT:-0}" != 1 ]]; then decode="grpc,$scheme://127.0.0.1:$data_plane_port"; ports=2; fi
+  local rows=$(( $(count "$batch") * $(count "$heads") * $(count "$conns") * ports )) whole=${secs%.*}
+  timeout $(( 90 + rows * (${whole:-0} + 3) )) "$app/flashmla" bench-matrix --address "$scheme://127.0.0.1:$p" --decode-address "$decode" \
+    --batch "$batch" --heads "$heads" --connections "$conns" --context "$context" --seconds "$secs" --tcp-seconds 1 --out "$res" "$@"
+}
+# tls_matrix BACKEND PORT CONTEXT SECONDS [server args...]: the same rows against a TLS server of BACKEND (DP_TLS=1).
+tls_matrix() {
+  local backend=$1 p=$2 context=$3 secs=$4 certs; shift 4
+  certs=$(mktemp -d)
+  "$app/flashmla" dev-cert --out "$certs" --dns localhost --ip 127.0.0.1 > /dev/null || { echo "dev-cert failed"; return 1; }
+  echo "== bench-matrix over TLS, $backend backend, s_k $context, gRPC port $p, data-plane port $((p + 1))"
+  echo "### TLS on both ports (development certificate, ECDSA P-256), $backend backend: the rows above again, over TLS" >> "$res"
+  local rc=0
+  if start_server "$backend" "$p" "$@" --FlashMla:Tls:CertificateFile="$certs/tls.crt" --FlashMla:Tls:KeyFile="$certs/tls.key"; then
+    matrix "$p" "$context" "$secs" https --ca "$certs/ca.crt" || rc=1
+  else
+    echo "$backend TLS server did not start"; tail -n 20 "$OUT/dataplane-server-$backend.log"; rc=1
+  fi
+  stop_server
+  rm -rf "$certs"
+  return $rc
 }
 data_plane_args=()
 [[ "${DP_SKIP_DATA_PLANE_PORT:-0}" == 1 ]] && data_plane_args=(--FlashMla:DataPlanePort=-1)
@@ -69,6 +90,9 @@ if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
     echo "CUDA server did not start"; tail -n 20 "$OUT/dataplane-server-cuda.log"; status=1
   fi
   stop_server
+  if [[ "${DP_TLS:-0}" == 1 ]]; then
+    tls_matrix cuda "$port" "$context" "$seconds" --FlashMla:FatbinPath="$fatbin" "${data_plane_args[@]}" || status=1
+  fi
 fi
 if [[ "${DP_TRANSPORT_AB:-0}" == 1 && "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
   # Client transport A/B on the CUDA server: our large-frame HTTP/2 handler (1 MiB DATA frames both ways,
@@ -118,6 +142,9 @@ if [[ "${DP_SKIP_CPU:-0}" != 1 ]]; then
     echo "CPU server did not start"; tail -n 20 "$OUT/dataplane-server-cpu.log"; status=1
   fi
   stop_server
+  if [[ "${DP_TLS:-0}" == 1 ]]; then
+    tls_matrix cpu $((port + 10)) 1 2 --FlashMla:CpuMemoryMiB=512 "${data_plane_args[@]}" || status=1
+  fi
 fi
 
 echo

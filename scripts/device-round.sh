@@ -17,7 +17,8 @@
 #
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
-# SKIP_DATAPLANE=1, SKIP_LATENCY=1, SKIP_INGEST=1, INGEST_ARGS, LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# SKIP_DATAPLANE=1, TLS=1 (step 7 measures every data-plane row over TLS too: DP_TLS=1), SKIP_LATENCY=1, SKIP_INGEST=1, INGEST_ARGS,
+# LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
@@ -152,8 +153,10 @@ fi
 
 # 7. The data plane (issue 5): raw TCP, then b x h_q x connections through the service on both backends,
 #    each row through the gRPC port and through the data-plane port (about 2.5 minutes; the A/B sections are off).
+#    TLS=1: each backend's rows again against a server with TLS on both ports (a certificate from `flashmla dev-cert`),
+#    in the same results file, so the figures with and without TLS come from one run (about 2.5 minutes more).
 if [[ "${SKIP_DATAPLANE:-0}" != 1 && $app_ok == 1 && -x "$app/flashmla-server" ]]; then
-  run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) bash scripts/dataplane-bench.sh "$app" "$fatbin"
+  run_step dataplane dataplane.log env OUT="$OUT" PORT=$((port + 20)) DP_TLS="${TLS:-${DP_TLS:-0}}" bash scripts/dataplane-bench.sh "$app" "$fatbin"
 fi
 
 # 8. The round trip per call (issue 15): a CUDA server with default options (four layers, for the ingest), `flashmla latency` through its

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The rendered Kubernetes objects (kubectl kustomize's output, one file per variant) keep the promises the
-service's operation rests on: one GPU per hardened pod, gRPC health probes, a shutdown long enough for the drain,
-Services that reach the pods and speak h2c, a headless Service of ready pods only, a disruption budget, a
-ServiceMonitor that scrapes each pod once under the job the alerts select, the token Secret mounted where the
-server reads it (so a rotation reaches it), and a NetworkPolicy that lets one namespace reach the gRPC ports and
+service's operation rests on: one GPU per hardened pod, health probes (gRPC, or /healthz on the metrics port when the
+gRPC ports speak TLS, which the kubelet's gRPC probe cannot), a shutdown long enough for the drain, Services that reach
+the pods and say h2c or TLS as the pods speak, a headless Service of ready pods only, a disruption budget, a
+ServiceMonitor that scrapes each pod once under the job the alerts select, the token Secret mounted where the server
+reads it (so a rotation reaches it), for TLS the certificate Secret mounted whole (a subPath mount never sees a
+renewal) and readable by the server's user, and a NetworkPolicy that lets one namespace reach the gRPC ports and
 Prometheus alone the metrics port.
 
     kubectl kustomize deploy/k8s/overlays/h800 > /tmp/h800.yaml && python3 deploy/checks/manifests.py /tmp/h800.yaml
@@ -37,6 +39,21 @@ class Rendered:
     def kind(self, kind: str) -> list[dict]:
         return [d for d in self.docs if d["kind"] == kind]
 
+    def options(self) -> dict[str, str]:
+        """The FlashMla__ options of the ConfigMaps the container's envFrom names, a later one's value winning as in
+        the pod's environment (empty when none is rendered)."""
+        refs = [s["configMapRef"]["name"] for s in self.container.get("envFrom", []) if "configMapRef" in s]
+        configs = {c["metadata"]["name"]: c.get("data") or {} for c in self.kind("ConfigMap")}
+        merged: dict[str, str] = {}
+        for ref in refs:
+            merged.update(configs.get(ref, {}))
+        return merged
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC ports speak TLS (FlashMla:Tls:CertificateFile set)."""
+        return bool(self.options().get("FlashMla__Tls__CertificateFile"))
+
 
 def check_pod(r: Rendered):
     if str(r.container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")) != "1":
@@ -50,6 +67,13 @@ def check_pod(r: Rendered):
 
 
 def check_probes(r: Rendered):
+    if r.tls:
+        # The kubelet's gRPC probe speaks cleartext only; /healthz answers as the Decoder's health does (NOT_SERVING while draining).
+        for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = r.container.get(name) or {}
+            if "grpc" in probe or probe.get("httpGet", {}).get("path") != "/healthz":
+                yield f"{name}: the gRPC ports speak TLS, which gRPC probes cannot; probe GET /healthz on the metrics port (its port: ports.py)"
+        return
     for name in ("startupProbe", "livenessProbe", "readinessProbe"):
         if "grpc" not in (r.container.get(name) or {}):
             yield f"{name} must be a gRPC health probe (its port: ports.py)"
@@ -58,19 +82,37 @@ def check_probes(r: Rendered):
         yield f"readinessProbe must check flashmla.v1.Decoder (a draining pod leaves the endpoints), not {service!r}"
 
 
-def configured_options(r: Rendered) -> dict[str, str]:
-    """The FlashMla__X variables of the ConfigMaps the container takes its environment from."""
-    refs = [s["configMapRef"]["name"] for s in r.container.get("envFrom", []) if "configMapRef" in s]
-    configs = {c["metadata"]["name"]: c.get("data") or {} for c in r.kind("ConfigMap")}
-    merged: dict[str, str] = {}
-    for ref in refs:
-        merged.update(configs.get(ref, {}))
-    return merged
+def check_tls(r: Rendered):
+    options = r.options()
+    files = {k: options[k] for k in ("FlashMla__Tls__CertificateFile", "FlashMla__Tls__KeyFile", "FlashMla__Tls__ClientCaFile") if options.get(k)}
+    if not files:
+        return
+    if "FlashMla__Tls__KeyFile" not in files:
+        yield "FlashMla__Tls__CertificateFile is set without FlashMla__Tls__KeyFile (the server refuses to start)"
+    volumes = {v["name"]: v for v in r.pod.get("volumes", [])}
+    for option, path in files.items():
+        mounts = [m for m in r.container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not mounts:
+            yield f"{option}={path} lies in no volume mount of the container"
+            continue
+        mount = mounts[0]
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            yield f"{option}={path} is on volume {mount['name']!r}, not a Secret volume"
+        if "subPath" in mount or "subPathExpr" in mount:
+            yield f"the mount of {path} uses subPath: a renewed Secret would never reach the pod"
+        if not mount.get("readOnly"):
+            yield f"the mount of {path} must be readOnly"
+        mode = (secret or {}).get("defaultMode", 0o644)
+        if secret is not None and mode & 0o004 == 0 and r.pod.get("securityContext", {}).get("fsGroup") is None:
+            yield f"Secret volume {mount['name']!r} has mode {mode:o} and the pod no fsGroup: the non-root server cannot read {path}"
+        if secret is not None and mode & 0o002:
+            yield f"Secret volume {mount['name']!r} is world-writable (mode {mode:o})"
 
 
 def check_shutdown(r: Rendered):
     # The server's whole shutdown is bounded by DrainTimeoutSeconds (the ConfigMap's value, else the default).
-    drain = float(configured_options(r).get("FlashMla__DrainTimeoutSeconds", option_defaults()["DrainTimeoutSeconds"]))
+    drain = float(r.options().get("FlashMla__DrainTimeoutSeconds", option_defaults()["DrainTimeoutSeconds"]))
     grace = r.pod.get("terminationGracePeriodSeconds", 30)
     pre_stop = r.container.get("lifecycle", {}).get("preStop", {})
     command = pre_stop.get("exec", {}).get("command", [])
@@ -99,9 +141,11 @@ def check_services(r: Rendered):
         name = service["metadata"]["name"]
         if service["spec"].get("selector") != r.selector:
             yield f"Service {name} selects {service['spec'].get('selector')}, not the Deployment's pods {r.selector}"
+        wanted = "https" if r.tls else "kubernetes.io/h2c"
         for port in service["spec"]["ports"]:
-            if port.get("targetPort") in H2C_PORT_NAMES and port.get("appProtocol") != "kubernetes.io/h2c":
-                yield f"Service {name} port {port['name']} carries HTTP/2 cleartext: appProtocol must be kubernetes.io/h2c"
+            if port.get("targetPort") in H2C_PORT_NAMES and port.get("appProtocol") != wanted:
+                yield (f"Service {name} port {port['name']} carries HTTP/2 {'over TLS' if r.tls else 'cleartext'}: "
+                       f"appProtocol must be {wanted}, not {port.get('appProtocol')!r}")
     for service in headless:
         if service["spec"].get("publishNotReadyAddresses"):
             yield "the headless Service must not publish not-ready (draining) pods"
@@ -134,9 +178,7 @@ def check_service_monitor(r: Rendered):
 
 
 def check_token_secret(r: Rendered):
-    configs = {c["metadata"]["name"]: c.get("data") or {} for c in r.kind("ConfigMap")}
-    refs = [s["configMapRef"]["name"] for s in r.container.get("envFrom", []) if "configMapRef" in s]
-    token_file = next((configs[ref].get("FlashMla__TokenFile") for ref in refs if ref in configs), None)
+    token_file = r.options().get("FlashMla__TokenFile")
     if not token_file:
         yield "FlashMla__TokenFile is not set: the pods would serve without authentication"
         return
@@ -197,10 +239,11 @@ def check_network_policy(r: Rendered):
 
 CHECKS = (
     ("one GPU per hardened pod", check_pod),
-    ("gRPC health probes, readiness on flashmla.v1.Decoder", check_probes),
+    ("health probes: gRPC with readiness on flashmla.v1.Decoder, or /healthz when the gRPC ports speak TLS", check_probes),
+    ("TLS files, where set, come from a whole read-only Secret mount the server can read", check_tls),
     ("the grace period covers preStop and the server's drain", check_shutdown),
     ("the options ConfigMap is rendered, referenced and picks the cuda backend", check_options),
-    ("Services select the pods, speak h2c, the headless one has ready pods and both HTTP/2 ports only", check_services),
+    ("Services select the pods, say h2c or TLS as the pods speak, the headless one has ready pods and both HTTP/2 ports only", check_services),
     ("a PodDisruptionBudget selects the pods", check_disruption_budget),
     ("a ServiceMonitor, where there is one, scrapes one Service's metrics port as job flashmla", check_service_monitor),
     ("the token Secret is mounted read-only, whole, where FlashMla__TokenFile points", check_token_secret),

@@ -91,7 +91,13 @@ def check_rendered(path: Path):
         if declared != ports:
             yield f"Deployment {deployment['metadata']['name']} declares container ports {declared}; expected {ports}"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            port = (container.get(probe) or {}).get("grpc", {}).get("port")
+            spec = container.get(probe) or {}
+            if "httpGet" in spec:  # /healthz, when the gRPC ports speak TLS (manifests.py)
+                port = spec["httpGet"].get("port")
+                if port not in (ports["metrics"], "metrics"):
+                    yield f"{probe} gets /healthz from port {port}; the metrics port is {ports['metrics']}"
+                continue
+            port = spec.get("grpc", {}).get("port")
             if port != ports["grpc"]:
                 yield f"{probe} probes port {port}; the gRPC port is {ports['grpc']}"
     for config in (d for d in docs if d["kind"] == "ConfigMap"):

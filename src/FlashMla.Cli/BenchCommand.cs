@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using FlashMla.Core.Tensors;
 using Spectre.Console;
 
@@ -38,13 +39,14 @@ internal static class BenchCommand
             }
             return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(streams), parse.GetValue(inflight),
                 parse.GetValue(batch), parse.GetValue(context), parse.GetValue(heads), parse.GetValue(queryTokens), parse.GetValue(seconds),
-                parse.GetValue(append), parse.GetValue(output), single, parse.GetValue(decodeAddress)) { BearerToken = parse.GetValue(bearerToken) }, token);
+                parse.GetValue(append), parse.GetValue(output), single, parse.GetValue(decodeAddress), TlsArguments.Read(parse))
+                { BearerToken = parse.GetValue(bearerToken) }, token);
         });
         return command;
     }
 
     private sealed record Settings(string Address, int Streams, int InFlight, int Batch, int Context, int Heads, int QueryTokens,
-        double Seconds, bool Append, string? Output, ClientTransport Transport, string? DecodeAddress)
+        double Seconds, bool Append, string? Output, ClientTransport Transport, string? DecodeAddress, ClientTlsOptions? Tls)
     {
         public string? BearerToken { get; init; }
     }
@@ -56,7 +58,8 @@ internal static class BenchCommand
             AnsiConsole.MarkupLine("[red]streams, inflight, batch, context, heads, sq and seconds must be positive[/]");
             return 2;
         }
-        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address, new FlashMlaClientOptions { Transport = s.Transport, DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken })).ToArray();
+        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address,
+            new FlashMlaClientOptions { Transport = s.Transport, DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken, Tls = s.Tls })).ToArray();
         try
         {
             var config = await clients[0].GetConfigAsync(cancellationToken);

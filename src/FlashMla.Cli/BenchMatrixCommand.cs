@@ -53,7 +53,8 @@ internal static class BenchMatrixCommand
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
-                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct), BearerToken = parse.GetValue(bearerToken) }, token);
+                decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct),
+                    BearerToken = parse.GetValue(bearerToken), Tls = TlsArguments.Read(parse) }, token);
         });
         return command;
     }
@@ -75,7 +76,9 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine($"[red]--address '{Markup.Escape(mainAddress)}' is not an absolute URI[/]");
             return null;
         }
-        var grpc = new DecodeTarget(null, $"grpc :{main.Port}");
+        // Rows over TLS say so: a TLS and a cleartext run of the same rows sit side by side in one results file.
+        static string Over(Uri uri) => uri.Scheme == Uri.UriSchemeHttps ? " tls" : "";
+        var grpc = new DecodeTarget(null, $"grpc{Over(main)} :{main.Port}");
         if (text is null) return [grpc];
         var result = new List<DecodeTarget>();
         foreach (string name in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
@@ -88,7 +91,7 @@ internal static class BenchMatrixCommand
             }
             // The main address spelled out is the gRPC port, not a second listener: same channel set-up as 'grpc'.
             bool isMain = Uri.Compare(uri, main, UriComponents.SchemeAndServer, UriFormat.Unescaped, StringComparison.OrdinalIgnoreCase) == 0;
-            result.Add(isMain ? grpc : new DecodeTarget(name, $"data-plane :{uri.Port}"));
+            result.Add(isMain ? grpc : new DecodeTarget(name, $"data-plane{Over(uri)} :{uri.Port}"));
         }
         if (result.Count == 0) AnsiConsole.MarkupLine("[red]--decode-address names no address[/]");
         return result.Count == 0 ? null : [.. result];
@@ -104,6 +107,7 @@ internal static class BenchMatrixCommand
         public bool DirectDecode { get; init; } = true;
         public bool DistinctSequences { get; init; }
         public string? BearerToken { get; init; }
+        public ClientTlsOptions? Tls { get; init; }
 
         /// <summary>Requests in flight at once in the widest row: the sets of sequences --distinct-sequences needs.</summary>
         public int MaxWorkers => Connections.Max() * StreamsPerConnection * InFlight;
@@ -121,7 +125,7 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken });
+        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken, Tls = s.Tls });
         var config = await admin.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
@@ -190,7 +194,7 @@ internal static class BenchMatrixCommand
             new FlashMlaClientOptions
             {
                 Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode,
-                BearerToken = s.BearerToken,
+                BearerToken = s.BearerToken, Tls = s.Tls,
                 LargeFrames = new LargeFrameHttp2Options
                 {
                     StreamWindowSize = s.StreamWindowMiB << 20,

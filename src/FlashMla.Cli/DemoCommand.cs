@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using FlashMla.Core.Tensors;
 using Spectre.Console;
 
@@ -17,14 +18,15 @@ internal static class DemoCommand
         var steps = new Option<int>("--steps") { Description = "Decode steps", DefaultValueFactory = _ => 3 };
         var queryTokens = new Option<int>("--sq") { Description = "Query tokens per step s_q", DefaultValueFactory = _ => 1 };
         var command = new Command("demo", "Create, prefill, decode a few steps, check against the local reference, fork, truncate, free") { heads, steps, queryTokens };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(bearerToken), parse.GetValue(heads), parse.GetValue(steps),
-            parse.GetValue(queryTokens), token));
+        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(bearerToken), TlsArguments.Read(parse), parse.GetValue(heads),
+            parse.GetValue(steps), parse.GetValue(queryTokens), token));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? bearerToken, int heads, int steps, int sQ, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string address, string? bearerToken, ClientTlsOptions? tls, int heads, int steps, int sQ,
+        CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { BearerToken = bearerToken });
+        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { BearerToken = bearerToken, Tls = tls });
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"Connected to [bold]{address}[/]: backend [green]{config.Backend}[/] ({Markup.Escape(config.Device)}), " +
             $"{config.NumLayers} layers, {config.TotalBlocks} blocks of {config.BlockSize} tokens");

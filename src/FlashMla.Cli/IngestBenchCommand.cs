@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using Spectre.Console;
 
 namespace FlashMla.Cli;
@@ -24,13 +25,13 @@ internal static class IngestBenchCommand
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("ingest-bench", "Decode p50 alone and while another client streams AppendKv, and the ingest's GB/s")
             { batch, heads, context, tokens, layers, chunk, seconds, output };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken),
+        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken), TlsArguments.Read(parse),
             new IngestSettings(parse.GetValue(batch), parse.GetValue(heads), parse.GetValue(context), parse.GetValue(tokens), parse.GetValue(layers),
                 parse.GetValue(chunk), parse.GetValue(seconds)), parse.GetValue(output), token));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, IngestSettings s, string? output,
+    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, ClientTlsOptions? tls, IngestSettings s, string? output,
         CancellationToken cancellationToken)
     {
         if (s.Batch < 1 || s.Heads < 1 || s.Context < 1 || s.IngestTokens < 1 || s.IngestLayers < 1 || s.RowsPerChunk < 1 || s.Seconds <= 0)
@@ -38,7 +39,7 @@ internal static class IngestBenchCommand
             AnsiConsole.MarkupLine("[red]every size and --seconds must be positive[/]");
             return 2;
         }
-        var options = new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken };
+        var options = new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken, Tls = tls };
         using var decoder = new FlashMlaClient(address, options);
         using var ingester = new FlashMlaClient(address, options);
         var config = await decoder.GetConfigAsync(cancellationToken);

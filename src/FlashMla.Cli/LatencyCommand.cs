@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Reflection;
 using System.Text;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using FlashMla.Core.Tensors;
 using Spectre.Console;
 
@@ -42,7 +43,7 @@ internal static class LatencyCommand
             if (parsed is null) return Task.FromResult(2);
             return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(decodeAddress), parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
-                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)) { BearerToken = parse.GetValue(bearerToken) }, token);
+                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)) { BearerToken = parse.GetValue(bearerToken), Tls = TlsArguments.Read(parse) }, token);
         });
         return command;
     }
@@ -51,6 +52,7 @@ internal static class LatencyCommand
         double Seconds, double Warmup, double FloorSeconds, bool SharedSequences, string Commit, string? Output)
     {
         public string? BearerToken { get; init; }
+        public ClientTlsOptions? Tls { get; init; }
     }
 
     /// <summary>"BxH" pairs, or null (after printing why).</summary>
@@ -88,7 +90,7 @@ internal static class LatencyCommand
             AnsiConsole.MarkupLine("[red]inflight, context, seconds and floor-seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken });
+        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken, Tls = s.Tls });
         var config = await admin.GetConfigAsync(cancellationToken);
         string port = s.DecodeAddress is null ? $"the gRPC port ({s.Address})" : $"{s.DecodeAddress}";
         AnsiConsole.MarkupLine($"latency against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): decode on {Markup.Escape(port)}, s_k={s.Context}, " +
@@ -143,7 +145,7 @@ internal static class LatencyCommand
     /// <summary>One row: <paramref name="inFlight"/> workers on one stream, each sending its next request as soon as its last returns.</summary>
     private static async Task<List<CallTiming>> RunRowAsync(Settings s, DecodeInput[] inputs, int inFlight, CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken });
+        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken, Tls = s.Tls });
         await using var stream = client.OpenDecodeStream(cancellationToken);
         var calls = new List<CallTiming>();
         bool measuring = false;

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using Spectre.Console;
 
 namespace FlashMla.Cli;
@@ -18,15 +19,15 @@ internal static class VerifyCommand
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1 };
         var command = new Command("verify", "Compare the server's decode outputs with the double-precision reference on random workloads")
             { cases, maxLength, longLength, seed };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken),
+        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken), TlsArguments.Read(parse),
             new VerifySettings(parse.GetValue(cases), parse.GetValue(maxLength), parse.GetValue(longLength), parse.GetValue(seed)), token));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, VerifySettings settings,
+    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, ClientTlsOptions? tls, VerifySettings settings,
         CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken });
+        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken, Tls = tls });
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"verify the [bold]{config.Backend}[/] backend ({Markup.Escape(config.Device)}) at {address}" +
             (decodeAddress is null ? "" : $", decode at {decodeAddress}") +

@@ -66,9 +66,9 @@ public sealed class FlashMlaClient : IDisposable
     /// <summary>
     /// The cache channel, one decode invoker per connection, and, when decode has an address of its own (the data-plane
     /// port), a channel over the first decode connection for KV ingest (AppendKv: rows received there straight into
-    /// page-locked memory). Decode calls go straight over the library's HTTP/2
-    /// handler (<see cref="DirectDecodeInvoker"/>), one handler, hence one connection, each; over Grpc.Net.Client
-    /// channels for https addresses (and when a benchmark asks, <see cref="FlashMlaClientOptions.DirectDecode"/>).
+    /// page-locked memory). Decode calls go straight over the library's HTTP/2 handler (<see cref="DirectDecodeInvoker"/>),
+    /// one handler, hence one connection, each, over cleartext or TLS; over Grpc.Net.Client channels when a benchmark asks
+    /// (<see cref="FlashMlaClientOptions.DirectDecode"/>, <see cref="FlashMlaClientOptions.Transport"/>).
     /// </summary>
     private static (ChannelBase Cache, CallInvoker[] Decode, ChannelBase? Ingest, IDisposable[] Owned) CreateOwned(string address, FlashMlaClientOptions options)
     {
@@ -79,7 +79,7 @@ public sealed class FlashMlaClient : IDisposable
         var owned = new List<IDisposable>();
         var decode = new CallInvoker[options.Connections];
         GrpcChannel? cache = decodeAddress == address ? null : CreateChannel(address, options);
-        bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames && new Uri(decodeAddress).Scheme == Uri.UriSchemeHttp;
+        bool direct = options.DirectDecode && options.Transport == ClientTransport.LargeFrames;
         GrpcChannel? ingest = null; // KV ingest rides the first decode connection when decode has an address of its own
         for (int i = 0; i < decode.Length; i++)
         {
@@ -120,8 +120,8 @@ public sealed class FlashMlaClient : IDisposable
     }
 
     /// <summary>
-    /// A channel tuned for large tensors: big HTTP/2 windows and frames. http:// addresses use the library's
-    /// <see cref="LargeFrameHttp2Handler"/>, https addresses SocketsHttpHandler.
+    /// A channel tuned for large tensors: big HTTP/2 windows and frames, on the library's <see cref="LargeFrameHttp2Handler"/>
+    /// for http:// (h2c) and https:// (TLS, as <see cref="FlashMlaClientOptions.Tls"/> says) addresses alike.
     /// </summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
         CreateChannel(address, options, CreateHandler(address, options));
@@ -142,10 +142,10 @@ public sealed class FlashMlaClient : IDisposable
 
     private static HttpMessageHandler CreateTransport(string address, FlashMlaClientOptions options)
     {
-        bool cleartext = new Uri(address).Scheme == Uri.UriSchemeHttp;
-        if (options.Transport == ClientTransport.LargeFrames && cleartext)
-            return new LargeFrameHttp2Handler(options.LargeFrames with { Counters = options.LargeFrames.Counters ?? options.Counters });
-        return new SocketsHttpHandler
+        var tls = options.Tls ?? options.LargeFrames.Tls;
+        if (options.Transport == ClientTransport.LargeFrames)
+            return new LargeFrameHttp2Handler(options.LargeFrames with { Counters = options.LargeFrames.Counters ?? options.Counters, Tls = tls });
+        var sockets = new SocketsHttpHandler
         {
             EnableMultipleHttp2Connections = true,
             InitialHttp2StreamWindowSize = 16 * 1024 * 1024,
@@ -153,6 +153,8 @@ public sealed class FlashMlaClient : IDisposable
             KeepAlivePingDelay = TimeSpan.FromSeconds(30),
             KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
         };
+        if (new Uri(address).Scheme == Uri.UriSchemeHttps && tls is not null) sockets.SslOptions = tls.Load().ForSocketsHttpHandler();
+        return sockets;
     }
 
     public async Task<ServiceConfig> GetConfigAsync(CancellationToken cancellationToken = default) =>
@@ -269,8 +271,14 @@ public sealed record FlashMlaClientOptions
     /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
     public ArrayPool<byte>? BufferPool { get; init; }
 
-    /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport (http:// addresses).</summary>
+    /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport.</summary>
     public LargeFrameHttp2Options LargeFrames { get; init; } = new();
+
+    /// <summary>
+    /// TLS of https:// addresses (the cache address and <see cref="DecodeAddress"/> alike): the CAs to trust, the
+    /// server name to expect, a client certificate for mTLS. Null: the system's trust store and no client certificate.
+    /// </summary>
+    public ClientTlsOptions? Tls { get; init; }
 
     /// <summary>
     /// Whether a unary decode the server refused before processing any of it (its stream above the last stream id of
@@ -292,7 +300,7 @@ public sealed record FlashMlaClientOptions
     // Measurement switches, not settings: the benchmarks' own flags set them (flashmla bench --transport,
     // bench-matrix --grpc-client), and the tests compare the paths.
 
-    /// <summary>The HTTP/2 client under gRPC for http:// addresses (https always uses SocketsHttpHandler).</summary>
+    /// <summary>The HTTP/2 client under gRPC, for http:// and https:// addresses.</summary>
     internal ClientTransport Transport { get; init; } = ClientTransport.LargeFrames;
 
     /// <summary>
@@ -306,9 +314,9 @@ public sealed record FlashMlaClientOptions
 /// <summary>Which HTTP/2 client carries the gRPC calls (a measurement switch).</summary>
 internal enum ClientTransport
 {
-    /// <summary><see cref="LargeFrameHttp2Handler"/>: this library's h2c client with megabyte DATA frames both ways (http:// only).</summary>
+    /// <summary><see cref="LargeFrameHttp2Handler"/>: this library's HTTP/2 client (h2c or TLS) with megabyte DATA frames both ways.</summary>
     LargeFrames,
 
-    /// <summary>.NET's SocketsHttpHandler: 16 KiB DATA frames both ways; always used for https.</summary>
+    /// <summary>.NET's SocketsHttpHandler: 16 KiB DATA frames both ways.</summary>
     SocketsHttpHandler,
 }

@@ -11,6 +11,7 @@ internal static class HpackStaticTable
     public const int MethodPost = 3;
     public const int Path = 4;
     public const int SchemeHttp = 6;
+    public const int SchemeHttps = 7;
 
     private static readonly (string Name, string Value)[] Entries =
     [

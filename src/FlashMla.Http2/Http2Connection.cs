@@ -30,18 +30,23 @@ internal abstract class Http2Connection
     private volatile int _frameInProgress = NoFrame;
     private const int NoFrame = -1;
 
+    /// <param name="socket">The connection's socket: closed, and half-closed for a drain, here.</param>
+    /// <param name="transport">What frames are read from and written to: a NetworkStream over <paramref name="socket"/> for
+    /// cleartext, an authenticated SslStream over it for TLS. Disposed with the connection.</param>
     /// <param name="ioBuffers">Where the reader's and writer's buffers come from (the shared pool by default).</param>
-    protected Http2Connection(Socket socket, Http2Settings local, ArrayPool<byte>? ioBuffers = null)
+    protected Http2Connection(Socket socket, Stream transport, Http2Settings local, ArrayPool<byte>? ioBuffers = null)
     {
         Socket = socket;
+        Transport = transport;
         Local = local;
-        Reader = new Http2FrameReader(socket, ioBuffers);
-        Writer = new Http2FrameWriter(socket, ioBuffers);
+        Reader = new Http2FrameReader(transport, ioBuffers);
+        Writer = new Http2FrameWriter(transport, ioBuffers);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }
 
     protected Socket Socket { get; }
+    protected Stream Transport { get; }
     public Http2Settings Local { get; }
     internal Http2FrameReader Reader { get; }
     internal Http2FrameWriter Writer { get; }
@@ -615,5 +620,6 @@ internal abstract class Http2Connection
             // Already reset by the peer.
         }
         Socket.Dispose();
+        Transport.Dispose(); // an SslStream's native session goes with it
     }
 }

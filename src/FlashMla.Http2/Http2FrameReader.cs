@@ -1,28 +1,28 @@
 using System.Buffers;
-using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 
 namespace FlashMla.Http2;
 
 /// <summary>
-/// Reads frames off one connection's socket for its reader loop: headers and small payloads through a pooled
-/// buffer, large payloads (DATA) received straight into the caller's memory so a megabyte frame is copied
-/// once, by the kernel. Not thread-safe: one reader loop owns it.
+/// Reads frames off one connection's transport (the socket's NetworkStream, or an SslStream over it) for its
+/// reader loop: headers and small payloads through a pooled buffer, large payloads (DATA) read straight into the
+/// caller's memory, so a megabyte frame is copied once, by the kernel (under TLS: decrypted by SslStream, then
+/// copied once into the caller's memory). Not thread-safe: one reader loop owns it.
 /// </summary>
 internal sealed class Http2FrameReader : IDisposable
 {
     /// <summary>The receive buffer's size.</summary>
     public const int BufferSize = 64 * 1024;
 
-    private readonly Socket _socket;
+    private readonly Stream _transport;
     private readonly ArrayPool<byte> _buffers;
     private byte[] _buffer;
     private int _start, _end;
 
     /// <param name="buffers">Where the receive buffer comes from and goes back to (the shared pool by default).</param>
-    public Http2FrameReader(Socket socket, ArrayPool<byte>? buffers = null)
+    public Http2FrameReader(Stream transport, ArrayPool<byte>? buffers = null)
     {
-        _socket = socket;
+        _transport = transport;
         _buffers = buffers ?? ArrayPool<byte>.Shared;
         _buffer = _buffers.Rent(BufferSize);
     }
@@ -56,8 +56,8 @@ internal sealed class Http2FrameReader : IDisposable
         {
             if (destination.Length >= BufferSize / 2)
             {
-                // Large remainder: straight from the socket into the destination, no intermediate copy.
-                int n = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
+                // Large remainder: straight from the transport into the destination, no intermediate copy of ours.
+                int n = await _transport.ReadAsync(destination).ConfigureAwait(false);
                 if (n == 0) throw new IOException("the peer closed the connection in the middle of a frame");
                 destination = destination[n..];
             }
@@ -97,7 +97,7 @@ internal sealed class Http2FrameReader : IDisposable
             _end -= _start;
             _start = 0;
         }
-        int n = await _socket.ReceiveAsync(_buffer.AsMemory(_end), SocketFlags.None).ConfigureAwait(false);
+        int n = await _transport.ReadAsync(_buffer.AsMemory(_end)).ConfigureAwait(false);
         _end += n;
         return n > 0;
     }

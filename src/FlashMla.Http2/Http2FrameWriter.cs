@@ -4,18 +4,18 @@ using System.Net.Sockets;
 namespace FlashMla.Http2;
 
 /// <summary>
-/// Writes frames to one connection's socket under one async lock, a frame at a time, so streams interleave
+/// Writes frames to one connection's transport (the socket's NetworkStream, or an SslStream over it) under one async lock, a frame at a time, so streams interleave
 /// at frame boundaries. Control frames (WINDOW_UPDATE, SETTINGS and PING acks, RST_STREAM) are queued without
 /// waiting: whoever holds or next takes the lock sends them ahead of its own frame, so the reader loop never
 /// blocks behind a megabyte DATA frame. A DATA payload larger than the scratch buffer goes to the socket
-/// straight from the caller's memory.
+/// straight from the caller's memory (under TLS: SslStream encrypts it from there).
 /// </summary>
 internal sealed class Http2FrameWriter : IDisposable
 {
     /// <summary>The scratch buffer's size (it grows past it only for a header block larger than that).</summary>
     public const int ScratchSize = 32 * 1024;
 
-    private readonly Socket _socket;
+    private readonly Stream _transport;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly object _controlGate = new();
     private readonly ArrayPool<byte> _buffers;
@@ -25,9 +25,9 @@ internal sealed class Http2FrameWriter : IDisposable
     private volatile Exception? _failure;
 
     /// <param name="buffers">Where the scratch buffer comes from and goes back to (the shared pool by default).</param>
-    public Http2FrameWriter(Socket socket, ArrayPool<byte>? buffers = null)
+    public Http2FrameWriter(Stream transport, ArrayPool<byte>? buffers = null)
     {
-        _socket = socket;
+        _transport = transport;
         _buffers = buffers ?? ArrayPool<byte>.Shared;
         _scratch = _buffers.Rent(ScratchSize);
     }
@@ -68,7 +68,7 @@ internal sealed class Http2FrameWriter : IDisposable
                 await SendAsync(payload).ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -101,7 +101,7 @@ internal sealed class Http2FrameWriter : IDisposable
             }
             if (used > 0) await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -115,7 +115,7 @@ internal sealed class Http2FrameWriter : IDisposable
         {
             await SendAsync(bytes).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -215,7 +215,7 @@ internal sealed class Http2FrameWriter : IDisposable
         {
             await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
         }
@@ -240,14 +240,10 @@ internal sealed class Http2FrameWriter : IDisposable
         }
     }
 
-    private async ValueTask SendAsync(ReadOnlyMemory<byte> bytes)
-    {
-        while (!bytes.IsEmpty)
-        {
-            int n = await _socket.SendAsync(bytes, SocketFlags.None).ConfigureAwait(false);
-            bytes = bytes[n..];
-        }
-    }
+    private ValueTask SendAsync(ReadOnlyMemory<byte> bytes) => _transport.WriteAsync(bytes);
+
+    /// <summary>A write failed for a reason of the transport (NetworkStream and SslStream wrap the socket's errors in IOException).</summary>
+    private static bool IsTransportFailure(Exception ex) => ex is IOException or SocketException or ObjectDisposedException;
 
     private void ThrowIfFailed()
     {

@@ -1,28 +1,56 @@
 using FlashMla.Http2;
 using System.Buffers.Binary;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using FlashMla.Client.Transport;
 
 namespace FlashMla.Http2.Tests;
 
 /// <summary>
 /// A scripted HTTP/2 server on loopback for the protocol paths Kestrel never takes: the test reads the
-/// client's frames and writes whatever frames it wants, well-formed or not.
+/// client's frames and writes whatever frames it wants, well-formed or not. With a certificate it speaks TLS
+/// (https://) and answers ALPN as told.
 /// </summary>
 internal sealed class ScriptedHttp2Server : IDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly X509Certificate2? _certificate;
+    private readonly SslApplicationProtocol[] _alpn = [];
 
     public ScriptedHttp2Server() => _listener.Start();
 
-    public string Address => $"http://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+    /// <param name="alpn">The protocols this server accepts by ALPN (h2 unless told otherwise).</param>
+    public ScriptedHttp2Server(X509Certificate2 certificate, params SslApplicationProtocol[] alpn)
+    {
+        _certificate = certificate;
+        _alpn = alpn.Length > 0 ? alpn : [SslApplicationProtocol.Http2];
+        _listener.Start();
+    }
 
-    /// <summary>Accepts a connection and checks the client preface.</summary>
+    public string Address => $"{(_certificate is null ? "http" : "https")}://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+
+    /// <summary>The protocol ALPN chose on the last TLS connection accepted.</summary>
+    public SslApplicationProtocol NegotiatedProtocol { get; private set; }
+
+    /// <summary>Accepts a connection (TLS first, with a certificate) and checks the client preface.</summary>
     public async Task<ScriptedConnection> AcceptAsync()
     {
         var socket = await _listener.AcceptSocketAsync().WaitAsync(TimeSpan.FromSeconds(10));
-        var connection = new ScriptedConnection(new NetworkStream(socket, ownsSocket: true));
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        if (_certificate is not null)
+        {
+            var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+            await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+            {
+                ServerCertificateContext = SslStreamCertificateContext.Create(_certificate, null),
+                ApplicationProtocols = [.. _alpn],
+            }).WaitAsync(TimeSpan.FromSeconds(10));
+            NegotiatedProtocol = ssl.NegotiatedApplicationProtocol;
+            stream = ssl;
+        }
+        var connection = new ScriptedConnection(stream);
         var preface = new byte[Http2Frames.Preface.Length];
         await connection.Stream.ReadExactlyAsync(preface);
         Assert.Equal(Http2Frames.Preface.ToArray(), preface);
@@ -32,9 +60,9 @@ internal sealed class ScriptedHttp2Server : IDisposable
     public void Dispose() => _listener.Stop();
 }
 
-internal sealed class ScriptedConnection(NetworkStream stream) : IDisposable
+internal sealed class ScriptedConnection(Stream stream) : IDisposable
 {
-    public NetworkStream Stream { get; } = stream;
+    public Stream Stream { get; } = stream;
 
     public async Task<(Http2FrameHeader Header, byte[] Payload)> ReadFrameAsync()
     {

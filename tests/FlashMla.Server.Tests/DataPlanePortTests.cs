@@ -212,17 +212,7 @@ public sealed class DataPlanePortTests(ITestOutputHelper output)
         await using var server = await TestServer.StartAsync(("TotalBlocks", 64), ("CpuThreads", 1));
         using var fast = DataPlaneClient(server, ClientPath.Direct);
         var groups = new[] { await CreateSequencesAsync(server.Client, 8, 20), await CreateSequencesAsync(server.Client, 8, 20, seed: 8) };
-        const int steps = 40;
-        // The least of three runs: a pool that grows by one array mid-run (a third request in flight for a
-        // moment) would count megabytes once; what this pins is the steady state.
-        double small = double.MaxValue, large = double.MaxValue;
-        for (int run = 0; run < 3; run++)
-        {
-            small = Math.Min(small, await DataPlaneTests.BytesPerStepAsync(fast, groups, 16, steps));
-            large = Math.Min(large, await DataPlaneTests.BytesPerStepAsync(fast, groups, 128, steps));
-        }
-        long tensorsSmall = 8L * 16 * (576 + 512) * 2, tensorsLarge = 8L * 128 * (576 + 512) * 2;
-        double growth = (large - small) / (tensorsLarge - tensorsSmall);
+        var (small, large, growth) = await DataPlaneTests.AllocationGrowthAsync(fast, groups, steps: 40);
         output.WriteLine($"data plane, b=8, 2 in flight: h_q=16 {small:F0} B/step; h_q=128 {large:F0} B/step; growth {growth:P2} of the extra tensor bytes");
         // Neither side copies a tensor into a fresh array, and the frames are large: what grows is a few small
         // objects per 1 MiB frame at most.

@@ -60,6 +60,23 @@ public sealed class DataPlaneTests(ITestOutputHelper output)
         return (after - before) / (double)(steps * inputs.Length);
     }
 
+    /// <summary>
+    /// Bytes per step at h_q 16 and 128 over groups of 8 sequences (the least of three runs: a pool that grows by one
+    /// array mid-run would count megabytes once; what this measures is the steady state), and the growth between them
+    /// as a share of the extra tensor bytes.
+    /// </summary>
+    internal static async Task<(double Small, double Large, double Growth)> AllocationGrowthAsync(FlashMlaClient client, ulong[][] groups, int steps)
+    {
+        double small = double.MaxValue, large = double.MaxValue;
+        for (int run = 0; run < 3; run++)
+        {
+            small = Math.Min(small, await BytesPerStepAsync(client, groups, 16, steps));
+            large = Math.Min(large, await BytesPerStepAsync(client, groups, 128, steps));
+        }
+        long tensorsSmall = 8L * 16 * (576 + 512) * 2, tensorsLarge = 8L * 128 * (576 + 512) * 2;
+        return (small, large, (large - small) / (tensorsLarge - tensorsSmall));
+    }
+
     [Fact]
     public async Task Bytes_allocated_per_step_through_grpc_do_not_grow_with_the_tensors()
     {

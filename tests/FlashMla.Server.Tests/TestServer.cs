@@ -1,6 +1,8 @@
 using FlashMla.Client;
+using FlashMla.Client.Transport;
 using FlashMla.Core.Scheduling;
 using FlashMla.Server.Hosting;
+using FlashMla.Server.Security.Tls;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -11,14 +13,16 @@ public sealed class TestServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private TestServer(WebApplication app)
+    private TestServer(WebApplication app, ClientTlsOptions? clientTls)
     {
         _app = app;
         var endpoints = app.Services.GetRequiredService<BoundEndpoints>();
-        GrpcAddress = $"http://127.0.0.1:{endpoints.GrpcPort}";
+        // With FlashMla:Tls set both gRPC ports speak TLS; metrics stays cleartext.
+        string scheme = app.Services.GetRequiredService<ServerTls>().Enabled ? "https" : "http";
+        GrpcAddress = $"{scheme}://127.0.0.1:{endpoints.GrpcPort}";
         MetricsAddress = $"http://127.0.0.1:{endpoints.MetricsPort}";
-        DataPlaneAddress = endpoints.DataPlanePort == 0 ? null : $"http://127.0.0.1:{endpoints.DataPlanePort}";
-        Client = new FlashMlaClient(GrpcAddress);
+        DataPlaneAddress = endpoints.DataPlanePort == 0 ? null : $"{scheme}://127.0.0.1:{endpoints.DataPlanePort}";
+        Client = new FlashMlaClient(GrpcAddress, new FlashMlaClientOptions { Tls = clientTls });
     }
 
     public string GrpcAddress { get; }
@@ -38,7 +42,12 @@ public sealed class TestServer : IAsyncDisposable
     public static Task<TestServer> StartAsync(params (string Name, object Value)[] options) => StartAsync(null, options);
 
     /// <summary>Starts a server whose services <paramref name="overrideServices"/> may replace (see <see cref="FlashMlaServerApp.Build"/>).</summary>
-    public static async Task<TestServer> StartAsync(Action<IServiceCollection>? overrideServices, params (string Name, object Value)[] options)
+    public static Task<TestServer> StartAsync(Action<IServiceCollection>? overrideServices, params (string Name, object Value)[] options) =>
+        StartAsync(overrideServices, null, options);
+
+    /// <summary>Starts a server whose <see cref="Client"/> speaks TLS as <paramref name="clientTls"/> says (a TLS server: FlashMla:Tls options).</summary>
+    public static async Task<TestServer> StartAsync(Action<IServiceCollection>? overrideServices, ClientTlsOptions? clientTls,
+        params (string Name, object Value)[] options)
     {
         var args = new List<string>
         {
@@ -52,7 +61,7 @@ public sealed class TestServer : IAsyncDisposable
                 : $"--FlashMla:{name}={value}");
         var app = FlashMlaServerApp.Build([.. args], overrideServices);
         await app.StartAsync();
-        return new TestServer(app);
+        return new TestServer(app, clientTls);
     }
 
     /// <summary>What SIGTERM does: the host stops (drain first, then Kestrel).</summary>

@@ -18,9 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "clients" / "python"))
 
 from server_process import SERVER_OPTIONS, LocalServer  # noqa: E402
-from workload import Cache  # noqa: E402
-
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+from workload import CHANNEL_OPTIONS, Cache  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_PROJECT = REPO / "src" / "FlashMla.Server"
+CLI_PROJECT = REPO / "src" / "FlashMla.Cli"
 
 # Small enough for the 2-core CI machine, large enough for a decode that outlives a short deadline.
 SERVER_OPTIONS = {
@@ -39,6 +40,18 @@ def server_dll() -> Path:
     if build.returncode != 0:
         raise RuntimeError(f"dotnet build of the server failed:\n{build.stdout}\n{build.stderr}")
     return SERVER_PROJECT / "bin" / "Debug" / "net10.0" / "flashmla-server.dll"
+
+
+def dev_certificates(directory: Path) -> Path:
+    """A development CA, server certificate (localhost, 127.0.0.1) and client certificate in ``directory``, written by
+    the CLI's ``dev-cert`` (a no-op build after ``dotnet test``): ca.crt, tls.crt, tls.key, client.crt, client.key."""
+    build = subprocess.run(["dotnet", "build", str(CLI_PROJECT), "-c", "Debug", "-v", "q", "-nologo"], capture_output=True, text=True)
+    if build.returncode != 0:
+        raise RuntimeError(f"dotnet build of the CLI failed:\n{build.stdout}\n{build.stderr}")
+    cli = CLI_PROJECT / "bin" / "Debug" / "net10.0" / "flashmla.dll"
+    subprocess.run(["dotnet", str(cli), "dev-cert", "--out", str(directory), "--dns", "localhost", "--ip", "127.0.0.1"],
+                   check=True, capture_output=True, text=True)
+    return directory
 
 
 class LocalServer:

@@ -14,6 +14,8 @@ from flashmla_client.tensors import from_tensor, to_tensor
 KV_CACHE = "flashmla.v1.KvCache"
 DECODER = "flashmla.v1.Decoder"
 TOLERANCE = 1e-2
+# No message size limits on grpcio's side: the server's MaxMessageBytes is the one that counts.
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
 def message(name: str, **values):

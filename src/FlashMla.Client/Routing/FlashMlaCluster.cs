@@ -35,14 +35,20 @@ public sealed class FlashMlaCluster : IDisposable
     public static string? DataPlaneAddress(string address, int? decodePort) =>
         decodePort is { } port ? new UriBuilder(address) { Port = port }.Uri.ToString().TrimEnd('/') : null;
 
-    /// <summary>Resolves <paramref name="host"/> (a headless Service name resolves to every ready pod) into replica addresses.</summary>
+    /// <summary>
+    /// Resolves <paramref name="host"/> (a headless Service name resolves to every ready pod) into replica addresses.
+    /// With <see cref="FlashMlaClientOptions.Tls"/> set they are https:// addresses by IP, and the certificate must name
+    /// <paramref name="host"/> unless the options name another server name.
+    /// </summary>
     public static async Task<FlashMlaCluster> FromDnsAsync(string host, int port, FlashMlaClientOptions? options = null,
         int? decodePort = null, CancellationToken cancellationToken = default)
     {
         var addresses = await Dns.GetHostAddressesAsync(host, cancellationToken);
+        string scheme = options?.Tls is null ? "http" : "https";
+        if (options?.Tls is { ServerName: null } tls) options = options with { Tls = tls with { ServerName = host } };
         var replicas = addresses
             .Where(a => a.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
-            .Select(a => a.AddressFamily == AddressFamily.InterNetworkV6 ? $"http://[{a}]:{port}" : $"http://{a}:{port}")
+            .Select(a => a.AddressFamily == AddressFamily.InterNetworkV6 ? $"{scheme}://[{a}]:{port}" : $"{scheme}://{a}:{port}")
             .ToArray();
         if (replicas.Length == 0) throw new InvalidOperationException($"{host} resolved to no address");
         return new FlashMlaCluster(replicas, options, decodePort);

@@ -1,11 +1,12 @@
 using FlashMla.Http2;
 using System.Buffers;
+using System.Net.Security;
 using System.Net.Sockets;
 
 namespace FlashMla.Client.Transport;
 
 /// <summary>
-/// The client role of one cleartext HTTP/2 connection (h2c with prior knowledge) to one server, on the shared
+/// The client role of one HTTP/2 connection to one server (h2c with prior knowledge, or TLS with ALPN h2), on the shared
 /// engine (<see cref="Http2Connection"/>): the preface and a wait for the server's SETTINGS, stream slots under
 /// its MAX_CONCURRENT_STREAMS, requests opened as streams whose bodies go out as DATA, and what the server's
 /// GOAWAY or a dead socket does to them.
@@ -22,7 +23,7 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     private readonly CancellationTokenSource _closing = new();
     private readonly Http2ClientKeepAlive _keepAlive;
 
-    private Http2ClientConnection(Socket socket, LargeFrameHttp2Options options, Http2TransportCounters counters) : base(socket, new Http2Settings
+    private Http2ClientConnection(Socket socket, Stream transport, LargeFrameHttp2Options options, Http2TransportCounters counters) : base(socket, transport, new Http2Settings
     {
         // Table size 0: the server's encoder never indexes, so no response depends on earlier ones.
         HeaderTableSize = 0,
@@ -44,8 +45,9 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     /// <summary>Streams reserved or open; the handler opens another connection when the server's limit is reached.</summary>
     public int ActiveStreams => Volatile.Read(ref _reservedStreams);
 
-    public static async Task<Http2ClientConnection> ConnectAsync(string host, int port, LargeFrameHttp2Options options, Http2TransportCounters counters,
-        CancellationToken cancellationToken)
+    /// <param name="tls">Null: cleartext (h2c); else the TLS handshake's settings (https).</param>
+    public static async Task<Http2ClientConnection> ConnectAsync(string host, int port, ClientTlsCredentials? tls, LargeFrameHttp2Options options,
+        Http2TransportCounters counters, CancellationToken cancellationToken)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.ConnectTimeout);
@@ -59,7 +61,8 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
         try
         {
             await socket.ConnectAsync(host, port, timeout.Token).ConfigureAwait(false);
-            connection = new Http2ClientConnection(socket, options, counters);
+            var transport = tls is null ? new NetworkStream(socket, ownsSocket: false) : await HandshakeAsync(socket, host, tls, timeout.Token).ConfigureAwait(false);
+            connection = new Http2ClientConnection(socket, transport, options, counters);
             await connection.SendOpeningAsync(Http2Frames.Preface.ToArray(), timeout.Token).ConfigureAwait(false);
             connection._readLoop = Task.Run(connection.ReadLoopAsync, CancellationToken.None);
             await connection._settingsReceived.Task.WaitAsync(timeout.Token).ConfigureAwait(false);
@@ -76,9 +79,38 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             if (connection is not null) await connection.DisposeAsync().ConfigureAwait(false);
             else socket.Dispose();
             if (ex is OperationCanceledException && cancellationToken.IsCancellationRequested) throw;
-            string why = ex is OperationCanceledException ? $"no HTTP/2 SETTINGS within {options.ConnectTimeout.TotalSeconds:F0} s" : ex.Message;
-            throw new HttpRequestException(HttpRequestError.ConnectionError,
-                $"HTTP/2 (h2c) connection to {host}:{port} failed: {why}", ex is OperationCanceledException ? null : ex);
+            string why = ex is OperationCanceledException ? $"no HTTP/2 SETTINGS within {options.ConnectTimeout.TotalSeconds:F0} s"
+                : ex is System.Security.Authentication.AuthenticationException ? TlsFailure(ex) : ex.Message;
+            throw new HttpRequestException(ex is System.Security.Authentication.AuthenticationException ? HttpRequestError.SecureConnectionError : HttpRequestError.ConnectionError,
+                $"HTTP/2 ({(tls is null ? "h2c" : "TLS")}) connection to {host}:{port} failed: {why}", ex is OperationCanceledException ? null : ex);
+        }
+    }
+
+    /// <summary>What failed in a TLS handshake: SslStream says "see inner exception", OpenSSL's reason is innermost.</summary>
+    private static string TlsFailure(Exception ex)
+    {
+        var reasons = new List<string>();
+        for (var e = ex; e is not null; e = e.InnerException)
+            if (!e.Message.Contains("see inner exception", StringComparison.Ordinal)) reasons.Add(e.Message);
+        return "TLS handshake failed: " + (reasons.Count > 0 ? string.Join(": ", reasons) : ex.Message);
+    }
+
+    /// <summary>The TLS handshake; the server must pick h2 by ALPN (a server that picks nothing may speak HTTP/1.1 only).</summary>
+    private static async Task<Stream> HandshakeAsync(Socket socket, string host, ClientTlsCredentials tls, CancellationToken cancellationToken)
+    {
+        var ssl = new SslStream(new NetworkStream(socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        try
+        {
+            await ssl.AuthenticateAsClientAsync(tls.ForHost(host), cancellationToken).ConfigureAwait(false);
+            if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
+                throw new System.Security.Authentication.AuthenticationException(
+                    $"the server did not choose h2 by ALPN (application protocol '{ssl.NegotiatedApplicationProtocol}'); gRPC needs HTTP/2");
+            return ssl;
+        }
+        catch
+        {
+            await ssl.DisposeAsync().ConfigureAwait(false);
+            throw;
         }
     }
 

@@ -28,7 +28,7 @@ internal static class Http2RequestHeaders
         bool ok = request.Method == HttpMethod.Post ? Indexed(HpackStaticTable.MethodPost, destination, ref pos)
             : request.Method == HttpMethod.Get ? Indexed(HpackStaticTable.MethodGet, destination, ref pos)
             : Literal(HpackStaticTable.MethodGet, request.Method.Method, destination, ref pos);
-        ok = ok && Indexed(HpackStaticTable.SchemeHttp, destination, ref pos)
+        ok = ok && Indexed(uri.Scheme == Uri.UriSchemeHttps ? HpackStaticTable.SchemeHttps : HpackStaticTable.SchemeHttp, destination, ref pos)
             && Literal(HpackStaticTable.Path, uri.PathAndQuery, destination, ref pos)
             && Literal(HpackStaticTable.Authority, request.Headers.Host ?? uri.Authority, destination, ref pos)
             && Fields(request.Headers.NonValidated, destination, ref pos)

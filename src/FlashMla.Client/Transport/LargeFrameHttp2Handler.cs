@@ -2,16 +2,18 @@ using FlashMla.Http2;
 namespace FlashMla.Client.Transport;
 
 /// <summary>
-/// An <see cref="HttpMessageHandler"/> for gRPC over cleartext HTTP/2 (h2c, prior knowledge) whose frames are
+/// An <see cref="HttpMessageHandler"/> for gRPC over HTTP/2 (http://: cleartext with prior knowledge; https://: TLS
+/// with ALPN h2, as <see cref="LargeFrameHttp2Options.Tls"/> says) whose frames are
 /// as large as the server allows: it advertises a large SETTINGS_MAX_FRAME_SIZE (1 MiB by default), so the
 /// server sends megabyte DATA frames, and sends its own DATA frames up to the server's limit. SocketsHttpHandler
 /// keeps both directions at 16 KiB frames (dotnet/runtime#56542), which caps a connection far below the
 /// socket's speed for tensor-sized messages. Streams are multiplexed on one connection until the server's
-/// MAX_CONCURRENT_STREAMS is reached or it sends GOAWAY; then a new connection opens. http:// only.
+/// MAX_CONCURRENT_STREAMS is reached or it sends GOAWAY; then a new connection opens.
 /// </summary>
 public sealed class LargeFrameHttp2Handler : HttpMessageHandler
 {
     private readonly LargeFrameHttp2Options _options;
+    private readonly ClientTlsCredentials _tls;
     private readonly List<(string Authority, Http2ClientConnection Connection)> _connections = [];
     private readonly Dictionary<string, Task<Http2ClientConnection>> _connecting = [];
     private bool _disposed;
@@ -20,6 +22,7 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
     {
         _options = options ?? new LargeFrameHttp2Options();
         _options.Validate();
+        _tls = (_options.Tls ?? new ClientTlsOptions()).Load(); // here, so that a bad file fails the constructor, not a call
         Counters = _options.Counters ?? new Http2TransportCounters();
     }
 
@@ -32,11 +35,8 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
     protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
         var uri = request.RequestUri ?? throw new InvalidOperationException("the request has no URI");
-        if (!uri.IsAbsoluteUri || uri.Scheme != Uri.UriSchemeHttp)
-        {
-            throw new NotSupportedException($"LargeFrameHttp2Handler speaks cleartext HTTP/2 (h2c, prior knowledge) only, not '{uri.Scheme}'; " +
-                "use SocketsHttpHandler for https addresses (FlashMlaClient does so by itself).");
-        }
+        if (!uri.IsAbsoluteUri || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+            throw new NotSupportedException($"LargeFrameHttp2Handler speaks HTTP/2 over http:// (h2c) and https:// (TLS), not '{uri.Scheme}'");
         for (int attempt = 0; ; attempt++)
         {
             var connection = await GetConnectionAsync(uri, cancellationToken).ConfigureAwait(false);
@@ -54,7 +54,7 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
     /// <summary>A live connection to the request's server with a stream slot reserved for the caller.</summary>
     private async Task<Http2ClientConnection> GetConnectionAsync(Uri uri, CancellationToken cancellationToken)
     {
-        string authority = uri.Authority;
+        string authority = uri.Scheme + "://" + uri.Authority; // the same host and port over TLS and cleartext are two servers
         while (true)
         {
             Task<Http2ClientConnection> pending;
@@ -66,7 +66,8 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
                     if (key == authority && connection.TryReserveStream()) return connection;
                 if (!_connecting.TryGetValue(authority, out pending!))
                 {
-                    pending = Task.Run(() => ConnectAsync(uri.IdnHost, uri.Port, authority), CancellationToken.None);
+                    bool https = uri.Scheme == Uri.UriSchemeHttps;
+                    pending = Task.Run(() => ConnectAsync(uri.IdnHost, uri.Port, https, authority), CancellationToken.None);
                     _connecting[authority] = pending;
                 }
             }
@@ -75,11 +76,12 @@ public sealed class LargeFrameHttp2Handler : HttpMessageHandler
         }
     }
 
-    private async Task<Http2ClientConnection> ConnectAsync(string host, int port, string authority)
+    private async Task<Http2ClientConnection> ConnectAsync(string host, int port, bool https, string authority)
     {
         try
         {
-            var connection = await Http2ClientConnection.ConnectAsync(host, port, _options, Counters, CancellationToken.None).ConfigureAwait(false);
+            var connection = await Http2ClientConnection.ConnectAsync(host, port, https ? _tls : null, _options, Counters, CancellationToken.None)
+                .ConfigureAwait(false);
             lock (_connections)
             {
                 if (_disposed)

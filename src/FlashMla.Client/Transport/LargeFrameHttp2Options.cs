@@ -27,7 +27,7 @@ public sealed record LargeFrameHttp2Options
 
     /// <summary>
     /// How long the server may stay silent before the connection sends a PING to see whether it is still there
-    /// (as SocketsHttpHandler's KeepAlivePingDelay, and the same 30 s the https path of FlashMlaClient uses);
+    /// (as SocketsHttpHandler's KeepAlivePingDelay, and the same 30 s FlashMlaClient gives SocketsHttpHandler);
     /// <see cref="Timeout.InfiniteTimeSpan"/> turns keep-alive off.
     /// </summary>
     public TimeSpan KeepAlivePingDelay { get; init; } = TimeSpan.FromSeconds(30);
@@ -37,6 +37,9 @@ public sealed record LargeFrameHttp2Options
 
     /// <summary>Whether keep-alive PINGs go out on a connection without calls too (the default, as SocketsHttpHandler) or only while calls are open.</summary>
     public HttpKeepAlivePingPolicy KeepAlivePingPolicy { get; init; } = HttpKeepAlivePingPolicy.Always;
+
+    /// <summary>TLS of https:// addresses: trusted CAs, the expected server name, a client certificate. Null: the system's trust store, no client certificate.</summary>
+    public ClientTlsOptions? Tls { get; init; }
 
     /// <summary>Where the handler counts frames and bytes; null for a private set (see <see cref="LargeFrameHttp2Handler.Counters"/>).</summary>
     public Http2TransportCounters? Counters { get; init; }

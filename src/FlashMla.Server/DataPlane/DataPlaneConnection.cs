@@ -7,8 +7,8 @@ using Grpc.Core;
 namespace FlashMla.Server.DataPlane;
 
 /// <summary>
-/// The server role of one data-plane connection (HTTP/2 over cleartext with prior knowledge, as gRPC clients speak
-/// it) on the shared engine (<see cref="Http2Connection"/>): a client's HEADERS open a call, which runs on a task of
+/// The server role of one data-plane connection (HTTP/2 with prior knowledge over cleartext, or over TLS with ALPN h2,
+/// as gRPC clients speak it) on the shared engine (<see cref="Http2Connection"/>): a client's HEADERS open a call, which runs on a task of
 /// its own; GOAWAY and shutdown stop new calls. DATA payloads go from the socket straight into each call's message
 /// buffers, and responses leave from the buffers they were computed into: Kestrel's input path copies each byte
 /// three times before the gRPC parser sees it, this one never.
@@ -54,13 +54,14 @@ internal sealed class DataPlaneConnection : Http2Connection
     private long _bodyWaitSince, _bodyBytesAtWaitStart; // the listener's timeout watch only
     private int _timedOut;
 
+    /// <param name="transport">What the frames travel over: a NetworkStream over <paramref name="socket"/>, or an SslStream after its handshake.</param>
     /// <param name="pool">The page-locked pool request messages are received into (its view within the budget of bytes held).</param>
     /// <param name="maxConcurrentStreams">Streams the client may have open (option MaxStreamsPerConnection).</param>
     /// <param name="timeouts">When the connection is closed for what its client does not do.</param>
     /// <param name="ioBuffers">The listener's pool of the frame reader's and writer's buffers.</param>
-    public DataPlaneConnection(Socket socket, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool, int maxConcurrentStreams,
-        ConnectionTimeouts timeouts, ConnectionBufferPool ioBuffers)
-        : base(socket, SettingsFor(maxConcurrentStreams), ioBuffers)
+    public DataPlaneConnection(Socket socket, Stream transport, DataPlaneDispatcher dispatcher, int maxMessageBytes, ArrayPool<byte> pool,
+        int maxConcurrentStreams, ConnectionTimeouts timeouts, ConnectionBufferPool ioBuffers)
+        : base(socket, transport, SettingsFor(maxConcurrentStreams), ioBuffers)
     {
         _timeouts = timeouts;
         _dispatcher = dispatcher;

@@ -1,8 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Hosting;
+using FlashMla.Server.Security.Tls;
 using FlashMla.Server.Services;
 using Microsoft.Extensions.Options;
 
@@ -10,7 +12,8 @@ namespace FlashMla.Server.DataPlane;
 
 /// <summary>
 /// The data-plane port (option DataPlanePort): a listener of its own, beside Kestrel, that serves
-/// flashmla.v1.Decoder (and KV ingest, flashmla.v1.KvCache/AppendKv), over HTTP/2 cleartext with prior knowledge, with tensors received straight into
+/// flashmla.v1.Decoder (and KV ingest, flashmla.v1.KvCache/AppendKv), over HTTP/2 with prior knowledge (cleartext, or TLS
+/// when FlashMla:Tls has a certificate), with tensors received straight into
 /// page-locked buffers and sent straight from them (docs/architecture.md, "Why the data plane is a hot path").
 /// Health, reflection and the KvCache service stay on the gRPC port. On shutdown (<see cref="DrainAsync"/>, which
 /// <see cref="GracefulShutdown"/> calls at once with Kestrel's stop) it stops accepting connections, sends GOAWAY on
@@ -19,11 +22,12 @@ namespace FlashMla.Server.DataPlane;
 /// </summary>
 public sealed class DataPlaneListener(DecoderService service, KvCacheService kvCache, RequestFailures failures, IOptions<FlashMlaOptions> options,
     BoundEndpoints endpoints, FlashMlaMetrics metrics, ILogger<DataPlaneListener> logger, PinnedTensorPool tensorBuffers,
-    Security.TenantDirectory tenants) : IHostedService
+    Security.TenantDirectory tenants, ServerTls tls) : IHostedService
 {
     private readonly HashSet<DataPlaneConnection> _connections = [];
     private readonly List<Task> _running = [];
     private readonly object _lock = new();
+    private readonly CancellationTokenSource _handshakes = new(); // cancelled by the drain: ends TLS handshakes in progress
     private Socket? _listener;
     private Task? _acceptLoop;
     private DataPlaneDispatcher? _dispatcher;
@@ -80,7 +84,6 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
             socket.NoDelay = true;
             socket.SendBufferSize = 4 << 20;
             socket.ReceiveBufferSize = 4 << 20;
-            DataPlaneConnection connection;
             lock (_lock)
             {
                 if (_stopping)
@@ -89,19 +92,44 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
                     socket.Dispose();
                     continue;
                 }
-                connection = new DataPlaneConnection(socket, _dispatcher!, options.Value.MaxMessageBytes, tensorBuffers.WithinBudget,
-                    options.Value.MaxStreamsPerConnection, _timeouts!, IoBuffers);
-                _dispatcher!.ConnectionOpened();
-                _connections.Add(connection);
                 _running.RemoveAll(static t => t.IsCompleted);
-                _running.Add(Task.Run(async () =>
-                {
-                    await connection.RunAsync().ConfigureAwait(false);
-                    _dispatcher.ConnectionClosed();
-                    lock (_lock) _connections.Remove(connection);
-                }));
+                _running.Add(Task.Run(() => ServeAsync(socket)));
             }
         }
+    }
+
+    /// <summary>One accepted socket: its transport (the TLS handshake, when on), then the connection until it ends.</summary>
+    private async Task ServeAsync(Socket socket)
+    {
+        Stream transport;
+        try
+        {
+            transport = await tls.AcceptAsync(socket, _handshakes.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // A scanner, a client without (or with an untrusted) certificate, a stalled handshake: as Kestrel, at Debug.
+            logger.LogDebug("Data-plane TLS handshake with {Peer} failed: {Reason}", socket.RemoteEndPoint, ex.Message);
+            socket.Dispose();
+            return;
+        }
+        DataPlaneConnection? connection = null;
+        lock (_lock)
+        {
+            if (!_stopping)
+                _connections.Add(connection = new DataPlaneConnection(socket, transport, _dispatcher!, options.Value.MaxMessageBytes,
+                    tensorBuffers.WithinBudget, options.Value.MaxStreamsPerConnection, _timeouts!, IoBuffers));
+        }
+        if (connection is null) // the drain began while the handshake ran
+        {
+            await transport.DisposeAsync().ConfigureAwait(false);
+            socket.Dispose();
+            return;
+        }
+        _dispatcher!.ConnectionOpened();
+        await connection.RunAsync().ConfigureAwait(false);
+        _dispatcher.ConnectionClosed();
+        lock (_lock) _connections.Remove(connection);
     }
 
     /// <summary>How often every connection's timeouts are checked: one timer for all of them, not one per connection.</summary>
@@ -146,6 +174,7 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
             connections = [.. _connections];
         }
         _listener.Dispose();
+        await _handshakes.CancelAsync().ConfigureAwait(false);
         _stopWatching.Cancel(); // the drain's deadline bounds every connection now
         if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
         if (_timeoutWatch is not null) await _timeoutWatch.ConfigureAwait(false);

@@ -2,6 +2,7 @@ using FlashMla.Core.Cache;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Tensors;
+using FlashMla.Server.Security.Tls;
 
 namespace FlashMla.Server.Hosting;
 
@@ -13,11 +14,11 @@ public sealed class FlashMlaOptions
 {
     public const string Section = "FlashMla";
 
-    /// <summary>gRPC port (HTTP/2 cleartext). 0 picks a free port (tests).</summary>
+    /// <summary>gRPC port (HTTP/2: cleartext, or TLS when <see cref="Tls"/> has a certificate). 0 picks a free port (tests).</summary>
     public int GrpcPort { get; set; } = 50051;
 
     /// <summary>
-    /// Data-plane port: flashmla.v1.Decoder only, over HTTP/2 cleartext, served by the service's own listener
+    /// Data-plane port: flashmla.v1.Decoder only, over HTTP/2 (cleartext, or TLS as the gRPC port), served by the service's own listener
     /// with one copy per tensor byte each way (Kestrel's port: four). 0 picks a free port; -1 turns it off.
     /// </summary>
     public int DataPlanePort { get; set; } = 50052;
@@ -169,6 +170,9 @@ public sealed class FlashMlaOptions
     /// <summary>How often the token file is read again for changes, seconds.</summary>
     public double TokenReloadSeconds { get; set; } = 5;
 
+    /// <summary>TLS of the gRPC and data-plane ports (section FlashMla:Tls); without a certificate both are cleartext.</summary>
+    public TlsOptions Tls { get; set; } = new();
+
     public IEnumerable<string> Validate()
     {
         if (GrpcPort is < 0 or > 65535) yield return $"GrpcPort must be 0..65535, got {GrpcPort}";
@@ -212,6 +216,7 @@ public sealed class FlashMlaOptions
         if (MinRequestBodyDataRateGraceSeconds <= 1)
             yield return $"MinRequestBodyDataRateGraceSeconds must be above 1 (Kestrel's heartbeat), got {MinRequestBodyDataRateGraceSeconds}";
         if (TokenReloadSeconds is < 0.05 or > 3600) yield return $"TokenReloadSeconds must be 0.05..3600, got {TokenReloadSeconds}";
+        foreach (var problem in Tls.Validate()) yield return problem;
     }
 
     public SchedulerOptions ToSchedulerOptions() => new()

@@ -4,6 +4,7 @@ using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
 using FlashMla.Server.Security;
+using FlashMla.Server.Security.Tls;
 using FlashMla.Server.Services;
 using Grpc.AspNetCore.Server.Model;
 using Grpc.Health.V1;
@@ -11,6 +12,7 @@ using Grpc.Reflection;
 using Grpc.Reflection.V1Alpha;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using OpenTelemetry.Metrics;
 using Serilog;
@@ -32,9 +34,12 @@ public static class FlashMlaServerApp
         var problems = options.Validate().ToList();
         var switches = MeasurementSwitches.Read(builder.Configuration, problems);
         var tenants = LoadTenants(options, problems, out byte[] tokenFileHash);
+        var tls = problems.Count == 0 ? LoadTls(options.Tls, problems) : null;
         if (problems.Count > 0)
             throw new OptionsValidationException(FlashMlaOptions.Section, typeof(FlashMlaOptions), problems);
         builder.Services.AddSingleton(Options.Create(options));
+        builder.Services.AddSingleton(tls!);
+        builder.Services.AddHostedService<TlsReloadPoller>();
 
         builder.Services.AddSerilog((_, log) =>
         {
@@ -81,6 +86,13 @@ public static class FlashMlaServerApp
             kestrel.Listen(address, options.GrpcPort, listen =>
             {
                 listen.Protocols = HttpProtocols.Http2;
+                // The same handshake settings as the data-plane port, asked for per connection: a reloaded certificate takes effect at once.
+                if (tls!.Enabled)
+                    listen.UseHttps(new TlsHandshakeCallbackOptions
+                    {
+                        OnConnection = _ => ValueTask.FromResult(tls.HandshakeOptions()),
+                        HandshakeTimeout = ServerTls.HandshakeTimeout,
+                    });
                 endpoints.Grpc = listen;
             });
             kestrel.Listen(address, options.MetricsPort, listen =>
@@ -165,9 +177,10 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort} ({GrpcTransport}), data plane on port {DataPlanePort} ({DataPlaneTransport}), metrics on port {MetricsPort} (cleartext HTTP/1.1)",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
-                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
+                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, tls!.Describe(), endpoints.DataPlanePort,
+                endpoints.DataPlanePort == 0 ? "off" : tls.Describe(), endpoints.MetricsPort);
             if (tenants.RequiresTokens)
                 app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s",
                     options.TokenFile, tenants.Tenants.Count - 1, tenants.TokenCount, options.TokenReloadSeconds);
@@ -192,6 +205,20 @@ public static class FlashMlaServerApp
         {
             problems.Add($"TokenFile: {ex.Message}");
             return TenantDirectory.Open();
+        }
+    }
+
+    /// <summary>The TLS files, loaded before Kestrel binds: a certificate that cannot serve fails start-up like a bad option.</summary>
+    private static ServerTls? LoadTls(TlsOptions options, List<string> problems)
+    {
+        try
+        {
+            return ServerTls.Create(options);
+        }
+        catch (TlsMaterialException ex)
+        {
+            problems.Add(ex.Message);
+            return null;
         }
     }
 }

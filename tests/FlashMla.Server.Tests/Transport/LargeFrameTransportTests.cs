@@ -209,15 +209,18 @@ public sealed class LargeFrameTransportTests
     }
 
     [Fact]
-    public async Task Nothing_listening_is_unavailable_and_https_is_refused_by_the_handler()
+    public async Task Nothing_listening_is_unavailable_over_http_and_https_and_another_scheme_is_refused_by_the_handler()
     {
-        using var client = new FlashMlaClient("http://127.0.0.1:9", new FlashMlaClientOptions { Transport = ClientTransport.LargeFrames });
-        var error = await Assert.ThrowsAsync<RpcException>(() => client.GetConfigAsync());
-        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        foreach (string address in new[] { "http://127.0.0.1:9", "https://127.0.0.1:9" })
+        {
+            using var client = new FlashMlaClient(address, new FlashMlaClientOptions { Transport = ClientTransport.LargeFrames });
+            var error = await Assert.ThrowsAsync<RpcException>(() => client.GetConfigAsync());
+            Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        }
 
         using var invoker = new HttpMessageInvoker(new LargeFrameHttp2Handler());
         var refusal = await Assert.ThrowsAsync<NotSupportedException>(() =>
-            invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "https://127.0.0.1:9/x"), default));
-        Assert.Contains("h2c", refusal.Message);
+            invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "ws://127.0.0.1:9/x"), default));
+        Assert.Contains("http:// (h2c) and https:// (TLS)", refusal.Message);
     }
 }
