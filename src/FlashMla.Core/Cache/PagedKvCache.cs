@@ -54,18 +54,13 @@ public sealed class PagedKvCache
             throw CacheException.Invalid($"layer {layer} is out of range (the cache has {NumLayers} layers)");
     }
 
-    /// <summary>Appends <c>rows.Length / 576</c> rows to one layer of one sequence.</summary>
+    /// <summary>The pools' dtype: what <see cref="AppendStored"/> takes and <see cref="ReadStored"/> gives.</summary>
+    public KvDtype Dtype => _backend.Geometry.Dtype;
+
+    /// <summary>Appends <c>rows.Length / 576</c> bf16 rows to one layer of one sequence (quantized when the pools are fp8).</summary>
     public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows)
     {
-        CheckLayer(layer);
-        if (rows.Length == 0 || rows.Length % MlaDims.HeadDimK != 0)
-            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {MlaDims.HeadDimK} values, got {rows.Length} values");
-        var sequence = Get(id);
-        int count = rows.Length / MlaDims.HeadDimK;
-        int oldBlocks = sequence.Blocks.Count;
-        Reserve(sequence, layer, count, BlocksNeeded(sequence, layer, count));
-        int[] slots = new int[count];
-        SlotsOf(sequence, sequence.LayerLengths[layer], slots);
+        var (sequence, oldBlocks, slots) = PrepareAppend(id, layer, rows.Length, MlaDims.HeadDimK, "values");
         try
         {
             _backend.WriteKv(layer, slots, rows);
@@ -75,7 +70,41 @@ public sealed class PagedKvCache
             ReleaseBeyond(sequence, oldBlocks);
             throw;
         }
-        sequence.LayerLengths[layer] += count;
+        sequence.LayerLengths[layer] += slots.Length;
+    }
+
+    /// <summary>
+    /// Appends rows already in the pools' stored format (<see cref="KvPoolGeometry.BytesPerToken"/> bytes each),
+    /// copied as they are: KV that another system produced in the same format.
+    /// </summary>
+    public void AppendStored(ulong id, int layer, ReadOnlySpan<byte> rows)
+    {
+        var (sequence, oldBlocks, slots) = PrepareAppend(id, layer, rows.Length, _backend.Geometry.BytesPerToken, "bytes");
+        try
+        {
+            _backend.WriteStoredKv(layer, slots, rows);
+        }
+        catch
+        {
+            ReleaseBeyond(sequence, oldBlocks);
+            throw;
+        }
+        sequence.LayerLengths[layer] += slots.Length;
+    }
+
+    /// <summary>Checks an append of <paramref name="length"/> elements, <paramref name="perRow"/> a row, and makes its positions writable.</summary>
+    private (Sequence Sequence, int OldBlocks, int[] Slots) PrepareAppend(ulong id, int layer, int length, int perRow, string unit)
+    {
+        CheckLayer(layer);
+        if (length == 0 || length % perRow != 0)
+            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {perRow} {unit}, got {length} {unit}");
+        var sequence = Get(id);
+        int count = length / perRow;
+        int oldBlocks = sequence.Blocks.Count;
+        Reserve(sequence, layer, count, BlocksNeeded(sequence, layer, count));
+        int[] slots = new int[count];
+        SlotsOf(sequence, sequence.LayerLengths[layer], slots);
+        return (sequence, oldBlocks, slots);
     }
 
     /// <summary>
@@ -226,18 +255,33 @@ public sealed class PagedKvCache
         return sequence.Blocks.Count;
     }
 
-    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/>.</summary>
+    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/> as bf16 (dequantized when the pools are fp8).</summary>
     public void Read(ulong id, int layer, int start, int count, Span<ushort> rows)
+    {
+        int[] slots = ReadSlots(id, layer, start, count);
+        if (rows.Length != count * MlaDims.HeadDimK) throw new ArgumentException("destination has the wrong length", nameof(rows));
+        _backend.ReadKv(layer, slots, rows);
+    }
+
+    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/> in the pools' stored format.</summary>
+    public void ReadStored(ulong id, int layer, int start, int count, Span<byte> rows)
+    {
+        int[] slots = ReadSlots(id, layer, start, count);
+        if (rows.Length != (long)count * _backend.Geometry.BytesPerToken) throw new ArgumentException("destination has the wrong length", nameof(rows));
+        _backend.ReadStoredKv(layer, slots, rows);
+    }
+
+    /// <summary>Slots of rows <c>start .. start + count - 1</c> of one layer, after checking they are held.</summary>
+    private int[] ReadSlots(ulong id, int layer, int start, int count)
     {
         CheckLayer(layer);
         var sequence = Get(id);
         int length = sequence.LayerLengths[layer];
         if (start < 0 || count < 0 || (long)start + count > length)
             throw CacheException.Invalid($"rows {start}..{(long)start + count - 1} are outside layer {layer} of sequence {id}, which holds {length}");
-        if (rows.Length != count * MlaDims.HeadDimK) throw new ArgumentException("destination has the wrong length", nameof(rows));
-        Span<int> slots = count <= 1024 ? stackalloc int[count] : new int[count];
+        int[] slots = new int[count];
         SlotsOf(sequence, start, slots);
-        _backend.ReadKv(layer, slots, rows);
+        return slots;
     }
 
     /// <summary>Frees every sequence unused for longer than <paramref name="leaseTicks"/>; returns how many.</summary>
