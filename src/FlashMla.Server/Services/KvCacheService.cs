@@ -17,7 +17,7 @@ namespace FlashMla.Server.Services;
 /// </summary>
 public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics)
 {
-    private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
+    private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows (1.3 MB of fp8) per response message
 
     public Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
         Task.FromResult(new ServiceConfig
@@ -26,7 +26,9 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             HeadDimK = MlaDims.HeadDimK,
             HeadDimV = MlaDims.HeadDimV,
             BlockSize = MlaDims.BlockSize,
-            KvDtype = DType.Bf16,
+            KvDtype = KvWire.DTypeOf(scheduler.Geometry.Dtype),
+            KvBytesPerToken = (uint)scheduler.Geometry.BytesPerToken,
+            TokenCapacity = (ulong)scheduler.Geometry.TotalSlots,
             TotalBlocks = (uint)scheduler.Geometry.NumBlocks,
             MaxSequenceLength = (uint)scheduler.Limits.MaxSequenceLength,
             MaxHeads = (uint)scheduler.Options.MaxHeads,
@@ -50,16 +52,17 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             ulong chunks = 0, rows = 0;
             await foreach (var chunk in requestStream.ReadAllAsync(context.CancellationToken))
             {
-                var bytes = TensorCodec.Expect(chunk.Kv, "kv", DType.Bf16, -1, MlaDims.HeadDimK);
+                var (bytes, stored) = KvWire.ExpectAppendRows(chunk.Kv, scheduler.Geometry.Dtype);
                 ulong id = chunk.SequenceId;
                 if (chunk.Layer > int.MaxValue) throw CacheException.Invalid($"layer {chunk.Layer} is out of range");
                 int layer = (int)chunk.Layer;
                 await scheduler.RunAsync(cache =>
                 {
-                    cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span));
+                    if (stored) cache.AppendStored(id, layer, bytes.Span);
+                    else cache.Append(id, layer, MemoryMarshal.Cast<byte, ushort>(bytes.Span));
                     return true;
                 }, context.CancellationToken);
-                long appended = bytes.Length / MlaDims.KvRowBytes;
+                long appended = chunk.Kv.Shape[0];
                 metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
                 rows += (ulong)appended;
@@ -116,15 +119,16 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             for (int offset = 0; offset < count; offset += perChunk)
             {
                 int n = Math.Min(perChunk, count - offset), at = start + offset;
-                var rows = new byte[n * MlaDims.KvRowBytes];
+                var geometry = scheduler.Geometry;
+                var rows = new byte[n * (long)geometry.BytesPerToken];
                 await scheduler.RunAsync(cache =>
                 {
-                    cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(rows.AsSpan()));
+                    cache.ReadStored(request.SequenceId, layer, at, n, rows);
                     return true;
                 }, context.CancellationToken);
-                var tensor = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(rows) };
+                var tensor = new Tensor { Dtype = KvWire.DTypeOf(geometry.Dtype), Data = UnsafeByteOperations.UnsafeWrap(rows) };
                 tensor.Shape.Add(n);
-                tensor.Shape.Add(MlaDims.HeadDimK);
+                tensor.Shape.Add(KvWire.RowExtent(geometry.Dtype));
                 await responseStream.WriteAsync(new KvChunk { SequenceId = request.SequenceId, Layer = request.Layer, Start = (uint)at, Kv = tensor });
             }
             return true;
