@@ -63,24 +63,61 @@ public sealed class VerifyTests
         Assert.All(report.Cases, c => Assert.True(c.OutRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
     }
 
+    [Fact]
+    public async Task Verify_of_an_fp8_cache_checks_the_stored_bytes_and_the_outputs_over_the_dequantized_rows()
+    {
+        await using var server = await TestServer.StartAsync(("KvDtype", "fp8"));
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.Equal("fp8", report.KvDtype);
+        Assert.True(report.Passed);
+        Assert.Equal(0, report.QuantizationMismatchRows);
+        Assert.All(report.Cases, c => Assert.InRange(c.OutRelativeError, 1e-4, VerifyRun.Bf16RelativeErrorLimit));
+        // Against the unquantized rows the error is fp8's, larger than the bf16 rounding against the dequantized ones.
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeErrorVsBf16 > c.OutRelativeError, $"case {c.Index}: {c.OutRelativeErrorVsBf16} vs {c.OutRelativeError}"));
+    }
+
+    [Fact]
+    public async Task Verify_of_an_fp8_cache_fails_when_one_bit_of_each_stored_row_differs_from_the_codec()
+    {
+        await using var server = await StartPerturbedAsync(_ => { }, flipStoredBit: true, ("KvDtype", "fp8"));
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.False(report.Passed);
+        Assert.Equal(report.Cases.Count, report.Failures);
+        Assert.All(report.Cases, c => Assert.Equal(c.Lengths.Sum(), c.QuantizationMismatchRows));
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
+    }
+
     /// <summary>A server whose backend is the usual one with <paramref name="perturb"/> applied to every decode's outputs.</summary>
-    private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb) =>
+    private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb, bool flipStoredBit = false, params (string, object)[] options) =>
         TestServer.StartAsync(services => services.AddSingleton(sp =>
         {
             var selected = BackendSelector.Create(sp.GetRequiredService<IOptions<FlashMlaOptions>>().Value,
                 sp.GetRequiredService<PinnedTensorPool>(), sp.GetRequiredService<MeasurementSwitches>());
-            return new BackendHolder(new PerturbedBackend(selected.Backend, perturb), "test: outputs perturbed after decode");
-        }));
+            return new BackendHolder(new PerturbedBackend(selected.Backend, perturb, flipStoredBit), "test: outputs perturbed after decode");
+        }), options);
 
-    /// <summary>Forwards everything to <paramref name="inner"/>, then changes the outputs of each decode.</summary>
-    private sealed class PerturbedBackend(IAttentionBackend inner, Action<DecodeBatch> perturb) : IAttentionBackend
+    /// <summary>
+    /// Forwards everything to <paramref name="inner"/>, then changes the outputs of each decode; with
+    /// <paramref name="flipStoredBit"/> stored rows read back with the low bit of their first byte flipped.
+    /// </summary>
+    private sealed class PerturbedBackend(IAttentionBackend inner, Action<DecodeBatch> perturb, bool flipStoredBit) : IAttentionBackend
     {
         public string Name => inner.Name;
         public string DeviceDescription => inner.DeviceDescription;
         public KvPoolGeometry Geometry => inner.Geometry;
         public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => inner.WriteKv(layer, slots, rows);
         public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => inner.ReadKv(layer, slots, rows);
+        public void WriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows) => inner.WriteStoredKv(layer, slots, rows);
         public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => inner.CopyBlocks(copies);
+
+        public void ReadStoredKv(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
+        {
+            inner.ReadStoredKv(layer, slots, rows);
+            if (!flipStoredBit) return;
+            for (int at = 0; at < rows.Length; at += Geometry.BytesPerToken) rows[at] ^= 1;
+        }
 
         public void Decode(DecodeBatch batch)
         {

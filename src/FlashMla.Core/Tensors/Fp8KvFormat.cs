@@ -65,6 +65,19 @@ public static class Fp8KvFormat
             DequantizeRow(stored.Slice(r * TokenBytes, TokenBytes), rows.Slice(r * MlaDims.HeadDimK, MlaDims.HeadDimK));
     }
 
+    /// <summary>
+    /// bf16 rows as an fp8 cache holds them: quantized, then dequantized. What a reference attends over to check
+    /// a decode over an fp8 cache (allocates: for checks, not for the hot path).
+    /// </summary>
+    public static ushort[] RoundTrip(ReadOnlySpan<ushort> rows)
+    {
+        var stored = new byte[rows.Length / MlaDims.HeadDimK * TokenBytes];
+        Quantize(rows, stored);
+        var back = new ushort[rows.Length];
+        Dequantize(stored, back);
+        return back;
+    }
+
     /// <summary>One row: 576 bf16 values in, 656 bytes out.</summary>
     public static void QuantizeRow(ReadOnlySpan<ushort> row, Span<byte> stored)
     {

@@ -165,6 +165,7 @@ public class Fp8KvFormatTests
         var back = new ushort[3 * Dk];
         Fp8KvFormat.Dequantize(stored, back);
         Assert.Equal(DecodeScenarioRows(stored), back);
+        Assert.Equal(back, Fp8KvFormat.RoundTrip(rows));
 
         Assert.Throws<ArgumentException>(() => Fp8KvFormat.Quantize(rows, new byte[2 * 656]));
         Assert.Throws<ArgumentException>(() => Fp8KvFormat.Dequantize(new byte[655], new ushort[Dk]));

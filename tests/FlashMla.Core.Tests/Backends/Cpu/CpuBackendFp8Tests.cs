@@ -35,7 +35,7 @@ public sealed class CpuBackendFp8Tests : IDisposable
 
         var dequantized = new ushort[rows.Length];
         _backend.ReadKv(1, slots, dequantized);
-        Assert.Equal(DecodeScenario.ThroughFp8(rows), dequantized);
+        Assert.Equal(Fp8KvFormat.RoundTrip(rows), dequantized);
     }
 
     [Fact]

@@ -63,7 +63,7 @@ internal sealed class DecodeScenario
                 slots.AsSpan(cached).CopyTo(newSlots.AsSpan(s * queryTokens));
                 kv[s].AsSpan(cached * dk).CopyTo(newKv.AsSpan(s * queryTokens * dk));
             }
-            if (backend.Geometry.Dtype == KvDtype.Fp8) kv[s] = ThroughFp8(kv[s]); // what the reference attends over
+            if (backend.Geometry.Dtype == KvDtype.Fp8) kv[s] = Fp8KvFormat.RoundTrip(kv[s]); // what the reference attends over
         }
 
         int rows = lengths.Length * queryTokens * heads;
@@ -151,16 +151,6 @@ internal sealed class DecodeScenario
         for (int layer = 0; layer < backend.Geometry.NumLayers; layer++)
             backend.ReadKv(layer, all, rows.AsSpan(layer * slots * MlaDims.HeadDimK, slots * MlaDims.HeadDimK));
         return rows;
-    }
-
-    /// <summary>Rows as an fp8 pool gives them back: quantized, then dequantized, by the codec.</summary>
-    public static ushort[] ThroughFp8(ushort[] rows)
-    {
-        var stored = new byte[rows.Length / MlaDims.HeadDimK * Fp8KvFormat.TokenBytes];
-        Fp8KvFormat.Quantize(rows, stored);
-        var back = new ushort[rows.Length];
-        Fp8KvFormat.Dequantize(stored, back);
-        return back;
     }
 
     public static ushort[] RandomBf16(Random rng, int count)
