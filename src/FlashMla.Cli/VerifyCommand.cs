@@ -27,7 +27,7 @@ internal static class VerifyCommand
     {
         using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress });
         var config = await client.GetConfigAsync(cancellationToken);
-        AnsiConsole.MarkupLine($"verify the [bold]{config.Backend}[/] backend ({Markup.Escape(config.Device)}) at {address}" +
+        AnsiConsole.MarkupLine($"verify the [bold]{config.Backend}[/] backend ({Markup.Escape(config.Device)}; {KvCacheDescription.Of(config)}) at {address}" +
             (decodeAddress is null ? "" : $", decode at {decodeAddress}") +
             $" against {ReferenceOutputs.Description}; a case passes when out and lse are both within " +
             $"{VerifyRun.Bf16RelativeErrorLimit:0.##E+0} relative error (bf16) for every sequence");
