@@ -133,6 +133,15 @@ public sealed class KvDtypeOptionTests
     }
 
     [Fact]
+    public async Task The_start_up_log_says_the_kv_dtype_its_bytes_a_token_and_the_token_capacity()
+    {
+        var log = new LogCapture();
+        await using var server = await TestServer.StartAsync([.. log.ServerOptions, ("Serilog:MinimumLevel:Default", "Information"), ("KvDtype", "fp8")]);
+        var started = log.Events.Select(e => e.RenderMessage()).Single(m => m.StartsWith("FlashMLA service on", StringComparison.Ordinal));
+        Assert.Contains("KV fp8 at 656 bytes a token: 4096 tokens a layer", started);
+    }
+
+    [Fact]
     public void The_same_cpu_memory_holds_1_756_times_the_blocks_in_fp8()
     {
         var bf16 = new FlashMlaOptions { Backend = "cpu", Layers = 4, TotalBlocks = 0, CpuMemoryMiB = 1000, MemoryFraction = 0.5 };

@@ -140,7 +140,7 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens, KV {KvDtype} at {KvBytesPerToken} bytes a token: {TokenCapacity} tokens a layer; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens, KV {KvDtype:l} at {KvBytesPerToken} bytes a token: {TokenCapacity} tokens a layer; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
                 scheduler.Geometry.NumBlocks, scheduler.Geometry.Dtype.OptionName(), scheduler.Geometry.BytesPerToken, scheduler.Geometry.TotalSlots,
                 endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
