@@ -65,6 +65,26 @@ internal static partial class HeaderAbiCheck
         return problems;
     }
 
+    /// <summary>
+    /// The fp8 kernels of issue 17 against the header: each kernel name the C# side looks up appears there as a string,
+    /// and a define named *FP8*SMEM* (the fp8 decode's dynamic shared memory) equals the C# constant. Null when the header
+    /// has no fp8 kernel at all (the kernels are not written yet); the macro names are the header's to choose.
+    /// </summary>
+    public static List<string>? CompareFp8(string headerPath)
+    {
+        string text = File.ReadAllText(headerPath);
+        if (!text.Contains("_fp8", StringComparison.Ordinal)) return null;
+        var problems = new List<string>();
+        foreach (string name in new[] { MlaKernelAbi.KernelDecodeFp8, MlaKernelAbi.KernelAppendFp8, MlaKernelAbi.KernelAppendFp8Raw, MlaKernelAbi.KernelCopyFp8 })
+            if (!text.Contains("\"" + name + "\"", StringComparison.Ordinal)) problems.Add($"kernel \"{name}\" is not named in the header");
+        var smem = DefineLine().Matches(text).Where(m => m.Groups[1].Value.Contains("FP8", StringComparison.Ordinal) && m.Groups[1].Value.Contains("SMEM", StringComparison.Ordinal)).ToList();
+        if (smem.Count == 0) problems.Add("no MLA_*FP8*SMEM* define in the header");
+        foreach (Match m in smem)
+            if (!int.TryParse(m.Groups[2].Value.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int theirs) || theirs != MlaKernelAbi.DecodeFp8SmemBytes)
+                problems.Add($"{m.Groups[1].Value}: header {m.Groups[2].Value.Trim()}, C# {MlaKernelAbi.DecodeFp8SmemBytes}");
+        return problems;
+    }
+
     [GeneratedRegex(@"^#define\s+(MLA_\w+)\s+([^/\r\n]+)", RegexOptions.Multiline)]
     private static partial Regex DefineLine();
 
