@@ -108,26 +108,9 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
         GpuDevice.Require();
         var c = DecodeCase.Named(name);
         var steps = Fp8Backends.Steps(c.Name);
-        int b = c.Lens.Length, sq = c.QueryTokens, hq = c.Heads;
-        int stride = c.Lens.Max(l => MlaDims.BlocksFor(l)) + 1;
-        int[] pool = steps.Shuffled(Fp8Backends.Blocks);
-        var table = new int[b * stride];
-        Array.Fill(table, -1);
-        int next = 0;
-        List<int> cached = [], nanSlots = [], newSlots = [];
-        for (int s = 0; s < b; s++)
-        {
-            int blocks = MlaDims.BlocksFor(c.Lens[s]);
-            for (int j = 0; j < blocks; j++) table[s * stride + j] = pool[next++];
-            int appended = c.Append ? sq : 0;
-            for (int t = 0; t < blocks * MlaDims.BlockSize; t++)
-            {
-                int slot = table[s * stride + t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize;
-                if (t >= c.Lens[s] || t >= c.Lens[s] - appended) (t >= c.Lens[s] ? nanSlots : newSlots).Add(slot);
-                else cached.Add(slot);
-            }
-        }
-        fp8.Write(c.Layer, [.. cached], steps.RandomRows(cached.Count));
+        int sq = c.QueryTokens, hq = c.Heads;
+        var (stride, table, cached, nanSlots, newSlots) = DecodeCaseLayout.Of(c, steps, Fp8Backends.Blocks);
+        fp8.Write(c.Layer, cached, steps.RandomRows(cached.Length));
         // NaN past every length, and in the new rows' slots until the step appends them: quantized to NaN codes and scales.
         int[] poisoned = [.. nanSlots, .. newSlots];
         if (poisoned.Length > 0)
@@ -136,8 +119,8 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
             Array.Fill(nanRows, Bf16NaN);
             fp8.Write(c.Layer, poisoned, nanRows);
         }
-        ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Count) : [];
-        var gpuBatch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, [.. newSlots]);
+        ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Length) : [];
+        var gpuBatch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots);
         var cpuBatch = SameInputs(gpuBatch);
 
         var clock = Stopwatch.StartNew();
@@ -145,17 +128,17 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
         submission.Wait();
         double wallMs = clock.Elapsed.TotalMilliseconds;
         fp8.Cpu.Decode(cpuBatch);
-        if (c.Append) fp8.Appended(c.Layer, [.. newSlots], newRows);
+        if (c.Append) fp8.Appended(c.Layer, newSlots, newRows);
 
         var score = ReferenceScore.Of(fp8.Dequantized, gpuBatch);
         var cpuScore = ReferenceScore.Of(fp8.Dequantized, cpuBatch);
         var againstBf16 = ReferenceScore.Of(fp8.Sent, gpuBatch);
         double againstCpu = RelativeError(gpuBatch.Out.Span, cpuBatch.Out.Span);
         int appendBad = 0;
-        if (c.Append && newSlots.Count > 0)
+        if (c.Append && newSlots.Length > 0)
         {
-            var stored = new byte[newSlots.Count * RowBytes];
-            fp8.Gpu.ReadStoredKv(c.Layer, [.. newSlots], stored);
+            var stored = new byte[newSlots.Length * RowBytes];
+            fp8.Gpu.ReadStoredKv(c.Layer, newSlots, stored);
             var expected = new byte[stored.Length];
             Fp8KvFormat.Quantize(newRows, expected);
             appendBad = Mismatches(expected, stored).Rows;
