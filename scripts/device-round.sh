@@ -16,7 +16,8 @@
 #
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
-# SKIP_DATAPLANE=1, FP8_SERVER=1 (step 5b: the server again with KvDtype=fp8: verify against the CPU codec, bench, and
+# SKIP_DATAPLANE=1, FP8_SERVER=1 (the device bench again on the fp8 kernels, and step 5b: the server again with
+# KvDtype=fp8: verify against the CPU codec, bench, and
 # its token capacity beside the bf16 server's), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
@@ -100,6 +101,8 @@ elif [[ $app_ok == 1 ]]; then
 fi
 if [[ "${SKIP_DEVICE_BENCH:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicebench" ]]; then
   run_step device-bench device-bench.log "$app/flashmla-devicebench" --fatbin "$fatbin"
+  # With FP8_SERVER=1 the same shapes on the fp8 kernels, beside the bf16 figures (Gtok/s: KV tokens attended per second).
+  [[ "${FP8_SERVER:-0}" == 1 ]] && run_step device-bench-fp8 device-bench-fp8.log "$app/flashmla-devicebench" --fatbin "$fatbin" --kv-dtype fp8
 fi
 
 # 5. Server + CLI.

@@ -5,9 +5,10 @@ using FlashMla.Cuda.Interop;
 namespace FlashMla.Cuda.Backend;
 
 /// <summary>
-/// The KV pools in device memory and the calls that move whole rows: <see cref="Write"/>, <see cref="Read"/> and
-/// <see cref="Copy"/>. One allocation holds every layer's pool (<c>[layers][blocks][64]</c> rows of the geometry's
-/// dtype: 576 bf16, or 656 bytes of fp8), so a layer's pool is a fixed offset and one copy-kernel launch serves all layers. Everything here runs on the compute stream
+/// The KV pools in device memory and the calls that move whole rows: <see cref="Write(int, ReadOnlySpan{int}, ReadOnlySpan{ushort})"/>,
+/// <see cref="WriteStored"/>, <see cref="ReadStored"/> and <see cref="Copy"/>. One allocation holds every layer's pool
+/// (<c>[layers][blocks][64]</c> rows of the geometry's dtype: 576 bf16, or 656 bytes of fp8), so a layer's pool is a
+/// fixed offset and one copy-kernel launch serves all layers. Everything here runs on the compute stream
 /// (the stream of every pool write and of every kernel that reads the pools, so a decode step sees every row written
 /// before it) and waits for it: the calls are synchronous. Arguments are checked by the caller
 /// (<see cref="CudaBackendArguments"/>); staging buffers are reused and only grow.
