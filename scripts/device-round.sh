@@ -17,8 +17,7 @@
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
 # SKIP_DATAPLANE=1, FP8_SERVER=1 (the device bench again on the fp8 kernels, and step 5b: the server again with
-# KvDtype=fp8: verify against the CPU codec, bench, and
-# its token capacity beside the bf16 server's), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# KvDtype=fp8: verify against the CPU codec, bench, and its token capacity beside the bf16 server's), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
