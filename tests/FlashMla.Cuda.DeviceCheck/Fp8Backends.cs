@@ -19,8 +19,11 @@ public sealed class Fp8Backends : IDisposable
     private CudaBackend? _gpu;
     private CpuBackend? _cpu;
 
-    internal KvMirror Sent { get; } = new(Layers, Blocks);
-    internal KvMirror Dequantized { get; } = new(Layers, Blocks);
+    private KvMirror? _sent, _dequantized;
+
+    // Half a gigabyte each: made on first use, so a run without a GPU never holds them.
+    internal KvMirror Sent => _sent ??= new(Layers, Blocks);
+    internal KvMirror Dequantized => _dequantized ??= new(Layers, Blocks);
 
     internal CudaBackend Gpu => _gpu ??= OpenGpu();
     internal CpuBackend Cpu => _cpu ??= new CpuBackend(new KvPoolGeometry(Layers, Blocks, KvDtype.Fp8));

@@ -104,6 +104,26 @@ public sealed class Fp8CacheTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_decode_step_takes_its_new_rows_in_bf16_only_and_quantizes_them()
+    {
+        ulong id = await Client.CreateSequenceAsync();
+        await Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(7), 10 * Dk));
+        var decoder = new Decoder.DecoderClient(Client.Channel);
+        var q = TensorBytes.Bf16(Random16.Bf16(new Random(8), 16 * Dk), 1, 1, 16, Dk);
+        var request = new DecodeRequest { RequestId = 1, Layer = 0, SQ = 1, HQ = 16, Q = q, Kv = TensorBytes.Fp8Rows(new byte[RowBytes]) };
+        request.SequenceIds.Add(id);
+        var error = await Assert.ThrowsAsync<RpcException>(async () => await decoder.DecodeOnceAsync(request));
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Equal([10u, 0u], (await Client.GetSequenceAsync(id)).LayerLengths);
+
+        var newRow = Random16.Bf16(new Random(9), Dk);
+        using var output = await Client.DecodeOnceAsync(new DecodeInput(0, [id], 1, 16, Random16.Bf16(new Random(10), 16 * Dk), newRow));
+        Assert.Equal(16 * 512, output.Out.Length);
+        var (_, stored) = await Client.ReadStoredKvAsync(id, 0, start: 10, count: 1);
+        Assert.Equal(Quantized(newRow), stored);
+    }
+
+    [Fact]
     public async Task Reading_an_fp8_cache_as_bf16_says_to_read_the_stored_rows()
     {
         ulong id = await Client.CreateSequenceAsync();
