@@ -64,6 +64,43 @@ public class E4m3Tests
         }
     }
 
+    /// <summary>The code nearest to <paramref name="value"/> by search over every finite code, ties to the even code, ±448 past the range.</summary>
+    private static byte Nearest(float value)
+    {
+        if (float.IsNaN(value)) return 0x7F;
+        int sign = float.IsNegative(value) ? 0x80 : 0;
+        double magnitude = Math.Abs((double)value);
+        if (magnitude >= 448) return (byte)(sign | 0x7E);
+        int best = 0;
+        for (int code = 1; code <= 0x7E; code++)
+        {
+            double d = Math.Abs(Defined(code) - magnitude), bestD = Math.Abs(Defined(best) - magnitude);
+            if (d < bestD || (d == bestD && code % 2 == 0)) best = code;
+        }
+        return (byte)(sign | best);
+    }
+
+    [Fact]
+    public void Every_bf16_value_converts_to_the_nearest_code_found_by_search()
+    {
+        for (int bits = 0; bits < 65536; bits++)
+        {
+            float value = Bf16.ToFloat((ushort)bits);
+            Assert.True(Nearest(value) == E4m3.FromFloat(value), $"bf16 0x{bits:X4} ({value}): search 0x{Nearest(value):X2}, codec 0x{E4m3.FromFloat(value):X2}");
+        }
+    }
+
+    [Fact]
+    public void Random_float32_values_convert_to_the_nearest_code_found_by_search()
+    {
+        var rng = new Random(17);
+        for (int i = 0; i < 100_000; i++)
+        {
+            float value = (float)((rng.NextDouble() * 2 - 1) * Math.Pow(2, rng.Next(-12, 10)));
+            Assert.True(Nearest(value) == E4m3.FromFloat(value), $"{value:R}: search 0x{Nearest(value):X2}, codec 0x{E4m3.FromFloat(value):X2}");
+        }
+    }
+
     [Theory]
     [InlineData(448f, 0x7E)]
     [InlineData(448.0001f, 0x7E)]
