@@ -42,6 +42,17 @@ internal sealed record DecodeCase(string Name, int Layer, int QueryTokens, int H
 /// </summary>
 internal sealed record DecodeCaseLayout(int Stride, int[] BlockTable, int[] Cached, int[] New, int[] PastEnd)
 {
+    /// <summary>bf16 NaN: a kernel that reads a row holding it past a sequence's end turns its output NaN.</summary>
+    public const ushort Bf16NaN = 0x7FC0;
+
+    /// <summary><paramref name="rows"/> rows of 576 NaN.</summary>
+    public static ushort[] NaNRows(int rows)
+    {
+        var values = new ushort[rows * MlaDims.HeadDimK];
+        Array.Fill(values, Bf16NaN);
+        return values;
+    }
+
     public static DecodeCaseLayout Of(DecodeCase c, DeviceSteps steps, int numBlocks)
     {
         int b = c.Lens.Length;

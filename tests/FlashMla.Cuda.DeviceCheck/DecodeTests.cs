@@ -12,7 +12,6 @@ namespace FlashMla.Cuda.DeviceCheck;
 /// </summary>
 public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output)
 {
-    private const ushort Bf16NaN = 0x7FC0; // a kernel that reads past a sequence's end turns its output NaN
 
     /// <summary>Called after each step: the page-locked tests check the step went without staging.</summary>
     private protected virtual void AfterStep(long directStepsBefore, DecodeBatch batch) { }
@@ -35,12 +34,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         var (stride, table, cached, nanSlots, newSlots) = DecodeCaseLayout.Of(c, steps, backend.Geometry.NumBlocks);
         ushort[] cachedRows = steps.RandomRows(cached.Length);
         device.Write(c.Layer, cached, cachedRows);
-        if (nanSlots.Length > 0)
-        {
-            var nanRows = new ushort[nanSlots.Length * MlaDims.HeadDimK];
-            Array.Fill(nanRows, Bf16NaN);
-            device.Write(c.Layer, nanSlots, nanRows);
-        }
+        if (nanSlots.Length > 0) device.Write(c.Layer, nanSlots, DecodeCaseLayout.NaNRows(nanSlots.Length));
         ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Length) : [];
         var batch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots);
         if (inSegments) batch = steps.InSegments(batch);
@@ -118,9 +112,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
                 (t < initial[s] ? rowSlots : nanSlots).Add(blocks[s][t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize);
             ushort[] rows = steps.RandomRows(rowSlots.Count);
             device.Write(layer, rowSlots.ToArray(), rows);
-            var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
-            Array.Fill(nanRows, Bf16NaN);
-            device.Write(layer, nanSlots.ToArray(), nanRows);
+            device.Write(layer, nanSlots.ToArray(), DecodeCaseLayout.NaNRows(nanSlots.Count));
         }
 
         int[] length = (int[])initial.Clone();

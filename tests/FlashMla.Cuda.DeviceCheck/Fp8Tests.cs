@@ -13,7 +13,7 @@ namespace FlashMla.Cuda.DeviceCheck;
 [Collection(GpuCollection.Name), Trait("Category", GpuDevice.Category)]
 public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
 {
-    private const ushort Bf16NaN = 0x7FC0;
+    private const ushort Bf16NaN = DecodeCaseLayout.Bf16NaN;
     private const int RowBytes = Fp8KvFormat.TokenBytes;
 
     /// <summary>Rows that reach every branch of the quantizer: tiles of zeros, NaN, infinities, subnormals, huge and tiny ranges, exact ties.</summary>
@@ -113,12 +113,7 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
         fp8.Write(c.Layer, cached, steps.RandomRows(cached.Length));
         // NaN past every length, and in the new rows' slots until the step appends them: quantized to NaN codes and scales.
         int[] poisoned = [.. nanSlots, .. newSlots];
-        if (poisoned.Length > 0)
-        {
-            var nanRows = new ushort[poisoned.Length * MlaDims.HeadDimK];
-            Array.Fill(nanRows, Bf16NaN);
-            fp8.Write(c.Layer, poisoned, nanRows);
-        }
+        if (poisoned.Length > 0) fp8.Write(c.Layer, poisoned, DecodeCaseLayout.NaNRows(poisoned.Length));
         ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Length) : [];
         var gpuBatch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots);
         var cpuBatch = SameInputs(gpuBatch);
