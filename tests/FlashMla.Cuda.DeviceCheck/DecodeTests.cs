@@ -12,7 +12,6 @@ namespace FlashMla.Cuda.DeviceCheck;
 /// </summary>
 public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output)
 {
-
     /// <summary>Called after each step: the page-locked tests check the step went without staging.</summary>
     private protected virtual void AfterStep(long directStepsBefore, DecodeBatch batch) { }
 
