@@ -3,6 +3,7 @@ using FlashMla.Contracts.V1;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
+using FlashMla.Core.Tensors;
 using FlashMla.Server.Security;
 using FlashMla.Server.Services;
 using Grpc.AspNetCore.Server.Model;
@@ -152,9 +153,10 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens, KV {KvDtype:l} at {KvBytesPerToken} bytes a token: {TokenCapacity} tokens a layer; gRPC on port {GrpcPort}, data plane on port {DataPlanePort}, metrics on port {MetricsPort}",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
-                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
+                scheduler.Geometry.NumBlocks, scheduler.Geometry.Dtype.OptionName(), scheduler.Geometry.BytesPerToken, scheduler.Geometry.TotalSlots,
+                endpoints.GrpcPort, endpoints.DataPlanePort, endpoints.MetricsPort);
             if (tenants.RequiresTokens)
                 app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s",
                     options.TokenFile, tenants.Tenants.Count - 1, tenants.TokenCount, options.TokenReloadSeconds);
