@@ -67,6 +67,42 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
     }
 
     [Fact]
+    public void Ingest_writes_into_fp8_pools_quantize_bf16_rows_as_the_codec_and_land_stored_rows_unchanged()
+    {
+        // KV ingest (AppendKv on either port) runs on KvIngest's stream: the quantizing append for bf16 rows, the raw
+        // append for rows already in the format. Both in flight at once; layer 1 already holds hostile rows.
+        GpuDevice.Require();
+        var steps = Fp8Backends.Steps("ingest");
+        int[] shuffled = steps.Shuffled(Fp8Backends.Blocks * MlaDims.BlockSize);
+        int[] bf16Slots = shuffled[..3000], storedSlots = shuffled[3000..4100];
+        ushort[] rows = HostileRows(steps, bf16Slots.Length);
+        ushort[] prefilled = steps.RandomRows(storedSlots.Length);
+        var stored = new byte[storedSlots.Length * RowBytes];
+        Fp8KvFormat.Quantize(prefilled, stored);
+
+        var quantizing = fp8.Gpu.SubmitWriteKv(1, bf16Slots, rows);
+        var copying = fp8.Gpu.SubmitWriteStoredKv(1, storedSlots, stored);
+        quantizing.Wait();
+        copying.Wait();
+        foreach (var (slots, written) in new[] { (bf16Slots, rows), (storedSlots, prefilled) })
+        {
+            fp8.Cpu.WriteKv(1, slots, written);
+            fp8.Appended(1, slots, written);
+        }
+
+        var back = new byte[bf16Slots.Length * RowBytes];
+        fp8.Gpu.ReadStoredKv(1, bf16Slots, back);
+        var expected = new byte[back.Length];
+        Fp8KvFormat.Quantize(rows, expected);
+        var (rowsBad, first) = Mismatches(expected, back);
+        output.WriteLine($"{bf16Slots.Length} rows quantized by an ingest write: {rowsBad} differ from the CPU codec{first}");
+        Assert.True(rowsBad == 0, $"{rowsBad} rows differ{first}");
+        var storedBack = new byte[stored.Length];
+        fp8.Gpu.ReadStoredKv(1, storedSlots, storedBack);
+        Assert.Equal(stored, storedBack);
+    }
+
+    [Fact]
     public void Raw_fp8_rows_and_page_copies_move_bytes_unchanged()
     {
         GpuDevice.Require();
