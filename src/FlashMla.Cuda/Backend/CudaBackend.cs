@@ -171,27 +171,23 @@ public sealed class CudaBackend : IAttentionBackend
     public DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
     {
         CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
-        BeginCall();
-        if (slots.IsEmpty) return DecodeSubmission.CompletedNow();
-        try
-        {
-            return _ingest.Submit(layer, slots, rows);
-        }
-        catch (CudaException e)
-        {
-            throw _guard.Fault(e);
-        }
+        return SubmitIngest(layer, slots, rows, MlaDims.KvRowBytes, stored: false);
     }
 
-    /// <summary>Rows in the stored format on the ingest stream (<see cref="KvIngest"/>), beside decode steps; returns without waiting.</summary>
+    /// <summary>Rows in the stored format on the ingest stream, as <see cref="SubmitWriteKv"/>: the raw append kernel.</summary>
     public DecodeSubmission SubmitWriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<byte> rows)
     {
         CudaBackendArguments.StoredRows(Geometry, layer, slots, rows.Length);
+        return SubmitIngest(layer, slots, rows, Geometry.BytesPerToken, stored: true);
+    }
+
+    private DecodeSubmission SubmitIngest<T>(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int rowBytes, bool stored) where T : unmanaged
+    {
         BeginCall();
         if (slots.IsEmpty) return DecodeSubmission.CompletedNow();
         try
         {
-            return _ingest.SubmitStored(layer, slots, rows);
+            return _ingest.Submit(layer, slots, rows, rowBytes, stored);
         }
         catch (CudaException e)
         {

@@ -53,15 +53,11 @@ internal sealed class KvIngest : IDisposable
     /// <summary>Ingest slots allocated so far (one per write in flight at the busiest moment); for checks.</summary>
     public int SlotCount => _slots.Count;
 
-    /// <summary>Enqueues one checked write of bf16 rows (the caller entered the guard) and returns its pending submission.</summary>
-    public DecodeSubmission Submit(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows) =>
-        Submit(layer, slots, rows, MlaDims.KvRowBytes, stored: false);
-
-    /// <summary>Enqueues one checked write of rows in the pools' stored format, copied into the pool as they are.</summary>
-    public DecodeSubmission SubmitStored(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<byte> rows) =>
-        Submit(layer, slots, rows, _pools.Geometry.BytesPerToken, stored: true);
-
-    private DecodeSubmission Submit<T>(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int rowBytes, bool stored) where T : unmanaged
+    /// <summary>
+    /// Enqueues one checked write (the caller entered the guard) of rows of <paramref name="rowBytes"/> each: bf16 rows,
+    /// or with <paramref name="stored"/> rows already in the pools' stored format; returns its pending submission.
+    /// </summary>
+    public DecodeSubmission Submit<T>(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int rowBytes, bool stored) where T : unmanaged
     {
         IngestSlot slot = FreeSlot();
         try
