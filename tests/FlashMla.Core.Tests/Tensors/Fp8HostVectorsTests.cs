@@ -95,4 +95,19 @@ public class Fp8HostVectorsTests
         for (int i = 0; i < back.Length; i++) BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(2 * i), back[i]);
         Assert.Equal(backSha256, Convert.ToHexStringLower(SHA256.HashData(bytes)));
     }
+
+    [Fact]
+    public void Both_NaN_codes_dequantize_to_the_positive_quiet_NaN_as_the_host_codec_has_them()
+    {
+        // fp8_host.h's e4m3_value gives NAN (0x7FC00000) for 0x7F and 0xFF alike; a stored row from elsewhere may hold either.
+        var stored = new byte[Fp8KvFormat.TokenBytes];
+        stored[0] = 0x7F;
+        stored[1] = 0xFF;
+        stored[2] = 0x38; // 1.0
+        BinaryPrimitives.WriteSingleLittleEndian(stored.AsSpan(Fp8KvFormat.ScalesOffset), 2f);
+        var back = new ushort[MlaDims.HeadDimK];
+        Fp8KvFormat.DequantizeRow(stored, back);
+        Assert.Equal(0x7FC0_0000u, BitConverter.SingleToUInt32Bits(E4m3.ToFloat(0xFF)));
+        Assert.Equal([(ushort)0x7FC0, (ushort)0x7FC0, Bf16.FromFloat(2f)], back[..3]);
+    }
 }
