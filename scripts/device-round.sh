@@ -18,7 +18,9 @@
 # Env: SKIP_CLIENT_COMPARE=1, PORT (50051), BENCH_ARGS (extra args for `flashmla bench`), SKIP_NATIVE=1 (use an existing
 # fatbin), SKIP_NATIVE_CHECKS=1, SKIP_NATIVE_BENCH=1, SKIP_BACKEND_CHECK=1, SKIP_DEVICE_BENCH=1, SKIP_SERVER=1, SKIP_CPU_BENCH=1,
 # SKIP_DATAPLANE=1, TLS=1 (step 7 measures every data-plane row over TLS too: DP_TLS=1), SKIP_LATENCY=1, SKIP_INGEST=1, INGEST_ARGS,
-# LATENCY_ARGS (extra args for `flashmla latency`), DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
+# LATENCY_ARGS (extra args for `flashmla latency`), FP8_SERVER=1 (the device bench again on the fp8 kernels, and step 5b: the
+# server again with KvDtype=fp8: verify against the CPU codec, bench, and its token capacity beside the bf16 server's),
+# DEVICECHECK_ARGS (extra xunit runner options, e.g. -method '*Decode_matches*' or -seed);
 # FLASHMLA_DEVICE_SEED (the device tests' random inputs); the data-plane step (scripts/dataplane-bench.sh) reads DP_* too.
 set -uo pipefail
 
@@ -101,6 +103,8 @@ elif [[ $app_ok == 1 ]]; then
 fi
 if [[ "${SKIP_DEVICE_BENCH:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-devicebench" ]]; then
   run_step device-bench device-bench.log "$app/flashmla-devicebench" --fatbin "$fatbin"
+  # With FP8_SERVER=1 the same shapes on the fp8 kernels, beside the bf16 figures (Gtok/s: KV tokens attended per second).
+  [[ "${FP8_SERVER:-0}" == 1 ]] && run_step device-bench-fp8 device-bench-fp8.log "$app/flashmla-devicebench" --fatbin "$fatbin" --kv-dtype fp8
 fi
 
 # 5. Server + CLI.
@@ -134,6 +138,38 @@ if [[ "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/fl
   wait "$server_pid" 2>/dev/null
 elif [[ "${SKIP_SERVER:-0}" != 1 ]]; then
   record server skip - "needs the fatbin and flashmla-server"
+fi
+
+# 5b. With FP8_SERVER=1: the same server with an fp8 KV cache (KvDtype=fp8, issue 17). verify holds it to the CPU
+#     codec (stored rows bit for bit, outputs over the dequantized rows), the bench runs the same load, and the start-up
+#     log lines of both servers give the token capacity in the same memory.
+if [[ "${FP8_SERVER:-0}" == 1 && "${SKIP_SERVER:-0}" != 1 && $app_ok == 1 && $native_ok == 1 && -x "$app/flashmla-server" ]]; then
+  fp8_port=$((port + 50)) # port + 40 is the latency step's
+  fp8_endpoint=http://127.0.0.1:$fp8_port
+  echo "== fp8 server: starting on $fp8_endpoint (CUDA backend, KvDtype=fp8)"
+  "$app/flashmla-server" --FlashMla:Backend=cuda --FlashMla:KvDtype=fp8 --FlashMla:FatbinPath="$fatbin" --FlashMla:GrpcPort="$fp8_port" \
+    --FlashMla:DataPlanePort=$((fp8_port + 1)) --FlashMla:MetricsPort=$((fp8_port + 2)) --FlashMla:ListenAddress=loopback --FlashMla:Layers="${LAYERS:-4}" \
+    --FlashMla:MaxBatchSequences=1024 >"$logs/server-fp8.log" 2>&1 &
+  fp8_pid=$!
+  fp8_up=0
+  for _ in $(seq 1 60); do
+    kill -0 "$fp8_pid" 2>/dev/null || break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$fp8_port") 2>/dev/null; then fp8_up=1; break; fi
+    sleep 0.5
+  done
+  if [[ $fp8_up == 1 ]]; then
+    record server-fp8 ok - "$(grep -o 'KV fp8 at [0-9]* bytes a token: [0-9]* tokens a layer' "$logs/server-fp8.log" | head -n 1)"
+    grep -o 'KV bf16 at [0-9]* bytes a token: [0-9]* tokens a layer' "$logs/server.log" 2>/dev/null | head -n 1 | sed 's/^/   bf16 server: /'
+    run_step verify-fp8 verify-fp8.log "$app/flashmla" verify --address "$fp8_endpoint" --cases "${VERIFY_CASES:-24}" --long 33000
+    # shellcheck disable=SC2086
+    run_step bench-fp8 bench-fp8.log "$app/flashmla" bench --address "$fp8_endpoint" --out "$logs/service-bench-fp8.md" $bench_args
+    cp "$logs/service-bench-fp8.md" "$OUT/" 2>/dev/null
+  else
+    record server-fp8 FAIL - "did not listen within 30 s; see server-fp8.log"
+    tail -n 40 "$logs/server-fp8.log"
+  fi
+  kill "$fp8_pid" 2>/dev/null
+  wait "$fp8_pid" 2>/dev/null
 fi
 
 # 6. The service on the CPU backend of this 16-core machine (no GPU involved): the embedded default's figures.
@@ -202,6 +238,7 @@ echo "device round on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev
 printf '%-14s %-5s %7s  %s\n' step status time note
 for row in "${rows[@]}"; do echo "$row"; done
 [[ -f "$logs/bench.log" ]] && { echo; echo "flashmla bench (last lines):"; tail -n 12 "$logs/bench.log"; }
+[[ -f "$logs/bench-fp8.log" ]] && { echo; echo "flashmla bench, KvDtype=fp8 (last lines):"; tail -n 12 "$logs/bench-fp8.log"; }
 [[ -f "$logs/client-compare.log" ]] && { echo; grep -vE "^\\s*$" "$logs/client-compare.log" | tail -n 30; }
 [[ -f "$logs/dataplane.log" ]] && { echo; sed -n '/==================== data plane/,$p' "$logs/dataplane.log"; }
 [[ -f "$logs/ingest.log" ]] && { echo; echo "flashmla ingest-bench:"; tail -n 12 "$logs/ingest.log"; }

@@ -8,7 +8,7 @@ namespace FlashMla.Benchmarks;
 /// <summary>
 /// <see cref="CpuBackend.Decode"/> at the shapes of the GPU targets, scaled down in batch.
 /// Every sequence is <see cref="SeqLen"/> long, blocks shuffled across the pool, no append:
-/// the call reads <c>b * s_k * 1152</c> bytes of KV.
+/// the call reads <c>b * s_k * 1152</c> bytes of KV (656 with <see cref="Dtype"/> fp8, each page dequantized).
 /// </summary>
 [MemoryDiagnoser, MinColumn]
 public class CpuDecodeBenchmarks
@@ -28,13 +28,16 @@ public class CpuDecodeBenchmarks
     [Params(1)]
     public int QueryTokens { get; set; }
 
+    [Params(KvDtype.Bf16, KvDtype.Fp8)]
+    public KvDtype Dtype { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
         var rng = new Random(1);
         int blocksPerSequence = MlaDims.BlocksFor(SeqLen);
         int numBlocks = Batch * blocksPerSequence;
-        _backend = new CpuBackend(new KvPoolGeometry(NumLayers: 1, NumBlocks: numBlocks));
+        _backend = new CpuBackend(new KvPoolGeometry(NumLayers: 1, NumBlocks: numBlocks, Dtype));
 
         // A few thousand distinct bf16 values in [-1, 1), spread over the pool: cheap to fill, still no pattern the math could exploit.
         var palette = new ushort[4099];

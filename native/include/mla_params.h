@@ -221,6 +221,9 @@
 #define MLA_FP8_TILE 128          /* values per scale */
 #define MLA_FP8_PAGE_BYTES (MLA_PAGE_TOKENS * MLA_FP8_TOKEN_BYTES) /* 41984 */
 #define MLA_KERNEL_DECODE_FP8 "flashmla_decode_splitkv_fp8"
+/* The fp8 decode's dynamic smem: the bf16 decode's, as above (its layout uses
+ * 219,136 bytes; decode_sm90_fp8.cu asserts that it fits and that the two agree). */
+#define MLA_DECODE_FP8_SMEM_BYTES 229888
 #define MLA_KERNEL_APPEND_FP8 "flashmla_append_kv_fp8"
 #define MLA_KERNEL_APPEND_FP8_RAW "flashmla_append_kv_fp8_raw"
 #define MLA_KERNEL_COPY_FP8 "flashmla_copy_blocks_fp8"

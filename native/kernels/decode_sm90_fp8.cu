@@ -40,7 +40,8 @@ constexpr int kOffP = 2 * kTileBytes;                        // P tile, bf16 64 
 constexpr int kOffRed = kOffP + kRows * kPage * 2;          // mbarriers + [64] row factors
 constexpr int kOffRaw = kOffRed + 512;                      // raw unit ring
 constexpr int kSmemUsed = kOffRaw + kRawSlots * kUnitBytes; // 219136
-static_assert(kSmemUsed <= MLA_DECODE_SMEM_BYTES, "launched with the bf16 kernel's dynamic shared memory");
+static_assert(MLA_DECODE_FP8_SMEM_BYTES == MLA_DECODE_SMEM_BYTES, "launched with the bf16 kernel's dynamic shared memory");
+static_assert(kSmemUsed <= MLA_DECODE_FP8_SMEM_BYTES, "the layout fits the launch's dynamic shared memory");
 static_assert(kUnitBytes % 16 == 0 && kOffRaw % 16 == 0, "bulk copies move 16-byte multiples to 16-byte addresses");
 constexpr int kRedMbar = 0, kRedRowVals = 192;
 constexpr int kBarPReady = 1;

@@ -63,7 +63,7 @@ internal static class BenchCommand
         try
         {
             var config = await clients[0].GetConfigAsync(cancellationToken);
-            AnsiConsole.MarkupLine($"bench against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): {s.Streams} streams x {s.InFlight} in flight, " +
+            AnsiConsole.MarkupLine($"bench against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}; {KvCacheDescription.Of(config)}): {s.Streams} streams x {s.InFlight} in flight, " +
                 $"b={s.Batch} s_k={s.Context} h_q={s.Heads} s_q={s.QueryTokens}, {s.Seconds:F0} s");
 
             // Each (stream, slot) owns its own sequences, so in-flight requests never wait on each other's appends.
@@ -132,6 +132,8 @@ internal static class BenchCommand
                 ("steps/s", $"{steps:F1}"),
                 ("query tokens/s", $"{steps * s.Batch * s.QueryTokens:F0}"),
                 ("KV tokens attended/s", $"{steps * s.Batch * (double)s.Context:E3}"),
+                ($"KV cache bytes attended/s ({KvCacheDescription.DtypeName(config)}, {config.KvBytesPerToken} B/token)",
+                    $"{steps * s.Batch * (double)s.Context * config.KvBytesPerToken:E3}"),
                 ("latency p50 (ms)", $"{final.Percentile(0.5) / 1000:F2}"),
                 ("latency p99 (ms)", $"{final.Percentile(0.99) / 1000:F2}"),
                 ("server compute per batch, mean (ms)", $"{final.MeanComputeUs / 1000:F2}"),
@@ -157,7 +159,7 @@ internal static class BenchCommand
         var text = new StringBuilder();
         text.AppendLine($"## bench {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
         text.AppendLine();
-        text.AppendLine($"Server: backend {config.Backend} ({config.Device}), {s.Address}, transport {TransportOption.Name(s.Transport)}. Load: {s.Streams} streams x {s.InFlight} in flight, " +
+        text.AppendLine($"Server: backend {config.Backend} ({config.Device}), {KvCacheDescription.Of(config)}, {s.Address}, transport {TransportOption.Name(s.Transport)}. Load: {s.Streams} streams x {s.InFlight} in flight, " +
             $"b={s.Batch}, s_k={s.Context}, h_q={s.Heads}, s_q={s.QueryTokens}, append={s.Append}, {elapsed:F1} s.");
         text.AppendLine();
         text.AppendLine("| figure | value |");

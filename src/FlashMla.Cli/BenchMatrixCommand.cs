@@ -127,7 +127,7 @@ internal static class BenchMatrixCommand
         }
         using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken, Tls = s.Tls });
         var config = await admin.GetConfigAsync(cancellationToken);
-        AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): s_k={s.Context}, " +
+        AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}; {KvCacheDescription.Of(config)}): s_k={s.Context}, " +
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
             $"decode on {Markup.Escape(DescribeTargets(s.DecodeTargets))}");
 
@@ -273,7 +273,7 @@ internal static class BenchMatrixCommand
         var text = new StringBuilder();
         text.AppendLine($"## bench-matrix {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.MachineName} ({Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription})");
         text.AppendLine();
-        text.AppendLine($"Server: backend {config.Backend} ({config.Device}) at {s.Address}, decode on {DescribeTargets(s.DecodeTargets)}. s_k={s.Context}, s_q=1, no append; " +
+        text.AppendLine($"Server: backend {config.Backend} ({config.Device}), {KvCacheDescription.Of(config)}, at {s.Address}, decode on {DescribeTargets(s.DecodeTargets)}. s_k={s.Context}, s_q=1, no append; " +
             $"{s.StreamsPerConnection} stream(s) per connection, {s.InFlight} requests in flight per stream; " +
             $"decode client: {(s.DirectDecode ? "direct (the library's own gRPC over large-frames; Grpc.Net.Client over sockets)" : "Grpc.Net.Client")}, " +
             $"client stream window {s.StreamWindowMiB} MiB; " +

@@ -29,7 +29,9 @@ internal static class DemoCommand
         using var client = new FlashMlaClient(address, new FlashMlaClientOptions { BearerToken = bearerToken, Tls = tls });
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"Connected to [bold]{address}[/]: backend [green]{config.Backend}[/] ({Markup.Escape(config.Device)}), " +
-            $"{config.NumLayers} layers, {config.TotalBlocks} blocks of {config.BlockSize} tokens");
+            $"{config.NumLayers} layers, {config.TotalBlocks} blocks of {config.BlockSize} tokens, {KvCacheDescription.Of(config)}");
+        // An fp8 cache attends over the rows as the codec quantizes and dequantizes them: so does the reference.
+        bool fp8 = KvCacheDescription.DtypeName(config) == "fp8";
 
         var random = new Random(2025);
         int layers = (int)config.NumLayers;
@@ -49,7 +51,8 @@ internal static class DemoCommand
                 using var output = await stream.DecodeAsync(new DecodeInput(layer, ids, sQ, heads, q, kv), cancellationToken);
                 for (int i = 0; i < ids.Length; i++)
                     rows[i][layer] = [.. rows[i][layer], .. kv.AsSpan(i * sQ * MlaDims.HeadDimK, sQ * MlaDims.HeadDimK)];
-                var (expectedOut, expectedLse) = ReferenceOutputs.Decode(rows.Select(r => r[layer]).ToArray(), q, sQ, heads);
+                var cached = rows.Select(r => fp8 ? Fp8KvFormat.RoundTrip(r[layer]) : r[layer]).ToArray();
+                var (expectedOut, expectedLse) = ReferenceOutputs.Decode(cached, q, sQ, heads);
                 int outPer = sQ * heads * MlaDims.HeadDimV, lsePer = heads * sQ;
                 double worstOut = 0, worstLse = 0;
                 for (int i = 0; i < ids.Length; i++)
@@ -69,8 +72,13 @@ internal static class DemoCommand
         var fork = await client.ForkAsync(ids[0], cancellationToken);
         AnsiConsole.MarkupLine($"Forked sequence {ids[0]} into {fork.SequenceId}: {fork.SharedBlocks} pages shared, {fork.CopiedBlocks} copied");
         uint released = await client.TruncateAsync(fork.SequenceId, 64, cancellationToken);
-        var readBack = await client.ReadKvAsync(fork.SequenceId, 0, cancellationToken: cancellationToken);
-        bool forkOk = readBack.AsSpan().SequenceEqual(rows[0][0].AsSpan(0, 64 * MlaDims.HeadDimK));
+        var (_, readBack) = await client.ReadStoredKvAsync(fork.SequenceId, 0, cancellationToken: cancellationToken);
+        // The parent's first 64 rows as the cache stores what was sent: the bf16 bytes, or the codec's fp8 rows.
+        var sent = rows[0][0].AsSpan(0, 64 * MlaDims.HeadDimK);
+        byte[] expected = new byte[64 * config.KvBytesPerToken];
+        if (fp8) Fp8KvFormat.Quantize(sent, expected);
+        else System.Runtime.InteropServices.MemoryMarshal.AsBytes(sent).CopyTo(expected);
+        bool forkOk = readBack.AsSpan().SequenceEqual(expected);
         ok &= forkOk;
         AnsiConsole.MarkupLine($"Truncated the fork to 64 tokens ({released} pages released); its rows read back {(forkOk ? "[green]equal[/]" : "[red]DIFFERENT[/]")} to the parent's first 64");
         foreach (ulong id in ids.Append(fork.SequenceId)) await client.FreeAsync(id, cancellationToken);

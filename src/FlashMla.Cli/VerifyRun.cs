@@ -1,4 +1,5 @@
 using FlashMla.Client;
+using FlashMla.Contracts.V1;
 using FlashMla.Core.Tensors;
 
 namespace FlashMla.Cli;
@@ -6,27 +7,37 @@ namespace FlashMla.Cli;
 /// <summary>The shape of a verify run: how many random cases and how long their sequences are.</summary>
 internal sealed record VerifySettings(int Cases, int MaxLength, int LongLength, int Seed);
 
-/// <summary>One case of a verify run: its shape and the worst relative error of any of its sequences.</summary>
+/// <summary>
+/// One case of a verify run: its shape and the worst relative error of any of its sequences. With an fp8 cache also
+/// the rows the server stored differently from the CPU codec's quantization (must be 0) and, for the record, the worst
+/// out error against the reference on the unquantized bf16 rows (what fp8 costs; not a bar; NaN for a bf16 cache).
+/// </summary>
 internal sealed record VerifyCase(int Index, int Layer, int BatchSize, int QueryTokens, int Heads, int[] Lengths,
-    double OutRelativeError, double LseRelativeError)
+    double OutRelativeError, double LseRelativeError, int QuantizationMismatchRows = 0, double OutRelativeErrorVsBf16 = double.NaN)
 {
-    /// <summary>Both errors under the bf16 limit (NaN fails).</summary>
-    public bool Passed => OutRelativeError < VerifyRun.Bf16RelativeErrorLimit && LseRelativeError < VerifyRun.Bf16RelativeErrorLimit;
+    /// <summary>Both errors under the bf16 limit (NaN fails) and every stored row as the codec quantizes it.</summary>
+    public bool Passed => OutRelativeError < VerifyRun.Bf16RelativeErrorLimit && LseRelativeError < VerifyRun.Bf16RelativeErrorLimit
+        && QuantizationMismatchRows == 0;
 }
 
 /// <summary>What a verify run compared, case by case.</summary>
-internal sealed record VerifyReport(string Backend, string Device, IReadOnlyList<VerifyCase> Cases)
+internal sealed record VerifyReport(string Backend, string Device, IReadOnlyList<VerifyCase> Cases, string KvDtype = "bf16")
 {
     public int Failures => Cases.Count(c => !c.Passed);
     public bool Passed => Failures == 0 && Cases.Count > 0;
     public double WorstOut => Cases.Count == 0 ? 0 : Cases.Max(c => c.OutRelativeError);
     public double WorstLse => Cases.Count == 0 ? 0 : Cases.Max(c => c.LseRelativeError);
+    public int QuantizationMismatchRows => Cases.Sum(c => c.QuantizationMismatchRows);
+    public double WorstOutVsBf16 => Cases.Count == 0 ? double.NaN : Cases.Max(c => c.OutRelativeErrorVsBf16);
 }
 
 /// <summary>
 /// Random decode workloads through a real server (varlen with 1, 63, 64, 65 and long sequences, s_q 1..4, h_q 1..128,
 /// new rows appended), each sequence's out and lse compared with <see cref="ReferenceOutputs"/>: the server's
-/// backend, whichever it is, against double precision, never against another backend's output.
+/// backend, whichever it is, against double precision, never against another backend's output. With an fp8 cache
+/// (kv_dtype DTYPE_FP8_E4M3_SCALED) the reference attends over the rows as the CPU codec (<see cref="Fp8KvFormat"/>)
+/// quantizes and dequantizes them, and every row the server stored, the AppendKv uploads and the decode's new rows,
+/// is read back and compared with the codec's bytes.
 /// </summary>
 internal static class VerifyRun
 {
@@ -40,6 +51,7 @@ internal static class VerifyRun
         Action<VerifyCase>? onCase = null)
     {
         var config = await client.GetConfigAsync(cancellationToken);
+        bool fp8 = config.KvDtype == DType.Fp8E4M3Scaled;
         var random = new Random(settings.Seed);
         var cases = new List<VerifyCase>();
         for (int c = 0; c < settings.Cases; c++)
@@ -63,14 +75,24 @@ internal static class VerifyRun
             var layerRows = new ushort[n][];
             for (int i = 0; i < n; i++)
                 layerRows[i] = [.. rows[i][layer], .. kv.AsSpan(i * sQ * MlaDims.HeadDimK, sQ * MlaDims.HeadDimK)];
+            int mismatches = 0;
+            double outErrVsBf16 = double.NaN;
+            if (fp8)
+            {
+                for (int i = 0; i < n; i++)
+                    mismatches += await Fp8Check.MismatchedRowsAsync(client, ids[i], layer, layerRows[i], cancellationToken);
+                var (bf16Out, bf16Lse) = ReferenceOutputs.Decode(layerRows, q, sQ, hQ);
+                outErrVsBf16 = WorstPerSequence(output.Out, output.Lse, bf16Out, bf16Lse, n).Out;
+                layerRows = [.. layerRows.Select(rows => Fp8KvFormat.RoundTrip(rows))]; // the cache the server attends over
+            }
             var (expectedOut, expectedLse) = ReferenceOutputs.Decode(layerRows, q, sQ, hQ);
             var (outErr, lseErr) = WorstPerSequence(output.Out, output.Lse, expectedOut, expectedLse, n);
-            var result = new VerifyCase(c, layer, n, sQ, hQ, [.. cached.Select(l => l + sQ)], outErr, lseErr);
+            var result = new VerifyCase(c, layer, n, sQ, hQ, [.. cached.Select(l => l + sQ)], outErr, lseErr, mismatches, outErrVsBf16);
             cases.Add(result);
             onCase?.Invoke(result);
             foreach (ulong id in ids) await client.FreeAsync(id, cancellationToken);
         }
-        return new VerifyReport(config.Backend, config.Device, cases);
+        return new VerifyReport(config.Backend, config.Device, cases, fp8 ? "fp8" : "bf16");
     }
 
     /// <summary>

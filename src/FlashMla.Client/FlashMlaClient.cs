@@ -210,16 +210,64 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<SequenceInfo> GetSequenceAsync(ulong sequenceId, CancellationToken cancellationToken = default) =>
         await Cache.GetSequenceAsync(new GetSequenceRequest { SequenceId = sequenceId }, cancellationToken: cancellationToken);
 
-    /// <summary>Reads rows <c>start .. start+count-1</c> (count 0: to the end) of one layer as bf16 <c>[n, 576]</c>.</summary>
+    /// <summary>
+    /// Reads rows <c>start .. start+count-1</c> (count 0: to the end) of one layer of a bf16 cache as bf16 <c>[n, 576]</c>.
+    /// An fp8 cache's rows come back with <see cref="ReadStoredKvAsync"/>; here they fail with InvalidOperationException.
+    /// </summary>
     public async Task<ushort[]> ReadKvAsync(ulong sequenceId, int layer, int start = 0, int count = 0,
+        CancellationToken cancellationToken = default)
+    {
+        var (dtype, bytes) = await ReadStoredKvAsync(sequenceId, layer, start, count, cancellationToken);
+        if (dtype is not (DType.Bf16 or DType.Unspecified)) // Unspecified: no rows came
+            throw new InvalidOperationException($"the server's cache stores {dtype} rows, not bf16: read them with ReadStoredKvAsync");
+        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes).ToArray();
+    }
+
+    /// <summary>
+    /// Reads rows <c>start .. start+count-1</c> (count 0: to the end) of one layer as the cache stores them: bf16
+    /// <c>[n, 576]</c> or <see cref="DType.Fp8E4M3Scaled"/> <c>[n, 656]</c> bytes (the server's kv_dtype).
+    /// </summary>
+    public async Task<(DType Dtype, byte[] Rows)> ReadStoredKvAsync(ulong sequenceId, int layer, int start = 0, int count = 0,
         CancellationToken cancellationToken = default)
     {
         using var call = Cache.ReadKv(new ReadKvRequest { SequenceId = sequenceId, Layer = (uint)layer, Start = (uint)start, Count = (uint)count },
             cancellationToken: cancellationToken);
-        var rows = new List<ushort>();
+        var rows = new List<byte>();
+        DType dtype = DType.Unspecified;
         await foreach (var chunk in call.ResponseStream.ReadAllAsync(cancellationToken))
-            rows.AddRange(TensorBytes.AsBf16(chunk.Kv));
-        return [.. rows];
+        {
+            dtype = chunk.Kv.Dtype;
+            rows.AddRange(chunk.Kv.Data.Span);
+        }
+        return (dtype, [.. rows]);
+    }
+
+    /// <summary>
+    /// Appends rows already in FlashMLA's FP8-with-scale format (<c>[n, 656]</c> bytes, e.g. from a prefill node that
+    /// wrote its KV in fp8) to one layer of an fp8 cache, stored as they are; a bf16 cache refuses them (INVALID_ARGUMENT).
+    /// Sent as <see cref="AppendKvAsync(IEnumerable{KvUpload}, int, CancellationToken)"/> sends bf16 rows: to the data-plane
+    /// port when the client has one, from where they lie (leave them unchanged until the call returns).
+    /// </summary>
+    public async Task<AppendKvResponse> AppendFp8KvAsync(ulong sequenceId, int layer, ReadOnlyMemory<byte> rows, int rowsPerChunk = DefaultRowsPerChunk,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(rowsPerChunk, 1);
+        if (rows.Length == 0 || rows.Length % TensorBytes.Fp8RowBytes != 0)
+            throw new ArgumentException($"rows must be a whole number of {TensorBytes.Fp8RowBytes}-byte rows", nameof(rows));
+        using var call = _ingest.AppendKv(cancellationToken: cancellationToken);
+        int total = rows.Length / TensorBytes.Fp8RowBytes;
+        for (int start = 0; start < total; start += rowsPerChunk)
+        {
+            int n = Math.Min(rowsPerChunk, total - start);
+            await call.RequestStream.WriteAsync(new AppendKvChunk
+            {
+                SequenceId = sequenceId,
+                Layer = (uint)layer,
+                Kv = TensorBytes.Fp8Rows(rows.Slice(start * TensorBytes.Fp8RowBytes, n * TensorBytes.Fp8RowBytes)),
+            }, cancellationToken);
+        }
+        await call.RequestStream.CompleteAsync();
+        return await call;
     }
 
     public async Task<CacheStats> GetStatsAsync(CancellationToken cancellationToken = default) =>

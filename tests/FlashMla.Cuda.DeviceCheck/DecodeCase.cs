@@ -1,3 +1,5 @@
+using FlashMla.Core.Tensors;
+
 namespace FlashMla.Cuda.DeviceCheck;
 
 /// <summary>The decode shapes every device run checks: block edges, empty and short sequences, splits, odd heads, many sequences.</summary>
@@ -31,4 +33,48 @@ internal sealed record DecodeCase(string Name, int Layer, int QueryTokens, int H
     ];
 
     public override string ToString() => Name;
+}
+
+/// <summary>
+/// Where a <see cref="DecodeCase"/> lives in a pool: each sequence's pages drawn from a shuffled pool, its cached
+/// rows, the slots its step appends (the last s_q positions when the case appends) and the slots past its length
+/// up to the end of its last page (NaN in the tests).
+/// </summary>
+internal sealed record DecodeCaseLayout(int Stride, int[] BlockTable, int[] Cached, int[] New, int[] PastEnd)
+{
+    /// <summary>bf16 NaN: a kernel that reads a row holding it past a sequence's end turns its output NaN.</summary>
+    public const ushort Bf16NaN = 0x7FC0;
+
+    /// <summary><paramref name="rows"/> rows of 576 NaN.</summary>
+    public static ushort[] NaNRows(int rows)
+    {
+        var values = new ushort[rows * MlaDims.HeadDimK];
+        Array.Fill(values, Bf16NaN);
+        return values;
+    }
+
+    public static DecodeCaseLayout Of(DecodeCase c, DeviceSteps steps, int numBlocks)
+    {
+        int b = c.Lens.Length;
+        int stride = c.Lens.Max(l => MlaDims.BlocksFor(l)) + 1;
+        int[] pool = steps.Shuffled(numBlocks);
+        var table = new int[b * stride];
+        Array.Fill(table, -1);
+        int next = 0;
+        List<int> cached = [], pastEnd = [], fresh = [];
+        for (int s = 0; s < b; s++)
+        {
+            int blocks = MlaDims.BlocksFor(c.Lens[s]);
+            for (int j = 0; j < blocks; j++) table[s * stride + j] = pool[next++];
+            int appended = c.Append ? c.QueryTokens : 0;
+            for (int t = 0; t < blocks * MlaDims.BlockSize; t++)
+            {
+                int slot = table[s * stride + t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize;
+                if (t >= c.Lens[s]) pastEnd.Add(slot);
+                else if (t >= c.Lens[s] - appended) fresh.Add(slot);
+                else cached.Add(slot);
+            }
+        }
+        return new DecodeCaseLayout(stride, table, [.. cached], [.. fresh], [.. pastEnd]);
+    }
 }

@@ -12,8 +12,6 @@ namespace FlashMla.Cuda.DeviceCheck;
 /// </summary>
 public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output)
 {
-    private const ushort Bf16NaN = 0x7FC0; // a kernel that reads past a sequence's end turns its output NaN
-
     /// <summary>Called after each step: the page-locked tests check the step went without staging.</summary>
     private protected virtual void AfterStep(long directStepsBefore, DecodeBatch batch) { }
 
@@ -31,36 +29,13 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         var backend = device.Backend;
         var mirror = device.Mirror;
         var steps = device.Steps(c.Name + (inSegments ? " in segments" : ""));
-        int b = c.Lens.Length, sq = c.QueryTokens, hq = c.Heads;
-        int stride = c.Lens.Max(l => MlaDims.BlocksFor(l)) + 1;
-        int[] pool = steps.Shuffled(backend.Geometry.NumBlocks);
-        var table = new int[b * stride];
-        Array.Fill(table, -1);
-        int next = 0;
-        List<int> cached = [], nanSlots = [], newSlots = [];
-        for (int s = 0; s < b; s++)
-        {
-            int blocks = MlaDims.BlocksFor(c.Lens[s]);
-            for (int j = 0; j < blocks; j++) table[s * stride + j] = pool[next++];
-            int appended = c.Append ? sq : 0;
-            for (int t = 0; t < blocks * MlaDims.BlockSize; t++)
-            {
-                int slot = table[s * stride + t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize;
-                if (t >= c.Lens[s]) nanSlots.Add(slot);
-                else if (t >= c.Lens[s] - appended) newSlots.Add(slot);
-                else cached.Add(slot);
-            }
-        }
-        ushort[] cachedRows = steps.RandomRows(cached.Count);
-        device.Write(c.Layer, cached.ToArray(), cachedRows);
-        if (nanSlots.Count > 0)
-        {
-            var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
-            Array.Fill(nanRows, Bf16NaN);
-            device.Write(c.Layer, nanSlots.ToArray(), nanRows);
-        }
-        ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Count) : [];
-        var batch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots.ToArray());
+        int sq = c.QueryTokens, hq = c.Heads;
+        var (stride, table, cached, nanSlots, newSlots) = DecodeCaseLayout.Of(c, steps, backend.Geometry.NumBlocks);
+        ushort[] cachedRows = steps.RandomRows(cached.Length);
+        device.Write(c.Layer, cached, cachedRows);
+        if (nanSlots.Length > 0) device.Write(c.Layer, nanSlots, DecodeCaseLayout.NaNRows(nanSlots.Length));
+        ushort[] newRows = c.Append ? steps.RandomRows(newSlots.Length) : [];
+        var batch = steps.NewBatch(c.Layer, sq, hq, c.Lens, stride, table, newRows, newSlots);
         if (inSegments) batch = steps.InSegments(batch);
 
         long directBefore = backend.DirectSteps;
@@ -69,7 +44,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         submission.Wait();
         double wallMs = clock.Elapsed.TotalMilliseconds;
         AfterStep(directBefore, batch);
-        if (c.Append) mirror.Write(c.Layer, newSlots.ToArray(), newRows);
+        if (c.Append) mirror.Write(c.Layer, newSlots, newRows);
 
         var score = ReferenceScore.Of(mirror, batch);
         // Rows that see nothing must be exactly 0.
@@ -84,10 +59,10 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         }
         // The step's rows were appended into their slots.
         int appendBad = 0;
-        if (c.Append && newSlots.Count > 0)
+        if (c.Append && newSlots.Length > 0)
         {
             var back = new ushort[newRows.Length];
-            backend.ReadKv(c.Layer, newSlots.ToArray(), back);
+            backend.ReadKv(c.Layer, newSlots, back);
             appendBad = Differences(newRows, back);
         }
         output.WriteLine($"{c.Name}: {score}, blind rows nonzero {blindNonZero}, append diffs {appendBad}, " +
@@ -136,9 +111,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
                 (t < initial[s] ? rowSlots : nanSlots).Add(blocks[s][t / MlaDims.BlockSize] * MlaDims.BlockSize + t % MlaDims.BlockSize);
             ushort[] rows = steps.RandomRows(rowSlots.Count);
             device.Write(layer, rowSlots.ToArray(), rows);
-            var nanRows = new ushort[nanSlots.Count * MlaDims.HeadDimK];
-            Array.Fill(nanRows, Bf16NaN);
-            device.Write(layer, nanSlots.ToArray(), nanRows);
+            device.Write(layer, nanSlots.ToArray(), DecodeCaseLayout.NaNRows(nanSlots.Count));
         }
 
         int[] length = (int[])initial.Clone();

@@ -41,7 +41,7 @@ public abstract class DeviceBackend : IDisposable
         return backend;
     }
 
-    private static int StableHash(string text)
+    internal static int StableHash(string text)
     {
         int hash = 17;
         foreach (char c in text) hash = hash * 31 + c;
@@ -68,7 +68,7 @@ public sealed class PageLockedBackend : DeviceBackend
 
 /// <summary>The GPU tests run one after another (one device), the sticky fault's collection after all of them.</summary>
 [CollectionDefinition(Name)]
-public sealed class GpuCollection : ICollectionFixture<StagedBackend>, ICollectionFixture<PageLockedBackend>
+public sealed class GpuCollection : ICollectionFixture<StagedBackend>, ICollectionFixture<PageLockedBackend>, ICollectionFixture<Fp8Backends>
 {
     public const string Name = "gpu";
 }

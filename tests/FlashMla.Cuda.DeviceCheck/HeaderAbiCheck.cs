@@ -59,6 +59,16 @@ internal static partial class HeaderAbiCheck
         Int("MLA_APPEND_ROWS_PER_CTA", MlaKernelAbi.AppendRowsPerCta);
         Str("MLA_KERNEL_COPY", MlaKernelAbi.KernelCopy);
         Int("MLA_COPY_THREADS", MlaKernelAbi.CopyThreads);
+        // The fp8 cache (issue 17): its kernels, the decode's dynamic shared memory and the token layout.
+        Str("MLA_KERNEL_DECODE_FP8", MlaKernelAbi.KernelDecodeFp8);
+        Int("MLA_DECODE_FP8_SMEM_BYTES", MlaKernelAbi.DecodeFp8SmemBytes);
+        Str("MLA_KERNEL_APPEND_FP8", MlaKernelAbi.KernelAppendFp8);
+        Str("MLA_KERNEL_APPEND_FP8_RAW", MlaKernelAbi.KernelAppendFp8Raw);
+        Str("MLA_KERNEL_COPY_FP8", MlaKernelAbi.KernelCopyFp8);
+        Int("MLA_FP8_TOKEN_BYTES", MlaKernelAbi.Fp8TokenBytes);
+        Int("MLA_FP8_SCALE_OFFSET", Core.Tensors.Fp8KvFormat.ScalesOffset);
+        Int("MLA_FP8_ROPE_OFFSET", Core.Tensors.Fp8KvFormat.RopeOffset);
+        Int("MLA_FP8_TILE", Core.Tensors.Fp8KvFormat.TileValues);
         Size("MlaDecodeParams", Marshal.SizeOf<MlaDecodeParams>());
         Size("KvAppendParams", Marshal.SizeOf<KvAppendParams>());
         Size("BlockCopyParams", Marshal.SizeOf<BlockCopyParams>());

@@ -43,7 +43,7 @@ internal static class DeviceFault
         CudaDeviceInfo device = CudaDeviceInfo.Read(0);
         using PrimaryContextHandle context = PrimaryContextHandle.Retain(device.Ordinal);
         context.MakeCurrent();
-        using MlaKernels kernels = MlaKernels.Load(context, fatbinPath, device);
+        using MlaKernels kernels = MlaKernels.Load(context, fatbinPath, device, Core.Tensors.KvDtype.Bf16);
         using StreamHandle stream = StreamHandle.Create(context);
         try
         {

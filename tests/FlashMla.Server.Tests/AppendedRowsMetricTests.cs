@@ -33,3 +33,30 @@ public sealed class AppendedRowsMetricTests
         Assert.Equal([16u, 0u], (await server.Client.GetSequenceAsync(a)).LayerLengths);
     }
 }
+
+/// <summary>flashmla_decode_moved_bytes_total counts the KV bytes the attention read in the cache's own dtype.</summary>
+[Collection(DataPlaneCollection.Name)] // reads a counter every test server in the process adds to
+public sealed class MovedBytesMetricTests
+{
+    [Theory]
+    [InlineData("bf16", 1152)]
+    [InlineData("fp8", 656)]
+    public async Task Moved_bytes_count_each_kv_token_at_the_dtypes_bytes_per_token(string dtype, int bytesPerToken)
+    {
+        await using var server = await TestServer.StartAsync(("KvDtype", dtype));
+        ulong a = await server.Client.CreateSequenceAsync();
+        await server.Client.AppendKvAsync(a, 0, Random16.Bf16(new Random(1), 99 * 576));
+        var request = new DecodeRequest
+        {
+            Layer = 0, SQ = 1, HQ = 2,
+            Q = TensorBytes.Bf16(Random16.Bf16(new Random(2), 2 * 576), 1, 1, 2, 576),
+            Kv = TensorBytes.Bf16(Random16.Bf16(new Random(3), 576), 1, 1, 576),
+        };
+        request.SequenceIds.Add(a);
+        await server.Client.Decoder.DecodeOnceAsync(request);
+
+        var scrape = await PrometheusScrape.TakeAsync(server);
+        // 100 KV tokens (99 uploaded, 1 appended by the step), then q and out of 2 query rows in bf16.
+        Assert.Equal(100 * bytesPerToken + 2 * (576 + 512) * 2, scrape.Sum("flashmla_decode_moved_bytes_total"));
+    }
+}

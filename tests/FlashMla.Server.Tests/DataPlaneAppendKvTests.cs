@@ -1,5 +1,6 @@
 using FlashMla.Client;
 using FlashMla.Contracts.V1;
+using FlashMla.Core.Tensors;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -68,6 +69,47 @@ public sealed class DataPlaneAppendKvTests
         using var http = new HttpClient();
         string text = await http.GetStringAsync(server.MetricsAddress + "/metrics");
         Assert.Matches(@"flashmla_dataplane_calls_total\{[^}]*code=""OK""[^}]*method=""/flashmla.v1.KvCache/AppendKv""[^}]*\} 1", text);
+    }
+
+    [Fact]
+    public async Task An_fp8_cache_takes_bf16_and_fp8_rows_on_the_data_plane_port_as_on_the_grpc_port()
+    {
+        await using var server = await TestServer.StartAsync(("KvDtype", "fp8"));
+        using var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress });
+        ulong id = await client.CreateSequenceAsync();
+        var rng = new Random(7);
+        var bf16 = Random16.Bf16(rng, 70 * 576);
+        var raw = new byte[40 * Fp8KvFormat.TokenBytes];
+        rng.NextBytes(raw); // the server does not interpret stored rows
+
+        var quantizedOnes = await client.AppendKvAsync(id, 0, bf16, rowsPerChunk: 32);
+        var storedOnes = await client.AppendFp8KvAsync(id, 0, raw, rowsPerChunk: 16);
+        Assert.Equal((3ul, 70ul), (quantizedOnes.Chunks, quantizedOnes.Rows));
+        Assert.Equal((3ul, 40ul), (storedOnes.Chunks, storedOnes.Rows));
+
+        var quantized = new byte[70 * Fp8KvFormat.TokenBytes];
+        Fp8KvFormat.Quantize(bf16, quantized);
+        var (dtype, stored) = await client.ReadStoredKvAsync(id, 0);
+        Assert.Equal(DType.Fp8E4M3Scaled, dtype);
+        Assert.Equal([.. quantized, .. raw], stored);
+
+        using var http = new HttpClient();
+        string text = await http.GetStringAsync(server.MetricsAddress + "/metrics");
+        Assert.Matches(@"flashmla_dataplane_calls_total\{[^}]*code=""OK""[^}]*method=""/flashmla.v1.KvCache/AppendKv""[^}]*\} 2", text);
+    }
+
+    [Fact]
+    public async Task Fp8_rows_on_the_data_plane_port_are_refused_by_a_bf16_cache_and_change_nothing()
+    {
+        await using var server = await TestServer.StartAsync();
+        using var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress });
+        ulong id = await client.CreateSequenceAsync();
+
+        var error = await Assert.ThrowsAsync<RpcException>(() => client.AppendFp8KvAsync(id, 0, new byte[2 * Fp8KvFormat.TokenBytes]));
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Contains("bf16", error.Status.Detail);
+        Assert.Equal(new uint[] { 0, 0 }, (await client.GetSequenceAsync(id)).LayerLengths);
+        Assert.Equal(64u, (await client.GetStatsAsync()).FreeBlocks);
     }
 
     [Fact]

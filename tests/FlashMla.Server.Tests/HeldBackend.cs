@@ -46,6 +46,8 @@ internal sealed class HeldBackend(IAttentionBackend inner) : IAttentionBackend
 
     public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) => inner.WriteKv(layer, slots, rows);
     public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows) => inner.ReadKv(layer, slots, rows);
+    public void WriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows) => inner.WriteStoredKv(layer, slots, rows);
+    public void ReadStoredKv(int layer, ReadOnlySpan<int> slots, Span<byte> rows) => inner.ReadStoredKv(layer, slots, rows);
     public void CopyBlocks(ReadOnlySpan<BlockCopy> copies) => inner.CopyBlocks(copies);
     public void Decode(DecodeBatch batch) => Submit(batch).Wait();
 

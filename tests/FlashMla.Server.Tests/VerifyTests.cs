@@ -59,7 +59,40 @@ public sealed class VerifyTests
         Assert.All(report.Cases, c => Assert.True(c.OutRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
     }
 
+    [Fact]
+    public async Task Verify_of_an_fp8_cache_checks_the_stored_bytes_and_the_outputs_over_the_dequantized_rows()
+    {
+        await using var server = await TestServer.StartAsync(("KvDtype", "fp8"));
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.Equal("fp8", report.KvDtype);
+        Assert.True(report.Passed);
+        Assert.Equal(0, report.QuantizationMismatchRows);
+        Assert.All(report.Cases, c => Assert.InRange(c.OutRelativeError, 1e-4, VerifyRun.Bf16RelativeErrorLimit));
+        // Against the unquantized rows the error is fp8's, larger than the bf16 rounding against the dequantized ones.
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeErrorVsBf16 > c.OutRelativeError, $"case {c.Index}: {c.OutRelativeErrorVsBf16} vs {c.OutRelativeError}"));
+    }
+
+    [Fact]
+    public async Task Verify_of_an_fp8_cache_fails_when_one_bit_of_each_stored_row_differs_from_the_codec()
+    {
+        await using var server = await StartFp8WithStoredBitFlippedAsync();
+        var report = await VerifyRun.RunAsync(server.Client, Small, CancellationToken.None);
+
+        Assert.False(report.Passed);
+        Assert.Equal(report.Cases.Count, report.Failures);
+        Assert.All(report.Cases, c => Assert.Equal(c.Lengths.Sum(), c.QuantizationMismatchRows));
+        Assert.All(report.Cases, c => Assert.True(c.OutRelativeError < VerifyRun.Bf16RelativeErrorLimit, $"case {c.Index}: out error {c.OutRelativeError}"));
+    }
+
     /// <summary>A server whose backend is the usual one with <paramref name="perturb"/> applied to every decode's outputs.</summary>
     private static Task<TestServer> StartPerturbedAsync(Action<DecodeBatch> perturb) =>
         HookedBackend.StartServerAsync(before: null, after: perturb, "test: outputs perturbed after decode");
+
+    /// <summary>An fp8 server whose stored rows are read back with the low bit of each row's first byte flipped.</summary>
+    private static Task<TestServer> StartFp8WithStoredBitFlippedAsync() =>
+        HookedBackend.StartServerAsync(before: null, after: null, afterReadStored: rows =>
+        {
+            for (int at = 0; at < rows.Length; at += Fp8KvFormat.TokenBytes) rows[at] ^= 1;
+        }, "test: stored rows read back with one bit flipped", ("KvDtype", "fp8"));
 }

@@ -69,3 +69,4 @@ AppendKvChunk = FLASHMLA.message("flashmla.v1.AppendKvChunk")
 
 DTYPE_BF16 = 1
 DTYPE_FP32 = 2
+DTYPE_FP8_E4M3_SCALED = 3  # KV rows in FlashMLA's "FP8 with scale" format: bytes [n, 656] (tensor.proto)

@@ -15,10 +15,10 @@ from typing import Iterable, Sequence
 import grpc
 import numpy as np
 
-from ._contract import DTYPE_BF16, FLASHMLA, AppendKvChunk
+from ._contract import DTYPE_BF16, DTYPE_FP8_E4M3_SCALED, FLASHMLA, AppendKvChunk
 from .decode import DecodeOutput, DecodeStream, build_request, parse_response
 from .errors import FlashMlaError
-from .tensors import as_bf16_bits, from_tensor, to_tensor
+from .tensors import FP8_ROW_BYTES, as_kv_rows, from_tensor, to_tensor
 
 KV_CACHE = "flashmla.v1.KvCache"
 DECODER = "flashmla.v1.Decoder"
@@ -50,6 +50,9 @@ class ServiceConfig:
     backend: str
     device: str
     sequence_lease_seconds: float
+    kv_dtype: int            # DTYPE_BF16 (1) or DTYPE_FP8_E4M3_SCALED (3): how the pools store rows
+    kv_bytes_per_token: int  # 1152 (bf16) or 656 (fp8)
+    token_capacity: int      # tokens a layer's pool holds (total_blocks * 64)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class ForkResult:
 
 @dataclass(frozen=True)
 class KvUpload:
-    """Rows (bf16 bits ``[n, 576]``) to append to one layer of one sequence."""
+    """Rows to append to one layer of one sequence: bf16 bits ``[n, 576]``, or rows already in the fp8 format,
+    ``uint8 [n, 656]``, for a server with ``KvDtype=fp8`` (stored as they are)."""
 
     sequence_id: int
     layer: int
@@ -180,11 +184,11 @@ class FlashMlaClient:
         def chunks():
             for upload in uploads:
                 try:
-                    rows = as_bf16_bits(upload.rows, "rows")
+                    rows, dtype = as_kv_rows(upload.rows, "rows")
                 except (TypeError, ValueError) as error:
                     refused.append(error)
                     raise
-                yield AppendKvChunk(sequence_id=upload.sequence_id, layer=upload.layer, kv=to_tensor(rows, DTYPE_BF16))
+                yield AppendKvChunk(sequence_id=upload.sequence_id, layer=upload.layer, kv=to_tensor(rows, dtype))
 
         try:
             reply = self._append(chunks(), **self._call_options(timeout, metadata))
@@ -219,11 +223,24 @@ class FlashMlaClient:
     @_reraise
     def read_kv(self, sequence_id: int, layer: int, start: int = 0, count: int = 0, rows_per_chunk: int = 0,
                 *, timeout=None, metadata=None) -> np.ndarray:
-        """Rows ``start .. start+count-1`` of one layer (``count`` 0: to the end) as bf16 bits ``[n, 576]``."""
+        """Rows ``start .. start+count-1`` of one layer (``count`` 0: to the end) of a bf16 cache as bf16 bits
+        ``[n, 576]``; an fp8 cache's rows raise ValueError (read them with ``read_stored_kv``)."""
+        return self._read_rows(sequence_id, layer, start, count, rows_per_chunk, DTYPE_BF16, timeout, metadata)
+
+    @_reraise
+    def read_stored_kv(self, sequence_id: int, layer: int, start: int = 0, count: int = 0, rows_per_chunk: int = 0,
+                       *, timeout=None, metadata=None) -> np.ndarray:
+        """The rows as the cache stores them (its ``kv_dtype``): bf16 bits ``[n, 576]``, or fp8 rows ``uint8 [n, 656]``."""
+        dtype = self.get_config(timeout=timeout, metadata=metadata).kv_dtype
+        return self._read_rows(sequence_id, layer, start, count, rows_per_chunk, dtype, timeout, metadata)
+
+    def _read_rows(self, sequence_id, layer, start, count, rows_per_chunk, dtype, timeout, metadata) -> np.ndarray:
         request = self._message("ReadKvRequest", sequence_id=sequence_id, layer=layer, start=start, count=count,
                                 rows_per_chunk=rows_per_chunk)
-        parts = [from_tensor(chunk.kv, DTYPE_BF16, "kv") for chunk in self._read_kv(request, **self._call_options(timeout, metadata))]
-        return np.concatenate(parts) if parts else np.empty((0, 576), dtype=np.uint16)
+        parts = [from_tensor(chunk.kv, dtype, "kv") for chunk in self._read_kv(request, **self._call_options(timeout, metadata))]
+        if parts:
+            return np.concatenate(parts)
+        return np.empty((0, FP8_ROW_BYTES), dtype=np.uint8) if dtype == DTYPE_FP8_E4M3_SCALED else np.empty((0, 576), dtype=np.uint16)
 
     @_reraise
     def get_stats(self, *, timeout=None, metadata=None) -> CacheStats:

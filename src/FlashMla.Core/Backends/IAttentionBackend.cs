@@ -1,3 +1,6 @@
+using System.Runtime.InteropServices;
+using FlashMla.Core.Tensors;
+
 namespace FlashMla.Core.Backends;
 
 /// <summary>
@@ -21,7 +24,10 @@ public interface IAttentionBackend : IDisposable
     /// <summary>Most query rows (<c>s_q * h_q</c>) per sequence one decode may have; unbounded unless the kernels say otherwise.</summary>
     int MaxQueryRowsPerSequence => int.MaxValue;
 
-    /// <summary>Writes <c>slots.Length</c> bf16 rows of 576 into one layer's pool.</summary>
+    /// <summary>
+    /// Writes <c>slots.Length</c> bf16 rows of 576 into one layer's pool, stored in the pools' dtype
+    /// (<see cref="KvPoolGeometry.Dtype"/>: an fp8 pool quantizes them, <see cref="Fp8KvFormat"/>).
+    /// </summary>
     void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows);
 
     /// <summary>
@@ -38,8 +44,38 @@ public interface IAttentionBackend : IDisposable
         return DecodeSubmission.CompletedNow();
     }
 
-    /// <summary>Reads <c>slots.Length</c> bf16 rows of 576 from one layer's pool.</summary>
+    /// <summary>
+    /// <see cref="WriteStoredKv"/> started without waiting for it, ordered and completed as <see cref="SubmitWriteKv"/>
+    /// (KV ingest of rows already in the pools' stored format). This default writes synchronously.
+    /// </summary>
+    DecodeSubmission SubmitWriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<byte> rows)
+    {
+        WriteStoredKv(layer, slots, rows.Span);
+        return DecodeSubmission.CompletedNow();
+    }
+
+    /// <summary>Reads <c>slots.Length</c> rows of one layer's pool as bf16 rows of 576 (an fp8 pool's dequantized).</summary>
     void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows);
+
+    /// <summary>
+    /// Writes <c>slots.Length</c> rows already in the pools' stored format (<see cref="KvPoolGeometry.BytesPerToken"/>
+    /// bytes each), copied as they are. The default serves bf16 pools through <see cref="WriteKv"/>.
+    /// </summary>
+    void WriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows)
+    {
+        if (Geometry.Dtype != KvDtype.Bf16) throw new NotSupportedException($"{Name}: this backend writes stored rows of bf16 pools only");
+        WriteKv(layer, slots, MemoryMarshal.Cast<byte, ushort>(rows));
+    }
+
+    /// <summary>
+    /// Reads <c>slots.Length</c> rows in the pools' stored format (<see cref="KvPoolGeometry.BytesPerToken"/> bytes
+    /// each). The default serves bf16 pools through <see cref="ReadKv"/>.
+    /// </summary>
+    void ReadStoredKv(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
+    {
+        if (Geometry.Dtype != KvDtype.Bf16) throw new NotSupportedException($"{Name}: this backend reads stored rows of bf16 pools only");
+        ReadKv(layer, slots, MemoryMarshal.Cast<byte, ushort>(rows));
+    }
 
     /// <summary>Copies whole blocks, every layer, source to destination (copy-on-write).</summary>
     void CopyBlocks(ReadOnlySpan<BlockCopy> copies);
@@ -68,10 +104,22 @@ public interface IAttentionBackend : IDisposable
     }
 }
 
-/// <summary>Shape of the KV pools: <c>num_layers</c> pools of <c>[num_blocks, 64, 576]</c> bf16.</summary>
-public readonly record struct KvPoolGeometry(int NumLayers, int NumBlocks)
+/// <summary>
+/// Shape of the KV pools: <c>num_layers</c> pools of <c>[num_blocks, 64]</c> token rows of <see cref="Dtype"/>
+/// (<c>[num_blocks, 64, 576]</c> bf16, or <c>[num_blocks, 64, 656]</c> bytes of <see cref="Fp8KvFormat"/>).
+/// </summary>
+public readonly record struct KvPoolGeometry(int NumLayers, int NumBlocks, KvDtype Dtype = KvDtype.Bf16)
 {
-    public long TotalSlots => (long)NumBlocks * Tensors.MlaDims.BlockSize;
+    public long TotalSlots => (long)NumBlocks * MlaDims.BlockSize;
+
+    /// <summary>Bytes of one token's row in a pool.</summary>
+    public int BytesPerToken => Dtype.BytesPerToken();
+
+    /// <summary>Bytes of one block of one layer.</summary>
+    public long PageBytes => Dtype.PageBytes();
+
+    /// <summary>Bytes of one layer's pool.</summary>
+    public long LayerBytes => NumBlocks * PageBytes;
 }
 
 /// <summary>One whole-block copy for copy-on-write.</summary>

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Tensors;
@@ -110,15 +111,28 @@ public sealed class PagedKvCache
             throw CacheException.Invalid($"layer {layer} is out of range (the cache has {NumLayers} layers)");
     }
 
-    /// <summary>Appends <c>rows.Length / 576</c> rows to one layer of one sequence.</summary>
-    public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows, Tenant? tenant = null)
+    /// <summary>The pools' dtype: what <see cref="AppendStored"/> takes and <see cref="ReadStored"/> gives.</summary>
+    public KvDtype Dtype => _backend.Geometry.Dtype;
+
+    /// <summary>Appends <c>rows.Length / 576</c> bf16 rows to one layer of one sequence (quantized when the pools are fp8).</summary>
+    public void Append(ulong id, int layer, ReadOnlySpan<ushort> rows, Tenant? tenant = null) =>
+        AppendRows(id, layer, CheckRows(layer, rows.Length), MemoryMarshal.AsBytes(rows), stored: false, tenant);
+
+    /// <summary>
+    /// Appends rows already in the pools' stored format (<see cref="KvPoolGeometry.BytesPerToken"/> bytes each),
+    /// copied as they are: KV that another system produced in the same format.
+    /// </summary>
+    public void AppendStored(ulong id, int layer, ReadOnlySpan<byte> rows, Tenant? tenant = null) =>
+        AppendRows(id, layer, CheckStoredRows(layer, rows.Length), rows, stored: true, tenant);
+
+    private void AppendRows(ulong id, int layer, int count, ReadOnlySpan<byte> rows, bool stored, Tenant? tenant)
     {
-        int count = CheckRows(layer, rows.Length);
         int[] slots = new int[count];
         var (sequence, oldBlocks) = ReserveAppend(id, layer, count, slots, tenant);
         try
         {
-            _backend.WriteKv(layer, slots, rows);
+            if (stored) _backend.WriteStoredKv(layer, slots, rows);
+            else _backend.WriteKv(layer, slots, MemoryMarshal.Cast<byte, ushort>(rows));
         }
         catch
         {
@@ -129,12 +143,17 @@ public sealed class PagedKvCache
     }
 
     /// <summary>Rows in <paramref name="elements"/> bf16 values for <paramref name="layer"/>, or a refusal.</summary>
-    public int CheckRows(int layer, int elements)
+    public int CheckRows(int layer, int elements) => CheckRows(layer, elements, MlaDims.HeadDimK, "values");
+
+    /// <summary>Rows in <paramref name="bytes"/> bytes of the pools' stored format for <paramref name="layer"/>, or a refusal.</summary>
+    public int CheckStoredRows(int layer, int bytes) => CheckRows(layer, bytes, _backend.Geometry.BytesPerToken, "bytes");
+
+    private int CheckRows(int layer, int length, int perRow, string unit)
     {
         CheckLayer(layer);
-        if (elements == 0 || elements % MlaDims.HeadDimK != 0)
-            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {MlaDims.HeadDimK} values, got {elements} values");
-        return elements / MlaDims.HeadDimK;
+        if (length == 0 || length % perRow != 0)
+            throw CacheException.Invalid($"kv must hold a positive whole number of rows of {perRow} {unit}, got {length} {unit}");
+        return length / perRow;
     }
 
     /// <summary>
@@ -334,18 +353,33 @@ public sealed class PagedKvCache
         return sequence.Blocks.Count;
     }
 
-    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/>.</summary>
+    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/> as bf16 (dequantized when the pools are fp8).</summary>
     public void Read(ulong id, int layer, int start, int count, Span<ushort> rows, Tenant? tenant = null)
+    {
+        int[] slots = ReadSlots(id, layer, start, count, tenant);
+        if (rows.Length != count * MlaDims.HeadDimK) throw new ArgumentException("destination has the wrong length", nameof(rows));
+        _backend.ReadKv(layer, slots, rows);
+    }
+
+    /// <summary>Reads rows <c>start .. start + count - 1</c> of one layer into <paramref name="rows"/> in the pools' stored format.</summary>
+    public void ReadStored(ulong id, int layer, int start, int count, Span<byte> rows, Tenant? tenant = null)
+    {
+        int[] slots = ReadSlots(id, layer, start, count, tenant);
+        if (rows.Length != (long)count * _backend.Geometry.BytesPerToken) throw new ArgumentException("destination has the wrong length", nameof(rows));
+        _backend.ReadStoredKv(layer, slots, rows);
+    }
+
+    /// <summary>Slots of rows <c>start .. start + count - 1</c> of one layer, after checking they are held.</summary>
+    private int[] ReadSlots(ulong id, int layer, int start, int count, Tenant? tenant)
     {
         CheckLayer(layer);
         var sequence = Get(id, tenant);
         int length = sequence.LayerLengths[layer];
         if (start < 0 || count < 0 || (long)start + count > length)
             throw CacheException.Invalid($"rows {start}..{(long)start + count - 1} are outside layer {layer} of sequence {id}, which holds {length}");
-        if (rows.Length != count * MlaDims.HeadDimK) throw new ArgumentException("destination has the wrong length", nameof(rows));
-        Span<int> slots = count <= 1024 ? stackalloc int[count] : new int[count];
+        int[] slots = new int[count];
         SlotsOf(sequence, start, slots);
-        _backend.ReadKv(layer, slots, rows);
+        return slots;
     }
 
     /// <summary>

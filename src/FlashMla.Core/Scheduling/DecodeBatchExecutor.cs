@@ -222,7 +222,7 @@ internal sealed class DecodeBatchExecutor(PagedKvCache cache, IAttentionBackend 
         if (entry.Submission.Phases is { } phases) metrics.KernelTime.Record(phases.KernelMicroseconds / 1e6);
         metrics.DecodeKvTokens.Add(entry.KvTokens);
         metrics.DecodeQueryTokens.Add((long)b * sQ);
-        metrics.DecodeBytes.Add(entry.KvTokens * MlaDims.KvRowBytes + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
+        metrics.DecodeBytes.Add(entry.KvTokens * backend.Geometry.BytesPerToken + (long)b * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * 2);
         metrics.DecodeFlops.Add(2.0 * sQ * hQ * (MlaDims.HeadDimK + MlaDims.HeadDimV) * entry.KvTokens);
         if (entry.Appended) metrics.AppendedRows.Add((long)b * sQ);
         // The sequences are free of the batch once the loop retires it, and its requests count for their tenants then

@@ -6,7 +6,8 @@ using FlashMla.Core.Memory;
 namespace FlashMla.Core.Scheduling;
 
 /// <summary>
-/// KV ingest chunks started on the backend (<see cref="IAttentionBackend.SubmitWriteKv"/>) and not yet complete. A
+/// KV ingest chunks started on the backend (<see cref="IAttentionBackend.SubmitWriteKv"/>, or
+/// <see cref="IAttentionBackend.SubmitWriteStoredKv"/> for rows in the stored format) and not yet complete. A
 /// chunk reserves its blocks and commits the layer's new length when it starts, like a decode step; its sequence
 /// stays busy (<see cref="SequenceActivity"/>) until the write completes, so no decode reads those rows and no command
 /// changes the sequence before then, and a failed write rolls back exactly. Chunks of other sequences, and decodes
@@ -42,13 +43,16 @@ internal sealed class KvAppendsInFlight(PagedKvCache cache, IAttentionBackend ba
         int[]? slots = null;
         try
         {
-            int count = cache.CheckRows(work.Layer, work.Rows.Length / sizeof(ushort));
+            int count = work.Stored ? cache.CheckStoredRows(work.Layer, work.Rows.Length)
+                : cache.CheckRows(work.Layer, work.Rows.Length / sizeof(ushort));
             slots = ArrayPool<int>.Shared.Rent(count);
             var (sequence, oldBlocks) = cache.ReserveAppend(work.SequenceId, work.Layer, count, slots, work.Tenant);
             DecodeSubmission submission;
             try
             {
-                submission = backend.SubmitWriteKv(work.Layer, slots.AsSpan(0, count), MemoryCast.Cast<byte, ushort>(work.Rows));
+                submission = work.Stored
+                    ? backend.SubmitWriteStoredKv(work.Layer, slots.AsSpan(0, count), work.Rows)
+                    : backend.SubmitWriteKv(work.Layer, slots.AsSpan(0, count), MemoryCast.Cast<byte, ushort>(work.Rows));
             }
             catch
             {

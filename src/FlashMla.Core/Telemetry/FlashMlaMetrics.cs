@@ -25,7 +25,7 @@ public sealed class FlashMlaMetrics : IDisposable
         DecodeRequests = _meter.CreateCounter<long>("flashmla.decode.requests", "{request}", "Decode requests served successfully.");
         DecodeQueryTokens = _meter.CreateCounter<long>("flashmla.decode.tokens", "{token}", "Query tokens decoded (b * s_q per request).");
         DecodeKvTokens = _meter.CreateCounter<long>("flashmla.decode.kv_tokens", "{token}", "KV tokens attended over (sum of sequence lengths per request).");
-        DecodeBytes = _meter.CreateCounter<long>("flashmla.decode.moved", "By", "Bytes the attention moved: KV read + q + out.");
+        DecodeBytes = _meter.CreateCounter<long>("flashmla.decode.moved", "By", "Bytes the attention moved: KV read (at the cache dtype's bytes a token: 1152 bf16, 656 fp8) + q + out.");
         DecodeFlops = _meter.CreateCounter<double>("flashmla.decode.flops", "{flop}", "Floating-point operations of the attention: 2 * s_q * h_q * (576 + 512) * kv tokens.");
         DecodeBatches = _meter.CreateCounter<long>("flashmla.decode.batches", "{batch}", "Backend decode calls (one per merged batch).");
         BatchSequences = _meter.CreateHistogram<int>("flashmla.decode.batch_sequences", "{sequence}", "Sequences per backend decode call.",

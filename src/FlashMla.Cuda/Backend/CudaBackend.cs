@@ -1,6 +1,7 @@
 using System.Globalization;
 using FlashMla.Core.Backends;
 using FlashMla.Core.Memory;
+using FlashMla.Core.Tensors;
 using FlashMla.Cuda.Interop;
 
 namespace FlashMla.Cuda.Backend;
@@ -49,7 +50,7 @@ public sealed class CudaBackend : IAttentionBackend
     public string Name => "cuda";
 
     public string DeviceDescription => string.Create(CultureInfo.InvariantCulture,
-        $"{_device.Describe()}; KV pools {Geometry.NumLayers} layers x {Geometry.NumBlocks} blocks ({_pools.Bytes / (double)(1L << 30):F2} GiB); kernels {Path.GetFileName(_fatbinPath)}");
+        $"{_device.Describe()}; KV pools {Geometry.NumLayers} layers x {Geometry.NumBlocks} blocks of {Geometry.Dtype.OptionName()} ({_pools.Bytes / (double)(1L << 30):F2} GiB); kernels {Path.GetFileName(_fatbinPath)}");
 
     public KvPoolGeometry Geometry => _pools.Geometry;
 
@@ -115,7 +116,7 @@ public sealed class CudaBackend : IAttentionBackend
             PrimaryContextHandle context = PrimaryContextHandle.Retain(device.Ordinal);
             owned.Push(context);
             context.MakeCurrent();
-            MlaKernels kernels = MlaKernels.Load(context, options.FatbinPath, device);
+            MlaKernels kernels = MlaKernels.Load(context, options.FatbinPath, device, options.KvDtype);
             owned.Push(kernels);
             var streams = new StreamHandle[4]; // compute, upload, download, ingest
             for (int i = 0; i < streams.Length; i++)
@@ -134,9 +135,9 @@ public sealed class CudaBackend : IAttentionBackend
             if (blocks == 0)
             {
                 CudaException.Check(CudaDriver.cuMemGetInfo_v2(out nuint free, out _), "cuMemGetInfo");
-                blocks = CudaBackendFactory.BlockCountFromMemory((long)free, options.MemoryFraction, options.NumLayers, options.ReservedBytes);
+                blocks = CudaBackendFactory.BlockCountFromMemory((long)free, options.MemoryFraction, options.NumLayers, options.ReservedBytes, options.KvDtype);
             }
-            var pools = DeviceKvPools.Allocate(context, kernels, streams[0], new KvPoolGeometry(options.NumLayers, blocks));
+            var pools = DeviceKvPools.Allocate(context, kernels, streams[0], new KvPoolGeometry(options.NumLayers, blocks, options.KvDtype));
             owned.Push(pools);
             var guard = new CudaCallGuard(context);
             var decode = new DecodePipeline(context, guard, kernels, pools, streams[0], streams[1], streams[2], slots, device.SmCount);
@@ -170,11 +171,23 @@ public sealed class CudaBackend : IAttentionBackend
     public DecodeSubmission SubmitWriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
     {
         CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
+        return SubmitIngest(layer, slots, rows, MlaDims.KvRowBytes, stored: false);
+    }
+
+    /// <summary>Rows in the stored format on the ingest stream, as <see cref="SubmitWriteKv"/>: the raw append kernel.</summary>
+    public DecodeSubmission SubmitWriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<byte> rows)
+    {
+        CudaBackendArguments.StoredRows(Geometry, layer, slots, rows.Length);
+        return SubmitIngest(layer, slots, rows, Geometry.BytesPerToken, stored: true);
+    }
+
+    private DecodeSubmission SubmitIngest<T>(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int rowBytes, bool stored) where T : unmanaged
+    {
         BeginCall();
         if (slots.IsEmpty) return DecodeSubmission.CompletedNow();
         try
         {
-            return _ingest.Submit(layer, slots, rows);
+            return _ingest.Submit(layer, slots, rows, rowBytes, stored);
         }
         catch (CudaException e)
         {
@@ -185,11 +198,45 @@ public sealed class CudaBackend : IAttentionBackend
     public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows)
     {
         CudaBackendArguments.Rows(Geometry, layer, slots, rows.Length);
+        if (Geometry.Dtype == KvDtype.Bf16)
+        {
+            ReadStoredChecked(layer, slots, System.Runtime.InteropServices.MemoryMarshal.AsBytes(rows));
+            return;
+        }
+        // fp8: the stored rows, dequantized on the host by the codec the kernels match bit for bit.
+        var stored = new byte[slots.Length * (long)Geometry.BytesPerToken];
+        ReadStoredChecked(layer, slots, stored);
+        Fp8KvFormat.Dequantize(stored, rows);
+    }
+
+    public void WriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows)
+    {
+        CudaBackendArguments.StoredRows(Geometry, layer, slots, rows.Length);
         BeginCall();
         if (slots.IsEmpty) return;
         try
         {
-            _pools.Read(layer, slots, rows);
+            _pools.WriteStored(layer, slots, rows);
+        }
+        catch (CudaException e)
+        {
+            throw _guard.Fault(e);
+        }
+    }
+
+    public void ReadStoredKv(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
+    {
+        CudaBackendArguments.StoredRows(Geometry, layer, slots, rows.Length);
+        ReadStoredChecked(layer, slots, rows);
+    }
+
+    private void ReadStoredChecked(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
+    {
+        BeginCall();
+        if (slots.IsEmpty) return;
+        try
+        {
+            _pools.ReadStored(layer, slots, rows);
         }
         catch (CudaException e)
         {

@@ -26,6 +26,15 @@ internal static class CudaBackendArguments
         Slots(geometry, slots);
     }
 
+    /// <summary>Rows in the pools' stored format: <see cref="KvPoolGeometry.BytesPerToken"/> bytes each.</summary>
+    public static void StoredRows(KvPoolGeometry geometry, int layer, ReadOnlySpan<int> slots, int rowBytes)
+    {
+        Layer(geometry, layer);
+        if (rowBytes != (long)slots.Length * geometry.BytesPerToken)
+            throw new ArgumentException($"{slots.Length} slots need {(long)slots.Length * geometry.BytesPerToken} bytes of stored rows ({geometry.BytesPerToken} each), got {rowBytes}", "rows");
+        Slots(geometry, slots);
+    }
+
     public static void Slots(KvPoolGeometry geometry, ReadOnlySpan<int> slots)
     {
         long total = geometry.TotalSlots;

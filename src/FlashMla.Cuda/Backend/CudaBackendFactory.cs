@@ -16,7 +16,7 @@ namespace FlashMla.Cuda.Backend;
 /// </summary>
 public static class CudaBackendFactory
 {
-    /// <summary>Bytes of one block (page) of one layer: 64 x 576 bf16.</summary>
+    /// <summary>Bytes of one bf16 block (page) of one layer: 64 x 576 bf16 (an fp8 block: <see cref="KvDtypes.PageBytes"/>, 41,984).</summary>
     public const long BlockBytesPerLayer = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
 
     /// <summary>The most blocks a pool may have: slots (<c>block * 64 + offset</c>) are int32.</summary>
@@ -51,20 +51,21 @@ public static class CudaBackendFactory
 
     /// <summary>
     /// Blocks per layer that fit in <paramref name="fraction"/> of <paramref name="freeBytes"/> of device
-    /// memory after <paramref name="reservedBytes"/> are kept back, for <paramref name="numLayers"/> pools.
-    /// Throws when not even one block fits.
+    /// memory after <paramref name="reservedBytes"/> are kept back, for <paramref name="numLayers"/> pools of
+    /// <paramref name="dtype"/> (fp8 blocks are 1152/656 = 1.756x as many). Throws when not even one block fits.
     /// </summary>
-    public static int BlockCountFromMemory(long freeBytes, double fraction, int numLayers, long reservedBytes)
+    public static int BlockCountFromMemory(long freeBytes, double fraction, int numLayers, long reservedBytes, KvDtype dtype = KvDtype.Bf16)
     {
+        long blockBytes = dtype.PageBytes();
         ArgumentOutOfRangeException.ThrowIfNegative(freeBytes);
         ArgumentOutOfRangeException.ThrowIfLessThan(numLayers, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(reservedBytes);
         if (!(fraction > 0 && fraction <= 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "must be in (0, 1]");
         long usable = (long)Math.Floor(freeBytes * fraction) - reservedBytes;
-        long blocks = usable <= 0 ? 0 : usable / (numLayers * BlockBytesPerLayer);
+        long blocks = usable <= 0 ? 0 : usable / (numLayers * blockBytes);
         if (blocks < 1)
             throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
-                $"no KV block fits: {freeBytes / (double)(1L << 30):F2} GiB free x {fraction} - {reservedBytes / (double)(1L << 20):F0} MiB reserved is less than one block of {numLayers} layers ({numLayers * BlockBytesPerLayer} bytes)"));
+                $"no KV block fits: {freeBytes / (double)(1L << 30):F2} GiB free x {fraction} - {reservedBytes / (double)(1L << 20):F0} MiB reserved is less than one block of {numLayers} layers ({numLayers * blockBytes} bytes)"));
         return (int)Math.Min(blocks, MaxBlocks);
     }
 }

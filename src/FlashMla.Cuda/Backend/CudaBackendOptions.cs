@@ -1,4 +1,5 @@
 using System.Globalization;
+using FlashMla.Core.Tensors;
 
 namespace FlashMla.Cuda.Backend;
 
@@ -10,6 +11,9 @@ public sealed class CudaBackendOptions
 
     /// <summary>Layers of the model: one KV pool each.</summary>
     public required int NumLayers { get; init; }
+
+    /// <summary>How the pools store rows: bf16, or fp8 (FlashMLA's FP8 with scale, the fp8 kernels).</summary>
+    public KvDtype KvDtype { get; init; } = KvDtype.Bf16;
 
     /// <summary>Blocks per pool, or 0 to size the pools from free device memory with <see cref="MemoryFraction"/>.</summary>
     public int NumBlocks { get; init; }
@@ -29,6 +33,7 @@ public sealed class CudaBackendOptions
         if (NumBlocks > CudaBackendFactory.MaxBlocks) problems.Add(Invariant($"NumBlocks must be at most {CudaBackendFactory.MaxBlocks}: slots are int32 (got {NumBlocks})"));
         if (NumBlocks == 0 && !(MemoryFraction > 0 && MemoryFraction <= 1))
             problems.Add(Invariant($"MemoryFraction must be in (0, 1] (got {MemoryFraction})"));
+        if (!Enum.IsDefined(KvDtype)) problems.Add(Invariant($"KvDtype {KvDtype} is not a KV dtype"));
         if (ReservedBytes < 0) problems.Add(Invariant($"ReservedBytes must not be negative (got {ReservedBytes})"));
         if (problems.Count > 0) throw new ArgumentException("CUDA backend options: " + string.Join("; ", problems));
     }

@@ -188,7 +188,8 @@ internal sealed class DecodePipeline : IDisposable
             NumBlocks = _pools.Geometry.NumBlocks,
             SoftmaxScale = batch.SoftmaxScale,
             ScaleLog2 = batch.SoftmaxScale * MlaKernelAbi.Log2E,
-            KvMapRow0 = checked(batch.Layer * _pools.Geometry.NumBlocks * MlaDims.BlockSize),
+            // The bf16 decode reads pages through the map over all pools; the fp8 decode reads KvPool (both 0 then).
+            KvMapRow0 = _pools.Geometry.Dtype == KvDtype.Bf16 ? checked(batch.Layer * _pools.Geometry.NumBlocks * MlaDims.BlockSize) : 0,
             KvMap = _pools.KvMap,
         };
         _kernels.Decode(p, stream);

@@ -5,9 +5,10 @@ using FlashMla.Cuda.Interop;
 namespace FlashMla.Cuda.Backend;
 
 /// <summary>
-/// The KV pools in device memory and the calls that move whole rows: <see cref="Write"/>, <see cref="Read"/> and
-/// <see cref="Copy"/>. One allocation holds every layer's pool (<c>[layers][blocks][64][576]</c> bf16), so a layer's
-/// pool is a fixed offset and one copy-kernel launch serves all layers. Everything here runs on the compute stream
+/// The KV pools in device memory and the calls that move whole rows: <see cref="Write(int, ReadOnlySpan{int}, ReadOnlySpan{ushort})"/>,
+/// <see cref="WriteStored"/>, <see cref="ReadStored"/> and <see cref="Copy"/>. One allocation holds every layer's pool
+/// (<c>[layers][blocks][64]</c> rows of the geometry's dtype: 576 bf16, or 656 bytes of fp8), so a layer's pool is a
+/// fixed offset and one copy-kernel launch serves all layers. Everything here runs on the compute stream
 /// (the stream of every pool write and of every kernel that reads the pools, so a decode step sees every row written
 /// before it) and waits for it: the calls are synchronous. Arguments are checked by the caller
 /// (<see cref="CudaBackendArguments"/>); staging buffers are reused and only grow.
@@ -16,9 +17,6 @@ internal sealed class DeviceKvPools : IDisposable
 {
     /// <summary>Rows staged per pass of Write/Read, so a long prefill does not grow the staging buffers without bound.</summary>
     public const int MaxRowsPerPass = 16384;
-
-    /// <summary>Bytes of one block of one layer.</summary>
-    public const long PageBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
 
     private readonly DeviceMemoryHandle _memory;
     private readonly MlaKernels _kernels;
@@ -35,8 +33,10 @@ internal sealed class DeviceKvPools : IDisposable
         _kernels = kernels;
         _stream = compute;
         Geometry = geometry;
-        // Every layer's pool, one map: a layer starts at row layer * blocks * 64.
-        KvMap = KvTensorMap.Encode(memory.Pointer, checked((long)geometry.NumLayers * geometry.NumBlocks * MlaDims.BlockSize));
+        // Every layer's pool, one map: a layer starts at row layer * blocks * 64. The fp8 decode reads pages without
+        // one (its map is all zero, as the ABI asks).
+        if (geometry.Dtype == KvDtype.Bf16)
+            KvMap = KvTensorMap.Encode(memory.Pointer, checked((long)geometry.NumLayers * geometry.NumBlocks * MlaDims.BlockSize));
         _hostUpload = new PinnedStaging(context, "pinned upload");
         _hostDownload = new PinnedStaging(context, "pinned download");
         _deviceUpload = new DeviceScratch(context, "device upload");
@@ -47,13 +47,13 @@ internal sealed class DeviceKvPools : IDisposable
     /// <summary>Device memory of all pools.</summary>
     public long Bytes => _memory.Bytes;
 
-    /// <summary>The TMA descriptor of all pools, for the decode kernel.</summary>
+    /// <summary>The TMA descriptor of all pools, for the bf16 decode kernel (zero for fp8 pools).</summary>
     public TensorMapBytes KvMap { get; }
 
     /// <summary>Allocates the pools of <paramref name="geometry"/>.</summary>
     public static DeviceKvPools Allocate(PrimaryContextHandle context, MlaKernels kernels, StreamHandle compute, KvPoolGeometry geometry)
     {
-        DeviceMemoryHandle memory = DeviceMemoryHandle.Allocate(context, checked(geometry.NumLayers * (long)geometry.NumBlocks * PageBytes));
+        DeviceMemoryHandle memory = DeviceMemoryHandle.Allocate(context, checked(geometry.NumLayers * geometry.LayerBytes));
         try
         {
             return new DeviceKvPools(context, kernels, compute, memory, geometry);
@@ -66,53 +66,64 @@ internal sealed class DeviceKvPools : IDisposable
     }
 
     /// <summary>Device address of <paramref name="layer"/>'s pool.</summary>
-    public ulong LayerPointer(int layer) => _memory.Pointer + (ulong)((long)layer * Geometry.NumBlocks * PageBytes);
+    public ulong LayerPointer(int layer) => _memory.Pointer + (ulong)(layer * Geometry.LayerBytes);
 
-    /// <summary>Writes rows into their slots of one layer: staged with their slots, scattered by the append kernel.</summary>
-    public void Write(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
+    /// <summary>Writes bf16 rows into their slots of one layer (quantized into fp8 pools by the append kernel).</summary>
+    public void Write(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows) =>
+        Write(layer, slots, System.Runtime.InteropServices.MemoryMarshal.AsBytes(rows), MlaDims.KvRowBytes, stored: false);
+
+    /// <summary>Writes rows already in the pools' stored format into their slots of one layer, as they are.</summary>
+    public void WriteStored(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows) =>
+        Write(layer, slots, rows, Geometry.BytesPerToken, stored: true);
+
+    /// <summary>Rows of <paramref name="rowBytes"/> each: staged with their slots, scattered by the append kernel.</summary>
+    private void Write(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows, int rowBytes, bool stored)
     {
         for (int first = 0; first < slots.Length; first += MaxRowsPerPass)
         {
             int n = Math.Min(MaxRowsPerPass, slots.Length - first);
             long rowsOffset = BufferSizes.RoundUp(n * 4L, BufferSizes.RegionAlignment);
-            long bytes = rowsOffset + n * (long)MlaDims.KvRowBytes;
+            long bytes = rowsOffset + n * (long)rowBytes;
             _hostUpload.EnsureCapacity(bytes);
             _deviceUpload.EnsureCapacity(bytes);
             slots.Slice(first, n).CopyTo(_hostUpload.Span<int>(0, n));
-            rows.Slice(first * MlaDims.HeadDimK, n * MlaDims.HeadDimK).CopyTo(_hostUpload.Span<ushort>(rowsOffset, n * MlaDims.HeadDimK));
+            rows.Slice(first * rowBytes, n * rowBytes).CopyTo(_hostUpload.Span<byte>(rowsOffset, n * rowBytes));
             ulong device = _deviceUpload.Pointer;
             DeviceCopy.ToDevice(device, _hostUpload.Pointer, bytes, "WriteKv upload", _stream);
-            _kernels.Append(new KvAppendParams
+            var append = new KvAppendParams
             {
                 KvPool = LayerPointer(layer),
                 Rows = device + (ulong)rowsOffset,
                 Slots = device,
                 NumRows = n,
                 NumBlocks = Geometry.NumBlocks,
-            }, _stream.Stream);
+            };
+            if (stored) _kernels.AppendStored(append, _stream.Stream);
+            else _kernels.Append(append, _stream.Stream);
             _stream.Synchronize("WriteKv");
         }
     }
 
-    /// <summary>Reads rows of one layer back, one copy per run of consecutive slots.</summary>
-    public void Read(int layer, ReadOnlySpan<int> slots, Span<ushort> rows)
+    /// <summary>Reads rows of one layer back in the stored format, one copy per run of consecutive slots.</summary>
+    public void ReadStored(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
     {
         ulong pool = LayerPointer(layer);
+        int rowBytes = Geometry.BytesPerToken;
         for (int first = 0; first < slots.Length; first += MaxRowsPerPass)
         {
             int n = Math.Min(MaxRowsPerPass, slots.Length - first);
-            _hostDownload.EnsureCapacity(n * (long)MlaDims.KvRowBytes);
+            _hostDownload.EnsureCapacity(n * (long)rowBytes);
             ReadOnlySpan<int> pass = slots.Slice(first, n);
             // Consecutive slots are consecutive rows of the pool: one copy per run.
             for (int i = 0; i < n;)
             {
                 int run = SlotRuns.RunLength(pass, i);
-                DeviceCopy.ToHost(_hostDownload.Pointer + i * MlaDims.KvRowBytes, pool + (ulong)pass[i] * MlaDims.KvRowBytes,
-                    run * (long)MlaDims.KvRowBytes, "ReadKv", _stream);
+                DeviceCopy.ToHost(_hostDownload.Pointer + i * rowBytes, pool + (ulong)pass[i] * (ulong)rowBytes,
+                    run * (long)rowBytes, "ReadKv", _stream);
                 i += run;
             }
             _stream.Synchronize("ReadKv");
-            _hostDownload.Span<ushort>(0, n * MlaDims.HeadDimK).CopyTo(rows.Slice(first * MlaDims.HeadDimK, n * MlaDims.HeadDimK));
+            _hostDownload.Span<byte>(0, n * rowBytes).CopyTo(rows.Slice(first * rowBytes, n * rowBytes));
         }
     }
 

@@ -8,7 +8,7 @@ using FlashMla.Cuda.Interop;
 namespace FlashMla.Cuda.Backend;
 
 /// <summary>
-/// KV ingest on the device (<see cref="IAttentionBackend.SubmitWriteKv"/>): each write enqueued whole on a stream of
+/// KV ingest on the device (<see cref="IAttentionBackend.SubmitWriteKv"/>, <see cref="IAttentionBackend.SubmitWriteStoredKv"/>): each write enqueued whole on a stream of
 /// its own, never the compute stream, so it runs beside decode steps: the slots (staged, a few bytes a row), the rows
 /// (straight from where they lie when that is a page-locked array of <see cref="HostPool"/>, as a chunk received on
 /// the data plane is; else through the write's pinned staging), then the append kernel scattering them into their
@@ -53,13 +53,16 @@ internal sealed class KvIngest : IDisposable
     /// <summary>Ingest slots allocated so far (one per write in flight at the busiest moment); for checks.</summary>
     public int SlotCount => _slots.Count;
 
-    /// <summary>Enqueues one checked write (the caller entered the guard) and returns its pending submission.</summary>
-    public DecodeSubmission Submit(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    /// <summary>
+    /// Enqueues one checked write (the caller entered the guard) of rows of <paramref name="rowBytes"/> each: bf16 rows,
+    /// or with <paramref name="stored"/> rows already in the pools' stored format; returns its pending submission.
+    /// </summary>
+    public DecodeSubmission Submit<T>(int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int rowBytes, bool stored) where T : unmanaged
     {
         IngestSlot slot = FreeSlot();
         try
         {
-            Enqueue(slot, layer, slots, rows);
+            Enqueue(slot, layer, slots, rows, rowBytes, stored);
         }
         catch
         {
@@ -90,11 +93,15 @@ internal sealed class KvIngest : IDisposable
         return created;
     }
 
-    private void Enqueue(IngestSlot slot, int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<ushort> rows)
+    /// <summary>
+    /// Rows of <paramref name="bytesPerRow"/> each, scattered by the append kernel of the pools' dtype: bf16 rows
+    /// (quantized into an fp8 pool), or with <paramref name="stored"/> rows already in the stored format.
+    /// </summary>
+    private void Enqueue<T>(IngestSlot slot, int layer, ReadOnlySpan<int> slots, ReadOnlyMemory<T> rows, int bytesPerRow, bool stored) where T : unmanaged
     {
         int n = slots.Length;
         long rowsOffset = BufferSizes.RoundUp(n * 4L, BufferSizes.RegionAlignment);
-        long rowBytes = n * (long)MlaDims.KvRowBytes;
+        long rowBytes = n * (long)bytesPerRow;
         nint rowsHost = 0;
         bool direct = HostPool is { } hostPool && hostPool.TryGetRegisteredAddress(rows, out rowsHost);
         slot.HostStaging.EnsureCapacity(direct ? rowsOffset : rowsOffset + rowBytes);
@@ -112,14 +119,16 @@ internal sealed class KvIngest : IDisposable
             MemoryMarshal.AsBytes(rows.Span).CopyTo(slot.HostStaging.Span<byte>(rowsOffset, checked((int)rowBytes)));
             DeviceCopy.ToDevice(device, slot.HostStaging.Pointer, rowsOffset + rowBytes, "ingest upload", _stream);
         }
-        _kernels.Append(new KvAppendParams
+        var append = new KvAppendParams
         {
             KvPool = _pools.LayerPointer(layer),
             Rows = device + (ulong)rowsOffset,
             Slots = device,
             NumRows = n,
             NumBlocks = _pools.Geometry.NumBlocks,
-        }, _stream.Stream);
+        };
+        if (stored) _kernels.AppendStored(append, _stream.Stream);
+        else _kernels.Append(append, _stream.Stream);
         slot.Done.Record(_stream);
     }
 

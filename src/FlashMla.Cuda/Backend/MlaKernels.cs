@@ -1,11 +1,14 @@
 using System.Globalization;
+using FlashMla.Core.Tensors;
 using FlashMla.Cuda.Interop;
 
 namespace FlashMla.Cuda.Backend;
 
 /// <summary>
-/// The loaded fatbin and its kernels, launched with the shapes of the kernel ABI
-/// (<see cref="MlaKernelAbi"/>). Every launch is asynchronous on the given stream; a launch that the
+/// The loaded fatbin and the kernels of one KV dtype, launched with the shapes of the kernel ABI
+/// (<see cref="MlaKernelAbi"/>): the bf16 kernels, or the fp8 ones (decode, quantizing append, raw append, page
+/// copy) with the shared combine. Only the dtype's kernels are looked up, so a fatbin without fp8 kernels still
+/// serves a bf16 cache. Every launch is asynchronous on the given stream; a launch that the
 /// driver refuses throws <see cref="CudaException"/> at once, a fault inside a kernel surfaces at the
 /// next synchronize.
 /// </summary>
@@ -15,26 +18,44 @@ internal sealed class MlaKernels : IDisposable
     private readonly IntPtr _decode;
     private readonly IntPtr _combine;
     private readonly IntPtr _append;
+    private readonly IntPtr _appendStored;
     private readonly IntPtr _copy;
+    private readonly KernelNames _names;
 
-    private MlaKernels(KernelModuleHandle module)
+    /// <summary>The kernels and the decode's dynamic shared memory of one dtype.</summary>
+    internal readonly record struct KernelNames(string Decode, int DecodeSmemBytes, string Append, string AppendStored, string Copy)
     {
-        _module = module;
-        _decode = module.GetFunction(MlaKernelAbi.KernelDecode);
-        _combine = module.GetFunction(MlaKernelAbi.KernelCombine);
-        _append = module.GetFunction(MlaKernelAbi.KernelAppend);
-        _copy = module.GetFunction(MlaKernelAbi.KernelCopy);
-        CudaException.Check(
-            CudaDriver.cuFuncSetAttribute(_decode, CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MlaKernelAbi.DecodeSmemBytes),
-            "cuFuncSetAttribute(" + MlaKernelAbi.KernelDecode + ", max dynamic shared memory)");
+        public static KernelNames For(KvDtype dtype) => dtype switch
+        {
+            KvDtype.Bf16 => new(MlaKernelAbi.KernelDecode, MlaKernelAbi.DecodeSmemBytes, MlaKernelAbi.KernelAppend,
+                MlaKernelAbi.KernelAppend, MlaKernelAbi.KernelCopy), // a stored bf16 row is a bf16 row
+            KvDtype.Fp8 => new(MlaKernelAbi.KernelDecodeFp8, MlaKernelAbi.DecodeFp8SmemBytes, MlaKernelAbi.KernelAppendFp8,
+                MlaKernelAbi.KernelAppendFp8Raw, MlaKernelAbi.KernelCopyFp8),
+            _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown KV dtype"),
+        };
     }
 
-    /// <summary>Loads the fatbin into the current context; the file must exist.</summary>
-    public static MlaKernels Load(PrimaryContextHandle context, string fatbinPath, CudaDeviceInfo device)
+    private MlaKernels(KernelModuleHandle module, KernelNames names)
     {
-        if (device.MaxSharedMemoryPerBlock < MlaKernelAbi.DecodeSmemBytes)
+        _module = module;
+        _names = names;
+        _decode = module.GetFunction(names.Decode);
+        _combine = module.GetFunction(MlaKernelAbi.KernelCombine);
+        _append = module.GetFunction(names.Append);
+        _appendStored = module.GetFunction(names.AppendStored);
+        _copy = module.GetFunction(names.Copy);
+        CudaException.Check(
+            CudaDriver.cuFuncSetAttribute(_decode, CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, names.DecodeSmemBytes),
+            "cuFuncSetAttribute(" + names.Decode + ", max dynamic shared memory)");
+    }
+
+    /// <summary>Loads the fatbin into the current context and looks up <paramref name="dtype"/>'s kernels; the file must exist.</summary>
+    public static MlaKernels Load(PrimaryContextHandle context, string fatbinPath, CudaDeviceInfo device, KvDtype dtype)
+    {
+        var names = KernelNames.For(dtype);
+        if (device.MaxSharedMemoryPerBlock < names.DecodeSmemBytes)
             throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture,
-                $"{device.Name} allows {device.MaxSharedMemoryPerBlock} bytes of shared memory per block; the decode kernel needs {MlaKernelAbi.DecodeSmemBytes}"));
+                $"{device.Name} allows {device.MaxSharedMemoryPerBlock} bytes of shared memory per block; the decode kernel needs {names.DecodeSmemBytes}"));
         byte[] image;
         try
         {
@@ -47,7 +68,7 @@ internal sealed class MlaKernels : IDisposable
         KernelModuleHandle module = KernelModuleHandle.Load(context, image, Path.GetFileName(fatbinPath));
         try
         {
-            return new MlaKernels(module);
+            return new MlaKernels(module, names);
         }
         catch
         {
@@ -57,21 +78,27 @@ internal sealed class MlaKernels : IDisposable
     }
 
     public void Decode(in MlaDecodeParams p, IntPtr stream) =>
-        Launch(_decode, MlaKernelAbi.KernelDecode, (uint)p.NumRowGroups, (uint)p.NumSmParts,
-            MlaKernelAbi.DecodeThreads, MlaKernelAbi.DecodeSmemBytes, stream, p);
+        Launch(_decode, _names.Decode, (uint)p.NumRowGroups, (uint)p.NumSmParts,
+            MlaKernelAbi.DecodeThreads, _names.DecodeSmemBytes, stream, p);
 
     public void Combine(in MlaDecodeParams p, IntPtr stream) =>
         Launch(_combine, MlaKernelAbi.KernelCombine, (uint)p.Batch,
             (uint)((p.RowsPerSeq + MlaKernelAbi.CombineRowsPerCta - 1) / MlaKernelAbi.CombineRowsPerCta),
             MlaKernelAbi.CombineThreads, 0, stream, p);
 
-    public void Append(in KvAppendParams p, IntPtr stream) =>
-        Launch(_append, MlaKernelAbi.KernelAppend,
+    /// <summary>bf16 rows into their slots (quantized by the fp8 kernel).</summary>
+    public void Append(in KvAppendParams p, IntPtr stream) => LaunchAppend(_append, _names.Append, p, stream);
+
+    /// <summary>Rows already in the pool's stored format into their slots, as they are.</summary>
+    public void AppendStored(in KvAppendParams p, IntPtr stream) => LaunchAppend(_appendStored, _names.AppendStored, p, stream);
+
+    private static void LaunchAppend(IntPtr function, string name, in KvAppendParams p, IntPtr stream) =>
+        Launch(function, name,
             (uint)((p.NumRows + MlaKernelAbi.AppendRowsPerCta - 1) / MlaKernelAbi.AppendRowsPerCta), 1,
             MlaKernelAbi.AppendThreads, 0, stream, p);
 
     public void CopyBlocks(in BlockCopyParams p, IntPtr stream) =>
-        Launch(_copy, MlaKernelAbi.KernelCopy, (uint)p.NumPairs, (uint)p.NumLayers,
+        Launch(_copy, _names.Copy, (uint)p.NumPairs, (uint)p.NumLayers,
             MlaKernelAbi.CopyThreads, 0, stream, p);
 
     private static unsafe void Launch<T>(IntPtr function, string name, uint gridX, uint gridY, int threads, int sharedBytes, IntPtr stream, T parameters)

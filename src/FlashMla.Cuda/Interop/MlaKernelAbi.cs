@@ -41,6 +41,25 @@ internal static class MlaKernelAbi
     public const string KernelCopy = "flashmla_copy_blocks";
     public const int CopyThreads = 256;
 
+    // The fp8 cache (FlashMLA's "FP8 with scale" rows, 656 bytes a token, pools [num_blocks, 64, 656] bytes): the same
+    // params structs, grids and blocks as the bf16 kernels above; KvMap and KvMapRow0 are unused (0).
+
+    /// <summary>Decode over fp8 pages; the combine is the bf16 one.</summary>
+    public const string KernelDecodeFp8 = "flashmla_decode_splitkv_fp8";
+    /// <summary><c>MLA_DECODE_FP8_SMEM_BYTES</c>: the bf16 decode's dynamic shared memory (its layout uses 219,136 bytes of it).</summary>
+    public const int DecodeFp8SmemBytes = 229888;
+
+    /// <summary>Quantizes bf16 rows <c>[num_rows, 576]</c> into their slots of an fp8 pool.</summary>
+    public const string KernelAppendFp8 = "flashmla_append_kv_fp8";
+
+    /// <summary>Copies rows already in the fp8 format, <c>[num_rows, 656]</c> bytes, into their slots as they are.</summary>
+    public const string KernelAppendFp8Raw = "flashmla_append_kv_fp8_raw";
+
+    /// <summary>Copies whole fp8 pages (41,984 bytes).</summary>
+    public const string KernelCopyFp8 = "flashmla_copy_blocks_fp8";
+
+    public const int Fp8TokenBytes = 656;
+
     /// <summary>log2(e), for <see cref="MlaDecodeParams.ScaleLog2"/>.</summary>
     public const float Log2E = 1.4426950408889634f;
 }
@@ -53,7 +72,7 @@ internal static class MlaKernelAbi
 internal struct MlaDecodeParams
 {
     public ulong Q;               //   0 bf16 [batch, s_q, h_q, 576]
-    public ulong KvPool;          //   8 bf16 [num_blocks, 64, 576], one layer
+    public ulong KvPool;          //   8 bf16 [num_blocks, 64, 576] (fp8 decode: bytes [num_blocks, 64, 656]), one layer
     public ulong BlockTable;      //  16 int32 [batch, block_table_stride]
     public ulong SeqLens;         //  24 int32 [batch]
     public ulong SchedMeta;       //  32 int32 [num_sm_parts, 8]
@@ -84,18 +103,18 @@ internal unsafe struct TensorMapBytes
     public fixed ulong Words[16];
 }
 
-/// <summary><c>KvAppendParams</c>: the one parameter of <c>flashmla_append_kv</c>. 32 bytes.</summary>
+/// <summary><c>KvAppendParams</c>: the one parameter of <c>flashmla_append_kv</c> (and <c>_fp8</c>, <c>_fp8_raw</c>). 32 bytes.</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct KvAppendParams
 {
-    public ulong KvPool;          //  0 bf16 [num_blocks, 64, 576], one layer
-    public ulong Rows;            //  8 bf16 [num_rows, 576]
+    public ulong KvPool;          //  0 bf16 [num_blocks, 64, 576] (fp8 kernels: bytes [num_blocks, 64, 656]), one layer
+    public ulong Rows;            //  8 bf16 [num_rows, 576] (fp8 raw append: bytes [num_rows, 656])
     public ulong Slots;           // 16 int32 [num_rows]
     public int NumRows;           // 24
     public int NumBlocks;         // 28
 }
 
-/// <summary><c>BlockCopyParams</c>: the one parameter of <c>flashmla_copy_blocks</c>. 32 bytes.</summary>
+/// <summary><c>BlockCopyParams</c>: the one parameter of <c>flashmla_copy_blocks</c> (and <c>_fp8</c>, pages of 41,984 bytes). 32 bytes.</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct BlockCopyParams
 {

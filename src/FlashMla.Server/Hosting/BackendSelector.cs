@@ -8,8 +8,6 @@ namespace FlashMla.Server.Hosting;
 /// <summary>Picks and builds the backend from the options: auto | cpu | cuda, and says why.</summary>
 public static class BackendSelector
 {
-    private const long BytesPerBlockPerLayer = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
-
     public static BackendHolder Create(FlashMlaOptions options, PinnedTensorPool tensorBuffers, MeasurementSwitches switches)
     {
         switch (options.Backend)
@@ -33,18 +31,22 @@ public static class BackendSelector
         }
     }
 
-    /// <summary>Blocks per layer for the CPU backend: the explicit count, or the memory budget divided by a block of every layer.</summary>
+    /// <summary>
+    /// Blocks per layer for the CPU backend: the explicit count, or the memory budget divided by a block of every
+    /// layer in the KV dtype (an fp8 block is 41,984 bytes against bf16's 73,728, so the budget holds 1.756x the blocks).
+    /// </summary>
     public static int CpuBlockCount(FlashMlaOptions options)
     {
         if (options.TotalBlocks > 0) return options.TotalBlocks;
         long budget = (long)(options.CpuMemoryMiB * 1024L * 1024L * options.MemoryFraction);
-        long blocks = budget / (BytesPerBlockPerLayer * options.Layers);
+        long blockBytes = options.ParsedKvDtype.PageBytes();
+        long blocks = budget / (blockBytes * options.Layers);
         if (blocks < 1)
             throw new InvalidOperationException(
-                $"CpuMemoryMiB={options.CpuMemoryMiB} x MemoryFraction={options.MemoryFraction} does not hold one block of {options.Layers} layers ({BytesPerBlockPerLayer * options.Layers} bytes)");
+                $"CpuMemoryMiB={options.CpuMemoryMiB} x MemoryFraction={options.MemoryFraction} does not hold one block of {options.Layers} layers ({blockBytes * options.Layers} bytes)");
         return (int)Math.Min(blocks, int.MaxValue / MlaDims.BlockSize);
     }
 
     private static IAttentionBackend CreateCpu(FlashMlaOptions options) =>
-        new CpuBackend(new KvPoolGeometry(options.Layers, CpuBlockCount(options)), options.CpuThreads == 0 ? null : options.CpuThreads);
+        new CpuBackend(new KvPoolGeometry(options.Layers, CpuBlockCount(options), options.ParsedKvDtype), options.CpuThreads == 0 ? null : options.CpuThreads);
 }

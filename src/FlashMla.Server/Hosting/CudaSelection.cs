@@ -29,6 +29,7 @@ public static class CudaSelection
                 FatbinPath = fatbin,
                 NumLayers = options.Layers,
                 NumBlocks = options.TotalBlocks,
+                KvDtype = options.ParsedKvDtype,
                 MemoryFraction = options.MemoryFraction,
             });
             // The wire parses tensors into the host's pool and responses are written from it: page-locked, the

@@ -38,6 +38,16 @@ public sealed class FlashMlaOptions
     /// <summary>Layers of the model (one KV pool each).</summary>
     public int Layers { get; set; } = 4;
 
+    /// <summary>
+    /// How the pools store KV rows: "bf16" (576 bf16, 1,152 bytes a token) or "fp8" (FlashMLA's FP8 with scale,
+    /// 656 bytes a token: 1.756x the tokens in the same memory; bf16 writes are quantized by the server).
+    /// </summary>
+    public string KvDtype { get; set; } = "bf16";
+
+    /// <summary><see cref="KvDtype"/> parsed (the options are validated first).</summary>
+    public KvDtype ParsedKvDtype => KvDtypes.TryParse(KvDtype, out var dtype) ? dtype
+        : throw new InvalidOperationException($"KvDtype must be bf16 or fp8, got '{KvDtype}'");
+
     /// <summary>KV blocks per layer; 0 sizes the cache from free memory and <see cref="MemoryFraction"/>.</summary>
     public int TotalBlocks { get; set; } = 0;
 
@@ -184,6 +194,7 @@ public sealed class FlashMlaOptions
         if (ListenAddress is not ("any" or "loopback")) yield return $"ListenAddress must be any or loopback, got '{ListenAddress}'";
         if (Backend is not ("auto" or "cpu" or "cuda")) yield return $"Backend must be auto, cpu or cuda, got '{Backend}'";
         if (Layers is < 1 or > 1024) yield return $"Layers must be 1..1024, got {Layers}";
+        if (!KvDtypes.TryParse(KvDtype, out _)) yield return $"KvDtype must be bf16 or fp8, got '{KvDtype}'";
         if (TotalBlocks < 0) yield return $"TotalBlocks must be >= 0, got {TotalBlocks}";
         if (MemoryFraction is <= 0 or > 1) yield return $"MemoryFraction must be in (0, 1], got {MemoryFraction}";
         if (CpuMemoryMiB < 1) yield return $"CpuMemoryMiB must be >= 1, got {CpuMemoryMiB}";

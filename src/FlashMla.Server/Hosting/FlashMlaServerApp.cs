@@ -3,6 +3,7 @@ using FlashMla.Contracts.V1;
 using FlashMla.Core.Memory;
 using FlashMla.Core.Scheduling;
 using FlashMla.Core.Telemetry;
+using FlashMla.Core.Tensors;
 using FlashMla.Server.Security;
 using FlashMla.Server.Security.Tls;
 using FlashMla.Server.Services;
@@ -177,9 +178,10 @@ public static class FlashMlaServerApp
             var holder = app.Services.GetRequiredService<BackendHolder>();
             var scheduler = app.Services.GetRequiredService<Scheduler>();
             app.Logger.LogInformation(
-                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens; gRPC on port {GrpcPort} ({GrpcTransport}), data plane on port {DataPlanePort} ({DataPlaneTransport}), metrics on port {MetricsPort} (cleartext HTTP/1.1)",
+                "FlashMLA service on {Backend} ({Device}), picked because {Reason}; {Layers} layers x {Blocks} blocks of 64 tokens, KV {KvDtype:l} at {KvBytesPerToken} bytes a token: {TokenCapacity} tokens a layer; gRPC on port {GrpcPort} ({GrpcTransport}), data plane on port {DataPlanePort} ({DataPlaneTransport}), metrics on port {MetricsPort} (cleartext HTTP/1.1)",
                 holder.Backend.Name, holder.Backend.DeviceDescription, holder.Reason, scheduler.Geometry.NumLayers,
-                scheduler.Geometry.NumBlocks, endpoints.GrpcPort, tls!.Describe(), endpoints.DataPlanePort,
+                scheduler.Geometry.NumBlocks, scheduler.Geometry.Dtype.OptionName(), scheduler.Geometry.BytesPerToken, scheduler.Geometry.TotalSlots,
+                endpoints.GrpcPort, tls!.Describe(), endpoints.DataPlanePort,
                 endpoints.DataPlanePort == 0 ? "off" : tls.Describe(), endpoints.MetricsPort);
             if (tenants.RequiresTokens)
                 app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s",

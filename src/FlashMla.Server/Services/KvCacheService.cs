@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
 using FlashMla.Core.Memory;
@@ -22,7 +21,7 @@ namespace FlashMla.Server.Services;
 public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions> options, RequestFailures failures, FlashMlaMetrics metrics,
     PinnedTensorPool tensorBuffers)
 {
-    private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows per response message
+    private const int DefaultRowsPerChunk = 2048; // ~2.4 MB of bf16 rows (1.3 MB of fp8) per response message
 
     public Task<ServiceConfig> GetConfig(GetConfigRequest request, ServerCallContext context) =>
         Task.FromResult(new ServiceConfig
@@ -31,7 +30,9 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             HeadDimK = MlaDims.HeadDimK,
             HeadDimV = MlaDims.HeadDimV,
             BlockSize = MlaDims.BlockSize,
-            KvDtype = DType.Bf16,
+            KvDtype = KvWire.DTypeOf(scheduler.Geometry.Dtype),
+            KvBytesPerToken = (uint)scheduler.Geometry.BytesPerToken,
+            TokenCapacity = (ulong)scheduler.Geometry.TotalSlots,
             TotalBlocks = (uint)scheduler.Geometry.NumBlocks,
             MaxSequenceLength = (uint)scheduler.Limits.MaxSequenceLength,
             MaxHeads = (uint)scheduler.Options.MaxHeads,
@@ -63,9 +64,9 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
             {
                 using var leased = requestStream.Current;
                 var chunk = leased.Message;
-                var bytes = TensorCodec.Expect(chunk.Kv, "kv", DType.Bf16, -1, MlaDims.HeadDimK);
+                var (bytes, stored) = KvWire.ExpectAppendRows(chunk.Kv, scheduler.Geometry.Dtype);
                 if (chunk.Layer > int.MaxValue) throw CacheException.Invalid($"layer {chunk.Layer} is out of range");
-                int appended = await scheduler.AppendAsync(KvAppendWork.Create(chunk.SequenceId, (int)chunk.Layer, bytes, tenant), context.CancellationToken);
+                int appended = await scheduler.AppendAsync(KvAppendWork.Create(chunk.SequenceId, (int)chunk.Layer, bytes, tenant, stored), context.CancellationToken);
                 metrics.AppendedRows.Add(appended); // each chunk is appended on its own: counted once it is in
                 chunks++;
                 rows += (ulong)appended;
@@ -120,22 +121,24 @@ public sealed class KvCacheService(Scheduler scheduler, IOptions<FlashMlaOptions
                 throw CacheException.Invalid($"rows {start}..{(long)start + count - 1} are outside layer {layer} of sequence {request.SequenceId}, which holds {length}");
             int perChunk = request.RowsPerChunk == 0 ? DefaultRowsPerChunk : (int)Math.Min(request.RowsPerChunk, 65_536u);
             // One pooled array for the whole call: each chunk is serialized before WriteAsync returns, then the array is reused.
-            int chunkBytes = Math.Min(perChunk, Math.Max(count, 1)) * MlaDims.KvRowBytes;
+            var geometry = scheduler.Geometry;
+            int rowBytes = geometry.BytesPerToken;
+            int chunkBytes = Math.Min(perChunk, Math.Max(count, 1)) * rowBytes;
             var rows = tensorBuffers.Rent(chunkBytes);
             try
             {
                 for (int offset = 0; offset < count; offset += perChunk)
                 {
                     int n = Math.Min(perChunk, count - offset), at = start + offset;
-                    var chunk = rows.AsMemory(0, n * MlaDims.KvRowBytes);
+                    var chunk = rows.AsMemory(0, n * rowBytes);
                     await scheduler.RunAsync(CacheAccess.Sequence(request.SequenceId), cache =>
                     {
-                        cache.Read(request.SequenceId, layer, at, n, MemoryMarshal.Cast<byte, ushort>(chunk.Span), tenant);
+                        cache.ReadStored(request.SequenceId, layer, at, n, chunk.Span, tenant);
                         return true;
                     }, context.CancellationToken);
-                    var tensor = new Tensor { Dtype = DType.Bf16, Data = UnsafeByteOperations.UnsafeWrap(chunk) };
+                    var tensor = new Tensor { Dtype = KvWire.DTypeOf(geometry.Dtype), Data = UnsafeByteOperations.UnsafeWrap(chunk) };
                     tensor.Shape.Add(n);
-                    tensor.Shape.Add(MlaDims.HeadDimK);
+                    tensor.Shape.Add(KvWire.RowExtent(geometry.Dtype));
                     await responseStream.WriteAsync(new KvChunk { SequenceId = request.SequenceId, Layer = request.Layer, Start = (uint)at, Kv = tensor });
                 }
             }

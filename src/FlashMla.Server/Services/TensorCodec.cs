@@ -45,6 +45,7 @@ public static class TensorCodec
     {
         DType.Bf16 => 2,
         DType.Fp32 => 4,
+        DType.Fp8E4M3Scaled => 1, // rows of 656 bytes: the shape says [n, 656]
         _ => throw CacheException.Invalid($"dtype {dtype} is not supported"),
     };
 

@@ -140,6 +140,34 @@ public sealed class TenantOwnershipTests : IDisposable
     }
 
     [Fact]
+    public void On_an_fp8_cache_quotas_count_64_token_blocks_and_stored_rows_are_the_owners_only()
+    {
+        using var backend = new CpuBackend(new KvPoolGeometry(2, 16, KvDtype.Fp8), maxThreads: 1);
+        var cache = new PagedKvCache(backend, new CacheLimits(MaxSequenceLength: 4096, MaxSequences: 64));
+        Tenant a = new("a", new TenantQuota(MaxBlocks: 2)), b = new("b");
+        ulong id = cache.Create(a);
+        var raw = new byte[100 * Fp8KvFormat.TokenBytes];
+        new Random(5).NextBytes(raw);
+        cache.AppendStored(id, 0, raw, a);
+        cache.Append(id, 0, Rows(20, 6), a);
+        Assert.Equal(2, a.BlocksHeld); // 120 tokens: two blocks of 64, whatever the bytes a token
+
+        var error = Assert.Throws<CacheException>(() => cache.AppendStored(id, 0, new byte[9 * Fp8KvFormat.TokenBytes], a));
+        Assert.Equal(CacheError.ResourceExhausted, error.Error);
+        Assert.Contains("quota of 2", error.Message);
+        Assert.Equal(120, cache.Get(id, a).Lengths[0]);
+        cache.AppendStored(id, 0, new byte[8 * Fp8KvFormat.TokenBytes], a); // the rest of the second block
+        Assert.Equal(128, cache.Get(id, a).Lengths[0]);
+
+        var stored = new byte[100 * Fp8KvFormat.TokenBytes];
+        cache.ReadStored(id, 0, 0, 100, stored, a);
+        Assert.Equal(raw, stored);
+        Assert.Equal(CacheError.NotFound, Assert.Throws<CacheException>(() => cache.ReadStored(id, 0, 0, 1, new byte[Fp8KvFormat.TokenBytes], b)).Error);
+        Assert.Equal(CacheError.NotFound, Assert.Throws<CacheException>(() => cache.AppendStored(id, 0, new byte[Fp8KvFormat.TokenBytes], b)).Error);
+        Assert.Equal(128, cache.Get(id, a).Lengths[0]);
+    }
+
+    [Fact]
     public void A_sequence_quota_refuses_creates_and_forks_until_one_is_freed()
     {
         var cache = NewCache();

@@ -7,7 +7,9 @@ namespace FlashMla.Core.Backends.Cpu;
 /// <summary>
 /// The embedded backend: KV pools in host memory, MLA decode on the CPU's cores in fp32 with
 /// SIMD. It is also the oracle the CUDA backend is checked against, so the math is the plain
-/// algorithm (see <see cref="CpuDecodeKernel"/>). Calls come one at a time from the scheduler loop.
+/// algorithm (see <see cref="CpuDecodeKernel"/>). Pools of <see cref="KvDtype.Fp8"/> hold
+/// <see cref="Fp8KvFormat"/> rows: bf16 writes are quantized here, and decode dequantizes each page exactly
+/// before the same math as bf16. Calls come one at a time from the scheduler loop.
 /// Every method checks all its arguments before it changes anything.
 /// </summary>
 public sealed unsafe class CpuBackend : IAttentionBackend
@@ -19,7 +21,8 @@ public sealed unsafe class CpuBackend : IAttentionBackend
     private Task _tail = Task.CompletedTask; // the last step submitted; the next one computes after it
     private bool _disposed;
 
-    /// <param name="geometry">Layers and blocks; every layer gets a pool of <c>NumBlocks * 73,728</c> bytes.</param>
+    /// <param name="geometry">Layers, blocks and dtype; every layer gets a pool of <c>NumBlocks * PageBytes</c> bytes
+    /// (73,728 a block in bf16, 41,984 in fp8).</param>
     /// <param name="maxThreads">Threads one decode may use; the processor count when null.</param>
     /// <exception cref="ArgumentOutOfRangeException">The geometry is empty, has more slots than an int
     /// addresses, or needs more memory than the machine has.</exception>
@@ -35,7 +38,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         if (threads < 1)
             throw new ArgumentOutOfRangeException(nameof(maxThreads), maxThreads, "CpuBackend: need at least one thread");
 
-        long bytesPerLayer = geometry.TotalSlots * MlaDims.KvRowBytes;
+        long bytesPerLayer = geometry.LayerBytes;
         double totalBytes = (double)bytesPerLayer * geometry.NumLayers;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (available > 0 && totalBytes > available)
@@ -48,7 +51,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         try
         {
             for (int layer = 0; layer < _pools.Length; layer++)
-                _pools[layer] = HostKvPool.Allocate(geometry.TotalSlots);
+                _pools[layer] = HostKvPool.Allocate(geometry.TotalSlots, geometry.BytesPerToken);
         }
         catch (OutOfMemoryException e)
         {
@@ -75,18 +78,40 @@ public sealed unsafe class CpuBackend : IAttentionBackend
     public void WriteKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
     {
         var pool = PoolOf(layer);
-        CheckRows(slots, rows.Length, nameof(rows));
+        CheckRows(slots, rows.Length, MlaDims.HeadDimK, nameof(rows));
         CheckSlots(slots, nameof(slots));
-        WriteRows(pool, slots, rows);
+        WriteRows(pool, Geometry.Dtype, slots, rows);
     }
 
     public void ReadKv(int layer, ReadOnlySpan<int> slots, Span<ushort> rows)
     {
         var pool = PoolOf(layer);
-        CheckRows(slots, rows.Length, nameof(rows));
+        CheckRows(slots, rows.Length, MlaDims.HeadDimK, nameof(rows));
         CheckSlots(slots, nameof(slots));
         for (int i = 0; i < slots.Length; i++)
-            RowSpan(pool, slots[i]).CopyTo(rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK));
+        {
+            var row = rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK);
+            if (Geometry.Dtype == KvDtype.Fp8) Fp8KvFormat.DequantizeRow(pool.RowBytes(slots[i]), row);
+            else MemoryMarshal.Cast<byte, ushort>(pool.RowBytes(slots[i])).CopyTo(row);
+        }
+    }
+
+    public void WriteStoredKv(int layer, ReadOnlySpan<int> slots, ReadOnlySpan<byte> rows)
+    {
+        var pool = PoolOf(layer);
+        CheckRows(slots, rows.Length, Geometry.BytesPerToken, nameof(rows));
+        CheckSlots(slots, nameof(slots));
+        int size = Geometry.BytesPerToken;
+        for (int i = 0; i < slots.Length; i++) rows.Slice(i * size, size).CopyTo(pool.RowBytes(slots[i]));
+    }
+
+    public void ReadStoredKv(int layer, ReadOnlySpan<int> slots, Span<byte> rows)
+    {
+        var pool = PoolOf(layer);
+        CheckRows(slots, rows.Length, Geometry.BytesPerToken, nameof(rows));
+        CheckSlots(slots, nameof(slots));
+        int size = Geometry.BytesPerToken;
+        for (int i = 0; i < slots.Length; i++) pool.RowBytes(slots[i]).CopyTo(rows.Slice(i * size, size));
     }
 
     public void CopyBlocks(ReadOnlySpan<BlockCopy> copies)
@@ -100,7 +125,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
                     $"CpuBackend: copy {i} names a block outside 0..{Geometry.NumBlocks - 1}");
         }
 
-        const long blockBytes = (long)MlaDims.BlockSize * MlaDims.KvRowBytes;
+        long blockBytes = Geometry.PageBytes;
         foreach (var pool in _pools)
             foreach (var (source, destination) in copies)
                 if (source != destination)
@@ -123,7 +148,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         batch.CheckInvariants(Geometry);
 
         var pool = _pools[batch.Layer];
-        if (!batch.NewKv.IsEmpty) WriteRows(pool, batch.NewKvSlots.Span, batch.NewKv.Span);
+        if (!batch.NewKv.IsEmpty) WriteRows(pool, Geometry.Dtype, batch.NewKvSlots.Span, batch.NewKv.Span);
         var step = CpuDecodeStep.Capture(batch);
         var submission = new DecodeSubmission();
         _tail = _tail.ContinueWith(_ => Compute(pool, step, submission), CancellationToken.None,
@@ -153,7 +178,7 @@ public sealed unsafe class CpuBackend : IAttentionBackend
             using var seqLens = batch.SeqLens.Pin();
             using var blockTable = batch.BlockTable.Pin();
             fixed (nint* q = _qBySequence)
-                _kernel.Run(pool, batch, (ushort**)q, (ushort*)output.Pointer, (float*)lse.Pointer, (int*)seqLens.Pointer, (int*)blockTable.Pointer);
+                _kernel.Run(pool, Geometry.Dtype, batch, (ushort**)q, (ushort*)output.Pointer, (float*)lse.Pointer, (int*)seqLens.Pointer, (int*)blockTable.Pointer);
             submission.MarkComplete();
         }
         catch (Exception ex)
@@ -176,13 +201,16 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         foreach (var pool in _pools) pool.Dispose();
     }
 
-    private static void WriteRows(HostKvPool pool, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
+    /// <summary>bf16 rows into their slots: copied into a bf16 pool, quantized into an fp8 one.</summary>
+    private static void WriteRows(HostKvPool pool, KvDtype dtype, ReadOnlySpan<int> slots, ReadOnlySpan<ushort> rows)
     {
         for (int i = 0; i < slots.Length; i++)
-            rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK).CopyTo(RowSpan(pool, slots[i]));
+        {
+            var row = rows.Slice(i * MlaDims.HeadDimK, MlaDims.HeadDimK);
+            if (dtype == KvDtype.Fp8) Fp8KvFormat.QuantizeRow(row, pool.RowBytes(slots[i]));
+            else MemoryMarshal.AsBytes(row).CopyTo(pool.RowBytes(slots[i]));
+        }
     }
-
-    private static Span<ushort> RowSpan(HostKvPool pool, int slot) => new(pool.Row(slot), MlaDims.HeadDimK);
 
     private HostKvPool PoolOf(int layer)
     {
@@ -192,11 +220,11 @@ public sealed unsafe class CpuBackend : IAttentionBackend
         return _pools[layer];
     }
 
-    private static void CheckRows(ReadOnlySpan<int> slots, int rowsLength, string name)
+    private static void CheckRows(ReadOnlySpan<int> slots, int rowsLength, int perRow, string name)
     {
-        if (rowsLength != (long)slots.Length * MlaDims.HeadDimK)
+        if (rowsLength != (long)slots.Length * perRow)
             throw new ArgumentException(
-                $"CpuBackend: {slots.Length} slots need {(long)slots.Length * MlaDims.HeadDimK} row elements (576 each), got {rowsLength}", name);
+                $"CpuBackend: {slots.Length} slots need {(long)slots.Length * perRow} row elements ({perRow} each), got {rowsLength}", name);
     }
 
     private void CheckSlots(ReadOnlySpan<int> slots, string name)

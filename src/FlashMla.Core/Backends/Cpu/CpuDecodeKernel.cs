@@ -8,7 +8,8 @@ namespace FlashMla.Core.Backends.Cpu;
 /// <summary>
 /// The MLA decode math on the CPU, in the GPU kernel's loop order: a work item is up to
 /// <see cref="MaxRowsPerItem"/> query rows (<c>row = t * h_q + h</c>) of one sequence; it walks the
-/// sequence's pages in order, converts each page to fp32 once, scores every row against it, keeps
+/// sequence's pages in order, converts each page to fp32 once (an fp8 page is dequantized to bf16 exactly as
+/// <see cref="Fp8KvFormat.DequantizeRow"/> does, then widened), scores every row against it, keeps
 /// an online softmax per row (running max and sum, fp32) and accumulates <c>O += P V</c>.
 /// Workers pull items from a shared counter, longest sequences first, so long and short sequences balance out.
 /// The caller has validated everything: this class trusts its pointers.
@@ -31,7 +32,9 @@ internal sealed unsafe class CpuDecodeKernel
     private int[] _sequenceOrderKeys = [];
 
     // The current call; set by Run, read by the workers.
-    private ushort* _pool;
+    private byte* _pool;
+    private KvDtype _dtype;
+    private long _pageBytes;
     private ushort** _qBySequence; // where each sequence's q rows start (q comes in segments)
     private ushort* _out;
     private float* _lse;
@@ -60,7 +63,7 @@ internal sealed unsafe class CpuDecodeKernel
     }
 
     /// <summary>One decode over a validated batch; returns when every output row is written.</summary>
-    public void Run(HostKvPool pool, DecodeBatch batch, ushort** qBySequence, ushort* output, float* lse, int* seqLens, int* blockTable)
+    public void Run(HostKvPool pool, KvDtype dtype, DecodeBatch batch, ushort** qBySequence, ushort* output, float* lse, int* seqLens, int* blockTable)
     {
         int rowsPerSequence = batch.QueryTokens * batch.Heads;
         int threads = _scratch.Length;
@@ -71,6 +74,8 @@ internal sealed unsafe class CpuDecodeKernel
         rowsPerItem = Math.Clamp(rowsPerItem, Math.Min(MinRowsPerSplitItem, rowsPerSequence), MaxRowsPerItem);
 
         _pool = pool.Row(0);
+        _dtype = dtype;
+        _pageBytes = dtype.PageBytes();
         _qBySequence = qBySequence;
         _out = output;
         _lse = lse;
@@ -153,7 +158,9 @@ internal sealed unsafe class CpuDecodeKernel
         for (int pageStart = 0; pageStart < positionsNeeded; pageStart += Page)
         {
             int pageTokens = Math.Min(Page, positionsNeeded - pageStart);
-            ToFloat(_pool + ((long)blocks[pageStart / Page] * Page) * Dk, s.Kv, pageTokens * Dk);
+            byte* page = _pool + blocks[pageStart / Page] * _pageBytes;
+            if (_dtype == KvDtype.Fp8) DequantizeToFloat(page, s.Kv, pageTokens);
+            else ToFloat((ushort*)page, s.Kv, pageTokens * Dk);
 
             int r4 = 0;
             for (; r4 + 4 <= rowCount; r4 += 4) Scores4Rows(s.Q + r4 * Dk, s.Kv, pageTokens, _scale, s.P + r4 * Page);
@@ -383,6 +390,28 @@ internal sealed unsafe class CpuDecodeKernel
             Vector.Widen(Vector.Load(source + i), out Vector<uint> low, out Vector<uint> high);
             Vector.AsVectorSingle(Vector.ShiftLeft(low, 16)).Store(destination + i);
             Vector.AsVectorSingle(Vector.ShiftLeft(high, 16)).Store(destination + i + vf);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="tokens"/> fp8 rows (<see cref="Fp8KvFormat"/>) to fp32 rows of 576: each latent value is
+    /// bf16(float(e4m3) * scale), as <see cref="Fp8KvFormat.DequantizeRow"/> computes it, so the CPU backend attends
+    /// over exactly the cache that the reference sees dequantized; the rope values are bf16 already.
+    /// </summary>
+    private static void DequantizeToFloat(byte* rows, float* destination, int tokens)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            byte* row = rows + (long)t * Fp8KvFormat.TokenBytes;
+            float* d = destination + (long)t * Dk;
+            float* scales = (float*)(row + Fp8KvFormat.ScalesOffset); // little-endian host, 4-byte aligned (656 = 4 * 164)
+            for (int tile = 0; tile < Fp8KvFormat.Tiles; tile++)
+            {
+                float scale = scales[tile];
+                for (int i = tile * Fp8KvFormat.TileValues, end = i + Fp8KvFormat.TileValues; i < end; i++)
+                    d[i] = Bf16.ToFloat(Bf16.FromFloat(E4m3.ToFloat(row[i]) * scale));
+            }
+            ToFloat((ushort*)(row + Fp8KvFormat.RopeOffset), d + Dv, Fp8KvFormat.RopeValues);
         }
     }
 

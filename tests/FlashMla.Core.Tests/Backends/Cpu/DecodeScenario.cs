@@ -21,7 +21,7 @@ internal sealed class DecodeScenario
 
     public DecodeBatch Batch { get; }
 
-    /// <summary>Per sequence, its rows in position order after the step's append.</summary>
+    /// <summary>Per sequence, its rows in position order after the step's append, as the pool holds them (an fp8 pool's dequantized).</summary>
     public ushort[][] Kv { get; }
 
     public ushort[] Out => ((ReadOnlyMemory<ushort>)Batch.Out).ToArray();
@@ -63,6 +63,7 @@ internal sealed class DecodeScenario
                 slots.AsSpan(cached).CopyTo(newSlots.AsSpan(s * queryTokens));
                 kv[s].AsSpan(cached * dk).CopyTo(newKv.AsSpan(s * queryTokens * dk));
             }
+            if (backend.Geometry.Dtype == KvDtype.Fp8) kv[s] = Fp8KvFormat.RoundTrip(kv[s]); // what the reference attends over
         }
 
         int rows = lengths.Length * queryTokens * heads;
