@@ -11,6 +11,8 @@ namespace FlashMla.Server.Tests;
 /// Connect, call, close, many times over, on the data-plane port, cleanly and abruptly: what the server holds
 /// afterwards (open connections, their I/O buffers, the tensor arrays, the managed heap) is what it held before.
 /// </summary>
+// Alone (the non-parallel data-plane collection): the live heap it compares is the whole test process's.
+[Collection(DataPlaneCollection.Name)]
 public sealed class ConnectionChurnTests(ITestOutputHelper output)
 {
     [Fact]

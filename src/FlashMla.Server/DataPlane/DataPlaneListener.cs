@@ -36,16 +36,18 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
     private readonly CancellationTokenSource _stopWatching = new();
     private Task? _timeoutWatch;
     private bool _stopping; // under _lock
+    private int _open; // accepted sockets not yet closed, in their TLS handshake or served; under _lock
 
     /// <summary>The buffers each connection reads and writes frames through (pinned-heap arrays, retention capped).</summary>
     internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize);
 
-    /// <summary>Connections open now (accepted and not yet closed).</summary>
+    /// <summary>Connections open now: accepted and not yet closed, counted from the accept (a socket still in its TLS
+    /// handshake, or not yet picked up by its task, is open too).</summary>
     public int OpenConnections
     {
         get
         {
-            lock (_lock) return _connections.Count;
+            lock (_lock) return _open;
         }
     }
 
@@ -92,8 +94,19 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
                     socket.Dispose();
                     continue;
                 }
+                _open++;
                 _running.RemoveAll(static t => t.IsCompleted);
-                _running.Add(Task.Run(() => ServeAsync(socket)));
+                _running.Add(Task.Run(async () =>
+                {
+                    try
+                    {
+                        await ServeAsync(socket).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        lock (_lock) _open--;
+                    }
+                }));
             }
         }
     }
