@@ -30,7 +30,7 @@ public abstract class DecodeTests(DeviceBackend device, ITestOutputHelper output
         var mirror = device.Mirror;
         var steps = device.Steps(c.Name + (inSegments ? " in segments" : ""));
         int sq = c.QueryTokens, hq = c.Heads;
-        var (stride, table, cached, nanSlots, newSlots) = DecodeCaseLayout.Of(c, steps, backend.Geometry.NumBlocks);
+        var (stride, table, cached, newSlots, nanSlots) = DecodeCaseLayout.Of(c, steps, backend.Geometry.NumBlocks);
         ushort[] cachedRows = steps.RandomRows(cached.Length);
         device.Write(c.Layer, cached, cachedRows);
         if (nanSlots.Length > 0) device.Write(c.Layer, nanSlots, DecodeCaseLayout.NaNRows(nanSlots.Length));

@@ -145,7 +145,7 @@ public sealed class Fp8Tests(Fp8Backends fp8, ITestOutputHelper output)
         var c = DecodeCase.Named(name);
         var steps = Fp8Backends.Steps(c.Name);
         int sq = c.QueryTokens, hq = c.Heads;
-        var (stride, table, cached, nanSlots, newSlots) = DecodeCaseLayout.Of(c, steps, Fp8Backends.Blocks);
+        var (stride, table, cached, newSlots, nanSlots) = DecodeCaseLayout.Of(c, steps, Fp8Backends.Blocks);
         fp8.Write(c.Layer, cached, steps.RandomRows(cached.Length));
         // NaN past every length, and in the new rows' slots until the step appends them: quantized to NaN codes and scales.
         int[] poisoned = [.. nanSlots, .. newSlots];
