@@ -13,8 +13,21 @@ mkdir -p build
 fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
 rc=0
-"$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check check/flashmla_check.cu \
-    kernels/flashmla_module.cu -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
+# The harness links the module's sources and the candidates (harness-only decode kernels, listed in
+# flashmla_check.cu's kDecodeKernels under MLA_FP8_V3_CANDIDATE). A candidate that does not compile must not cost
+# the device round its checks: the harness is then built again without it, and the log says so.
+harness() {
+    "$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check "$@" check/flashmla_check.cu \
+        kernels/flashmla_module.cu -lcublas -lcuda
+}
+if harness -DMLA_FP8_V3_CANDIDATE kernels/decode_fp8_v3_candidate.cu > build/ptxas_harness.txt 2>&1; then
+    echo "build: harness with the fp8 v3 candidate"
+else
+    echo "build: the fp8 v3 candidate did not compile; its errors (build/ptxas_candidate.txt):"
+    cp build/ptxas_harness.txt build/ptxas_candidate.txt
+    grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_candidate.txt | head -60
+    harness > build/ptxas_harness.txt 2>&1 || rc=$?
+fi
 wait "$fatbin_pid" || rc=$?
 cat build/ptxas.txt
 if [ "$rc" -ne 0 ]; then grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_harness.txt | head -80; fi

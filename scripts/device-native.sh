@@ -35,7 +35,7 @@ for bin in build/flashmla.fatbin build/flashmla_check; do cuobjdump -sass "$bin"
 awk '/Function :/ {f=$3} f ~ /decode|combine/ {for (k in pat) if ($0 ~ pat[k]) n[f" "k]++}
      BEGIN {split("HGMMA UTMALDG UTMAPF LDL STL BAR MUFU.EX2 SHFL WARPGROUP SYNCS", a, " "); for (i in a) pat[a[i]]=a[i]"[. ]"}
      END {for (x in n) print x, n[x]}' build/sass.txt | sort -u > "$OUT/sass_summary.txt"
-cp build/ptxas.txt build/ptxas_harness.txt "$OUT/" 2>/dev/null
+cp build/ptxas.txt build/ptxas_harness.txt build/ptxas_candidate.txt "$OUT/" 2>/dev/null
 # If ptxas serialised the wgmma of a decode kernel (C7514), say where: the
 # source lines (the harness is built with -lineinfo) of the warpgroup
 # arrive/wait instructions in the exported kernel's SASS.

@@ -46,6 +46,10 @@
 #include "fp8_host.h"
 #include "tma_check.cuh"
 #include "wgmma_check.cuh"
+#ifdef MLA_FP8_V3_CANDIDATE  // build.sh defines it when the candidate's translation unit compiles
+#include "wgmma_narrow_check.cuh"
+extern "C" __global__ void flashmla_decode_splitkv_fp8_v3(const __grid_constant__ MlaDecodeParams p);
+#endif
 
 #define CK(x)                                                                                         \
     do {                                                                                              \
@@ -105,6 +109,9 @@ struct DecodeKernel {
 const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
     {"flashmla_decode_splitkv_fp8", "fp8 v1", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8), true},
+#ifdef MLA_FP8_V3_CANDIDATE
+    {"flashmla_decode_splitkv_fp8_v3", "fp8 v3 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8_v3), true},
+#endif
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
 int decode_kernel_index(const std::string& name) {
@@ -672,6 +679,84 @@ bool run_wgmma_check(uint64_t seed, Summary& sum) {
     return ok_s && ok_o;
 }
 
+#ifdef MLA_FP8_V3_CANDIDATE
+// The narrow wrappers and operand layouts (check/wgmma_narrow_check.cuh): S^T
+// = K Q^T and O^T = V^T P^T for N query rows against float64; rows 61..63 of
+// the page are NaN in global memory and must read as zero.
+template <int N>
+bool run_wgmma_narrow_check(uint64_t seed, Summary& sum) {
+    constexpr int T = MLA_PAGE_TOKENS, K = MLA_HEAD_DIM_K, V = MLA_HEAD_DIM_V, kValid = 61;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    auto make = [&](size_t n, std::vector<float>& f, std::vector<bf16>& b, float scale) {
+        f.resize(n);
+        b.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+            b[i] = __float2bfloat16(scale * nd(rng));
+            f[i] = __bfloat162float(b[i]);
+        }
+    };
+    std::vector<float> qf, kf, pf;
+    std::vector<bf16> qb, kb, pb;
+    make((size_t)N * K, qf, qb, 1.f);
+    make((size_t)T * K, kf, kb, 1.f);
+    make((size_t)N * T, pf, pb, 0.5f);  // P^T [N][64]
+    for (size_t i = (size_t)kValid * K; i < (size_t)T * K; ++i) {
+        const uint16_t nan_bits = 0xFFFF;
+        std::memcpy(&kb[i], &nan_bits, 2);
+    }
+    bf16 *d_q = dalloc<bf16>(qb.size()), *d_k = dalloc<bf16>(kb.size()), *d_p = dalloc<bf16>(pb.size());
+    float *d_s = dalloc<float>((size_t)T * N), *d_o = dalloc<float>((size_t)V * N);
+    upload(d_q, qb);
+    upload(d_k, kb);
+    upload(d_p, pb);
+    CK(cudaMemset(d_s, 0xFF, (size_t)T * N * 4));
+    CK(cudaMemset(d_o, 0xFF, (size_t)V * N * 4));
+    CK(cudaFuncSetAttribute(check::wgmma_narrow_unit<N>, cudaFuncAttributeMaxDynamicSharedMemorySize, MLA_DECODE_FP8_SMEM_BYTES));
+    check::wgmma_narrow_unit<N><<<1, MLA_DECODE_THREADS, MLA_DECODE_FP8_SMEM_BYTES>>>(d_q, d_k, d_p, d_s, d_o);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const std::vector<float> s = download(d_s, (size_t)T * N), o = download(d_o, (size_t)V * N);
+    std::vector<double> sr((size_t)T * N, 0.0), orf((size_t)V * N, 0.0);
+    for (int n = 0; n < kValid; ++n)
+        for (int c = 0; c < N; ++c) {
+            double acc = 0;
+            for (int k = 0; k < K; ++k) acc += (double)kf[(size_t)n * K + k] * qf[(size_t)c * K + k];
+            sr[(size_t)n * N + c] = acc;
+        }
+    for (int d = 0; d < V; ++d)
+        for (int c = 0; c < N; ++c) {
+            double acc = 0;
+            for (int n = 0; n < kValid; ++n) acc += (double)kf[(size_t)n * K + d] * pf[(size_t)c * T + n];
+            orf[(size_t)d * N + c] = acc;
+        }
+    auto compare = [&](const char* what, const std::vector<float>& got, const std::vector<double>& ref) {
+        double num = 0, den = 0;
+        long long nan = 0;
+        int first = -1;
+        for (size_t i = 0; i < got.size(); ++i) {
+            if (std::isnan(got[i])) { ++nan; if (first < 0) first = (int)i; continue; }
+            num += (got[i] - ref[i]) * (got[i] - ref[i]);
+            den += ref[i] * ref[i];
+            if (first < 0 && std::fabs(got[i] - ref[i]) > 1e-2 * (std::fabs(ref[i]) + 1)) first = (int)i;
+        }
+        const double rel = den > 0 ? std::sqrt(num / den) : 1.0;
+        const bool ok = nan == 0 && rel < 1e-3;
+        std::printf("%-4s wgmma_narrow_unit<%d> %s rel=%.2e nan=%lld", ok ? "PASS" : "FAIL", N, what, rel, nan);
+        if (!ok && first >= 0)
+            std::printf(" first bad [%d][%d] = %.5g, ref %.5g", first / N, first % N, got[first], ref[first]);
+        std::printf("\n");
+        return ok;
+    };
+    const bool ok_s = compare("S^T=KQ^T", s, sr);
+    const bool ok_o = compare("O^T=V^TP^T", o, orf);
+    sum.cases += 2;
+    sum.failed += (ok_s ? 0 : 1) + (ok_o ? 0 : 1);
+    for (void* ptr : std::initializer_list<void*>{d_q, d_k, d_p, d_s, d_o}) CK(cudaFree(ptr));
+    return ok_s && ok_o;
+}
+#endif
+
 // The FP8 format's kernels (check/fp8_check.cuh).
 #include "fp8_check.cuh"
 
@@ -690,6 +775,10 @@ int run_checks() {
 
     // 0. The Hopper wgmma wrappers and the swizzled tile layout on their own.
     run_wgmma_check(seed++, sum);
+#ifdef MLA_FP8_V3_CANDIDATE
+    run_wgmma_narrow_check<16>(seed++, sum);
+    run_wgmma_narrow_check<32>(seed++, sum);
+#endif
     run_tma_check(sum);
     // 1. The head x query-token grid on a mixed batch: lengths 1, 2 (shorter
     //    than s_q for s_q > 2), 63, 64, 65, 129, 1000 and random ones.

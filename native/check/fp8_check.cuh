@@ -9,7 +9,21 @@
 //     range's ends, exact ties at scale 1, with padding slots that must be
 //     skipped and a pool poisoned elsewhere that must stay as it was;
 //   - flashmla_append_kv_fp8_raw with the host's tokens;
-//   - the dequantization (fp8_dequant8) against the host's, bit for bit.
+//   - the dequantization (fp8_dequant8) against the host's, bit for bit;
+//   - the narrow decode's bit-moving dequantization (fp8x4_to_bf16_exp_shifted)
+//     on every code in every byte position: code * 2^-120 exactly.
+
+// Every code in every byte position through fp8x4_to_bf16_exp_shifted (the
+// narrow FP8 decode's dequantization): word w holds codes w, w+1, w+2, w+3 (mod 256).
+__global__ void exp_shifted_kernel(uint16_t* out) {
+    const uint32_t w = threadIdx.x;
+    const uint32_t word = (w & 255u) | (((w + 1) & 255u) << 8) | (((w + 2) & 255u) << 16) | (((w + 3) & 255u) << 24);
+    const uint2 r = mla::fp8x4_to_bf16_exp_shifted(word);
+    out[4 * w + 0] = (uint16_t)(r.x & 0xFFFFu);
+    out[4 * w + 1] = (uint16_t)(r.x >> 16);
+    out[4 * w + 2] = (uint16_t)(r.y & 0xFFFFu);
+    out[4 * w + 3] = (uint16_t)(r.y >> 16);
+}
 
 __global__ void e4m3_codes_kernel(const float* x, uint8_t* codes, int n) {
     const int i = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
@@ -83,6 +97,37 @@ bool run_fp8_format_check(uint64_t seed, Summary& sum) {
         report(bad == 0, "e4m3 conversion", std::to_string(n) + " values, " + std::to_string(bad) + " differ" + first);
         CK(cudaFree(d_x));
         CK(cudaFree(d_c));
+    }
+
+    // ---- the bit-moving dequantization: code * 2^-120 exactly, NaN codes finite ----
+    {
+        uint16_t* d_out = dalloc<uint16_t>(4 * 256);
+        exp_shifted_kernel<<<1, 256>>>(d_out);
+        CK(cudaGetLastError());
+        const std::vector<uint16_t> got = download(d_out, 4 * 256);
+        int bad = 0;
+        std::string first;
+        for (int w = 0; w < 256; ++w)
+            for (int k = 0; k < 4; ++k) {
+                const uint8_t c = (uint8_t)((w + k) & 255);
+                uint16_t want;
+                if ((c & 0x7F) == 0x7F) {
+                    want = (uint16_t)(((c & 0x80) << 8) | 0x07F0);  // documented: +-1.875 * 2^-112
+                } else {
+                    const float v = std::ldexp(fp8host::e4m3_value(c), -120);  // exact (a float subnormal at worst)
+                    uint32_t bits;
+                    std::memcpy(&bits, &v, 4);
+                    want = (uint16_t)(bits >> 16);
+                    if ((bits & 0xFFFFu) != 0) want = 0xFFFF;  // cannot happen: at most 4 significant bits
+                }
+                if (got[4 * w + k] != want && bad++ == 0) {
+                    char b[96];
+                    std::snprintf(b, sizeof b, " first: code 0x%02x -> 0x%04x, want 0x%04x", c, got[4 * w + k], want);
+                    first = b;
+                }
+            }
+        report(bad == 0, "exp-shifted dequantization", "1024 codes, " + std::to_string(bad) + " differ" + first);
+        CK(cudaFree(d_out));
     }
 
     // ---- quantizing append, raw append, dequantization ----

@@ -35,6 +35,23 @@ __device__ __forceinline__ uint4 fp8_dequant8(uint2 codes, float scale) {
     return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// Four e4m3 codes (little-endian in w: code 0 in the low byte) as four bf16
+// (memory order: .x = codes 0, 1; .y = codes 2, 3) of value code * 2^-120,
+// exactly, with integer operations only (no conversion instructions, which run
+// at a quarter of the integer rate on sm_90). Why it is exact: an e4m3 code
+// s eeee mmm is 2^(e-7) * 1.mmm (or 2^-6 * 0.mmm for e = 0); moving its seven
+// exponent-and-mantissa bits into the low exponent bits and the top mantissa
+// bits of a bf16 gives 2^(e-127) * 1.mmm (or the bf16 subnormal 2^-126 *
+// 0.mmm): the same value times 2^-120 in every case. The NaN codes (0x7F,
+// 0xFF) come out finite (+-1.875 * 2^-112): in the format a NaN tile is a NaN
+// scale (mla_params.h), which the caller multiplies in. The caller undoes the
+// 2^-120 in fp32 (decode_sm90_fp8_narrow.cuh).
+__device__ __forceinline__ uint2 fp8x4_to_bf16_exp_shifted(uint32_t w) {
+    const uint32_t lo = __byte_perm(w, 0u, 0x1404);  // bytes 0, code 0, 0, code 1: each code in the high byte of a half
+    const uint32_t hi = __byte_perm(w, 0u, 0x3424);  // bytes 0, code 2, 0, code 3
+    return make_uint2((lo & 0x80008000u) | ((lo >> 4) & 0x07F007F0u), (hi & 0x80008000u) | ((hi >> 4) & 0x07F007F0u));
+}
+
 // One warp quantizes one bf16 row of 576 values (16-byte aligned) into the
 // 656-byte token at dst (16-byte aligned). Lane l takes values 16l .. 16l+15
 // of the latent part, so the eight lanes 8t .. 8t+7 hold tile t and reduce

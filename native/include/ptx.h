@@ -172,6 +172,53 @@ __device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[16], uint64_t desc
         : "memory");
 }
 
+// The narrow shapes of the transposed FP8 decode (decode_sm90_fp8_narrow.cuh), where the 64 rows of the
+// tile are tokens or V columns and N (16 or 32) is the query rows:
+// wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 0;  (8 fp32 a thread)
+// and the same with imm-trans-a = 1 (the _ta forms): A is read MN-major, i.e. stored with M contiguous (a page
+// [tokens][columns] read as V^T: M = columns, K = tokens); legal for 16-bit types only. Fragment layout, ordering
+// and fence rules as wgmma_m64n32k16_ss (j = 0..N/8-1).
+__device__ __forceinline__ void wgmma_m64n16k16_ss(float (&d)[8], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_m64n16k16_ss_ta(float (&d)[8], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_m64n32k16_ss_ta(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
+        : "memory");
+}
+
+// The narrow products by N (16 or 32): wgmma_m64nNk16_ss<N>(d, ...) and wgmma_m64nNk16_ss_ta<N>(d, ...).
+template <int N>
+__device__ __forceinline__ void wgmma_m64nNk16_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    static_assert(N == 16 || N == 32, "narrow wgmma: N is 16 or 32");
+    if constexpr (N == 16) wgmma_m64n16k16_ss(d, desc_a, desc_b, accumulate);
+    else wgmma_m64n32k16_ss(d, desc_a, desc_b, accumulate);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_m64nNk16_ss_ta(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    static_assert(N == 16 || N == 32, "narrow wgmma: N is 16 or 32");
+    if constexpr (N == 16) wgmma_m64n16k16_ss_ta(d, desc_a, desc_b, accumulate);
+    else wgmma_m64n32k16_ss_ta(d, desc_a, desc_b, accumulate);
+}
+
 // wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 1;
 // D(64x256 fp32) = A(64x16, K-major, smem) * B(16x256, N-major = transposed,
 // smem) (+ D if accumulate != 0). imm-trans-b = 1: B is stored with N

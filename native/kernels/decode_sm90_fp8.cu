@@ -1,5 +1,6 @@
 // decode_sm90_fp8.cu -- split-KV MLA decode for Hopper over the FP8 KV cache
-// (mla_params.h, "FP8 KV cache"), first version (fp8 v1).
+// (mla_params.h, "FP8 KV cache"), first version (fp8 v1): the body, included
+// by the exported kernel (decode_fp8_export.cu) and the v3 candidate.
 //
 // Same launch, scheduler, warpgroup roles, softmax and output as the bf16
 // kernel (decode_sm90_tma.cu); what changes is how a page reaches the
@@ -21,6 +22,7 @@
 // raw ring 61.5 KB = 214 KB. There is no room for a second bf16 page beside
 // Q, so dequantization and products alternate instead of overlapping: the
 // price of v1's simplicity (NOTES.md, fp8 v1).
+#pragma once
 #include "mla_config.h"
 #include "ptx.h"
 #include "sw128_tile.cuh"
@@ -52,8 +54,10 @@ static_assert(kPage * kChunksPerToken % kDecodeThreads == 0, "dequantization spl
 
 }  // namespace sm90_fp8
 
-extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
-    flashmla_decode_splitkv_fp8(const __grid_constant__ MlaDecodeParams p) {
+// The body for rows_per_seq of any size (CTAs of 64 query rows), launched
+// as flashmla_decode_splitkv_fp8 (decode_fp8_export.cu); the v3 candidate
+// (decode_fp8_v3_candidate.cu) runs it for more than 32 rows.
+__device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_fp8;
     extern __shared__ __align__(1024) uint8_t smem_fp8[];

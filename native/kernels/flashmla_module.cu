@@ -8,5 +8,5 @@
 #include "append_kv.cu"
 #include "copy_blocks.cu"
 #include "decode_reference.cu"
-#include "decode_sm90_fp8.cu"
+#include "decode_fp8_export.cu"
 #include "fp8_kv.cu"
