@@ -14,16 +14,16 @@ fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
 rc=0
 # The harness links the module's sources and the candidates (harness-only decode kernels, listed in
-# flashmla_check.cu's kDecodeKernels under MLA_FP8_V3_CANDIDATE). A candidate that does not compile must not cost
+# flashmla_check.cu's kDecodeKernels under MLA_NARROW_CANDIDATES). A candidate that does not compile must not cost
 # the device round its checks: the harness is then built again without it, and the log says so.
 harness() {
     "$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check "$@" check/flashmla_check.cu \
         kernels/flashmla_module.cu -lcublas -lcuda
 }
-if harness -DMLA_FP8_V3_CANDIDATE kernels/decode_fp8_v3_candidate.cu > build/ptxas_harness.txt 2>&1; then
-    echo "build: harness with the fp8 v3 candidate"
+if harness -DMLA_NARROW_CANDIDATES kernels/decode_narrow_candidates.cu > build/ptxas_harness.txt 2>&1; then
+    echo "build: harness with the narrow candidates (v18, fp8 v3)"
 else
-    echo "build: the fp8 v3 candidate did not compile; its errors (build/ptxas_candidate.txt):"
+    echo "build: the narrow candidates did not compile; their errors (build/ptxas_candidate.txt):"
     cp build/ptxas_harness.txt build/ptxas_candidate.txt
     grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_candidate.txt | head -60
     harness > build/ptxas_harness.txt 2>&1 || rc=$?

@@ -46,9 +46,10 @@
 #include "fp8_host.h"
 #include "tma_check.cuh"
 #include "wgmma_check.cuh"
-#ifdef MLA_FP8_V3_CANDIDATE  // build.sh defines it when the candidate's translation unit compiles
+#ifdef MLA_NARROW_CANDIDATES  // build.sh defines it when the candidates' translation unit compiles
 #include "wgmma_narrow_check.cuh"
 extern "C" __global__ void flashmla_decode_splitkv_fp8_v3(const __grid_constant__ MlaDecodeParams p);
+extern "C" __global__ void flashmla_decode_splitkv_v18(const __grid_constant__ MlaDecodeParams p);
 #endif
 
 #define CK(x)                                                                                         \
@@ -109,7 +110,8 @@ struct DecodeKernel {
 const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
     {"flashmla_decode_splitkv_fp8", "fp8 v1", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8), true},
-#ifdef MLA_FP8_V3_CANDIDATE
+#ifdef MLA_NARROW_CANDIDATES
+    {"flashmla_decode_splitkv_v18", "v18 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_v18), false},
     {"flashmla_decode_splitkv_fp8_v3", "fp8 v3 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8_v3), true},
 #endif
 };
@@ -679,7 +681,7 @@ bool run_wgmma_check(uint64_t seed, Summary& sum) {
     return ok_s && ok_o;
 }
 
-#ifdef MLA_FP8_V3_CANDIDATE
+#ifdef MLA_NARROW_CANDIDATES
 // The narrow wrappers and operand layouts (check/wgmma_narrow_check.cuh): S^T
 // = K Q^T and O^T = V^T P^T for N query rows against float64; rows 61..63 of
 // the page are NaN in global memory and must read as zero.
@@ -775,7 +777,7 @@ int run_checks() {
 
     // 0. The Hopper wgmma wrappers and the swizzled tile layout on their own.
     run_wgmma_check(seed++, sum);
-#ifdef MLA_FP8_V3_CANDIDATE
+#ifdef MLA_NARROW_CANDIDATES
     run_wgmma_narrow_check<16>(seed++, sum);
     run_wgmma_narrow_check<32>(seed++, sum);
 #endif

@@ -1,20 +1,20 @@
 // wgmma_narrow_check.cuh -- unit check of the narrow wgmma wrappers (ptx.h:
 // m64n16k16 / m64n32k16, and their imm-trans-a forms) and of the narrow FP8
-// decode's operand layouts (decode_sm90_fp8_narrow.cuh), apart from the
-// dequantization and the softmax: one CTA of two warpgroups loads a random
+// decode's operand layouts (decode_sm90_narrow.cuh, fp8 and bf16 alike), apart
+// from the dequantization and the softmax: one CTA of two warpgroups loads a random
 // Q [N][576] into the narrow swizzled blocks, a page [64][576] (rows 61..63
 // NaN in global memory, zero-filled) and a random P^T [N][64]; warpgroup 0
 // computes S^T = K Q^T (36 k-steps, A = the page K-major, B = Q), and
 // warpgroup w computes O^T = V^T P^T for V columns 256w .. 256w+255 (A = the
 // page read MN-major, B = P^T), exactly as the narrow kernel addresses them.
 // The host compares both with float64 products. Harness only, built with the
-// v3 candidate (MLA_FP8_V3_CANDIDATE).
+// narrow candidates (MLA_NARROW_CANDIDATES).
 #pragma once
 #include <cuda_bf16.h>
 #include "../include/mla_config.h"
 #include "../include/ptx.h"
 #include "../include/sw128_tile.cuh"
-#include "../kernels/decode_sm90_fp8_narrow.cuh"
+#include "../kernels/decode_sm90_narrow.cuh"
 
 namespace check {
 
@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     wgmma_narrow_unit(const __nv_bfloat16* q, const __nv_bfloat16* kv, const __nv_bfloat16* pt, float* s_out,
                       float* o_out) {
     using namespace mla;
-    using L = sm90_fp8_narrow::Layout<N>;
+    using L = sm90_narrow::Layout<N, true>;  // the fp8 layout; the bf16 one places Q and P alike
     extern __shared__ __align__(1024) uint8_t smem_nu[];
     const int tid = threadIdx.x, wg = tid >> 7, wwarp = (tid >> 5) & 3, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;

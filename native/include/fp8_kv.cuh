@@ -45,7 +45,7 @@ __device__ __forceinline__ uint4 fp8_dequant8(uint2 codes, float scale) {
 // 0.mmm): the same value times 2^-120 in every case. The NaN codes (0x7F,
 // 0xFF) come out finite (+-1.875 * 2^-112): in the format a NaN tile is a NaN
 // scale (mla_params.h), which the caller multiplies in. The caller undoes the
-// 2^-120 in fp32 (decode_sm90_fp8_narrow.cuh).
+// 2^-120 in fp32 (decode_sm90_narrow.cuh).
 __device__ __forceinline__ uint2 fp8x4_to_bf16_exp_shifted(uint32_t w) {
     const uint32_t lo = __byte_perm(w, 0u, 0x1404);  // bytes 0, code 0, 0, code 1: each code in the high byte of a half
     const uint32_t hi = __byte_perm(w, 0u, 0x3424);  // bytes 0, code 2, 0, code 3

@@ -172,7 +172,7 @@ __device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[16], uint64_t desc
         : "memory");
 }
 
-// The narrow shapes of the transposed FP8 decode (decode_sm90_fp8_narrow.cuh), where the 64 rows of the
+// The narrow shapes of the transposed decode (decode_sm90_narrow.cuh), where the 64 rows of the
 // tile are tokens or V columns and N (16 or 32) is the query rows:
 // wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 d, desc-a, desc-b, p, 1, 1, 0, 0;  (8 fp32 a thread)
 // and the same with imm-trans-a = 1 (the _ta forms): A is read MN-major, i.e. stored with M contiguous (a page

@@ -56,7 +56,7 @@ static_assert(kPage * kChunksPerToken % kDecodeThreads == 0, "dequantization spl
 
 // The body for rows_per_seq of any size (CTAs of 64 query rows), launched
 // as flashmla_decode_splitkv_fp8 (decode_fp8_export.cu); the v3 candidate
-// (decode_fp8_v3_candidate.cu) runs it for more than 32 rows.
+// (decode_narrow_candidates.cu) runs it for more than 32 rows.
 __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_fp8;
