@@ -11,7 +11,9 @@
 //   - flashmla_append_kv_fp8_raw with the host's tokens;
 //   - the dequantization (fp8_dequant8) against the host's, bit for bit;
 //   - the narrow decode's bit-moving dequantization (fp8x4_to_bf16_exp_shifted)
-//     on every code in every byte position: code * 2^-120 exactly.
+//     on every code in every byte position: code * 2^-120 exactly;
+//   - the wide path's fast dequantization (fp8_dequant8_fast) within 2 bf16
+//     ulps of fp8_dequant8 on every code and 64 scales (NaN and huge included).
 
 // Every code in every byte position through fp8x4_to_bf16_exp_shifted (the
 // narrow FP8 decode's dequantization): word w holds codes w, w+1, w+2, w+3 (mod 256).
@@ -23,6 +25,15 @@ __global__ void exp_shifted_kernel(uint16_t* out) {
     out[4 * w + 1] = (uint16_t)(r.x >> 16);
     out[4 * w + 2] = (uint16_t)(r.y & 0xFFFFu);
     out[4 * w + 3] = (uint16_t)(r.y >> 16);
+}
+
+// fp8_dequant8_fast and fp8_dequant8 side by side: block b takes scales[b]; thread t the eight codes 8t .. 8t+7.
+__global__ void dequant_fast_kernel(const float* scales, uint4* fast, uint4* exact) {
+    const uint32_t c0 = 8u * threadIdx.x;
+    const uint2 codes = make_uint2(c0 | ((c0 + 1) << 8) | ((c0 + 2) << 16) | ((c0 + 3) << 24),
+                                   (c0 + 4) | ((c0 + 5) << 8) | ((c0 + 6) << 16) | ((c0 + 7) << 24));
+    fast[blockIdx.x * 32 + threadIdx.x] = mla::fp8_dequant8_fast(codes, scales[blockIdx.x]);
+    exact[blockIdx.x * 32 + threadIdx.x] = mla::fp8_dequant8(codes, scales[blockIdx.x]);
 }
 
 __global__ void e4m3_codes_kernel(const float* x, uint8_t* codes, int n) {
@@ -128,6 +139,42 @@ bool run_fp8_format_check(uint64_t seed, Summary& sum) {
             }
         report(bad == 0, "exp-shifted dequantization", "1024 codes, " + std::to_string(bad) + " differ" + first);
         CK(cudaFree(d_out));
+    }
+
+    // ---- the fast dequantization (fp8 v3's wide path) within 2 bf16 ulps of fp8_dequant8, on every code ----
+    {
+        std::vector<float> scales = {0.f, 1.f, 1.f / 448.f, 1e-38f, 1e-40f, 3e-45f, 254.9f, 255.f, 1e10f, NAN, 0.75f};
+        std::uniform_real_distribution<float> ue(-40.f, 8.f);
+        while (scales.size() < 64) scales.push_back(std::exp2(ue(rng)) * (1.f + (float)(rng() % 1000) / 1000.f));
+        const int ns = (int)scales.size();
+        float* d_sc = dalloc<float>(ns);
+        uint4 *d_fast = dalloc<uint4>((size_t)ns * 32), *d_exact = dalloc<uint4>((size_t)ns * 32);
+        upload(d_sc, scales);
+        dequant_fast_kernel<<<ns, 32>>>(d_sc, d_fast, d_exact);
+        CK(cudaGetLastError());
+        const std::vector<uint4> fast = download(d_fast, (size_t)ns * 32), exact = download(d_exact, (size_t)ns * 32);
+        const uint16_t* f16 = reinterpret_cast<const uint16_t*>(fast.data());
+        const uint16_t* e16 = reinterpret_cast<const uint16_t*>(exact.data());
+        int worst = 0, bad = 0;
+        std::string first;
+        for (int i = 0; i < ns * 256; ++i) {
+            const uint16_t a = f16[i], b = e16[i];
+            const bool nan_a = (a & 0x7FFF) > 0x7F80, nan_b = (b & 0x7FFF) > 0x7F80;
+            // ulps between two bf16 of the same sign (a zero of either sign counts as 0)
+            auto ordinal = [](uint16_t x) { return (x & 0x8000) ? -(int)(x & 0x7FFF) : (int)(x & 0x7FFF); };
+            const int ulps = (nan_a || nan_b) ? (nan_a == nan_b ? 0 : 1 << 20) : std::abs(ordinal(a) - ordinal(b));
+            worst = std::max(worst, ulps);
+            if (ulps > 2 && bad++ == 0) {
+                char t[128];
+                std::snprintf(t, sizeof t, " first: code 0x%02x scale %a -> 0x%04x, exact 0x%04x", i % 256, scales[i / 256], a, b);
+                first = t;
+            }
+        }
+        report(bad == 0, "fast dequantization", std::to_string(ns) + " scales x 256 codes, worst " + std::to_string(worst) +
+               " ulps, " + std::to_string(bad) + " over 2" + first);
+        CK(cudaFree(d_sc));
+        CK(cudaFree(d_fast));
+        CK(cudaFree(d_exact));
     }
 
     // ---- quantizing append, raw append, dequantization ----

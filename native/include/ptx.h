@@ -56,6 +56,14 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return d;
 }
 
+// mul.rn.bf16x2 d, a, b: two bf16 products, each rounded to nearest even
+// (sm_90; subnormal inputs and results are kept, not flushed).
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("mul.rn.bf16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
 // ld.global.nc.L1::no_allocate.v4.u32: 16-byte read-only load that streams
 // past L1 (for data read once). Address 16-byte aligned; the data must not be
 // written during the kernel.

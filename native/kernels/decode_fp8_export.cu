@@ -5,5 +5,5 @@
 
 extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     flashmla_decode_splitkv_fp8(const __grid_constant__ MlaDecodeParams p) {
-    decode_sm90_fp8_wide_body(p);
+    decode_sm90_fp8_wide_body<false>(p);
 }

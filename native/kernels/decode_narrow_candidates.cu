@@ -4,7 +4,7 @@
 // rows, each with its exported kernel's body for more rows. Each is one kernel
 // taking its exported kernel's launch unchanged (grid.x = row groups of 64: 1
 // for 32 rows or fewer), so it can replace it once it is checked and timed:
-//   flashmla_decode_splitkv_fp8_v3   FP8 cache: narrow, else fp8 v1
+//   flashmla_decode_splitkv_fp8_v3   FP8 cache: narrow, else fp8 v1 with the fast dequantization
 //   flashmla_decode_splitkv_v18      bf16 cache: narrow, else v15
 #include "mla_config.h"
 #include "decode_sm90_tma.cu"
@@ -18,7 +18,7 @@ extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)
     flashmla_decode_splitkv_fp8_v3(const __grid_constant__ MlaDecodeParams p) {
     if (p.rows_per_seq <= 16) decode_sm90_narrow_body<16, true>(p);
     else if (p.rows_per_seq <= 32) decode_sm90_narrow_body<32, true>(p);
-    else decode_sm90_fp8_wide_body(p);
+    else decode_sm90_fp8_wide_body<true>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(MLA_DECODE_THREADS, 1)

@@ -57,6 +57,8 @@ static_assert(kPage * kChunksPerToken % kDecodeThreads == 0, "dequantization spl
 // The body for rows_per_seq of any size (CTAs of 64 query rows), launched
 // as flashmla_decode_splitkv_fp8 (decode_fp8_export.cu); the v3 candidate
 // (decode_narrow_candidates.cu) runs it for more than 32 rows.
+// kFastDequant: fp8_dequant8_fast instead of fp8_dequant8 (fp8 v3's wide path).
+template <bool kFastDequant = false>
 __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_fp8;
@@ -169,7 +171,7 @@ __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams&
                         float scale;
                         asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(codes.x), "=r"(codes.y) : "r"(src + 8 * c));
                         asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(scale) : "r"(src + kFp8ScaleOffset + 4 * (c >> 4)));
-                        v = fp8_dequant8(codes, scale);
+                        v = kFastDequant ? fp8_dequant8_fast(codes, scale) : fp8_dequant8(codes, scale);
                     } else {
                         asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
