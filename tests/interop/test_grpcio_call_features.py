@@ -67,8 +67,8 @@ def test_kv_cache_calls_with_metadata_are_served(grpc_channel, kind):
     assert freed.released_blocks == 0
 
 
-# The data-plane port's limit on a request's header list (SETTINGS_MAX_HEADER_LIST_SIZE, 64 KiB). grpcio sends
-# past a peer's limit, so the server must refuse the one call, not the connection the channel's other calls share.
+# The limit on a call's header list (64 KiB, both ports). grpcio sends past a peer's SETTINGS_MAX_HEADER_LIST_SIZE,
+# so the server must refuse the one call, not the connection the channel's other calls share.
 OVERSIZED_METADATA = {
     "one-large-value": [("x-large", "a" * 100_000)],
     "many-fields": [(f"x-field-{i}", "v" * 50) for i in range(2000)],
@@ -77,18 +77,24 @@ OVERSIZED_METADATA = {
 
 
 @pytest.mark.parametrize("kind", OVERSIZED_METADATA)
-def test_metadata_over_the_data_plane_header_limit_is_resource_exhausted_and_the_connection_serves_on(
-        data_plane_channel, cache, small_step, heavy_request, kind):
-    in_flight = rpc(data_plane_channel, DECODER, "DecodeOnce").future(heavy_request, timeout=60)
+def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection_serves_on(
+        decode_channel, cache, small_step, heavy_request, kind):
+    in_flight = rpc(decode_channel, DECODER, "DecodeOnce").future(heavy_request, timeout=60)
     sequences, q, _ = small_step
     with pytest.raises(grpc.RpcError) as failure:
-        rpc(data_plane_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q, np.zeros((1, 1, 576), np.uint16)),
-                                                       metadata=OVERSIZED_METADATA[kind], timeout=30)
+        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q, np.zeros((1, 1, 576), np.uint16)),
+                                                   metadata=OVERSIZED_METADATA[kind], timeout=30)
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "header" in failure.value.details() and "65536" in failure.value.details()
+    assert "header list" in failure.value.details() and "65536" in failure.value.details()
     assert not in_flight.result().HasField("error")  # the call on the same connection was not cut off
     assert cache.lengths(sequences[0]) == [30, 0]  # its new row was not appended
-    assert_still_serves(data_plane_channel, small_step)
+    assert_still_serves(decode_channel, small_step)
+
+
+def test_metadata_just_under_the_header_limit_is_served(decode_channel, small_step):
+    sequences, q, rows = small_step
+    response = rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q), metadata=[("x-large", "a" * 60_000)])
+    assert_matches_reference(response, q, rows)
 
 
 def test_decode_once_past_its_deadline_is_deadline_exceeded(decode_channel, heavy_request, small_step):

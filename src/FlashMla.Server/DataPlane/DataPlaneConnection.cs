@@ -27,27 +27,16 @@ internal sealed class DataPlaneConnection : Http2Connection
     /// <summary>Most streams the option MaxStreamsPerConnection may allow (the reset budget is sized by it).</summary>
     public const int MaxConcurrentStreams = 256;
 
-    /// <summary>
-    /// Largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE, advertised): twice Kestrel's 32 KiB on the gRPC port.
-    /// A request over it gets RESOURCE_EXHAUSTED on its own stream; its connection and the calls on it go on.
-    /// </summary>
-    public const int MaxHeaderListSize = 64 * 1024;
-
-    /// <summary>
-    /// Largest header block assembled and decoded (to keep the HPACK table in step) so that a request over
-    /// <see cref="MaxHeaderListSize"/> costs only its own stream; past it, GOAWAY. grpcio sends past a peer's
-    /// advertised list size, so a generous block limit is what keeps a client's one oversized call from ending the others.
-    /// </summary>
-    public const int MaxHeaderBlockBytes = 1 << 20;
-
     private static Http2Settings SettingsFor(int maxConcurrentStreams) => new()
     {
         MaxFrameSize = MaxFrameSize,
         StreamWindow = StreamWindow,
         ConnectionWindow = ConnectionWindow,
         MaxConcurrentStreams = maxConcurrentStreams,
-        MaxHeaderBlockBytes = MaxHeaderBlockBytes,
-        MaxHeaderListSize = MaxHeaderListSize,
+        // A call over the list limit is answered on its stream (OnHeaderListTooLarge); the larger block limit is what
+        // lets its block be decoded, keeping HPACK in step, instead of ending the connection.
+        MaxHeaderBlockBytes = RequestHeaderLimit.MaxBlockBytes,
+        MaxHeaderListSize = RequestHeaderLimit.MaxListBytes,
     };
 
     private readonly DataPlaneDispatcher _dispatcher;
@@ -250,18 +239,16 @@ internal sealed class DataPlaneConnection : Http2Connection
     {
         if (streamId % 2 == 0)
             throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"HEADERS on stream {streamId}: client streams are odd");
-        string reason = $"the request's header list is {listSize} bytes (names and values plus {HpackDecoder.FieldOverhead} a field), " +
-                        $"above the data-plane port's limit of {MaxHeaderListSize} (SETTINGS_MAX_HEADER_LIST_SIZE)";
+        var status = RequestHeaderLimit.Refusal(listSize);
         if (streamId <= _lastStreamId)
         {
             // The client's trailers on a call already running: the call fails as for any stream error.
             if (FindStream(streamId, Http2FrameType.Headers) is { } existing)
-                existing.FailWithStreamError(new Http2StreamException(Http2ErrorCode.ProtocolError, reason));
+                existing.FailWithStreamError(new Http2StreamException(Http2ErrorCode.ProtocolError, status.Detail));
             else Writer.QueueRstStream(streamId, Http2ErrorCode.StreamClosed);
             return;
         }
         _lastStreamId = streamId;
-        var status = new Status(StatusCode.ResourceExhausted, reason);
         _dispatcher.Count(GrpcWireHeaders.PathOf(fields), status);
         _ = RejectAsync(streamId, status, endStream);
     }
