@@ -3,6 +3,7 @@ deadlines, cancellation, and compressed requests. After each, the same channel m
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import grpc
@@ -77,18 +78,25 @@ OVERSIZED_METADATA = {
 
 
 @pytest.mark.parametrize("kind", OVERSIZED_METADATA)
-def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection_serves_on(
-        decode_channel, cache, small_step, heavy_request, kind):
-    in_flight = rpc(decode_channel, DECODER, "DecodeOnce").future(heavy_request, timeout=60)
-    sequences, q, _ = small_step
+def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection_serves_on(decode_channel, cache, small_step, kind):
+    sequences, q, rows = small_step
+    # A stream open on the channel's connection before the oversized call, and used after it.
+    requests = queue.Queue()
+    stream = rpc(decode_channel, DECODER, "Decode")(iter(requests.get, None), timeout=60)
+    requests.put(decode_request(1, 0, sequences, q))
+    assert_matches_reference(next(stream), q, rows)
     with pytest.raises(grpc.RpcError) as failure:
-        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q, np.zeros((1, 1, 576), np.uint16)),
+        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(2, 0, sequences, q, np.zeros((1, 1, 576), np.uint16)),
                                                    metadata=OVERSIZED_METADATA[kind], timeout=30)
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "header list" in failure.value.details() and "65536" in failure.value.details()
-    assert not in_flight.result().HasField("error")  # the call on the same connection was not cut off
     assert cache.lengths(sequences[0]) == [30, 0]  # its new row was not appended
-    assert_still_serves(decode_channel, small_step)
+    requests.put(decode_request(3, 0, sequences, q))
+    answer = next(stream)
+    assert answer.request_id == 3
+    assert_matches_reference(answer, q, rows)
+    requests.put(None)
+    assert list(stream) == []
 
 
 def test_metadata_just_under_the_header_limit_is_served(decode_channel, small_step):
