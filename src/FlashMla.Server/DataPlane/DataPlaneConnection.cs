@@ -220,7 +220,7 @@ internal sealed class DataPlaneConnection : Http2Connection
         catch (RpcException ex)
         {
             _dispatcher.Count(GrpcWireHeaders.PathOf(fields), ex.Status);
-            _ = RejectAsync(streamId, ex.Status, endStream);
+            _ = RejectAsync(streamId, ex.Status, endStream, ex is NotGrpcException ? NotGrpcException.HttpStatus : 200);
             return;
         }
 
@@ -384,12 +384,12 @@ internal sealed class DataPlaneConnection : Http2Connection
     }
 
     /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>
-    private async Task RejectAsync(int streamId, Status status, bool endStream)
+    private async Task RejectAsync(int streamId, Status status, bool endStream, int httpStatus = 200)
     {
         var block = ArrayPool<byte>.Shared.Rent(GrpcWireHeaders.MaxHeaderBlockBytes);
         try
         {
-            int length = GrpcWireHeaders.WriteTrailers(block, status.StatusCode, status.Detail, includeHeaders: true);
+            int length = GrpcWireHeaders.WriteTrailers(block, status.StatusCode, status.Detail, includeHeaders: true, httpStatus);
             await Writer.EnterAsync(CancellationToken.None).ConfigureAwait(false);
             try
             {
