@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -77,6 +79,16 @@ OVERSIZED_METADATA = {
 }
 
 
+def failed_requests(server, code: str, method: str) -> float:
+    """flashmla_requests_failed_total{code, method} from the server's metrics port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("flashmla_requests_failed_total{") and f'code="{code}"' in line and f'method="{method}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @pytest.mark.parametrize("kind", OVERSIZED_METADATA)
 def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection_serves_on(decode_channel, cache, small_step, kind):
     sequences, q, rows = small_step
@@ -97,6 +109,19 @@ def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection
     assert_matches_reference(answer, q, rows)
     requests.put(None)
     assert list(stream) == []
+
+
+def test_a_call_refused_for_its_metadata_is_counted_as_a_failed_request(server, decode_channel, small_step):
+    sequences, q, _ = small_step
+    method = "/flashmla.v1.Decoder/DecodeOnce"
+    before = failed_requests(server, "ResourceExhausted", method)
+    with pytest.raises(grpc.RpcError):
+        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q), metadata=OVERSIZED_METADATA["one-large-value"])
+    # The exporter caches a scrape for a moment: wait for the count.
+    until = time.monotonic() + 10
+    while failed_requests(server, "ResourceExhausted", method) == before and time.monotonic() < until:
+        time.sleep(0.1)
+    assert failed_requests(server, "ResourceExhausted", method) == before + 1
 
 
 def test_metadata_just_under_the_header_limit_is_served(decode_channel, small_step):

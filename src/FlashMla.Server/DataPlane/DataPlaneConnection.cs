@@ -249,7 +249,7 @@ internal sealed class DataPlaneConnection : Http2Connection
             return;
         }
         _lastStreamId = streamId;
-        _dispatcher.Count(GrpcWireHeaders.PathOf(fields), status);
+        _dispatcher.Refuse(GrpcWireHeaders.PathOf(fields), status);
         _ = RejectAsync(streamId, status, endStream);
     }
 
