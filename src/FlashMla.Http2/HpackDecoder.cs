@@ -22,11 +22,16 @@ internal sealed class HpackDecoder
     internal HpackDynamicTable Table => _table;
 
     /// <summary>
-    /// Decodes one whole header block into <paramref name="headers"/>. Throws <see cref="HpackDecodingException"/>
-    /// when the block is malformed (a connection error of type COMPRESSION_ERROR: the table may be out of step).
+    /// Decodes one whole header block into <paramref name="headers"/> and returns the header list's size as
+    /// SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113, section 6.5.2: name and value octets plus 32 per field).
+    /// Fields past <paramref name="maxListSize"/> are decoded (the dynamic table must stay in step with the peer's
+    /// encoder) but not added: a few bytes that index a large table entry again and again must not grow the list.
+    /// Throws <see cref="HpackDecodingException"/> when the block is malformed (a connection error of type
+    /// COMPRESSION_ERROR: the table may be out of step).
     /// </summary>
-    public void Decode(ReadOnlySpan<byte> block, List<KeyValuePair<string, string>> headers)
+    public long Decode(ReadOnlySpan<byte> block, List<KeyValuePair<string, string>> headers, long maxListSize = long.MaxValue)
     {
+        long listSize = 0;
         bool fieldSeen = false;
         int pos = 0;
         while (pos < block.Length)
@@ -37,7 +42,8 @@ internal sealed class HpackDecoder
                 // Indexed header field: 1xxxxxxx.
                 int index = ReadInteger(block, ref pos, 7);
                 if (index == 0) throw new HpackDecodingException("indexed header field with index 0");
-                headers.Add(ToPair(Lookup(index)));
+                var (name, value) = Lookup(index);
+                Emit(headers, name, value, ref listSize, maxListSize);
                 fieldSeen = true;
             }
             else if ((first & 0xC0) == 0x40)
@@ -45,7 +51,7 @@ internal sealed class HpackDecoder
                 // Literal with incremental indexing: 01xxxxxx.
                 var (name, value) = ReadLiteral(block, ref pos, 6);
                 _table.Add(name, value);
-                headers.Add(new(name, value));
+                Emit(headers, name, value, ref listSize, maxListSize);
                 fieldSeen = true;
             }
             else if ((first & 0xE0) == 0x20)
@@ -61,10 +67,21 @@ internal sealed class HpackDecoder
             {
                 // Literal without indexing 0000xxxx, or never indexed 0001xxxx: the same to a decoder.
                 var (name, value) = ReadLiteral(block, ref pos, 4);
-                headers.Add(new(name, value));
+                Emit(headers, name, value, ref listSize, maxListSize);
                 fieldSeen = true;
             }
         }
+        return listSize;
+    }
+
+    /// <summary>Header field overhead in SETTINGS_MAX_HEADER_LIST_SIZE's count (RFC 9113, section 6.5.2).</summary>
+    public const int FieldOverhead = 32;
+
+    private static void Emit(List<KeyValuePair<string, string>> headers, string name, string value, ref long listSize, long maxListSize)
+    {
+        // Latin-1 strings: one char per octet received.
+        listSize += name.Length + value.Length + FieldOverhead;
+        if (listSize <= maxListSize) headers.Add(new(name, value));
     }
 
     private (string Name, string Value) ReadLiteral(ReadOnlySpan<byte> block, ref int pos, int prefixBits)
@@ -104,8 +121,6 @@ internal sealed class HpackDecoder
             throw new HpackDecodingException($"header index {index} is past the end of the tables ({HpackStaticTable.Count} static, {_table.Count} dynamic)");
         return _table.Get(dynamic);
     }
-
-    private static KeyValuePair<string, string> ToPair((string Name, string Value) entry) => new(entry.Name, entry.Value);
 
     /// <summary>An HPACK integer with an N-bit prefix (RFC 7541, section 5.1), at most <see cref="int.MaxValue"/>.</summary>
     internal static int ReadInteger(ReadOnlySpan<byte> block, ref int pos, int prefixBits)

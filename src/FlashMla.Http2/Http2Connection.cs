@@ -23,7 +23,7 @@ internal abstract class Http2Connection
     private readonly ReceiveWindow _connectionReceive;
     private readonly List<KeyValuePair<string, string>> _fields = [];
     private byte[] _payload = new byte[256];
-    private byte[] _headerBlock = new byte[16 * 1024];
+    private byte[] _headerBlock = new byte[RetainedHeaderBlockBytes];
     private volatile int _peerMaxFrameSize = Http2Frames.DefaultMaxFrameSize;
     private volatile int _peerMaxConcurrentStreams = int.MaxValue;
     private long _lastFrameReceivedAt = Environment.TickCount64;
@@ -89,6 +89,15 @@ internal abstract class Http2Connection
 
     /// <summary>A whole, decoded header block on <paramref name="streamId"/>; the fields are valid during the call only.</summary>
     protected abstract void OnHeaderBlock(int streamId, List<KeyValuePair<string, string>> fields, bool endStream);
+
+    /// <summary>
+    /// A whole header block on <paramref name="streamId"/> whose list is <paramref name="listSize"/> bytes, above
+    /// <see cref="Http2Settings.MaxHeaderListSize"/>; <paramref name="fields"/> holds the fields up to the limit. The
+    /// block was decoded (the HPACK table is in step), so this is the stream's fault alone: by default it is reset
+    /// (a role with a protocol on top answers it in that protocol's words).
+    /// </summary>
+    protected virtual void OnHeaderListTooLarge(int streamId, List<KeyValuePair<string, string>> fields, long listSize, bool endStream) =>
+        Writer.QueueRstStream(streamId, Http2ErrorCode.ProtocolError); // not REFUSED_STREAM: a retry would fail the same way
 
     /// <summary>The peer's GOAWAY: it opens no more streams, and processed none above <paramref name="lastStreamId"/>.</summary>
     protected abstract void OnGoAway(int lastStreamId, Http2ErrorCode code, string debug);
@@ -259,9 +268,15 @@ internal abstract class Http2Connection
         int length = await ReadHeaderBlockAsync(header).ConfigureAwait(false);
         _fields.Clear();
         // Decoded whatever becomes of the stream: the HPACK table is the connection's.
-        _hpack.Decode(_headerBlock.AsSpan(0, length), _fields);
-        OnHeaderBlock(header.StreamId, _fields, header.Has(Http2FrameFlags.EndStream));
+        long maxListSize = Local.MaxHeaderListSize ?? long.MaxValue;
+        long listSize = _hpack.Decode(_headerBlock.AsSpan(0, length), _fields, maxListSize);
+        // A block larger than most is not worth its buffer for the connection's life.
+        if (_headerBlock.Length > RetainedHeaderBlockBytes) _headerBlock = new byte[RetainedHeaderBlockBytes];
+        if (listSize > maxListSize) OnHeaderListTooLarge(header.StreamId, _fields, listSize, header.Has(Http2FrameFlags.EndStream));
+        else OnHeaderBlock(header.StreamId, _fields, header.Has(Http2FrameFlags.EndStream));
     }
+
+    private const int RetainedHeaderBlockBytes = 16 * 1024;
 
     /// <summary>Hands a header block to an open stream; a stream error it raises resets the stream, END_STREAM ends its input.</summary>
     protected void DeliverHeaders(Http2Stream stream, List<KeyValuePair<string, string>> fields, bool endStream)

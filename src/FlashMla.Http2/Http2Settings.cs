@@ -25,19 +25,30 @@ internal sealed record Http2Settings
     /// <summary>Sends SETTINGS_ENABLE_PUSH 0 (a client that accepts no pushed streams).</summary>
     public bool DisablePush { get; init; }
 
-    /// <summary>Largest header block (HEADERS and its CONTINUATIONs) assembled before it is a connection error.</summary>
+    /// <summary>
+    /// Largest header block (HEADERS and its CONTINUATIONs, as encoded) assembled before it is a connection error:
+    /// past it the block cannot be decoded, and without decoding it the HPACK table is out of step with the peer's.
+    /// </summary>
     public int MaxHeaderBlockBytes { get; init; } = 64 * 1024;
+
+    /// <summary>
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest header list (decoded, RFC 9113 section 6.5.2) this side takes on a
+    /// stream; a block over it (up to <see cref="MaxHeaderBlockBytes"/>) is decoded and refused on its stream alone.
+    /// Null: none sent, none enforced beyond <see cref="MaxHeaderBlockBytes"/>.
+    /// </summary>
+    public int? MaxHeaderListSize { get; init; }
 
     /// <summary>SETTINGS, then the WINDOW_UPDATE that raises the connection window: the frames that open a connection.</summary>
     public int WriteOpening(Span<byte> destination)
     {
-        Span<(Http2Setting, uint)> settings = stackalloc (Http2Setting, uint)[6];
+        Span<(Http2Setting, uint)> settings = stackalloc (Http2Setting, uint)[7];
         int count = 0;
         if (HeaderTableSize != 4096) settings[count++] = (Http2Setting.HeaderTableSize, (uint)HeaderTableSize);
         if (DisablePush) settings[count++] = (Http2Setting.EnablePush, 0);
         if (MaxConcurrentStreams is { } streams) settings[count++] = (Http2Setting.MaxConcurrentStreams, (uint)streams);
         if (StreamWindow != Http2Frames.DefaultWindowSize) settings[count++] = (Http2Setting.InitialWindowSize, (uint)StreamWindow);
         if (MaxFrameSize != Http2Frames.DefaultMaxFrameSize) settings[count++] = (Http2Setting.MaxFrameSize, (uint)MaxFrameSize);
+        if (MaxHeaderListSize is { } listSize) settings[count++] = (Http2Setting.MaxHeaderListSize, (uint)listSize);
         int n = Http2Frames.WriteSettings(destination, settings[..count]);
         int increment = ConnectionWindow - Http2Frames.DefaultWindowSize;
         if (increment > 0) n += Http2Frames.WriteWindowUpdate(destination[n..], 0, increment);
@@ -45,5 +56,5 @@ internal sealed record Http2Settings
     }
 
     /// <summary>Room <see cref="WriteOpening"/> needs.</summary>
-    public const int MaxOpeningBytes = 9 + 6 * 6 + Http2Frames.WindowUpdateFrameSize;
+    public const int MaxOpeningBytes = 9 + 7 * 6 + Http2Frames.WindowUpdateFrameSize;
 }

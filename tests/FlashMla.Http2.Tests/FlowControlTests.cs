@@ -98,4 +98,14 @@ public sealed class FlowControlTests
         Assert.Equal(27 + 13, n);
         Assert.Equal(9, new Http2Settings().WriteOpening(buffer)); // all defaults: an empty SETTINGS, no WINDOW_UPDATE
     }
+
+    [Fact]
+    public void A_header_list_limit_is_advertised_as_SETTINGS_MAX_HEADER_LIST_SIZE()
+    {
+        var buffer = new byte[Http2Settings.MaxOpeningBytes];
+        int n = new Http2Settings { MaxHeaderListSize = 65536 }.WriteOpening(buffer);
+        Assert.Equal(new Http2FrameHeader(6, Http2FrameType.Settings, 0, 0), Http2FrameHeader.Read(buffer));
+        Assert.Equal([0, 6, 0, 1, 0, 0], buffer[9..15]);
+        Assert.Equal(15, n);
+    }
 }

@@ -25,6 +25,29 @@ public sealed class HpackTests
     }
 
     [Fact]
+    public void Decode_returns_the_header_list_size_and_past_the_limit_keeps_the_table_in_step_but_adds_no_more_fields()
+    {
+        // Two new literals with indexing, then the first one indexed again 100 times, one byte for 1035 bytes of
+        // list each: the amplification a list limit must not let grow the list.
+        var block = new List<byte>();
+        block.AddRange(IndexedLiteral("x-a", new string('a', 1000)));
+        block.AddRange(IndexedLiteral("x-b", "b"));
+        for (int i = 0; i < 100; i++) block.Add(0x80 | (HpackStaticTable.Count + 2)); // "x-a", the older entry
+        long fieldA = 3 + 1000 + HpackDecoder.FieldOverhead, fieldB = 3 + 1 + HpackDecoder.FieldOverhead;
+
+        var unlimited = new List<KeyValuePair<string, string>>();
+        Assert.Equal(101 * fieldA + fieldB, new HpackDecoder(4096).Decode(block.ToArray(), unlimited));
+        Assert.Equal(102, unlimited.Count);
+
+        var decoder = new HpackDecoder(4096);
+        var limited = new List<KeyValuePair<string, string>>();
+        Assert.Equal(101 * fieldA + fieldB, decoder.Decode(block.ToArray(), limited, maxListSize: 3 * fieldA));
+        Assert.Equal(["x-a", "x-b", "x-a"], limited.Select(f => f.Key).ToArray()); // 2 fieldA + fieldB fit, a third fieldA does not
+        // The table holds both literals: the next block's references decode as the encoder meant them.
+        Assert.Equal([new("x-b", "b")], Decode(decoder, [(byte)(0x80 | (HpackStaticTable.Count + 1))]));
+    }
+
+    [Fact]
     public void The_RFC_7541_C3_requests_decode_and_fill_the_dynamic_table()
     {
         // RFC 7541, appendix C.3: three requests without Huffman coding sharing one dynamic table.

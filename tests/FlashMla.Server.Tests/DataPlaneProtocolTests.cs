@@ -29,6 +29,30 @@ public sealed class DataPlaneProtocolTests
         Assert.Equal(declared + 5, (uint)data);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_request_that_is_not_gRPC_gets_415_as_on_Kestrels_port_and_gRPC_subtypes_are_served(bool dataPlane)
+    {
+        await using var server = await TestServer.StartAsync();
+        var ids = await RawHttp2Client.SequencesAsync(server, 1, 5);
+        await using var client = await RawHttp2Client.ConnectAsync(dataPlane ? server.DataPlaneAddress! : server.GrpcAddress);
+        await client.SendAsync(Http2FrameType.WindowUpdate, Http2FrameFlags.None, 0, RawHttp2Client.BigEndian(1u << 24));
+        string[] contentTypes = ["application/json", "text/plain", "application/grpc+proto", "application/grpc; charset=utf-8"];
+        var ends = new List<(string Status, string? GrpcStatus)>();
+        for (int i = 0; i < contentTypes.Length; i++)
+        {
+            int stream = 2 * i + 1;
+            await client.SendAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, stream,
+                RawHttp2Client.RequestHeadersOfType("/flashmla.v1.Decoder/DecodeOnce", contentTypes[i]));
+            await client.SendMessageAsync(stream, RawHttp2Client.GrpcMessage(ids, 2, 1), endStream: true);
+            var (headers, _, trailers) = await client.ReadResponseAsync(stream);
+            ends.Add((headers[":status"], trailers?.GetValueOrDefault("grpc-status")));
+        }
+        // An HTTP client reading a gRPC error's 200 would take it for success (gRPC's PROTOCOL-HTTP2: "SHOULD respond with 415").
+        Assert.Equal([("415", "13"), ("415", "13"), ("200", "0"), ("200", "0")], ends);
+    }
+
     [Fact]
     public async Task A_malformed_Huffman_string_is_a_compression_error_that_ends_the_connection()
     {

@@ -8,6 +8,7 @@ namespace FlashMla.Server.Tests;
 /// a request past MaxKvTokensPerCall is refused before it runs, and a queued request whose deadline passes is
 /// answered at once and never computed.
 /// </summary>
+[Collection(DataPlaneCollection.Name)] // its deadline test adds to the failure counter DeadlineFailureCountTests reads
 public sealed class LongDecodeIsolationTests
 {
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);

@@ -153,7 +153,13 @@ internal sealed class RawHttp2Client : IAsyncDisposable
         return ValueTask.CompletedTask;
     }
 
-    public static byte[] RequestHeaders(string path, string? timeout = null, params (string Name, string Value)[] metadata)
+    public static byte[] RequestHeaders(string path, string? timeout = null, params (string Name, string Value)[] metadata) =>
+        RequestHeaders(path, "application/grpc", timeout, metadata);
+
+    /// <summary>A request's headers with the content type given (a gRPC client's, or not).</summary>
+    public static byte[] RequestHeadersOfType(string path, string contentType) => RequestHeaders(path, contentType, null, []);
+
+    private static byte[] RequestHeaders(string path, string contentType, string? timeout, (string Name, string Value)[] metadata)
     {
         var block = new byte[1024];
         int pos = 0;
@@ -163,7 +169,7 @@ internal sealed class RawHttp2Client : IAsyncDisposable
         pos += n;
         Assert.True(HpackEncoder.TryEncodeLiteral(HpackStaticTable.Path, path, block.AsSpan(pos), out n));
         pos += n;
-        Assert.True(HpackEncoder.TryEncodeLiteral("content-type", "application/grpc", block.AsSpan(pos), out n));
+        Assert.True(HpackEncoder.TryEncodeLiteral("content-type", contentType, block.AsSpan(pos), out n));
         pos += n;
         if (timeout is not null)
         {

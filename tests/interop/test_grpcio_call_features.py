@@ -3,7 +3,10 @@ deadlines, cancellation, and compressed requests. After each, the same channel m
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -65,6 +68,66 @@ def test_kv_cache_calls_with_metadata_are_served(grpc_channel, kind):
     freed = rpc(grpc_channel, KV_CACHE, "FreeSequence")(message("FreeSequenceRequest", sequence_id=created.sequence_id),
                                                         metadata=METADATA[kind])
     assert freed.released_blocks == 0
+
+
+# The limit on a call's header list (64 KiB, both ports). grpcio sends past a peer's SETTINGS_MAX_HEADER_LIST_SIZE,
+# so the server must refuse the one call, not the connection the channel's other calls share.
+OVERSIZED_METADATA = {
+    "one-large-value": [("x-large", "a" * 100_000)],
+    "many-fields": [(f"x-field-{i}", "v" * 50) for i in range(2000)],
+    "large-binary": [("x-large-bin", bytes(range(256)) * 400)],
+}
+
+
+def failed_requests(server, code: str, method: str) -> float:
+    """flashmla_requests_failed_total{code, method} from the server's metrics port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("flashmla_requests_failed_total{") and f'code="{code}"' in line and f'method="{method}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("kind", OVERSIZED_METADATA)
+def test_metadata_over_the_header_limit_is_resource_exhausted_and_the_connection_serves_on(decode_channel, cache, small_step, kind):
+    sequences, q, rows = small_step
+    # A stream open on the channel's connection before the oversized call, and used after it.
+    requests = queue.Queue()
+    stream = rpc(decode_channel, DECODER, "Decode")(iter(requests.get, None), timeout=60)
+    requests.put(decode_request(1, 0, sequences, q))
+    assert_matches_reference(next(stream), q, rows)
+    with pytest.raises(grpc.RpcError) as failure:
+        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(2, 0, sequences, q, np.zeros((1, 1, 576), np.uint16)),
+                                                   metadata=OVERSIZED_METADATA[kind], timeout=30)
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "header list" in failure.value.details() and "65536" in failure.value.details()
+    assert cache.lengths(sequences[0]) == [30, 0]  # its new row was not appended
+    requests.put(decode_request(3, 0, sequences, q))
+    answer = next(stream)
+    assert answer.request_id == 3
+    assert_matches_reference(answer, q, rows)
+    requests.put(None)
+    assert list(stream) == []
+
+
+def test_a_call_refused_for_its_metadata_is_counted_as_a_failed_request(server, decode_channel, small_step):
+    sequences, q, _ = small_step
+    method = "/flashmla.v1.Decoder/DecodeOnce"
+    before = failed_requests(server, "ResourceExhausted", method)
+    with pytest.raises(grpc.RpcError):
+        rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q), metadata=OVERSIZED_METADATA["one-large-value"])
+    # The exporter caches a scrape for a moment: wait for the count.
+    until = time.monotonic() + 10
+    while failed_requests(server, "ResourceExhausted", method) == before and time.monotonic() < until:
+        time.sleep(0.1)
+    assert failed_requests(server, "ResourceExhausted", method) == before + 1
+
+
+def test_metadata_just_under_the_header_limit_is_served(decode_channel, small_step):
+    sequences, q, rows = small_step
+    response = rpc(decode_channel, DECODER, "DecodeOnce")(decode_request(1, 0, sequences, q), metadata=[("x-large", "a" * 60_000)])
+    assert_matches_reference(response, q, rows)
 
 
 def test_decode_once_past_its_deadline_is_deadline_exceeded(decode_channel, heavy_request, small_step):

@@ -33,7 +33,10 @@ internal sealed class DataPlaneConnection : Http2Connection
         StreamWindow = StreamWindow,
         ConnectionWindow = ConnectionWindow,
         MaxConcurrentStreams = maxConcurrentStreams,
-        MaxHeaderBlockBytes = 64 * 1024,
+        // A call over the list limit is answered on its stream (OnHeaderListTooLarge); the larger block limit is what
+        // lets its block be decoded, keeping HPACK in step, instead of ending the connection.
+        MaxHeaderBlockBytes = RequestHeaderLimit.MaxBlockBytes,
+        MaxHeaderListSize = RequestHeaderLimit.MaxListBytes,
     };
 
     private readonly DataPlaneDispatcher _dispatcher;
@@ -217,7 +220,7 @@ internal sealed class DataPlaneConnection : Http2Connection
         catch (RpcException ex)
         {
             _dispatcher.Count(GrpcWireHeaders.PathOf(fields), ex.Status);
-            _ = RejectAsync(streamId, ex.Status, endStream);
+            _ = RejectAsync(streamId, ex.Status, endStream, ex is NotGrpcException ? NotGrpcException.HttpStatus : 200);
             return;
         }
 
@@ -230,6 +233,24 @@ internal sealed class DataPlaneConnection : Http2Connection
             _running.RemoveAll(static t => t.IsCompleted);
             _running.Add(run);
         }
+    }
+
+    protected override void OnHeaderListTooLarge(int streamId, List<KeyValuePair<string, string>> fields, long listSize, bool endStream)
+    {
+        if (streamId % 2 == 0)
+            throw new Http2ConnectionException(Http2ErrorCode.ProtocolError, $"HEADERS on stream {streamId}: client streams are odd");
+        var status = RequestHeaderLimit.Refusal(listSize);
+        if (streamId <= _lastStreamId)
+        {
+            // The client's trailers on a call already running: the call fails as for any stream error.
+            if (FindStream(streamId, Http2FrameType.Headers) is { } existing)
+                existing.FailWithStreamError(new Http2StreamException(Http2ErrorCode.ProtocolError, status.Detail));
+            else Writer.QueueRstStream(streamId, Http2ErrorCode.StreamClosed);
+            return;
+        }
+        _lastStreamId = streamId;
+        _dispatcher.Refuse(GrpcWireHeaders.PathOf(fields), status);
+        _ = RejectAsync(streamId, status, endStream);
     }
 
     protected override void OnGoAway(int lastStreamId, Http2ErrorCode code, string debug)
@@ -363,12 +384,12 @@ internal sealed class DataPlaneConnection : Http2Connection
     }
 
     /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>
-    private async Task RejectAsync(int streamId, Status status, bool endStream)
+    private async Task RejectAsync(int streamId, Status status, bool endStream, int httpStatus = 200)
     {
         var block = ArrayPool<byte>.Shared.Rent(GrpcWireHeaders.MaxHeaderBlockBytes);
         try
         {
-            int length = GrpcWireHeaders.WriteTrailers(block, status.StatusCode, status.Detail, includeHeaders: true);
+            int length = GrpcWireHeaders.WriteTrailers(block, status.StatusCode, status.Detail, includeHeaders: true, httpStatus);
             await Writer.EnterAsync(CancellationToken.None).ConfigureAwait(false);
             try
             {

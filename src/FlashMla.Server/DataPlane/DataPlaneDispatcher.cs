@@ -45,6 +45,13 @@ internal sealed class DataPlaneDispatcher(DecoderService service, KvCacheService
         return status;
     }
 
+    /// <summary>A call refused from its headers alone, before it exists: counted as a call and as a failed request, as on the gRPC port.</summary>
+    public void Refuse(string path, Status status)
+    {
+        failures.Record(Serves(path) ? path : "other", new RpcException(status));
+        Count(path, status);
+    }
+
     /// <summary>Counts a call by method (unknown paths as "other", to bound the label's values) and status.</summary>
     public void Count(string path, Status status) =>
         metrics.DataPlaneCalls.Add(1, new TagList { { "method", Serves(path) ? path : "other" }, { "code", status.StatusCode.ToString() } });

@@ -42,7 +42,7 @@ internal static class GrpcWireHeaders
         if (path is null) throw new RpcException(new Status(StatusCode.Internal, "the request has no :path"));
         if (contentType is null || !(contentType == "application/grpc" || contentType.StartsWith("application/grpc+", StringComparison.Ordinal)
                 || contentType.StartsWith("application/grpc;", StringComparison.Ordinal)))
-            throw new RpcException(new Status(StatusCode.Internal, $"content-type '{contentType}' is not application/grpc"));
+            throw new NotGrpcException(new Status(StatusCode.Internal, $"content-type '{contentType}' is not application/grpc"));
         return new GrpcRequestHead(path, authority ?? "", timeout is null ? null : ParseTimeout(timeout), encoding, authorization);
     }
 
@@ -79,9 +79,11 @@ internal static class GrpcWireHeaders
         return block[..WriteResponseHeaders(block)];
     }
 
-    private static int WriteResponseHeaders(Span<byte> destination)
+    private static int WriteResponseHeaders(Span<byte> destination, int httpStatus = 200)
     {
-        int pos = Encode(HpackEncoder.TryEncodeIndexed(StatusOk, destination, out int n), n);
+        int pos = httpStatus == 200
+            ? Encode(HpackEncoder.TryEncodeIndexed(StatusOk, destination, out int n), n)
+            : Encode(HpackEncoder.TryEncodeLiteral(StatusOk, httpStatus.ToString(CultureInfo.InvariantCulture), destination, out n), n); // ":status" by name
         pos += Encode(HpackEncoder.TryEncodeLiteral(ContentTypeName, "application/grpc", destination[pos..], out n), n);
         pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-accept-encoding", GrpcMessageEncoding.Accepted, destination[pos..], out n), n);
         return pos;
@@ -89,11 +91,11 @@ internal static class GrpcWireHeaders
 
     /// <summary>
     /// grpc-status and, when there is one, grpc-message (percent-encoded, at most 1 KiB of it); after the response
-    /// headers when <paramref name="includeHeaders"/> (a trailers-only response).
+    /// headers when <paramref name="includeHeaders"/> (a trailers-only response, whose :status is <paramref name="httpStatus"/>).
     /// </summary>
-    public static int WriteTrailers(Span<byte> destination, StatusCode code, string? message, bool includeHeaders)
+    public static int WriteTrailers(Span<byte> destination, StatusCode code, string? message, bool includeHeaders, int httpStatus = 200)
     {
-        int pos = includeHeaders ? WriteResponseHeaders(destination) : 0;
+        int pos = includeHeaders ? WriteResponseHeaders(destination, httpStatus) : 0;
         pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-status", ((int)code).ToString(CultureInfo.InvariantCulture), destination[pos..], out int n), n);
         if (!string.IsNullOrEmpty(message))
             pos += Encode(HpackEncoder.TryEncodeLiteral("grpc-message", PercentEncode(message, 1024), destination[pos..], out n), n);
@@ -121,4 +123,13 @@ internal static class GrpcWireHeaders
 
     private static int Encode(bool fitted, int written) =>
         fitted ? written : throw new InvalidOperationException("header block larger than its buffer");
+}
+
+/// <summary>
+/// A request that is not gRPC (its content-type): answered with HTTP 415 and grpc-status INTERNAL, as the gRPC spec
+/// asks (PROTOCOL-HTTP2) and Kestrel's port does, so that a plain HTTP client does not take a 200 for success.
+/// </summary>
+internal sealed class NotGrpcException(Status status) : RpcException(status)
+{
+    public const int HttpStatus = 415;
 }

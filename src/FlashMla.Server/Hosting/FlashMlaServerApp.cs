@@ -77,6 +77,7 @@ public static class FlashMlaServerApp
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
             kestrel.Limits.MaxRequestBodySize = null;
+            RequestHeaderLimit.Configure(kestrel.Limits);
             // The same connection timeouts as the data-plane port (FlashMlaOptions: KeepAliveTimeoutSeconds, ...).
             var timeouts = options.ToConnectionTimeouts();
             kestrel.Limits.KeepAliveTimeout = timeouts.KeepAlive;
@@ -165,6 +166,7 @@ public static class FlashMlaServerApp
         overrideServices?.Invoke(builder.Services);
         var app = builder.Build();
         RequestCompression.AdvertiseAcceptedEncodings(app);
+        RequestHeaderLimit.UseOnGrpcPort(app, endpoints, app.Services.GetRequiredService<RequestFailures>());
         app.UseMiddleware<GrpcPortAuthentication>();
         app.MapGrpcService<KvCacheService>();
         app.MapGrpcService<DecoderService>();

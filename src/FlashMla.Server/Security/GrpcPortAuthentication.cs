@@ -26,6 +26,9 @@ internal sealed class GrpcPortAuthentication(RequestDelegate next, TenantDirecto
             .SelectMany(service => service.Methods.Select(method => "/" + service.FullName + "/" + method.Name)),
     ];
 
+    /// <summary>The failure counter's method label of a request path: the path of a served method, else "other".</summary>
+    public static string MethodLabel(string? path) => path is not null && KnownMethods.Contains(path) ? path : "other";
+
     public Task InvokeAsync(HttpContext context)
     {
         if (context.Connection.LocalPort != endpoints.GrpcPort || context.Request.Path.StartsWithSegments(HealthPrefix.TrimEnd('/')))
@@ -37,8 +40,7 @@ internal sealed class GrpcPortAuthentication(RequestDelegate next, TenantDirecto
         }
         catch (RpcException refusal)
         {
-            string path = context.Request.Path.Value ?? "";
-            failures.Record(KnownMethods.Contains(path) ? path : "other", refusal);
+            failures.Record(MethodLabel(context.Request.Path.Value), refusal);
             return RefuseAsync(context, refusal.Status);
         }
         context.Items[Caller.Key] = caller;

@@ -24,19 +24,36 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
 {
     public override async Task<Leased<DecodeResponse>> DecodeOnce(Leased<DecodeRequest> request, ServerCallContext context)
     {
+        Leased<DecodeResponse> response;
         try
         {
-            return await handler.RunAsync(request.Message, Caller.Of(context), request.ReceivedAt, context.CancellationToken);
+            response = await handler.RunAsync(request.Message, Caller.Of(context), request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
-            throw failures.Record(context.Method, ex);
+            throw failures.Record(context.Method, AsExpired(ex, context));
         }
         finally
         {
             request.Dispose();
         }
+        // A request already computing when its deadline passed runs to the end, but its caller got DEADLINE_EXCEEDED:
+        // counted as that, or an overloaded server whose callers all time out would count no failure at all.
+        if (DeadlinePassed(context))
+        {
+            response.Dispose();
+            throw failures.Record(context.Method, new RpcException(Expired));
+        }
+        return response;
     }
+
+    private static readonly Status Expired = new(StatusCode.DeadlineExceeded, "the call's deadline passed");
+
+    private static bool DeadlinePassed(ServerCallContext context) => context.Deadline != DateTime.MaxValue && context.Deadline <= DateTime.UtcNow;
+
+    /// <summary>A cancellation that the call's deadline caused is DEADLINE_EXCEEDED (the caller's status), not CANCELLED.</summary>
+    private static Exception AsExpired(Exception exception, ServerCallContext context) =>
+        exception is OperationCanceledException && DeadlinePassed(context) ? new RpcException(Expired) : exception;
 
     public override Task Decode(IAsyncStreamReader<Leased<DecodeRequest>> requestStream,
         IServerStreamWriter<Leased<DecodeResponse>> responseStream, ServerCallContext context)
@@ -66,7 +83,7 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
             return new Leased<DecodeResponse>(new DecodeResponse
             {
                 RequestId = request.Message.RequestId,
-                Error = failures.RecordInStream(context.Method, request.Message.RequestId, ex),
+                Error = failures.RecordInStream(context.Method, request.Message.RequestId, AsExpired(ex, context)),
             });
         }
         finally
