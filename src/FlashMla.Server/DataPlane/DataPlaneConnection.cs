@@ -362,7 +362,14 @@ internal sealed class DataPlaneConnection : Http2Connection
         }
     }
 
-    /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>
+    /// <summary>
+    /// A call refused before it started: trailers-only, on a stream this side never registered, then, while the
+    /// client may still be sending its body, RST_STREAM(NO_ERROR): RFC 9113, section 8.1 lets a server answer before
+    /// the request is complete and ask the client to stop so, and says a client must not take it as an error of the
+    /// response (Kestrel, grpc-go and grpcio servers do the same). Without the reset a client with more body than the
+    /// stream's window would wait for credit this side never gives. DATA still in flight is skipped, its connection
+    /// credit given back (<see cref="Http2Connection"/>). EarlyRefusalTests pins what clients make of it.
+    /// </summary>
     private async Task RejectAsync(int streamId, Status status, bool endStream)
     {
         var block = ArrayPool<byte>.Shared.Rent(GrpcWireHeaders.MaxHeaderBlockBytes);
@@ -380,8 +387,9 @@ internal sealed class DataPlaneConnection : Http2Connection
             }
             if (!endStream) Writer.QueueRstStream(streamId, Http2ErrorCode.NoError);
         }
-        catch (IOException)
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException)
         {
+            // The connection ended first: nobody is left to tell.
         }
         finally
         {
