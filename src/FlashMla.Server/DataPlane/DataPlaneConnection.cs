@@ -53,6 +53,7 @@ internal sealed class DataPlaneConnection : Http2Connection
     private long _dataBytesReceived; // DATA payload bytes, all streams
     private long _bodyWaitSince, _bodyBytesAtWaitStart; // the listener's timeout watch only
     private int _timedOut;
+    private readonly string[] _certificateNames;
 
     /// <param name="transport">What the frames travel over: a NetworkStream over <paramref name="socket"/>, or an SslStream after its handshake.</param>
     /// <param name="pool">The page-locked pool request messages are received into (its view within the budget of bytes held).</param>
@@ -69,6 +70,9 @@ internal sealed class DataPlaneConnection : Http2Connection
         _maxConcurrentStreams = maxConcurrentStreams;
         _pool = pool;
         Peer = socket.RemoteEndPoint?.ToString() ?? "unknown";
+        // The client certificate is the connection's for its whole life (verified in the handshake); the token file's
+        // mapping of its names is looked up per call, so a reload applies to the next call.
+        _certificateNames = dispatcher.CertificateNamesOf((transport as System.Net.Security.SslStream)?.RemoteCertificate);
     }
 
     public string Peer { get; }
@@ -209,7 +213,7 @@ internal sealed class DataPlaneConnection : Http2Connection
         {
             head = GrpcWireHeaders.ReadRequest(fields);
             // Before the call exists: a call without a valid token is answered from its headers, its body never read.
-            caller = _dispatcher.Authenticate(head);
+            caller = _dispatcher.Authenticate(head, _certificateNames);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
                     $"{head.Path} is not served on the data-plane port, which serves {DataPlaneDispatcher.ServiceName} and {DataPlaneDispatcher.AppendKvPath} only; use the gRPC port"));
