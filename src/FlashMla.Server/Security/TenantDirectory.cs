@@ -81,7 +81,7 @@ public sealed class TenantDirectory
     public Caller Authenticate(string? authorization, IReadOnlyList<string>? certificateNames = null)
     {
         if (!RequiresTokens) return _anonymousCaller;
-        var byCertificate = CertificateCredential(certificateNames);
+        var byCertificate = CertificateNames.Enabled ? CertificateCredential(certificateNames) : null; // off: names name nobody
         if (authorization is null)
         {
             if (byCertificate is not null) return byCertificate.Caller;

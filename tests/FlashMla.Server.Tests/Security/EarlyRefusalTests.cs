@@ -18,8 +18,6 @@ public sealed class EarlyRefusalTests
     /// credit the server will never give, when the refusal arrives.</summary>
     private const int Rows = (40 << 20) / (576 * 2);
 
-    private static readonly ushort[] LargeBody = new ushort[Rows * 576];
-
     [Theory]
     [MemberData(nameof(DataPlanePortTests.Transports), MemberType = typeof(DataPlanePortTests))]
     public async Task A_large_AppendKv_refused_for_its_token_reports_UNAUTHENTICATED_and_the_connection_serves_on(DataPlanePortTests.ClientPath path)
@@ -28,13 +26,14 @@ public sealed class EarlyRefusalTests
         var owner = server.Client(TokenA);
         ulong id = await owner.CreateSequenceAsync();
         await owner.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 3 * 576));
+        var largeBody = new ushort[Rows * 576];
 
         foreach (string? token in new[] { null, "not-a-token-of-this-server" })
         {
             var refused = server.Client(token, dataPlane: true, path);
             for (int i = 0; i < 3; i++)
             {
-                var error = await Assert.ThrowsAsync<RpcException>(() => refused.AppendKvAsync(id, 0, LargeBody).WaitAsync(TimeSpan.FromMinutes(2)));
+                var error = await Assert.ThrowsAsync<RpcException>(() => refused.AppendKvAsync(id, 0, largeBody).WaitAsync(TimeSpan.FromMinutes(2)));
                 Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
             }
         }
