@@ -102,7 +102,7 @@ public sealed class EarlyResponseTests
         await connection.WriteAsync(Http2FrameType.RstStream, 0, headers.StreamId, ScriptedConnection.UInt32((uint)Http2ErrorCode.NoError));
         using var response = await send.WaitAsync(TimeSpan.FromSeconds(30));
         var failure = await Assert.ThrowsAnyAsync<Exception>(() => response.Content.ReadAsByteArrayAsync().WaitAsync(TimeSpan.FromSeconds(30)));
-        Assert.Contains("reset HTTP/2 stream", failure.Message);
+        Assert.Contains("reset HTTP/2 stream", failure.ToString()); // HttpContent wraps it: the reset is the inner exception
         Assert.NotNull(await body.Finished.Task.WaitAsync(TimeSpan.FromSeconds(30))); // the body's write failed: the stream is gone
     }
 }
