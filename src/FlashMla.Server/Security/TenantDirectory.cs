@@ -156,7 +156,7 @@ public sealed class TenantDirectory
                 {
                     // A name kept for the same tenant keeps its credential; moved to another tenant, it is a new one and the old is revoked.
                     var kept = _certificateNames.TryGetValue(name, out var before) && ReferenceEquals(before.Tenant, tenant) ? before : null;
-                    certificateNames[name] = kept ?? new Credential(SHA256.HashData(Encoding.UTF8.GetBytes(name)), tenant, name);
+                    certificateNames[name] = kept ?? new Credential([], tenant, name); // no hash: a name is looked up, not compared as a secret
                 }
             }
             var listed = new HashSet<Credential>(credentials);
