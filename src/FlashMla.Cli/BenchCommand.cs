@@ -15,7 +15,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class BenchCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var streams = new Option<int>("--streams") { Description = "Concurrent decode streams (one connection each)", DefaultValueFactory = _ => 4 };
         var inflight = new Option<int>("--inflight") { Description = "Requests in flight per stream", DefaultValueFactory = _ => 2 };
@@ -29,7 +29,7 @@ internal static class BenchCommand
         var transport = TransportOption.Create("HTTP/2 client: large-frames or sockets");
         var command = new Command("bench", "Decode load: concurrent streams, pipelined requests, latency and throughput")
             { streams, inflight, batch, context, heads, queryTokens, seconds, append, output, transport };
-        command.SetAction((parse, token) =>
+        command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
             var chosen = TransportOption.ParseList(parse.GetValue(transport)!);
             if (chosen is not [var single])
@@ -37,18 +37,18 @@ internal static class BenchCommand
                 if (chosen is not null) AnsiConsole.MarkupLine("[red]bench takes one --transport; bench-matrix compares several[/]");
                 return Task.FromResult(2);
             }
-            return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(streams), parse.GetValue(inflight),
+            return RunAsync(new Settings(server, parse.GetValue(streams), parse.GetValue(inflight),
                 parse.GetValue(batch), parse.GetValue(context), parse.GetValue(heads), parse.GetValue(queryTokens), parse.GetValue(seconds),
-                parse.GetValue(append), parse.GetValue(output), single, parse.GetValue(decodeAddress), TlsArguments.Read(parse))
-                { BearerToken = parse.GetValue(bearerToken) }, token);
-        });
+                parse.GetValue(append), parse.GetValue(output), single), token);
+        }));
         return command;
     }
 
-    private sealed record Settings(string Address, int Streams, int InFlight, int Batch, int Context, int Heads, int QueryTokens,
-        double Seconds, bool Append, string? Output, ClientTransport Transport, string? DecodeAddress, ClientTlsOptions? Tls)
+    private sealed record Settings(ServerConnection Server, int Streams, int InFlight, int Batch, int Context, int Heads, int QueryTokens,
+        double Seconds, bool Append, string? Output, ClientTransport Transport)
     {
-        public string? BearerToken { get; init; }
+        public string Address => Server.Address;
+        public string? DecodeAddress => Server.DecodeAddress;
     }
 
     private static async Task<int> RunAsync(Settings s, CancellationToken cancellationToken)
@@ -58,8 +58,7 @@ internal static class BenchCommand
             AnsiConsole.MarkupLine("[red]streams, inflight, batch, context, heads, sq and seconds must be positive[/]");
             return 2;
         }
-        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address,
-            new FlashMlaClientOptions { Transport = s.Transport, DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken, Tls = s.Tls })).ToArray();
+        var clients = Enumerable.Range(0, s.Streams).Select(_ => new FlashMlaClient(s.Address, s.Server.ClientOptions() with { Transport = s.Transport })).ToArray();
         try
         {
             var config = await clients[0].GetConfigAsync(cancellationToken);

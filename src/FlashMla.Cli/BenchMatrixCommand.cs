@@ -19,7 +19,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class BenchMatrixCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var batches = new Option<string>("--batch") { Description = "Sequences per request, comma-separated", DefaultValueFactory = _ => "32,128" };
         var heads = new Option<string>("--heads") { Description = "Query heads, comma-separated", DefaultValueFactory = _ => "16,128" };
@@ -44,18 +44,18 @@ internal static class BenchMatrixCommand
         var command = new Command("bench-matrix", "Data-plane benchmark: b x h_q x connections x transport x decode port, with raw TCP for reference. " +
             "--decode-address takes a comma-separated list here: 'grpc' (decode on --address) and/or the data-plane address(es), each measured on every row")
             { batches, heads, connections, context, streams, inflight, seconds, warmup, tcpSeconds, output, transports, streamWindow, grpcClient, distinct };
-        command.SetAction((parse, token) =>
+        command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
             var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
-            string mainAddress = parse.GetValue(address)!;
-            var decodeTargets = ParseDecodeTargets(mainAddress, parse.GetValue(decodeAddress));
+            string mainAddress = server.Address;
+            var decodeTargets = ParseDecodeTargets(mainAddress, server.DecodeAddress);
             if (chosen is null || decodeTargets is null) return Task.FromResult(2);
             return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
                 ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
                 decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct),
-                    BearerToken = parse.GetValue(bearerToken), Tls = TlsArguments.Read(parse) }, token);
-        });
+                    Server = server }, token);
+        }));
         return command;
     }
 
@@ -106,8 +106,7 @@ internal static class BenchMatrixCommand
         public int StreamWindowMiB { get; init; } = 16;
         public bool DirectDecode { get; init; } = true;
         public bool DistinctSequences { get; init; }
-        public string? BearerToken { get; init; }
-        public ClientTlsOptions? Tls { get; init; }
+        public required ServerConnection Server { get; init; }
 
         /// <summary>Requests in flight at once in the widest row: the sets of sequences --distinct-sequences needs.</summary>
         public int MaxWorkers => Connections.Max() * StreamsPerConnection * InFlight;
@@ -125,7 +124,7 @@ internal static class BenchMatrixCommand
             AnsiConsole.MarkupLine("[red]every list value, context, streams, inflight and seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken, Tls = s.Tls });
+        using var admin = new FlashMlaClient(s.Address, s.Server.CacheClientOptions());
         var config = await admin.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"bench-matrix against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}; {KvCacheDescription.Of(config)}): s_k={s.Context}, " +
             $"{s.StreamsPerConnection} stream(s) per connection x {s.InFlight} in flight, {s.Seconds:F1} s per row, " +
@@ -191,10 +190,9 @@ internal static class BenchMatrixCommand
     {
         var counters = new Http2TransportCounters();
         using var client = new FlashMlaClient(s.Address,
-            new FlashMlaClientOptions
+            s.Server.ClientOptions() with
             {
                 Connections = connections, Transport = transport, Counters = counters, DecodeAddress = target.Address, DirectDecode = s.DirectDecode,
-                BearerToken = s.BearerToken, Tls = s.Tls,
                 LargeFrames = new LargeFrameHttp2Options
                 {
                     StreamWindowSize = s.StreamWindowMiB << 20,

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using FlashMla.Client;
-using FlashMla.Client.Transport;
 using FlashMla.Core.Tensors;
 using Spectre.Console;
 
@@ -12,21 +11,21 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class DemoCommand
 {
-    public static Command Create(Option<string> address, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var heads = new Option<int>("--heads") { Description = "Query heads h_q", DefaultValueFactory = _ => 16 };
         var steps = new Option<int>("--steps") { Description = "Decode steps", DefaultValueFactory = _ => 3 };
         var queryTokens = new Option<int>("--sq") { Description = "Query tokens per step s_q", DefaultValueFactory = _ => 1 };
         var command = new Command("demo", "Create, prefill, decode a few steps, check against the local reference, fork, truncate, free") { heads, steps, queryTokens };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(bearerToken), TlsArguments.Read(parse), parse.GetValue(heads),
-            parse.GetValue(steps), parse.GetValue(queryTokens), token));
+        command.SetAction((parse, token) => connection.RunAsync(parse, server => RunAsync(server, parse.GetValue(heads),
+            parse.GetValue(steps), parse.GetValue(queryTokens), token)));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? bearerToken, ClientTlsOptions? tls, int heads, int steps, int sQ,
-        CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(ServerConnection server, int heads, int steps, int sQ, CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { BearerToken = bearerToken, Tls = tls });
+        string address = server.Address;
+        using var client = new FlashMlaClient(address, server.CacheClientOptions());
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"Connected to [bold]{address}[/]: backend [green]{config.Backend}[/] ({Markup.Escape(config.Device)}), " +
             $"{config.NumLayers} layers, {config.TotalBlocks} blocks of {config.BlockSize} tokens, {KvCacheDescription.Of(config)}");

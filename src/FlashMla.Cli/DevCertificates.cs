@@ -39,9 +39,21 @@ internal static class DevCertificates
         return Issue(authority, $"CN={first ?? "flashmla"}", ServerAuth, names.Build(), days);
     }
 
-    /// <summary>A client certificate (mTLS) signed by <paramref name="authority"/>; <paramref name="name"/> is its subject's CN.</summary>
-    public static X509Certificate2 IssueClient(X509Certificate2 authority, string name, int days = 30) =>
-        Issue(authority, $"CN={name}", ClientAuth, null, days);
+    /// <summary>
+    /// A client certificate (mTLS) signed by <paramref name="authority"/>; <paramref name="name"/> is its subject's CN,
+    /// <paramref name="dnsNames"/> (if any) its subject alternative names (the server's Tls:ClientCertificateTenant reads either).
+    /// </summary>
+    public static X509Certificate2 IssueClient(X509Certificate2 authority, string name, int days = 30, IEnumerable<string>? dnsNames = null)
+    {
+        X509Extension? names = null;
+        if (dnsNames is not null)
+        {
+            var builder = new SubjectAlternativeNameBuilder();
+            foreach (string dns in dnsNames) builder.AddDnsName(dns);
+            names = builder.Build();
+        }
+        return Issue(authority, $"CN={name}", ClientAuth, names, days);
+    }
 
     private static X509Certificate2 Issue(X509Certificate2 authority, string subject, string usage, X509Extension? names, int days)
     {

@@ -13,7 +13,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class IngestBenchCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var batch = new Option<int>("--batch") { Description = "Sequences per decode request (b)", DefaultValueFactory = _ => 32 };
         var heads = new Option<int>("--heads") { Description = "Query heads (h_q)", DefaultValueFactory = _ => 16 };
@@ -25,21 +25,21 @@ internal static class IngestBenchCommand
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("ingest-bench", "Decode p50 alone and while another client streams AppendKv, and the ingest's GB/s")
             { batch, heads, context, tokens, layers, chunk, seconds, output };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken), TlsArguments.Read(parse),
+        command.SetAction((parse, token) => connection.RunAsync(parse, server => RunAsync(server,
             new IngestSettings(parse.GetValue(batch), parse.GetValue(heads), parse.GetValue(context), parse.GetValue(tokens), parse.GetValue(layers),
-                parse.GetValue(chunk), parse.GetValue(seconds)), parse.GetValue(output), token));
+                parse.GetValue(chunk), parse.GetValue(seconds)), parse.GetValue(output), token)));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, ClientTlsOptions? tls, IngestSettings s, string? output,
-        CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(ServerConnection server, IngestSettings s, string? output, CancellationToken cancellationToken)
     {
+        var (address, decodeAddress) = (server.Address, server.DecodeAddress);
         if (s.Batch < 1 || s.Heads < 1 || s.Context < 1 || s.IngestTokens < 1 || s.IngestLayers < 1 || s.RowsPerChunk < 1 || s.Seconds <= 0)
         {
             AnsiConsole.MarkupLine("[red]every size and --seconds must be positive[/]");
             return 2;
         }
-        var options = new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken, Tls = tls };
+        var options = server.ClientOptions();
         using var decoder = new FlashMlaClient(address, options);
         using var ingester = new FlashMlaClient(address, options);
         var config = await decoder.GetConfigAsync(cancellationToken);

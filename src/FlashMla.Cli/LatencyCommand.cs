@@ -20,7 +20,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class LatencyCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var shapes = new Option<string>("--shapes")
             { Description = "Shapes, comma-separated, each BxH: b sequences per request, h_q heads", DefaultValueFactory = _ => "1x16,32x16,128x16,128x128" };
@@ -37,22 +37,22 @@ internal static class LatencyCommand
             "Round trip per decode call against a running server (put --decode-address on its data-plane port): 1..4 in flight on one stream, " +
             "p50/p99, the server's breakdown per call, and the floor (raw TCP ping-pong of the same sizes + kernel) measured in the same run")
             { shapes, inflight, context, seconds, warmup, floorSeconds, shared, commit, output };
-        command.SetAction((parse, token) =>
+        command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
             var parsed = ParseShapes(parse.GetValue(shapes)!);
             if (parsed is null) return Task.FromResult(2);
-            return RunAsync(new Settings(parse.GetValue(address)!, parse.GetValue(decodeAddress), parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
+            return RunAsync(new Settings(server, parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
-                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)) { BearerToken = parse.GetValue(bearerToken), Tls = TlsArguments.Read(parse) }, token);
-        });
+                parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)), token);
+        }));
         return command;
     }
 
-    private sealed record Settings(string Address, string? DecodeAddress, (int Batch, int Heads)[] Shapes, int[] InFlight, int Context,
+    private sealed record Settings(ServerConnection Server, (int Batch, int Heads)[] Shapes, int[] InFlight, int Context,
         double Seconds, double Warmup, double FloorSeconds, bool SharedSequences, string Commit, string? Output)
     {
-        public string? BearerToken { get; init; }
-        public ClientTlsOptions? Tls { get; init; }
+        public string Address => Server.Address;
+        public string? DecodeAddress => Server.DecodeAddress;
     }
 
     /// <summary>"BxH" pairs, or null (after printing why).</summary>
@@ -90,7 +90,7 @@ internal static class LatencyCommand
             AnsiConsole.MarkupLine("[red]inflight, context, seconds and floor-seconds must be positive[/]");
             return 2;
         }
-        using var admin = new FlashMlaClient(s.Address, new FlashMlaClientOptions { BearerToken = s.BearerToken, Tls = s.Tls });
+        using var admin = new FlashMlaClient(s.Address, s.Server.CacheClientOptions());
         var config = await admin.GetConfigAsync(cancellationToken);
         string port = s.DecodeAddress is null ? $"the gRPC port ({s.Address})" : $"{s.DecodeAddress}";
         AnsiConsole.MarkupLine($"latency against [bold]{config.Backend}[/] ({Markup.Escape(config.Device)}): decode on {Markup.Escape(port)}, s_k={s.Context}, " +
@@ -145,7 +145,7 @@ internal static class LatencyCommand
     /// <summary>One row: <paramref name="inFlight"/> workers on one stream, each sending its next request as soon as its last returns.</summary>
     private static async Task<List<CallTiming>> RunRowAsync(Settings s, DecodeInput[] inputs, int inFlight, CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(s.Address, new FlashMlaClientOptions { DecodeAddress = s.DecodeAddress, BearerToken = s.BearerToken, Tls = s.Tls });
+        using var client = new FlashMlaClient(s.Address, s.Server.ClientOptions());
         await using var stream = client.OpenDecodeStream(cancellationToken);
         var calls = new List<CallTiming>();
         bool measuring = false;

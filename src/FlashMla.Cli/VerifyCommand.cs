@@ -1,6 +1,5 @@
 using System.CommandLine;
 using FlashMla.Client;
-using FlashMla.Client.Transport;
 using Spectre.Console;
 
 namespace FlashMla.Cli;
@@ -11,7 +10,7 @@ namespace FlashMla.Cli;
 /// </summary>
 internal static class VerifyCommand
 {
-    public static Command Create(Option<string> address, Option<string?> decodeAddress, Option<string?> bearerToken)
+    public static Command Create(ConnectionArguments connection)
     {
         var cases = new Option<int>("--cases") { Description = "Random cases", DefaultValueFactory = _ => 12 };
         var maxLength = new Option<int>("--max-length") { Description = "Longest random sequence", DefaultValueFactory = _ => 2048 };
@@ -19,15 +18,15 @@ internal static class VerifyCommand
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1 };
         var command = new Command("verify", "Compare the server's decode outputs with the double-precision reference on random workloads")
             { cases, maxLength, longLength, seed };
-        command.SetAction((parse, token) => RunAsync(parse.GetValue(address)!, parse.GetValue(decodeAddress), parse.GetValue(bearerToken), TlsArguments.Read(parse),
-            new VerifySettings(parse.GetValue(cases), parse.GetValue(maxLength), parse.GetValue(longLength), parse.GetValue(seed)), token));
+        command.SetAction((parse, token) => connection.RunAsync(parse, server => RunAsync(server,
+            new VerifySettings(parse.GetValue(cases), parse.GetValue(maxLength), parse.GetValue(longLength), parse.GetValue(seed)), token)));
         return command;
     }
 
-    private static async Task<int> RunAsync(string address, string? decodeAddress, string? bearerToken, ClientTlsOptions? tls, VerifySettings settings,
-        CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(ServerConnection server, VerifySettings settings, CancellationToken cancellationToken)
     {
-        using var client = new FlashMlaClient(address, new FlashMlaClientOptions { DecodeAddress = decodeAddress, BearerToken = bearerToken, Tls = tls });
+        var (address, decodeAddress) = (server.Address, server.DecodeAddress);
+        using var client = new FlashMlaClient(address, server.ClientOptions());
         var config = await client.GetConfigAsync(cancellationToken);
         AnsiConsole.MarkupLine($"verify the [bold]{config.Backend}[/] backend ({Markup.Escape(config.Device)}; {KvCacheDescription.Of(config)}) at {address}" +
             (decodeAddress is null ? "" : $", decode at {decodeAddress}") +

@@ -177,23 +177,66 @@ public sealed class FlashMlaClient : IDisposable
         CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(rowsPerChunk, 1);
+        var parts = uploads.ToArray();
+        foreach (var upload in parts)
+            if (upload.Rows.Length % 576 != 0) throw new ArgumentException("rows must be a whole number of 576-wide rows", nameof(uploads));
         using var call = _ingest.AppendKv(cancellationToken: cancellationToken);
+        return await UploadAsync(call, Bf16Chunks(parts, rowsPerChunk), cancellationToken);
+    }
+
+    private static IEnumerable<AppendKvChunk> Bf16Chunks(KvUpload[] uploads, int rowsPerChunk)
+    {
         foreach (var upload in uploads)
         {
-            if (upload.Rows.Length % 576 != 0) throw new ArgumentException("rows must be a whole number of 576-wide rows", nameof(uploads));
             int total = upload.Rows.Length / 576;
             for (int start = 0; start < total; start += rowsPerChunk)
             {
                 int n = Math.Min(rowsPerChunk, total - start);
-                await call.RequestStream.WriteAsync(new AppendKvChunk
+                yield return new AppendKvChunk
                 {
                     SequenceId = upload.SequenceId,
                     Layer = (uint)upload.Layer,
                     Kv = TensorBytes.Bf16(WireBytes.Of(upload.Rows.Slice(start * 576, n * 576)), n, 576),
-                }, cancellationToken);
+                };
             }
         }
-        await call.RequestStream.CompleteAsync();
+    }
+
+    /// <summary>How long a failed upload write waits for the call's answer before the write's own failure is reported.</summary>
+    private static readonly TimeSpan AnswerGrace = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Writes the chunks, ends the request and returns the call's response. A server may answer before the request is
+    /// all sent (a refusal from the headers, a quota reached mid-upload) and reset the rest with NO_ERROR (RFC 9113,
+    /// section 8.1; grpc-go and grpcio servers do the same): the writes still to come then fail or race that answer,
+    /// depending on which the transport sees first (SocketsHttpHandler cancels the body's write, and Grpc.Net.Client
+    /// may report that as CANCELLED before it has read the trailers). The caller needs the answer, not the race: a
+    /// failed write ends the sending, and the call's own status (or response) is what comes back. Only when no answer
+    /// comes (the write failed on this side) is the write's failure thrown.
+    /// </summary>
+    private static async Task<AppendKvResponse> UploadAsync(AsyncClientStreamingCall<AppendKvChunk, AppendKvResponse> call, IEnumerable<AppendKvChunk> chunks,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            foreach (var chunk in chunks) await call.RequestStream.WriteAsync(chunk, cancellationToken);
+            await call.RequestStream.CompleteAsync();
+        }
+        catch (Exception ex) when (ex is RpcException or IOException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                await call.ResponseAsync.WaitAsync(AnswerGrace, cancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(ex);
+            }
+            catch (RpcException)
+            {
+                // The answer is a failure: thrown below, as the call's status.
+            }
+        }
         return await call;
     }
 
@@ -255,19 +298,22 @@ public sealed class FlashMlaClient : IDisposable
         if (rows.Length == 0 || rows.Length % TensorBytes.Fp8RowBytes != 0)
             throw new ArgumentException($"rows must be a whole number of {TensorBytes.Fp8RowBytes}-byte rows", nameof(rows));
         using var call = _ingest.AppendKv(cancellationToken: cancellationToken);
+        return await UploadAsync(call, Fp8Chunks(sequenceId, layer, rows, rowsPerChunk), cancellationToken);
+    }
+
+    private static IEnumerable<AppendKvChunk> Fp8Chunks(ulong sequenceId, int layer, ReadOnlyMemory<byte> rows, int rowsPerChunk)
+    {
         int total = rows.Length / TensorBytes.Fp8RowBytes;
         for (int start = 0; start < total; start += rowsPerChunk)
         {
             int n = Math.Min(rowsPerChunk, total - start);
-            await call.RequestStream.WriteAsync(new AppendKvChunk
+            yield return new AppendKvChunk
             {
                 SequenceId = sequenceId,
                 Layer = (uint)layer,
                 Kv = TensorBytes.Fp8Rows(rows.Slice(start * TensorBytes.Fp8RowBytes, n * TensorBytes.Fp8RowBytes)),
-            }, cancellationToken);
+            };
         }
-        await call.RequestStream.CompleteAsync();
-        return await call;
     }
 
     public async Task<CacheStats> GetStatsAsync(CancellationToken cancellationToken = default) =>

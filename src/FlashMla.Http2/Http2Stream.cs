@@ -10,6 +10,7 @@ namespace FlashMla.Http2;
 internal abstract class Http2Stream
 {
     private bool _inputEnded, _resetSent, _resetReceived, _removed;
+    private Http2ErrorCode _peerResetCode;
     private long _dataBytesSent;
 
     protected Http2Stream(Http2Connection connection, int receiveWindow, int creditBatchBytes)
@@ -38,6 +39,18 @@ internal abstract class Http2Stream
     public bool IsReset
     {
         get { lock (Gate) return _resetSent || _resetReceived; }
+    }
+
+    /// <summary>
+    /// The code of the peer's RST_STREAM; null when the peer has not reset the stream. Recorded with <see cref="IsReset"/>
+    /// in one step, before the role hears of it (<see cref="OnReset"/>): a writer that sees the reset also sees its code.
+    /// </summary>
+    public Http2ErrorCode? PeerResetCode
+    {
+        get
+        {
+            lock (Gate) return _resetReceived ? _peerResetCode : null;
+        }
     }
 
     /// <summary>DATA payload bytes sent on the stream so far: a writer that fails mid-message tells from it whether any went out.</summary>
@@ -107,7 +120,11 @@ internal abstract class Http2Stream
 
     internal void ResetByPeer(Http2ErrorCode code)
     {
-        lock (Gate) _resetReceived = true;
+        lock (Gate)
+        {
+            _peerResetCode = code;
+            _resetReceived = true;
+        }
         Connection.SendWindows.RemoveStream(Id);
         OnReset(code, null);
     }

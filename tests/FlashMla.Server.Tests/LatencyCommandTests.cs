@@ -11,11 +11,8 @@ public sealed class LatencyCommandTests
     {
         await using var server = await TestServer.StartAsync();
         string results = Path.Combine(Path.GetTempPath(), $"latency-{Guid.NewGuid():N}.md");
-        var address = new Option<string>("--address") { Recursive = true };
-        var decodeAddress = new Option<string?>("--decode-address") { Recursive = true };
-        var token = new Option<string?>("--token") { Recursive = true };
-        var root = new RootCommand { address, decodeAddress, token };
-        root.Add(LatencyCommand.Create(address, decodeAddress, token));
+        var root = new RootCommand();
+        root.Add(LatencyCommand.Create(new ConnectionArguments().AddTo(root)));
         try
         {
             int rc = await root.Parse(["latency", "--address", server.GrpcAddress, "--decode-address", server.DataPlaneAddress!, "--shapes", "1x16,2x8",

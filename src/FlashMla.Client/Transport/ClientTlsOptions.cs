@@ -66,7 +66,7 @@ internal sealed class ClientTlsCredentials
                 _clientCertificate = SslStreamCertificateContext.Create(leaf, intermediates, offline: true);
             }
         }
-        catch (Exception ex) when (ex is CryptographicException or IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is CryptographicException or IOException or UnauthorizedAccessException or ArgumentException) // a key of another certificate: ArgumentException
         {
             throw new ArgumentException($"client TLS files cannot be loaded: {ex.Message}", nameof(options), ex);
         }

@@ -195,6 +195,11 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
             }
             stream.MarkRequestEnded();
         }
+        catch (Exception) when (stream.RequestAbandoned)
+        {
+            // The server reset the stream with NO_ERROR after its complete response while the body's end was going out.
+            stream.MarkRequestEnded();
+        }
         catch (Exception ex)
         {
             // The writer saw this exception already; the response must fail too, and the server must stop waiting.
@@ -206,19 +211,30 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
     /// <summary>Sends <paramref name="data"/> as DATA frames (the engine waits for credit); the rest is dropped once the server abandons the body.</summary>
     public async ValueTask SendDataAsync(Http2ClientStream stream, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        if (stream.RequestAbandoned) return;
-        if (stream.Failure is not null || stream.IsReset) throw stream.CannotSend();
+        if (CannotSend(stream)) return;
         try
         {
             await WriteDataAsync(stream, stream.AsPieces(data), cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException && !cancellationToken.IsCancellationRequested)
         {
-            if (stream.RequestAbandoned) return;
-            if (stream.Failure is not null || stream.IsReset) throw stream.CannotSend();
+            if (CannotSend(stream)) return;
             if (_failure is { } failure) throw new IOException(failure.Message, failure);
             throw;
         }
+    }
+
+    /// <summary>
+    /// True when the server abandoned the request body (the write ends quietly); throws when the stream failed or was
+    /// reset otherwise; false when it can still send. The reset is read before the abandonment: a peer's reset is
+    /// recorded with its code in one step, so a NO_ERROR reset after a complete response seen here is seen as such.
+    /// </summary>
+    private static bool CannotSend(Http2ClientStream stream)
+    {
+        bool reset = stream.IsReset;
+        if (stream.RequestAbandoned) return true;
+        if (stream.Failure is not null || reset) throw stream.CannotSend();
+        return false;
     }
 
     protected override void OnDataReceived(int bytes) => _counters.DataReceived(bytes);

@@ -36,8 +36,13 @@ internal sealed class Http2ClientStream : Http2Stream
 
     public Task<HttpResponseMessage> ResponseReady => _responseReady.Task;
 
-    /// <summary>The server wants no more request body (it ended the response and then reset with NO_ERROR).</summary>
-    public bool RequestAbandoned => _requestAbandoned;
+    /// <summary>
+    /// The server wants no more request body: it ended the response and then reset with NO_ERROR. True from the moment
+    /// the reset is recorded (<see cref="Http2Stream.PeerResetCode"/>), before <see cref="OnReset"/> runs: a writer on
+    /// another thread that finds the stream reset must also find it abandoned, not failed (EarlyRefusalTests saw one
+    /// fail in between).
+    /// </summary>
+    public bool RequestAbandoned => _requestAbandoned || (_responseEnded && PeerResetCode == Http2ErrorCode.NoError);
 
     public Exception? Failure => _failure;
 

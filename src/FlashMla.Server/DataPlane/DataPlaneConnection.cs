@@ -56,6 +56,7 @@ internal sealed class DataPlaneConnection : Http2Connection
     private long _dataBytesReceived; // DATA payload bytes, all streams
     private long _bodyWaitSince, _bodyBytesAtWaitStart; // the listener's timeout watch only
     private int _timedOut;
+    private readonly string[] _certificateNames;
 
     /// <param name="transport">What the frames travel over: a NetworkStream over <paramref name="socket"/>, or an SslStream after its handshake.</param>
     /// <param name="pool">The page-locked pool request messages are received into (its view within the budget of bytes held).</param>
@@ -72,6 +73,9 @@ internal sealed class DataPlaneConnection : Http2Connection
         _maxConcurrentStreams = maxConcurrentStreams;
         _pool = pool;
         Peer = socket.RemoteEndPoint?.ToString() ?? "unknown";
+        // The client certificate is the connection's for its whole life (verified in the handshake); the token file's
+        // mapping of its names is looked up per call, so a reload applies to the next call.
+        _certificateNames = dispatcher.CertificateNamesOf((transport as System.Net.Security.SslStream)?.RemoteCertificate);
     }
 
     public string Peer { get; }
@@ -212,7 +216,7 @@ internal sealed class DataPlaneConnection : Http2Connection
         {
             head = GrpcWireHeaders.ReadRequest(fields);
             // Before the call exists: a call without a valid token is answered from its headers, its body never read.
-            caller = _dispatcher.Authenticate(head);
+            caller = _dispatcher.Authenticate(head, _certificateNames);
             if (!_dispatcher.Serves(head.Path))
                 throw new RpcException(new Status(StatusCode.Unimplemented,
                     $"{head.Path} is not served on the data-plane port, which serves {DataPlaneDispatcher.ServiceName} and {DataPlaneDispatcher.AppendKvPath} only; use the gRPC port"));
@@ -383,7 +387,14 @@ internal sealed class DataPlaneConnection : Http2Connection
         }
     }
 
-    /// <summary>A call refused before it started: trailers-only, on a stream this side never registered.</summary>
+    /// <summary>
+    /// A call refused before it started: trailers-only, on a stream this side never registered, then, while the
+    /// client may still be sending its body, RST_STREAM(NO_ERROR): RFC 9113, section 8.1 lets a server answer before
+    /// the request is complete and ask the client to stop so, and says a client must not take it as an error of the
+    /// response (Kestrel, grpc-go and grpcio servers do the same). Without the reset a client with more body than the
+    /// stream's window would wait for credit this side never gives. DATA still in flight is skipped, its connection
+    /// credit given back (<see cref="Http2Connection"/>). EarlyRefusalTests pins what clients make of it.
+    /// </summary>
     private async Task RejectAsync(int streamId, Status status, bool endStream, int httpStatus = 200)
     {
         var block = ArrayPool<byte>.Shared.Rent(GrpcWireHeaders.MaxHeaderBlockBytes);
@@ -401,8 +412,9 @@ internal sealed class DataPlaneConnection : Http2Connection
             }
             if (!endStream) Writer.QueueRstStream(streamId, Http2ErrorCode.NoError);
         }
-        catch (IOException)
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException)
         {
+            // The connection ended first: nobody is left to tell.
         }
         finally
         {

@@ -21,16 +21,22 @@ internal sealed class DataPlaneDispatcher(DecoderService service, KvCacheService
 
     public ILogger Log { get; } = log;
 
+    /// <summary>The names a connection's client certificate offers for its tenant (read once per connection).</summary>
+    public string[] CertificateNamesOf(System.Security.Cryptography.X509Certificates.X509Certificate? certificate) => tenants.CertificateNames.Of(certificate);
+
     public const string AppendKvPath = KvIngestMarshallers.AppendKvPath;
 
     public bool Serves(string path) => path is DecodePath or DecodeOncePath or AppendKvPath;
 
-    /// <summary>The caller of a call from its headers' bearer token; UNAUTHENTICATED (recorded) without a valid one.</summary>
-    public Security.Caller Authenticate(GrpcRequestHead head)
+    /// <summary>
+    /// The caller of a call from its headers' bearer token and its connection's client certificate names (the rule of
+    /// both ports: TenantDirectory.Authenticate); UNAUTHENTICATED (recorded) without a valid one.
+    /// </summary>
+    public Security.Caller Authenticate(GrpcRequestHead head, string[] certificateNames)
     {
         try
         {
-            return tenants.Authenticate(head.Authorization);
+            return tenants.Authenticate(head.Authorization, certificateNames);
         }
         catch (RpcException ex)
         {

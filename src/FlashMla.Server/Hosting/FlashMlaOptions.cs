@@ -228,6 +228,8 @@ public sealed class FlashMlaOptions
             yield return $"MinRequestBodyDataRateGraceSeconds must be above 1 (Kestrel's heartbeat), got {MinRequestBodyDataRateGraceSeconds}";
         if (TokenReloadSeconds is < 0.05 or > 3600) yield return $"TokenReloadSeconds must be 0.05..3600, got {TokenReloadSeconds}";
         foreach (var problem in Tls.Validate()) yield return problem;
+        if (Tls.ClientCertificateTenantSource != Security.ClientCertificateTenantSource.Off && string.IsNullOrEmpty(TokenFile))
+            yield return "Tls:ClientCertificateTenant needs TokenFile (its tenants' certificateNames map certificates to tenants)";
     }
 
     public SchedulerOptions ToSchedulerOptions() => new()

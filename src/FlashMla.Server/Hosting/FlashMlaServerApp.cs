@@ -186,8 +186,10 @@ public static class FlashMlaServerApp
                 endpoints.GrpcPort, tls!.Describe(), endpoints.DataPlanePort,
                 endpoints.DataPlanePort == 0 ? "off" : tls.Describe(), endpoints.MetricsPort);
             if (tenants.RequiresTokens)
-                app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s",
-                    options.TokenFile, tenants.Tenants.Count - 1, tenants.TokenCount, options.TokenReloadSeconds);
+                app.Logger.LogInformation("Authentication on: bearer tokens from {TokenFile} ({Tenants} tenants, {Tokens} tokens), read again every {Seconds} s; " +
+                    "tenants from client certificates: {CertificateTenant} ({CertificateNames} names)",
+                    options.TokenFile, tenants.Tenants.Count - 1, tenants.TokenCount, options.TokenReloadSeconds, options.Tls.ClientCertificateTenant,
+                    tenants.CertificateNameCount);
             else
                 app.Logger.LogWarning("Authentication off (no TokenFile): every client that reaches the gRPC and data-plane ports can read and write every sequence");
         });
@@ -203,7 +205,7 @@ public static class FlashMlaServerApp
         {
             byte[] content = File.ReadAllBytes(options.TokenFile);
             fileHash = TokenFileReloader.HashOf(content);
-            return TenantDirectory.FromFile(TokenFile.Parse(content, options.TokenFile));
+            return TenantDirectory.FromFile(TokenFile.Parse(content, options.TokenFile), options.Tls.ClientCertificateTenantSource);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
         {

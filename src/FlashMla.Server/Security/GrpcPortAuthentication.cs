@@ -9,6 +9,7 @@ namespace FlashMla.Server.Security;
 
 /// <summary>
 /// Authentication of Kestrel's gRPC port, as middleware before any gRPC handler: a call without a valid bearer token
+/// (or, with Tls:ClientCertificateTenant on, a client certificate that names a tenant; TenantDirectory.Authenticate)
 /// is answered UNAUTHENTICATED (trailers-only) before its request body is read, so it never reaches a parser. Health
 /// checks stay open (probes carry no token); the metrics port is left alone (it serves /metrics and /healthz over
 /// HTTP/1.1, where no gRPC call can be made). The caller goes into the call's items, where the services find it
@@ -36,7 +37,9 @@ internal sealed class GrpcPortAuthentication(RequestDelegate next, TenantDirecto
         Caller caller;
         try
         {
-            caller = tenants.Authenticate(context.Request.Headers.Authorization.ToString() is { Length: > 0 } value ? value : null);
+            // The client certificate Kestrel verified in the handshake (mTLS): the same object for every call of its connection.
+            caller = tenants.Authenticate(context.Request.Headers.Authorization.ToString() is { Length: > 0 } value ? value : null,
+                tenants.CertificateNames.Of(context.Connection.ClientCertificate));
         }
         catch (RpcException refusal)
         {

@@ -10,9 +10,12 @@ namespace FlashMla.Server.Security;
 /// <code>
 /// { "tenants": [
 ///     { "name": "team-a", "tokens": ["...at least 16 characters..."], "maxBlocks": 4096, "maxSequences": 256, "maxRequestsInFlight": 128 },
-///     { "name": "ops", "tokens": ["..."], "admin": true } ] }
+///     { "name": "ops", "tokens": ["..."], "admin": true },
+///     { "name": "team-b", "certificateNames": ["decode-host.team-b.example"] } ] }
 /// </code>
-/// A tenant may hold several tokens (to rotate: add the new one, move clients over, remove the old one). A quota
+/// A tenant may hold several tokens (to rotate: add the new one, move clients over, remove the old one). With
+/// Tls:ClientCertificateTenant on, <c>certificateNames</c> lists the names (subject CN or DNS SAN, as that option says)
+/// of verified client certificates that are this tenant; a tenant with such names may have no tokens. A quota
 /// left out is no limit beyond the server's own. Unknown fields are refused, so a misspelt quota is an error, not
 /// silently no limit.
 /// </summary>
@@ -21,17 +24,25 @@ public sealed record TokenFile(IReadOnlyList<TokenFile.TenantEntry> Tenants)
     /// <summary>Shortest token accepted: a bearer token is a password.</summary>
     public const int MinTokenLength = 16;
 
-    public sealed record TenantEntry(string Name, IReadOnlyList<string> Tokens, bool Admin, TenantQuota Quota);
+    /// <summary>Longest certificate name accepted: a DNS name's limit.</summary>
+    public const int MaxCertificateNameLength = 253;
+
+    public sealed record TenantEntry(string Name, IReadOnlyList<string> Tokens, bool Admin, TenantQuota Quota)
+    {
+        /// <summary>Names of client certificates that are this tenant (Tls:ClientCertificateTenant); compared exactly.</summary>
+        public IReadOnlyList<string> CertificateNames { get; init; } = [];
+    }
 
     private sealed record FileModel([property: JsonRequired] List<TenantModel> Tenants);
 
     private sealed record TenantModel(
         [property: JsonRequired] string Name,
-        [property: JsonRequired] List<string> Tokens,
+        List<string>? Tokens = null,
         bool Admin = false,
         int? MaxBlocks = null,
         int? MaxSequences = null,
-        int? MaxRequestsInFlight = null);
+        int? MaxRequestsInFlight = null,
+        List<string>? CertificateNames = null);
 
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -60,6 +71,7 @@ public sealed record TokenFile(IReadOnlyList<TokenFile.TenantEntry> Tenants)
         var problems = new List<string>();
         var names = new HashSet<string>(StringComparer.Ordinal);
         var tokens = new HashSet<string>(StringComparer.Ordinal);
+        var certificateNames = new HashSet<string>(StringComparer.Ordinal);
         var entries = new List<TenantEntry>();
         for (int i = 0; i < model.Tenants.Count; i++)
         {
@@ -69,7 +81,15 @@ public sealed record TokenFile(IReadOnlyList<TokenFile.TenantEntry> Tenants)
             if (!IsName(t.Name)) problems.Add($"{where}: name '{t.Name}' must be 1..63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit");
             else if (t.Name == Tenant.AnonymousName) problems.Add($"{where}: the name '{Tenant.AnonymousName}' is reserved for calls without authentication");
             else if (!names.Add(t.Name)) problems.Add($"{where}: tenant '{t.Name}' appears twice");
-            if (t.Tokens is null || t.Tokens.Count == 0) problems.Add($"{where} ('{t.Name}') has no tokens");
+            if ((t.Tokens is null || t.Tokens.Count == 0) && (t.CertificateNames is null || t.CertificateNames.Count == 0))
+                problems.Add($"{where} ('{t.Name}') has no tokens (and no certificateNames)");
+            for (int k = 0; k < (t.CertificateNames?.Count ?? 0); k++)
+            {
+                string name = t.CertificateNames![k];
+                if (name is null || name.Length is 0 or > MaxCertificateNameLength || !name.All(c => c is >= ' ' and <= '~'))
+                    problems.Add($"{where}.certificateNames[{k}] must be 1..{MaxCertificateNameLength} printable ASCII characters");
+                else if (!certificateNames.Add(name)) problems.Add($"{where}.certificateNames[{k}] '{name}' appears twice (each certificate name names one tenant)");
+            }
             for (int k = 0; k < (t.Tokens?.Count ?? 0); k++)
             {
                 string token = t.Tokens![k];
@@ -80,7 +100,8 @@ public sealed record TokenFile(IReadOnlyList<TokenFile.TenantEntry> Tenants)
             CheckQuota(problems, where, "maxBlocks", t.MaxBlocks);
             CheckQuota(problems, where, "maxSequences", t.MaxSequences);
             CheckQuota(problems, where, "maxRequestsInFlight", t.MaxRequestsInFlight);
-            entries.Add(new TenantEntry(t.Name, t.Tokens ?? [], t.Admin, new TenantQuota(t.MaxBlocks, t.MaxSequences, t.MaxRequestsInFlight)));
+            entries.Add(new TenantEntry(t.Name, t.Tokens ?? [], t.Admin, new TenantQuota(t.MaxBlocks, t.MaxSequences, t.MaxRequestsInFlight))
+                { CertificateNames = t.CertificateNames ?? [] });
         }
         if (problems.Count > 0) throw new InvalidDataException($"token file {source} is not valid: " + string.Join("; ", problems));
         return new TokenFile(entries);

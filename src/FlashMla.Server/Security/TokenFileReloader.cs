@@ -55,7 +55,8 @@ internal sealed class TokenFileReloader(string path, byte[] loadedHash, TimeSpan
             tenants.Apply(file);
             _appliedHash = hash;
             _refusedHash = null;
-            logger.LogInformation("Token file {Path} reloaded: {Tenants} tenants, {Tokens} tokens", path, file.Tenants.Count, tenants.TokenCount);
+            logger.LogInformation("Token file {Path} reloaded: {Tenants} tenants, {Tokens} tokens, {CertificateNames} certificate names", path,
+                file.Tenants.Count, tenants.TokenCount, tenants.CertificateNameCount);
             return true;
         }
         catch (InvalidDataException ex)

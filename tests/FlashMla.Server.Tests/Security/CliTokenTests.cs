@@ -3,7 +3,7 @@ using static FlashMla.Server.Tests.Security.TenantServer;
 
 namespace FlashMla.Server.Tests.Security;
 
-/// <summary>The CLI's --token reaches both ports: verify passes with the tenant's token and fails without one.</summary>
+/// <summary>The CLI's --token (or --token-file) reaches both ports: verify passes with the tenant's token and fails without one.</summary>
 [Collection(DataPlaneCollection.Name)]
 public sealed class CliTokenTests
 {
@@ -21,7 +21,17 @@ public sealed class CliTokenTests
         string[] verify = ["verify", "--address", server.Server.GrpcAddress, "--decode-address", server.Server.DataPlaneAddress!, "--cases", "2", "--max-length", "80"];
         Assert.Equal(0, await Cli([.. verify, "--token", TokenA]));
         Assert.NotEqual(0, await Cli(verify));
+        string tokenFile = Path.Combine(Path.GetTempPath(), $"flashmla-token-{Guid.NewGuid():N}");
+        await File.WriteAllTextAsync(tokenFile, TokenA + "\n"); // as a mounted Secret's file may end
+        try
+        {
+            Assert.Equal(0, await Cli([.. verify, "--token-file", tokenFile]));
+        }
+        finally
+        {
+            File.Delete(tokenFile);
+        }
         var admin = await server.Client(TokenOps).GetStatsAsync();
-        Assert.True(admin.DecodeRequests >= 2, $"the verify run decoded {admin.DecodeRequests} requests"); // its cases ran, as tenant a
+        Assert.True(admin.DecodeRequests >= 4, $"the verify run decoded {admin.DecodeRequests} requests"); // its cases ran, as tenant a
     }
 }

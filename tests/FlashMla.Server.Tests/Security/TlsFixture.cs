@@ -42,6 +42,19 @@ public sealed class TlsFixture : IDisposable
         ClientKeyFile = withClientCertificate ? Files.ClientKey : null,
     };
 
+    /// <summary>
+    /// A client certificate of this CA with subject CN <paramref name="commonName"/> (and DNS SANs, if given), written
+    /// beside the others; the client's settings that present it.
+    /// </summary>
+    public ClientTlsOptions ClientWithCertificate(string commonName, params string[] dnsNames)
+    {
+        using var authority = X509Certificate2.CreateFromPemFile(Files.Ca, Path.Combine(Directory, "ca.key"));
+        using var client = DevCertificates.IssueClient(authority, commonName, dnsNames: dnsNames.Length > 0 ? dnsNames : null);
+        string stem = Path.Combine(Directory, "client-" + Guid.NewGuid().ToString("N"));
+        DevCertificates.Write(client, stem + ".crt", stem + ".key");
+        return new ClientTlsOptions { CaFile = Files.Ca, ClientCertificateFile = stem + ".crt", ClientKeyFile = stem + ".key" };
+    }
+
     public X509Certificate2 ServerCertificate() => X509CertificateLoader.LoadCertificateFromFile(Files.Certificate);
 
     /// <summary>

@@ -31,6 +31,10 @@ public sealed class TokenFileTests
     [InlineData("""{ "tenants": [ { "name": "a", "tokens": ["short"] } ] }""", "at least 16")]
     [InlineData("""{ "tenants": [ { "name": "a", "tokens": ["has a space in it!!"] } ] }""", "without spaces")]
     [InlineData("""{ "tenants": [ { "name": "a", "tokens": [] } ] }""", "no tokens")]
+    [InlineData("""{ "tenants": [ { "name": "a" } ] }""", "no tokens (and no certificateNames)")]
+    [InlineData("""{ "tenants": [ { "name": "a", "certificateNames": [""] } ] }""", "certificateNames[0] must be 1..253")]
+    [InlineData("""{ "tenants": [ { "name": "a", "certificateNames": ["host\u0001"] } ] }""", "printable ASCII")]
+    [InlineData("""{ "tenants": [ { "name": "a", "certificateNames": ["host-a"] }, { "name": "b", "certificateNames": ["host-a"] } ] }""", "'host-a' appears twice")]
     [InlineData("""{ "tenants": [ { "name": "A b", "tokens": ["aaaaaaaaaaaaaaaa1"] } ] }""", "must be 1..63")]
     [InlineData("""{ "tenants": [ { "name": "anonymous", "tokens": ["aaaaaaaaaaaaaaaa1"] } ] }""", "reserved")]
     [InlineData("""{ "tenants": [ { "name": "a", "tokens": ["aaaaaaaaaaaaaaaa1"] }, { "name": "a", "tokens": ["aaaaaaaaaaaaaaaa2"] } ] }""", "appears twice")]
@@ -78,6 +82,65 @@ public sealed class TokenFileTests
         kept.EnsureEntitled();
         Assert.Equal(StatusCode.Unauthenticated, Assert.Throws<RpcException>(removed.EnsureEntitled).StatusCode);
         Assert.Equal(["anonymous", "a"], directory.Tenants.Select(t => t.Name));
+    }
+
+    private const string Mapped = """
+        { "tenants": [
+            { "name": "a", "tokens": ["aaaaaaaaaaaaaaaa1"], "certificateNames": ["host-a", "alias-a"] },
+            { "name": "b", "tokens": ["bbbbbbbbbbbbbbbb1"], "certificateNames": ["host-b"] },
+            { "name": "c", "certificateNames": ["host-c"] } ] }
+        """;
+
+    [Fact]
+    public void A_certificate_name_is_its_tenant_and_beside_a_token_both_must_name_the_same_one()
+    {
+        var directory = TenantDirectory.FromFile(Parse(Mapped), ClientCertificateTenantSource.SubjectCn);
+        Assert.Equal("a", directory.Authenticate(null, ["host-a"]).Tenant.Name);
+        Assert.Equal("c", directory.Authenticate(null, ["host-c"]).Tenant.Name); // a tenant of certificates only
+        Assert.Equal("a", directory.Authenticate(null, ["unknown", "alias-a", "host-a"]).Tenant.Name); // names of one tenant
+        var both = directory.Authenticate("Bearer aaaaaaaaaaaaaaaa1", ["host-a"]);
+        Assert.Equal(("a", true, true), (both.Tenant.Name, both.Credential is not null, both.Certificate is not null));
+        Assert.Equal("b", directory.Authenticate("Bearer bbbbbbbbbbbbbbbb1", ["not-in-the-file"]).Tenant.Name); // unmapped: the token decides
+
+        StatusCode Refused(string? authorization, string[] names) =>
+            Assert.Throws<RpcException>(() => directory.Authenticate(authorization, names)).StatusCode;
+        Assert.Equal(StatusCode.Unauthenticated, Refused("Bearer bbbbbbbbbbbbbbbb1", ["host-a"])); // two tenants
+        Assert.Equal(StatusCode.Unauthenticated, Refused("Bearer wrong-token-0000000", ["host-a"])); // a bad token beside a good certificate
+        Assert.Equal(StatusCode.Unauthenticated, Refused("Basic aaaaaaaaaaaaaaaa1", ["host-a"]));
+        Assert.Equal(StatusCode.Unauthenticated, Refused(null, ["host-a", "host-b"])); // ambiguous
+        Assert.Equal(StatusCode.Unauthenticated, Refused(null, ["not-in-the-file"]));
+        Assert.Equal(StatusCode.Unauthenticated, Refused(null, ["HOST-A"])); // compared exactly
+        Assert.Equal(StatusCode.Unauthenticated, Refused(null, []));
+    }
+
+    [Fact]
+    public void A_reload_revokes_a_certificate_name_that_moves_or_goes_and_keeps_one_that_stays()
+    {
+        var directory = TenantDirectory.FromFile(Parse(Mapped), ClientCertificateTenantSource.SubjectCn);
+        var moved = directory.Authenticate(null, ["host-a"]);
+        var kept = directory.Authenticate(null, ["host-b"]);
+        var dropped = directory.Authenticate(null, ["host-c"]);
+        var withToken = directory.Authenticate("Bearer aaaaaaaaaaaaaaaa1", ["host-a"]);
+
+        directory.Apply(Parse("""{ "tenants": [ { "name": "a", "tokens": ["aaaaaaaaaaaaaaaa1"] }, { "name": "b", "tokens": ["bbbbbbbbbbbbbbbb1"], "certificateNames": ["host-b", "host-a"] } ] }"""));
+        Assert.Equal("b", directory.Authenticate(null, ["host-a"]).Tenant.Name);
+        Assert.Same(kept, directory.Authenticate(null, ["host-b"]));
+        kept.EnsureEntitled();
+        foreach (var revoked in new[] { moved, dropped, withToken })
+            Assert.Equal(StatusCode.Unauthenticated, Assert.Throws<RpcException>(revoked.EnsureEntitled).StatusCode);
+        Assert.Equal(StatusCode.Unauthenticated, Assert.Throws<RpcException>(() => directory.Authenticate(null, ["host-c"])).StatusCode);
+        Assert.Equal(2, directory.CertificateNameCount);
+    }
+
+    [Fact]
+    public void With_the_certificate_source_off_certificate_names_name_nobody()
+    {
+        var directory = TenantDirectory.FromFile(Parse(Mapped));
+        Assert.Empty(directory.CertificateNames.Of(null));
+        Assert.False(directory.CertificateNames.Enabled);
+        Assert.Equal("a", directory.Authenticate("Bearer aaaaaaaaaaaaaaaa1").Tenant.Name);
+        Assert.Equal(StatusCode.Unauthenticated, Assert.Throws<RpcException>(() => directory.Authenticate(null, ["host-a"])).StatusCode);
+        Assert.Equal("b", directory.Authenticate("Bearer bbbbbbbbbbbbbbbb1", ["host-a"]).Tenant.Name); // no conflict: the name is not read
     }
 
     [Fact]
