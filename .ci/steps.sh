@@ -10,9 +10,12 @@ step() {
   shift
   out=$(mktemp)
   echo "== $name"
-  "$@" > >(tee "$out") 2>&1
+  # The command runs in this shell (a step may set variables for later ones) with its output in a file, shown
+  # when it ends: a tee behind a process substitution could still be writing when the counts were read (a step
+  # of 170 tests once counted as 1).
+  "$@" > "$out" 2>&1
   rc=$?
-  wait "$!" 2> /dev/null  # tee (the last process substitution) has written everything
+  cat "$out"
   counts=$(tail -n 1 "$out" | sed -nE 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?$/\1 \2 \4/p')
   rm -f "$out"
   if [ -n "$counts" ]; then
