@@ -7,7 +7,8 @@
 # medians per row come last. Runs from the repository root; results in $OUT (default results/raw, ignored).
 #
 #   bash scripts/dataplane-tls-ab.sh NAME=APP_DIR [NAME=APP_DIR ...]
-# AB_BENCH=ingest: AppendKv ingest instead (ingest-bench, AB_INGEST_TOKENS rows per call, 16384; upload only, no compute).
+# AB_BENCH=ingest: AppendKv ingest instead (ingest-bench, AB_INGEST_TOKENS rows per call, 16384; upload only, no compute),
+# with the CPU seconds of server and client per GB ingested (the figure to read on a shared machine).
 # Env: ROUNDS (3), PORT (50161), AB_BATCH (32,128), AB_HEADS (16), AB_CONNECTIONS (1), AB_SECONDS (3),
 #      AB_ARGS (more bench-matrix arguments), AB_SERVER_ARGS (more server arguments), AB_ENV (environment for client and
 #      server, e.g. "DOTNET_TieredCompilation=0": on 2 cores, short runs otherwise measure the JIT as much as the wire).
@@ -25,7 +26,7 @@ trap 'rm -rf "$certs"' EXIT
 source "$(dirname "$0")/lib/dataplane-server.sh"
 first=${1#*=}
 "$first/flashmla" dev-cert --out "$certs" --dns localhost --ip 127.0.0.1 > /dev/null || { echo "dev-cert failed"; exit 1; }
-printf 'round\tbuild\tmode\tb\th_q\tconns\tup_GBps\tdown_GBps\tp50_ms\n' > "$rows"
+printf 'round\tbuild\tmode\tb\th_q\tconns\tup_GBps\tdown_GBps\tp50_ms\tserver_cpu_s_per_GB\tclient_cpu_s_per_GB\n' > "$rows"
 status=0
 for round in $(seq 1 "$rounds"); do
   for build in "$@"; do
@@ -44,13 +45,19 @@ for round in $(seq 1 "$rounds"); do
         # AppendKv into the cache through the data-plane port: upload only, no attention compute; a decode of one
         # token runs beside it (ingest-bench's second phase), and the ingest's GB/s is the figure.
         # shellcheck disable=SC2086
-        timeout 300 env ${AB_ENV:-} "$app/flashmla" ingest-bench --address "$scheme://127.0.0.1:$port" --decode-address "$scheme://127.0.0.1:$data_plane_port" \
+        timeout 300 /usr/bin/time -o "$md.cpu" -f "%U %S" env ${AB_ENV:-} "$app/flashmla" ingest-bench --address "$scheme://127.0.0.1:$port" --decode-address "$scheme://127.0.0.1:$data_plane_port" \
           --batch 1 --heads 1 --context 1 --ingest-tokens "${AB_INGEST_TOKENS:-16384}" --ingest-layers 1 --seconds "${AB_SECONDS:-3}" \
           "${tls_client[@]}" ${AB_ARGS:-} --out "$md" > "$md.log" 2>&1 || { echo "ingest-bench ($name, $mode) failed"; tail -5 "$md.log"; status=1; }
+        # CPU seconds of server and client over the whole run (both decode phases too: a share alike for both builds)
+        # per GB ingested: the figure that holds when other work shares the cores, where GB/s does not.
+        server_cpu=$(awk '{ print ($14 + $15) / 100 }' "/proc/$server_pid/stat" 2>/dev/null || echo 0)
         stop_server
-        awk -F'|' -v r="$round" -v n="$name" -v m="$mode" '
+        client_cpu=$(awk '{ print $1 + $2 }' "$md.cpu" 2>/dev/null | tail -n 1)
+        awk -F'|' -v r="$round" -v n="$name" -v m="$mode" -v sc="$server_cpu" -v cc="${client_cpu:-0}" -v tokens="${AB_INGEST_TOKENS:-16384}" '
           function trim(x) { gsub(/^ +| +$/, "", x); return x }
-          trim($2) == "ingest (GB/s)" { printf "%s\t%s\t%s\tingest\t-\t1\t%s\t0\t0\n", r, n, m, trim($3) }' "$md" >> "$rows"
+          trim($2) == "ingest (GB/s)" { gbps = trim($3) }
+          trim($2) == "ingest calls (sequences)" { gb = trim($3) * tokens * 1152 / 1e9 }
+          END { printf "%s\t%s\t%s\tingest\t-\t1\t%s\t0\t0\t%.3f\t%.3f\n", r, n, m, gbps, gb > 0 ? sc / gb : 0, gb > 0 ? cc / gb : 0 }' "$md" >> "$rows"
         continue
       fi
       # shellcheck disable=SC2086
@@ -67,7 +74,7 @@ for round in $(seq 1 "$rounds"); do
           if (!("up GB/s" in col)) next
           printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r, n, m, trim($2), trim($3), trim($(col["conns"])),
             trim($(col["up GB/s"])), trim($(col["down GB/s"])), trim($(col["p50 ms"]))
-        }' "$md" >> "$rows"
+        }' "$md" | sed 's/$/\t\t/' >> "$rows"
     done
   done
 done
@@ -79,11 +86,12 @@ cells = defaultdict(list)
 with open(sys.argv[1]) as f:
     for r in csv.DictReader(f, delimiter='\t'):
         cells[(r['b'], r['h_q'], r['conns'], r['build'], r['mode'])].append(r)
-print(f"{'b':>4} {'h_q':>4} {'conns':>5} {'build':<10} {'mode':<5} {'up GB/s':>8} {'down GB/s':>9} {'p50 ms':>7}  runs (up)")
+print(f"{'b':>6} {'h_q':>4} {'conns':>5} {'build':<10} {'mode':<5} {'up GB/s':>8} {'down GB/s':>9} {'p50 ms':>7} {'srv CPU s/GB':>12} {'cli CPU s/GB':>12}  runs (up)")
 for key in sorted(cells, key=lambda k: (k[0].zfill(8), k[1], int(k[2]), k[4], k[3])):
     rs = cells[key]
-    med = lambda c: statistics.median(float(r[c]) for r in rs)
-    print(f"{key[0]:>4} {key[1]:>4} {key[2]:>5} {key[3]:<10} {key[4]:<5} {med('up_GBps'):8.3f} {med('down_GBps'):9.3f} {med('p50_ms'):7.2f}  "
-          + " ".join(r['up_GBps'] for r in rs))
+    med = lambda c: statistics.median(float(r[c] or 0) for r in rs)
+    cpu = lambda c: f"{med(c):12.3f}" if any(r.get(c) for r in rs) else f"{'':>12}"
+    print(f"{key[0]:>6} {key[1]:>4} {key[2]:>5} {key[3]:<10} {key[4]:<5} {med('up_GBps'):8.3f} {med('down_GBps'):9.3f} {med('p50_ms'):7.2f} "
+          f"{cpu('server_cpu_s_per_GB')} {cpu('client_cpu_s_per_GB')}  " + " ".join(r['up_GBps'] for r in rs))
 PY
 exit $status

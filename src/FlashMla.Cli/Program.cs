@@ -28,6 +28,7 @@ root.Add(DemoCommand.Create(address, token));
 root.Add(BenchCommand.Create(address, decodeAddress, token));
 root.Add(BenchMatrixCommand.Create(address, decodeAddress, token));
 root.Add(TcpBenchCommand.Create());
+root.Add(TlsBenchCommand.Create());
 root.Add(LatencyCommand.Create(address, decodeAddress, token));
 root.Add(IngestBenchCommand.Create(address, decodeAddress, token));
 root.Add(VerifyCommand.Create(address, decodeAddress, token));
