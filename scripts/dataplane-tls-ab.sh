@@ -57,7 +57,7 @@ for round in $(seq 1 "$rounds"); do
           function trim(x) { gsub(/^ +| +$/, "", x); return x }
           trim($2) == "ingest (GB/s)" { gbps = trim($3) }
           trim($2) == "ingest calls (sequences)" { gb = trim($3) * tokens * 1152 / 1e9 }
-          END { printf "%s\t%s\t%s\tingest\t-\t1\t%s\t0\t0\t%.3f\t%.3f\n", r, n, m, gbps, gb > 0 ? sc / gb : 0, gb > 0 ? cc / gb : 0 }' "$md" >> "$rows"
+          END { printf "%s\t%s\t%s\tingest\t-\t1\t%s\t0\t0\t%.3f\t%.3f\n", r, n, m, gbps, (gb > 0 ? sc / gb : 0), (gb > 0 ? cc / gb : 0) }' "$md" >> "$rows"
         continue
       fi
       # shellcheck disable=SC2086
