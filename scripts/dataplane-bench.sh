@@ -16,7 +16,8 @@
 #      only, data-plane listener off), DP_TRANSPORT_AB=1, DP_RUNTIME_AB=1, DP_TLS=1.
 # TLS (DP_TLS=1): after each backend's cleartext matrix, the same rows against a second server of that backend with
 # TLS on both ports (a development certificate from `flashmla dev-cert`, ECDSA P-256; the client trusts its CA),
-# into the same results file; the table's decode port column says "tls" for those rows.
+# into the same results file; the table's decode port column says "tls" for those rows. Before them, `flashmla tlsbench`
+# (TLS without HTTP/2: SslStream per record vs over the batching stream the data plane uses, AES-128 vs AES-256).
 # The A/B sections are off by default (settled in the 18:21 round; results/2026-11-25-h100-dataplane.md) and measure the gRPC port:
 # Transport A/B (DP_TRANSPORT_AB=1; CUDA server, b 128, h_q 16 and 128, 1 and 4 connections): large-frames vs sockets.
 # Server A/B (DP_RUNTIME_AB=1; same rows) against the transport A/B's large-frames rows (as shipped): Kestrel's
@@ -80,6 +81,11 @@ data_plane_args=()
 
 echo "== tcpbench (connections $conns)"
 timeout 60 "$app/flashmla" tcpbench --connections "$conns" --seconds 2 --out "$res"
+if [[ "${DP_TLS:-0}" == 1 ]]; then
+  # TLS alone, one loopback connection: cleartext vs SslStream per record vs batched records (as the data plane sends), AES-128/256.
+  echo "== tlsbench"
+  timeout 120 "$app/flashmla" tlsbench --seconds 2 --rounds 3 --out "$res" || echo "tlsbench failed"
+fi
 
 status=0
 if [[ "${DP_SKIP_CUDA:-0}" != 1 && -f "$fatbin" ]]; then
@@ -148,6 +154,10 @@ if [[ "${DP_SKIP_CPU:-0}" != 1 ]]; then
 fi
 
 echo
+if [[ "${DP_TLS:-0}" == 1 ]]; then
+  echo "==================== tlsbench"
+  awk '/^## tlsbench/ { on = 1; next } /^## / { on = 0 } on && /^\| / && !/^\| --- / { print }' "$res"
+fi
 echo "==================== data plane ($res)"
 # The bench-matrix rows of the results file, short: columns found by their header names; raw TCP is the
 # same-run figure at the same connection count (tcpbench's when the section measured none, as the A/B ones).

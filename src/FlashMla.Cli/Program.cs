@@ -8,6 +8,7 @@ root.Add(DemoCommand.Create(connection));
 root.Add(BenchCommand.Create(connection));
 root.Add(BenchMatrixCommand.Create(connection));
 root.Add(TcpBenchCommand.Create());
+root.Add(TlsBenchCommand.Create());
 root.Add(LatencyCommand.Create(connection));
 root.Add(IngestBenchCommand.Create(connection));
 root.Add(VerifyCommand.Create(connection));

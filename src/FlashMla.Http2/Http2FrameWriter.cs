@@ -8,7 +8,8 @@ namespace FlashMla.Http2;
 /// at frame boundaries. Control frames (WINDOW_UPDATE, SETTINGS and PING acks, RST_STREAM) are queued without
 /// waiting: whoever holds or next takes the lock sends them ahead of its own frame, so the reader loop never
 /// blocks behind a megabyte DATA frame. A DATA payload larger than the scratch buffer goes to the socket
-/// straight from the caller's memory (under TLS: SslStream encrypts it from there).
+/// straight from the caller's memory (under TLS: SslStream encrypts it from there, and every write ends with a flush, which
+/// sends the TLS records it made in one go: <see cref="TlsRecordBatchingStream"/>).
 /// </summary>
 internal sealed class Http2FrameWriter : IDisposable
 {
@@ -67,6 +68,7 @@ internal sealed class Http2FrameWriter : IDisposable
                 await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
                 await SendAsync(payload).ConfigureAwait(false);
             }
+            await FlushAsync().ConfigureAwait(false);
         }
         catch (Exception ex) when (IsTransportFailure(ex))
         {
@@ -100,6 +102,7 @@ internal sealed class Http2FrameWriter : IDisposable
                 await SendAsync(part).ConfigureAwait(false);
             }
             if (used > 0) await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+            await FlushAsync().ConfigureAwait(false);
         }
         catch (Exception ex) when (IsTransportFailure(ex))
         {
@@ -114,6 +117,7 @@ internal sealed class Http2FrameWriter : IDisposable
         try
         {
             await SendAsync(bytes).ConfigureAwait(false);
+            await FlushAsync().ConfigureAwait(false);
         }
         catch (Exception ex) when (IsTransportFailure(ex))
         {
@@ -214,6 +218,7 @@ internal sealed class Http2FrameWriter : IDisposable
         try
         {
             await SendAsync(_scratch.AsMemory(0, used)).ConfigureAwait(false);
+            await FlushAsync().ConfigureAwait(false);
         }
         catch (Exception ex) when (IsTransportFailure(ex))
         {
@@ -241,6 +246,12 @@ internal sealed class Http2FrameWriter : IDisposable
     }
 
     private ValueTask SendAsync(ReadOnlyMemory<byte> bytes) => _transport.WriteAsync(bytes);
+
+    /// <summary>
+    /// The end of every write made under the lock: under TLS the records it made leave the
+    /// <see cref="TlsRecordBatchingStream"/> below the SslStream in one send; a NetworkStream's flush does nothing.
+    /// </summary>
+    private Task FlushAsync() => _transport.FlushAsync();
 
     /// <summary>A write failed for a reason of the transport (NetworkStream and SslStream wrap the socket's errors in IOException).</summary>
     private static bool IsTransportFailure(Exception ex) => ex is IOException or SocketException or ObjectDisposedException;

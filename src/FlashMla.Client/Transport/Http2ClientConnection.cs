@@ -95,13 +95,18 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
         return "TLS handshake failed: " + (reasons.Count > 0 ? string.Join(": ", reasons) : ex.Message);
     }
 
-    /// <summary>The TLS handshake; the server must pick h2 by ALPN (a server that picks nothing may speak HTTP/1.1 only).</summary>
+    /// <summary>
+    /// The TLS handshake; the server must pick h2 by ALPN (a server that picks nothing may speak HTTP/1.1 only). The
+    /// SslStream sits on a <see cref="TlsRecordBatchingStream"/>, so its 16 KiB records leave and arrive in large pieces.
+    /// </summary>
     private static async Task<Stream> HandshakeAsync(Socket socket, string host, ClientTlsCredentials tls, CancellationToken cancellationToken)
     {
-        var ssl = new SslStream(new NetworkStream(socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        var records = new TlsRecordBatchingStream(new NetworkStream(socket, ownsSocket: false));
+        var ssl = new SslStream(records, leaveInnerStreamOpen: false);
         try
         {
             await ssl.AuthenticateAsClientAsync(tls.ForHost(host), cancellationToken).ConfigureAwait(false);
+            records.StartBatching();
             if (ssl.NegotiatedApplicationProtocol != SslApplicationProtocol.Http2)
                 throw new System.Security.Authentication.AuthenticationException(
                     $"the server did not choose h2 by ALPN (application protocol '{ssl.NegotiatedApplicationProtocol}'); gRPC needs HTTP/2");

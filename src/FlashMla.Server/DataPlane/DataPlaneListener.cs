@@ -38,8 +38,10 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
     private bool _stopping; // under _lock
     private int _open; // accepted sockets not yet closed, in their TLS handshake or served; under _lock
 
-    /// <summary>The buffers each connection reads and writes frames through (pinned-heap arrays, retention capped).</summary>
-    internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize);
+    /// <summary>The buffers each connection reads and writes frames through, and under TLS sends and receives its records
+    /// through (pinned-heap arrays, retention capped).</summary>
+    internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize,
+        FlashMla.Http2.TlsRecordBatchingStream.BufferSize);
 
     /// <summary>Connections open now: accepted and not yet closed, counted from the accept (a socket still in its TLS
     /// handshake, or not yet picked up by its task, is open too).</summary>
@@ -117,7 +119,7 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
         Stream transport;
         try
         {
-            transport = await tls.AcceptAsync(socket, _handshakes.Token).ConfigureAwait(false);
+            transport = await tls.AcceptAsync(socket, _handshakes.Token, IoBuffers).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or SocketException or ObjectDisposedException)
         {

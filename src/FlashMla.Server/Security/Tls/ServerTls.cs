@@ -106,18 +106,22 @@ public sealed class ServerTls
 
     /// <summary>
     /// The transport of one accepted data-plane socket: a NetworkStream over it when TLS is off, else an SslStream
-    /// after a handshake (which must finish within <see cref="HandshakeTimeout"/>). Throws when the handshake fails.
+    /// after a handshake (which must finish within <see cref="HandshakeTimeout"/>), over a
+    /// <see cref="FlashMla.Http2.TlsRecordBatchingStream"/> (its buffers from <paramref name="buffers"/>) that sends and
+    /// receives the TLS records in large pieces. Throws when the handshake fails.
     /// </summary>
-    public async Task<Stream> AcceptAsync(Socket socket, CancellationToken cancellationToken)
+    public async Task<Stream> AcceptAsync(Socket socket, CancellationToken cancellationToken, System.Buffers.ArrayPool<byte>? buffers = null)
     {
         var network = new NetworkStream(socket, ownsSocket: false);
         if (_material is null) return network;
-        var ssl = new SslStream(network, leaveInnerStreamOpen: false);
+        var records = new FlashMla.Http2.TlsRecordBatchingStream(network, buffers);
+        var ssl = new SslStream(records, leaveInnerStreamOpen: false);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(HandshakeTimeout);
         try
         {
             await ssl.AuthenticateAsServerAsync(HandshakeOptions(), timeout.Token).ConfigureAwait(false);
+            records.StartBatching();
             return ssl;
         }
         catch
