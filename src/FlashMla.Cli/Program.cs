@@ -22,7 +22,7 @@ var token = new Option<string?>("--token")
     Recursive = true,
 };
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify); https:// addresses speak TLS") { address, decodeAddress, token };
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify, soak); https:// addresses speak TLS") { address, decodeAddress, token };
 foreach (var option in TlsArguments.All) root.Add(option);
 root.Add(DemoCommand.Create(address, token));
 root.Add(BenchCommand.Create(address, decodeAddress, token));
@@ -31,5 +31,6 @@ root.Add(TcpBenchCommand.Create());
 root.Add(LatencyCommand.Create(address, decodeAddress, token));
 root.Add(IngestBenchCommand.Create(address, decodeAddress, token));
 root.Add(VerifyCommand.Create(address, decodeAddress, token));
+root.Add(FlashMla.Cli.Soak.SoakCommand.Create(address, decodeAddress, token));
 root.Add(DevCertCommand.Create());
 return await root.Parse(args).InvokeAsync();
