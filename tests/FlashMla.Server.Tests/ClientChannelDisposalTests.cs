@@ -1,5 +1,7 @@
 using System.Globalization;
 using FlashMla.Client;
+using FlashMla.Server.Tests.Security;
+using Grpc.Core;
 
 namespace FlashMla.Server.Tests;
 
@@ -19,6 +21,7 @@ public sealed class ClientChannelDisposalTests
         await using var server = await TestServer.StartAsync();
         await server.Client.GetStatsAsync(); // the test server's own client keeps one connection open throughout
         double before = await GrpcPortConnectionsAsync(server);
+        Assert.True(before >= 1, $"the scrape counts the connection of the test server's own client ({before})");
 
         for (int i = 0; i < Clients; i++)
         {
@@ -36,6 +39,7 @@ public sealed class ClientChannelDisposalTests
         await using var server = await TestServer.StartAsync();
         await server.Client.GetStatsAsync();
         double before = await GrpcPortConnectionsAsync(server);
+        Assert.True(before >= 1, $"the scrape counts the connection of the test server's own client ({before})");
 
         for (int i = 0; i < Clients; i++)
         {
@@ -52,12 +56,80 @@ public sealed class ClientChannelDisposalTests
         await using var server = await TestServer.StartAsync();
         await server.Client.GetStatsAsync();
         double before = await GrpcPortConnectionsAsync(server);
+        Assert.True(before >= 1, $"the scrape counts the connection of the test server's own client ({before})");
 
         for (int i = 0; i < Clients; i++)
         {
             using var channel = FlashMlaClient.CreateChannel(server.GrpcAddress, new FlashMlaClientOptions());
             using var client = new FlashMlaClient(channel);
             await client.GetStatsAsync();
+        }
+
+        Assert.Equal(before, await SettledConnectionsAsync(server, before));
+    }
+
+    [Theory]
+    [InlineData(true, true)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(false, false)]
+    public async Task A_client_refused_for_an_unknown_token_closes_its_connections_when_disposed(bool dataPlane, bool decodeFirst)
+    {
+        await using var tenants = await TenantServer.StartAsync();
+        var server = tenants.Server;
+        double before = await GrpcPortConnectionsAsync(server); // 0: the tenant server's own client has made no call
+
+        for (int i = 0; i < Clients; i++)
+        {
+            using var client = new FlashMlaClient(server.GrpcAddress,
+                new FlashMlaClientOptions { BearerToken = "not-a-token-of-this-server", DecodeAddress = dataPlane ? server.DataPlaneAddress : null });
+            var q = Random16.Bf16(new Random(i), 8 * 576);
+            if (decodeFirst)
+            {
+                var refused = await Assert.ThrowsAsync<RpcException>(() => client.DecodeOnceAsync(new DecodeInput(0, [1UL], 1, 8, q)));
+                Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+            }
+            var stats = await Assert.ThrowsAsync<RpcException>(() => client.GetStatsAsync());
+            Assert.Equal(StatusCode.Unauthenticated, stats.StatusCode);
+        }
+
+        Assert.Equal(before, await SettledConnectionsAsync(server, before));
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public async Task A_client_disposed_or_cancelled_with_a_stream_request_in_flight_closes_its_connection(bool dataPlane, bool cancelInstead)
+    {
+        await using var server = await TestServer.StartAsync();
+        ulong id = await server.Client.CreateSequenceAsync();
+        await server.Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 64 * 576));
+        double before = await GrpcPortConnectionsAsync(server);
+        Assert.True(before >= 1, $"the scrape counts the connection of the test server's own client ({before})");
+
+        for (int i = 0; i < Clients; i++)
+        {
+            var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = dataPlane ? server.DataPlaneAddress : null });
+            using var cancel = new CancellationTokenSource();
+            var stream = client.OpenDecodeStream(cancel.Token);
+            var pending = await stream.SendAsync(new DecodeInput(0, [id], 1, 8, Random16.Bf16(new Random(i), 8 * 576)));
+            if (cancelInstead) cancel.Cancel();
+            else client.Dispose(); // the stream is never disposed: its connection just goes away
+            try
+            {
+                (await pending.WaitAsync(TimeSpan.FromSeconds(10))).Dispose();
+            }
+            catch (RpcException)
+            {
+                // UNAVAILABLE or CANCELLED: either way the call ended
+            }
+            if (cancelInstead)
+            {
+                await stream.DisposeAsync();
+                client.Dispose();
+            }
         }
 
         Assert.Equal(before, await SettledConnectionsAsync(server, before));

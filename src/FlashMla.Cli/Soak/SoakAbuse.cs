@@ -13,6 +13,9 @@ namespace FlashMla.Cli.Soak;
 /// </summary>
 internal sealed class SoakAbuse(SoakSettings settings, IReadOnlyList<SoakLoad> tenants, SoakTally abuse)
 {
+    /// <summary>The acts, by number: what <c>--abuse-acts</c> picks from.</summary>
+    public static readonly int[] AllActs = [0, 1, 2, 3, 4, 5, 6, 7];
+
     private readonly Random _random = new(99);
     private int _act;
 
@@ -45,9 +48,9 @@ internal sealed class SoakAbuse(SoakSettings settings, IReadOnlyList<SoakLoad> t
 
     private async Task NextAsync(CancellationToken stop)
     {
-        int act = _act++;
-        int tenant = act / 8 % tenants.Count;
-        switch (act % 8)
+        int turn = _act++;
+        int tenant = turn / settings.AbuseActs.Count % tenants.Count;
+        switch (settings.AbuseActs[turn % settings.AbuseActs.Count])
         {
             case 0: await CancelUnaryAsync(tenant, stop); break;
             case 1: await CancelStreamAsync(tenant, stop); break;

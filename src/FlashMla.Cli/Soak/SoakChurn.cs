@@ -4,7 +4,8 @@ namespace FlashMla.Cli.Soak;
 
 /// <summary>
 /// Connection churn (issue 13, item 8): a new client per cycle, one call, closed. Cycles alternate between the gRPC port
-/// (GetStats) and the data-plane port (a unary decode), so both listeners see connections come and go all the time.
+/// (GetStats) and the data-plane port (a unary decode, then GetStats, which goes to the gRPC port), so both listeners see
+/// connections come and go all the time.
 /// </summary>
 internal sealed class SoakChurn(SoakSettings settings, string? token, Func<DecodeInput> step, SoakTally tally)
 {
@@ -20,8 +21,10 @@ internal sealed class SoakChurn(SoakSettings settings, string? token, Func<Decod
             if (dataPlane)
             {
                 using var result = await client.DecodeOnceAsync(step(), stop);
+                tally.Ok();
             }
-            else await client.GetStatsAsync(stop);
+            // A client of the data-plane port makes its cache calls on the gRPC port: that connection must close too.
+            await client.GetStatsAsync(stop);
             tally.Ok();
         }
         if (settings.PauseMilliseconds > 0) await Task.Delay(settings.PauseMilliseconds, stop);

@@ -27,13 +27,15 @@ internal static class SoakCommand
         var flat = new Option<double>("--flat-mb") { Description = "Largest RSS and heap slope over the last 20 minutes, MB per 10 minutes, that counts as flat", DefaultValueFactory = _ => 10 };
         var secondToken = new Option<string?>("--second-token") { Description = "A second tenant's token: the load runs once per tenant" };
         var quotaToken = new Option<string?>("--quota-token") { Description = "A tenant with a small sequence quota, for the abusive client to exhaust" };
+        var abuseActs = new Option<string>("--abuse-acts")
+            { Description = "Abusive acts to run in turn, comma-separated: 0 cancelled unary, 1 cancelled stream, 2/3 dropped connection mid-stream (data plane/gRPC), 4 refused decodes, 5 quota, 6 another tenant's sequence, 7 unknown token", DefaultValueFactory = _ => "0,1,2,3,4,5,6,7" };
         var tableEvery = new Option<double>("--table-every") { Description = "Seconds between the results file's rows", DefaultValueFactory = _ => 60 };
         var commit = new Option<string?>("--commit") { Description = "The commit to name in the results (default: the one this CLI was built from)" };
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("soak",
             "Mixed load (both ports, cache commands, connection churn, abusive clients) for --minutes against a running server; " +
             "prints its RSS, GC heap, pool bytes, call counts and connections every --interval s, then a summary; exit 1 when calls failed or memory grew")
-            { minutes, interval, metrics, batch, heads, context, pause, abuseEvery, flat, secondToken, quotaToken, tableEvery, commit, output };
+            { minutes, interval, metrics, batch, heads, context, pause, abuseEvery, abuseActs, flat, secondToken, quotaToken, tableEvery, commit, output };
         command.SetAction((parse, token) =>
         {
             string grpc = parse.GetValue(address)!;
@@ -44,6 +46,7 @@ internal static class SoakCommand
             {
                 Tokens = parse.GetValue(secondToken) is { Length: > 0 } second ? [parse.GetValue(bearerToken), second] : [parse.GetValue(bearerToken)],
                 QuotaToken = parse.GetValue(quotaToken) is { Length: > 0 } quota ? quota : null,
+                AbuseActs = BenchMatrixCommand.ParseList(parse.GetValue(abuseActs)!),
                 Tls = TlsArguments.Read(parse),
             };
             if (settings.Problem() is { } problem)

@@ -13,6 +13,9 @@ internal sealed record SoakSettings(string Address, string DataPlaneAddress, str
 {
     public IReadOnlyList<string?> Tokens { get; init; } = [null];
     public string? QuotaToken { get; init; }
+
+    /// <summary>Which abusive acts run, in turn (0..7, <see cref="SoakAbuse"/>); all by default.</summary>
+    public IReadOnlyList<int> AbuseActs { get; init; } = SoakAbuse.AllActs;
     public ClientTlsOptions? Tls { get; init; }
 
     /// <summary>Why these settings cannot run, or null.</summary>
@@ -24,6 +27,7 @@ internal sealed record SoakSettings(string Address, string DataPlaneAddress, str
         if (PauseMilliseconds < 0) return "--pause-ms must not be negative";
         if (!(AbuseEverySeconds > 0)) return "--abuse-every must be positive";
         if (!(FlatMbPer10Min > 0)) return "--flat-mb must be positive";
+        if (AbuseActs.Count == 0 || AbuseActs.Any(a => a < 0 || a >= SoakAbuse.AllActs.Length)) return $"--abuse-acts must name acts 0..{SoakAbuse.AllActs.Length - 1}";
         foreach (string address in (string[])[Address, DataPlaneAddress, MetricsAddress])
             if (!Uri.TryCreate(address, UriKind.Absolute, out _)) return $"'{address}' is not an absolute address";
         return null;
