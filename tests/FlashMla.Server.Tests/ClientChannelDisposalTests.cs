@@ -8,12 +8,16 @@ namespace FlashMla.Server.Tests;
 /// <summary>
 /// Disposing a client closes every connection it opened (issue 13, items 7 and 8): the server's gRPC port, counted by
 /// Kestrel's own meter (kestrel_active_connections), holds after a churn of clients what it held before. The soak found
-/// a client of a data-plane address that made a cache call leaving that call's connection open for good: Grpc.Net.Client
-/// does not dispose a handler it was given unless told to.
+/// a client of a data-plane address that made a cache call leaving that call's connection open until a full GC happened
+/// to collect its socket: Grpc.Net.Client does not dispose a handler it was given unless told to. The tests keep every
+/// disposed client reachable until the end, so that only disposal, never the GC, can close a connection.
 /// </summary>
 public sealed class ClientChannelDisposalTests
 {
     private const int Clients = 6;
+
+    /// <summary>Disposed clients and channels, kept reachable so that no finalizer closes their sockets.</summary>
+    private readonly List<object> _kept = [];
 
     [Fact]
     public async Task A_data_plane_client_that_made_cache_calls_closes_its_grpc_port_connection_when_disposed()
@@ -25,7 +29,7 @@ public sealed class ClientChannelDisposalTests
 
         for (int i = 0; i < Clients; i++)
         {
-            using var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress });
+            using var client = Keep(new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = server.DataPlaneAddress }));
             ulong id = await client.CreateSequenceAsync();
             await client.FreeAsync(id);
         }
@@ -43,7 +47,7 @@ public sealed class ClientChannelDisposalTests
 
         for (int i = 0; i < Clients; i++)
         {
-            using var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DirectDecode = false, Connections = 2 });
+            using var client = Keep(new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DirectDecode = false, Connections = 2 }));
             await client.GetStatsAsync();
         }
 
@@ -60,7 +64,7 @@ public sealed class ClientChannelDisposalTests
 
         for (int i = 0; i < Clients; i++)
         {
-            using var channel = FlashMlaClient.CreateChannel(server.GrpcAddress, new FlashMlaClientOptions());
+            using var channel = Keep(FlashMlaClient.CreateChannel(server.GrpcAddress, new FlashMlaClientOptions()));
             using var client = new FlashMlaClient(channel);
             await client.GetStatsAsync();
         }
@@ -81,8 +85,8 @@ public sealed class ClientChannelDisposalTests
 
         for (int i = 0; i < Clients; i++)
         {
-            using var client = new FlashMlaClient(server.GrpcAddress,
-                new FlashMlaClientOptions { BearerToken = "not-a-token-of-this-server", DecodeAddress = dataPlane ? server.DataPlaneAddress : null });
+            using var client = Keep(new FlashMlaClient(server.GrpcAddress,
+                new FlashMlaClientOptions { BearerToken = "not-a-token-of-this-server", DecodeAddress = dataPlane ? server.DataPlaneAddress : null }));
             var q = Random16.Bf16(new Random(i), 8 * 576);
             if (decodeFirst)
             {
@@ -111,7 +115,7 @@ public sealed class ClientChannelDisposalTests
 
         for (int i = 0; i < Clients; i++)
         {
-            var client = new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = dataPlane ? server.DataPlaneAddress : null });
+            var client = Keep(new FlashMlaClient(server.GrpcAddress, new FlashMlaClientOptions { DecodeAddress = dataPlane ? server.DataPlaneAddress : null }));
             using var cancel = new CancellationTokenSource();
             var stream = client.OpenDecodeStream(cancel.Token);
             var pending = await stream.SendAsync(new DecodeInput(0, [id], 1, 8, Random16.Bf16(new Random(i), 8 * 576)));
@@ -133,6 +137,12 @@ public sealed class ClientChannelDisposalTests
         }
 
         Assert.Equal(before, await SettledConnectionsAsync(server, before));
+    }
+
+    private T Keep<T>(T disposable) where T : class
+    {
+        _kept.Add(disposable);
+        return disposable;
     }
 
     /// <summary>The open connections once they are back at <paramref name="expected"/>, or after 10 s (a leaked one never closes).</summary>
