@@ -108,4 +108,14 @@ public sealed class SoakSummaryTests
         Assert.Null(good.Problem());
         Assert.Contains("not-a-uri", (good with { DataPlaneAddress = "not-a-uri" }).Problem());
     }
+
+    [Theory]
+    [InlineData(new int[0])]
+    [InlineData(new[] { 3, 8 })]
+    [InlineData(new[] { -1 })]
+    public void Abusive_acts_outside_0_to_7_or_none_are_refused(int[] acts)
+    {
+        var settings = new SoakSettings("http://a:1", "http://a:2", "http://a:3", 1, 10, 4, 8, 256, 20, 2, 10, "abc", null) { AbuseActs = acts };
+        Assert.Contains("--abuse-acts", settings.Problem());
+    }
 }
