@@ -74,7 +74,7 @@ internal static class LatencyCommand
     }
 
     /// <summary>The commit in this assembly's informational version (the SDK adds it when building from git), or "unknown".</summary>
-    private static string BuiltFromCommit()
+    internal static string BuiltFromCommit()
     {
         string? version = Assembly.GetExecutingAssembly().GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion;
         int plus = version?.IndexOf('+') ?? -1;

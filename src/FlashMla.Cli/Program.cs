@@ -1,7 +1,7 @@
 using System.CommandLine;
 using FlashMla.Cli;
 
-var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify); https:// addresses speak TLS");
+var root = new RootCommand("flashmla: talk to a FlashMLA service (demo, bench, latency, verify, soak); https:// addresses speak TLS");
 // Declared once, on the root: every command that talks to a server takes the same connection options.
 var connection = new ConnectionArguments().AddTo(root);
 root.Add(DemoCommand.Create(connection));
@@ -12,5 +12,6 @@ root.Add(TlsBenchCommand.Create());
 root.Add(LatencyCommand.Create(connection));
 root.Add(IngestBenchCommand.Create(connection));
 root.Add(VerifyCommand.Create(connection));
+root.Add(FlashMla.Cli.Soak.SoakCommand.Create(connection));
 root.Add(DevCertCommand.Create());
 return await root.Parse(args).InvokeAsync();

@@ -121,17 +121,25 @@ public sealed class FlashMlaClient : IDisposable
 
     /// <summary>
     /// A channel tuned for large tensors: big HTTP/2 windows and frames, on the library's <see cref="LargeFrameHttp2Handler"/>
-    /// for http:// (h2c) and https:// (TLS, as <see cref="FlashMlaClientOptions.Tls"/> says) addresses alike.
+    /// for http:// (h2c) and https:// (TLS, as <see cref="FlashMlaClientOptions.Tls"/> says) addresses alike. Disposing the
+    /// channel closes its connections.
     /// </summary>
     public static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options) =>
-        CreateChannel(address, options, CreateHandler(address, options));
+        CreateChannel(address, options, CreateHandler(address, options), ownsHandler: true);
 
-    private static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options, HttpMessageHandler handler) =>
+    /// <param name="ownsHandler">
+    /// Whether disposing the channel disposes <paramref name="handler"/>, hence closes its connections. Grpc.Net.Client
+    /// leaves a given handler open by default; a handler only the channel holds then kept its socket (and the server's
+    /// connection) open for as long as the process lived, one per client of a data-plane address that made a cache call
+    /// (the soak's connect/call/close loops, issue 13). False where the handler is shared and disposed after both users.
+    /// </param>
+    private static GrpcChannel CreateChannel(string address, FlashMlaClientOptions options, HttpMessageHandler handler, bool ownsHandler = false) =>
         GrpcChannel.ForAddress(address, new GrpcChannelOptions
         {
             MaxReceiveMessageSize = options.MaxMessageBytes,
             MaxSendMessageSize = options.MaxMessageBytes,
             HttpHandler = handler,
+            DisposeHttpClient = ownsHandler,
         });
 
     private static HttpMessageHandler CreateHandler(string address, FlashMlaClientOptions options)

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using FlashMla.Core.Cache;
+using FlashMla.Core.Memory;
 
 namespace FlashMla.Core.Telemetry;
 
@@ -18,6 +19,7 @@ public sealed class FlashMlaMetrics : IDisposable
     private readonly Meter _meter;
     private CacheGaugeSnapshot _gauges = new(0, 0, 0, Serving: true);
     private volatile Func<IReadOnlyList<Tenant>> _tenants = () => [];
+    private volatile PinnedTensorPool? _tensorPool;
 
     public FlashMlaMetrics(IMeterFactory? factory = null)
     {
@@ -51,6 +53,13 @@ public sealed class FlashMlaMetrics : IDisposable
         _meter.CreateObservableGauge("flashmla.tenant.sequences", () => PerTenant(SequencesOf), "{sequence}", "Live sequences of each tenant.");
         _meter.CreateObservableGauge("flashmla.tenant.requests_in_flight", () => PerTenant(RequestsInFlightOf), "{request}", "Requests each tenant has in flight.");
         _meter.CreateObservableCounter("flashmla.tenant.decode_requests", () => PerTenant(DecodeRequestsOf), "{request}", "Decode requests served, by tenant.");
+        // The process's memory, read at each scrape, so that a leak shows on the dashboards and in the soak (scripts/soak.sh):
+        // RSS, what the GC found live at its last collection, what it has committed, and the tensor pool by state.
+        _meter.CreateObservableGauge("flashmla.process.resident_memory", () => Environment.WorkingSet, "By", "Resident set size of the server process.");
+        _meter.CreateObservableGauge("flashmla.gc.heap_live", () => LiveHeapBytes(), "By", "Managed heap bytes found live by the last garbage collection (heap size less fragmentation).");
+        _meter.CreateObservableGauge("flashmla.gc.committed", () => GC.GetGCMemoryInfo().TotalCommittedBytes, "By", "Memory the garbage collector has committed, as of its last collection.");
+        _meter.CreateObservableGauge("flashmla.tensor_pool.bytes", () => TensorPoolBytes(), "By",
+            "Bytes of the host's tensor pool, by state: held (rented by requests and responses now), idle (kept for reuse), page_locked (registered with the device; a subset of both).");
         _meter.CreateObservableCounter("flashmla.tenant.quota_refusals", () => QuotaRefusals(), "{request}", "Requests refused by one of a tenant's quotas, by tenant and quota (blocks, sequences, requests_in_flight).");
     }
 
@@ -75,6 +84,24 @@ public sealed class FlashMlaMetrics : IDisposable
 
     /// <summary>Where the by-tenant instruments find the tenants (the server's tenant directory).</summary>
     public void ObserveTenants(Func<IReadOnlyList<Tenant>> tenants) => _tenants = tenants ?? throw new ArgumentNullException(nameof(tenants));
+
+    /// <summary>Where the tensor-pool gauge reads its bytes (the server's one pool); nothing is exported before.</summary>
+    public void ObserveTensorPool(PinnedTensorPool pool) => _tensorPool = pool ?? throw new ArgumentNullException(nameof(pool));
+
+    private static long LiveHeapBytes()
+    {
+        var info = GC.GetGCMemoryInfo();
+        return info.HeapSizeBytes - info.FragmentedBytes;
+    }
+
+    private IEnumerable<Measurement<long>> TensorPoolBytes()
+    {
+        if (_tensorPool is not { } pool) yield break;
+        // Three fixed label values: the series set never grows.
+        yield return new Measurement<long>(pool.HeldBytes, new TagList { { "state", "held" } });
+        yield return new Measurement<long>(pool.IdleBytes, new TagList { { "state", "idle" } });
+        yield return new Measurement<long>(pool.RegisteredBytes, new TagList { { "state", "page_locked" } });
+    }
 
     private static long BlocksHeldOf(Tenant t) => t.BlocksHeld;
     private static long SequencesOf(Tenant t) => t.Sequences;

@@ -109,6 +109,7 @@ public static class FlashMlaServerApp
         {
             var metrics = new FlashMlaMetrics(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>());
             metrics.ObserveTenants(() => tenants.Tenants);
+            metrics.ObserveTensorPool(sp.GetRequiredService<PinnedTensorPool>());
             return metrics;
         });
         if (tenants.RequiresTokens)
@@ -161,6 +162,8 @@ public static class FlashMlaServerApp
             .AddCheck<ServingHealthCheck>("serving");
         builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
             .AddMeter(FlashMlaMetrics.MeterName)
+            // Kestrel's own meter: kestrel_active_connections{server_port} is what is open on the gRPC port (the soak reads it).
+            .AddMeter("Microsoft.AspNetCore.Server.Kestrel")
             .AddPrometheusExporter());
 
         overrideServices?.Invoke(builder.Services);
