@@ -41,7 +41,8 @@ internal abstract class Http2Connection
         Transport = transport;
         Local = local;
         Reader = new Http2FrameReader(transport, ioBuffers);
-        Writer = new Http2FrameWriter(transport, ioBuffers);
+        // Cleartext: the writer may send a frame's pieces with one gathering send on the socket itself.
+        Writer = new Http2FrameWriter(transport, ioBuffers, transport is NetworkStream ? socket : null);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }
