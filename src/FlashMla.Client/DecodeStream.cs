@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using FlashMla.Contracts.V1;
 using FlashMla.Contracts.Wire;
+using FlashMla.Http2;
 using Grpc.Core;
 
 namespace FlashMla.Client;
@@ -10,6 +11,12 @@ namespace FlashMla.Client;
 /// and hands back the task of its response; <see cref="DecodeAsync"/> does both. A request's own failure
 /// throws <see cref="RpcException"/> from its task and leaves the stream open. Responses are parsed into
 /// pooled buffers: dispose each <see cref="DecodeOutput"/> when done with it.
+/// <para>
+/// A response's task completes on the thread that read its bytes off the socket, and the code awaiting it resumes
+/// there at once (no thread-pool hop between the socket and the caller). Neither the connection's reader loop nor
+/// this stream's response reader waits for that code: both move to another thread first, so a continuation that
+/// computes for long, or blocks, holds up no other response (on this stream or any other).
+/// </para>
 /// </summary>
 public sealed class DecodeStream : IAsyncDisposable
 {
@@ -36,7 +43,8 @@ public sealed class DecodeStream : IAsyncDisposable
     {
         ulong id = (ulong)Interlocked.Increment(ref _nextId);
         var request = input.ToRequest(id);
-        var completion = new TaskCompletionSource<DecodeOutput>(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Continuations inline: the reader hands itself off before completing it (ReadResponsesAsync).
+        var completion = new TaskCompletionSource<DecodeOutput>();
         _pending[id] = completion;
         if (_closed is { } closed)
         {
@@ -90,15 +98,18 @@ public sealed class DecodeStream : IAsyncDisposable
                     leased.Dispose();
                     continue;
                 }
+                Answer answer;
                 if (response.Error is { } error)
                 {
                     leased.Dispose();
-                    completion.TrySetException(new RpcException(new Status((StatusCode)error.Code, error.Message)));
+                    answer = new Answer(completion, null, new RpcException(new Status((StatusCode)error.Code, error.Message)));
                 }
-                else if (!completion.TrySetResult(new DecodeOutput(leased)))
+                else
                 {
-                    leased.Dispose();
+                    answer = new Answer(completion, new DecodeOutput(leased), null);
                 }
+                // The caller's code resumes on this thread, inside the completion: this loop goes on on another one first.
+                await new ThreadHandOff<Answer>(static a => a.Complete(), answer);
             }
         }
         catch (Exception ex)
@@ -107,8 +118,26 @@ public sealed class DecodeStream : IAsyncDisposable
         }
         failure ??= new RpcException(new Status(StatusCode.Unavailable, "the decode stream ended before this request was answered"));
         _closed = failure;
+        // One work item each: a caller's continuation runs inline on whichever thread completes its task.
         foreach (var id in _pending.Keys)
-            if (_pending.TryRemove(id, out var completion)) completion.TrySetException(failure);
+            if (_pending.TryRemove(id, out var completion))
+                ThreadPool.UnsafeQueueUserWorkItem(static a => a.Complete(), new Answer(completion, null, failure), preferLocal: false);
+    }
+
+    /// <summary>What one request's task completes with: its output, or the request's own failure.</summary>
+    private readonly record struct Answer(TaskCompletionSource<DecodeOutput> Completion, DecodeOutput? Output, Exception? Failure)
+    {
+        public void Complete()
+        {
+            if (Output is { } output)
+            {
+                if (!Completion.TrySetResult(output)) output.Dispose();
+            }
+            else
+            {
+                Completion.TrySetException(Failure!);
+            }
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -29,6 +29,7 @@ internal abstract class Http2Connection
     private long _lastFrameReceivedAt = Environment.TickCount64;
     private volatile int _frameInProgress = NoFrame;
     private const int NoFrame = -1;
+    private Http2Stream? _wakeAfterFrame; // the reader loop's own
 
     /// <param name="socket">The connection's socket: closed, and half-closed for a drain, here.</param>
     /// <param name="transport">What frames are read from and written to: a NetworkStream over <paramref name="socket"/> for
@@ -40,7 +41,8 @@ internal abstract class Http2Connection
         Transport = transport;
         Local = local;
         Reader = new Http2FrameReader(transport, ioBuffers);
-        Writer = new Http2FrameWriter(transport, ioBuffers);
+        // Cleartext: the writer may send a frame's pieces with one gathering send on the socket itself.
+        Writer = new Http2FrameWriter(transport, ioBuffers, transport is NetworkStream ? socket : null);
         _hpack = new HpackDecoder(local.HeaderTableSize);
         _connectionReceive = new ReceiveWindow(local.ConnectionWindow, local.ConnectionWindow / 4);
     }
@@ -212,7 +214,27 @@ internal abstract class Http2Connection
                     break;
             }
             _frameInProgress = NoFrame;
+            if (_wakeAfterFrame is { } woken)
+            {
+                // The frame gave a waiting reader what it waits for: it resumes on this thread, and the loop goes on as a
+                // new work item (off the woken reader's path: with one request in flight nothing else is coming anyway).
+                _wakeAfterFrame = null;
+                await new ThreadHandOff<Http2Stream>(static stream => stream.OnReaderWake(), woken);
+            }
         }
+    }
+
+    /// <summary>
+    /// Called on the reader loop by a stream whose application reader waits for what the current frame delivered:
+    /// once the frame is handled, <see cref="Http2Stream.OnReaderWake"/> runs on this thread while the loop moves to
+    /// another (<see cref="ThreadHandOff{TState}"/>), so the reader resumes without a thread-pool hop and whatever
+    /// it runs next (the application's code) never holds up the connection's other streams.
+    /// </summary>
+    internal void WakeAfterFrame(Http2Stream stream)
+    {
+        if (_wakeAfterFrame is { } other && other != stream)
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.OnReaderWake(), other, preferLocal: false); // one frame, one stream: never in practice
+        _wakeAfterFrame = stream;
     }
 
     private async ValueTask OnDataAsync(Http2FrameHeader header)

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace FlashMla.Http2;
 
@@ -17,6 +18,8 @@ internal sealed class Http2FrameWriter : IDisposable
     public const int ScratchSize = 32 * 1024;
 
     private readonly Stream _transport;
+    private readonly Socket? _socket;
+    private readonly List<ArraySegment<byte>> _segments = new(8); // one gathering send's buffers, under the lock
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly object _controlGate = new();
     private readonly ArrayPool<byte> _buffers;
@@ -26,9 +29,12 @@ internal sealed class Http2FrameWriter : IDisposable
     private volatile Exception? _failure;
 
     /// <param name="buffers">Where the scratch buffer comes from and goes back to (the shared pool by default).</param>
-    public Http2FrameWriter(Stream transport, ArrayPool<byte>? buffers = null)
+    /// <param name="socket">The socket under a cleartext <paramref name="transport"/> (null under TLS): a frame whose payload has pieces
+    /// too large for the scratch buffer then goes out in one gathering send (sendmsg) instead of one send per piece.</param>
+    public Http2FrameWriter(Stream transport, ArrayPool<byte>? buffers = null, Socket? socket = null)
     {
         _transport = transport;
+        _socket = socket;
         _buffers = buffers ?? ArrayPool<byte>.Shared;
         _scratch = _buffers.Rent(ScratchSize);
     }
@@ -78,7 +84,8 @@ internal sealed class Http2FrameWriter : IDisposable
 
     /// <summary>
     /// Writes one frame whose payload is <paramref name="parts"/> in order; the caller holds the lock. Parts that
-    /// fit go out in one send with the header; larger ones go to the socket straight from their memory.
+    /// fit go out in one send with the header; larger ones go to the socket straight from their memory: on a
+    /// cleartext socket all in one gathering send when they are arrays, else one send each.
     /// </summary>
     public async ValueTask WritePartsLockedAsync(Http2FrameHeader header, IReadOnlyList<ReadOnlyMemory<byte>> parts)
     {
@@ -88,6 +95,11 @@ internal sealed class Http2FrameWriter : IDisposable
         used += Http2FrameHeader.Size;
         try
         {
+            if (_socket is not null && CanGather(parts, used))
+            {
+                await GatherLockedAsync(parts, used).ConfigureAwait(false);
+                return;
+            }
             for (int i = 0; i < parts.Count; i++)
             {
                 var part = parts[i];
@@ -107,6 +119,60 @@ internal sealed class Http2FrameWriter : IDisposable
         catch (Exception ex) when (IsTransportFailure(ex))
         {
             throw Fail(ex);
+        }
+    }
+
+    /// <summary>
+    /// Whether the frame has a part too large for the scratch buffer (else one plain send does it) and every such part
+    /// is an array (a gathering send takes array segments): the same walk as <see cref="GatherLockedAsync"/>'s.
+    /// </summary>
+    private bool CanGather(IReadOnlyList<ReadOnlyMemory<byte>> parts, int used)
+    {
+        bool large = false;
+        for (int i = 0; i < parts.Count; i++)
+        {
+            if (parts[i].Length <= _scratch.Length - used)
+            {
+                used += parts[i].Length;
+                continue;
+            }
+            if (!MemoryMarshal.TryGetArray(parts[i], out _)) return false;
+            large = true;
+        }
+        return large;
+    }
+
+    /// <summary>Small parts copied behind the header in the scratch buffer, large ones as their own arrays, all in one send.</summary>
+    private async ValueTask GatherLockedAsync(IReadOnlyList<ReadOnlyMemory<byte>> parts, int used)
+    {
+        _segments.Clear();
+        int runStart = 0;
+        long total = used;
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var part = parts[i];
+            total += part.Length;
+            if (part.Length <= _scratch.Length - used)
+            {
+                part.Span.CopyTo(_scratch.AsSpan(used));
+                used += part.Length;
+                continue;
+            }
+            MemoryMarshal.TryGetArray(part, out var array); // CanGather checked it
+            if (used > runStart) _segments.Add(new ArraySegment<byte>(_scratch, runStart, used - runStart));
+            runStart = used;
+            _segments.Add(array);
+        }
+        if (used > runStart) _segments.Add(new ArraySegment<byte>(_scratch, runStart, used - runStart));
+        try
+        {
+            // A stream socket's send completes only once every byte is out (it waits for room as needed).
+            int sent = await _socket!.SendAsync(_segments, SocketFlags.None).ConfigureAwait(false);
+            if (sent != total) throw new IOException($"a gathering send wrote {sent} of {total} bytes");
+        }
+        finally
+        {
+            _segments.Clear(); // hold no reference to the callers' buffers
         }
     }
 

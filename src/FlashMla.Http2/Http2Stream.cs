@@ -80,6 +80,15 @@ internal abstract class Http2Stream
     /// </summary>
     protected internal abstract void OnReset(Http2ErrorCode code, string? localReason);
 
+    /// <summary>
+    /// Wakes the application's reader that <see cref="Http2Connection.WakeAfterFrame"/> named: called after the frame,
+    /// on the thread the reader loop just handed off, so the reader's continuation may run here, however long it takes.
+    /// Must not throw.
+    /// </summary>
+    protected internal virtual void OnReaderWake()
+    {
+    }
+
     // ---- The role calls these ----
 
     /// <summary>

@@ -30,6 +30,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
     private readonly Task<HttpResponseMessage> _responseTask;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly byte[] _prefix = new byte[TensorMessageWriter.GrpcPrefixSize];
+    private ReadOnlyMemory<byte>[] _pieces = new ReadOnlyMemory<byte>[4]; // under _writeLock
     private HttpResponseMessage? _response;
     private Stream? _responseStream;
     private Status? _status;
@@ -86,7 +87,25 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             {
                 if (_completed) throw new InvalidOperationException("the request stream is already complete");
                 var stream = _body.Stream.IsCompletedSuccessfully ? _body.Stream.Result : await BodyStreamAsync(linked.Token).ConfigureAwait(false);
-                for (int i = 0; i < wire.PieceCount; i++) await stream.WriteAsync(wire.Pieces[i], linked.Token).ConfigureAwait(false);
+                if (stream is Http2RequestStream frames)
+                {
+                    // The whole message as one DATA frame (one send when it fits the writer's scratch buffer): a write per
+                    // piece was four frames and four sends per request, and the server's reader woke for each.
+                    if (_pieces.Length < wire.PieceCount) _pieces = new ReadOnlyMemory<byte>[wire.PieceCount];
+                    wire.Pieces.CopyTo(_pieces);
+                    try
+                    {
+                        await frames.WritePiecesAsync(_pieces.AsMemory(0, wire.PieceCount), linked.Token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        _pieces.AsSpan().Clear(); // hold no reference to the caller's memory past the write
+                    }
+                }
+                else
+                {
+                    for (int i = 0; i < wire.PieceCount; i++) await stream.WriteAsync(wire.Pieces[i], linked.Token).ConfigureAwait(false);
+                }
             }
             finally
             {

@@ -83,7 +83,11 @@ internal sealed class Http2RequestStream(Http2ClientConnection connection, Http2
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) =>
-        connection.SendDataAsync(stream, buffer, cancellationToken);
+        connection.SendDataAsync(stream, stream.AsPieces(buffer), cancellationToken);
+
+    /// <summary>Writes <paramref name="pieces"/>, in order, as if one buffer: DATA frames as large as allowed, not a frame per piece.</summary>
+    public ValueTask WritePiecesAsync(ReadOnlyMemory<ReadOnlyMemory<byte>> pieces, CancellationToken cancellationToken) =>
+        connection.SendDataAsync(stream, pieces, cancellationToken);
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();

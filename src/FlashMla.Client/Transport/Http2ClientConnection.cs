@@ -213,13 +213,13 @@ internal sealed class Http2ClientConnection : Http2Connection, IAsyncDisposable
         }
     }
 
-    /// <summary>Sends <paramref name="data"/> as DATA frames (the engine waits for credit); the rest is dropped once the server abandons the body.</summary>
-    public async ValueTask SendDataAsync(Http2ClientStream stream, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    /// <summary>Sends <paramref name="data"/>'s pieces as DATA frames (the engine waits for credit); the rest is dropped once the server abandons the body.</summary>
+    public async ValueTask SendDataAsync(Http2ClientStream stream, ReadOnlyMemory<ReadOnlyMemory<byte>> data, CancellationToken cancellationToken)
     {
         if (CannotSend(stream)) return;
         try
         {
-            await WriteDataAsync(stream, stream.AsPieces(data), cancellationToken).ConfigureAwait(false);
+            await WriteDataAsync(stream, data, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is OperationCanceledException or IOException && !cancellationToken.IsCancellationRequested)
         {

@@ -1,7 +1,6 @@
 using FlashMla.Http2;
 using System.Buffers;
 using System.Net;
-using System.Threading.Channels;
 
 namespace FlashMla.Client.Transport;
 
@@ -17,7 +16,7 @@ internal sealed class Http2ClientStream : Http2Stream
     private readonly Http2ClientConnection _connection;
     private readonly HttpRequestMessage _request;
     private readonly TaskCompletionSource<HttpResponseMessage> _responseReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly Channel<ReceivedData> _received = Channel.CreateUnbounded<ReceivedData>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly ReceivedDataQueue _received = new();
     private readonly ReadOnlyMemory<byte>[] _onePiece = new ReadOnlyMemory<byte>[1];
     private HttpResponseMessage? _response;
     private CancellationTokenRegistration _cancellation;
@@ -118,14 +117,18 @@ internal sealed class Http2ClientStream : Http2Stream
             ArrayPool<byte>.Shared.Return(array);
             throw;
         }
-        if (!_received.Writer.TryWrite(new ReceivedData(array, 0, length))) ArrayPool<byte>.Shared.Return(array);
+        if (!_received.TryAdd(new ReceivedData(array, 0, length), out bool wakeOwed)) ArrayPool<byte>.Shared.Return(array);
+        if (wakeOwed) _connection.WakeAfterFrame(this);
     }
+
+    /// <summary>After the frame, on the thread the reader loop handed off: the body's reader resumes here (no thread-pool hop).</summary>
+    protected internal override void OnReaderWake() => _received.Wake();
 
     protected internal override void OnEndStream()
     {
         if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "END_STREAM before the response headers");
         _responseEnded = true;
-        _received.Writer.TryComplete();
+        if (_received.TryComplete(null)) _connection.WakeAfterFrame(this);
         TryClose();
     }
 
@@ -155,9 +158,9 @@ internal sealed class Http2ClientStream : Http2Stream
         if (_current.Length == 0)
         {
             ReceivedData next;
-            while (!_received.Reader.TryRead(out next))
+            while (!_received.TryTake(out next))
             {
-                if (!await _received.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false)) return 0;
+                if (!await _received.WaitAsync(cancellationToken).ConfigureAwait(false)) return 0;
             }
             _current = next;
         }
@@ -186,7 +189,7 @@ internal sealed class Http2ClientStream : Http2Stream
             ArrayPool<byte>.Shared.Return(array);
             _current = default;
         }
-        while (_received.Reader.TryRead(out var unread)) ArrayPool<byte>.Shared.Return(unread.Array);
+        while (_received.TryTake(out var unread)) ArrayPool<byte>.Shared.Return(unread.Array);
     }
 
     public void MarkRequestEnded()
@@ -202,7 +205,8 @@ internal sealed class Http2ClientStream : Http2Stream
     {
         if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
         _responseReady.TrySetException(failure);
-        _received.Writer.TryComplete(failure);
+        // Failures come from anywhere (a reset frame, a cancellation, the connection's end): the reader wakes on the pool.
+        if (_received.TryComplete(failure)) _received.WakeLater();
         TryClose();
     }
 
@@ -240,6 +244,4 @@ internal sealed class Http2ClientStream : Http2Stream
         }
         throw new Http2StreamException(Http2ErrorCode.ProtocolError, "response headers without :status");
     }
-
-    private readonly record struct ReceivedData(byte[] Array, int Offset, int Length);
 }
