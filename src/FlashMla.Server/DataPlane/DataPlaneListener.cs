@@ -37,11 +37,22 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
     private Task? _timeoutWatch;
     private bool _stopping; // under _lock
     private int _open; // accepted sockets not yet closed, in their TLS handshake or served; under _lock
+    private int _maxConnections; // FlashMlaOptions.MaxConnectionsPerPort; 0: no limit
+    private long _refused; // connections closed at the accept for the limit; under _lock
 
     /// <summary>The buffers each connection reads and writes frames through, and under TLS sends and receives its records
     /// through (pinned-heap arrays, retention capped).</summary>
     internal ConnectionBufferPool IoBuffers { get; } = new(FlashMla.Http2.Http2FrameReader.BufferSize, FlashMla.Http2.Http2FrameWriter.ScratchSize,
         FlashMla.Http2.TlsRecordBatchingStream.BufferSize);
+
+    /// <summary>Connections closed as they were accepted because <see cref="FlashMlaOptions.MaxConnectionsPerPort"/> were open; under the lock.</summary>
+    public long RefusedConnections
+    {
+        get
+        {
+            lock (_lock) return _refused;
+        }
+    }
 
     /// <summary>Connections open now: accepted and not yet closed, counted from the accept (a socket still in its TLS
     /// handshake, or not yet picked up by its task, is open too).</summary>
@@ -66,6 +77,7 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
         endpoints.DataPlanePort = ((IPEndPoint)listener.LocalEndPoint!).Port;
         _dispatcher = new DataPlaneDispatcher(service, kvCache, failures, metrics, tenants, logger);
         _timeouts = o.ToConnectionTimeouts();
+        _maxConnections = o.MaxConnectionsPerPort;
         _acceptLoop = AcceptAsync(listener);
         _timeoutWatch = WatchTimeoutsAsync(_stopWatching.Token);
         return Task.CompletedTask;
@@ -94,6 +106,14 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
                 {
                     // Accepted as the listener closed: the drain has begun, so the client is told nothing but a close.
                     socket.Dispose();
+                    continue;
+                }
+                if (_maxConnections > 0 && _open >= _maxConnections)
+                {
+                    // Over MaxConnectionsPerPort: closed before any byte (or TLS handshake) is spent on it, as Kestrel
+                    // does on the gRPC port; the client sees its connection fail (UNAVAILABLE).
+                    socket.Dispose();
+                    _refused++;
                     continue;
                 }
                 _open++;

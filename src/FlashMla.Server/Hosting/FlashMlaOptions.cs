@@ -128,6 +128,14 @@ public sealed class FlashMlaOptions
     /// <summary>Concurrent streams per HTTP/2 connection on both ports (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused.</summary>
     public int MaxStreamsPerConnection { get; set; } = 100;
 
+    /// <summary>
+    /// Open connections each of the gRPC and data-plane ports accepts at once; a connection past it is closed as it
+    /// is accepted (the client sees UNAVAILABLE). Each open connection holds about 1 MiB of socket buffers on the
+    /// server whether it is used or idle, so this bounds what idle or abandoned connections pin (1024: about 1 GiB a
+    /// port). 0: no limit.
+    /// </summary>
+    public int MaxConnectionsPerPort { get; set; } = 1024;
+
     /// <summary>The limits of the host's tensor pool (<see cref="TensorBudgetMiB"/> and the two after it), with
     /// <paramref name="availableBytes"/> the memory the process may use.</summary>
     public TensorPoolLimits ToTensorPoolLimits(long availableBytes)
@@ -217,6 +225,7 @@ public sealed class FlashMlaOptions
             yield return $"TensorBudgetMiB ({TensorBudgetMiB} MiB) must hold at least one message of MaxMessageBytes ({MaxMessageBytes} bytes)";
         if (TensorPoolRetainedMiB < 0) yield return $"TensorPoolRetainedMiB must be >= 0, got {TensorPoolRetainedMiB}";
         if (PageLockedBudgetMiB < 0) yield return $"PageLockedBudgetMiB must be >= 0, got {PageLockedBudgetMiB}";
+        if (MaxConnectionsPerPort < 0) yield return $"MaxConnectionsPerPort must be >= 0 (0: no limit), got {MaxConnectionsPerPort}";
         if (MaxStreamsPerConnection is < 1 or > DataPlane.DataPlaneConnection.MaxConcurrentStreams)
             yield return $"MaxStreamsPerConnection must be 1..{DataPlane.DataPlaneConnection.MaxConcurrentStreams}, got {MaxStreamsPerConnection}";
         if (LogFormat is not ("text" or "json")) yield return $"LogFormat must be text or json, got '{LogFormat}'";

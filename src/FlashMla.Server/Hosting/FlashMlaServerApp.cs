@@ -76,6 +76,8 @@ public static class FlashMlaServerApp
             // on the development VM; LargeFrameTransportTests pins uploads of tens of MB in 1 MiB frames.
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
+            // Per endpoint: the gRPC port alone (the metrics port is its own Kestrel server). Null: no limit.
+            kestrel.Limits.MaxConcurrentConnections = options.MaxConnectionsPerPort > 0 ? options.MaxConnectionsPerPort : null;
             kestrel.Limits.MaxRequestBodySize = null;
             RequestHeaderLimit.Configure(kestrel.Limits);
             // The same connection timeouts as the data-plane port (FlashMlaOptions: KeepAliveTimeoutSeconds, ...).
