@@ -38,6 +38,8 @@ public sealed class ConnectionLimitTests
             Assert.Equal(StatusCode.Unavailable, refused.StatusCode);
         }
         Assert.True(listener.RefusedConnections >= 1, "the refusal is counted");
+        Assert.True((await PrometheusScrape.TakeAsync(server)).Sum("flashmla_dataplane_connections_refused_total") >= 1,
+            "the refusal is in flashmla_dataplane_connections_refused_total");
         Assert.Equal(2, listener.OpenConnections);
 
         first.Dispose();
@@ -69,6 +71,8 @@ public sealed class ConnectionLimitTests
             }
         }, "a third connection refused");
         await server.Client.GetStatsAsync(); // the connections within the limit are served on
+        Assert.True((await PrometheusScrape.TakeAsync(server)).Sum("kestrel_rejected_connections_total") >= 1,
+            "the refusal is in Kestrel's kestrel_rejected_connections_total");
 
         idle.Dispose();
         await WaitForAsync(async () =>

@@ -41,6 +41,8 @@ public sealed class FlashMlaMetrics : IDisposable
         SequencesReclaimed = _meter.CreateCounter<long>("flashmla.sequences.reclaimed", "{sequence}", "Sequences freed because their lease ran out.");
         RequestsFailed = _meter.CreateCounter<long>("flashmla.requests.failed", "{request}", "Requests refused or failed, by gRPC status code and method.");
         DataPlaneConnections = _meter.CreateUpDownCounter<long>("flashmla.dataplane.connections", "{connection}", "Client connections open on the data-plane port.");
+        DataPlaneConnectionsRefused = _meter.CreateCounter<long>("flashmla.dataplane.connections_refused", "{connection}",
+            "Connections the data-plane port closed as it accepted them, MaxConnectionsPerPort being open (the gRPC port's: kestrel_rejected_connections).");
         DataPlaneCalls = _meter.CreateCounter<long>("flashmla.dataplane.calls", "{call}", "Calls served on the data-plane port, by method and gRPC status code.");
         AppendedRows = _meter.CreateCounter<long>("flashmla.kv.appended_rows", "{row}", "KV rows written into the cache (prefill uploads and decode appends).");
         _meter.CreateObservableGauge("flashmla.kv.blocks_used", () => _gauges.UsedBlocks, "{block}", "KV blocks in use.");
@@ -80,6 +82,7 @@ public sealed class FlashMlaMetrics : IDisposable
     public Counter<long> RequestsFailed { get; }
     public Counter<long> AppendedRows { get; }
     public UpDownCounter<long> DataPlaneConnections { get; }
+    public Counter<long> DataPlaneConnectionsRefused { get; }
     public Counter<long> DataPlaneCalls { get; }
 
     /// <summary>Where the by-tenant instruments find the tenants (the server's tenant directory).</summary>

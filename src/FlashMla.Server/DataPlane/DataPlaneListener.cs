@@ -114,6 +114,7 @@ public sealed class DataPlaneListener(DecoderService service, KvCacheService kvC
                     // does on the gRPC port; the client sees its connection fail (UNAVAILABLE).
                     socket.Dispose();
                     _refused++;
+                    metrics.DataPlaneConnectionsRefused.Add(1);
                     continue;
                 }
                 _open++;
