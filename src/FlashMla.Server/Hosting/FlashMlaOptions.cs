@@ -129,7 +129,7 @@ public sealed class FlashMlaOptions
     public int MaxStreamsPerConnection { get; set; } = 100;
 
     /// <summary>
-    /// Open connections each of the gRPC and data-plane ports accepts at once; a connection past it is closed as it
+    /// Open connections each port accepts at once (the gRPC and data-plane ports, and the metrics port apart); a connection past it is closed as it
     /// is accepted (the client sees UNAVAILABLE). Each open connection holds about 1 MiB of socket buffers on the
     /// server whether it is used or idle, so this bounds what idle or abandoned connections pin (1024: about 1 GiB a
     /// port). 0: no limit.

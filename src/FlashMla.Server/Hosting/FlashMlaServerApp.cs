@@ -76,7 +76,9 @@ public static class FlashMlaServerApp
             // on the development VM; LargeFrameTransportTests pins uploads of tens of MB in 1 MiB frames.
             kestrel.Limits.Http2.MaxFrameSize = 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = options.MaxStreamsPerConnection;
-            // Per endpoint: the gRPC port alone (the metrics port is its own Kestrel server). Null: no limit.
+            // Kestrel counts it per endpoint (each bound address gets its own limit): the gRPC port's connections, and
+            // the metrics port's apart, so a full gRPC port never turns away Prometheus or the kubelet's probes (the
+            // limit tests scrape while it is full). Null: no limit.
             kestrel.Limits.MaxConcurrentConnections = options.MaxConnectionsPerPort > 0 ? options.MaxConnectionsPerPort : null;
             kestrel.Limits.MaxRequestBodySize = null;
             RequestHeaderLimit.Configure(kestrel.Limits);
