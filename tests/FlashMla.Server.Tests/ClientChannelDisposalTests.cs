@@ -1,14 +1,16 @@
 using System.Globalization;
 using FlashMla.Client;
 using FlashMla.Server.Tests.Security;
+using FlashMla.Server.DataPlane;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace FlashMla.Server.Tests;
 
 /// <summary>
 /// Disposing a client closes every connection it opened (issue 13, items 7 and 8): the server's gRPC port (Kestrel's
-/// kestrel_active_connections) and data-plane port (flashmla_dataplane_connections) hold after a churn of clients what
-/// they held before. The soak found a client of a data-plane address that made a cache call leaving that call's
+/// kestrel_active_connections, as the soak reads it) and data-plane port (its listener's own count) hold after a churn of
+/// clients what they held before: nothing. The soak found a client of a data-plane address that made a cache call leaving that call's
 /// connection open for the rest of the run: Grpc.Net.Client does not dispose a handler it was given unless told to.
 /// Each test first sees the clients' connections open in a scrape, then sees them closed: the Prometheus exporter
 /// answers a scrape within 300 ms of the last one with that one's text (ScrapeResponseCacheDurationMilliseconds), so a
@@ -30,8 +32,7 @@ public sealed class ClientChannelDisposalTests
     public async Task A_data_plane_client_that_made_cache_calls_closes_its_grpc_port_connection_when_disposed()
     {
         await using var server = await TestServer.StartAsync();
-        await server.Client.GetStatsAsync(); // the test server's own client keeps one connection open throughout
-        var before = await ConnectionsAsync(server);
+        var before = await NothingOpenAsync(server); // the test server's own client makes no call
 
         for (int i = 0; i < Clients; i++)
         {
@@ -47,8 +48,7 @@ public sealed class ClientChannelDisposalTests
     public async Task A_client_on_grpc_channels_closes_its_connections_when_disposed()
     {
         await using var server = await TestServer.StartAsync();
-        await server.Client.GetStatsAsync();
-        var before = await ConnectionsAsync(server);
+        var before = await NothingOpenAsync(server);
 
         for (int i = 0; i < Clients; i++)
         {
@@ -63,8 +63,7 @@ public sealed class ClientChannelDisposalTests
     public async Task Disposing_a_channel_from_CreateChannel_closes_its_connection()
     {
         await using var server = await TestServer.StartAsync();
-        await server.Client.GetStatsAsync();
-        var before = await ConnectionsAsync(server);
+        var before = await NothingOpenAsync(server);
 
         for (int i = 0; i < Clients; i++)
         {
@@ -84,7 +83,7 @@ public sealed class ClientChannelDisposalTests
     {
         await using var tenants = await TenantServer.StartAsync();
         var server = tenants.Server;
-        var before = await ConnectionsAsync(server); // nothing: the tenant server's own client has made no call
+        var before = await NothingOpenAsync(server);
 
         for (int i = 0; i < Clients; i++)
         {
@@ -109,9 +108,13 @@ public sealed class ClientChannelDisposalTests
     public async Task A_client_disposed_or_cancelled_with_a_stream_request_in_flight_closes_its_connection(bool dataPlane, bool cancelInstead)
     {
         await using var server = await TestServer.StartAsync();
-        ulong id = await server.Client.CreateSequenceAsync();
-        await server.Client.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 64 * 576));
-        var before = await ConnectionsAsync(server);
+        ulong id;
+        using (var owner = new FlashMlaClient(server.GrpcAddress))
+        {
+            id = await owner.CreateSequenceAsync();
+            await owner.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 64 * 576));
+        }
+        var before = await NothingOpenAsync(server);
         var open = dataPlane ? before with { DataPlane = before.DataPlane + 1 } : before with { Grpc = before.Grpc + 1 };
 
         for (int i = 0; i < Clients; i++)
@@ -157,6 +160,17 @@ public sealed class ClientChannelDisposalTests
         Assert.Equal(before, await AwaitConnectionsAsync(server, before));
     }
 
+    /// <summary>
+    /// No connection open on either port: the counts the tests expect are then the tested clients' own, and no idle
+    /// connection of another client can close (or stay) in the way of them.
+    /// </summary>
+    private static async Task<Connections> NothingOpenAsync(TestServer server)
+    {
+        var nothing = new Connections(0, 0);
+        Assert.Equal(nothing, await AwaitConnectionsAsync(server, nothing));
+        return nothing;
+    }
+
     /// <summary>The open connections once they are <paramref name="expected"/>, or after <see cref="Patience"/>.</summary>
     private static async Task<Connections> AwaitConnectionsAsync(TestServer server, Connections expected)
     {
@@ -175,7 +189,7 @@ public sealed class ClientChannelDisposalTests
         var scrape = await PrometheusScrape.TakeAsync(server);
         return new Connections(
             scrape.Sum("kestrel_active_connections", ("server_port", new Uri(server.GrpcAddress).Port.ToString(CultureInfo.InvariantCulture))),
-            scrape.Sum("flashmla_dataplane_connections"));
+            server.Services.GetRequiredService<DataPlaneListener>().OpenConnections);
     }
 
     /// <summary>Connections open on the server's gRPC port and data-plane port.</summary>
