@@ -3,7 +3,11 @@ using System.Text.RegularExpressions;
 
 namespace FlashMla.Server.Tests;
 
-/// <summary>One scrape of a test server's /metrics, read as Prometheus text.</summary>
+/// <summary>
+/// One scrape of a test server's /metrics, read as Prometheus text. The exporter answers a scrape within 300 ms of the
+/// one before with that one's text (its ScrapeResponseCacheDurationMilliseconds): a value that must come back to what an
+/// earlier scrape showed is only proven there once a scrape in between showed it change.
+/// </summary>
 public sealed partial class PrometheusScrape
 {
     private readonly string[] _lines;
