@@ -52,12 +52,7 @@ internal static class RequestHeaderLimit
             return Task.CompletedTask;
         }
         failures.Record(GrpcPortAuthentication.MethodLabel(context.Request.Path.Value), new RpcException(status));
-        var response = context.Response;
-        response.StatusCode = StatusCodes.Status200OK;
-        response.ContentType = "application/grpc";
-        response.Headers["grpc-status"] = ((int)status.StatusCode).ToString(System.Globalization.CultureInfo.InvariantCulture);
-        response.Headers["grpc-message"] = GrpcWireHeaders.PercentEncode(status.Detail, 1024);
-        return Task.CompletedTask;
+        return GrpcPortAuthentication.RefuseAsync(context, status);
     });
 
     /// <summary>The header list as the client sent it: the pseudo-headers Kestrel keeps apart, then every field.</summary>

@@ -50,8 +50,9 @@ internal sealed class GrpcPortAuthentication(RequestDelegate next, TenantDirecto
         return next(context);
     }
 
-    /// <summary>A trailers-only gRPC response: HTTP 200 with grpc-status in the headers and no body.</summary>
-    private static Task RefuseAsync(HttpContext context, Status status)
+    /// <summary>A trailers-only gRPC response: HTTP 200 with grpc-status in the headers and no body (every refusal
+    /// middleware of the gRPC port answers through it).</summary>
+    internal static Task RefuseAsync(HttpContext context, Status status)
     {
         var response = context.Response;
         response.StatusCode = StatusCodes.Status200OK;
