@@ -76,9 +76,8 @@ template <int kCols = kPage>
 __device__ __forceinline__ void store_p_tile(uint32_t sP, const uint32_t (&pa)[kCols / 4], const int (&trow)[2], int t) {
 #pragma unroll
     for (int j = 0; j < kCols / 8; ++j) {
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[0], j) + 4 * t), "r"(pa[2 * j]) : "memory");
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + sw128_off(trow[1], j) + 4 * t), "r"(pa[2 * j + 1])
-                     : "memory");
+        ptx::st_shared_b32(sP + sw128_off(trow[0], j) + 4 * t, pa[2 * j]);
+        ptx::st_shared_b32(sP + sw128_off(trow[1], j) + 4 * t, pa[2 * j + 1]);
     }
 }
 

@@ -6,9 +6,17 @@
 // (decode_sm90_tma.cu).
 // Build for sm_90a: -gencode=arch=compute_90a,code=sm_90a.
 #pragma once
+#if defined(MLA_EMU)
+// The CPU emulator (native/emu/) gives every wrapper below a host meaning; the kernels compile unchanged.
+#include "../emu/ptx_emu.h"
+#else
 #include <cstdint>
 #include <math.h>
 #include <cuda_bf16.h>
+
+// The 1 KB-aligned dynamic shared memory of a kernel, as a uint8_t array `name`
+// (a macro so the emulator can give it a host meaning).
+#define MLA_DYNAMIC_SMEM(name) extern __shared__ __align__(1024) uint8_t name[]
 
 namespace ptx {
 
@@ -75,6 +83,39 @@ __device__ __forceinline__ uint4 ld_stream_16(const void* p) {
     return v;
 }
 
+// ---- shared memory by shared-window address (smem_addr) ----
+// ld.shared / st.shared of 2, 4, 8 or 16 bytes at `addr` (aligned to the
+// access size). asm volatile keeps them in order with the other volatile asm
+// (barriers, fences, wgmma); the stores also clobber memory. A store that a
+// wgmma (async proxy) will read needs fence_proxy_async_smem() in the storing
+// thread before the barrier that publishes it.
+__device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ uint2 ld_shared_v2(uint32_t addr) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ float ld_shared_f32(uint32_t addr) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ void st_shared_v4(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_f32(uint32_t addr, float v) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint16_t v) {
+    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(v) : "memory");
+}
 
 // cvt.rn.satfinite.e4m3x2.f32 d, hi, lo: two floats to two float8_e4m3fn
 // codes, lo in the low byte. Round to nearest even; finite values past +-448
@@ -415,3 +456,4 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
 }
 
 }  // namespace ptx
+#endif  // MLA_EMU

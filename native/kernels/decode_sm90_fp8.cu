@@ -62,7 +62,7 @@ template <bool kFastDequant = false>
 __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_fp8;
-    extern __shared__ __align__(1024) uint8_t smem_fp8[];
+    MLA_DYNAMIC_SMEM(smem_fp8);
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
     const int wtid = tid & 127;
@@ -169,18 +169,14 @@ __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams&
                     if (c < kDimV / 8) {
                         uint2 codes;
                         float scale;
-                        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(codes.x), "=r"(codes.y) : "r"(src + 8 * c));
-                        asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(scale) : "r"(src + kFp8ScaleOffset + 4 * (c >> 4)));
+                        codes = ptx::ld_shared_v2(src + 8 * c);
+                        scale = ptx::ld_shared_f32(src + kFp8ScaleOffset + 4 * (c >> 4));
                         v = kFastDequant ? fp8_dequant8_fast(codes, scale) : fp8_dequant8(codes, scale);
                     } else {
-                        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                                     : "r"(src + kFp8RopeOffset + 16 * (c - kDimV / 8)));
+                        v = ptx::ld_shared_v4(src + kFp8RopeOffset + 16 * (c - kDimV / 8));
                     }
                 }
-                asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(sK + sw128_off(tok, c)), "r"(v.x), "r"(v.y),
-                             "r"(v.z), "r"(v.w)
-                             : "memory");
+                ptx::st_shared_v4(sK + sw128_off(tok, c), v.x, v.y, v.z, v.w);
             }
             ptx::fence_proxy_async_smem();  // the page (generic stores) -> wgmma reads
             __syncthreads();                // page ready; units 2i, 2i+1 read by every thread

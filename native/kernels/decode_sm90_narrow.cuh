@@ -110,7 +110,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
     using L = Layout<N, kFp8>;
     constexpr int kR = N / 2;  // accumulator registers of one m64nN tile a thread
     constexpr int kC = N / 4;  // query columns a thread holds: 8j + 2t + x, j < N/8, x < 2
-    extern __shared__ __align__(1024) uint8_t smem_narrow[];
+    MLA_DYNAMIC_SMEM(smem_narrow);
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
     const int wtid = tid & 127;
@@ -214,9 +214,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
                 for (int k = 0; k < kCpt; ++k) {
                     const int chunk = part * kCpt + k;
                     const uint32_t a = sQ + (chunk >> 3) * L::kQBlockBytes + row * kSwRowBytes + (((chunk & 7) ^ (row & 7)) << 4);
-                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                                 : "=r"(v[k].x), "=r"(v[k].y), "=r"(v[k].z), "=r"(v[k].w)
-                                 : "r"(a));
+                    v[k] = ptx::ld_shared_v4(a);
                     const uint32_t w[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
 #pragma unroll
                     for (int m = 0; m < 4; ++m) big = max(big, max(w[m] & 0x7FFFu, (w[m] >> 16) & 0x7FFFu));
@@ -234,8 +232,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
 #pragma unroll
                     for (int m = 0; m < 4; ++m)
                         o[m] = ptx::pack_bf16x2(__uint_as_float(w[m] << 16) * up, __uint_as_float(w[m] & 0xFFFF0000u) * up);
-                    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
-                                 : "memory");
+                    ptx::st_shared_v4(a, o[0], o[1], o[2], o[3]);
                 }
                 if (part == 0) qfactor_s[row] = __int_as_float((127 + 120 - e) << 23);
             }
@@ -279,42 +276,29 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
                 const uint32_t src = sRaw + slot * kFp8PageBytes + tok * kFp8TokenBytes;
                 float sc = 0.f;
                 if (tok < valid) {
-                    asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(sc) : "r"(src + kFp8ScaleOffset + 4 * q));
+                    sc = ptx::ld_shared_f32(src + kFp8ScaleOffset + 4 * q);
 #pragma unroll
                     for (int k = 0; k < 8; ++k) {
                         uint4 w;
-                        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                                     : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
-                                     : "r"(src + q * 128 + 16 * k));
+                        w = ptx::ld_shared_v4(src + q * 128 + 16 * k);
                         const uint2 a = fp8x4_to_bf16_exp_shifted(w.x), b = fp8x4_to_bf16_exp_shifted(w.y);
                         const uint2 c = fp8x4_to_bf16_exp_shifted(w.z), d = fp8x4_to_bf16_exp_shifted(w.w);
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(sK + sw128_off(tok, q * 16 + 2 * k)),
-                                     "r"(a.x), "r"(a.y), "r"(b.x), "r"(b.y)
-                                     : "memory");
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(sK + sw128_off(tok, q * 16 + 2 * k + 1)),
-                                     "r"(c.x), "r"(c.y), "r"(d.x), "r"(d.y)
-                                     : "memory");
+                        ptx::st_shared_v4(sK + sw128_off(tok, q * 16 + 2 * k), a.x, a.y, b.x, b.y);
+                        ptx::st_shared_v4(sK + sw128_off(tok, q * 16 + 2 * k + 1), c.x, c.y, d.x, d.y);
                     }
 #pragma unroll
                     for (int x = 0; x < 2; ++x) {
                         uint4 w;
-                        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                                     : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
-                                     : "r"(src + kFp8RopeOffset + 16 * (2 * q + x)));
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(sK + sw128_off(tok, kDimV / 8 + 2 * q + x)),
-                                     "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
-                                     : "memory");
+                        w = ptx::ld_shared_v4(src + kFp8RopeOffset + 16 * (2 * q + x));
+                        ptx::st_shared_v4(sK + sw128_off(tok, kDimV / 8 + 2 * q + x), w.x, w.y, w.z, w.w);
                     }
                 } else {  // past the length: zeros (the raw bytes may be anything, NaN included)
 #pragma unroll
                     for (int k = 0; k < 16; ++k)
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sK + sw128_off(tok, q * 16 + k)), "r"(0u)
-                                     : "memory");
+                        ptx::st_shared_v4(sK + sw128_off(tok, q * 16 + k), 0u, 0u, 0u, 0u);
 #pragma unroll
                     for (int x = 0; x < 2; ++x)
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sK + sw128_off(tok, kDimV / 8 + 2 * q + x)),
-                                     "r"(0u)
-                                     : "memory");
+                        ptx::st_shared_v4(sK + sw128_off(tok, kDimV / 8 + 2 * q + x), 0u, 0u, 0u, 0u);
                 }
                 scale_s[tok * 4 + q] = sc;
                 // The page's largest scale per tile: lanes 4k + q hold tile q of 8 tokens.
@@ -331,8 +315,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
                 // so they are zeroed (K rows are masked in S and need nothing).
                 for (int id = tid; id < (kPage - valid) * (kDimV / 8); id += kDecodeThreads) {
                     const int row = valid + id / (kDimV / 8), chunk = id % (kDimV / 8);
-                    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sK + sw128_off(row, chunk)), "r"(0u)
-                                 : "memory");
+                    ptx::st_shared_v4(sK + sw128_off(row, chunk), 0u, 0u, 0u, 0u);
                 }
                 ptx::fence_proxy_async_smem();
                 __syncthreads();
@@ -394,13 +377,13 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
                     part = acc[0][k];
                 }
                 s[k] = part;
-                asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(sX + ((wg * kR + k) * 128 + wtid) * 4), "f"(part) : "memory");
+                ptx::st_shared_f32(sX + ((wg * kR + k) * 128 + wtid) * 4, part);
             }
             __syncthreads();  // both partials written
 #pragma unroll
             for (int k = 0; k < kR; ++k) {
                 float other;
-                asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(other) : "r"(sX + (((1 - wg) * kR + k) * 128 + wtid) * 4));
+                other = ptx::ld_shared_f32(sX + (((1 - wg) * kR + k) * 128 + wtid) * 4);
                 s[k] += other;  // a + b == b + a: both warpgroups hold the same S
             }
 
@@ -477,9 +460,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
                     const int col = col_of(ck(k));
                     const float val = kFp8 ? pv[k] * f[rr][u] : pv[k];
                     const uint16_t b = __bfloat16_as_ushort(__float2bfloat16_rn(val));
-                    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(pt + col * kSwRowBytes + (((r >> 3) ^ (col & 7)) << 4) + (r & 7) * 2),
-                                 "h"(b)
-                                 : "memory");
+                    ptx::st_shared_u16(pt + col * kSwRowBytes + (((r >> 3) ^ (col & 7)) << 4) + (r & 7) * 2, b);
                 }
             }
             ptx::fence_proxy_async_smem();  // P (generic stores) -> this warpgroup's wgmma reads

@@ -46,7 +46,7 @@ template <bool kBlockGates>
 __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_tma;
-    extern __shared__ __align__(1024) uint8_t smem_tma[];
+    MLA_DYNAMIC_SMEM(smem_tma);
     const int tid = threadIdx.x;
     const int wg = tid >> 7;            // 0: scores + O[:, 0:256]; 1: copies + O[:, 256:512]
     const int wtid = tid & 127;         // thread within the warpgroup
@@ -193,9 +193,7 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                     for (int id = wtid; id < (kPage - valid_rows) * (kDimV / 8); id += kWgThreads) {
                         const int row = valid_rows + id / (kDimV / 8);
                         const int chunk = id % (kDimV / 8);
-                        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(sPage + sw128_off(row, chunk)),
-                                     "r"(0u)
-                                     : "memory");
+                        ptx::st_shared_v4(sPage + sw128_off(row, chunk), 0u, 0u, 0u, 0u);
                     }
                     ptx::fence_proxy_async_smem();  // zeros (generic) -> wgmma reads of both warpgroups
                     ptx::named_bar_sync<kBarZeroed, kWgThreads>();
