@@ -79,6 +79,25 @@ __global__ void dequant_fp8_pool(const uint8_t* fp8, __nv_bfloat16* out, size_t 
     }
 }
 
+// The same, to fp32 without the format's bf16 rounding: float(code) * scale, the rope as it is. The reference over it
+// is what a kernel that applies the scales in fp32 around its products (fp8 v3's narrow path) computes.
+__global__ void dequant_fp8_pool_f32(const uint8_t* fp8, float* out, size_t n) {
+    const size_t tok = blockIdx.x * (size_t)(blockDim.x / 32) + (threadIdx.x >> 5);
+    if (tok >= n) return;
+    const int lane = threadIdx.x & 31;
+    const uint8_t* src = fp8 + tok * MLA_FP8_TOKEN_BYTES;
+    float* dst = out + tok * MLA_HEAD_DIM_K;
+    for (int c = lane; c < MLA_HEAD_DIM_K; c += 32) {
+        if (c < MLA_HEAD_DIM_V) {
+            const float scale = reinterpret_cast<const float*>(src + MLA_FP8_SCALE_OFFSET)[c / MLA_FP8_TILE];
+            const uint32_t h2 = ptx::cvt_f16x2_from_e4m3x2(static_cast<uint16_t>(src[c]));
+            dst[c] = __fmul_rn(__half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xFFFFu))), scale);
+        } else {
+            dst[c] = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(src + MLA_FP8_ROPE_OFFSET)[c - MLA_HEAD_DIM_V]);
+        }
+    }
+}
+
 // HBM read ceiling: streams n 16-byte words, 4 loads in flight per thread;
 // the xor keeps the loads alive, the impossible compare keeps the store out.
 __global__ void hbm_read(const uint4* p, size_t n, uint4* sink) {

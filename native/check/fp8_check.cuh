@@ -12,8 +12,9 @@
 //   - the dequantization (fp8_dequant8) against the host's, bit for bit;
 //   - the narrow decode's bit-moving dequantization (fp8x4_to_bf16_exp_shifted)
 //     on every code in every byte position: code * 2^-120 exactly;
-//   - the wide path's fast dequantization (fp8_dequant8_fast) within 2 bf16
-//     ulps of fp8_dequant8 on every code and 64 scales (NaN and huge included).
+//   - the wide path's fast dequantization (fp8_dequant8_fast) within 1 bf16
+//     ulp of fp8_dequant8 on every code but the two NaN codes and 64 scales
+//     (NaN and huge included); the CPU emulator checks the same (native/emu).
 
 // Every code in every byte position through fp8x4_to_bf16_exp_shifted (the
 // narrow FP8 decode's dequantization): word w holds codes w, w+1, w+2, w+3 (mod 256).
@@ -141,7 +142,7 @@ bool run_fp8_format_check(uint64_t seed, Summary& sum) {
         CK(cudaFree(d_out));
     }
 
-    // ---- the fast dequantization (fp8 v3's wide path) within 2 bf16 ulps of fp8_dequant8, on every code ----
+    // ---- the fast dequantization (fp8 v3's wide path) within 1 bf16 ulp of fp8_dequant8, on every code ----
     {
         std::vector<float> scales = {0.f, 1.f, 1.f / 448.f, 1e-38f, 1e-40f, 3e-45f, 254.9f, 255.f, 1e10f, NAN, 0.75f};
         std::uniform_real_distribution<float> ue(-40.f, 8.f);
@@ -158,20 +159,21 @@ bool run_fp8_format_check(uint64_t seed, Summary& sum) {
         int worst = 0, bad = 0;
         std::string first;
         for (int i = 0; i < ns * 256; ++i) {
+            if ((i & 0x7F) == 0x7F) continue;  // the NaN codes: the bit moves read them as +-480 (fp8_kv.cuh)
             const uint16_t a = f16[i], b = e16[i];
             const bool nan_a = (a & 0x7FFF) > 0x7F80, nan_b = (b & 0x7FFF) > 0x7F80;
             // ulps between two bf16 of the same sign (a zero of either sign counts as 0)
             auto ordinal = [](uint16_t x) { return (x & 0x8000) ? -(int)(x & 0x7FFF) : (int)(x & 0x7FFF); };
             const int ulps = (nan_a || nan_b) ? (nan_a == nan_b ? 0 : 1 << 20) : std::abs(ordinal(a) - ordinal(b));
             worst = std::max(worst, ulps);
-            if (ulps > 2 && bad++ == 0) {
+            if (ulps > 1 && bad++ == 0) {
                 char t[128];
                 std::snprintf(t, sizeof t, " first: code 0x%02x scale %a -> 0x%04x, exact 0x%04x", i % 256, scales[i / 256], a, b);
                 first = t;
             }
         }
         report(bad == 0, "fast dequantization", std::to_string(ns) + " scales x 256 codes, worst " + std::to_string(worst) +
-               " ulps, " + std::to_string(bad) + " over 2" + first);
+               " ulps, " + std::to_string(bad) + " over 1" + first);
         CK(cudaFree(d_sc));
         CK(cudaFree(d_fast));
         CK(cudaFree(d_exact));

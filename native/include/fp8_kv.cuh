@@ -52,18 +52,28 @@ __device__ __forceinline__ uint2 fp8x4_to_bf16_exp_shifted(uint32_t w) {
     return make_uint2((lo & 0x80008000u) | ((lo >> 4) & 0x07F007F0u), (hi & 0x80008000u) | ((hi >> 4) & 0x07F007F0u));
 }
 
-// fp8_dequant8 by bit moves and bf16 multiplies (the wide FP8 decode's fast
-// path, fp8 v3): code * 2^-120 exactly (fp8x4_to_bf16_exp_shifted), times
-// bf16(scale * 2^120), rounded to bf16. Against fp8_dequant8 it rounds the
-// scale to bf16 first and rounds once more: within 2 bf16 ulps of it (the
-// check measures it on every code). For a scale that is NaN or 255 or more (a
+// fp8_dequant8 by bit moves and bf16 arithmetic (the wide FP8 decode's fast
+// path, fp8 v3): c = code * 2^-120 exactly (fp8x4_to_bf16_exp_shifted), and
+// scale * 2^120 split into two bf16, hi + lo (16 of its 24 bits); the result
+// is fma(c, hi, c * lo), rounded once to bf16. Within 1 bf16 ulp of
+// fp8_dequant8 and without a bias: the first version multiplied by
+// bf16(scale) alone, which moved every value of a tile by the same relative
+// amount (up to 2^-9) and put lse 1e-2 off the format's reference (the CPU
+// emulator found it, native/emu). For a scale that is NaN or 255 or more (a
 // tile whose largest magnitude is 114,240 or more, where scale * 2^120 would
 // round past bf16's range) it is fp8_dequant8 itself.
 __device__ __forceinline__ uint4 fp8_dequant8_fast(uint2 codes, float scale) {
     if (!(scale < 255.f)) return fp8_dequant8(codes, scale);
-    const uint32_t s2 = ptx::pack_bf16x2(scale * 1.329227995784916e36f, scale * 1.329227995784916e36f);  // * 2^120: exact in fp32
+    const float s = scale * 1.329227995784916e36f;  // * 2^120: exact in fp32
+    const uint32_t hi = ptx::pack_bf16x2(s, s);
+    const float rest = s - __uint_as_float(hi << 16);  // exact: s and its bf16 rounding share the exponent range
+    const uint32_t lo = ptx::pack_bf16x2(rest, rest);
     const uint2 a = fp8x4_to_bf16_exp_shifted(codes.x), b = fp8x4_to_bf16_exp_shifted(codes.y);
-    return make_uint4(ptx::mul_bf16x2(a.x, s2), ptx::mul_bf16x2(a.y, s2), ptx::mul_bf16x2(b.x, s2), ptx::mul_bf16x2(b.y, s2));
+    const uint32_t c[4] = {a.x, a.y, b.x, b.y};
+    uint32_t r[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) r[k] = ptx::fma_bf16x2(c[k], hi, ptx::mul_bf16x2(c[k], lo));
+    return make_uint4(r[0], r[1], r[2], r[3]);
 }
 
 // One warp quantizes one bf16 row of 576 values (16-byte aligned) into the

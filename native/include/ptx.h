@@ -72,6 +72,14 @@ __device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
     return d;
 }
 
+// fma.rn.bf16x2 d, a, b, c: two a * b + c, each rounded once to bf16 (nearest
+// even; sm_90: subnormals kept).
+__device__ __forceinline__ uint32_t fma_bf16x2(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
 // ld.global.nc.L1::no_allocate.v4.u32: 16-byte read-only load that streams
 // past L1 (for data read once). Address 16-byte aligned; the data must not be
 // written during the kernel.

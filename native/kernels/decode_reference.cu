@@ -1,56 +1,9 @@
-// decode_reference.cu -- the checks' reference MLA decode, fp32 throughout.
-//
-// Tile shapes: one warp per query row (b, token i, head h); no tiling and no
-// shared memory: for every visible position the warp reads the K row (lane
-// takes columns lane + 32j), reduces the dot product with shuffles, and keeps
-// a textbook online softmax with expf/logf in natural units. Each lane owns
-// output columns lane + 32j, j < 16. Warp roles: all alike. Pipeline: none.
-// Slow on purpose: obviously right is its only job.
-// Writes fp32 out into p.o_accum as [batch, s_q, h_q, 512] and lse into p.lse.
-#include <cuda_bf16.h>
-#include "mla_config.h"
+// decode_reference.cu -- flashmla_decode_reference, the checks' reference MLA
+// decode over the bf16 pool kv_pool (decode_reference.cuh: fp32 throughout,
+// one warp per query row, obviously right is its only job).
+#include "decode_reference.cuh"
 
 extern "C" __global__ void __launch_bounds__(MLA_REFERENCE_THREADS)
     flashmla_decode_reference(const __grid_constant__ MlaDecodeParams p) {
-    using namespace mla;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const long long row_global = static_cast<long long>(blockIdx.x) * MLA_REFERENCE_ROWS_PER_CTA + warp;
-    if (row_global >= static_cast<long long>(p.batch) * p.rows_per_seq) return;
-    const int seq = static_cast<int>(row_global / p.rows_per_seq);
-    const int r = static_cast<int>(row_global % p.rows_per_seq);
-    const int tok = r / p.h_q, h = r % p.h_q;
-    const int len = p.seq_lens[seq];
-    const int last = len - p.s_q + tok;  // last visible position
-
-    const __nv_bfloat16* q = static_cast<const __nv_bfloat16*>(p.q) + static_cast<size_t>(row_global) * kDimK;
-    float qv[kDimK / 32];
-#pragma unroll
-    for (int j = 0; j < kDimK / 32; ++j) qv[j] = __bfloat162float(q[lane + 32 * j]);
-
-    float acc[kDimV / 32];
-#pragma unroll
-    for (int j = 0; j < kDimV / 32; ++j) acc[j] = 0.f;
-    float m = -INFINITY, l = 0.f;
-    const int* bt = p.block_table + static_cast<size_t>(seq) * p.block_table_stride;
-    for (int pos = 0; pos <= last; ++pos) {
-        const __nv_bfloat16* kv = static_cast<const __nv_bfloat16*>(p.kv_pool) +
-                                  (static_cast<size_t>(bt[pos / kPage]) * kPage + pos % kPage) * kDimK;
-        float dot = 0.f;
-#pragma unroll
-        for (int j = 0; j < kDimK / 32; ++j) dot += qv[j] * __bfloat162float(kv[lane + 32 * j]);
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        const float x = dot * p.softmax_scale;
-        const float m_new = fmaxf(m, x);
-        const float alpha = expf(m - m_new);  // m = -inf on the first position: 0
-        const float w = expf(x - m_new);
-        l = l * alpha + w;
-#pragma unroll
-        for (int j = 0; j < kDimV / 32; ++j) acc[j] = acc[j] * alpha + w * __bfloat162float(kv[lane + 32 * j]);
-        m = m_new;
-    }
-    float* out = p.o_accum + static_cast<size_t>(row_global) * kDimV;
-#pragma unroll
-    for (int j = 0; j < kDimV / 32; ++j) out[lane + 32 * j] = (l > 0.f) ? acc[j] / l : 0.f;
-    if (lane == 0) p.lse[(static_cast<size_t>(seq) * p.h_q + h) * p.s_q + tok] = (l > 0.f) ? m + logf(l) : -INFINITY;
+    decode_reference_rows(p, static_cast<const __nv_bfloat16*>(p.kv_pool));
 }

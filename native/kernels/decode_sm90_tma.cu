@@ -17,6 +17,7 @@
 //     0 zeroes the V columns of those rows in the last page of a sequence
 //     (a generic write, then a fence and a warpgroup barrier) before S.
 // Warpgroup 1 is left with P V of its half and a single issuing thread.
+#pragma once
 #include "mla_config.h"
 #include "ptx.h"
 #include "sw128_tile.cuh"
