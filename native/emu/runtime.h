@@ -629,17 +629,33 @@ inline void report_deadlock() {
     std::_Exit(2);
 }
 
+// Two orders of threads, one per CTA by the seed: uniformly random at every switch (fine-grained interleavings),
+// or warps by a random priority, the highest runnable warp first, the priorities redrawn now and then (one warp
+// runs far ahead of the others: what exposes a thread that signals or reuses a buffer before the others are done).
 inline void run_cta() {
     Machine& m = M();
     const size_t n = m.fibers.size();
+    const size_t warps = (n + 31) / 32;
     size_t alive = n;
+    const bool by_warp = (m.rng() & 1) != 0;
+    std::vector<size_t> order(warps);
+    for (size_t w = 0; w < warps; ++w) order[w] = w;
+    std::shuffle(order.begin(), order.end(), m.rng);
+    auto runnable = [](Fiber& f) { return !f.done && (!f.wait || f.wait()); };
     while (alive) {
         if (!m.copies.empty() && static_cast<int>(m.rng() % 100) < m.opt.land_percent) land(m.rng() % m.copies.size());
-        const size_t start = m.rng() % n;
         Fiber* pick = nullptr;
-        for (size_t k = 0; k < n && !pick; ++k) {
-            Fiber& f = m.fibers[(start + k) % n];
-            if (!f.done && (!f.wait || f.wait())) pick = &f;
+        if (by_warp) {
+            if (m.rng() % 512 == 0) std::shuffle(order.begin(), order.end(), m.rng);
+            for (size_t k = 0; k < warps && !pick; ++k) {
+                const size_t base = order[k] * 32, lanes = std::min<size_t>(32, n - base), start = m.rng() % lanes;
+                for (size_t l = 0; l < lanes && !pick; ++l)
+                    if (runnable(m.fibers[base + (start + l) % lanes])) pick = &m.fibers[base + (start + l) % lanes];
+            }
+        } else {
+            const size_t start = m.rng() % n;
+            for (size_t k = 0; k < n && !pick; ++k)
+                if (runnable(m.fibers[(start + k) % n])) pick = &m.fibers[(start + k) % n];
         }
         if (!pick) {
             if (!m.copies.empty()) {

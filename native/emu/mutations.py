@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Shows that emu_check can fail: each mutation below is a bug of a kind the
+kernels could have (a missing fence or barrier, a wrong parity, swizzle or
+descriptor, a copy issued into a slot still being read, a tail not zeroed),
+applied to a copy of native/; emu_check on the kernel it breaks must then
+fail. A mutation whose anchor text is gone fails this script too (the list
+must follow the kernels). Prints one line per mutation and the counts.
+
+    python3 native/emu/mutations.py [--jobs N]
+"""
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+NATIVE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file under native/, text, replacement, kernel, case filter)
+MUTATIONS = [
+    ("v15: no proxy fence after Q's cp.async", "kernels/decode_sm90_tma.cu",
+     "ptx::fence_proxy_async_smem();  // Q: cp.async data (generic proxy) -> wgmma reads", "",
+     "flashmla_decode_splitkv", "mixed_h16"),
+    ("v15: page parity never flips", "kernels/decode_sm90_tma.cu",
+     "kv_phase[st] ^= 1u;", "", "flashmla_decode_splitkv", "one_part"),
+    ("v15: P freed before P V retires", "kernels/decode_sm90_tma.cu",
+     "if (i + 1 < n) ptx::named_bar_arrive<kBarPFree, 2 * kWgThreads>();  // done with P(i), alpha(i)",
+     "", "flashmla_decode_splitkv", "one_part"),
+    ("narrow: no barrier between the S partials' exchange", "kernels/decode_sm90_narrow.cuh",
+     "__syncthreads();  // both partials written", "", "flashmla_decode_splitkv_v18", "mixed_h16"),
+    ("narrow: P^T stored unswizzled", "kernels/decode_sm90_narrow.cuh",
+     "(((r >> 3) ^ (col & 7)) << 4)", "((r >> 3) << 4)", "flashmla_decode_splitkv_v18", "mixed_h16"),
+    ("narrow: V^T descriptor with the wrong 8-row stride", "kernels/decode_sm90_narrow.cuh",
+     "kk * 16 * kSwRowBytes, kSwBlockBytes, kSwAtomBytes),", "kk * 16 * kSwRowBytes, kSwBlockBytes, 2 * kSwAtomBytes),",
+     "flashmla_decode_splitkv_v18", "mixed_h16"),
+    ("narrow fp8: next raw page issued before the slot is read", "kernels/decode_sm90_narrow.cuh",
+     "                ptx::fence_proxy_async_smem();  // the bf16 page (generic stores) -> wgmma reads\n"
+     "                __syncthreads();                // page, scales and tile maxima ready; the raw slot is read\n"
+     "                if (tid == 0 && i + 2 < n) issue_page(i + 2);",
+     "                if (tid == 0 && i + 2 < n) issue_page(i + 2);\n"
+     "                ptx::fence_proxy_async_smem();\n"
+     "                __syncthreads();",
+     "flashmla_decode_splitkv_fp8_v3", "mixed_h16"),
+    ("narrow bf16: the tail page's V rows not zeroed", "kernels/decode_sm90_narrow.cuh",
+     "} else if (valid < kPage) {", "} else if (false) {", "flashmla_decode_splitkv_v18", "mixed_h16"),
+    ("fp8 wide: dequantized page read without the fence", "kernels/decode_sm90_fp8.cu",
+     "ptx::fence_proxy_async_smem();  // the page (generic stores) -> wgmma reads", "",
+     "flashmla_decode_splitkv_fp8", "wide_h64"),
+    ("combine: weights not normalised", "kernels/combine.cu",
+     "const float inv = (wsum > 0.f) ? 1.f / wsum : 0.f;", "const float inv = 1.f;",
+     "flashmla_decode_splitkv", "many_parts"),
+]
+
+
+def run(m, tmp_root):
+    name, path, text, repl, kernel, case = m
+    work = tempfile.mkdtemp(dir=tmp_root)
+    tree = os.path.join(work, "native")
+    shutil.copytree(NATIVE, tree, ignore=shutil.ignore_patterns("build"))
+    target = os.path.join(tree, path)
+    src = open(target).read()
+    if text not in src:
+        return False, f"FAIL mutation '{name}': its anchor is gone from {path} (update emu/mutations.py)"
+    open(target, "w").write(src.replace(text, repl, 1))
+    exe = os.path.join(work, "emu_check")
+    build = subprocess.run(["bash", os.path.join(tree, "emu", "build.sh"), exe], capture_output=True, text=True)
+    if build.returncode != 0:
+        return False, f"FAIL mutation '{name}': did not compile\n{build.stderr[-2000:]}"
+    r = subprocess.run([exe, "--kernel", kernel, "--case", case, "--seeds", "3", "--no-unit"], capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode == 0:
+        return False, f"FAIL mutation '{name}': emu_check passed with it ({kernel}, {case})"
+    why = next((l for l in (r.stderr + r.stdout).splitlines() if l.startswith("EMU ERROR") or l.startswith("FAIL")), "")
+    return True, f"PASS mutation '{name}' caught: {why[:160]}"
+
+
+def main():
+    jobs = 2
+    if "--jobs" in sys.argv:
+        jobs = int(sys.argv[sys.argv.index("--jobs") + 1])
+    tmp_root = tempfile.mkdtemp(prefix="emu-mutations-")
+    passed = failed = 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
+            for ok, line in ex.map(lambda m: run(m, tmp_root), MUTATIONS):
+                print(line, flush=True)
+                passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
