@@ -1,7 +1,7 @@
 // emu_check.cpp -- the decode kernels on the CPU emulator (runtime.h), against
 // a float64 reference: what CI can check of the kernels without a GPU.
 //
-//   emu_check [--kernel NAME]... [--seeds N] [--case SUBSTRING] [--no-unit] [--list]
+//   emu_check [--kernel NAME]... [--seeds N] [--case SUBSTRING] [--random N] [--no-unit] [--list]
 //
 // Each case builds a paged cache the way the device checks do (flashmla_check):
 // shuffled block tables, the pool NaN everywhere but the valid rows (so a read
@@ -332,7 +332,30 @@ std::vector<Case> cases() {
         {"h1", 1, 1, {33, 190}, 2},
         {"wide_h64", 64, 1, {65, 200}, 3},
         {"wide_h128_sq2", 128, 2, {64, 65, 3}, 2},
+        {"odd_h57_sq3", 57, 3, {1, 65, 128, 3}, 3},
+        {"h100_sq4", 100, 4, {3, 4, 70}, 2},
     };
+}
+
+// Random small cases, as the device checks' sweep: any h_q 1..128, s_q up to 4 (h_q * s_q <= 512), 1..6
+// sequences of 0..400 tokens (a tenth of 0..3, a tenth around a page), 1..12 parts.
+std::vector<Case> random_cases(int count) {
+    std::mt19937_64 rng(2026);
+    std::vector<Case> out;
+    for (int i = 0; i < count; ++i) {
+        Case c;
+        c.name = "random_" + std::to_string(i);
+        c.h_q = 1 + static_cast<int>(rng() % 128);
+        c.s_q = 1 + static_cast<int>(rng() % std::min(4, MLA_MAX_ROWS_PER_SEQ / c.h_q));
+        const int batch = 1 + static_cast<int>(rng() % 6);
+        for (int b = 0; b < batch; ++b) {
+            const int kind = static_cast<int>(rng() % 10);
+            c.lens.push_back(kind == 0 ? static_cast<int>(rng() % 4) : kind == 1 ? 60 + static_cast<int>(rng() % 9) : 1 + static_cast<int>(rng() % 400));
+        }
+        c.parts = 1 + static_cast<int>(rng() % 12);
+        out.push_back(c);
+    }
+    return out;
 }
 
 }  // namespace
@@ -341,6 +364,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> names;
     int seeds = 2;
     bool unit = true;
+    int random = 6;
     std::string filter;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -348,11 +372,12 @@ int main(int argc, char** argv) {
         else if (a == "--seeds" && i + 1 < argc) seeds = std::max(1, std::atoi(argv[++i]));
         else if (a == "--case" && i + 1 < argc) filter = argv[++i];
         else if (a == "--no-unit") unit = false;
+        else if (a == "--random" && i + 1 < argc) random = std::max(0, std::atoi(argv[++i]));
         else if (a == "--list") {
             for (const auto& k : kKernels) std::printf("%s\n", k.name);
             return 0;
         } else {
-            std::fprintf(stderr, "usage: %s [--kernel NAME]... [--seeds N] [--case SUBSTRING] [--no-unit] [--list]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--kernel NAME]... [--seeds N] [--case SUBSTRING] [--random N] [--no-unit] [--list]\n", argv[0]);
             return 2;
         }
     }
@@ -370,8 +395,10 @@ int main(int argc, char** argv) {
         (u.ok ? passed : failed)++;
     }
     uint64_t data_seed = 11;
+    std::vector<Case> all = cases();
+    for (const Case& c : random_cases(random)) all.push_back(c);
     for (const KernelEntry* k : run)
-        for (const Case& c : cases()) {
+        for (const Case& c : all) {
             ++data_seed;
             if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
             for (int s = 1; s <= seeds; ++s) {
