@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}
 FLAGS=(-O3 -std=c++17 "-gencode=arch=compute_90a,code=sm_90a" -I/usr/local/cuda/include/cccl -Iinclude)
+# EXPORT_NARROW=1: the module's decode kernels are the narrow candidates (v18, fp8 v3) under the ABI names, so a
+# device round can run the service's checks and bench on them (kernels/decode_export.cu, decode_fp8_export.cu).
+if [ "${EXPORT_NARROW:-0}" = 1 ]; then FLAGS+=(-DMLA_EXPORT_NARROW); echo "build: EXPORT_NARROW=1: the module exports v18 and fp8 v3"; fi
 mkdir -p build
 "$NVCC" "${FLAGS[@]}" -Xptxas -v --fatbin -o build/flashmla.fatbin kernels/flashmla_module.cu > build/ptxas.txt 2>&1 &
 fatbin_pid=$!

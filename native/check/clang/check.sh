@@ -15,15 +15,19 @@ if ! command -v "$CLANG" > /dev/null; then echo "FAIL: $CLANG is needed (Debian 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 passed=0 failed=0
-for tu in kernels/flashmla_module.cu kernels/decode_narrow_candidates.cu check/clang/unit_kernels.cu; do
-    if "$CLANG" -x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 \
+# The module twice: as shipped, and with the candidates exported (build.sh EXPORT_NARROW=1).
+for tu in kernels/flashmla_module.cu kernels/flashmla_module.cu:-DMLA_EXPORT_NARROW kernels/decode_narrow_candidates.cu \
+    check/clang/unit_kernels.cu; do
+    def=""
+    if [[ "$tu" == *:* ]]; then def=${tu#*:}; tu=${tu%%:*}; fi
+    if "$CLANG" $def -x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 \
         -Xclang -target-feature -Xclang +ptx70 -std=c++17 -O2 -Werror=return-type \
         -include check/clang/stubs/cuda_stub_core.h -Icheck/clang/stubs -Iinclude \
         -S -o "$out/$(basename "$tu").ptx" "$tu" > "$out/log" 2>&1; then
-        echo "PASS $tu ($(grep -c '^\.visible \.entry\|^\.entry\|^\.weak \.entry' "$out/$(basename "$tu").ptx") kernels)"
+        echo "PASS $tu $def ($(grep -c '^\.visible \.entry\|^\.entry\|^\.weak \.entry' "$out/$(basename "$tu").ptx") kernels)"
         passed=$((passed + 1))
     else
-        echo "FAIL $tu"
+        echo "FAIL $tu $def"
         grep -E "error|note" "$out/log" | head -20
         failed=$((failed + 1))
     fi
