@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "../host/tile_scheduler.h"
+#include "../host/decode_shape.h"
 #include "../include/decode_reference.cuh"
 #include "../include/mla_config.h"
 #include "../include/mla_kernels.h"
@@ -428,16 +429,7 @@ bool run_decode_case(const DecodeCase& c, uint64_t seed, Summary& sum) {
     P.lse = d_lse;
     P.o_accum = d_oacc;
     P.lse_accum = d_lacc;
-    P.batch = batch;
-    P.s_q = c.s_q;
-    P.h_q = c.h_q;
-    P.rows_per_seq = rows;
-    P.num_row_groups = groups;
-    P.block_table_stride = stride;
-    P.num_sm_parts = parts;
-    P.num_blocks = num_blocks;
-    P.softmax_scale = kSoftmaxScale;
-    P.scale_log2 = (float)(kSoftmaxScale * kLog2e);
+    set_decode_shape(P, batch, c.s_q, c.h_q, stride, parts, num_blocks, kSoftmaxScale);
 
     auto poison = [&]() {
         CK(cudaMemset(d_out, 0xFF, out_elems * sizeof(bf16)));

@@ -27,6 +27,7 @@
 #include "../kernels/flashmla_module.cu"
 #include "../kernels/decode_narrow_candidates.cu"
 #include "../host/tile_scheduler.h"
+#include "../host/decode_shape.h"
 #include "../check/fp8_host.h"
 
 namespace {
@@ -46,7 +47,6 @@ const KernelEntry kKernels[] = {
 };
 
 constexpr double kSoftmaxScale = 0.07216878364870322;  // 1 / sqrt(192)
-constexpr double kLog2e = 1.4426950408889634;
 constexpr size_t kGuard = 4096;
 constexpr uint8_t kGuardByte = 0xA5;
 
@@ -159,16 +159,7 @@ Result run_case(const KernelEntry& k, const Case& c, uint64_t data_seed, uint64_
     P.lse = reinterpret_cast<float*>(lse.data());
     P.o_accum = reinterpret_cast<float*>(oacc.data());
     P.lse_accum = reinterpret_cast<float*>(lacc.data());
-    P.batch = batch;
-    P.s_q = c.s_q;
-    P.h_q = c.h_q;
-    P.rows_per_seq = rows;
-    P.num_row_groups = groups;
-    P.block_table_stride = stride;
-    P.num_sm_parts = c.parts;
-    P.num_blocks = num_blocks;
-    P.softmax_scale = static_cast<float>(kSoftmaxScale);
-    P.scale_log2 = static_cast<float>(kSoftmaxScale * kLog2e);
+    set_decode_shape(P, batch, c.s_q, c.h_q, stride, c.parts, num_blocks, static_cast<float>(kSoftmaxScale));
     P.kv_map_row0 = lead * kPage;
     if (!k.fp8)
         emu::encode_tensor_map_2d(&P.kv_map, alloc.data(), kDimK, static_cast<uint64_t>(lead + num_blocks + 1) * kPage,
