@@ -94,7 +94,8 @@ internal abstract class Http2Connection
 
     /// <summary>
     /// A whole header block on <paramref name="streamId"/> whose list is <paramref name="listSize"/> bytes, above
-    /// <see cref="Http2Settings.MaxHeaderListSize"/>; <paramref name="fields"/> holds the fields up to the limit. The
+    /// <see cref="Http2Settings.StreamHeaderListLimit"/> (or else <see cref="Http2Settings.MaxHeaderListSize"/>);
+    /// <paramref name="fields"/> holds the fields up to the limit. The
     /// block was decoded (the HPACK table is in step), so this is the stream's fault alone: by default it is reset
     /// (a role with a protocol on top answers it in that protocol's words).
     /// </summary>
@@ -290,7 +291,7 @@ internal abstract class Http2Connection
         int length = await ReadHeaderBlockAsync(header).ConfigureAwait(false);
         _fields.Clear();
         // Decoded whatever becomes of the stream: the HPACK table is the connection's.
-        long maxListSize = Local.MaxHeaderListSize ?? long.MaxValue;
+        long maxListSize = Local.StreamHeaderListLimit ?? Local.MaxHeaderListSize ?? long.MaxValue;
         long listSize = _hpack.Decode(_headerBlock.AsSpan(0, length), _fields, maxListSize);
         // A block larger than most is not worth its buffer for the connection's life.
         if (_headerBlock.Length > RetainedHeaderBlockBytes) _headerBlock = new byte[RetainedHeaderBlockBytes];

@@ -38,6 +38,15 @@ internal sealed record Http2Settings
     /// </summary>
     public int? MaxHeaderListSize { get; init; }
 
+    /// <summary>
+    /// A header list over this many bytes is refused on its stream, below the advertised <see cref="MaxHeaderListSize"/>.
+    /// For a server that advertises what its other port's HTTP/2 server advertises (Kestrel sends its decode limit)
+    /// while refusing calls above its own, lower, limit on their streams: so that a client that honours the setting
+    /// (grpc-go) sends the call and gets the same refusal from both ports, rather than failing locally on one of them.
+    /// Null: <see cref="MaxHeaderListSize"/>.
+    /// </summary>
+    public int? StreamHeaderListLimit { get; init; }
+
     /// <summary>SETTINGS, then the WINDOW_UPDATE that raises the connection window: the frames that open a connection.</summary>
     public int WriteOpening(Span<byte> destination)
     {

@@ -107,6 +107,21 @@ internal sealed class RawHttp2Client : IAsyncDisposable
         return ends;
     }
 
+    /// <summary>A header block of any size: HEADERS, then CONTINUATIONs of at most 16 KiB (the default frame size).</summary>
+    public async Task SendHeaderBlockAsync(int streamId, byte[] block, bool endStream)
+    {
+        const int frame = 16384;
+        for (int offset = 0; offset < block.Length || offset == 0; offset += frame)
+        {
+            int n = Math.Min(frame, block.Length - offset);
+            bool last = offset + n == block.Length;
+            var flags = (last ? Http2FrameFlags.EndHeaders : Http2FrameFlags.None) |
+                        (offset == 0 && endStream ? Http2FrameFlags.EndStream : Http2FrameFlags.None);
+            await SendAsync(offset == 0 ? Http2FrameType.Headers : Http2FrameType.Continuation, flags, streamId, block.AsSpan(offset, n));
+            if (last) break;
+        }
+    }
+
     public Task SendAsync(Http2FrameType type, Http2FrameFlags flags, int streamId, ReadOnlySpan<byte> payload)
     {
         var frame = new byte[Http2FrameHeader.Size + payload.Length];
@@ -161,7 +176,7 @@ internal sealed class RawHttp2Client : IAsyncDisposable
 
     private static byte[] RequestHeaders(string path, string contentType, string? timeout, (string Name, string Value)[] metadata)
     {
-        var block = new byte[1024];
+        var block = new byte[1024 + metadata.Sum(m => m.Name.Length + m.Value.Length + 16)];
         int pos = 0;
         Assert.True(HpackEncoder.TryEncodeIndexed(HpackStaticTable.MethodPost, block.AsSpan(pos), out int n));
         pos += n;

@@ -34,9 +34,12 @@ internal sealed class DataPlaneConnection : Http2Connection
         ConnectionWindow = ConnectionWindow,
         MaxConcurrentStreams = maxConcurrentStreams,
         // A call over the list limit is answered on its stream (OnHeaderListTooLarge); the larger block limit is what
-        // lets its block be decoded, keeping HPACK in step, instead of ending the connection.
+        // lets its block be decoded, keeping HPACK in step, instead of ending the connection. Advertised: what the gRPC
+        // port's Kestrel advertises (its decode limit), so that a client that honours the setting (grpc-go) sends an
+        // oversized call to either port and gets the same RESOURCE_EXHAUSTED, not a local error on this one alone.
         MaxHeaderBlockBytes = RequestHeaderLimit.MaxBlockBytes,
-        MaxHeaderListSize = RequestHeaderLimit.MaxListBytes,
+        MaxHeaderListSize = RequestHeaderLimit.MaxBlockBytes,
+        StreamHeaderListLimit = RequestHeaderLimit.MaxListBytes,
     };
 
     private readonly DataPlaneDispatcher _dispatcher;

@@ -11,7 +11,9 @@ namespace FlashMla.Server.Hosting;
 /// over <see cref="MaxListBytes"/> gets RESOURCE_EXHAUSTED on its own stream, and its connection and the other calls on
 /// it go on. HTTP/2 servers (Kestrel among them) treat a header list over their limit as a connection error, and gRPC
 /// C-core (Python grpcio) sends past a peer's advertised limit: one oversized call would end every call of the channel.
-/// So both ports decode blocks up to <see cref="MaxBlockBytes"/> (keeping HPACK in step) and refuse above the list limit.
+/// So both ports decode blocks up to <see cref="MaxBlockBytes"/> (keeping HPACK in step), both advertise that as
+/// SETTINGS_MAX_HEADER_LIST_SIZE (Kestrel sends its limit; the data plane the same number), and both refuse above
+/// the list limit on the call's stream.
 /// </summary>
 internal static class RequestHeaderLimit
 {
