@@ -43,13 +43,15 @@ internal static class DevCertificates
     /// A client certificate (mTLS) signed by <paramref name="authority"/>; <paramref name="name"/> is its subject's CN,
     /// <paramref name="dnsNames"/> (if any) its subject alternative names (the server's Tls:ClientCertificateTenant reads either).
     /// </summary>
-    public static X509Certificate2 IssueClient(X509Certificate2 authority, string name, int days = 30, IEnumerable<string>? dnsNames = null)
+    public static X509Certificate2 IssueClient(X509Certificate2 authority, string name, int days = 30, IEnumerable<string>? dnsNames = null,
+        IEnumerable<string>? uris = null)
     {
         X509Extension? names = null;
-        if (dnsNames is not null)
+        if (dnsNames is not null || uris is not null)
         {
             var builder = new SubjectAlternativeNameBuilder();
-            foreach (string dns in dnsNames) builder.AddDnsName(dns);
+            foreach (string dns in dnsNames ?? []) builder.AddDnsName(dns);
+            foreach (string uri in uris ?? []) builder.AddUri(new Uri(uri));
             names = builder.Build();
         }
         return Issue(authority, $"CN={name}", ClientAuth, names, days);

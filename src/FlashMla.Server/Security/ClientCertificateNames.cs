@@ -1,3 +1,4 @@
+using System.Formats.Asn1;
 using System.Runtime.CompilerServices;
 using System.Security.Cryptography.X509Certificates;
 
@@ -14,6 +15,12 @@ public enum ClientCertificateTenantSource
 
     /// <summary>The DNS names of the subject alternative name extension (a workload's or host's names).</summary>
     DnsSan,
+
+    /// <summary>
+    /// The URIs of the subject alternative name extension: the SPIFFE IDs (spiffe://trust-domain/ns/N/sa/S) that
+    /// service meshes (Istio, Linkerd) and SPIRE put in workload certificates, compared as written (ordinal).
+    /// </summary>
+    UriSan,
 }
 
 /// <summary>
@@ -40,6 +47,7 @@ public sealed class ClientCertificateNames(ClientCertificateTenantSource source)
             "off" or "" or null => (true, ClientCertificateTenantSource.Off),
             "subject-cn" => (true, ClientCertificateTenantSource.SubjectCn),
             "dns-san" => (true, ClientCertificateTenantSource.DnsSan),
+            "uri-san" => (true, ClientCertificateTenantSource.UriSan),
             _ => (false, ClientCertificateTenantSource.Off),
         };
         return known;
@@ -57,6 +65,7 @@ public sealed class ClientCertificateNames(ClientCertificateTenantSource source)
     {
         ClientCertificateTenantSource.SubjectCn => CommonNames(certificate),
         ClientCertificateTenantSource.DnsSan => DnsNames(certificate),
+        ClientCertificateTenantSource.UriSan => UriNames(certificate),
         _ => [],
     };
 
@@ -74,12 +83,43 @@ public sealed class ClientCertificateNames(ClientCertificateTenantSource source)
 
     private static string[] DnsNames(X509Certificate2 certificate)
     {
-        foreach (var extension in certificate.Extensions)
+        if (SubjectAltName(certificate) is not { } extension) return [];
+        var san = extension as X509SubjectAlternativeNameExtension ?? new X509SubjectAlternativeNameExtension(extension.RawData, extension.Critical);
+        return [.. san.EnumerateDnsNames()];
+    }
+
+    // GeneralName's uniformResourceIdentifier, [6] IA5String (RFC 5280, section 4.2.1.6).
+    private static readonly Asn1Tag UriTag = new(TagClass.ContextSpecific, 6);
+
+    /// <summary>
+    /// The URIs of the SAN extension (.NET's X509SubjectAlternativeNameExtension reads DNS names and addresses only).
+    /// A SAN that does not parse names nothing: the handshake verified the certificate's signature, not that its
+    /// extension is well formed.
+    /// </summary>
+    private static string[] UriNames(X509Certificate2 certificate)
+    {
+        if (SubjectAltName(certificate) is not { } extension) return [];
+        var names = new List<string>();
+        try
         {
-            if (extension.Oid?.Value != SubjectAltNameOid) continue;
-            var san = extension as X509SubjectAlternativeNameExtension ?? new X509SubjectAlternativeNameExtension(extension.RawData, extension.Critical);
-            return [.. san.EnumerateDnsNames()];
+            var generalNames = new AsnReader(extension.RawData, AsnEncodingRules.DER).ReadSequence();
+            while (generalNames.HasData)
+            {
+                if (generalNames.PeekTag() == UriTag) names.Add(generalNames.ReadCharacterString(UniversalTagNumber.IA5String, UriTag));
+                else generalNames.ReadEncodedValue();
+            }
         }
-        return [];
+        catch (AsnContentException)
+        {
+            return [];
+        }
+        return [.. names.Where(n => n.Length > 0)];
+    }
+
+    private static X509Extension? SubjectAltName(X509Certificate2 certificate)
+    {
+        foreach (var extension in certificate.Extensions)
+            if (extension.Oid?.Value == SubjectAltNameOid) return extension;
+        return null;
     }
 }

@@ -202,6 +202,31 @@ public sealed class ClientCertificateTenantTests : IDisposable
         Assert.Equal(StatusCode.Unauthenticated, await StatusOf(async () => (await ambiguous.DecodeOnceAsync(Step(id))).Dispose()));
     }
 
+    [Theory]
+    [MemberData(nameof(Ports))]
+    public async Task With_uri_san_a_SPIFFE_ID_names_the_tenant_and_DNS_names_and_the_common_name_do_not(bool dataPlane)
+    {
+        const string spiffeA = "spiffe://cluster.local/ns/infer-a/sa/orchestrator", spiffeB = "spiffe://cluster.local/ns/infer-b/sa/orchestrator";
+        await using var server = await StartAsync("uri-san", [Tenant("a", [TokenA], [spiffeA]), Tenant("b", [TokenB], [spiffeB])]);
+        var byUri = Client(server, _tls.ClientWithUris("anything", ["https://other.example/x", spiffeA], "decode.b.example"), null, dataPlane);
+        ulong id = await byUri.CreateSequenceAsync();
+        Assert.Equal(2ul, (await byUri.AppendKvAsync(id, 0, Random16.Bf16(new Random(1), 2 * 576))).Rows);
+        using (var output = await byUri.DecodeOnceAsync(Step(id))) Assert.Equal(4 * 512, output.Out.Length);
+        Assert.Equal(2u, (await Client(server, _tls.Client(withClientCertificate: true), TokenA, dataPlane).GetSequenceAsync(id)).LayerLengths[0]);
+        // B's SPIFFE ID is B: A's sequence does not exist for it.
+        var tenantB = Client(server, _tls.ClientWithUris("anything", [spiffeB]), null, dataPlane);
+        Assert.Equal(StatusCode.NotFound, await StatusOf(() => tenantB.GetSequenceAsync(id)));
+
+        // The ID as a DNS name or as the common name names nobody; so does a URI that differs in case (compared as written).
+        var byCommonName = Client(server, _tls.ClientWithCertificate(spiffeA), null, dataPlane);
+        Assert.Equal(StatusCode.Unauthenticated, await StatusOf(() => byCommonName.GetConfigAsync()));
+        var byOtherCase = Client(server, _tls.ClientWithUris("x", [spiffeA.Replace("infer-a", "INFER-A")]), null, dataPlane);
+        Assert.Equal(StatusCode.Unauthenticated, await StatusOf(() => byOtherCase.GetConfigAsync()));
+        Assert.Equal(StatusCode.Unauthenticated, await StatusOf(async () => (await byOtherCase.DecodeOnceAsync(Step(id))).Dispose()));
+        var ambiguous = Client(server, _tls.ClientWithUris("x", [spiffeA, spiffeB]), null, dataPlane);
+        Assert.Equal(StatusCode.Unauthenticated, await StatusOf(() => ambiguous.GetConfigAsync()));
+    }
+
     [Fact]
     public async Task Start_up_refuses_a_certificate_tenant_source_without_a_client_CA_or_a_token_file_or_that_it_does_not_know()
     {
@@ -210,7 +235,7 @@ public sealed class ClientCertificateTenantTests : IDisposable
         {
             ("Tls:ClientCertificateTenant needs Tls:ClientCaFile", [.. _tls.ServerOptions(), ("TokenFile", TokenFilePath), ("Tls:ClientCertificateTenant", "subject-cn")]),
             ("Tls:ClientCertificateTenant needs TokenFile", [.. _tls.ServerOptions(mutual: true), ("Tls:ClientCertificateTenant", "dns-san")]),
-            ("must be off, subject-cn or dns-san", [.. _tls.ServerOptions(mutual: true), ("TokenFile", TokenFilePath), ("Tls:ClientCertificateTenant", "CN")]),
+            ("must be off, subject-cn, dns-san or uri-san", [.. _tls.ServerOptions(mutual: true), ("TokenFile", TokenFilePath), ("Tls:ClientCertificateTenant", "CN")]),
         };
         foreach (var (problem, options) in cases)
         {

@@ -55,6 +55,16 @@ public sealed class TlsFixture : IDisposable
         return new ClientTlsOptions { CaFile = Files.Ca, ClientCertificateFile = stem + ".crt", ClientKeyFile = stem + ".key" };
     }
 
+    /// <summary>A client certificate with <paramref name="commonName"/> and URIs (SPIFFE IDs) and DNS names in its SAN.</summary>
+    public ClientTlsOptions ClientWithUris(string commonName, string[] uris, params string[] dnsNames)
+    {
+        using var authority = X509Certificate2.CreateFromPemFile(Files.Ca, Path.Combine(Directory, "ca.key"));
+        using var client = DevCertificates.IssueClient(authority, commonName, dnsNames: dnsNames, uris: uris);
+        string stem = Path.Combine(Directory, "client-" + Guid.NewGuid().ToString("N"));
+        DevCertificates.Write(client, stem + ".crt", stem + ".key");
+        return new ClientTlsOptions { CaFile = Files.Ca, ClientCertificateFile = stem + ".crt", ClientKeyFile = stem + ".key" };
+    }
+
     public X509Certificate2 ServerCertificate() => X509CertificateLoader.LoadCertificateFromFile(Files.Certificate);
 
     /// <summary>

@@ -25,7 +25,8 @@ public sealed class TlsOptions
     /// <summary>
     /// Which names of a verified client certificate name its tenant, looked up in the token file's
     /// <c>certificateNames</c>: <c>off</c> (the default: the tenant comes from the bearer token alone),
-    /// <c>subject-cn</c> (the subject's common name) or <c>dns-san</c> (the subject alternative name's DNS names).
+    /// <c>subject-cn</c> (the subject's common name), <c>dns-san</c> (the subject alternative name's DNS names) or
+    /// <c>uri-san</c> (its URIs: SPIFFE IDs of a service mesh).
     /// Needs <see cref="ClientCaFile"/> (only a verified certificate may name a tenant) and a token file. The same
     /// rule on both ports; with a bearer token as well, both must name the same tenant (TenantDirectory.Authenticate).
     /// </summary>
@@ -44,7 +45,7 @@ public sealed class TlsOptions
             yield return "Tls:ClientCaFile needs Tls:CertificateFile and Tls:KeyFile (client certificates are asked for in a TLS handshake)";
         if (ReloadIntervalSeconds is < 0 or > 86_400) yield return $"Tls:ReloadIntervalSeconds must be 0..86400, got {ReloadIntervalSeconds}";
         if (!Security.ClientCertificateNames.TryParse(ClientCertificateTenant, out var source))
-            yield return $"Tls:ClientCertificateTenant must be off, subject-cn or dns-san, got '{ClientCertificateTenant}'";
+            yield return $"Tls:ClientCertificateTenant must be off, subject-cn, dns-san or uri-san, got '{ClientCertificateTenant}'";
         else if (source != Security.ClientCertificateTenantSource.Off && ClientCaFile.Length == 0)
             yield return "Tls:ClientCertificateTenant needs Tls:ClientCaFile (only a certificate the handshake verified may name a tenant)";
     }
