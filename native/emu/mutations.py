@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Shows that emu_check can fail: each mutation below is a bug of a kind the
 kernels could have (a missing fence or barrier, a wrong parity, swizzle or
-descriptor, a copy issued into a slot still being read, a tail not zeroed),
+descriptor, a copy issued into a slot still being read, a tail not zeroed,
+an accumulator read before its wgmma retires),
 applied to a copy of native/; emu_check on the kernel it breaks must then
 fail. A mutation whose anchor text is gone fails this script too (the list
 must follow the kernels). Prints one line per mutation and the counts.
@@ -47,6 +48,10 @@ MUTATIONS = [
     ("fp8 wide: dequantized page read without the fence", "kernels/decode_sm90_fp8.cu",
      "ptx::fence_proxy_async_smem();  // the page (generic stores) -> wgmma reads", "",
      "flashmla_decode_splitkv_fp8", "wide_h64"),
+    ("narrow: S read before the wgmma that writes it retires", "kernels/decode_sm90_narrow.cuh",
+     "            ptx::wgmma_commit();\n            ptx::wgmma_wait<0>();\n#pragma unroll\n            for (int a = 0; a < kAcc; ++a) ptx::fence_regs(acc[a]);",
+     "            ptx::wgmma_commit();\n            ptx::wgmma_wait<1>();\n#pragma unroll\n            for (int a = 0; a < kAcc; ++a) ptx::fence_regs(acc[a]);",
+     "flashmla_decode_splitkv_v18", "mixed_h16"),
     ("combine: weights not normalised", "kernels/combine.cu",
      "const float inv = (wsum > 0.f) ? 1.f / wsum : 0.f;", "const float inv = 1.f;",
      "flashmla_decode_splitkv", "many_parts"),

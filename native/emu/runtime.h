@@ -124,10 +124,15 @@ struct WgmmaCall {
     bool ta, tb;
 };
 
-struct WgmmaGroup {  // an issued wgmma's operands, to check at the wait that they did not change
-    std::vector<WgmmaCall> calls;  // one representative call per wgmma (thread 0's descriptors)
-    std::vector<float> a, b;        // the operand values read at issue (a: empty when A came from registers)
-    bool a_in_regs = false;
+// One issued wgmma, in flight until a wgmma.wait_group retires its group: only then are the accumulators written
+// (as late as the ISA allows, so a read before the wait sees stale registers), after checking that its shared-memory
+// operands and its accumulators did not change since the issue. A from registers is taken at the issue: in C++ the
+// kernels pass copies of their registers (a per-k-step array), so there is nothing to check them against later.
+struct WgmmaOp {
+    WgmmaCall c0;                        // thread 0's call (descriptors and flags; the same for all, checked at issue)
+    float* d[128];                       // each thread's accumulator registers
+    std::vector<float> a, b;             // the operand values at issue
+    std::vector<float> d_issue;          // [thread][register] at issue
     bool retired = false;
 };
 
@@ -135,8 +140,8 @@ struct Warpgroup {
     int arrived = 0;
     uint64_t gen = 0;
     WgmmaCall calls[128];
-    std::vector<WgmmaGroup> open;                // issued since the last commit
-    std::vector<std::vector<WgmmaGroup>> groups; // committed, by index
+    std::vector<WgmmaOp> open;                   // issued since the last commit
+    std::vector<std::vector<WgmmaOp>> groups;    // committed, by index
 };
 
 struct Warp {
@@ -552,22 +557,15 @@ inline void wgmma(float* dregs, int nregs, int n, uint64_t da, const uint32_t* a
             c.accumulate != c0.accumulate || c.ta != c0.ta || c.tb != c0.tb)
             fail("wgmma: thread %d of the warpgroup issued it with other operands than thread 0", i);
     }
-    WgmmaGroup g;
-    read_operands(c0, w.calls, true, g.a, g.b);
-    g.a_in_regs = c0.a != nullptr;
+    WgmmaOp op;
+    op.c0 = c0;
+    read_operands(c0, w.calls, true, op.a, op.b);
+    op.d_issue.resize(static_cast<size_t>(128) * nregs);
     for (int i = 0; i < 128; ++i) {
-        const int wp = i / 32, gg = (i % 32) / 4, t = i % 4;
-        for (int j = 0; j < nregs; ++j) {
-            const int row = 16 * wp + gg + ((j & 2) ? 8 : 0), col = 8 * (j / 4) + 2 * t + (j & 1);
-            float acc = c0.accumulate ? w.calls[i].d[j] : 0.f;
-            for (int k = 0; k < 16; ++k) acc += g.a[row * 16 + k] * g.b[k * n + col];
-            w.calls[i].d[j] = acc;
-        }
+        op.d[i] = w.calls[i].d;
+        std::memcpy(&op.d_issue[static_cast<size_t>(i) * nregs], w.calls[i].d, sizeof(float) * nregs);
     }
-    g.calls.push_back(c0);
-    g.calls.back().a = nullptr;  // registers are not rechecked at the wait (the kernel keeps them, fence_regs)
-    if (g.a_in_regs) g.a.clear();
-    w.open.push_back(std::move(g));
+    w.open.push_back(std::move(op));
     w.arrived = 0;
     w.gen++;
     yield();
@@ -583,19 +581,38 @@ inline void wgmma_commit() {
         fail("wgmma.commit_group: this thread is ahead of its warpgroup");
     }
 }
+// Retires every group this thread's wait covers (the first thread of the warpgroup to wait does it for all): the
+// operands are checked unchanged, then the products are computed into the accumulators, in issue order.
 inline void wgmma_wait(int n) {
     Machine& m = M();
     Warpgroup& w = m.wgs[m.cur->linear / 128];
     const uint32_t c = m.cur->wg_committed;
+    std::vector<float*> written;  // accumulators this retirement already wrote (a chain of k-steps on one tile)
     for (uint32_t gi = 0; gi + n < c && gi < w.groups.size(); ++gi) {
-        for (WgmmaGroup& g : w.groups[gi]) {
-            if (g.retired) continue;
+        for (WgmmaOp& op : w.groups[gi]) {
+            if (op.retired) continue;
+            const WgmmaCall& c0 = op.c0;
             std::vector<float> a, b;
-            read_operands(g.calls[0], nullptr, !g.a_in_regs, a, b);
-            if ((!g.a.empty() && std::memcmp(a.data(), g.a.data(), a.size() * 4) != 0) ||
-                std::memcmp(b.data(), g.b.data(), b.size() * 4) != 0)
+            read_operands(c0, nullptr, c0.a == nullptr, a, b);
+            if ((c0.a == nullptr && std::memcmp(a.data(), op.a.data(), a.size() * 4) != 0) ||
+                std::memcmp(b.data(), op.b.data(), b.size() * 4) != 0)
                 fail("a shared-memory operand of a wgmma changed between its issue and the wgmma.wait_group that retires it");
-            g.retired = true;
+            const bool chained = std::find(written.begin(), written.end(), op.d[0]) != written.end();
+            for (int i = 0; i < 128; ++i) {
+                if (!chained && std::memcmp(op.d[i], &op.d_issue[static_cast<size_t>(i) * c0.nregs], sizeof(float) * c0.nregs) != 0)
+                    fail("thread %d wrote the accumulator registers of a wgmma before the wgmma.wait_group that retires it", i);
+            }
+            for (int i = 0; i < 128; ++i) {
+                const int wp = i / 32, gg = (i % 32) / 4, t = i % 4;
+                for (int j = 0; j < c0.nregs; ++j) {
+                    const int row = 16 * wp + gg + ((j & 2) ? 8 : 0), col = 8 * (j / 4) + 2 * t + (j & 1);
+                    float acc = c0.accumulate ? op.d[i][j] : 0.f;
+                    for (int k = 0; k < 16; ++k) acc += op.a[row * 16 + k] * op.b[k * c0.n + col];
+                    op.d[i][j] = acc;
+                }
+            }
+            written.push_back(op.d[0]);
+            op.retired = true;
         }
     }
 }
@@ -722,6 +739,12 @@ inline void launch(const char* name, Dim3 grid, Dim3 block, uint32_t smem_bytes,
                 run_cta();
                 if (!m.copies.empty()) fail("the CTA exited with %zu TMA/bulk copies still in flight", m.copies.size());
                 if (!m.cps.empty()) fail("the CTA exited with cp.async copies never waited for");
+                for (auto& w : m.wgs) {
+                    bool pending = !w.open.empty();
+                    for (auto& g : w.groups)
+                        for (auto& op : g) pending |= !op.retired;
+                    if (pending) fail("the CTA exited with wgmma in flight (no wgmma.wait_group retired them)");
+                }
             }
     m.kernel = "";
 }
