@@ -40,8 +40,9 @@ internal static class LatencyCommand
         command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
             var parsed = ParseShapes(parse.GetValue(shapes)!);
-            if (parsed is null) return Task.FromResult(2);
-            return RunAsync(new Settings(server, parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
+            if (parsed is null || IntListOption.Parse("--inflight", parse.GetValue(inflight)!, min: 1) is not { } inFlight)
+                return Task.FromResult(ConnectionArguments.UsageError);
+            return RunAsync(new Settings(server, parsed, inFlight,
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
                 parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)), token);
         }));

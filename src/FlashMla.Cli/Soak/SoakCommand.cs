@@ -38,6 +38,8 @@ internal static class SoakCommand
             { minutes, interval, metrics, batch, heads, context, pause, abuseEvery, abuseActs, flat, secondToken, quotaToken, tableEvery, commit, output };
         command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
+            if (IntListOption.Parse("--abuse-acts", parse.GetValue(abuseActs)!, min: 0, max: SoakAbuse.AllActs.Length - 1) is not { } acts)
+                return Task.FromResult(ConnectionArguments.UsageError);
             string grpc = server.Address;
             var settings = new SoakSettings(grpc, server.DecodeAddress ?? WithPort(grpc, +1), parse.GetValue(metrics) ?? WithPort(grpc, 9090, absolute: true),
                 parse.GetValue(minutes), parse.GetValue(interval), parse.GetValue(batch), parse.GetValue(heads), parse.GetValue(context), parse.GetValue(pause),
@@ -46,13 +48,13 @@ internal static class SoakCommand
             {
                 Tokens = parse.GetValue(secondToken) is { Length: > 0 } second ? [server.BearerToken, second] : [server.BearerToken],
                 QuotaToken = parse.GetValue(quotaToken) is { Length: > 0 } quota ? quota : null,
-                AbuseActs = BenchMatrixCommand.ParseList(parse.GetValue(abuseActs)!),
+                AbuseActs = acts,
                 Tls = server.Tls,
             };
             if (settings.Problem() is { } problem)
             {
                 AnsiConsole.MarkupLine($"[red]{Markup.Escape(problem)}[/]");
-                return Task.FromResult(2);
+                return Task.FromResult(ConnectionArguments.UsageError);
             }
             return RunAsync(settings, parse.GetValue(tableEvery), token);
         }));
