@@ -27,9 +27,9 @@ internal static class BenchMatrixCommand
         var context = new Option<int>("--context") { Description = "Tokens per sequence (s_k)", DefaultValueFactory = _ => 4096 };
         var streams = new Option<int>("--streams-per-connection") { Description = "Decode streams on each connection", DefaultValueFactory = _ => 1 };
         var inflight = new Option<int>("--inflight") { Description = "Requests in flight per stream", DefaultValueFactory = _ => 4 };
-        var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 3 };
-        var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
-        var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
+        var seconds = SecondsOption.Create("--seconds", "Measured seconds per row", 3);
+        var warmup = SecondsOption.Create("--warmup", "Unmeasured seconds before each row", 0.5);
+        var tcpSeconds = SecondsOption.Create("--tcp-seconds", "Raw TCP measurement per connection count (0: none)", 1.5);
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var distinct = new Option<bool>("--distinct-sequences")
         {
