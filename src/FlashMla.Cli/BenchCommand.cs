@@ -23,7 +23,7 @@ internal static class BenchCommand
         var context = new Option<int>("--context") { Description = "Tokens per sequence before the run (s_k)", DefaultValueFactory = _ => 1024 };
         var heads = new Option<int>("--heads") { Description = "Query heads (h_q)", DefaultValueFactory = _ => 16 };
         var queryTokens = new Option<int>("--sq") { Description = "Query tokens per sequence per step (s_q)", DefaultValueFactory = _ => 1 };
-        var seconds = new Option<double>("--seconds") { Description = "How long to run", DefaultValueFactory = _ => 10 };
+        var seconds = SecondsOption.Create("--seconds", "How long to run", 10);
         var append = new Option<bool>("--append") { Description = "Send the new KV rows with each step (the sequences grow)", DefaultValueFactory = _ => false };
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var transport = TransportOption.Create("HTTP/2 client: large-frames or sockets");

@@ -27,9 +27,9 @@ internal static class BenchMatrixCommand
         var context = new Option<int>("--context") { Description = "Tokens per sequence (s_k)", DefaultValueFactory = _ => 4096 };
         var streams = new Option<int>("--streams-per-connection") { Description = "Decode streams on each connection", DefaultValueFactory = _ => 1 };
         var inflight = new Option<int>("--inflight") { Description = "Requests in flight per stream", DefaultValueFactory = _ => 4 };
-        var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 3 };
-        var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
-        var tcpSeconds = new Option<double>("--tcp-seconds") { Description = "Raw TCP measurement per connection count (0: none)", DefaultValueFactory = _ => 1.5 };
+        var seconds = SecondsOption.Create("--seconds", "Measured seconds per row", 3);
+        var warmup = SecondsOption.Create("--warmup", "Unmeasured seconds before each row", 0.5);
+        var tcpSeconds = SecondsOption.Create("--tcp-seconds", "Raw TCP measurement per connection count (0: none)", 1.5);
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var distinct = new Option<bool>("--distinct-sequences")
         {
@@ -49,9 +49,12 @@ internal static class BenchMatrixCommand
             var chosen = TransportOption.ParseList(parse.GetValue(transports)!);
             string mainAddress = server.Address;
             var decodeTargets = ParseDecodeTargets(mainAddress, server.DecodeAddress);
-            if (chosen is null || decodeTargets is null) return Task.FromResult(2);
-            return RunAsync(new Settings(mainAddress, ParseList(parse.GetValue(batches)!),
-                ParseList(parse.GetValue(heads)!), ParseList(parse.GetValue(connections)!), parse.GetValue(context), parse.GetValue(streams),
+            if (chosen is null || decodeTargets is null) return Task.FromResult(ConnectionArguments.UsageError);
+            if (IntListOption.Parse("--batch", parse.GetValue(batches)!, min: 1) is not { } batchList
+                || IntListOption.Parse("--heads", parse.GetValue(heads)!, min: 1) is not { } headList
+                || IntListOption.Parse("--connections", parse.GetValue(connections)!, min: 1) is not { } connectionList)
+                return Task.FromResult(ConnectionArguments.UsageError);
+            return RunAsync(new Settings(mainAddress, batchList, headList, connectionList, parse.GetValue(context), parse.GetValue(streams),
                 parse.GetValue(inflight), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(tcpSeconds), parse.GetValue(output), chosen,
                 decodeTargets) { StreamWindowMiB = parse.GetValue(streamWindow), DirectDecode = !parse.GetValue(grpcClient), DistinctSequences = parse.GetValue(distinct),
                     Server = server }, token);
@@ -96,9 +99,6 @@ internal static class BenchMatrixCommand
         if (result.Count == 0) AnsiConsole.MarkupLine("[red]--decode-address names no address[/]");
         return result.Count == 0 ? null : [.. result];
     }
-
-    public static int[] ParseList(string text) =>
-        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse)];
 
     private sealed record Settings(string Address, int[] Batches, int[] Heads, int[] Connections, int Context, int StreamsPerConnection,
         int InFlight, double Seconds, double Warmup, double TcpSeconds, string? Output, ClientTransport[] Transports, DecodeTarget[] DecodeTargets)

@@ -21,7 +21,7 @@ internal static class IngestBenchCommand
         var tokens = new Option<int>("--ingest-tokens") { Description = "Rows per layer of each ingested sequence", DefaultValueFactory = _ => 32768 };
         var layers = new Option<int>("--ingest-layers") { Description = "Layers each ingested sequence fills", DefaultValueFactory = _ => 4 };
         var chunk = new Option<int>("--rows-per-chunk") { Description = "Rows per AppendKv message", DefaultValueFactory = _ => FlashMlaClient.DefaultRowsPerChunk };
-        var seconds = new Option<double>("--seconds") { Description = "Decode time per phase (alone, then beside ingest)", DefaultValueFactory = _ => 10 };
+        var seconds = SecondsOption.Create("--seconds", "Decode time per phase (alone, then beside ingest)", 10);
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("ingest-bench", "Decode p50 alone and while another client streams AppendKv, and the ingest's GB/s")
             { batch, heads, context, tokens, layers, chunk, seconds, output };

@@ -26,9 +26,9 @@ internal static class LatencyCommand
             { Description = "Shapes, comma-separated, each BxH: b sequences per request, h_q heads", DefaultValueFactory = _ => "1x16,32x16,128x16,128x128" };
         var inflight = new Option<string>("--inflight") { Description = "Requests in flight on the one stream, comma-separated", DefaultValueFactory = _ => "1,2,3,4" };
         var context = new Option<int>("--context") { Description = "Tokens per sequence (s_k)", DefaultValueFactory = _ => 4096 };
-        var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 2 };
-        var warmup = new Option<double>("--warmup") { Description = "Unmeasured seconds before each row", DefaultValueFactory = _ => 0.5 };
-        var floorSeconds = new Option<double>("--floor-seconds") { Description = "Raw TCP ping-pong per shape, seconds", DefaultValueFactory = _ => 1 };
+        var seconds = SecondsOption.Create("--seconds", "Measured seconds per row", 2);
+        var warmup = SecondsOption.Create("--warmup", "Unmeasured seconds before each row", 0.5);
+        var floorSeconds = SecondsOption.Create("--floor-seconds", "Raw TCP ping-pong per shape, seconds", 1);
         var shared = new Option<bool>("--shared-sequences")
             { Description = "Every request in flight on the same b sequences (they then never merge in the batcher); default: a set each" };
         var commit = new Option<string?>("--commit") { Description = "The commit to name in the results (default: the one this CLI was built from)" };
@@ -40,8 +40,9 @@ internal static class LatencyCommand
         command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
             var parsed = ParseShapes(parse.GetValue(shapes)!);
-            if (parsed is null) return Task.FromResult(2);
-            return RunAsync(new Settings(server, parsed, BenchMatrixCommand.ParseList(parse.GetValue(inflight)!),
+            if (parsed is null || IntListOption.Parse("--inflight", parse.GetValue(inflight)!, min: 1) is not { } inFlight)
+                return Task.FromResult(ConnectionArguments.UsageError);
+            return RunAsync(new Settings(server, parsed, inFlight,
                 parse.GetValue(context), parse.GetValue(seconds), parse.GetValue(warmup), parse.GetValue(floorSeconds), parse.GetValue(shared),
                 parse.GetValue(commit) is { Length: > 0 } named ? named : BuiltFromCommit(), parse.GetValue(output)), token);
         }));

@@ -14,4 +14,8 @@ root.Add(IngestBenchCommand.Create(connection));
 root.Add(VerifyCommand.Create(connection));
 root.Add(FlashMla.Cli.Soak.SoakCommand.Create(connection));
 root.Add(DevCertCommand.Create());
-return await root.Parse(args).InvokeAsync();
+var parse = root.Parse(args);
+int exitCode = await parse.InvokeAsync();
+// A command line that does not parse (a word for a number, a refused --seconds, an unknown option) is a usage error like
+// every command's own refusals: ConnectionArguments.UsageError, not System.CommandLine's 1, which commands use for "ran, and failed".
+return parse.Errors.Count > 0 ? ConnectionArguments.UsageError : exitCode;

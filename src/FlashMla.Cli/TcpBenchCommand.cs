@@ -17,12 +17,13 @@ internal static class TcpBenchCommand
     public static Command Create()
     {
         var connections = new Option<string>("--connections") { Description = "Connection counts, comma-separated (e.g. 1,2,4,8)", DefaultValueFactory = _ => "1" };
-        var seconds = new Option<double>("--seconds") { Description = "How long each count runs", DefaultValueFactory = _ => 3 };
+        var seconds = SecondsOption.Create("--seconds", "How long each count runs", 3);
         var messageBytes = new Option<int>("--message-bytes") { Description = "Bytes per send", DefaultValueFactory = _ => 4 * 1024 * 1024 };
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("tcpbench", "Raw loopback TCP throughput, one way, over N connections") { connections, seconds, messageBytes, output };
-        command.SetAction((parse, token) => RunAsync(BenchMatrixCommand.ParseList(parse.GetValue(connections)!), parse.GetValue(seconds),
-            parse.GetValue(messageBytes), parse.GetValue(output), token));
+        command.SetAction((parse, token) => IntListOption.Parse("--connections", parse.GetValue(connections)!, min: 1) is { } counts
+            ? RunAsync(counts, parse.GetValue(seconds), parse.GetValue(messageBytes), parse.GetValue(output), token)
+            : Task.FromResult(ConnectionArguments.UsageError));
         return command;
     }
 

@@ -34,7 +34,7 @@ internal static class TlsBenchCommand
 
     public static Command Create()
     {
-        var seconds = new Option<double>("--seconds") { Description = "Measured seconds per row", DefaultValueFactory = _ => 2 };
+        var seconds = SecondsOption.Create("--seconds", "Measured seconds per row", 2);
         var rounds = new Option<int>("--rounds") { Description = "Rounds over all rows (medians printed)", DefaultValueFactory = _ => 3 };
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("tlsbench", "Loopback TLS cost: cleartext vs SslStream per record vs batched records, AES-128 vs AES-256, GB/s and CPU s/GB")

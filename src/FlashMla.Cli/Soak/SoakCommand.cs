@@ -17,19 +17,19 @@ internal static class SoakCommand
     public static Command Create(ConnectionArguments connection)
     {
         var minutes = new Option<double>("--minutes") { Description = "How long the load runs", DefaultValueFactory = _ => 30 };
-        var interval = new Option<double>("--interval") { Description = "Seconds between lines", DefaultValueFactory = _ => 10 };
+        var interval = SecondsOption.Create("--interval", "Seconds between lines", 10);
         var metrics = new Option<string?>("--metrics-address") { Description = "The server's metrics port (default: --address's host, port 9090)" };
         var batch = new Option<int>("--batch") { Description = "Sequences per decode", DefaultValueFactory = _ => 4 };
         var heads = new Option<int>("--heads") { Description = "h_q of the decodes", DefaultValueFactory = _ => 8 };
         var context = new Option<int>("--context") { Description = "Tokens per sequence the decodes attend over", DefaultValueFactory = _ => 256 };
         var pause = new Option<int>("--pause-ms") { Description = "Pause between calls in each load task (keeps the CPU backend's compute small)", DefaultValueFactory = _ => 20 };
-        var abuseEvery = new Option<double>("--abuse-every") { Description = "Seconds between abusive acts", DefaultValueFactory = _ => 2 };
+        var abuseEvery = SecondsOption.Create("--abuse-every", "Seconds between abusive acts", 2);
         var flat = new Option<double>("--flat-mb") { Description = "Largest RSS and heap slope over the last 20 minutes, MB per 10 minutes, that counts as flat", DefaultValueFactory = _ => 10 };
         var secondToken = new Option<string?>("--second-token") { Description = "A second tenant's token: the load runs once per tenant" };
         var quotaToken = new Option<string?>("--quota-token") { Description = "A tenant with a small sequence quota, for the abusive client to exhaust" };
         var abuseActs = new Option<string>("--abuse-acts")
             { Description = "Abusive acts to run in turn, comma-separated: 0 cancelled unary, 1 cancelled stream, 2/3 dropped connection mid-stream (data plane/gRPC), 4 refused decodes, 5 quota, 6 another tenant's sequence, 7 unknown token", DefaultValueFactory = _ => "0,1,2,3,4,5,6,7" };
-        var tableEvery = new Option<double>("--table-every") { Description = "Seconds between the results file's rows", DefaultValueFactory = _ => 60 };
+        var tableEvery = SecondsOption.Create("--table-every", "Seconds between the results file's rows", 60);
         var commit = new Option<string?>("--commit") { Description = "The commit to name in the results (default: the one this CLI was built from)" };
         var output = new Option<string?>("--out") { Description = ResultsFile.OutDescription };
         var command = new Command("soak",
@@ -38,6 +38,8 @@ internal static class SoakCommand
             { minutes, interval, metrics, batch, heads, context, pause, abuseEvery, abuseActs, flat, secondToken, quotaToken, tableEvery, commit, output };
         command.SetAction((parse, token) => connection.RunAsync(parse, server =>
         {
+            if (IntListOption.Parse("--abuse-acts", parse.GetValue(abuseActs)!, min: 0, max: SoakAbuse.AllActs.Length - 1) is not { } acts)
+                return Task.FromResult(ConnectionArguments.UsageError);
             string grpc = server.Address;
             var settings = new SoakSettings(grpc, server.DecodeAddress ?? WithPort(grpc, +1), parse.GetValue(metrics) ?? WithPort(grpc, 9090, absolute: true),
                 parse.GetValue(minutes), parse.GetValue(interval), parse.GetValue(batch), parse.GetValue(heads), parse.GetValue(context), parse.GetValue(pause),
@@ -46,13 +48,13 @@ internal static class SoakCommand
             {
                 Tokens = parse.GetValue(secondToken) is { Length: > 0 } second ? [server.BearerToken, second] : [server.BearerToken],
                 QuotaToken = parse.GetValue(quotaToken) is { Length: > 0 } quota ? quota : null,
-                AbuseActs = BenchMatrixCommand.ParseList(parse.GetValue(abuseActs)!),
+                AbuseActs = acts,
                 Tls = server.Tls,
             };
             if (settings.Problem() is { } problem)
             {
                 AnsiConsole.MarkupLine($"[red]{Markup.Escape(problem)}[/]");
-                return Task.FromResult(2);
+                return Task.FromResult(ConnectionArguments.UsageError);
             }
             return RunAsync(settings, parse.GetValue(tableEvery), token);
         }));

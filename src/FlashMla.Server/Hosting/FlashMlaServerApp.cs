@@ -42,6 +42,10 @@ public static class FlashMlaServerApp
         builder.Services.AddSingleton(tls!);
         builder.Services.AddHostedService<TlsReloadPoller>();
 
+        // preserveStaticLogger: this server's loggers write to this server's logger. Without it Serilog's factory writes
+        // through the process-wide Log.Logger as it is when each ILogger is made, which the last server built in the
+        // process set and the first one disposed closes (Log.CloseAndFlush): with servers side by side (the tests'), a
+        // server's lines went to another's sinks or to the silent logger (its start-up line, now and then).
         builder.Services.AddSerilog((_, log) =>
         {
             log.MinimumLevel.Information()
@@ -51,7 +55,7 @@ public static class FlashMlaServerApp
                 .Enrich.FromLogContext();
             if (options.LogFormat == "json") log.WriteTo.Console(new CompactJsonFormatter());
             else log.WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {SourceContext}: {Message:lj}{NewLine}{Exception}");
-        });
+        }, preserveStaticLogger: true);
 
         var endpoints = new BoundEndpoints();
         builder.Services.AddSingleton(endpoints);

@@ -74,22 +74,34 @@ public sealed class DecoderService(DecodeHandler handler, IOptions<FlashMlaOptio
     /// <summary>One request of a stream: its response, or the error of that request alone in the response (the stream goes on).</summary>
     private async Task<Leased<DecodeResponse>> ServeInStreamAsync(Leased<DecodeRequest> request, Caller caller, ServerCallContext context)
     {
+        ulong requestId = request.Message.RequestId;
+        Leased<DecodeResponse> response;
         try
         {
-            return await handler.RunAsync(request.Message, caller, request.ReceivedAt, context.CancellationToken);
+            response = await handler.RunAsync(request.Message, caller, request.ReceivedAt, context.CancellationToken);
         }
         catch (Exception ex)
         {
-            return new Leased<DecodeResponse>(new DecodeResponse
-            {
-                RequestId = request.Message.RequestId,
-                Error = failures.RecordInStream(context.Method, request.Message.RequestId, AsExpired(ex, context)),
-            });
+            return Failed(requestId, AsExpired(ex, context));
         }
         finally
         {
             request.Dispose();
         }
+        // As for DecodeOnce: a request still computing when the stream's deadline passed finishes after its caller got
+        // DEADLINE_EXCEEDED for the whole stream, and is counted as that, not as a success nobody received.
+        if (DeadlinePassed(context))
+        {
+            response.Dispose();
+            return Failed(requestId, new RpcException(Expired));
+        }
+        return response;
+
+        Leased<DecodeResponse> Failed(ulong id, Exception ex) => new(new DecodeResponse
+        {
+            RequestId = id,
+            Error = failures.RecordInStream(context.Method, id, ex),
+        });
     }
 }
 
