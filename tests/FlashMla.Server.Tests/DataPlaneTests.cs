@@ -67,8 +67,10 @@ public sealed class DataPlaneTests(ITestOutputHelper output)
     /// </summary>
     internal static async Task<(double Small, double Large, double Growth)> AllocationGrowthAsync(FlashMlaClient client, ulong[][] groups, int steps)
     {
+        // The least of five runs each: the counters are the process's, and whatever else runs in it (a finished test's
+        // server still closing, the thread pool's own work) only ever adds (one run in six of three passed 2.4 %).
         double small = double.MaxValue, large = double.MaxValue;
-        for (int run = 0; run < 3; run++)
+        for (int run = 0; run < 5; run++)
         {
             small = Math.Min(small, await BytesPerStepAsync(client, groups, 16, steps));
             large = Math.Min(large, await BytesPerStepAsync(client, groups, 128, steps));
