@@ -8,8 +8,8 @@ namespace FlashMla.Cuda.DeviceCheck;
 
 /// <summary>
 /// An fp8 CUDA backend (KvDtype fp8: the fp8 kernels) and its oracle, an fp8 CPU backend of the same geometry,
-/// written alike, with two host copies of what was written: the bf16 rows as sent and as an fp8 cache gives them back
-/// (<see cref="Fp8KvFormat.RoundTrip"/>). Opened on first use, so without a GPU nothing opens; a fatbin without the fp8
+/// written alike, with three host copies of what was written: the bf16 rows as sent, as an fp8 cache gives them back
+/// (<see cref="Fp8KvFormat.RoundTrip"/>), and the fp8 tokens themselves (for the unrounded code x scale reference). Opened on first use, so without a GPU nothing opens; a fatbin without the fp8
 /// kernels skips the test that asked, saying so (device-round's -failSkips turns that into a failure there).
 /// </summary>
 public sealed class Fp8Backends : IDisposable
@@ -20,10 +20,12 @@ public sealed class Fp8Backends : IDisposable
     private CpuBackend? _cpu;
 
     private KvMirror? _sent, _dequantized;
+    private Fp8TokenMirror? _tokens;
 
     // Half a gigabyte each: made on first use, so a run without a GPU never holds them.
     internal KvMirror Sent => _sent ??= new(Layers, Blocks);
     internal KvMirror Dequantized => _dequantized ??= new(Layers, Blocks);
+    internal Fp8TokenMirror Tokens => _tokens ??= new(Layers, Blocks);
 
     internal CudaBackend Gpu => _gpu ??= OpenGpu();
     internal CpuBackend Cpu => _cpu ??= new CpuBackend(new KvPoolGeometry(Layers, Blocks, KvDtype.Fp8));
@@ -35,6 +37,7 @@ public sealed class Fp8Backends : IDisposable
         Cpu.WriteKv(layer, slots, rows);
         Sent.Write(layer, slots, rows);
         Dequantized.Write(layer, slots, Fp8KvFormat.RoundTrip(rows));
+        Tokens.Write(layer, slots, rows);
     }
 
     /// <summary>The rows a decode step appended, into the host copies (the backends appended them themselves).</summary>
@@ -42,6 +45,7 @@ public sealed class Fp8Backends : IDisposable
     {
         Sent.Write(layer, slots, rows);
         Dequantized.Write(layer, slots, Fp8KvFormat.RoundTrip(rows));
+        Tokens.Write(layer, slots, rows);
     }
 
     /// <summary>Seeds the inputs of one test, as <see cref="DeviceBackend.Steps"/> does.</summary>

@@ -13,7 +13,24 @@ internal readonly record struct ReferenceScore(double OutRelativeError, double L
 
     public override string ToString() => $"rel {OutRelativeError:E2}, lse err {LseError:E1}, NaN {NaN}, bad lse {BadLse}";
 
-    public static ReferenceScore Of(KvMirror mirror, DecodeBatch batch)
+    /// <summary>Against the reference over the bf16 rows of <paramref name="mirror"/>.</summary>
+    public static ReferenceScore Of(KvMirror mirror, DecodeBatch batch) => Score(batch, (s, table, lens) =>
+    {
+        ushort[] kv = mirror.Sequence(batch.Layer, table, batch.BlockTableStride, s, lens[s]);
+        return (q, visible, outRow) => MlaReference.AttendRow(q, kv, visible, batch.SoftmaxScale, outRow);
+    });
+
+    /// <summary>Against the reference over the fp8 tokens of <paramref name="tokens"/> as unrounded code x scale values.</summary>
+    public static ReferenceScore Of(Fp8TokenMirror tokens, DecodeBatch batch) => Score(batch, (s, table, lens) =>
+    {
+        float[] kv = tokens.Sequence(batch.Layer, table, batch.BlockTableStride, s, lens[s]);
+        return (q, visible, outRow) => MlaReference.AttendRow(q, kv, visible, batch.SoftmaxScale, outRow);
+    });
+
+    /// <summary>One query row's reference: out into <paramref name="outRow"/>, lse returned.</summary>
+    private delegate double RowReference(ReadOnlySpan<ushort> q, int visible, Span<double> outRow);
+
+    private static ReferenceScore Score(DecodeBatch batch, Func<int, int[], int[], RowReference> sequenceReference)
     {
         int b = batch.BatchSize, sq = batch.QueryTokens, hq = batch.Heads, rows = sq * hq;
         var q = new ushort[batch.Q.Length];
@@ -21,14 +38,14 @@ internal readonly record struct ReferenceScore(double OutRelativeError, double L
         int[] lens = batch.SeqLens.ToArray(), table = batch.BlockTable.ToArray();
         var outRef = new double[batch.Out.Length];
         var lseRef = new double[batch.Lse.Length];
-        var kv = new ushort[b][];
-        Parallel.For(0, b, s => kv[s] = mirror.Sequence(batch.Layer, table, batch.BlockTableStride, s, lens[s]));
-        // Rows in parallel (a 32k-token sequence at h_q 128 is many seconds on one core): MlaReference.AttendRow per row.
+        var reference = new RowReference[b];
+        Parallel.For(0, b, s => reference[s] = sequenceReference(s, table, lens));
+        // Rows in parallel (a 32k-token sequence at h_q 128 is many seconds on one core).
         Parallel.For(0, b * rows, row =>
         {
             int s = row / rows, t = row % rows / hq, h = row % hq;
-            lseRef[(s * hq + h) * sq + t] = MlaReference.AttendRow(q.AsSpan(row * MlaDims.HeadDimK, MlaDims.HeadDimK), kv[s],
-                MlaReference.Visible(lens[s], sq, t), batch.SoftmaxScale, outRef.AsSpan(row * MlaDims.HeadDimV, MlaDims.HeadDimV));
+            lseRef[(s * hq + h) * sq + t] = reference[s](q.AsSpan(row * MlaDims.HeadDimK, MlaDims.HeadDimK),
+                MlaReference.Visible(lens[s], sq, t), outRef.AsSpan(row * MlaDims.HeadDimV, MlaDims.HeadDimV));
         });
 
         ReadOnlySpan<ushort> got = batch.Out.Span;

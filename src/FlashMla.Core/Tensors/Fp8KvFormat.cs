@@ -108,6 +108,23 @@ public static class Fp8KvFormat
             row[MlaDims.HeadDimV + c] = BinaryPrimitives.ReadUInt16LittleEndian(stored.Slice(RopeOffset + c * sizeof(ushort)));
     }
 
+    /// <summary>
+    /// One row to floats without the format's bf16 rounding: code times scale (in fp32), the rope as it is. Not the
+    /// format's dequantization (<see cref="DequantizeRow"/> is): the checks' second reference, for kernels that apply
+    /// the scales in fp32 around their products.
+    /// </summary>
+    public static void DequantizeRowExact(ReadOnlySpan<byte> stored, Span<float> row)
+    {
+        CheckRow(row.Length, stored.Length);
+        for (int t = 0; t < Tiles; t++)
+        {
+            float scale = Scale(stored, t);
+            for (int i = t * TileValues; i < (t + 1) * TileValues; i++) row[i] = E4m3.ToFloat(stored[i]) * scale;
+        }
+        for (int c = 0; c < RopeValues; c++)
+            row[MlaDims.HeadDimV + c] = Bf16.ToFloat(BinaryPrimitives.ReadUInt16LittleEndian(stored.Slice(RopeOffset + c * sizeof(ushort))));
+    }
+
     /// <summary>Scale <paramref name="tile"/> (0..3) of a stored row.</summary>
     public static float Scale(ReadOnlySpan<byte> stored, int tile) =>
         BinaryPrimitives.ReadSingleLittleEndian(stored.Slice(ScalesOffset + tile * sizeof(float)));

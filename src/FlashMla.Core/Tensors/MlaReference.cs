@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace FlashMla.Core.Tensors;
 
 /// <summary>
@@ -38,7 +40,23 @@ public static class MlaReference
     /// natural log of the softmax denominator (-infinity, and out 0, when it sees nothing). Rows are independent,
     /// so a caller with many may run them in parallel.
     /// </summary>
-    public static double AttendRow(ReadOnlySpan<ushort> qRow, ReadOnlySpan<ushort> kv, int visible, double scale, Span<double> outRow)
+    public static double AttendRow(ReadOnlySpan<ushort> qRow, ReadOnlySpan<ushort> kv, int visible, double scale, Span<double> outRow) =>
+        Attend(qRow, kv, visible, scale, outRow);
+
+    /// <summary>
+    /// The same over KV values given as floats: an FP8 cache's codes times their scales without the format's bf16
+    /// rounding (<see cref="Fp8KvFormat.DequantizeRowExact"/>), what a kernel that applies the scales in fp32 around its
+    /// products computes.
+    /// </summary>
+    public static double AttendRow(ReadOnlySpan<ushort> qRow, ReadOnlySpan<float> kv, int visible, double scale, Span<double> outRow) =>
+        Attend(qRow, kv, visible, scale, outRow);
+
+    // One body for both element types (the JIT specializes it per type: no boxing, no branch per value).
+    private static double Value<T>(T x) where T : unmanaged =>
+        typeof(T) == typeof(ushort) ? Bf16.ToFloat(Unsafe.As<T, ushort>(ref x)) : Unsafe.As<T, float>(ref x);
+
+    private static double Attend<T>(ReadOnlySpan<ushort> qRow, ReadOnlySpan<T> kv, int visible, double scale, Span<double> outRow)
+        where T : unmanaged
     {
         const int dk = MlaDims.HeadDimK, dv = MlaDims.HeadDimV;
         outRow.Clear();
@@ -49,7 +67,7 @@ public static class MlaReference
         {
             double dot = 0;
             var kRow = kv.Slice(j * dk, dk);
-            for (int c = 0; c < dk; c++) dot += (double)Bf16.ToFloat(qRow[c]) * Bf16.ToFloat(kRow[c]);
+            for (int c = 0; c < dk; c++) dot += (double)Bf16.ToFloat(qRow[c]) * Value(kRow[c]);
             scores[j] = dot * scale;
             max = Math.Max(max, scores[j]);
         }
@@ -59,7 +77,7 @@ public static class MlaReference
         {
             double weight = scores[j] / sum;
             var vRow = kv.Slice(j * dk, dv);
-            for (int c = 0; c < dv; c++) outRow[c] += weight * Bf16.ToFloat(vRow[c]);
+            for (int c = 0; c < dv; c++) outRow[c] += weight * Value(vRow[c]);
         }
         return max + Math.Log(sum);
     }

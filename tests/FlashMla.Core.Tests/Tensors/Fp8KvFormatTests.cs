@@ -59,6 +59,47 @@ public class Fp8KvFormatTests
     }
 
     [Fact]
+    public void The_exact_dequantization_is_code_times_scale_unrounded_and_rounds_to_the_formats()
+    {
+        var rng = new Random(17);
+        var row = RandomRow(rng, 3f);
+        var stored = Quantize(row);
+        var exact = new float[Dk];
+        var rounded = new ushort[Dk];
+        Fp8KvFormat.DequantizeRowExact(stored, exact);
+        Fp8KvFormat.DequantizeRow(stored, rounded);
+        int unrounded = 0;
+        for (int i = 0; i < Dk; i++)
+        {
+            float expected = i < MlaDims.HeadDimV ? E4m3.ToFloat(stored[i]) * Fp8KvFormat.Scale(stored, i / Fp8KvFormat.TileValues) : Bf16.ToFloat(row[i]);
+            Assert.Equal(expected, exact[i]);
+            Assert.Equal(rounded[i], Bf16.FromFloat(exact[i]));  // the format's value is this one rounded to bf16
+            if (Bf16.ToFloat(Bf16.FromFloat(exact[i])) != exact[i]) unrounded++;
+        }
+        Assert.True(unrounded > 100, $"only {unrounded} of 512 values differ from their bf16 rounding: the test says nothing");
+        Assert.Throws<ArgumentException>(() => Fp8KvFormat.DequantizeRowExact(stored, new float[Dk - 1]));
+    }
+
+    [Fact]
+    public void The_reference_over_float_values_is_the_reference_over_bf16_when_the_values_are_bf16()
+    {
+        var rng = new Random(5);
+        const int visible = 70;
+        var kv16 = new ushort[visible * Dk];
+        for (int i = 0; i < kv16.Length; i++) kv16[i] = Bf16.FromFloat((float)(rng.NextDouble() * 2 - 1));
+        var kv32 = kv16.Select(Bf16.ToFloat).ToArray();
+        var q = RandomRow(rng);
+        var out16 = new double[MlaDims.HeadDimV];
+        var out32 = new double[MlaDims.HeadDimV];
+        double lse16 = MlaReference.AttendRow(q, kv16, visible, 0.07, out16);
+        double lse32 = MlaReference.AttendRow(q, kv32, visible, 0.07, out32);
+        Assert.Equal(lse16, lse32);
+        Assert.Equal(out16, out32);
+        Assert.Equal(double.NegativeInfinity, MlaReference.AttendRow(q, kv32, 0, 0.07, out32));
+        Assert.All(out32, v => Assert.Equal(0.0, v));
+    }
+
+    [Fact]
     public void Rope_values_are_copied_unchanged_bit_for_bit()
     {
         var row = RandomRow(new Random(2));
