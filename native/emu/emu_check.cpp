@@ -310,6 +310,119 @@ Result dequant_fast_unit() {
     return {worst <= 1, line};
 }
 
+// The write kernels (append, FP8 quantizing and raw append, page copies) on the emulator against the host: pools
+// poisoned, padding and out-of-range slots that must be skipped, FP8 rows of every kind (huge, tiny, zero, NaN,
+// subnormal, exactly 448) byte for byte against the host's quantizer (fp8_host.h; the emulator's cvt.e4m3 is the
+// host's nearest-code search, so this checks the kernel's scale, NaN and layout logic, not the conversion).
+Result write_kernels_unit() {
+    std::mt19937_64 rng(99);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    constexpr int kBlocks = 6, kRows = 40;
+    std::string why;
+    auto random_row = [&](int r) {
+        std::vector<uint16_t> row(kDimK);
+        for (int i = 0; i < kDimK; ++i) {
+            float v = nd(rng);
+            switch ((r * 4 + i / MLA_FP8_TILE) % 8) {
+                case 1: v *= 1e3f; break;
+                case 2: v *= 1e-3f; break;
+                case 3: v = 0.f; break;
+                case 4: if (i % MLA_FP8_TILE == 5) v = NAN; break;
+                case 5: v *= 1e36f; break;
+                case 6: v *= 1e-37f; break;
+                case 7: if (i % MLA_FP8_TILE == 0) v = 448.f; break;
+                default: break;
+            }
+            row[i] = bf16_bits(v);
+        }
+        return row;
+    };
+    std::vector<uint16_t> rows;
+    for (int r = 0; r < kRows; ++r) {
+        const auto row = random_row(r);
+        rows.insert(rows.end(), row.begin(), row.end());
+    }
+    std::vector<int32_t> slots(kRows);
+    std::vector<int> perm(kBlocks * kPage);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int r = 0; r < kRows; ++r) slots[r] = perm[r];
+    slots[3] = -1;                 // padding: skipped
+    slots[7] = kBlocks * kPage;    // one past the pool: skipped
+    KvAppendParams ap{};
+    ap.rows = rows.data();
+    ap.slots = slots.data();
+    ap.num_rows = kRows;
+    ap.num_blocks = kBlocks;
+    auto grid = [](int n) { return emu::Dim3{static_cast<unsigned>((n + MLA_APPEND_ROWS_PER_CTA - 1) / MLA_APPEND_ROWS_PER_CTA), 1, 1}; };
+    emu::configure(emu::Options{});
+
+    // bf16 append: the rows at their slots, nothing else touched (one guard page past the pool).
+    std::vector<uint16_t> pool((kBlocks + 1) * static_cast<size_t>(kPage) * kDimK, 0xFFFF);
+    ap.kv_pool = pool.data();
+    emu::launch("flashmla_append_kv", grid(kRows), emu::Dim3{MLA_APPEND_THREADS, 1, 1}, 0, [&] { flashmla_append_kv(ap); });
+    for (int slot = 0; slot < (kBlocks + 1) * kPage && why.empty(); ++slot) {
+        const int r = static_cast<int>(std::find(slots.begin(), slots.end(), slot) - slots.begin());
+        for (int j = 0; j < kDimK; ++j) {
+            const uint16_t want = (r < kRows && slot < kBlocks * kPage) ? rows[static_cast<size_t>(r) * kDimK + j] : 0xFFFF;
+            if (pool[static_cast<size_t>(slot) * kDimK + j] != want) { why = "append: slot " + std::to_string(slot); break; }
+        }
+    }
+
+    // FP8 quantizing append, against the host quantizer byte for byte.
+    std::vector<uint8_t> fp8((kBlocks + 1) * static_cast<size_t>(kFp8PageBytes), 0xA5), expect(fp8);
+    for (int r = 0; r < kRows; ++r)
+        if (slots[r] >= 0 && slots[r] < kBlocks * kPage)
+            fp8host::quantize_row(rows.data() + static_cast<size_t>(r) * kDimK, expect.data() + static_cast<size_t>(slots[r]) * kFp8TokenBytes);
+    ap.kv_pool = fp8.data();
+    emu::launch("flashmla_append_kv_fp8", grid(kRows), emu::Dim3{MLA_APPEND_THREADS, 1, 1}, 0, [&] { flashmla_append_kv_fp8(ap); });
+    if (why.empty() && fp8 != expect) {
+        size_t i = 0;
+        while (fp8[i] == expect[i]) ++i;
+        why = "fp8 append: byte " + std::to_string(i % kFp8TokenBytes) + " of slot " + std::to_string(i / kFp8TokenBytes);
+    }
+
+    // Raw FP8 rows: copied as they are.
+    std::vector<uint8_t> raw(static_cast<size_t>(kRows) * kFp8TokenBytes);
+    for (auto& b : raw) b = static_cast<uint8_t>(rng());
+    std::vector<uint8_t> rawpool((kBlocks + 1) * static_cast<size_t>(kFp8PageBytes), 0x5A), rawexpect(rawpool);
+    for (int r = 0; r < kRows; ++r)
+        if (slots[r] >= 0 && slots[r] < kBlocks * kPage)
+            std::memcpy(rawexpect.data() + static_cast<size_t>(slots[r]) * kFp8TokenBytes, raw.data() + static_cast<size_t>(r) * kFp8TokenBytes, kFp8TokenBytes);
+    ap.rows = raw.data();
+    ap.kv_pool = rawpool.data();
+    emu::launch("flashmla_append_kv_fp8_raw", grid(kRows), emu::Dim3{MLA_APPEND_THREADS, 1, 1}, 0, [&] { flashmla_append_kv_fp8_raw(ap); });
+    if (why.empty() && rawpool != rawexpect) why = "raw fp8 append";
+
+    // Page copies over two layers with a layer stride larger than the pool, an invalid pair skipped: bf16 and FP8.
+    const std::vector<int32_t> pairs = {0, 1, 2, 3, 4, kBlocks, -1, 5};
+    BlockCopyParams cp{};
+    cp.pairs = pairs.data();
+    cp.num_pairs = static_cast<int>(pairs.size() / 2);
+    cp.num_layers = 2;
+    cp.layer_stride_blocks = kBlocks + 2;
+    cp.num_blocks = kBlocks;
+    for (int f = 0; f < 2 && why.empty(); ++f) {
+        const size_t page = f ? kFp8PageBytes : static_cast<size_t>(kPage) * kDimK * 2;
+        std::vector<uint8_t> layers(2 * (kBlocks + 2) * page);
+        for (auto& b : layers) b = static_cast<uint8_t>(rng());
+        std::vector<uint8_t> want(layers);
+        for (int l = 0; l < 2; ++l)
+            for (size_t k = 0; k + 1 < pairs.size(); k += 2)
+                if (pairs[k] >= 0 && pairs[k] < kBlocks && pairs[k + 1] >= 0 && pairs[k + 1] < kBlocks)
+                    std::memcpy(want.data() + (l * (kBlocks + 2) + pairs[k + 1]) * page, layers.data() + (l * (kBlocks + 2) + pairs[k]) * page, page);
+        cp.kv_pool = layers.data();
+        const char* name = f ? "flashmla_copy_blocks_fp8" : "flashmla_copy_blocks";
+        emu::launch(name, emu::Dim3{static_cast<unsigned>(cp.num_pairs), 2, 1}, emu::Dim3{MLA_COPY_THREADS, 1, 1}, 0,
+                    [&] { f ? flashmla_copy_blocks_fp8(cp) : flashmla_copy_blocks(cp); });
+        if (layers != want) why = std::string(name) + ": pages differ";
+    }
+    char line[200];
+    std::snprintf(line, sizeof line, "%-4s unit write kernels (append, fp8 append vs the host quantizer, raw fp8 append, page copies)%s%s",
+                  why.empty() ? "PASS" : "FAIL", why.empty() ? "" : ": ", why.c_str());
+    return {why.empty(), line};
+}
+
 std::vector<Case> cases() {
     return {
         {"mixed_h16", 16, 1, {1, 63, 64, 65, 2, 129, 300}, 5},
@@ -380,11 +493,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     int passed = 0, failed = 0;
-    if (unit) {
-        const Result u = dequant_fast_unit();
-        std::printf("%s\n", u.line.c_str());
-        (u.ok ? passed : failed)++;
-    }
+    if (unit)
+        for (const Result& u : {dequant_fast_unit(), write_kernels_unit()}) {
+            std::printf("%s\n", u.line.c_str());
+            (u.ok ? passed : failed)++;
+        }
     uint64_t data_seed = 11;
     std::vector<Case> all = cases();
     for (const Case& c : random_cases(random)) all.push_back(c);

@@ -18,7 +18,7 @@ import tempfile
 
 NATIVE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, file under native/, text, replacement, kernel, case filter)
+# (name, file under native/, text, replacement, kernel, case filter); kernel None: the unit checks alone
 MUTATIONS = [
     ("v15: no proxy fence after Q's cp.async", "kernels/decode_sm90_tma.cu",
      "ptx::fence_proxy_async_smem();  // Q: cp.async data (generic proxy) -> wgmma reads", "",
@@ -52,6 +52,11 @@ MUTATIONS = [
      "            ptx::wgmma_commit();\n            ptx::wgmma_wait<0>();\n#pragma unroll\n            for (int a = 0; a < kAcc; ++a) ptx::fence_regs(acc[a]);",
      "            ptx::wgmma_commit();\n            ptx::wgmma_wait<1>();\n#pragma unroll\n            for (int a = 0; a < kAcc; ++a) ptx::fence_regs(acc[a]);",
      "flashmla_decode_splitkv_v18", "mixed_h16"),
+    ("fp8 append: a NaN tile's scale not forced to NaN", "include/fp8_kv.cuh",
+     "const float scale = nan ? __int_as_float(0x7fc00000) : __fdiv_rn(amax, 448.f);",
+     "const float scale = __fdiv_rn(amax, 448.f);", None, None),
+    ("page copy: a destination past the pool not skipped", "kernels/copy_blocks.cu",
+     "dst_blk < 0 || dst_blk >= p.num_blocks) return;", "dst_blk < 0) return;", None, None),
     ("combine: weights not normalised", "kernels/combine.cu",
      "const float inv = (wsum > 0.f) ? 1.f / wsum : 0.f;", "const float inv = 1.f;",
      "flashmla_decode_splitkv", "many_parts"),
@@ -72,10 +77,10 @@ def run(m, tmp_root):
     build = subprocess.run(["bash", os.path.join(tree, "emu", "build.sh"), exe], capture_output=True, text=True)
     if build.returncode != 0:
         return False, f"FAIL mutation '{name}': did not compile\n{build.stderr[-2000:]}"
-    r = subprocess.run([exe, "--kernel", kernel, "--case", case, "--seeds", "3", "--no-unit"], capture_output=True,
-                       text=True, timeout=600)
+    args = ["--kernel", kernel, "--case", case, "--seeds", "3", "--no-unit"] if kernel else ["--case", "(units only)"]
+    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
     if r.returncode == 0:
-        return False, f"FAIL mutation '{name}': emu_check passed with it ({kernel}, {case})"
+        return False, f"FAIL mutation '{name}': emu_check passed with it ({kernel or 'unit checks'}, {case})"
     why = next((l for l in (r.stderr + r.stdout).splitlines() if l.startswith("EMU ERROR") or l.startswith("FAIL")), "")
     return True, f"PASS mutation '{name}' caught: {why[:160]}"
 
