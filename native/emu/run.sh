@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI's run of the decode kernels on the CPU emulator (README: "CPU emulator"): builds emu_check, runs every
 # kernel on every case under two scheduling seeds, then the mutations (bugs put into copies of the kernels)
-# that emu_check must catch. The last line is the sum of both: "N passed, N failed".
+# that emu_check must catch, then the exported kernels as an EXPORT_NARROW=1 module has them. The last line
+# is the sum of all three: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ! bash emu/build.sh build/emu_check; then echo "FAIL: emu_check did not build"; echo "0 passed, 1 failed"; exit 1; fi
@@ -11,5 +12,14 @@ trap 'rm -f "$out"' EXIT
 rc1=${PIPESTATUS[0]}
 python3 emu/mutations.py --jobs 2 | tee -a "$out"
 rc2=${PIPESTATUS[0]}
+# The module as EXPORT_NARROW=1 builds it: the ABI's decode kernels dispatch to v18 and fp8 v3.
+rc3=1
+if EXPORT_NARROW=1 bash emu/build.sh build/emu_check_export_narrow; then
+    ./build/emu_check_export_narrow --kernel flashmla_decode_splitkv --kernel flashmla_decode_splitkv_fp8 --seeds 1 --random 0 \
+        --no-unit | sed 's/^\(PASS\|FAIL\) /\1 [EXPORT_NARROW] /' | tee -a "$out"
+    rc3=${PIPESTATUS[0]}
+else
+    echo "FAIL: emu_check with EXPORT_NARROW=1 did not build"; echo "0 passed, 1 failed" | tee -a "$out"
+fi
 grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | awk '{p+=$1; f+=$3} END {printf "%d passed, %d failed\n", p, f}'
-[ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ]
+[ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] && [ "$rc3" -eq 0 ]
