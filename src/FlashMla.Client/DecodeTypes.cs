@@ -94,6 +94,9 @@ public sealed class DecodeOutput : IDisposable
     /// <summary>Payload bytes of the response (out + lse).</summary>
     public long PayloadBytes => Response.Out.Data.Length + Response.Lse.Data.Length;
 
+    /// <summary>Copies both tensors into the caller's memory after checking their sizes against <paramref name="lengths"/>.</summary>
+    internal DecodeResult CopyOut(DecodeOutputLengths lengths, Span<ushort> output, Span<float> lse) => lengths.CopyOut(Response, output, lse);
+
     public Contracts.V1.DecodeTimings Timings => Response.Timings;
     public ulong RequestId => Response.RequestId;
 
