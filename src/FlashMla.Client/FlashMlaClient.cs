@@ -391,7 +391,11 @@ public sealed record FlashMlaClientOptions
     /// </summary>
     public string? DecodeAddress { get; init; }
 
-    /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
+    /// <summary>
+    /// Where decode responses are received into, one array per response message (rented by the connection's reader loop
+    /// when the message's prefix arrives, given back on <see cref="DecodeOutput.Dispose"/>, or before the task completes
+    /// when decoding into the caller's memory); null for <see cref="FlashMlaClient.DefaultBufferPool"/>.
+    /// </summary>
     public ArrayPool<byte>? BufferPool { get; init; }
 
     /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport.</summary>
