@@ -21,11 +21,12 @@ namespace FlashMla.Client;
 public sealed class DecodeStream : IAsyncDisposable
 {
     private readonly AsyncDuplexStreamingCall<Leased<DecodeRequest>, Leased<DecodeResponse>> _call;
-    private readonly ConcurrentDictionary<ulong, TaskCompletionSource<DecodeOutput>> _pending = new();
+    private readonly ConcurrentDictionary<ulong, PendingDecode> _pending = new();
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly Task _reader;
     private long _nextId;
     private volatile Exception? _closed;
+    private int _disposed;
 
     internal DecodeStream(AsyncDuplexStreamingCall<Leased<DecodeRequest>, Leased<DecodeResponse>> call)
     {
@@ -41,11 +42,37 @@ public sealed class DecodeStream : IAsyncDisposable
     /// </summary>
     public async Task<Task<DecodeOutput>> SendAsync(DecodeInput input, CancellationToken cancellationToken = default)
     {
+        var pending = new PendingOutput();
+        await SendAsync(input, pending, cancellationToken).ConfigureAwait(false);
+        return pending.Task;
+    }
+
+    /// <summary>
+    /// As <see cref="SendAsync(DecodeInput, CancellationToken)"/>, the outputs to be written into the caller's memory:
+    /// <c>out [b, s_q, h_q, 512]</c> bf16 into the start of <paramref name="output"/>, <c>lse [b, h_q, s_q]</c> into the
+    /// start of <paramref name="lse"/> (memory too short for them: <see cref="ArgumentException"/>, nothing sent). The copy
+    /// from the received message into this memory is the only one after the socket, and the message's pooled buffer goes
+    /// back before the returned task completes.
+    /// <para>
+    /// Ownership: <paramref name="output"/> and <paramref name="lse"/> belong to the call from this method's start until
+    /// the returned task completes, however it completes; they are written only just before it completes with its
+    /// result, and never after. A response whose tensors are not this step's sizes fails the task with INTERNAL and
+    /// writes nothing. <paramref name="cancellationToken"/> cancels the send only (see <see cref="DecodeAsync(DecodeInput, Memory{ushort}, Memory{float}, CancellationToken)"/>).
+    /// </para>
+    /// </summary>
+    public async Task<Task<DecodeResult>> SendAsync(DecodeInput input, Memory<ushort> output, Memory<float> lse, CancellationToken cancellationToken = default)
+    {
+        var pending = new PendingCopy(this, DecodeOutputLengths.For(input, output.Length, lse.Length), output, lse);
+        await SendAsync(input, pending, cancellationToken).ConfigureAwait(false);
+        return pending.Task;
+    }
+
+    private async Task SendAsync(DecodeInput input, PendingDecode pending, CancellationToken cancellationToken)
+    {
         ulong id = (ulong)Interlocked.Increment(ref _nextId);
         var request = input.ToRequest(id);
-        // Continuations inline: the reader hands itself off before completing it (ReadResponsesAsync).
-        var completion = new TaskCompletionSource<DecodeOutput>();
-        _pending[id] = completion;
+        pending.Id = id;
+        _pending[id] = pending;
         if (_closed is { } closed)
         {
             _pending.TryRemove(id, out _);
@@ -75,7 +102,6 @@ public sealed class DecodeStream : IAsyncDisposable
         {
             _sendLock.Release();
         }
-        return completion.Task;
     }
 
     /// <summary>Sends one step and waits for its response.</summary>
@@ -83,6 +109,21 @@ public sealed class DecodeStream : IAsyncDisposable
     {
         var response = await SendAsync(input, cancellationToken).ConfigureAwait(false);
         return await response.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Sends one step and waits for its outputs, written into the caller's memory as
+    /// <see cref="SendAsync(DecodeInput, Memory{ushort}, Memory{float}, CancellationToken)"/> says. Cancelling
+    /// <paramref name="cancellationToken"/> while the response is awaited cancels the task at once unless the response is
+    /// already being copied (then the task completes with it a moment later): either way, once the task has completed
+    /// nothing writes the memory. The response of a cancelled request is dropped when it comes; the stream stays open.
+    /// </summary>
+    public async Task<DecodeResult> DecodeAsync(DecodeInput input, Memory<ushort> output, Memory<float> lse, CancellationToken cancellationToken = default)
+    {
+        var pending = new PendingCopy(this, DecodeOutputLengths.For(input, output.Length, lse.Length), output, lse);
+        await SendAsync(input, pending, cancellationToken).ConfigureAwait(false);
+        pending.CancelOn(cancellationToken);
+        return await pending.Task.ConfigureAwait(false);
     }
 
     private async Task ReadResponsesAsync()
@@ -93,7 +134,7 @@ public sealed class DecodeStream : IAsyncDisposable
             await foreach (var leased in _call.ResponseStream.ReadAllAsync().ConfigureAwait(false))
             {
                 var response = leased.Message;
-                if (!_pending.TryRemove(response.RequestId, out var completion))
+                if (!_pending.TryRemove(response.RequestId, out var pending))
                 {
                     leased.Dispose();
                     continue;
@@ -102,11 +143,11 @@ public sealed class DecodeStream : IAsyncDisposable
                 if (response.Error is { } error)
                 {
                     leased.Dispose();
-                    answer = new Answer(completion, null, new RpcException(new Status((StatusCode)error.Code, error.Message)));
+                    answer = new Answer(pending, null, new RpcException(new Status((StatusCode)error.Code, error.Message)));
                 }
                 else
                 {
-                    answer = new Answer(completion, new DecodeOutput(leased), null);
+                    answer = new Answer(pending, leased, null);
                 }
                 // The caller's code resumes on this thread, inside the completion: this loop goes on on another one first.
                 await new ThreadHandOff<Answer>(static a => a.Complete(), answer);
@@ -120,28 +161,111 @@ public sealed class DecodeStream : IAsyncDisposable
         _closed = failure;
         // One work item each: a caller's continuation runs inline on whichever thread completes its task.
         foreach (var id in _pending.Keys)
-            if (_pending.TryRemove(id, out var completion))
-                ThreadPool.UnsafeQueueUserWorkItem(static a => a.Complete(), new Answer(completion, null, failure), preferLocal: false);
+            if (_pending.TryRemove(id, out var pending))
+                ThreadPool.UnsafeQueueUserWorkItem(static a => a.Complete(), new Answer(pending, null, failure), preferLocal: false);
     }
 
-    /// <summary>What one request's task completes with: its output, or the request's own failure.</summary>
-    private readonly record struct Answer(TaskCompletionSource<DecodeOutput> Completion, DecodeOutput? Output, Exception? Failure)
+    /// <summary>What one request's task completes with: its response (the pending request takes it over), or the request's own failure.</summary>
+    private readonly record struct Answer(PendingDecode Pending, Leased<DecodeResponse>? Response, Exception? Failure)
     {
         public void Complete()
         {
-            if (Output is { } output)
-            {
-                if (!Completion.TrySetResult(output)) output.Dispose();
-            }
-            else
-            {
-                Completion.TrySetException(Failure!);
-            }
+            if (Response is { } response) Pending.Complete(response);
+            else Pending.Fail(Failure!);
         }
     }
 
+    /// <summary>A request sent and not yet answered. Continuations run inline: the reader hands itself off before completing one.</summary>
+    private abstract class PendingDecode
+    {
+        public ulong Id { get; set; }
+
+        /// <summary>Takes over <paramref name="response"/> (gives it back when it is not wanted).</summary>
+        public abstract void Complete(Leased<DecodeResponse> response);
+
+        public abstract void Fail(Exception failure);
+    }
+
+    /// <summary>A request whose task completes with the response's own pooled buffers (<see cref="DecodeOutput"/>).</summary>
+    private sealed class PendingOutput : PendingDecode
+    {
+        private readonly TaskCompletionSource<DecodeOutput> _completion = new();
+
+        public Task<DecodeOutput> Task => _completion.Task;
+
+        public override void Complete(Leased<DecodeResponse> response)
+        {
+            var output = new DecodeOutput(response);
+            if (!_completion.TrySetResult(output)) output.Dispose();
+        }
+
+        public override void Fail(Exception failure) => _completion.TrySetException(failure);
+    }
+
+    /// <summary>
+    /// A request whose outputs are copied into the caller's memory. Its state moves once, from waiting to answered or
+    /// to cancelled, so a cancellation never races the copy: the one that moves it first decides.
+    /// </summary>
+    private sealed class PendingCopy(DecodeStream owner, DecodeOutputLengths lengths, Memory<ushort> output, Memory<float> lse) : PendingDecode
+    {
+        private const int Waiting = 0, Answered = 1, Cancelled = 2;
+        private readonly TaskCompletionSource<DecodeResult> _completion = new();
+        private CancellationTokenRegistration _registration;
+        private int _state;
+
+        public Task<DecodeResult> Task => _completion.Task;
+
+        public void CancelOn(CancellationToken cancellationToken)
+        {
+            if (cancellationToken.CanBeCanceled)
+                _registration = cancellationToken.UnsafeRegister(static (state, token) => ((PendingCopy)state!).Cancel(token), this);
+        }
+
+        private void Cancel(CancellationToken token)
+        {
+            if (Interlocked.CompareExchange(ref _state, Cancelled, Waiting) != Waiting) return;
+            owner._pending.TryRemove(Id, out _);
+            _completion.TrySetCanceled(token);
+        }
+
+        public override void Complete(Leased<DecodeResponse> response)
+        {
+            try
+            {
+                if (Interlocked.CompareExchange(ref _state, Answered, Waiting) != Waiting) return;
+                _registration.Unregister();
+                DecodeResult result;
+                try
+                {
+                    result = lengths.CopyOut(response.Message, output.Span, lse.Span);
+                }
+                catch (RpcException wrongSize)
+                {
+                    _completion.TrySetException(wrongSize);
+                    return;
+                }
+                response.Dispose(); // the buffer goes back before the caller resumes
+                _completion.TrySetResult(result);
+            }
+            finally
+            {
+                response.Dispose();
+            }
+        }
+
+        public override void Fail(Exception failure)
+        {
+            if (Interlocked.CompareExchange(ref _state, Answered, Waiting) != Waiting) return;
+            _registration.Unregister();
+            _completion.TrySetException(failure);
+        }
+    }
+
+    /// <summary>Ends the request side and waits for the responses still due; a second call returns at once.</summary>
     public async ValueTask DisposeAsync()
     {
+        // Once only: the first call keeps the send lock (no request may follow the end), so a second one waited for it forever.
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         try
         {
             await _sendLock.WaitAsync().ConfigureAwait(false);

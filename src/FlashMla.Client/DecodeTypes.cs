@@ -50,9 +50,12 @@ public sealed record DecodeInput(int Layer, IReadOnlyList<ulong> SequenceIds, in
 }
 
 /// <summary>
-/// The outputs of one step. They live in pooled buffers filled once from the received frames; read them
-/// through <see cref="Out"/> and <see cref="Lse"/> or copy them out, then <see cref="Dispose"/> to give the
-/// buffers back (an output never disposed is only garbage: its buffers are collected, not reused).
+/// The outputs of one step. They live in the pooled buffer the response was received into (on the library's own
+/// transport, straight from the socket: no copy after it); read them through <see cref="Out"/> and <see cref="Lse"/>
+/// or copy them out, then <see cref="Dispose"/> to give the buffer back (an output never disposed is only garbage:
+/// its buffer is collected, not reused). The buffer is the output's from the moment its task completes until
+/// <see cref="Dispose"/>; spans read from it must not be used after that. To have the outputs in memory of your own
+/// instead, decode into it (<see cref="DecodeStream.DecodeAsync(DecodeInput, Memory{ushort}, Memory{float}, CancellationToken)"/>).
 /// </summary>
 public sealed class DecodeOutput : IDisposable
 {
@@ -93,6 +96,9 @@ public sealed class DecodeOutput : IDisposable
 
     /// <summary>Payload bytes of the response (out + lse).</summary>
     public long PayloadBytes => Response.Out.Data.Length + Response.Lse.Data.Length;
+
+    /// <summary>Copies both tensors into the caller's memory after checking their sizes against <paramref name="lengths"/>.</summary>
+    internal DecodeResult CopyOut(DecodeOutputLengths lengths, Span<ushort> output, Span<float> lse) => lengths.CopyOut(Response, output, lse);
 
     public Contracts.V1.DecodeTimings Timings => Response.Timings;
     public ulong RequestId => Response.RequestId;

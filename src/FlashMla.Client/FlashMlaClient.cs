@@ -336,6 +336,27 @@ public sealed class FlashMlaClient : IDisposable
             new Leased<DecodeRequest>(input.ToRequest(1))));
 
     /// <summary>
+    /// One decode step as a unary call, as <see cref="DecodeOnceAsync(DecodeInput, CancellationToken, DateTime?)"/>, its
+    /// outputs written into the caller's memory: <c>out [b, s_q, h_q, 512]</c> bf16 into the start of
+    /// <paramref name="output"/>, <c>lse [b, h_q, s_q]</c> fp32 into the start of <paramref name="lse"/> (memory too short
+    /// for them: <see cref="ArgumentException"/>, nothing sent). The copy from the received message into this memory is the
+    /// only one after the socket; the message's pooled buffer goes back before the task completes, so nothing of the
+    /// response's size is allocated or held per call.
+    /// <para>
+    /// Ownership: the memory belongs to the call until the task completes; it is written only just before the task
+    /// completes with its result (a failed, cancelled or timed-out call writes nothing, and a response whose tensors are
+    /// not this step's sizes fails with INTERNAL and writes nothing), never after.
+    /// </para>
+    /// </summary>
+    public async Task<DecodeResult> DecodeOnceAsync(DecodeInput input, Memory<ushort> output, Memory<float> lse,
+        CancellationToken cancellationToken = default, DateTime? deadline = null)
+    {
+        var lengths = DecodeOutputLengths.For(input, output.Length, lse.Length);
+        using var response = await DecodeOnceAsync(input, cancellationToken, deadline).ConfigureAwait(false);
+        return response.CopyOut(lengths, output.Span, lse.Span);
+    }
+
+    /// <summary>
     /// A pipelined decode stream on the next connection (round-robin); dispose it to end the stream. Past
     /// <paramref name="deadline"/> (UTC) the whole stream ends: its pending requests fail with DEADLINE_EXCEEDED.
     /// </summary>
@@ -370,7 +391,11 @@ public sealed record FlashMlaClientOptions
     /// </summary>
     public string? DecodeAddress { get; init; }
 
-    /// <summary>Where decode responses' tensors are parsed into; null for <see cref="FlashMlaClient.DefaultBufferPool"/>.</summary>
+    /// <summary>
+    /// Where decode responses are received into, one array per response message (rented by the connection's reader loop
+    /// when the message's prefix arrives, given back on <see cref="DecodeOutput.Dispose"/>, or before the task completes
+    /// when decoding into the caller's memory); null for <see cref="FlashMlaClient.DefaultBufferPool"/>.
+    /// </summary>
     public ArrayPool<byte>? BufferPool { get; init; }
 
     /// <summary>Frame size, windows, socket buffers and connect timeout of the library's HTTP/2 transport.</summary>

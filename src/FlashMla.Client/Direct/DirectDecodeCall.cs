@@ -14,9 +14,10 @@ namespace FlashMla.Client.Direct;
 /// One gRPC call to flashmla.v1.Decoder spoken straight over an <see cref="HttpMessageInvoker"/> (the
 /// library's <see cref="Transport.LargeFrameHttp2Handler"/>), without Grpc.Net.Client: a request goes out as
 /// its gRPC prefix and envelope plus the caller's tensor memory itself (no serialization copy), and each
-/// response is read once from the HTTP/2 stream into one pooled array and parsed in place, its tensors wrapping
-/// slices of that array. Grpc.Net.Client copies a response twice (into its message buffer, then the
-/// marshaller into the pool) and a request once. The gRPC semantics (trailers, status, deadline,
+/// response message is received by the connection's reader loop straight from the frames into one array of the
+/// call's pool (<see cref="GrpcResponseReceiver"/>) and parsed in place, its tensors wrapping slices of that array:
+/// after the socket, no copy of the response's bytes. Grpc.Net.Client copies a response twice (into its message
+/// buffer, then the marshaller into the pool) and a request once. The gRPC semantics (trailers, status, deadline,
 /// cancellation) are those of the gRPC over HTTP/2 protocol.
 /// </summary>
 internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeRequest>>, IAsyncStreamReader<Leased<DecodeResponse>>, IDisposable
@@ -52,6 +53,8 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             Content = _body,
         };
         request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
+        // The library's handler then receives each response message whole into one array of the pool (no copy after the socket).
+        request.Options.Set(GrpcResponseReceiver.OptionKey, new GrpcMessageReceiving(pool, maxMessageBytes));
         if (options.Deadline is { } deadline)
         {
             var left = deadline.ToUniversalTime() - DateTime.UtcNow;
@@ -162,6 +165,7 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _cancellation.Token);
             var stream = await ResponseStreamAsync(linked.Token).ConfigureAwait(false);
             if (stream is null) return Ended();
+            if (stream is Http2ResponseStream { ReceivesMessages: true } messages) return await NextWholeMessageAsync(messages, linked.Token).ConfigureAwait(false);
             if (!await ReadFullyAsync(stream, _prefix, allowEnd: true, linked.Token).ConfigureAwait(false))
             {
                 _status = ReadStatus(_response!.TrailingHeaders, trailersOnly: false);
@@ -189,6 +193,27 @@ internal sealed class DirectDecodeCall : IClientStreamWriter<Leased<DecodeReques
         catch (Exception ex) when (ex is not RpcException)
         {
             throw Failure(ex);
+        }
+    }
+
+    /// <summary>The next message as the reader loop received it, whole in one array of the pool: parsed in place, the array now the response's.</summary>
+    private async Task<bool> NextWholeMessageAsync(Http2ResponseStream stream, CancellationToken cancellationToken)
+    {
+        if (await stream.ReadMessageAsync(cancellationToken).ConfigureAwait(false) is not { } received)
+        {
+            _status = ReadStatus(_response!.TrailingHeaders, trailersOnly: false);
+            return Ended();
+        }
+        try
+        {
+            var message = DecodeMarshallers.ParseResponseInPlace(received.Array.AsMemory(0, received.Length));
+            _current = new Leased<DecodeResponse>(message, new PooledArray(_pool, received.Array));
+            return true;
+        }
+        catch
+        {
+            _pool.Return(received.Array);
+            throw;
         }
     }
 

@@ -52,6 +52,16 @@ internal sealed class Http2ResponseStream(Http2ClientStream stream) : Stream
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
+    /// <summary>Whether the body arrives as whole gRPC messages (the request asked with <see cref="GrpcResponseReceiver.OptionKey"/>).</summary>
+    public bool ReceivesMessages => stream.ReceivesMessages;
+
+    /// <summary>The next whole gRPC message, its array the caller's to give back to the call's pool; null at the body's end.</summary>
+    public ValueTask<ReceivedData?> ReadMessageAsync(CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        return stream.ReadMessageAsync(cancellationToken);
+    }
+
     public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
 
     public override void Flush()

@@ -17,6 +17,7 @@ internal sealed class Http2ClientStream : Http2Stream
     private readonly HttpRequestMessage _request;
     private readonly TaskCompletionSource<HttpResponseMessage> _responseReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ReceivedDataQueue _received = new();
+    private readonly GrpcResponseReceiver? _messages; // null: the body is read as bytes (Grpc.Net.Client's calls)
     private readonly ReadOnlyMemory<byte>[] _onePiece = new ReadOnlyMemory<byte>[1];
     private HttpResponseMessage? _response;
     private CancellationTokenRegistration _cancellation;
@@ -31,7 +32,11 @@ internal sealed class Http2ClientStream : Http2Stream
     {
         _connection = connection;
         _request = request;
+        if (request.Options.TryGetValue(GrpcResponseReceiver.OptionKey, out var receiving)) _messages = new GrpcResponseReceiver(this, _received, receiving);
     }
+
+    /// <summary>Whether the response body arrives as whole gRPC messages (<see cref="ReadMessageAsync"/>) rather than bytes.</summary>
+    public bool ReceivesMessages => _messages is not null;
 
     public Task<HttpResponseMessage> ResponseReady => _responseReady.Task;
 
@@ -98,13 +103,21 @@ internal sealed class Http2ClientStream : Http2Stream
         }
     }
 
-    /// <summary>A DATA payload goes into a pooled array, queued until the application reads it.</summary>
+    /// <summary>
+    /// A DATA payload goes into a pooled array, queued until the application reads it; for a gRPC call that asked for
+    /// whole messages, straight into the array of the message it belongs to (<see cref="GrpcResponseReceiver"/>).
+    /// </summary>
     protected internal override async ValueTask OnDataAsync(Http2FrameReader reader, int length)
     {
         if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "DATA before the response headers");
         if (_failure is not null || length == 0)
         {
             await reader.SkipAsync(length).ConfigureAwait(false);
+            return;
+        }
+        if (_messages is not null)
+        {
+            if (await _messages.ReceiveAsync(reader, length).ConfigureAwait(false)) _connection.WakeAfterFrame(this);
             return;
         }
         var array = ArrayPool<byte>.Shared.Rent(length);
@@ -128,9 +141,20 @@ internal sealed class Http2ClientStream : Http2Stream
     {
         if (_response is null) throw new Http2StreamException(Http2ErrorCode.ProtocolError, "END_STREAM before the response headers");
         _responseEnded = true;
+        if (_messages?.EndOfBody() is { } cutShort)
+        {
+            Fail(cutShort);
+            return;
+        }
         if (_received.TryComplete(null)) _connection.WakeAfterFrame(this);
         TryClose();
     }
+
+    /// <summary>
+    /// The reader loop found the response unusable (a message over the limit, say): the stream is reset, so the server
+    /// stops sending, and the call's reads throw <paramref name="failure"/> once the messages already whole are read.
+    /// </summary>
+    internal void FailFromReaderLoop(Exception failure) => _connection.ResetStream(this, Http2ErrorCode.Cancel, failure);
 
     protected internal override void OnReset(Http2ErrorCode code, string? localReason)
     {
@@ -154,6 +178,7 @@ internal sealed class Http2ClientStream : Http2Stream
 
     public async ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken)
     {
+        if (_messages is not null) throw new InvalidOperationException("this response arrives as whole gRPC messages: read it with ReadMessageAsync");
         if (destination.IsEmpty) return 0;
         if (_current.Length == 0)
         {
@@ -176,6 +201,23 @@ internal sealed class Http2ClientStream : Http2Stream
         return n;
     }
 
+    /// <summary>
+    /// The next whole gRPC message of the response (only when <see cref="ReceivesMessages"/>): its bytes lie at the
+    /// start of an array of the call's pool, which the caller now owns and gives back; null once the body has ended.
+    /// Throws the stream's failure (a cut-short message, a reset, a cancellation) after the messages that came whole.
+    /// </summary>
+    public async ValueTask<ReceivedData?> ReadMessageAsync(CancellationToken cancellationToken)
+    {
+        if (_messages is null) throw new InvalidOperationException("this response arrives as bytes: read it with ReadAsync");
+        ReceivedData next;
+        while (!_received.TryTake(out next))
+        {
+            if (!await _received.WaitAsync(cancellationToken).ConfigureAwait(false)) return null;
+        }
+        _messages.OnMessageTaken();
+        return next;
+    }
+
     /// <summary>The application is done with the response body: cancel what is still open and drop unread data.</summary>
     public void OnResponseDisposed()
     {
@@ -184,12 +226,14 @@ internal sealed class Http2ClientStream : Http2Stream
             _connection.ResetStream(this, Http2ErrorCode.Cancel,
                 new OperationCanceledException($"HTTP/2 stream {Id} was cancelled: its response was disposed before the exchange ended"));
         }
+        _messages?.Close();
+        var pool = _messages?.Pool ?? ArrayPool<byte>.Shared;
         if (_current.Array is { } array)
         {
-            ArrayPool<byte>.Shared.Return(array);
+            pool.Return(array);
             _current = default;
         }
-        while (_received.TryTake(out var unread)) ArrayPool<byte>.Shared.Return(unread.Array);
+        while (_received.TryTake(out var unread)) pool.Return(unread.Array);
     }
 
     public void MarkRequestEnded()
@@ -204,6 +248,7 @@ internal sealed class Http2ClientStream : Http2Stream
     public void Fail(Exception failure)
     {
         if (Interlocked.CompareExchange(ref _failure, failure, null) is not null) return;
+        _messages?.Close(); // a message half received goes back to its pool; whole ones stay readable
         _responseReady.TrySetException(failure);
         // Failures come from anywhere (a reset frame, a cancellation, the connection's end): the reader wakes on the pool.
         if (_received.TryComplete(failure)) _received.WakeLater();
