@@ -104,11 +104,23 @@ public sealed class DecodeStream : IAsyncDisposable
         }
     }
 
-    /// <summary>Sends one step and waits for its response.</summary>
+    /// <summary>
+    /// Sends one step and waits for its response. Cancelling while the response is awaited cancels the task; the
+    /// response, when it comes, gives its pooled buffers back (the caller never holds it to dispose it).
+    /// </summary>
     public async Task<DecodeOutput> DecodeAsync(DecodeInput input, CancellationToken cancellationToken = default)
     {
         var response = await SendAsync(input, cancellationToken).ConfigureAwait(false);
-        return await response.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return await response.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            _ = response.ContinueWith(static answered => answered.Result.Dispose(), CancellationToken.None,
+                TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <summary>

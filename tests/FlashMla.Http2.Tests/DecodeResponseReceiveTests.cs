@@ -307,6 +307,27 @@ public sealed class DecodeResponseReceiveTests
     }
 
     [Fact]
+    public async Task The_late_answer_of_a_cancelled_pooled_stream_request_goes_back_to_the_pool()
+    {
+        using var server = new ScriptedHttp2Server();
+        var pool = new CountingPool();
+        using var client = Client(server.Address, pool);
+        await using var stream = client.OpenDecodeStream();
+        using var cancel = new CancellationTokenSource();
+        var call = stream.DecodeAsync(Step(16, 64), cancel.Token); // the pooled form: its task would own the DecodeOutput
+        var (connection, id, body) = await HalfAnswerAsync(server, 64, 16);
+        using (connection)
+        {
+            await WaitUntilAsync(() => pool.Rents > 0);
+            cancel.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call.WaitAsync(Bound));
+            await connection.WriteAsync(Http2FrameType.Data, Http2FrameFlags.None, id, body[(body.Length / 2)..]);
+            // Nobody can dispose the answer the cancelled caller never saw: the stream must (before, it went to the GC).
+            await WaitUntilAsync(() => pool.Outstanding == 0);
+        }
+    }
+
+    [Fact]
     public async Task A_response_that_ends_inside_a_message_fails_internal_and_gives_the_buffer_back()
     {
         using var server = new ScriptedHttp2Server();
