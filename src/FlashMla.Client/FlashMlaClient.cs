@@ -268,10 +268,13 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<ushort[]> ReadKvAsync(ulong sequenceId, int layer, int start = 0, int count = 0,
         CancellationToken cancellationToken = default)
     {
-        var (dtype, bytes) = await ReadStoredKvAsync(sequenceId, layer, start, count, cancellationToken);
+        var (dtype, chunks, total) = await ReadChunksAsync(sequenceId, layer, start, count, cancellationToken);
         if (dtype is not (DType.Bf16 or DType.Unspecified)) // Unspecified: no rows came
             throw new InvalidOperationException($"the server's cache stores {dtype} rows, not bf16: read them with ReadStoredKvAsync");
-        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes).ToArray();
+        if (total % sizeof(ushort) != 0) throw new InvalidOperationException($"the server sent {total} bytes of bf16 rows, an odd count");
+        var rows = new ushort[total / sizeof(ushort)];
+        CopyChunks(chunks, System.Runtime.InteropServices.MemoryMarshal.AsBytes(rows.AsSpan()));
+        return rows;
     }
 
     /// <summary>
@@ -281,16 +284,38 @@ public sealed class FlashMlaClient : IDisposable
     public async Task<(DType Dtype, byte[] Rows)> ReadStoredKvAsync(ulong sequenceId, int layer, int start = 0, int count = 0,
         CancellationToken cancellationToken = default)
     {
+        var (dtype, chunks, total) = await ReadChunksAsync(sequenceId, layer, start, count, cancellationToken);
+        var rows = new byte[total];
+        CopyChunks(chunks, rows);
+        return (dtype, rows);
+    }
+
+    /// <summary>The chunks of a ReadKv call as the parser made them: the caller copies them once into an array of the whole size.</summary>
+    private async Task<(DType Dtype, List<Google.Protobuf.ByteString> Chunks, long Total)> ReadChunksAsync(ulong sequenceId, int layer, int start, int count,
+        CancellationToken cancellationToken)
+    {
         using var call = Cache.ReadKv(new ReadKvRequest { SequenceId = sequenceId, Layer = (uint)layer, Start = (uint)start, Count = (uint)count },
             cancellationToken: cancellationToken);
-        var rows = new List<byte>();
+        var chunks = new List<Google.Protobuf.ByteString>();
         DType dtype = DType.Unspecified;
+        long total = 0;
         await foreach (var chunk in call.ResponseStream.ReadAllAsync(cancellationToken))
         {
             dtype = chunk.Kv.Dtype;
-            rows.AddRange(chunk.Kv.Data.Span);
+            chunks.Add(chunk.Kv.Data);
+            total += chunk.Kv.Data.Length;
         }
-        return (dtype, [.. rows]);
+        if (total > Array.MaxLength) throw new InvalidOperationException($"the rows read are {total} bytes, more than one array holds: read fewer (start, count)");
+        return (dtype, chunks, total);
+    }
+
+    private static void CopyChunks(List<Google.Protobuf.ByteString> chunks, Span<byte> destination)
+    {
+        foreach (var chunk in chunks)
+        {
+            chunk.Span.CopyTo(destination);
+            destination = destination[chunk.Length..];
+        }
     }
 
     /// <summary>
