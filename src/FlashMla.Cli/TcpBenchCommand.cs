@@ -27,11 +27,14 @@ internal static class TcpBenchCommand
         return command;
     }
 
+    /// <summary>Largest --message-bytes: 256 MiB (a buffer of it per connection; int.MaxValue was one 2 GiB allocation each).</summary>
+    public const int MaxMessageBytes = 256 << 20;
+
     public static async Task<int> RunAsync(int[] connectionCounts, double seconds, int messageBytes, string? output, CancellationToken cancellationToken)
     {
-        if (connectionCounts.Length == 0 || connectionCounts.Any(c => c < 1) || seconds <= 0 || messageBytes < 1)
+        if (connectionCounts.Length == 0 || connectionCounts.Any(c => c < 1) || seconds <= 0 || messageBytes < 1 || messageBytes > MaxMessageBytes)
         {
-            AnsiConsole.MarkupLine("[red]connections, seconds and message-bytes must be positive[/]");
+            AnsiConsole.MarkupLine($"[red]connections and seconds must be positive, --message-bytes 1..{MaxMessageBytes} (each connection holds one message)[/]");
             return 2;
         }
         var table = new Table().AddColumns("connections", "GB/s one way", "per connection GB/s");

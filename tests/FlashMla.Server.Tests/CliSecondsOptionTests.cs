@@ -36,6 +36,13 @@ public sealed class CliSecondsOptionTests
     public async Task A_command_line_that_does_not_parse_exits_with_2(string command, string option, string text) =>
         Assert.Equal(ConnectionArguments.UsageError, await RunCliAsync(command, "--address", "http://127.0.0.1:1", option, text));
 
+    [Theory]
+    [InlineData("0")]
+    [InlineData("2147483647")]
+    [InlineData("268435457")]
+    public async Task A_tcpbench_message_size_no_connection_should_hold_exits_with_2(string bytes) =>
+        Assert.Equal(ConnectionArguments.UsageError, await RunCliAsync("tcpbench", "--message-bytes", bytes, "--seconds", "0.1"));
+
     [Fact]
     public void The_refusal_names_the_option_and_says_what_it_must_be()
     {

@@ -94,11 +94,24 @@ public sealed class SoakSummaryTests
 
     [Theory]
     [InlineData(0, 10, "--minutes")]
+    [InlineData(double.PositiveInfinity, 10, "--minutes")]
+    [InlineData(double.NaN, 10, "--minutes")]
+    [InlineData(7 * 24 * 60 + 1, 10, "--minutes")]
     [InlineData(1, 0.5, "--interval")]
     public void Settings_that_cannot_run_say_which_option(double minutes, double interval, string option)
     {
         var settings = new SoakSettings("http://a:1", "http://a:2", "http://a:3", minutes, interval, 4, 8, 256, 20, 2, 10, "abc", null);
         Assert.Contains(option, settings.Problem());
+    }
+
+    [Theory]
+    [InlineData(double.PositiveInfinity)]
+    [InlineData(double.NaN)]
+    [InlineData(0)]
+    public void A_flatness_bar_that_is_not_a_positive_number_is_refused(double flatMb)
+    {
+        var good = new SoakSettings("http://a:1", "http://a:2", "http://a:3", 1, 10, 4, 8, 256, 20, 2, 10, "abc", null);
+        Assert.Contains("--flat-mb", (good with { FlatMbPer10Min = flatMb }).Problem());
     }
 
     [Fact]
