@@ -231,6 +231,16 @@ public sealed class DecodeResponseReceiveTests
         return (connection, headers.StreamId, body);
     }
 
+    /// <summary>The call's connection accepted and handshaken, its request's HEADERS read and the response's sent.</summary>
+    private static async Task<(ScriptedConnection Connection, Http2FrameHeader Headers)> ResponseStartedAsync(ScriptedHttp2Server server)
+    {
+        var connection = await server.AcceptAsync();
+        await connection.HandshakeAsync();
+        var (headers, _) = await connection.ReadFrameAsync(Http2FrameType.Headers);
+        await connection.WriteAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, headers.StreamId, ScriptedDecodeServer.ResponseHeaders);
+        return (connection, headers);
+    }
+
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
         var deadline = DateTime.UtcNow + Bound;
@@ -352,10 +362,8 @@ public sealed class DecodeResponseReceiveTests
         var pool = new CountingPool();
         using var client = Client(server.Address, pool);
         var call = client.DecodeOnceAsync(Step(1, 1));
-        using var connection = await server.AcceptAsync();
-        await connection.HandshakeAsync();
-        var (headers, _) = await connection.ReadFrameAsync(Http2FrameType.Headers);
-        await connection.WriteAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, headers.StreamId, ScriptedDecodeServer.ResponseHeaders);
+        var (connection, headers) = await ResponseStartedAsync(server);
+        using var owned = connection;
         await connection.WriteAsync(Http2FrameType.Data, Http2FrameFlags.EndStream, headers.StreamId, [0, 0, 0]);
         var error = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Bound));
         Assert.Equal(StatusCode.Internal, error.StatusCode);
@@ -370,10 +378,8 @@ public sealed class DecodeResponseReceiveTests
         var pool = new CountingPool();
         using var client = Client(server.Address, pool, maxMessageBytes: 1 << 20);
         var call = client.DecodeOnceAsync(Step(1, 1));
-        using var connection = await server.AcceptAsync();
-        await connection.HandshakeAsync();
-        var (headers, _) = await connection.ReadFrameAsync(Http2FrameType.Headers);
-        await connection.WriteAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, headers.StreamId, ScriptedDecodeServer.ResponseHeaders);
+        var (connection, headers) = await ResponseStartedAsync(server);
+        using var owned = connection;
         var prefix = new byte[5 + 1000];
         BinaryPrimitives.WriteUInt32BigEndian(prefix.AsSpan(1), (1 << 20) + 1);
         await connection.WriteAsync(Http2FrameType.Data, Http2FrameFlags.None, headers.StreamId, prefix);
@@ -391,10 +397,8 @@ public sealed class DecodeResponseReceiveTests
         var pool = new CountingPool();
         using var client = Client(server.Address, pool);
         var call = client.DecodeOnceAsync(Step(1, 1));
-        using var connection = await server.AcceptAsync();
-        await connection.HandshakeAsync();
-        var (headers, _) = await connection.ReadFrameAsync(Http2FrameType.Headers);
-        await connection.WriteAsync(Http2FrameType.Headers, Http2FrameFlags.EndHeaders, headers.StreamId, ScriptedDecodeServer.ResponseHeaders);
+        var (connection, headers) = await ResponseStartedAsync(server);
+        using var owned = connection;
         await connection.WriteAsync(Http2FrameType.Data, Http2FrameFlags.None, headers.StreamId, [1, 0, 0, 0, 2, 8, 1]);
         var error = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Bound));
         Assert.Equal(StatusCode.Internal, error.StatusCode);
