@@ -28,6 +28,7 @@
 #include "sw128_tile.cuh"
 #include "fp8_kv.cuh"
 #include "decode_sm90_softmax.cuh"
+#include "decode_chunk.cuh"
 
 namespace sm90_fp8 {
 
@@ -70,10 +71,7 @@ __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams&
     const int lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
 
-    const int* meta = p.sched_meta + blockIdx.y * MLA_SCHED_INTS;
-    const int begin_seq = meta[MLA_SCHED_BEGIN_SEQ], begin_block = meta[MLA_SCHED_BEGIN_BLOCK];
-    const int end_seq = meta[MLA_SCHED_END_SEQ], end_block = meta[MLA_SCHED_END_BLOCK];
-    const int begin_split = meta[MLA_SCHED_BEGIN_SPLIT];
+    const DecodePart sched = decode_part(p);
 
     const int row0 = blockIdx.x * kRows;
     const int valid_q_rows = min(kRows, p.rows_per_seq - row0);
@@ -106,16 +104,10 @@ __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams&
         qtok[i] = qrow[i] / p.h_q;
     }
 
-    for (int seq = begin_seq; seq <= end_seq; ++seq) {
-        const int len = p.seq_lens[seq];
-        const int nb = (max(len, 0) + kPage - 1) / kPage;
-        const int blk_begin = (seq == begin_seq) ? begin_block : 0;
-        const int blk_end = (seq == end_seq) ? end_block : nb;
-        const int n = max(blk_end - blk_begin, 0);
-        const int split_local = (seq == begin_seq) ? begin_split : 0;
-        const int split_base = p.num_splits[seq];
-        const int n_split = p.num_splits[seq + 1] - split_base;
-        const int* bt = p.block_table + static_cast<size_t>(seq) * p.block_table_stride;
+    for (int seq = sched.begin_seq; seq <= sched.end_seq; ++seq) {
+        const DecodeChunk seq_chunk = decode_chunk(p, sched, seq);
+        const int len = seq_chunk.len, blk_begin = seq_chunk.blk_begin, n = seq_chunk.n;
+        const int* bt = seq_chunk.bt;
         const int units = 2 * n;
         // Unit u of this chunk (half u & 1 of page u / 2) into its ring slot; one thread.
         auto issue_unit = [&](int u) {
@@ -262,6 +254,6 @@ __device__ __forceinline__ void decode_sm90_fp8_wide_body(const MlaDecodeParams&
         }
         __syncthreads();
         const float inv[2] = {row_vals[trow[0]], row_vals[trow[1]]};
-        store_chunk(p, o, seq, split_base + split_local, n_split == 1, qrow, qtok, inv, row_sum, row_max, wg, t);
+        store_chunk(p, o, seq, seq_chunk.split, seq_chunk.final_out, qrow, qtok, inv, row_sum, row_max, wg, t);
     }
 }

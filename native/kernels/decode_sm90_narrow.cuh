@@ -57,6 +57,7 @@
 #include "ptx.h"
 #include "sw128_tile.cuh"
 #include "fp8_kv.cuh"
+#include "decode_chunk.cuh"
 
 namespace sm90_narrow {
 
@@ -119,10 +120,7 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
     const int lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
 
-    const int* meta = p.sched_meta + blockIdx.y * MLA_SCHED_INTS;
-    const int begin_seq = meta[MLA_SCHED_BEGIN_SEQ], begin_block = meta[MLA_SCHED_BEGIN_BLOCK];
-    const int end_seq = meta[MLA_SCHED_END_SEQ], end_block = meta[MLA_SCHED_END_BLOCK];
-    const int begin_split = meta[MLA_SCHED_BEGIN_SPLIT];
+    const DecodePart sched = decode_part(p);
     const int rows = p.rows_per_seq;  // <= N (the caller dispatches on it)
 
     uint8_t* misc = smem_narrow + L::kOffMisc;
@@ -157,16 +155,10 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
     auto ck = [](int k) { return 2 * (k >> 2) + (k & 1); };
     const int my_tiles = 2 * wg;  // fp8: V tiles 2wg, 2wg+1 are this warpgroup's
 
-    for (int seq = begin_seq; seq <= end_seq; ++seq) {
-        const int len = p.seq_lens[seq];
-        const int nb = (max(len, 0) + kPage - 1) / kPage;
-        const int blk_begin = (seq == begin_seq) ? begin_block : 0;
-        const int blk_end = (seq == end_seq) ? end_block : nb;
-        const int n = max(blk_end - blk_begin, 0);
-        const int split_local = (seq == begin_seq) ? begin_split : 0;
-        const int split_base = p.num_splits[seq];
-        const int n_split = p.num_splits[seq + 1] - split_base;
-        const int* bt = p.block_table + static_cast<size_t>(seq) * p.block_table_stride;
+    for (int seq = sched.begin_seq; seq <= sched.end_seq; ++seq) {
+        const DecodeChunk seq_chunk = decode_chunk(p, sched, seq);
+        const int len = seq_chunk.len, blk_begin = seq_chunk.blk_begin, n = seq_chunk.n;
+        const int* bt = seq_chunk.bt;
         auto issue_page = [&](int i) {  // page i of this chunk into its ring slot; one thread
             const uint32_t gp = page_base + i;
             const uint32_t bar = sMbar + 8 * (gp & 1u);
@@ -507,8 +499,8 @@ __device__ __forceinline__ void decode_sm90_narrow_body(const MlaDecodeParams& p
             sum[c] = l;
             inv[c] = (l > 0.f) ? 1.f / l : 0.f;
         }
-        const bool final_out = n_split == 1;
-        const int split = split_base + split_local;
+        const bool final_out = seq_chunk.final_out;
+        const int split = seq_chunk.split;
 #pragma unroll
         for (int mb = 0; mb < 4; ++mb) {
             const float sm = smax[mb >> 1];
