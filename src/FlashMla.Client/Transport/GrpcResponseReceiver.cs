@@ -20,10 +20,8 @@ internal sealed record GrpcMessageReceiving(ArrayPool<byte> Pool, int MaxMessage
 /// that came in with a frame's header are copied once from the reader's buffer). Whole messages wait in the
 /// stream's queue for the call's one reader, which takes ownership of each array.
 /// <para>
-/// Receive flow control, as the server's data-plane reader: credit goes back as bytes arrive while fewer than
-/// <see cref="MaxQueuedMessages"/> whole messages wait; past that it is held until the reader takes one. A
-/// stream's memory is then bounded by its window plus those messages, and a message larger than the window
-/// still arrives (its bytes are credited as they land).
+/// Receive flow control, as the server's data-plane reader: <see cref="QueuedMessageCredit"/> (credit goes back
+/// as bytes arrive while fewer than two whole messages wait; past that it is held until the reader takes one).
 /// </para>
 /// <para>
 /// A prefix that says "compressed" (never asked for) or declares more than the call's limit fails the call with a
@@ -35,9 +33,6 @@ internal sealed class GrpcResponseReceiver
 {
     public static readonly HttpRequestOptionsKey<GrpcMessageReceiving> OptionKey = new("flashmla.grpc-message-receiving");
 
-    /// <summary>Whole messages the reader has not taken before the stream's credit stops going back.</summary>
-    public const int MaxQueuedMessages = 2;
-
     private const int PrefixSize = 5;
 
     private readonly Http2ClientStream _stream;
@@ -46,16 +41,17 @@ internal sealed class GrpcResponseReceiver
     private readonly int _maxMessageBytes;
     private readonly byte[] _prefix = new byte[PrefixSize];
     private readonly object _gate = new();
+    private readonly QueuedMessageCredit _credit;
     private int _prefixFilled;
     private byte[]? _body;
     private int _bodyLength, _bodyFilled;
-    private int _queued, _held;
     private bool _receiving, _closed;
     private volatile bool _discarding;
 
     public GrpcResponseReceiver(Http2ClientStream stream, ReceivedDataQueue queue, GrpcMessageReceiving settings)
     {
         _stream = stream;
+        _credit = new QueuedMessageCredit(stream);
         _queue = queue;
         _pool = settings.Pool;
         _maxMessageBytes = settings.MaxMessageBytes;
@@ -102,7 +98,7 @@ internal sealed class GrpcResponseReceiver
                 count -= n;
                 bool ended = _body is not null && _bodyFilled == _bodyLength;
                 if (ended) wakeOwed |= FinishMessage();
-                Credit(n, ended);
+                _credit.Received(n, flush: ended, _discarding);
             }
             return wakeOwed;
         }
@@ -157,24 +153,11 @@ internal sealed class GrpcResponseReceiver
     {
         var body = _body!;
         _body = null;
-        lock (_gate) _queued++;
+        _credit.Queued();
         if (_queue.TryAdd(new ReceivedData(body, 0, _bodyLength), out bool wakeOwed)) return wakeOwed;
         _pool.Return(body); // the stream failed or was disposed meanwhile
-        lock (_gate) _queued--;
+        _credit.Queued(-1);
         return false;
-    }
-
-    private void Credit(int bytes, bool messageEnded)
-    {
-        lock (_gate)
-        {
-            if (_queued >= MaxQueuedMessages && !_discarding)
-            {
-                _held += bytes;
-                return;
-            }
-        }
-        _stream.Release(bytes, flush: messageEnded);
     }
 
     /// <summary>The message being received, if any, goes back to the pool (the reader loop, or Close once it has left).</summary>
@@ -188,20 +171,7 @@ internal sealed class GrpcResponseReceiver
     // ---- The call's reader ----
 
     /// <summary>The reader took a whole message: held credit goes back once fewer than the limit wait.</summary>
-    public void OnMessageTaken()
-    {
-        int release = 0;
-        lock (_gate)
-        {
-            _queued--;
-            if (_queued < MaxQueuedMessages)
-            {
-                release = _held;
-                _held = 0;
-            }
-        }
-        if (release > 0) _stream.Release(release, flush: true);
-    }
+    public void OnMessageTaken() => _credit.Taken();
 
     /// <summary>
     /// The call is over or failed: a message half received goes back to the pool (now, or as the reader loop leaves

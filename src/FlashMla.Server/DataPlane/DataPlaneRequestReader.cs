@@ -16,9 +16,9 @@ namespace FlashMla.Server.DataPlane;
 /// receives straight into a pooled, page-locked array per gRPC message (the kernel's copy from the socket is the
 /// only one); the service reads whole messages, each parsed in place into a request whose tensors wrap that array.
 /// <para>
-/// Receive flow control: the stream's window is given back as bytes arrive while fewer than
-/// <see cref="MaxQueuedMessages"/> whole messages wait for the service; past that, credit is held until the
-/// service takes one. So a stream's memory is bounded by its window plus those messages.
+/// Receive flow control: <see cref="QueuedMessageCredit"/> (the stream's window is given back as bytes arrive
+/// while fewer than two whole messages wait for the service; past that, credit is held until the service takes
+/// one), so a stream's memory is bounded by its window plus those messages.
 /// </para>
 /// <para>
 /// Memory: a message's whole declared length is reserved when its prefix arrives (one array, so it is parsed in place),
@@ -29,9 +29,6 @@ namespace FlashMla.Server.DataPlane;
 /// </summary>
 internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeRequest>>
 {
-    /// <summary>Whole messages the service has not taken yet before the stream's window stops being given back.</summary>
-    public const int MaxQueuedMessages = 2;
-
     /// <summary>Credit given back in pieces of at least this much (or at a message's end).</summary>
     public const int CreditBatchBytes = 256 * 1024;
 
@@ -45,12 +42,12 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     private readonly CancellationToken _callToken;
     private readonly Channel<Received> _messages = Channel.CreateUnbounded<Received>(new UnboundedChannelOptions { SingleReader = true });
     private readonly object _gate = new();
+    private readonly QueuedMessageCredit _credit;
     private readonly byte[] _prefix = new byte[TensorMessageWriter.GrpcPrefixSize];
     private int _prefixFilled;
     private byte[]? _body;
     private int _bodyLength, _bodyFilled;
     private bool _bodyCompressed;
-    private int _queued, _held;
     private bool _receiving;
     private volatile bool _discarding, _ended, _closed;
     private Leased<DecodeRequest>? _current;
@@ -63,6 +60,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     public DataPlaneRequestReader(Http2Stream stream, ArrayPool<byte> pool, int maxMessageBytes, string? encoding, CancellationToken callToken)
     {
         _stream = stream;
+        _credit = new QueuedMessageCredit(stream);
         _pool = pool;
         _maxMessageBytes = maxMessageBytes;
         _encoding = encoding;
@@ -86,7 +84,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
                 {
                     ReturnBody();
                     await reader.SkipAsync(count).ConfigureAwait(false);
-                    Credit(count, messageEnded: false);
+                    _credit.Received(count, flush: _discarding, _discarding);
                     return;
                 }
                 int n;
@@ -106,7 +104,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
                 count -= n;
                 bool ended = _body is not null && _bodyFilled == _bodyLength;
                 if (ended) FinishMessage();
-                Credit(n, ended);
+                _credit.Received(n, flush: ended || _discarding, _discarding);
             }
         }
         finally
@@ -179,11 +177,11 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
     {
         var message = new Received(_body!, _bodyLength, _bodyCompressed, System.Diagnostics.Stopwatch.GetTimestamp());
         _body = null;
-        lock (_gate) _queued++;
+        _credit.Queued();
         if (!_messages.Writer.TryWrite(message))
         {
             _pool.Return(message.Array);
-            lock (_gate) _queued--;
+            _credit.Queued(-1);
         }
     }
 
@@ -193,35 +191,6 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
         var body = Interlocked.Exchange(ref _body, null);
         if (body is not null) _pool.Return(body);
         _prefixFilled = 0;
-    }
-
-    /// <summary>Gives consumed bytes back to the client as stream window, unless enough messages wait already.</summary>
-    private void Credit(int bytes, bool messageEnded)
-    {
-        lock (_gate)
-        {
-            if (_queued >= MaxQueuedMessages && !_discarding)
-            {
-                _held += bytes;
-                return;
-            }
-        }
-        _stream.Release(bytes, flush: messageEnded || _discarding);
-    }
-
-    private void OnMessageTaken()
-    {
-        int release = 0;
-        lock (_gate)
-        {
-            _queued--;
-            if (_queued < MaxQueuedMessages)
-            {
-                release = _held;
-                _held = 0;
-            }
-        }
-        if (release > 0) _stream.Release(release, flush: true);
     }
 
     // ---- The service reads requests ----
@@ -252,7 +221,7 @@ internal sealed class DataPlaneRequestReader : IAsyncStreamReader<Leased<DecodeR
             throw new RpcException(new Status(StatusCode.Cancelled, "the call was cancelled"));
         }
         if (!_messages.Reader.TryRead(out var message)) return null;
-        OnMessageTaken();
+        _credit.Taken();
         return Parse(message, parseInPlace);
     }
 
