@@ -16,21 +16,33 @@ mkdir -p build
 fatbin_pid=$!
 g++ -O2 -std=c++17 -o build/tile_scheduler_test check/tile_scheduler_test.cpp
 rc=0
-# The harness links the module's sources and the candidates (harness-only decode kernels, listed in
-# flashmla_check.cu's kDecodeKernels under MLA_NARROW_CANDIDATES). A candidate that does not compile must not cost
-# the device round its checks: the harness is then built again without it, and the log says so.
-harness() {
-    "$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -o build/flashmla_check "$@" check/flashmla_check.cu \
-        kernels/flashmla_module.cu -lcublas -lcuda
-}
-if harness -DMLA_NARROW_CANDIDATES kernels/decode_narrow_candidates.cu > build/ptxas_harness.txt 2>&1; then
-    echo "build: harness with the narrow candidates (v18, fp8 v3)"
-else
-    echo "build: the narrow candidates did not compile; their errors (build/ptxas_candidate.txt):"
-    cp build/ptxas_harness.txt build/ptxas_candidate.txt
-    grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_candidate.txt | head -60
-    harness > build/ptxas_harness.txt 2>&1 || rc=$?
-fi
+# The harness links the module's sources and the candidates: harness-only decode kernels, one translation unit
+# per family (kernels/decode_<family>_candidates.cu, listed in flashmla_check.cu's kDecodeKernels under
+# MLA_<FAMILY>_CANDIDATES). Each family is compiled on its own first, in parallel: one that does not compile must
+# not cost the device round the others' checks, so it is left out of the harness and the log says so. Their ptxas
+# reports are appended to build/ptxas_harness.txt (and kept in build/ptxas_cand_<family>.txt).
+families=(narrow cluster)
+declare -A cand_pid
+for f in "${families[@]}"; do
+    "$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo -c -o "build/cand_$f.o" "kernels/decode_${f}_candidates.cu" \
+        > "build/ptxas_cand_$f.txt" 2>&1 &
+    cand_pid[$f]=$!
+done
+cand_objs=() cand_defs=()
+for f in "${families[@]}"; do
+    if wait "${cand_pid[$f]}"; then
+        cand_objs+=("build/cand_$f.o")
+        cand_defs+=("-DMLA_${f^^}_CANDIDATES")
+        echo "build: harness with the $f candidates"
+    else
+        echo "build: the $f candidates did not compile; their errors (build/ptxas_cand_$f.txt):"
+        grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" "build/ptxas_cand_$f.txt" | head -60
+        cp "build/ptxas_cand_$f.txt" build/ptxas_candidate.txt
+    fi
+done
+"$NVCC" "${FLAGS[@]}" -Xptxas -v -lineinfo "${cand_defs[@]}" -o build/flashmla_check check/flashmla_check.cu \
+    kernels/flashmla_module.cu "${cand_objs[@]}" -lcublas -lcuda > build/ptxas_harness.txt 2>&1 || rc=$?
+for f in "${families[@]}"; do cat "build/ptxas_cand_$f.txt" >> build/ptxas_harness.txt; done
 wait "$fatbin_pid" || rc=$?
 cat build/ptxas.txt
 if [ "$rc" -ne 0 ]; then grep -v "^ptxas info\|^    [0-9]* bytes\|^ptxas info    : Used" build/ptxas_harness.txt | head -80; fi

@@ -53,6 +53,9 @@
 extern "C" __global__ void flashmla_decode_splitkv_fp8_v3(const __grid_constant__ MlaDecodeParams p);
 extern "C" __global__ void flashmla_decode_splitkv_v18(const __grid_constant__ MlaDecodeParams p);
 #endif
+#ifdef MLA_CLUSTER_CANDIDATES  // build.sh defines it when kernels/decode_cluster_candidates.cu compiles
+extern "C" __global__ void flashmla_decode_splitkv_v19(const __grid_constant__ MlaDecodeParams p);
+#endif
 
 #define CK(x)                                                                                         \
     do {                                                                                              \
@@ -108,6 +111,7 @@ struct DecodeKernel {
     const char* label;
     const void* fn;
     bool fp8;  // reads the FP8 KV format (mla_params.h): the checks quantize the cache for it
+    unsigned cluster = 1;  // launched in clusters of this many CTAs along x when the row groups divide by it
 };
 const DecodeKernel kDecodeKernels[] = {
     {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
@@ -115,6 +119,9 @@ const DecodeKernel kDecodeKernels[] = {
 #ifdef MLA_NARROW_CANDIDATES
     {"flashmla_decode_splitkv_v18", "v18 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_v18), false},
     {"flashmla_decode_splitkv_fp8_v3", "fp8 v3 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8_v3), true},
+#endif
+#ifdef MLA_CLUSTER_CANDIDATES
+    {"flashmla_decode_splitkv_v19", "v19 2-CTA multicast", reinterpret_cast<const void*>(flashmla_decode_splitkv_v19), false, 2},
 #endif
 };
 constexpr int kNumDecodeKernels = sizeof(kDecodeKernels) / sizeof(kDecodeKernels[0]);
@@ -162,6 +169,26 @@ void setup_device(const std::string& fatbin_path) {
     CK(cudaFree(nullptr));  // make the primary context current for the driver API
     for (const DecodeKernel& k : kDecodeKernels)
         CK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, MLA_DECODE_SMEM_BYTES));
+    // A cluster candidate's parts are planned for one CTA per SM: say whether every SM can hold one at once
+    // (clusters are placed within a GPC, so an odd SM count in a GPC leaves an SM idle).
+    for (const DecodeKernel& k : kDecodeKernels) {
+        if (k.cluster <= 1) continue;
+        cudaLaunchAttribute attr{};
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = k.cluster;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3(k.cluster);
+        cfg.blockDim = dim3(MLA_DECODE_THREADS);
+        cfg.dynamicSmemBytes = MLA_DECODE_SMEM_BYTES;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        int clusters = 0;
+        CK(cudaOccupancyMaxActiveClusters(&clusters, k.fn, &cfg));
+        std::printf("%s: %d clusters of %u CTAs at once (%d CTAs; %d SMs)%s\n", k.name, clusters, k.cluster,
+                    clusters * (int)k.cluster, g_dev.sm_count,
+                    clusters * (int)k.cluster < g_dev.sm_count ? " WARN: fewer than the SMs, parts will run in two waves" : "");
+    }
     if (!fatbin_path.empty()) {
         std::vector<uint8_t> image = read_file(fatbin_path);
         if (image.empty()) {
@@ -213,6 +240,23 @@ void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t 
                           MLA_DECODE_SMEM_BYTES, stream, args, nullptr));
         CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,
                           args, nullptr));
+    } else if (kDecodeKernels[kernel].cluster > 1 && grid_decode.x % kDecodeKernels[kernel].cluster == 0) {
+        // A cluster candidate: the same grid, CTAs grouped along x (cudaLaunchKernelEx's cluster attribute).
+        cudaLaunchAttribute attr{};
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = kDecodeKernels[kernel].cluster;
+        attr.val.clusterDim.y = 1;
+        attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = grid_decode;
+        cfg.blockDim = dim3(MLA_DECODE_THREADS);
+        cfg.dynamicSmemBytes = MLA_DECODE_SMEM_BYTES;
+        cfg.stream = stream;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        CK(cudaLaunchKernelExC(&cfg, kDecodeKernels[kernel].fn, args));
+        flashmla_combine<<<grid_combine, MLA_COMBINE_THREADS, 0, stream>>>(P);
+        CK(cudaGetLastError());
     } else {
         CK(cudaLaunchKernel(kDecodeKernels[kernel].fn, grid_decode, dim3(MLA_DECODE_THREADS), args,
                             MLA_DECODE_SMEM_BYTES, stream));

@@ -26,6 +26,7 @@
 
 #include "../kernels/flashmla_module.cu"
 #include "../kernels/decode_narrow_candidates.cu"
+#include "../kernels/decode_cluster_candidates.cu"
 #include "../host/tile_scheduler.h"
 #include "../host/decode_shape.h"
 #include "../check/fp8_host.h"
@@ -38,12 +39,14 @@ struct KernelEntry {
     const char* name;
     void (*fn)(MlaDecodeParams);
     bool fp8;
+    unsigned cluster = 1;  // CTAs per cluster along x when the row groups divide by it (else a plain launch)
 };
 const KernelEntry kKernels[] = {
     {"flashmla_decode_splitkv", flashmla_decode_splitkv, false},
     {"flashmla_decode_splitkv_fp8", flashmla_decode_splitkv_fp8, true},
     {"flashmla_decode_splitkv_v18", flashmla_decode_splitkv_v18, false},
     {"flashmla_decode_splitkv_fp8_v3", flashmla_decode_splitkv_fp8_v3, true},
+    {"flashmla_decode_splitkv_v19", flashmla_decode_splitkv_v19, false, 2},
 };
 
 constexpr double kSoftmaxScale = 0.07216878364870322;  // 1 / sqrt(192)
@@ -169,8 +172,9 @@ Result run_case(const KernelEntry& k, const Case& c, uint64_t data_seed, uint64_
     opt.seed = sched_seed;
     emu::configure(opt);
     const auto t0 = std::chrono::steady_clock::now();
+    const unsigned cluster = groups % k.cluster == 0 ? k.cluster : 1;
     emu::launch(k.name, emu::Dim3{static_cast<unsigned>(groups), static_cast<unsigned>(c.parts), 1},
-                emu::Dim3{MLA_DECODE_THREADS, 1, 1}, MLA_DECODE_SMEM_BYTES, [&] { k.fn(P); });
+                emu::Dim3{MLA_DECODE_THREADS, 1, 1}, MLA_DECODE_SMEM_BYTES, [&] { k.fn(P); }, cluster);
     emu::launch("flashmla_combine", emu::Dim3{static_cast<unsigned>(batch), static_cast<unsigned>(rows), 1},
                 emu::Dim3{MLA_COMBINE_THREADS, 1, 1}, 0, [&] { flashmla_combine(P); });
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -266,9 +270,9 @@ Result run_case(const KernelEntry& k, const Case& c, uint64_t data_seed, uint64_
     const bool ok = guards && nan_out == 0 && bad_lse == 0 && bad_empty == 0 && rel < 1e-2;
     char line[512];
     std::snprintf(line, sizeof line,
-                  "%-4s %-31s %-16s seed=%-3llu b=%-2d s_q=%d h_q=%-3d parts=%-2d splits=%-3d rel=%.2e lse_err=%.1e%s%s%s%s%s (%.1fs)",
+                  "%-4s %-31s %-16s seed=%-3llu b=%-2d s_q=%d h_q=%-3d parts=%-2d splits=%-3d%s rel=%.2e lse_err=%.1e%s%s%s%s%s (%.1fs)",
                   ok ? "PASS" : "FAIL", k.name, c.name.c_str(), static_cast<unsigned long long>(sched_seed), batch, c.s_q,
-                  c.h_q, c.parts, total_splits, rel, lse_err, exact_note, guards ? "" : " GUARD_BYTES_OVERWRITTEN",
+                  c.h_q, c.parts, total_splits, cluster > 1 ? " cluster=2" : "", rel, lse_err, exact_note, guards ? "" : " GUARD_BYTES_OVERWRITTEN",
                   nan_out ? (" NaN_OUT=" + std::to_string(nan_out)).c_str() : "",
                   bad_lse ? (" bad_lse=" + std::to_string(bad_lse)).c_str() : "",
                   bad_empty ? (" bad_empty=" + std::to_string(bad_empty)).c_str() : "", secs);
@@ -438,6 +442,10 @@ std::vector<Case> cases() {
         {"wide_h128_sq2", 128, 2, {64, 65, 3}, 2},
         {"odd_h57_sq3", 57, 3, {1, 65, 128, 3}, 3},
         {"h100_sq4", 100, 4, {3, 4, 70}, 2},
+        // even row groups (v19 runs in clusters of two): several chunks per part, empty sequences, empty parts
+        {"h128_chunks", 128, 1, {1, 0, 63, 64, 65, 300, 2}, 3},
+        {"h64_sq2_parts", 64, 2, {129, 5, 0, 256}, 9},
+        {"h128_sq2_one_part", 128, 2, {200, 65, 1}, 1},
     };
 }
 

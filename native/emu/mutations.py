@@ -7,7 +7,7 @@ applied to a copy of native/; emu_check on the kernel it breaks must then
 fail. A mutation whose anchor text is gone fails this script too (the list
 must follow the kernels). Prints one line per mutation and the counts.
 
-    python3 native/emu/mutations.py [--jobs N]
+    python3 native/emu/mutations.py [--jobs N] [--only SUBSTRING]
 """
 import concurrent.futures
 import os
@@ -57,6 +57,19 @@ MUTATIONS = [
      "const float scale = __fdiv_rn(amax, 448.f);", None, None),
     ("page copy: a destination past the pool not skipped", "kernels/copy_blocks.cu",
      "dst_blk < 0 || dst_blk >= p.num_blocks) return;", "dst_blk < 0) return;", None, None),
+    ("v19: a stage released to this CTA only, not to the other", "kernels/decode_sm90_tma.cu",
+     "ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, 0));\n"
+     "            ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, 1));",
+     "ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, rank));\n"
+     "            ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, rank));",
+     "flashmla_decode_splitkv_v19", "h128_chunks"),
+    ("v19: chunks start with a CTA barrier, not a cluster barrier", "kernels/decode_sm90_tma.cu",
+     "if (kCluster2) ptx::cluster_sync();\n        else __syncthreads();", "__syncthreads();",
+     "flashmla_decode_splitkv_v19", "h128_chunks"),
+    ("v19: gates armed for half the bytes", "kernels/decode_sm90_tma.cu",
+     "ptx::mbarrier_arrive_expect_tx(gate(st, b / kGateBlocks), kGateBlocks * kSwBlockBytes);",
+     "ptx::mbarrier_arrive_expect_tx(gate(st, b / kGateBlocks), (kCluster2 ? 1 : 2) * kGateBlocks * kSwBlockBytes / 2);",
+     "flashmla_decode_splitkv_v19", "h128_sq2_one_part"),
     ("combine: weights not normalised", "kernels/combine.cu",
      "const float inv = (wsum > 0.f) ? 1.f / wsum : 0.f;", "const float inv = 1.f;",
      "flashmla_decode_splitkv", "many_parts"),
@@ -89,11 +102,15 @@ def main():
     jobs = 2
     if "--jobs" in sys.argv:
         jobs = int(sys.argv[sys.argv.index("--jobs") + 1])
+    chosen = MUTATIONS
+    if "--only" in sys.argv:
+        only = sys.argv[sys.argv.index("--only") + 1]
+        chosen = [m for m in MUTATIONS if only in m[0]]
     tmp_root = tempfile.mkdtemp(prefix="emu-mutations-")
     passed = failed = 0
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
-            for ok, line in ex.map(lambda m: run(m, tmp_root), MUTATIONS):
+            for ok, line in ex.map(lambda m: run(m, tmp_root), chosen):
                 print(line, flush=True)
                 passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
     finally:

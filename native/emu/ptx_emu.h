@@ -169,4 +169,17 @@ inline void prefetch_tensormap(const void*) {}
 inline void tma_load_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) { emu::tma_load_2d(dst, map, x, y, bar); }
 inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) { emu::bulk_load(dst, src, bytes, bar); }
 
+inline uint32_t cluster_ctarank() { return emu::cluster_ctarank(); }
+inline uint32_t cluster_nctarank() { return emu::cluster_nctarank(); }
+inline uint32_t mapa_shared(uint32_t addr, uint32_t rank) { return emu::mapa(addr, rank); }
+inline void mbarrier_arrive_cluster(uint32_t cluster_addr) { emu::mbarrier_arrive_cluster(cluster_addr); }
+inline void mbarrier_wait_parity_cluster(uint32_t bar, uint32_t parity) { emu::mbarrier_wait_parity(bar, parity); }
+inline void cluster_sync() {
+    emu::cluster_arrive();
+    emu::cluster_wait();
+}
+inline void tma_load_2d_multicast(uint32_t dst, const void* map, int x, int y, uint32_t bar, uint16_t cta_mask) {
+    emu::tma_load_2d_multicast(dst, map, x, y, bar, cta_mask);
+}
+
 }  // namespace ptx

@@ -1,7 +1,8 @@
-// runtime.h -- the CPU emulator's machine: one CTA at a time, its threads as
-// fibers (ucontext) switched only at synchronisation points, in a random order
-// chosen by a seed, so that a missing barrier shows up as a wrong result in
-// some seeds. What it models, and checks on every access:
+// runtime.h -- the CPU emulator's machine: one cluster of CTAs at a time (one
+// CTA, unless the launch asks for a cluster), their threads as fibers
+// (ucontext) switched only at synchronisation points, in a random order chosen
+// by a seed, so that a missing barrier shows up as a wrong result in some
+// seeds. What it models, and checks on every access:
 //   - shared memory: a buffer poisoned with 0xFF (NaN in bf16 and fp32) at
 //     each CTA's start; accesses out of the launch's dynamic size fail;
 //   - named barriers (bar.sync / bar.arrive with counts), __syncthreads,
@@ -17,6 +18,10 @@
 //     synchronised with the writer. Synchronisation is tracked with vector
 //     clocks over barriers and mbarrier arrivals/waits, so a fence counts only
 //     where the ISA's causality order puts it;
+//   - clusters (along x): %cluster_ctarank, mapa, remote mbarrier arrivals,
+//     barrier.cluster, TMA multicast (one copy per destination CTA, each
+//     landing on its own); an access to a CTA of the cluster whose threads
+//     have all exited fails (a CTA must outlive its peers' use of its memory);
 //   - wgmma (m64nNk16, bf16 -> fp32, shared-memory descriptors with 128-byte
 //     swizzle, K-major or MN-major, A from registers or shared memory) as a
 //     rendezvous of the warpgroup's 128 threads; the descriptors must agree,
@@ -81,8 +86,12 @@ constexpr size_t kStackBytes = 256 * 1024;
 struct Fiber {
     ucontext_t ctx{};
     Dim3 tid;
-    int linear = 0;
+    int linear = 0;              // thread index within its CTA
+    int gid = 0;                 // index within the cluster (vector clocks, cp.async ownership)
+    int cta = 0;                 // its CTA's rank in the cluster
     bool done = false;
+    uint64_t cluster_gen = 0;    // the barrier.cluster phase it arrived at (waited for by barrier.cluster.wait)
+    bool cluster_arrived = false;
     std::function<bool()> wait;  // empty: runnable
     const char* what = "";
     uint32_t cp_committed = 0;   // cp.async groups committed
@@ -93,7 +102,8 @@ struct Fiber {
 };
 
 struct CpAsync {  // one cp.async of 16 bytes, pending until its group is waited for
-    int thread;
+    int thread;  // gid
+    int cta;
     uint32_t group, dst, src_bytes;
     const uint8_t* src;
 };
@@ -105,6 +115,7 @@ struct AsyncCopy {  // a TMA or bulk copy in flight
     TensorMap2d map;      // tensor
     int x, y;
     int thread;
+    int cta;  // the CTA whose shared memory it writes and whose mbarrier it signals
 };
 
 struct Mbar {
@@ -158,29 +169,40 @@ struct NamedBar {
     std::unordered_map<uint64_t, std::vector<uint32_t>> done;  // completed phases' joins, by gen
 };
 
-struct Machine {
-    Options opt;
-    std::mt19937_64 rng;
-    const char* kernel = "";
-    Dim3 grid, block, bidx;
-    int nthreads = 0;
+struct Write {
+    int16_t thread = -1;  // -1: clean (never written, or last written by the async proxy); else the writer's gid
+    uint32_t clock = 0;   // the writer's clock at the write
+};
+
+// One CTA of the running cluster: its shared memory and everything that lives in it.
+struct Cta {
+    Dim3 bidx;
+    unsigned rank = 0;
     std::vector<uint8_t> smem_store;
     uint8_t* smem = nullptr;
-    uint32_t smem_bytes = 0;
-    struct Write {
-        int16_t thread = -1;  // -1: clean (never written, or last written by the async proxy)
-        uint32_t clock = 0;   // the writer's clock at the write
-    };
     std::vector<Write> writes;                    // per 16-byte granule: its last generic write
     std::vector<uint8_t> inflight;                // per granule: a copy will still write it
-    std::vector<Fiber> fibers;
-    std::vector<char*> stacks;
-    ucontext_t sched{};
-    Fiber* cur = nullptr;
     NamedBar bars[16];
     Warp warps[kMaxThreads / 32];
     Warpgroup wgs[kMaxThreads / 128];
     std::unordered_map<uint32_t, Mbar> mbars;
+    int alive = 0;                                // threads not exited
+};
+
+struct Machine {
+    Options opt;
+    std::mt19937_64 rng;
+    const char* kernel = "";
+    Dim3 grid, block;
+    unsigned cluster = 1;                         // CTAs per cluster, along x
+    int nthreads = 0;                             // per CTA
+    uint32_t smem_bytes = 0;
+    std::vector<Cta> ctas;                        // the running cluster's
+    std::vector<Fiber> fibers;                    // cluster x nthreads, by gid = cta * nthreads + linear
+    std::vector<char*> stacks;
+    ucontext_t sched{};
+    Fiber* cur = nullptr;
+    NamedBar cluster_bar;                         // barrier.cluster
     std::vector<AsyncCopy> copies;
     std::vector<CpAsync> cps;
     std::function<void()> body;
@@ -191,10 +213,19 @@ inline Machine& M() {
     static Machine m;
     return m;
 }
+inline Cta& C() { return M().ctas[M().cur->cta]; }  // the current thread's CTA
 
 [[noreturn]] inline void fail(const char* fmt, ...) {
     Machine& m = M();
-    std::fprintf(stderr, "EMU ERROR in %s block (%u,%u,%u)", m.kernel, m.bidx.x, m.bidx.y, m.bidx.z);
+    if (m.cur) {
+        const Dim3& b = m.ctas[m.cur->cta].bidx;
+        std::fprintf(stderr, "EMU ERROR in %s block (%u,%u,%u)", m.kernel, b.x, b.y, b.z);
+    } else if (!m.ctas.empty()) {
+        const Dim3& b = m.ctas[0].bidx;
+        std::fprintf(stderr, "EMU ERROR in %s cluster of block (%u,%u,%u)", m.kernel, b.x, b.y, b.z);
+    } else {
+        std::fprintf(stderr, "EMU ERROR in %s", m.kernel);
+    }
     if (m.cur) std::fprintf(stderr, " thread %d", m.cur->linear);
     std::fprintf(stderr, ": ");
     va_list ap;
@@ -208,17 +239,17 @@ inline Machine& M() {
 }
 
 inline const Dim3& thread_idx() { return M().cur->tid; }
-inline const Dim3& block_idx() { return M().bidx; }
+inline const Dim3& block_idx() { return C().bidx; }
 inline const Dim3& block_dim() { return M().block; }
 inline const Dim3& grid_dim() { return M().grid; }
-inline uint8_t* dynamic_smem() { return M().smem; }
+inline uint8_t* dynamic_smem() { return C().smem; }
 inline void trap() { fail("__trap()"); }
 
 inline uint32_t shared_offset(const void* p) {
-    Machine& m = M();
+    const Cta& c = C();
     const uint8_t* b = static_cast<const uint8_t*>(p);
-    if (b < m.smem || b > m.smem + m.smem_bytes) fail("a generic pointer that is not in shared memory was converted to a shared address");
-    return static_cast<uint32_t>(b - m.smem);
+    if (b < c.smem || b > c.smem + M().smem_bytes) fail("a generic pointer that is not in shared memory was converted to a shared address");
+    return static_cast<uint32_t>(b - c.smem);
 }
 
 // ---- switching ----
@@ -236,25 +267,26 @@ inline void block_until(std::function<bool()> pred, const char* what) {
 }
 
 // ---- shared memory access checks ----
-inline uint8_t* smem_at(uint32_t addr, uint32_t bytes, const char* op) {
+inline uint8_t* smem_at_in(Cta& c, uint32_t addr, uint32_t bytes, const char* op) {
     Machine& m = M();
     if (addr % bytes != 0 && bytes <= 16) fail("%s at shared address %u: not aligned to %u bytes", op, addr, bytes);
     if (static_cast<uint64_t>(addr) + bytes > m.smem_bytes)
         fail("%s at shared address %u (+%u bytes): past the %u bytes of dynamic shared memory", op, addr, bytes, m.smem_bytes);
     for (uint32_t g = addr / 16; g <= (addr + bytes - 1) / 16; ++g)
-        if (m.inflight[g]) fail("%s at shared address %u: a TMA/bulk copy issued earlier has not landed there yet (no mbarrier wait before it)", op, addr);
-    return m.smem + addr;
+        if (c.inflight[g]) fail("%s at shared address %u: a TMA/bulk copy issued earlier has not landed there yet (no mbarrier wait before it)", op, addr);
+    return c.smem + addr;
 }
+inline uint8_t* smem_at(uint32_t addr, uint32_t bytes, const char* op) { return smem_at_in(C(), addr, bytes, op); }
 // ---- vector clocks (for the proxy rule) ----
-inline uint32_t tick() { return ++M().cur->vc[M().cur->linear]; }
+inline uint32_t tick() { return ++M().cur->vc[M().cur->gid]; }
 inline void join(std::vector<uint32_t>& into, const std::vector<uint32_t>& from) {
     if (into.size() < from.size()) into.resize(from.size(), 0);
     for (size_t i = 0; i < from.size(); ++i) into[i] = std::max(into[i], from[i]);
 }
 inline void note_generic_write(uint32_t addr, uint32_t bytes) {
-    Machine& m = M();
+    Cta& cta = C();
     const uint32_t c = tick();
-    for (uint32_t g = addr / 16; g <= (addr + bytes - 1) / 16; ++g) m.writes[g] = Machine::Write{static_cast<int16_t>(m.cur->linear), c};
+    for (uint32_t g = addr / 16; g <= (addr + bytes - 1) / 16; ++g) cta.writes[g] = Write{static_cast<int16_t>(M().cur->gid), c};
 }
 inline void fence_proxy_async() {
     Fiber& f = *M().cur;
@@ -264,7 +296,7 @@ inline void fence_proxy_async() {
 // Is the last generic write of granule g ordered before an async-proxy read by the current thread?
 inline bool proxy_fenced(uint32_t g) {
     Machine& m = M();
-    const Machine::Write& w = m.writes[g];
+    const Write& w = C().writes[g];
     if (w.thread < 0) return true;
     const Fiber& r = *m.cur;
     if (!r.fence_vc.empty() && r.fence_vc[w.thread] >= w.clock) return true;  // the reader fenced after it saw the write
@@ -278,7 +310,7 @@ inline void bar_sync(int id, int count, bool wait) {
     Machine& m = M();
     if (id < 0 || id > 15) fail("barrier id %d", id);
     if (count % 32 != 0 || count <= 0 || count > m.nthreads) fail("barrier %d: count %d", id, count);
-    NamedBar& b = m.bars[id];
+    NamedBar& b = C().bars[id];
     if (b.arrived == 0) b.count = count;
     else if (b.count != count) fail("barrier %d: count %d while the phase in progress uses %d", id, count, b.count);
     const uint64_t my = b.gen;
@@ -314,7 +346,7 @@ inline uint32_t shfl_xor_bits(unsigned mask, uint32_t v, int lane_mask) {
     Machine& m = M();
     if (mask != 0xFFFFFFFFu) fail("shfl with a partial mask: not modelled");
     if (lane_mask < 0 || lane_mask > 31) fail("shfl.bfly lane mask %d", lane_mask);
-    Warp& w = m.warps[m.cur->linear / 32];
+    Warp& w = C().warps[m.cur->linear / 32];
     const int lane = m.cur->linear % 32;
     w.vals[lane] = v;
     w.tags[lane] = lane_mask;
@@ -328,7 +360,7 @@ inline uint32_t shfl_xor_bits(unsigned mask, uint32_t v, int lane_mask) {
 inline int any_sync(unsigned mask, int pred) {
     Machine& m = M();
     if (mask != 0xFFFFFFFFu) fail("vote with a partial mask: not modelled");
-    Warp& w = m.warps[m.cur->linear / 32];
+    Warp& w = C().warps[m.cur->linear / 32];
     w.vals[m.cur->linear % 32] = pred ? 1u : 0u;
     w.tags[m.cur->linear % 32] = -1;
     warp_rendezvous(w, "vote.any");
@@ -342,12 +374,12 @@ inline int any_sync(unsigned mask, int pred) {
 }
 
 // ---- mbarriers ----
-inline Mbar& mbar(uint32_t addr, const char* op) {
-    Machine& m = M();
-    auto it = m.mbars.find(addr);
-    if (it == m.mbars.end()) fail("%s on shared address %u: no mbarrier was initialised there", op, addr);
+inline Mbar& mbar_in(Cta& c, uint32_t addr, const char* op) {
+    auto it = c.mbars.find(addr);
+    if (it == c.mbars.end()) fail("%s on shared address %u of CTA rank %u: no mbarrier was initialised there", op, addr, c.rank);
     return it->second;
 }
+inline Mbar& mbar(uint32_t addr, const char* op) { return mbar_in(C(), addr, op); }
 inline void mbar_check_complete(Mbar& b) {
     if (b.pending == 0 && b.tx == 0) {
         b.done_vc[b.phase & 1u] = std::move(b.acc);
@@ -361,15 +393,15 @@ inline void mbarrier_init(uint32_t addr, uint32_t count) {
     smem_at(addr, 8, "mbarrier.init");
     Mbar b;
     b.count = b.pending = static_cast<int>(count);
-    M().mbars[addr] = b;
+    C().mbars[addr] = b;
 }
-inline void mbarrier_arrive(uint32_t addr, const char* op) {
-    Mbar& b = mbar(addr, op);
+inline void mbarrier_arrive_on(Mbar& b, const char* op) {
     tick();
     join(b.acc, M().cur->vc);
     if (--b.pending < 0) fail("%s: more arrivals than the mbarrier's count %d in one phase", op, b.count);
     mbar_check_complete(b);
 }
+inline void mbarrier_arrive(uint32_t addr, const char* op) { mbarrier_arrive_on(mbar(addr, op), op); }
 inline void mbarrier_expect_tx(uint32_t addr, uint32_t bytes) {
     Mbar& b = mbar(addr, "mbarrier.arrive.expect_tx");
     b.tx += bytes;
@@ -385,17 +417,17 @@ inline void mbarrier_wait_parity(uint32_t addr, uint32_t parity) {
 // ---- copies ----
 inline uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
 
-inline void mark_inflight(uint32_t dst, uint32_t bytes, int delta) {
-    Machine& m = M();
-    for (uint32_t g = dst / 16; g <= (dst + bytes - 1) / 16; ++g) m.inflight[g] = static_cast<uint8_t>(m.inflight[g] + delta);
+inline void mark_inflight(Cta& cta, uint32_t dst, uint32_t bytes, int delta) {
+    for (uint32_t g = dst / 16; g <= (dst + bytes - 1) / 16; ++g) cta.inflight[g] = static_cast<uint8_t>(cta.inflight[g] + delta);
 }
 inline void land(size_t i) {
     Machine& m = M();
     const AsyncCopy c = m.copies[i];
     m.copies.erase(m.copies.begin() + static_cast<long>(i));
-    mark_inflight(c.dst, c.bytes, -1);
+    Cta& cta = m.ctas[c.cta];
+    mark_inflight(cta, c.dst, c.bytes, -1);
     if (!c.tensor) {
-        std::memcpy(m.smem + c.dst, c.src, c.bytes);
+        std::memcpy(cta.smem + c.dst, c.src, c.bytes);
     } else {
         const TensorMap2d& t = c.map;
         const uint32_t row = t.box0 * t.elem_bytes;
@@ -404,7 +436,7 @@ inline void land(size_t i) {
             for (uint32_t e = 0; e < t.box0; ++e) {
                 const int64_t gx = static_cast<int64_t>(c.x) + e;
                 const uint32_t off = c.dst + r * row + e * t.elem_bytes;
-                uint8_t* d = m.smem + (t.swizzle_bytes == 128 ? swizzle128(off) : off);
+                uint8_t* d = cta.smem + (t.swizzle_bytes == 128 ? swizzle128(off) : off);
                 if (gx < 0 || gy < 0 || static_cast<uint64_t>(gx) >= t.dim0 || static_cast<uint64_t>(gy) >= t.dim1)
                     std::memset(d, 0, t.elem_bytes);  // out of bounds: zero fill
                 else
@@ -413,16 +445,25 @@ inline void land(size_t i) {
         }
     }
     // async-proxy writes: the granules' last writes are no longer generic ones
-    for (uint32_t g = c.dst / 16; g <= (c.dst + c.bytes - 1) / 16; ++g) m.writes[g] = Machine::Write{};
-    Mbar& b = mbar(c.bar, "complete_tx");
+    for (uint32_t g = c.dst / 16; g <= (c.dst + c.bytes - 1) / 16; ++g) cta.writes[g] = Write{};
+    Mbar& b = mbar_in(cta, c.bar, "complete_tx");
     b.tx -= c.bytes;
     mbar_check_complete(b);
 }
-inline void issue_copy(const AsyncCopy& c) {
+// A CTA of the cluster that another one's operation reaches: it must still be running.
+inline Cta& peer(unsigned rank, const char* op) {
     Machine& m = M();
-    smem_at(c.dst, c.bytes, c.tensor ? "cp.async.bulk.tensor" : "cp.async.bulk");
-    mbar(c.bar, "cp.async.bulk (its mbarrier)");
-    mark_inflight(c.dst, c.bytes, +1);
+    if (rank >= m.cluster) fail("%s: CTA rank %u in a cluster of %u", op, rank, m.cluster);
+    Cta& c = m.ctas[rank];
+    if (c.alive == 0) fail("%s reaches CTA rank %u of the cluster after all its threads exited (its shared memory is gone)", op, rank);
+    return c;
+}
+inline void issue_copy(AsyncCopy c) {
+    Machine& m = M();
+    Cta& cta = peer(static_cast<unsigned>(c.cta), c.tensor ? "cp.async.bulk.tensor" : "cp.async.bulk");
+    smem_at_in(cta, c.dst, c.bytes, c.tensor ? "cp.async.bulk.tensor" : "cp.async.bulk");
+    mbar_in(cta, c.bar, "cp.async.bulk (its mbarrier)");
+    mark_inflight(cta, c.dst, c.bytes, +1);
     m.copies.push_back(c);
 }
 inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
@@ -434,10 +475,11 @@ inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t ba
     c.bytes = bytes;
     c.bar = bar;
     c.src = static_cast<const uint8_t*>(src);
-    c.thread = M().cur->linear;
+    c.thread = M().cur->gid;
+    c.cta = M().cur->cta;
     issue_copy(c);
 }
-inline void tma_load_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) {
+inline AsyncCopy tma_box(uint32_t dst, const void* map, int x, int y, uint32_t bar) {
     TensorMap2d t;
     std::memcpy(&t, map, sizeof t);
     if (t.magic != kMapMagic) fail("cp.async.bulk.tensor: the tensor map was not encoded (encode_tensor_map_2d)");
@@ -451,8 +493,22 @@ inline void tma_load_2d(uint32_t dst, const void* map, int x, int y, uint32_t ba
     c.map = t;
     c.x = x;
     c.y = y;
-    c.thread = M().cur->linear;
-    issue_copy(c);
+    c.thread = M().cur->gid;
+    c.cta = M().cur->cta;
+    return c;
+}
+inline void tma_load_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) { issue_copy(tma_box(dst, map, x, y, bar)); }
+// .multicast::cluster: the box lands at the same CTA-relative offset in every CTA of cta_mask and signals the
+// mbarrier at the same offset in each; each destination's copy lands on its own.
+inline void tma_load_2d_multicast(uint32_t dst, const void* map, int x, int y, uint32_t bar, uint16_t cta_mask) {
+    Machine& m = M();
+    if (cta_mask == 0 || (cta_mask >> m.cluster) != 0) fail("cp.async.bulk.tensor multicast: CTA mask %#x in a cluster of %u", cta_mask, m.cluster);
+    AsyncCopy c = tma_box(dst, map, x, y, bar);
+    for (unsigned r = 0; r < m.cluster; ++r)
+        if (cta_mask & (1u << r)) {
+            c.cta = static_cast<int>(r);
+            issue_copy(c);
+        }
 }
 
 inline void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
@@ -460,15 +516,15 @@ inline void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
     if (dst % 16) fail("cp.async to %u: not 16-byte aligned", dst);
     if (src_bytes > 16) fail("cp.async src-size %u > 16", src_bytes);
     smem_at(dst, 16, "cp.async");
-    m.cps.push_back(CpAsync{m.cur->linear, m.cur->cp_committed, dst, src_bytes, static_cast<const uint8_t*>(src)});
+    m.cps.push_back(CpAsync{m.cur->gid, m.cur->cta, m.cur->cp_committed, dst, src_bytes, static_cast<const uint8_t*>(src)});
 }
 inline void cp_async_land_mine(uint32_t below_group) {  // this thread's copies of groups < below_group
     Machine& m = M();
     for (size_t i = 0; i < m.cps.size();) {
         const CpAsync c = m.cps[i];
-        if (c.thread == m.cur->linear && c.group < below_group) {
-            std::memset(m.smem + c.dst, 0, 16);
-            if (c.src_bytes) std::memcpy(m.smem + c.dst, c.src, c.src_bytes);
+        if (c.thread == m.cur->gid && c.group < below_group) {
+            std::memset(C().smem + c.dst, 0, 16);
+            if (c.src_bytes) std::memcpy(C().smem + c.dst, c.src, c.src_bytes);
             note_generic_write(c.dst, 16);  // cp.async writes are generic-proxy
             m.cps.erase(m.cps.begin() + static_cast<long>(i));
         } else {
@@ -502,9 +558,9 @@ inline float bf16_at(uint32_t addr, const char* what) {
     const uint32_t g = addr / 16;
     if (!proxy_fenced(g))
         fail("%s reads shared address %u, written by thread %d with generic stores and no fence.proxy.async between the write and this read",
-             what, addr, m.writes[g].thread);
+             what, addr, C().writes[g].thread);
     uint16_t h;
-    std::memcpy(&h, m.smem + addr, 2);
+    std::memcpy(&h, C().smem + addr, 2);
     return __uint_as_float(static_cast<uint32_t>(h) << 16);
 }
 // Operand element (row r of `rows`, k of 16): K-major = rows stored as 128-byte swizzled rows of K; MN-major (trans) =
@@ -543,7 +599,7 @@ inline void wgmma(float* dregs, int nregs, int n, uint64_t da, const uint32_t* a
     Machine& m = M();
     if (m.nthreads % 128 != 0) fail("wgmma in a CTA that is not whole warpgroups");
     if (nregs != n / 2) fail("wgmma m64n%dk16: %d accumulator registers", n, nregs);
-    Warpgroup& w = m.wgs[m.cur->linear / 128];
+    Warpgroup& w = C().wgs[m.cur->linear / 128];
     w.calls[m.cur->linear % 128] = WgmmaCall{dregs, nregs, n, da, db, a, accumulate, ta, tb};
     const uint64_t my = w.gen;
     if (++w.arrived < 128) {
@@ -572,7 +628,7 @@ inline void wgmma(float* dregs, int nregs, int n, uint64_t da, const uint32_t* a
 }
 inline void wgmma_commit() {
     Machine& m = M();
-    Warpgroup& w = m.wgs[m.cur->linear / 128];
+    Warpgroup& w = C().wgs[m.cur->linear / 128];
     const uint32_t idx = m.cur->wg_committed++;
     if (idx == w.groups.size()) {
         w.groups.push_back(std::move(w.open));
@@ -585,7 +641,7 @@ inline void wgmma_commit() {
 // operands are checked unchanged, then the products are computed into the accumulators, in issue order.
 inline void wgmma_wait(int n) {
     Machine& m = M();
-    Warpgroup& w = m.wgs[m.cur->linear / 128];
+    Warpgroup& w = C().wgs[m.cur->linear / 128];
     const uint32_t c = m.cur->wg_committed;
     std::vector<float*> written;  // accumulators this retirement already wrote (a chain of k-steps on one tile)
     for (uint32_t gi = 0; gi + n < c && gi < w.groups.size(); ++gi) {
@@ -617,6 +673,62 @@ inline void wgmma_wait(int n) {
     }
 }
 
+// ---- clusters (along x) ----
+// A shared::cluster address as mapa returns it: (rank + 1) << 24 | offset. Below 2^24 it is a shared::cta
+// address, which names the executing CTA's own memory in the cluster window too (as in the ISA).
+constexpr uint32_t kClusterWindow = 1u << 24;
+inline unsigned cluster_ctarank() { return static_cast<unsigned>(M().cur->cta); }
+inline unsigned cluster_nctarank() { return M().cluster; }
+inline uint32_t mapa(uint32_t addr, unsigned rank) {
+    if (addr >= kClusterWindow) fail("mapa of %#x: not a shared::cta address", addr);
+    if (rank >= M().cluster) fail("mapa to CTA rank %u in a cluster of %u", rank, M().cluster);
+    return ((rank + 1) << 24) | addr;
+}
+inline Cta& cluster_target(uint32_t addr, uint32_t& off, const char* op) {
+    if (addr < kClusterWindow) {
+        off = addr;
+        return C();
+    }
+    off = addr & (kClusterWindow - 1);
+    return peer((addr >> 24) - 1, op);
+}
+// mbarrier.arrive.release.cluster.shared::cluster: an arrival on any CTA's mbarrier of the cluster.
+inline void mbarrier_arrive_cluster(uint32_t addr) {
+    uint32_t off = 0;
+    Cta& c = cluster_target(addr, off, "mbarrier.arrive.shared::cluster");
+    mbarrier_arrive_on(mbar_in(c, off, "mbarrier.arrive.shared::cluster"), "mbarrier.arrive.shared::cluster");
+}
+// barrier.cluster.arrive.release / barrier.cluster.wait.acquire: every thread of every CTA of the cluster.
+inline void cluster_arrive() {
+    Machine& m = M();
+    Fiber& f = *m.cur;
+    if (f.cluster_arrived) fail("barrier.cluster.arrive twice without a barrier.cluster.wait between");
+    NamedBar& b = m.cluster_bar;
+    f.cluster_gen = b.gen;
+    f.cluster_arrived = true;
+    tick();
+    join(b.acc, f.vc);
+    if (++b.arrived == m.nthreads * static_cast<int>(m.cluster)) {
+        b.arrived = 0;
+        b.done[b.gen] = std::move(b.acc);
+        b.done.erase(b.gen - 4);
+        b.acc.clear();
+        b.gen++;
+    }
+    yield();
+}
+inline void cluster_wait() {
+    Machine& m = M();
+    Fiber& f = *m.cur;
+    if (!f.cluster_arrived) fail("barrier.cluster.wait without a barrier.cluster.arrive");
+    NamedBar& b = m.cluster_bar;
+    const uint64_t my = f.cluster_gen;
+    block_until([&b, my] { return b.gen != my; }, "barrier.cluster.wait");
+    join(f.vc, b.done.at(my));
+    f.cluster_arrived = false;
+    yield();
+}
+
 // ---- launch ----
 inline void trampoline() {
     Machine& m = M();
@@ -629,13 +741,16 @@ inline void trampoline() {
 
 inline void report_deadlock() {
     Machine& m = M();
-    std::fprintf(stderr, "EMU ERROR in %s block (%u,%u,%u): deadlock, every thread waits:\n", m.kernel, m.bidx.x, m.bidx.y, m.bidx.z);
+    const Dim3& b0 = m.ctas[0].bidx;
+    std::fprintf(stderr, "EMU ERROR in %s block (%u,%u,%u)%s: deadlock, every thread waits:\n", m.kernel, b0.x, b0.y, b0.z,
+                 m.cluster > 1 ? " and its cluster" : "");
     std::string last;
     int first = -1, count = 0;
     for (size_t i = 0; i <= m.fibers.size(); ++i) {
         std::string w = i < m.fibers.size() ? (m.fibers[i].done ? "exited" : m.fibers[i].what) : "";
+        if (i < m.fibers.size() && m.cluster > 1) w = "CTA rank " + std::to_string(m.fibers[i].cta) + ": " + w;
         if (i == m.fibers.size() || w != last) {
-            if (count) std::fprintf(stderr, "  threads %d..%d: %s\n", first, first + count - 1, last.c_str());
+            if (count) std::fprintf(stderr, "  threads %d..%d: %s\n", first % m.nthreads, (first + count - 1) % m.nthreads, last.c_str());
             last = w;
             first = static_cast<int>(i);
             count = 0;
@@ -646,10 +761,11 @@ inline void report_deadlock() {
     std::_Exit(2);
 }
 
-// Two orders of threads, one per CTA by the seed: uniformly random at every switch (fine-grained interleavings),
-// or warps by a random priority, the highest runnable warp first, the priorities redrawn now and then (one warp
-// runs far ahead of the others: what exposes a thread that signals or reuses a buffer before the others are done).
-inline void run_cta() {
+// Two orders of threads, one per cluster by the seed: uniformly random at every switch (fine-grained
+// interleavings), or warps by a random priority, the highest runnable warp first, the priorities redrawn now and
+// then (one warp runs far ahead of the others: what exposes a thread that signals or reuses a buffer before the
+// others are done). The warps of all the cluster's CTAs take part in one order.
+inline void run_cluster() {
     Machine& m = M();
     const size_t n = m.fibers.size();
     const size_t warps = (n + 31) / 32;
@@ -687,66 +803,88 @@ inline void run_cta() {
         ++m.switches;
         swapcontext(&m.sched, &pick->ctx);
         m.cur = nullptr;
-        if (pick->done) --alive;
+        if (pick->done) {
+            --alive;
+            --m.ctas[pick->cta].alive;
+        }
     }
 }
 
-// Runs `body` as every thread of every CTA of the grid, one CTA at a time. smem_bytes: the dynamic shared memory.
-inline void launch(const char* name, Dim3 grid, Dim3 block, uint32_t smem_bytes, std::function<void()> body) {
+// Runs `body` as every thread of every CTA of the grid, one cluster at a time (cluster_x CTAs along x, as
+// __cluster_dims__ or a launch attribute would group them). smem_bytes: the dynamic shared memory per CTA.
+inline void launch(const char* name, Dim3 grid, Dim3 block, uint32_t smem_bytes, std::function<void()> body, unsigned cluster_x = 1) {
     Machine& m = M();
     m.kernel = name;
     m.grid = grid;
     m.block = block;
+    m.cluster = cluster_x;
     m.nthreads = static_cast<int>(block.x * block.y * block.z);
     if (m.nthreads > kMaxThreads || m.nthreads <= 0) fail("launch with %d threads", m.nthreads);
     if (smem_bytes > 232448) fail("launch with %u bytes of dynamic shared memory (sm_90: 227 KB)", smem_bytes);
+    if (cluster_x < 1 || cluster_x > 8 || grid.x % cluster_x != 0) fail("launch of grid.x %u in clusters of %u", grid.x, cluster_x);
     m.body = std::move(body);
-    while (m.stacks.size() < static_cast<size_t>(m.nthreads)) {
+    const size_t total = static_cast<size_t>(m.nthreads) * cluster_x;
+    while (m.stacks.size() < total) {
         void* s = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (s == MAP_FAILED) fail("no memory for a fiber stack");
         m.stacks.push_back(static_cast<char*>(s));
     }
     m.smem_bytes = smem_bytes;
-    m.smem_store.assign(smem_bytes + 2048, 0);
-    m.smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m.smem_store.data()) + 1023) & ~uintptr_t(1023));
+    m.ctas.assign(cluster_x, Cta{});
     const size_t granules = (smem_bytes + 15) / 16 + 1;
+    for (Cta& c : m.ctas) {
+        c.smem_store.assign(smem_bytes + 2048, 0);
+        c.smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(c.smem_store.data()) + 1023) & ~uintptr_t(1023));
+    }
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                m.bidx = Dim3{x, y, z};
-                std::memset(m.smem, 0xFF, smem_bytes);
-                m.writes.assign(granules, Machine::Write{});
-                m.inflight.assign(granules, 0);
-                for (auto& b : m.bars) b = NamedBar{};
-                for (auto& w : m.warps) w = Warp{};
-                for (auto& w : m.wgs) { w.arrived = 0; w.gen = 0; w.open.clear(); w.groups.clear(); }
-                m.mbars.clear();
+            for (unsigned x0 = 0; x0 < grid.x; x0 += cluster_x) {
+                for (unsigned r = 0; r < cluster_x; ++r) {
+                    Cta& c = m.ctas[r];
+                    c.bidx = Dim3{x0 + r, y, z};
+                    c.rank = r;
+                    std::memset(c.smem, 0xFF, smem_bytes);
+                    c.writes.assign(granules, Write{});
+                    c.inflight.assign(granules, 0);
+                    for (auto& b : c.bars) b = NamedBar{};
+                    for (auto& w : c.warps) w = Warp{};
+                    for (auto& w : c.wgs) { w.arrived = 0; w.gen = 0; w.open.clear(); w.groups.clear(); }
+                    c.mbars.clear();
+                    c.alive = m.nthreads;
+                }
+                m.cluster_bar = NamedBar{};
                 m.copies.clear();
                 m.cps.clear();
-                m.fibers.assign(m.nthreads, Fiber{});
-                for (int i = 0; i < m.nthreads; ++i) {
+                m.fibers.assign(total, Fiber{});
+                for (size_t i = 0; i < total; ++i) {
                     Fiber& f = m.fibers[i];
-                    f.linear = i;
-                    f.vc.assign(m.nthreads, 0);
-                    f.tid = Dim3{static_cast<unsigned>(i) % block.x, (static_cast<unsigned>(i) / block.x) % block.y,
-                                 static_cast<unsigned>(i) / (block.x * block.y)};
+                    f.gid = static_cast<int>(i);
+                    f.cta = static_cast<int>(i / m.nthreads);
+                    f.linear = static_cast<int>(i % m.nthreads);
+                    f.vc.assign(total, 0);
+                    const unsigned l = static_cast<unsigned>(f.linear);
+                    f.tid = Dim3{l % block.x, (l / block.x) % block.y, l / (block.x * block.y)};
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = m.stacks[i];
                     f.ctx.uc_stack.ss_size = kStackBytes;
                     f.ctx.uc_link = nullptr;
                     makecontext(&f.ctx, trampoline, 0);
                 }
-                run_cta();
+                run_cluster();
                 if (!m.copies.empty()) fail("the CTA exited with %zu TMA/bulk copies still in flight", m.copies.size());
                 if (!m.cps.empty()) fail("the CTA exited with cp.async copies never waited for");
-                for (auto& w : m.wgs) {
-                    bool pending = !w.open.empty();
-                    for (auto& g : w.groups)
-                        for (auto& op : g) pending |= !op.retired;
-                    if (pending) fail("the CTA exited with wgmma in flight (no wgmma.wait_group retired them)");
-                }
+                for (Fiber& f : m.fibers)
+                    if (f.cluster_arrived) fail("thread %d of CTA rank %d exited after a barrier.cluster.arrive without its wait", f.linear, f.cta);
+                for (Cta& c : m.ctas)
+                    for (auto& w : c.wgs) {
+                        bool pending = !w.open.empty();
+                        for (auto& g : w.groups)
+                            for (auto& op : g) pending |= !op.retired;
+                        if (pending) fail("the CTA exited with wgmma in flight (no wgmma.wait_group retired them)");
+                    }
             }
     m.kernel = "";
+    m.ctas.clear();
 }
 
 inline void configure(const Options& o) {

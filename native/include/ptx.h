@@ -463,5 +463,69 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                  : "memory");
 }
 
+// ---- clusters (sm_90): CTAs launched together on one GPC, each able to reach the others' shared memory ----
+
+// %cluster_ctarank / %cluster_nctarank: this CTA's rank in its cluster and the cluster's CTA count (1 for a launch
+// without clusters).
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ uint32_t cluster_nctarank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
+    return r;
+}
+
+// mapa.shared::cluster.u32 d, addr, rank: the shared::cluster address of the word at shared::cta address `addr`
+// in the CTA of rank `rank` (what the remote forms below take).
+__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
+    uint32_t d;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(d) : "r"(addr), "r"(rank));
+    return d;
+}
+
+// mbarrier.arrive.release.cluster.shared::cluster.b64 _, [addr]: one arrival on an mbarrier of any CTA of the
+// cluster (addr from mapa_shared). Release at cluster scope: this thread's earlier accesses (and what it
+// synchronised with) are ordered before what the waiter does after the phase completes.
+__device__ __forceinline__ void mbarrier_arrive_cluster(uint32_t cluster_addr) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
+}
+
+// mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 in a loop: mbarrier_wait_parity for a barrier whose
+// arrivals come from other CTAs of the cluster (acquire at cluster scope pairs with mbarrier_arrive_cluster).
+__device__ __forceinline__ void mbarrier_wait_parity_cluster(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    }
+}
+
+// barrier.cluster.arrive.release.aligned + barrier.cluster.wait.acquire.aligned: every thread of every CTA of the
+// cluster (whole warps: .aligned). Orders all earlier accesses of the cluster's threads before all later ones, and
+// publishes mbarrier_init to the other CTAs (after fence_mbarrier_init). A CTA must also run it before it exits
+// while another CTA may still reach its shared memory.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster
+//     [dst], [map, {x, y}], [bar], cta_mask;
+// tma_load_2d into every CTA of the cluster whose bit is set in cta_mask: the box lands at the same CTA-relative
+// offset dst in each and counts its bytes down on the mbarrier at offset bar in each (so every destination arms
+// its own barrier for the bytes all issuers send it). dst and bar are this CTA's shared::cta addresses.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* map, int x, int y, uint32_t bar,
+                                                      uint16_t cta_mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "h"(cta_mask)
+        : "memory");
+}
+
 }  // namespace ptx
 #endif  // MLA_EMU

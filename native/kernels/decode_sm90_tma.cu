@@ -31,11 +31,11 @@ using namespace mla;
 // named barriers (0 = __syncthreads): as v5, plus one inside warpgroup 0
 constexpr int kBarPReady = 1, kBarPFree = 2, kBarKvFree0 = 3, kBarZeroed = 5;
 constexpr int kWgThreads = 128;
-// red area (kSmemRed, 512 bytes): the mbarriers (kv_full: 1 per stage, or 9
-// per stage with block gates; then q_full), then 64 floats of alpha (per
-// page) or 1/rowsum (at the end of a chunk).
+// red area (kSmemRed, 512 bytes): the mbarriers (kv_full: 1 per stage, or 3
+// per stage with block gates; then q_full; then kv_empty[2] in a cluster),
+// then 64 floats of alpha (per page) or 1/rowsum (at the end of a chunk).
 constexpr int kRedMbar = 0, kRedRowVals = 192;
-static_assert((2 * kSwBlocks + 1) * 8 <= kRedRowVals, "mbarriers overlap the row values");
+static_assert((2 * kSwBlocks + 1 + 2) * 8 <= kRedRowVals, "mbarriers overlap the row values");
 static_assert(kRedRowVals + kRows * 4 <= kWarpGroups * kRows * 4, "red area too small");
 
 }  // namespace sm90_tma
@@ -44,7 +44,18 @@ static_assert(kRedRowVals + kRows * 4 <= kWarpGroups * kRows * 4, "red area too 
 // of one per page, so S starts on a page's first third while the rest is still
 // landing (with TMA a gate costs no proxy fence, unlike v6/v8). S is then three
 // commit groups, the gate waits between them.
-template <bool kBlockGates>
+//
+// kCluster2 (v19, issue 16's "2-CTA cluster"): the kernel is launched in
+// clusters of two CTAs along x, i.e. two row groups of the same part, which
+// read the same pages. Each page then leaves L2 once for both: each CTA's
+// issuing thread sends half of the nine boxes with TMA multicast to both CTAs
+// (rank 0 the even column blocks, rank 1 the odd ones), and arms its own
+// gates for all nine. A stage is refilled only when both CTAs are done with
+// it: each CTA's issuer arrives on both CTAs' kv_empty[stage] (count 2) and
+// waits on its own. Chunks start and the kernel ends with a cluster barrier,
+// so neither CTA sends into a stage the other still reads from the previous
+// chunk, nor exits while the other may still reach its shared memory.
+template <bool kBlockGates, bool kCluster2 = false>
 __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     using namespace mla;
     using namespace sm90_tma;
@@ -68,28 +79,46 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
     constexpr int kGates = kSwBlocks / kGateBlocks;                             // mbarriers per stage: 3 or 1
     const uint32_t sMbar = ptx::smem_addr(smem_tma + kSmemRed + kRedMbar);  // kv_full[2][kGates], 8 bytes each
     const uint32_t sQFull = sMbar + 8 * 2 * kGates;                           // q_full
+    const uint32_t sEmpty = sQFull + 8;                                       // kv_empty[2] (kCluster2)
     auto gate = [&](int st, int g) { return sMbar + 8 * (st * kGates + g); };
+    const uint32_t rank = kCluster2 ? ptx::cluster_ctarank() : 0u;
     float* row_vals = reinterpret_cast<float*>(smem_tma + kSmemRed + kRedRowVals);  // [64]
     if ((sQ & (kSwAtomBytes - 1)) != 0) __trap();
     if (tid == 0) {
         for (int g = 0; g < 2 * kGates; ++g) ptx::mbarrier_init(sMbar + 8 * g, 1);  // one expect_tx arrival + its bytes
         ptx::mbarrier_init(sQFull, kWgThreads);  // 128 cp.async arrivals (.noinc)
+        if (kCluster2)
+            for (int st = 0; st < 2; ++st) ptx::mbarrier_init(sEmpty + 8 * st, 2);  // this CTA's and the other's release
         ptx::fence_mbarrier_init();
     }
     if (tid == kWgThreads) ptx::prefetch_tensormap(&p.kv_map);
     __syncthreads();
     uint32_t kv_phase[2] = {0u, 0u};  // warpgroup 0: parity of the next phase to wait for, per stage
     uint32_t q_phase = 0u;            // warpgroup 0: parity of q_full's next phase
+    uint32_t empty_phase[2] = {0u, 0u};  // the issuing thread (kCluster2): parity of kv_empty's next phase, per stage
     // Page `blk` of the chunk's sequence into the stage at sPage: nine 64 x 64
     // TMA boxes (one per column block), counted on that stage's kv_full.
-    // Issued by one thread of warpgroup 1.
+    // Issued by one thread of warpgroup 1 (in a cluster: this CTA's half of
+    // the boxes, to both CTAs; the gates still expect all nine).
     auto issue_page = [&](int st, const int* bt, int blk) {
         const int y = p.kv_map_row0 + bt[blk] * kPage;
         const uint32_t sPage = sKv + st * kTileBytes;
 #pragma unroll
         for (int b = 0; b < kSwBlocks; ++b) {
             if (b % kGateBlocks == 0) ptx::mbarrier_arrive_expect_tx(gate(st, b / kGateBlocks), kGateBlocks * kSwBlockBytes);
-            ptx::tma_load_2d(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, gate(st, b / kGateBlocks));
+            if (!kCluster2)
+                ptx::tma_load_2d(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, gate(st, b / kGateBlocks));
+            else if (static_cast<uint32_t>(b & 1) == rank)
+                ptx::tma_load_2d_multicast(sPage + b * kSwBlockBytes, &p.kv_map, b * 64, y, gate(st, b / kGateBlocks), 0x3);
+        }
+    };
+    // Before a stage is refilled (kCluster2): both CTAs are done with it.
+    auto wait_stage_free_in_cluster = [&](int st) {
+        if (kCluster2) {
+            ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, 0));
+            ptx::mbarrier_arrive_cluster(ptx::mapa_shared(sEmpty + 8 * st, 1));
+            ptx::mbarrier_wait_parity_cluster(sEmpty + 8 * st, empty_phase[st]);
+            empty_phase[st] ^= 1u;
         }
     };
 
@@ -110,7 +139,10 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) last_pos[i] = (qrow[i] < p.rows_per_seq) ? len - p.s_q + qtok[i] : -1;
 
-        __syncthreads();  // the previous chunk is finished everywhere: Q, stages, P, row_vals free
+        // The previous chunk is finished everywhere: Q, stages, P, row_vals free (in a cluster: in both CTAs,
+        // since the other one's first two pages land in this CTA's stages too).
+        if (kCluster2) ptx::cluster_sync();
+        else __syncthreads();
 
         float o[kWgOutCols / 2];  // this warpgroup's 64 x 256 half of O
 #pragma unroll
@@ -151,7 +183,10 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
                 if (i + 2 < n) {
                     if (st == 0) ptx::named_bar_sync<kBarKvFree0, 2 * kWgThreads>();
                     else ptx::named_bar_sync<kBarKvFree0 + 1, 2 * kWgThreads>();
-                    if (wtid == 0) issue_page(st, bt, blk_begin + i + 2);
+                    if (wtid == 0) {
+                        wait_stage_free_in_cluster(st);
+                        issue_page(st, bt, blk_begin + i + 2);
+                    }
                 }
             }
         } else {
@@ -282,4 +317,5 @@ __device__ __forceinline__ void decode_sm90_tma_body(const MlaDecodeParams& p) {
         const float inv[2] = {row_vals[trow[0]], row_vals[trow[1]]};
         store_chunk(p, o, seq, seq_chunk.split, seq_chunk.final_out, qrow, qtok, inv, row_sum, row_max, wg, t);
     }
+    if (kCluster2) ptx::cluster_sync();  // the other CTA may still reach this one's mbarriers: stay until it is done
 }
