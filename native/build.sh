@@ -11,6 +11,10 @@ FLAGS=(-O3 -std=c++17 "-gencode=arch=compute_90a,code=sm_90a" -I/usr/local/cuda/
 # EXPORT_NARROW=1: the module's decode kernels are the narrow candidates (v18, fp8 v3) under the ABI names, so a
 # device round can run the service's checks and bench on them (kernels/decode_export.cu, decode_fp8_export.cu).
 if [ "${EXPORT_NARROW:-0}" = 1 ]; then FLAGS+=(-DMLA_EXPORT_NARROW); echo "build: EXPORT_NARROW=1: the module exports v18 and fp8 v3"; fi
+# EXPORT_CLUSTER=1: the module's bf16 decode is v19 for more than 32 query rows (2-CTA clusters; with EXPORT_NARROW
+# too, v18 for 32 rows or fewer), and it exports flashmla_decode_splitkv_cluster_x = 2 so the host launches it in
+# clusters of two (mla_params.h, MLA_DECODE_CLUSTER_WIDTH_SUFFIX).
+if [ "${EXPORT_CLUSTER:-0}" = 1 ]; then FLAGS+=(-DMLA_EXPORT_CLUSTER); echo "build: EXPORT_CLUSTER=1: the module exports v19 (2-CTA clusters)"; fi
 mkdir -p build
 "$NVCC" "${FLAGS[@]}" -Xptxas -v --fatbin -o build/flashmla.fatbin kernels/flashmla_module.cu > build/ptxas.txt 2>&1 &
 fatbin_pid=$!

@@ -96,6 +96,7 @@ struct Device {
     int sm_count = 0;
     CUmodule module = nullptr;
     CUfunction f_decode = nullptr, f_combine = nullptr;
+    unsigned decode_cluster = 1;  // the module's exported cluster width for f_decode (mla_params.h), as the C# host reads it
     int kernel = 0;  // index into kDecodeKernels: the decode kernel the checks run
 };
 Device g_dev;
@@ -113,8 +114,13 @@ struct DecodeKernel {
     bool fp8;  // reads the FP8 KV format (mla_params.h): the checks quantize the cache for it
     unsigned cluster = 1;  // launched in clusters of this many CTAs along x when the row groups divide by it
 };
+#ifdef MLA_EXPORT_CLUSTER  // build.sh EXPORT_CLUSTER=1: the exported decode is v19 and is launched in clusters of two
+constexpr unsigned kExportedDecodeCluster = 2;
+#else
+constexpr unsigned kExportedDecodeCluster = 1;
+#endif
 const DecodeKernel kDecodeKernels[] = {
-    {"flashmla_decode_splitkv", "exported v15", reinterpret_cast<const void*>(flashmla_decode_splitkv), false},
+    {"flashmla_decode_splitkv", "exported", reinterpret_cast<const void*>(flashmla_decode_splitkv), false, kExportedDecodeCluster},
     {"flashmla_decode_splitkv_fp8", "fp8 v1", reinterpret_cast<const void*>(flashmla_decode_splitkv_fp8), true},
 #ifdef MLA_NARROW_CANDIDATES
     {"flashmla_decode_splitkv_v18", "v18 narrow", reinterpret_cast<const void*>(flashmla_decode_splitkv_v18), false},
@@ -206,8 +212,20 @@ void setup_device(const std::string& fatbin_path) {
         CU(cuModuleGetFunction(&f, g_dev.module, MLA_KERNEL_COPY));
         for (const char* name : {MLA_KERNEL_DECODE_FP8, MLA_KERNEL_APPEND_FP8, MLA_KERNEL_APPEND_FP8_RAW, MLA_KERNEL_COPY_FP8})
             CU(cuModuleGetFunction(&f, g_dev.module, name));
-        if (g_dev.f_decode)
+        if (g_dev.f_decode) {
             CU(cuFuncSetAttribute(g_dev.f_decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MLA_DECODE_SMEM_BYTES));
+            // The cluster width the module exports for it, if any (mla_params.h, MLA_DECODE_CLUSTER_WIDTH_SUFFIX).
+            const std::string sym = std::string(kDecodeKernels[g_dev.kernel].name) + MLA_DECODE_CLUSTER_WIDTH_SUFFIX;
+            CUdeviceptr ptr = 0;
+            size_t bytes = 0;
+            if (cuModuleGetGlobal(&ptr, &bytes, g_dev.module, sym.c_str()) == CUDA_SUCCESS) {
+                int width = 1;
+                if (bytes != sizeof width) { std::fprintf(stderr, "%s: %zu bytes, not an int\n", sym.c_str(), bytes); std::exit(1); }
+                CU(cuMemcpyDtoH(&width, ptr, sizeof width));
+                g_dev.decode_cluster = static_cast<unsigned>(width);
+                std::printf("module: %s = %d (the decode is launched in clusters of %d when the row groups allow)\n", sym.c_str(), width, width);
+            }
+        }
     }
 }
 
@@ -235,7 +253,27 @@ void launch_decode_step(const MlaDecodeParams& P, bool via_driver, cudaStream_t 
     const dim3 grid_decode(P.num_row_groups, P.num_sm_parts, 1);
     const dim3 grid_combine(P.batch, ceil_div(P.rows_per_seq, MLA_COMBINE_ROWS_PER_CTA), 1);
     void* args[] = {const_cast<MlaDecodeParams*>(&P)};
-    if (via_driver) {
+    if (via_driver && g_dev.decode_cluster > 1 && grid_decode.x % g_dev.decode_cluster == 0) {
+        // As the C# backend launches a module that exports a cluster width: cuLaunchKernelEx, cluster (W, 1, 1).
+        CUlaunchAttribute attr{};
+        attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = g_dev.decode_cluster;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = 1;
+        CUlaunchConfig cfg{};
+        cfg.gridDimX = grid_decode.x;
+        cfg.gridDimY = grid_decode.y;
+        cfg.gridDimZ = 1;
+        cfg.blockDimX = MLA_DECODE_THREADS;
+        cfg.blockDimY = cfg.blockDimZ = 1;
+        cfg.sharedMemBytes = MLA_DECODE_SMEM_BYTES;
+        cfg.hStream = stream;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        CU(cuLaunchKernelEx(&cfg, g_dev.f_decode, args, nullptr));
+        CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,
+                          args, nullptr));
+    } else if (via_driver) {
         CU(cuLaunchKernel(g_dev.f_decode, grid_decode.x, grid_decode.y, 1, MLA_DECODE_THREADS, 1, 1,
                           MLA_DECODE_SMEM_BYTES, stream, args, nullptr));
         CU(cuLaunchKernel(g_dev.f_combine, grid_combine.x, grid_combine.y, 1, MLA_COMBINE_THREADS, 1, 1, 0, stream,

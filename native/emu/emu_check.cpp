@@ -41,8 +41,15 @@ struct KernelEntry {
     bool fp8;
     unsigned cluster = 1;  // CTAs per cluster along x when the row groups divide by it (else a plain launch)
 };
+// The exported decode's cluster width, as a host reads it from the module (mla_params.h: a module built with
+// EXPORT_CLUSTER=1 exports flashmla_decode_splitkv_cluster_x).
+#ifdef MLA_EXPORT_CLUSTER
+const unsigned kExportedDecodeCluster = static_cast<unsigned>(flashmla_decode_splitkv_cluster_x);
+#else
+constexpr unsigned kExportedDecodeCluster = 1;
+#endif
 const KernelEntry kKernels[] = {
-    {"flashmla_decode_splitkv", flashmla_decode_splitkv, false},
+    {"flashmla_decode_splitkv", flashmla_decode_splitkv, false, kExportedDecodeCluster},
     {"flashmla_decode_splitkv_fp8", flashmla_decode_splitkv_fp8, true},
     {"flashmla_decode_splitkv_v18", flashmla_decode_splitkv_v18, false},
     {"flashmla_decode_splitkv_fp8_v3", flashmla_decode_splitkv_fp8_v3, true},

@@ -155,6 +155,12 @@
  *         share the pages through L2)
  *   block (MLA_DECODE_THREADS, 1, 1), dynamic smem MLA_DECODE_SMEM_BYTES */
 #define MLA_KERNEL_DECODE "flashmla_decode_splitkv"
+/* Cluster launch (additive to ABI 2): a module whose decode kernel wants clusters exports the int
+ *   <decode kernel name> MLA_DECODE_CLUSTER_WIDTH_SUFFIX (e.g. flashmla_decode_splitkv_cluster_x) = W;
+ *   the host then launches that kernel with a cluster dimension of (W, 1, 1) (cuLaunchKernelEx) whenever
+ *   num_row_groups is a multiple of W, and plainly otherwise; without the symbol, always plainly (W = 1).
+ *   The kernel reads %cluster_nctarank, so both launches are correct. */
+#define MLA_DECODE_CLUSTER_WIDTH_SUFFIX "_cluster_x"
 #define MLA_DECODE_THREADS 256
 #define MLA_DECODE_SMEM_BYTES 229888 /* Q tile + 2 pages + P tile + 512 B (row max / row factors, mbarriers) */
 

@@ -49,6 +49,7 @@ internal static partial class HeaderAbiCheck
         Int("MLA_SCHED_END_BLOCK", Core.Metadata.TileScheduler.EndBlock);
         Int("MLA_SCHED_BEGIN_SPLIT", Core.Metadata.TileScheduler.BeginSplit);
         Str("MLA_KERNEL_DECODE", MlaKernelAbi.KernelDecode);
+        Str("MLA_DECODE_CLUSTER_WIDTH_SUFFIX", MlaKernelAbi.DecodeClusterWidthSuffix);
         Int("MLA_DECODE_THREADS", MlaKernelAbi.DecodeThreads);
         Int("MLA_DECODE_SMEM_BYTES", MlaKernelAbi.DecodeSmemBytes);
         Str("MLA_KERNEL_COMBINE", MlaKernelAbi.KernelCombine);

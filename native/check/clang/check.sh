@@ -15,8 +15,9 @@ if ! command -v "$CLANG" > /dev/null; then echo "FAIL: $CLANG is needed (Debian 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 passed=0 failed=0
-# The module twice: as shipped, and with the candidates exported (build.sh EXPORT_NARROW=1).
-for tu in kernels/flashmla_module.cu kernels/flashmla_module.cu:-DMLA_EXPORT_NARROW kernels/decode_narrow_candidates.cu kernels/decode_cluster_candidates.cu \
+# The module three times: as shipped, and with the candidates exported (build.sh EXPORT_NARROW=1, EXPORT_CLUSTER=1).
+for tu in kernels/flashmla_module.cu kernels/flashmla_module.cu:-DMLA_EXPORT_NARROW \
+    "kernels/flashmla_module.cu:-DMLA_EXPORT_NARROW -DMLA_EXPORT_CLUSTER" kernels/decode_narrow_candidates.cu kernels/decode_cluster_candidates.cu \
     check/clang/unit_kernels.cu; do
     def=""
     if [[ "$tu" == *:* ]]; then def=${tu#*:}; tu=${tu%%:*}; fi

@@ -50,7 +50,12 @@ public sealed class CudaBackend : IAttentionBackend
     public string Name => "cuda";
 
     public string DeviceDescription => string.Create(CultureInfo.InvariantCulture,
-        $"{_device.Describe()}; KV pools {Geometry.NumLayers} layers x {Geometry.NumBlocks} blocks of {Geometry.Dtype.OptionName()} ({_pools.Bytes / (double)(1L << 30):F2} GiB); kernels {Path.GetFileName(_fatbinPath)}");
+        $"{_device.Describe()}; KV pools {Geometry.NumLayers} layers x {Geometry.NumBlocks} blocks of {Geometry.Dtype.OptionName()} ({_pools.Bytes / (double)(1L << 30):F2} GiB); kernels {Path.GetFileName(_fatbinPath)}{DescribeDecodeLaunch(_decode.DecodeLaunch)}");
+
+    private static string DescribeDecodeLaunch(DecodeLaunch launch) => launch.ClusterWidth == 1
+        ? ""
+        : string.Create(CultureInfo.InvariantCulture,
+            $", decode in clusters of {launch.ClusterWidth} where the row groups pair up ({launch.ClusterSmCount} SMs at once)");
 
     public KvPoolGeometry Geometry => _pools.Geometry;
 

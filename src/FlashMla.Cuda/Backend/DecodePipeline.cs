@@ -30,6 +30,9 @@ internal sealed class DecodePipeline : IDisposable
     private readonly PrimaryContextHandle _context;
     private readonly CudaCallGuard _guard;
     private readonly MlaKernels _kernels;
+
+    /// <summary>How the decode kernel is launched (plainly, or in clusters where the row groups allow).</summary>
+    public DecodeLaunch DecodeLaunch => _kernels.DecodeLaunch;
     private readonly DeviceKvPools _pools;
     private readonly StreamHandle _compute;
     private readonly StreamHandle _upload;
@@ -108,7 +111,9 @@ internal sealed class DecodePipeline : IDisposable
     /// <summary>Stages the step's inputs and enqueues its copies and kernels on the three streams; returns without waiting.</summary>
     private void Enqueue(DecodeSlot slot, DecodeBatch batch)
     {
-        var layout = DecodeStepLayout.Plan(batch, _smCount);
+        // A clustered decode may fill fewer SMs at once than the device has: plan its parts for those.
+        int rowGroups = Core.Metadata.TileScheduler.RowGroups(batch.QueryTokens, batch.Heads);
+        var layout = DecodeStepLayout.Plan(batch, _kernels.DecodeLaunch.SmCountFor(rowGroups, _smCount));
         slot.HostUpload.EnsureCapacity(layout.UploadBytes);
         int totalSplits = layout.Ints.Pack(slot.HostUpload.Span<int>(0, layout.Ints.TotalInts), batch.SeqLens.Span, batch.BlockTable.Span,
             batch.NewKvSlots.Span, _pools.Geometry.NumBlocks);

@@ -22,6 +22,9 @@ internal sealed class MlaKernels : IDisposable
     private readonly IntPtr _copy;
     private readonly KernelNames _names;
 
+    /// <summary>How the decode is launched: in clusters when the module exports a width for it.</summary>
+    public DecodeLaunch DecodeLaunch { get; }
+
     /// <summary>The kernels and the decode's dynamic shared memory of one dtype.</summary>
     internal readonly record struct KernelNames(string Decode, int DecodeSmemBytes, string Append, string AppendStored, string Copy)
     {
@@ -35,7 +38,7 @@ internal sealed class MlaKernels : IDisposable
         };
     }
 
-    private MlaKernels(KernelModuleHandle module, KernelNames names)
+    private MlaKernels(KernelModuleHandle module, KernelNames names, int smCount)
     {
         _module = module;
         _names = names;
@@ -47,6 +50,37 @@ internal sealed class MlaKernels : IDisposable
         CudaException.Check(
             CudaDriver.cuFuncSetAttribute(_decode, CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, names.DecodeSmemBytes),
             "cuFuncSetAttribute(" + names.Decode + ", max dynamic shared memory)");
+        DecodeLaunch = ReadDecodeLaunch(module, _decode, names, smCount);
+    }
+
+    /// <summary>
+    /// The cluster width the module exports for the decode (<c>&lt;name&gt;_cluster_x</c>, an int), and how many SMs
+    /// its clusters fill at once; a module without the symbol is launched plainly.
+    /// </summary>
+    private static unsafe DecodeLaunch ReadDecodeLaunch(KernelModuleHandle module, IntPtr decode, KernelNames names, int smCount)
+    {
+        string symbol = names.Decode + MlaKernelAbi.DecodeClusterWidthSuffix;
+        if (!module.TryGetGlobal(symbol, out ulong pointer, out nuint bytes)) return DecodeLaunch.Plain(smCount);
+        if (bytes != sizeof(int))
+            throw new InvalidOperationException($"the kernel module's {symbol} has {bytes} bytes; the ABI says it is an int");
+        int width = 0;
+        CudaException.Check(CudaDriver.cuMemcpyDtoH_v2(&width, pointer, sizeof(int)), "cuMemcpyDtoH(" + symbol + ")");
+        width = DecodeLaunch.ValidateWidth(width, symbol);
+        if (width == 1) return DecodeLaunch.Plain(smCount);
+        CUlaunchAttribute cluster = CUlaunchAttribute.Cluster((uint)width);
+        var config = new CUlaunchConfig
+        {
+            GridDimX = (uint)width, GridDimY = 1, GridDimZ = 1,
+            BlockDimX = MlaKernelAbi.DecodeThreads, BlockDimY = 1, BlockDimZ = 1,
+            SharedMemBytes = (uint)names.DecodeSmemBytes,
+            Attrs = &cluster,
+            NumAttrs = 1,
+        };
+        CudaException.Check(CudaDriver.cuOccupancyMaxActiveClusters(out int clusters, decode, &config),
+            "cuOccupancyMaxActiveClusters(" + names.Decode + ")");
+        if (clusters < 1)
+            throw new InvalidOperationException($"no cluster of {width} {names.Decode} CTAs fits on this device");
+        return new DecodeLaunch(width, Math.Min(smCount, clusters * width));
     }
 
     /// <summary>Loads the fatbin into the current context and looks up <paramref name="dtype"/>'s kernels; the file must exist.</summary>
@@ -68,7 +102,7 @@ internal sealed class MlaKernels : IDisposable
         KernelModuleHandle module = KernelModuleHandle.Load(context, image, Path.GetFileName(fatbinPath));
         try
         {
-            return new MlaKernels(module, names);
+            return new MlaKernels(module, names, device.SmCount);
         }
         catch
         {
@@ -77,9 +111,16 @@ internal sealed class MlaKernels : IDisposable
         }
     }
 
-    public void Decode(in MlaDecodeParams p, IntPtr stream) =>
-        Launch(_decode, _names.Decode, (uint)p.NumRowGroups, (uint)p.NumSmParts,
-            MlaKernelAbi.DecodeThreads, _names.DecodeSmemBytes, stream, p);
+    public void Decode(in MlaDecodeParams p, IntPtr stream)
+    {
+        int cluster = DecodeLaunch.ClusterFor(p.NumRowGroups);
+        if (cluster > 1)
+            LaunchClustered(_decode, _names.Decode, (uint)p.NumRowGroups, (uint)p.NumSmParts, (uint)cluster,
+                MlaKernelAbi.DecodeThreads, _names.DecodeSmemBytes, stream, p);
+        else
+            Launch(_decode, _names.Decode, (uint)p.NumRowGroups, (uint)p.NumSmParts,
+                MlaKernelAbi.DecodeThreads, _names.DecodeSmemBytes, stream, p);
+    }
 
     public void Combine(in MlaDecodeParams p, IntPtr stream) =>
         Launch(_combine, MlaKernelAbi.KernelCombine, (uint)p.Batch,
@@ -109,6 +150,25 @@ internal sealed class MlaKernels : IDisposable
         CudaException.Check(
             CudaDriver.cuLaunchKernel(function, gridX, gridY, 1, (uint)threads, 1, 1, (uint)sharedBytes, stream, &argument, null),
             "cuLaunchKernel(" + name + ")");
+    }
+
+    private static unsafe void LaunchClustered<T>(IntPtr function, string name, uint gridX, uint gridY, uint clusterX, int threads,
+        int sharedBytes, IntPtr stream, T parameters)
+        where T : unmanaged
+    {
+        void* argument = &parameters;
+        CUlaunchAttribute cluster = CUlaunchAttribute.Cluster(clusterX);
+        var config = new CUlaunchConfig
+        {
+            GridDimX = gridX, GridDimY = gridY, GridDimZ = 1,
+            BlockDimX = (uint)threads, BlockDimY = 1, BlockDimZ = 1,
+            SharedMemBytes = (uint)sharedBytes,
+            Stream = stream,
+            Attrs = &cluster,
+            NumAttrs = 1,
+        };
+        CudaException.Check(CudaDriver.cuLaunchKernelEx(&config, function, &argument, null),
+            "cuLaunchKernelEx(" + name + ", clusters of " + clusterX.ToString(CultureInfo.InvariantCulture) + ")");
     }
 
     public void Dispose() => _module.Dispose();

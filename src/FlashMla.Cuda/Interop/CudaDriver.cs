@@ -56,6 +56,11 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
     public static partial CUresult cuModuleGetFunction(out IntPtr function, IntPtr module, string name);
     [LibraryImport(Library)] public static partial CUresult cuFuncSetAttribute(IntPtr function, CUfunction_attribute attribute, int value);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial CUresult cuModuleGetGlobal_v2(out ulong devicePointer, out nuint bytes, IntPtr module, string name);
+    [LibraryImport(Library)] public static partial CUresult cuMemcpyDtoH_v2(void* destination, ulong source, nuint bytes);
+    [LibraryImport(Library)] public static partial CUresult cuLaunchKernelEx(CUlaunchConfig* config, IntPtr function, void** kernelParameters, void** extra);
+    [LibraryImport(Library)] public static partial CUresult cuOccupancyMaxActiveClusters(out int clusters, IntPtr function, CUlaunchConfig* config);
     [LibraryImport(Library)]
     public static partial CUresult cuLaunchKernel(
         IntPtr function,

@@ -170,5 +170,14 @@ internal sealed class KernelModuleHandle : ContextBoundHandle
         return function;
     }
 
+    /// <summary>A global variable of the module (its device address and size), or false when it has none of that name.</summary>
+    public bool TryGetGlobal(string name, out ulong devicePointer, out nuint bytes)
+    {
+        CUresult found = CudaDriver.cuModuleGetGlobal_v2(out devicePointer, out bytes, handle, name);
+        if (found == CUresult.CUDA_ERROR_NOT_FOUND) return false;
+        CudaException.Check(found, "cuModuleGetGlobal(" + name + ")");
+        return true;
+    }
+
     protected override CUresult Free(IntPtr value) => CudaDriver.cuModuleUnload(value);
 }

@@ -23,6 +23,12 @@ internal static class MlaKernelAbi
     public const int SchedFixedCostPages = 5;
 
     public const string KernelDecode = "flashmla_decode_splitkv";
+    /// <summary>
+    /// <c>MLA_DECODE_CLUSTER_WIDTH_SUFFIX</c>: a module whose decode kernel wants clusters exports the int
+    /// <c>&lt;kernel name&gt;_cluster_x</c>; the decode is then launched in clusters of that many CTAs along x
+    /// whenever the row groups divide by it (<see cref="Backend.DecodeLaunch"/>).
+    /// </summary>
+    public const string DecodeClusterWidthSuffix = "_cluster_x";
     public const int DecodeThreads = 256;
     public const int DecodeSmemBytes = 229888;
 
